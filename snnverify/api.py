@@ -1,0 +1,130 @@
+"""Public API, shaped like NeuroCUDA's ResNet-18 tutorial (``import snnverify as neurocuda`` works).
+
+    snn = snnverify.convert(model, cal_loader, timesteps=32)
+    snnverify.compile(snn, target="torch")
+    accuracy = snnverify.evaluate(snn, test_loader)
+    sparsity = snnverify.measure_sparsity(snn, test_loader)
+    output, spikes = snnverify.simulate(snn, x, record=True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from snnverify import graph as g
+from snnverify.convert import Conversion, ConversionOptions, convert_model
+from snnverify.runtime import Backend, RunResult, create_backend
+from snnverify.util import progress, split_batch
+
+
+@dataclass(eq=False)
+class SNN:
+    """A converted spiking network: its graph, default T, and the backend it is compiled for."""
+
+    graph: g.SpikingGraph
+    timesteps: int  # default number of simulation steps T
+    conversion: Conversion | None = None  # how it was made (None for graphs built by hand)
+    target: str = "torch"
+    backend: Backend = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.timesteps = g.check_timesteps(self.timesteps)
+        self.backend = create_backend(self.target, self.graph)
+
+    def run(self, x, timesteps: int | None = None, record: bool = False, device=None) -> RunResult:
+        """One batch through the compiled backend (T defaults to ``self.timesteps``)."""
+        return self.backend.run(x, self.timesteps if timesteps is None else timesteps, record, device)
+
+
+def convert(model: nn.Module, cal_loader, timesteps: int = 32, device=None, train_loader=None, **options) -> SNN:
+    """Convert a trained ReLU ANN into an SNN.
+
+    Traces ``model`` with torch.fx, folds BatchNorm, replaces every ReLU call site by QCFS
+    (λ per channel from ``cal_loader``, then trained for ``qcfs_epochs``), converts to IF neurons
+    (θ = λ, v[0] = θ/2, reset by subtraction) and fine-tunes by BPTT at ``timesteps`` steps for
+    ``finetune_epochs``. ``options``: the fields of :class:`~snnverify.convert.ConversionOptions`.
+    """
+    unknown = set(options) - set(ConversionOptions.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown conversion options {sorted(unknown)}; known: {sorted(ConversionOptions.__dataclass_fields__)}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    conversion = convert_model(model, cal_loader, timesteps, device, train_loader, ConversionOptions(**options))
+    return SNN(conversion.graph, timesteps, conversion)
+
+
+def compile(snn: SNN, target: str = "torch") -> SNN:  # noqa: A001 — the tutorial's name
+    """Compile ``snn`` for ``target`` in place (and return it); unknown targets list the known ones."""
+    if not isinstance(snn, SNN):
+        raise TypeError(f"compile expects an SNN from snnverify.convert, got {type(snn).__name__}")
+    snn.backend = create_backend(target, snn.graph)
+    snn.target = target
+    return snn
+
+
+def simulate(snn: SNN, x, timesteps: int | None = None, record: bool = False, device=None):
+    """Simulate one batch. Returns the output current averaged over T ([batch, classes] numpy);
+    with ``record=True`` also ``{IF layer name: bool array [T, batch, ...]}``."""
+    result = snn.run(x, timesteps, record, device)
+    return (result.output, result.spikes) if record else result.output
+
+
+def evaluate(model_or_snn, loader, device=None, timesteps: int | None = None) -> float:
+    """Fraction of correctly classified samples. An SNN predicts the argmax of its output current
+    averaged over T; neuron state starts afresh for every batch. An ``nn.Module`` runs in eval mode."""
+    if isinstance(model_or_snn, SNN):
+        accuracy = snn_statistics(model_or_snn, loader, device, timesteps)["accuracy"]
+        if accuracy != accuracy:  # NaN: no labels
+            raise ValueError("evaluate needs (inputs, labels) batches")
+        return accuracy
+    if not isinstance(model_or_snn, nn.Module):
+        raise TypeError(f"evaluate expects an SNN or a torch.nn.Module, got {type(model_or_snn).__name__}")
+    model = model_or_snn.eval()
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
+    correct, total = 0, 0
+    with torch.no_grad():
+        for batch in progress(loader, desc="ANN evaluation"):
+            x, y = split_batch(batch)
+            if y is None:
+                raise ValueError("evaluate needs (inputs, labels) batches")
+            correct += int((model(x.to(device)).argmax(1).cpu() == y.cpu()).sum())
+            total += len(y)
+    if total == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return correct / total
+
+
+def measure_sparsity(snn: SNN, loader, device=None, timesteps: int | None = None) -> float:
+    """Fraction of neuron-timesteps without a spike, over all IF neurons, all T steps and all samples:
+    1 − (number of spikes) / (number of IF neurons · T · number of samples)."""
+    return snn_statistics(snn, loader, device, timesteps)["sparsity"]
+
+
+def snn_statistics(snn: SNN, loader, device=None, timesteps: int | None = None) -> dict[str, float]:
+    """Accuracy and sparsity (as :func:`evaluate` and :func:`measure_sparsity`) in one pass."""
+    if not isinstance(snn, SNN):
+        raise TypeError(f"expected an SNN from snnverify.convert, got {type(snn).__name__}")
+    timesteps = snn.timesteps if timesteps is None else g.check_timesteps(timesteps)
+    shapes = snn.graph.shapes
+    neurons = sum(int(np.prod(shapes[layer.name])) for layer in snn.graph.neuron_layers)
+    spikes, samples, correct, labelled = 0, 0, 0, 0
+    for batch in progress(loader, desc=f"SNN evaluation (T={timesteps})"):
+        x, y = split_batch(batch)
+        result = snn.run(x, timesteps, device=device)
+        spikes += sum(result.spike_counts.values())
+        samples += len(x)
+        if y is not None:
+            correct += int((result.output.argmax(1) == y.cpu().numpy()).sum())
+            labelled += len(y)
+    if samples == 0:
+        raise ValueError("the loader yielded no samples")
+    return {
+        "accuracy": correct / labelled if labelled else float("nan"),
+        "sparsity": 1.0 - spikes / (neurons * timesteps * samples) if neurons else float("nan"),
+    }

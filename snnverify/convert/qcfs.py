@@ -1,0 +1,109 @@
+"""Pass 3 — replace every ReLU by the QCFS activation (Bu et al., ICLR 2022) and train it.
+
+QCFS: a = λ·clip(floor(z·L/λ + 1/2)/L, 0, 1), with a learnable per-channel λ and the floor
+passed straight through in the backward pass. An IF neuron with θ = λ, v[0] = θ/2 and reset
+by subtraction, driven by a constant current z for T = L steps, emits exactly the QCFS level
+count, which is why the converted network matches this ANN (see ``snnverify.graph.IF``).
+
+λ starts at a high percentile of each channel's pre-activations on the calibration data
+(a few thousand sampled positions per batch); channels that never activate get the layer's
+largest λ, so every threshold is positive.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from snnverify.util import fit, progress, split_batch
+
+
+class QCFS(nn.Module):
+    """Quantisation-clip-floor-shift activation with per-channel λ (channel = dim 1)."""
+
+    def __init__(self, lam: torch.Tensor, levels: int):
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f"QCFS levels L must be >= 1, got {levels}")
+        self.levels = levels
+        self.lam = nn.Parameter(lam.detach().clone().float())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lam = self.lam.view(-1, *[1] * (z.dim() - 2))
+        y = torch.clamp(z / lam, 0, 1) * self.levels + 0.5
+        y = y + (torch.floor(y) - y).detach()  # floor with a straight-through gradient
+        return y / self.levels * lam
+
+    def extra_repr(self) -> str:
+        return f"channels={self.lam.numel()}, levels={self.levels}"
+
+
+def relu_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.ReLU)]
+
+
+@torch.no_grad()
+def calibrate(gm: fx.GraphModule, loader, percentile: float, device, samples_per_batch: int = 2048) -> dict[str, torch.Tensor]:
+    """Per-channel ``percentile`` of the input of every ReLU module, over the loader's batches."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    sites = [n.target for n in relu_nodes(gm)]
+    samples: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+    generator = torch.Generator().manual_seed(0)
+
+    def record(name):
+        def hook(module, args):
+            z = args[0].detach().transpose(0, 1).reshape(args[0].shape[1], -1)  # [C, positions]
+            keep = torch.randperm(z.shape[1], generator=generator)[:samples_per_batch]
+            samples[name].append(z[:, keep.to(z.device)].float().cpu())
+
+        return hook
+
+    handles = [gm.get_submodule(name).register_forward_pre_hook(record(name)) for name in sites]
+    gm.to(device).eval()
+    try:
+        batches = 0
+        for batch in progress(loader, desc="calibration"):
+            gm(split_batch(batch)[0].to(device))
+            batches += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if batches == 0:
+        raise ValueError("the calibration loader yielded no batches; QCFS thresholds need calibration data")
+    lams = {}
+    for name in sites:
+        lam = torch.from_numpy(np.percentile(torch.cat(samples[name], 1).numpy(), percentile, axis=1)).float()
+        fallback = lam.max().item() if lam.max() > 0 else 1.0
+        lams[name] = torch.where(lam > 0, lam, torch.full_like(lam, fallback))
+    return lams
+
+
+def insert_qcfs(gm: fx.GraphModule, loader, levels: int, percentile: float, device) -> fx.GraphModule:
+    """A copy of ``gm`` with every ReLU module replaced by QCFS, λ from :func:`calibrate`."""
+    lams = calibrate(gm, loader, percentile, device)
+    gm = copy.deepcopy(gm)
+    for name, lam in lams.items():
+        gm.add_submodule(name, QCFS(lam, levels))
+    gm.recompile()
+    return gm
+
+
+def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device) -> fx.GraphModule:
+    """Train a copy of the QCFS network (weights, biases and λ) with labels; SGD, cosine schedule.
+
+    λ is kept ≥ 1e-4 after every step so that the thresholds it becomes stay positive.
+    """
+    gm = copy.deepcopy(gm).to(device).train()
+    lams = [m.lam for m in gm.modules() if isinstance(m, QCFS)]
+
+    def keep_positive():
+        with torch.no_grad():
+            for lam in lams:
+                lam.clamp_(min=1e-4)
+
+    fit(gm, list(gm.parameters()), loader, epochs, lr, device, desc="QCFS training", after_step=keep_positive)
+    return gm.eval()

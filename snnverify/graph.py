@@ -1,0 +1,303 @@
+"""The spiking graph: the one data structure that carries a converted network's semantics.
+
+Every backend executes a :class:`SpikingGraph`; NIR export and import map it. Nodes are small
+typed records of numpy float32 parameters; shapes never include the batch dimension.
+
+Normative semantics (the torch reference executor defines them, every backend matches them):
+
+* discrete time t = 1..T; the input image is a constant input current at every step;
+* synaptic nodes (:class:`Conv2d`, :class:`Linear`, :class:`AvgPool2d`, :class:`Flatten`) map
+  the current or graded spikes they receive at step t to a current at step t;
+* :class:`Add` sums the currents of its inputs at the same step (residual merge);
+* :class:`IF` integrates and fires with reset by subtraction, emitting graded spikes θ·s[t];
+* :class:`Output` has no neuron: the network output is its input current averaged over T.
+
+This module imports no other part of snnverify and no deep-learning framework.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import numpy as np
+
+Shape = tuple[int, ...]
+
+
+def _pair(value: int | tuple[int, int], what: str, node: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+        raise TypeError(f"node {node!r}: {what} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _float_array(value, what: str, node: str, ndim: int) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != ndim:
+        raise ValueError(f"node {node!r}: {what} must have {ndim} dimensions, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        bad = array[~np.isfinite(array)].ravel()[0]
+        raise ValueError(f"node {node!r}: {what} contains a non-finite value ({bad})")
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """Base class of all nodes. ``name`` is unique within a graph."""
+
+    name: str
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)  # (min, max) number of inputs; None = any
+
+    def output_shape(self, input_shapes: list[Shape]) -> Shape:
+        """Shape of the node's output (no batch dimension); raises ValueError on a mismatch."""
+        raise NotImplementedError
+
+    def _error(self, message: str) -> ValueError:
+        return ValueError(f"node {self.name!r} ({type(self).__name__}): {message}")
+
+
+@dataclass(frozen=True, eq=False)
+class Input(Node):
+    """Graph input; the image x is applied as a constant current I[t] = x at every step."""
+
+    shape: Shape = ()  # (C, H, W) or (features,)
+    arity: ClassVar = (0, 0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if not self.shape or min(self.shape) < 1:
+            raise self._error(f"shape must be non-empty with positive sizes, got {self.shape}")
+
+    def output_shape(self, input_shapes):
+        return self.shape
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(Node):
+    """2-d convolution: I_out[t] = W ⋆ I_in[t] + b (cross-correlation, as torch.nn.Conv2d)."""
+
+    weight: np.ndarray = None  # [C_out, C_in / groups, kH, kW]
+    bias: np.ndarray | None = None  # [C_out] or None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)  # zero padding
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", _float_array(self.weight, "weight", self.name, 4))
+        if self.bias is not None:
+            object.__setattr__(self, "bias", _float_array(self.bias, "bias", self.name, 1))
+            if self.bias.shape[0] != self.weight.shape[0]:
+                raise self._error(f"bias has {self.bias.shape[0]} entries for {self.weight.shape[0]} channels")
+        for name in ("stride", "padding", "dilation"):
+            object.__setattr__(self, name, _pair(getattr(self, name), name, self.name))
+        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
+            raise self._error(f"invalid stride {self.stride}, padding {self.padding} or dilation {self.dilation}")
+        if self.groups < 1 or self.weight.shape[0] % self.groups:
+            raise self._error(f"groups={self.groups} does not divide {self.weight.shape[0]} output channels")
+
+    def output_shape(self, input_shapes):
+        (shape,) = input_shapes
+        if len(shape) != 3:
+            raise self._error(f"expects a (C, H, W) input, got {shape}")
+        if shape[0] != self.weight.shape[1] * self.groups:
+            raise self._error(
+                f"expects {self.weight.shape[1] * self.groups} input channels, got {shape[0]} (input shape {shape})"
+            )
+        spatial = []
+        for size, k, s, p, d in zip(shape[1:], self.weight.shape[2:], self.stride, self.padding, self.dilation):
+            out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+            if out < 1:
+                raise self._error(f"kernel {self.weight.shape[2:]} does not fit input {shape}")
+            spatial.append(out)
+        return (self.weight.shape[0], *spatial)
+
+
+@dataclass(frozen=True, eq=False)
+class Linear(Node):
+    """Dense layer: I_out[t] = W · I_in[t] + b."""
+
+    weight: np.ndarray = None  # [out_features, in_features]
+    bias: np.ndarray | None = None  # [out_features] or None
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", _float_array(self.weight, "weight", self.name, 2))
+        if self.bias is not None:
+            object.__setattr__(self, "bias", _float_array(self.bias, "bias", self.name, 1))
+            if self.bias.shape[0] != self.weight.shape[0]:
+                raise self._error(f"bias has {self.bias.shape[0]} entries for {self.weight.shape[0]} outputs")
+
+    def output_shape(self, input_shapes):
+        (shape,) = input_shapes
+        if shape != (self.weight.shape[1],):
+            raise self._error(f"expects input shape ({self.weight.shape[1]},), got {shape}")
+        return (self.weight.shape[0],)
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool2d(Node):
+    """Average pooling with zero padding counted in the divisor: I_out = (Σ_window I_in) / (kH·kW)."""
+
+    kernel_size: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    padding: tuple[int, int] = (0, 0)
+
+    def __post_init__(self):
+        for name in ("kernel_size", "stride", "padding"):
+            object.__setattr__(self, name, _pair(getattr(self, name), name, self.name))
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise self._error(f"invalid kernel {self.kernel_size}, stride {self.stride} or padding {self.padding}")
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise self._error(f"padding {self.padding} exceeds half the kernel {self.kernel_size}")
+
+    def output_shape(self, input_shapes):
+        (shape,) = input_shapes
+        if len(shape) != 3:
+            raise self._error(f"expects a (C, H, W) input, got {shape}")
+        spatial = [
+            (size + 2 * p - k) // s + 1 for size, k, s, p in zip(shape[1:], self.kernel_size, self.stride, self.padding)
+        ]
+        if min(spatial) < 1:
+            raise self._error(f"kernel {self.kernel_size} does not fit input {shape}")
+        return (shape[0], *spatial)
+
+
+@dataclass(frozen=True, eq=False)
+class Flatten(Node):
+    """Flattens (C, H, W) to (C·H·W,) in C order, as torch.flatten(x, 1)."""
+
+    def output_shape(self, input_shapes):
+        (shape,) = input_shapes
+        return (math.prod(shape),)
+
+
+@dataclass(frozen=True, eq=False)
+class Add(Node):
+    """Residual merge: I_out[t] = Σ_inputs I_in[t], all inputs of one shape."""
+
+    arity: ClassVar = (2, None)
+
+    def output_shape(self, input_shapes):
+        if len(set(input_shapes)) != 1:
+            raise self._error(f"inputs have different shapes {input_shapes}")
+        return input_shapes[0]
+
+
+@dataclass(frozen=True, eq=False)
+class IF(Node):
+    """Integrate-and-fire neurons with reset by subtraction, one threshold per channel.
+
+    v[0] = θ/2;  v[t] = v[t-1] + I[t];  s[t] = 1 if v[t] ≥ θ else 0;  v[t] ← v[t] − θ·s[t].
+    Output: graded spikes θ·s[t]. Channel = first axis of the (no-batch) shape.
+    Under a constant current z the neuron fires exactly clip(floor(z·T/θ + 1/2), 0, T) times.
+    """
+
+    threshold: np.ndarray = None  # θ > 0, shape [C]
+
+    def __post_init__(self):
+        threshold = _float_array(self.threshold, "threshold", self.name, 1)
+        if np.any(threshold <= 0):
+            raise self._error(f"threshold must be > 0, got {threshold[threshold <= 0].ravel()[0]}")
+        object.__setattr__(self, "threshold", threshold)
+
+    def output_shape(self, input_shapes):
+        (shape,) = input_shapes
+        if shape[0] != self.threshold.shape[0]:
+            raise self._error(f"has {self.threshold.shape[0]} thresholds for {shape[0]} channels (input {shape})")
+        return shape
+
+
+@dataclass(frozen=True, eq=False)
+class Output(Node):
+    """Network output: the input current averaged over T; the prediction is its argmax."""
+
+    def output_shape(self, input_shapes):
+        (shape,) = input_shapes
+        return shape
+
+
+def check_timesteps(timesteps) -> int:
+    """The number of simulation steps T must be an integer >= 1."""
+    if isinstance(timesteps, bool) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
+        raise ValueError(f"timesteps must be an integer >= 1, got {timesteps!r}")
+    return int(timesteps)
+
+
+def replace(node: Node, **changes) -> Node:
+    """A copy of ``node`` with some fields changed (validated again)."""
+    values = {f.name: getattr(node, f.name) for f in fields(node)}
+    values.update(changes)
+    return type(node)(**values)
+
+
+@dataclass(eq=False)
+class SpikingGraph:
+    """A directed acyclic graph of nodes, stored in topological order.
+
+    ``inputs[name]`` lists the node's sources in order. Exactly one :class:`Input` and one
+    :class:`Output`. Construction validates structure, parameters and shapes.
+    """
+
+    nodes: dict[str, Node]
+    inputs: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        seen: set[str] = set()
+        for key, node in self.nodes.items():
+            if not isinstance(node, Node):
+                raise TypeError(f"node {key!r} is a {type(node).__name__}, not a snnverify.graph.Node")
+            if key != node.name:
+                raise ValueError(f"node stored under {key!r} is named {node.name!r}")
+            sources = self.inputs.setdefault(key, [])
+            low, high = node.arity
+            if len(sources) < low or (high is not None and len(sources) > high):
+                raise ValueError(f"node {key!r} ({type(node).__name__}) has {len(sources)} inputs {sources}")
+            for source in sources:
+                if source not in self.nodes:
+                    raise ValueError(f"node {key!r} reads from unknown node {source!r}")
+                if source not in seen:
+                    raise ValueError(f"node {key!r} reads from {source!r}, which does not come before it (cycle?)")
+            seen.add(key)
+        for key in self.inputs:
+            if key not in self.nodes:
+                raise ValueError(f"inputs given for unknown node {key!r}")
+        for kind in (Input, Output):
+            found = [n for n in self.nodes.values() if isinstance(n, kind)]
+            if len(found) != 1:
+                raise ValueError(f"a spiking graph needs exactly one {kind.__name__} node, found {len(found)}")
+        self.shapes  # validates every node's input shapes
+
+    @property
+    def shapes(self) -> dict[str, Shape]:
+        """Output shape of every node (no batch dimension)."""
+        shapes: dict[str, Shape] = {}
+        for name, node in self.nodes.items():
+            shapes[name] = node.output_shape([shapes[s] for s in self.inputs[name]])
+        return shapes
+
+    @property
+    def input_node(self) -> Input:
+        return next(n for n in self.nodes.values() if isinstance(n, Input))
+
+    @property
+    def output_node(self) -> Output:
+        return next(n for n in self.nodes.values() if isinstance(n, Output))
+
+    @property
+    def neuron_layers(self) -> list[IF]:
+        """The IF nodes, in topological order."""
+        return [n for n in self.nodes.values() if isinstance(n, IF)]
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        return [(source, name) for name in self.nodes for source in self.inputs[name]]
+
+    def users(self, name: str) -> list[str]:
+        """The nodes that read ``name``'s output."""
+        return [dst for src, dst in self.edges if src == name]
+
+    def with_nodes(self, replacements: dict[str, Node]) -> "SpikingGraph":
+        """A new graph with some nodes replaced (same names, same edges)."""
+        return SpikingGraph({k: replacements.get(k, n) for k, n in self.nodes.items()}, dict(self.inputs))

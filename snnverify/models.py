@@ -1,0 +1,118 @@
+"""Reference architectures: CIFAR-style ResNet-18 and ResNet-20, a small ResNet for CPUs, and
+torchvision's ResNet-18 as published (one ReLU module reused twice per block, a max-pool).
+
+All take ``num_classes`` and ``in_channels`` so that they fit any dataset in ``snnverify.data``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); 1x1 conv + BN shortcut when the shape changes.
+
+    Activations are functional (``F.relu``), unlike torchvision's reused module, so that both
+    forms are exercised by the converter."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stem without max-pool, stages of basic blocks, global average pool."""
+
+    def __init__(self, widths: list[int], blocks: list[int], num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, channels = [], widths[0]
+        for i, (width, count) in enumerate(zip(widths, blocks)):
+            layers = []
+            for j in range(count):
+                layers.append(BasicBlock(channels, width, stride=2 if i > 0 and j == 0 else 1))
+                channels = width
+            stages.append(nn.Sequential(*layers))
+        self.layers = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.pool(self.layers(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
+    """ResNet-18 for 32x32 inputs (widths 64-512, 2 blocks per stage), as in QCFS's Table 1."""
+    return ResNet([64, 128, 256, 512], [2, 2, 2, 2], num_classes, in_channels)
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> ResNet:
+    """ResNet-20 (He et al. 2016, CIFAR variant: widths 16-64, 3 blocks per stage; conv shortcuts)."""
+    return ResNet([16, 32, 64], [3, 3, 3], num_classes, in_channels)
+
+
+def small_resnet(num_classes: int = 10, in_channels: int = 1) -> ResNet:
+    """A 3-block ResNet (widths 16, 32, 64) that trains on two CPU cores in minutes."""
+    return ResNet([16, 32, 64], [1, 1, 1], num_classes, in_channels)
+
+
+def torchvision_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """``torchvision.models.resnet18(num_classes=...)`` unchanged but for the stem's input channels."""
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    return model
+
+
+MODELS = {
+    "small_resnet": small_resnet,
+    "resnet20": resnet20,
+    "cifar_resnet18": cifar_resnet18,
+    "torchvision_resnet18": torchvision_resnet18,
+}
+
+
+def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A freshly initialised model from :data:`MODELS`."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a state dict saved with ``torch.save(model.state_dict(), path)`` (``weights_only=True``).
+
+    Raises ValueError naming the file when it is not a checkpoint or does not match the model."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise ValueError(f"checkpoint {os.fspath(path)!r} cannot be read as a torch state dict: {error}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {os.fspath(path)!r} holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} does not match {type(model).__name__}: {error}"
+        ) from error
+    return model

@@ -1,0 +1,86 @@
+"""Backends that execute a :class:`~snnverify.graph.SpikingGraph`, chosen from one registry.
+
+A backend is a class registered under a target name with :func:`register_backend`; it is built
+from a graph and exposes ``run(x, timesteps, record, device) -> RunResult``. The public
+``snnverify.compile(snn, target=...)`` looks targets up here, so adding a backend is one
+decorated class, not another branch in the API.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from snnverify.graph import SpikingGraph
+
+#: target name -> module that registers it (imported on first use, so optional backends
+#: cost nothing until asked for).
+_BACKEND_MODULES = {"torch": "snnverify.runtime.torch_ref"}
+_BACKENDS: dict[str, Callable[[SpikingGraph], "Backend"]] = {}
+
+
+@dataclass
+class RunResult:
+    """What one simulation of a batch returns.
+
+    ``output``: the output current averaged over T, [batch, classes] float32.
+    ``spike_counts``: total number of spikes per IF layer over the batch and all T steps.
+    ``spikes``: with ``record=True``, every IF layer's spikes [T, batch, ...] as bool arrays.
+    """
+
+    output: np.ndarray
+    spike_counts: dict[str, int]
+    spikes: dict[str, np.ndarray] | None = None
+
+
+class Backend(Protocol):
+    target: str
+
+    def run(self, x: torch.Tensor, timesteps: int, record: bool = False, device=None) -> RunResult: ...
+
+
+def register_backend(target: str):
+    """Class decorator: make a backend available as ``compile(snn, target=target)``."""
+
+    def decorate(cls):
+        cls.target = target
+        _BACKENDS[target] = cls
+        return cls
+
+    return decorate
+
+
+def known_targets() -> list[str]:
+    return sorted(_BACKEND_MODULES)
+
+
+def create_backend(target: str, graph: SpikingGraph) -> Backend:
+    """Build the backend registered as ``target`` for ``graph``."""
+    if target not in _BACKEND_MODULES:
+        raise ValueError(f"unknown target {target!r}; known targets: {', '.join(known_targets())}")
+    importlib.import_module(_BACKEND_MODULES[target])
+    return _BACKENDS[target](graph)
+
+
+def check_input(graph: SpikingGraph, x) -> torch.Tensor:
+    """Validate a batch of inputs against the graph's input node; returns it as a float32 tensor."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if not (x.dtype.is_floating_point or x.dtype in (torch.uint8, torch.int32, torch.int64)):
+        raise TypeError(f"input {graph.input_node.name!r} must be numeric, got dtype {x.dtype}")
+    expected = graph.input_node.shape
+    if tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"input {graph.input_node.name!r} expects shape [batch, {', '.join(map(str, expected))}], "
+            f"got {list(x.shape)}"
+        )
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError(f"input {graph.input_node.name!r} contains NaN or inf")
+    return x.to(torch.float32)
+

@@ -1,0 +1,177 @@
+"""Torch reference executor: defines the normative semantics every other backend must match.
+
+Multi-step execution: each synaptic node processes all T steps of its input in one call
+(the time axis folded into the batch axis); only the IF neurons loop over time. A signal that
+does not depend on t (the input image, and every synaptic node fed only by it) is kept as one
+[batch, ...] tensor and computed once, not T times.
+
+The executor is an ``nn.Module``: BPTT fine-tuning trains it directly, and the spike function
+carries the atan surrogate gradient, so training and inference share one implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from snnverify import graph as g
+from snnverify.runtime import RunResult, check_input, register_backend
+
+
+class AtanSpike(torch.autograd.Function):
+    """s = H(v − θ) (fires on v ≥ θ, exactly) with the atan surrogate gradient.
+
+    ∂s/∂v ≈ (α/2) / (1 + (π/2 · α · (v − θ)/θ)²) / θ — SpikingJelly's ATan surrogate on the
+    threshold-normalised membrane, so its width scales with θ.
+    """
+
+    @staticmethod
+    def forward(ctx, v, theta, alpha: float):
+        ctx.save_for_backward(v, theta)
+        ctx.alpha = alpha
+        return (v >= theta).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spike):
+        v, theta = ctx.saved_tensors
+        x = (v - theta) / theta
+        surrogate = (ctx.alpha / 2) / (1 + (math.pi / 2 * ctx.alpha * x) ** 2) / theta
+        return grad_spike * surrogate, None, None
+
+
+def if_neurons(current: torch.Tensor, theta: torch.Tensor, timesteps: int, static: bool, alpha: float = 2.0):
+    """Run IF neurons over T steps; returns spikes [T, batch, ...] as 0/1 floats.
+
+    ``current`` is [batch, ...] when ``static`` (the same current at every step) else
+    [T, batch, ...]; ``theta`` broadcasts against one step. One step:
+    v ← v + I[t];  s = (v ≥ θ);  v ← v − θ·s.   Initial state v = θ/2.
+    """
+    v = (theta / 2).expand(current.shape if static else current.shape[1:])
+    spikes = []
+    for t in range(timesteps):
+        v = v + (current if static else current[t])
+        s = AtanSpike.apply(v, theta.expand_as(v), alpha)
+        v = v - theta * s
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+class TorchExecutor(nn.Module):
+    """Executes a spiking graph in torch; differentiable with respect to weights and biases."""
+
+    def __init__(self, graph: g.SpikingGraph, surrogate_alpha: float = 2.0):
+        super().__init__()
+        self.graph = graph
+        self.surrogate_alpha = surrogate_alpha
+        self.ops = nn.ModuleDict()  # keys are node indices: graph names may contain dots
+        self.thresholds = nn.ParameterDict()
+        self._keys = {name: f"n{i}" for i, name in enumerate(graph.nodes)}
+        for name, node in graph.nodes.items():
+            key = self._keys[name]
+            if isinstance(node, g.Conv2d):
+                conv = nn.Conv2d(
+                    node.weight.shape[1] * node.groups,
+                    node.weight.shape[0],
+                    node.weight.shape[2:],
+                    stride=node.stride,
+                    padding=node.padding,
+                    dilation=node.dilation,
+                    groups=node.groups,
+                    bias=node.bias is not None,
+                )
+                self.ops[key] = _load(conv, node)
+            elif isinstance(node, g.Linear):
+                self.ops[key] = _load(nn.Linear(node.weight.shape[1], node.weight.shape[0], node.bias is not None), node)
+            elif isinstance(node, g.AvgPool2d):
+                self.ops[key] = nn.AvgPool2d(node.kernel_size, node.stride, node.padding, count_include_pad=True)
+            elif isinstance(node, g.Flatten):
+                self.ops[key] = nn.Flatten()
+            elif isinstance(node, g.IF):
+                # thresholds are fixed during fine-tuning (θ = λ from QCFS); only weights train
+                self.thresholds[key] = nn.Parameter(torch.from_numpy(node.threshold.copy()), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, timesteps: int, record: bool = False):
+        """Returns (output current averaged over T [batch, K], spike counts {layer: tensor},
+        recorded spikes {layer: bool [T, batch, ...]} or None)."""
+        graph = self.graph
+        remaining_users = {name: len(graph.users(name)) for name in graph.nodes}
+        signals: dict[str, tuple[torch.Tensor, bool]] = {}  # name -> (tensor, temporal?)
+        counts, spikes = {}, ({} if record else None)
+        output = None
+        for name, node in graph.nodes.items():
+            key = self._keys[name]
+            args = [signals[s] for s in graph.inputs[name]]
+            if isinstance(node, g.Input):
+                signals[name] = (x, False)
+            elif isinstance(node, g.Add):
+                temporal = any(t for _, t in args)
+                total = args[0][0]
+                for tensor, _ in args[1:]:
+                    total = total + tensor  # a static [B, ...] broadcasts against a temporal [T, B, ...]
+                signals[name] = (total, temporal)
+            elif isinstance(node, g.IF):
+                (current, temporal) = args[0]
+                theta = self.thresholds[key].view(-1, *[1] * (len(current.shape) - 2 - temporal))
+                s = if_neurons(current, theta, timesteps, static=not temporal, alpha=self.surrogate_alpha)
+                counts[name] = s.detach().sum()
+                if record:
+                    spikes[name] = s.detach().bool()
+                signals[name] = (s * theta, True)
+            elif isinstance(node, g.Output):
+                (current, temporal) = args[0]
+                output = current.mean(0) if temporal else current
+            else:
+                (tensor, temporal) = args[0]
+                op = self.ops[key]
+                if temporal:
+                    steps, batch = tensor.shape[:2]
+                    result = op(tensor.flatten(0, 1)).unflatten(0, (steps, batch))
+                else:
+                    result = op(tensor)
+                signals[name] = (result, temporal)
+            for source in graph.inputs[name]:  # free what no later node reads
+                remaining_users[source] -= 1
+                if remaining_users[source] == 0:
+                    del signals[source]
+        return output, counts, spikes
+
+    def to_graph(self) -> g.SpikingGraph:
+        """The graph with this executor's current (possibly fine-tuned) weights and biases."""
+        replacements = {}
+        for name, node in self.graph.nodes.items():
+            if isinstance(node, (g.Conv2d, g.Linear)):
+                op = self.ops[self._keys[name]]
+                bias = None if op.bias is None else op.bias.detach().cpu().numpy().copy()
+                replacements[name] = g.replace(node, weight=op.weight.detach().cpu().numpy().copy(), bias=bias)
+        return self.graph.with_nodes(replacements)
+
+
+def _load(module: nn.Module, node) -> nn.Module:
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(node.weight))
+        if node.bias is not None:
+            module.bias.copy_(torch.from_numpy(node.bias))
+    return module
+
+
+@register_backend("torch")
+class TorchBackend:
+    """The reference backend: :class:`TorchExecutor` on a torch device (CPU by default)."""
+
+    def __init__(self, graph: g.SpikingGraph):
+        self.graph = graph
+        self.executor = TorchExecutor(graph).eval()
+
+    @torch.no_grad()
+    def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
+        x = check_input(self.graph, x)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        self.executor.to(device)
+        output, counts, spikes = self.executor(x.to(device), g.check_timesteps(timesteps), record)
+        return RunResult(
+            output=output.cpu().numpy(),
+            spike_counts={k: int(v) for k, v in counts.items()},
+            spikes=None if spikes is None else {k: v.cpu().numpy() for k, v in spikes.items()},
+        )
