@@ -33,7 +33,9 @@ class QCFS(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lam = self.lam.view(-1, *[1] * (z.dim() - 2))
-        y = torch.clamp(z / lam, 0, 1) * self.levels + 0.5
+        # z·L first, then /λ: at an exact tie z·L/λ + 1/2 ∈ ℤ this division is exact whenever
+        # z·L is, so the floor agrees with the IF neuron's count; z/λ·L would round below it.
+        y = torch.clamp(z * self.levels / lam, 0, self.levels) + 0.5
         y = y + (torch.floor(y) - y).detach()  # floor with a straight-through gradient
         return y / self.levels * lam
 

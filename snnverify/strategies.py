@@ -1,0 +1,136 @@
+"""Public Hypothesis strategies for spiking graphs and their inputs.
+
+The values are dyadic rationals (k·2^-e with few significant bits), so float32 arithmetic on
+them is exact and a test can demand exact equality with an oracle computed in float64. The
+strategies are built to reach the hard cases on purpose: exact threshold ties (v = θ exactly),
+saturation (a current above θ at every step), T = 1, silent layers, nested residual merges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+
+from snnverify import graph as g
+
+
+def dyadics(min_value: float, max_value: float, denominator: int = 16) -> st.SearchStrategy[float]:
+    """Multiples of 1/denominator (a power of two) in [min_value, max_value]."""
+    low, high = int(np.ceil(min_value * denominator)), int(np.floor(max_value * denominator))
+    return st.integers(low, high).map(lambda k: k / denominator)
+
+
+def timesteps(max_value: int = 64) -> st.SearchStrategy[int]:
+    """T, with T = 1 and powers of two drawn often."""
+    return st.one_of(st.just(1), st.sampled_from([2, 4, 8, 16, 32, 64][: max(1, int(np.log2(max_value)))]),
+                     st.integers(1, max_value))
+
+
+@dataclass
+class IFDrive:
+    """Constant currents ``z`` [N] into IF neurons with thresholds ``theta`` [N] for ``timesteps`` steps."""
+
+    z: np.ndarray
+    theta: np.ndarray
+    timesteps: int
+
+
+@st.composite
+def if_drives(draw, max_neurons: int = 32, max_timesteps: int = 64) -> IFDrive:
+    """Drives that include, per neuron, exact ties z·T/θ + 1/2 ∈ ℤ, saturation z > θ,
+    negative and zero currents (silence), and arbitrary dyadic currents."""
+    steps = draw(timesteps(max_timesteps))
+    n = draw(st.integers(1, max_neurons))
+    # θ = m·2^-e; ties need z = (k − 1/2)·θ/T, dyadic when θ carries the factor T
+    theta = np.array([draw(st.integers(1, 64)) * 2.0 ** -draw(st.integers(0, 4)) for _ in range(n)])
+    z = np.empty(n)
+    for i in range(n):
+        kind = draw(st.sampled_from(["tie", "tie", "any", "saturate", "silent"]))
+        if kind == "tie":
+            k = draw(st.integers(0, steps + 1))
+            theta[i] *= steps  # keeps z dyadic
+            z[i] = (k - 0.5) * theta[i] / steps
+        elif kind == "saturate":
+            z[i] = theta[i] * draw(st.sampled_from([1.0, 1.5, 2.0, 8.0]))
+        elif kind == "silent":
+            z[i] = -draw(dyadics(0, 4))
+        else:
+            z[i] = draw(dyadics(-2, 2)) * theta[i]
+    return IFDrive(z=z, theta=theta, timesteps=steps)
+
+
+@dataclass
+class CountGraph:
+    """A residual graph whose spike counts have a closed form (see :func:`residual_count_graphs`)."""
+
+    graph: g.SpikingGraph
+    x: np.ndarray  # [batch, features] inputs in [0, 1]
+    timesteps: int
+
+
+def _pow2_at_least(values: np.ndarray) -> np.ndarray:
+    """Smallest power of two ≥ each value (1 for zeros): a threshold that no step's current exceeds."""
+    safe = np.where(values > 0, values, 1.0)
+    return np.exp2(np.ceil(np.log2(safe)))
+
+
+@st.composite
+def residual_count_graphs(draw, max_depth: int = 3, max_width: int = 6, max_timesteps: int = 64) -> CountGraph:
+    """Random nested residual graphs of Linear, Add and IF nodes with non-negative dyadic weights.
+
+    Each IF threshold is a power of two at least as large as the largest current its input can
+    carry in one step, so every per-step current lies in [0, θ]. Then the membrane stays in
+    [0, θ) after each step and an IF neuron that received total current S over T steps has
+    fired exactly floor(S/θ + 1/2) times, whatever the timing — which lets an oracle compute
+    every layer's spike counts from totals alone. Merges take 2 or 3 inputs, skips are
+    identities or projections, blocks nest up to ``max_depth``; zero weights make silent layers.
+    """
+    nodes: dict[str, g.Node] = {}
+    inputs: dict[str, list[str]] = {}
+    bound: dict[str, np.ndarray] = {}  # node -> largest possible per-step output, per feature
+
+    def add(node: g.Node, sources: list[str], node_bound: np.ndarray) -> str:
+        nodes[node.name] = node
+        inputs[node.name] = sources
+        bound[node.name] = node_bound
+        return node.name
+
+    def linear(source: str, width: int) -> str:
+        fan_in = bound[source].shape[0]
+        weight = np.array(draw(st.lists(dyadics(0, 2, 4), min_size=width * fan_in, max_size=width * fan_in)))
+        weight = weight.reshape(width, fan_in)
+        if draw(st.integers(0, 9)) == 0:
+            weight[:] = 0.0  # now and then a silent layer
+        bias = np.array(draw(st.lists(dyadics(0, 1, 4), min_size=width, max_size=width)))
+        return add(g.Linear(f"linear{len(nodes)}", weight=weight, bias=bias), [source], weight @ bound[source] + bias)
+
+    def neuron(source: str) -> str:
+        theta = _pow2_at_least(bound[source])
+        return add(g.IF(f"if{len(nodes)}", threshold=theta), [source], theta)
+
+    def block(source: str, depth: int) -> str:
+        width = bound[source].shape[0]
+        branches = []
+        for _ in range(draw(st.integers(1, 2))):
+            branch = neuron(linear(source, draw(st.integers(1, max_width))))
+            if depth > 0 and draw(st.booleans()):
+                branch = block(branch, depth - 1)
+            branches.append(linear(branch, width))
+        skip = source if draw(st.booleans()) else linear(source, width)
+        merged = [skip, *branches]
+        total = sum(bound[m] for m in merged)
+        return neuron(add(g.Add(f"add{len(nodes)}"), merged, total))
+
+    features = draw(st.integers(1, max_width))
+    current = add(g.Input("input", shape=(features,)), [], np.ones(features))
+    current = neuron(linear(current, draw(st.integers(1, max_width))))
+    for _ in range(draw(st.integers(1, 2))):
+        current = block(current, draw(st.integers(0, max_depth)))
+    head = linear(current, draw(st.integers(1, 4)))
+    add(g.Output("output"), [head], bound[head])
+    batch = draw(st.integers(1, 3))
+    x = np.array(draw(st.lists(dyadics(0, 1), min_size=batch * features, max_size=batch * features)))
+    return CountGraph(g.SpikingGraph(nodes, inputs), x.reshape(batch, features).astype(np.float32),
+                      draw(timesteps(max_timesteps)))
