@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import fx, nn
 
-from snnverify.convert.trace import unique_module_name
+from snnverify.convert.trace import sole_caller, unique_module_name
 
 _FOLDABLE = (nn.Conv2d, nn.Linear)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -39,9 +39,12 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
             raise ValueError(f"BatchNorm {node.target!r}: the output of {source.target!r} is also used unnormalised")
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError(f"BatchNorm {node.target!r} has no running statistics (track_running_stats=False)")
-        name = unique_module_name(gm, f"{source.target}_folded")
-        gm.add_submodule(name, fuse(layer, bn))
-        source.target = name
+        if sole_caller(gm, source):
+            gm.add_submodule(source.target, fuse(layer, bn))
+        else:  # the same conv module is called elsewhere, maybe without this BN
+            name = unique_module_name(gm, f"{source.target}_folded")
+            gm.add_submodule(name, fuse(layer, bn))
+            source.target = name
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
     gm.graph.lint()

@@ -166,7 +166,11 @@ def unique_module_name(gm: fx.GraphModule, base: str) -> str:
 
 
 def _swap(gm: fx.GraphModule, node: fx.Node, module: nn.Module, base: str, args=None) -> None:
-    """Replace ``node`` by a call of ``module``, registered under a fresh name derived from ``base``."""
+    """Make ``node`` a call of ``module``: under the node's own module name when nothing else
+    calls that module, else under a fresh name derived from ``base``."""
+    if node.op == "call_module" and args is None and sole_caller(gm, node):
+        gm.add_submodule(node.target, module)
+        return
     name = unique_module_name(gm, base)
     gm.add_submodule(name, module)
     with gm.graph.inserting_after(node):
@@ -174,6 +178,11 @@ def _swap(gm: fx.GraphModule, node: fx.Node, module: nn.Module, base: str, args=
     new.meta = dict(node.meta)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
+
+
+def sole_caller(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` is the only call of its module."""
+    return all(n is node or n.op != "call_module" or n.target != node.target for n in gm.graph.nodes)
 
 
 def _call_args(node: fx.Node, names: list[str]) -> dict:
