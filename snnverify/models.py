@@ -109,10 +109,18 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"checkpoint {os.fspath(path)!r} cannot be read as a torch state dict: {error}") from error
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {os.fspath(path)!r} holds a {type(state).__name__}, not a state dict")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(
-            f"checkpoint {os.fspath(path)!r} does not match {type(model).__name__}: {error}"
-        ) from error
+    expected = model.state_dict()
+    problems = []
+    for label, keys in (("missing", [k for k in expected if k not in state]),
+                        ("unexpected", [k for k in state if k not in expected])):
+        if keys:
+            problems.append(f"{len(keys)} {label} keys ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    problems += [
+        f"size mismatch for {k}: checkpoint {list(v.shape)}, model {list(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape
+    ]
+    if problems:
+        raise ValueError(f"checkpoint {os.fspath(path)!r} does not match {type(model).__name__}: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
     return model

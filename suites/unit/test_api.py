@@ -1,0 +1,147 @@
+"""The public API: what evaluate, measure_sparsity, simulate and compile return, and the clear
+errors they give on bad input."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import snnverify
+import snnverify as neurocuda  # the tutorial's spelling must work
+from snnverify import graph as g
+from snnverify.models import load_checkpoint, small_resnet
+
+
+def tiny_loader(n=10, batch_size=4, shape=(1, 8, 8)):
+    return DataLoader(TensorDataset(torch.randn(n, *shape), torch.randint(0, 10, (n,))), batch_size=batch_size)
+
+
+def test_simulate_records_boolean_spikes_of_every_if_layer(digits_case):
+    snn = digits_case.snn
+    x, _ = next(iter(digits_case.test_loader))
+    output, spikes = snnverify.simulate(snn, x[:5], timesteps=3, record=True)
+    assert output.shape == (5, 10) and output.dtype == np.float32
+    shapes = snn.graph.shapes
+    assert list(spikes) == [layer.name for layer in snn.graph.neuron_layers]
+    for name, train in spikes.items():
+        assert train.dtype == np.bool_ and train.shape == (3, 5, *shapes[name])
+    np.testing.assert_array_equal(snnverify.simulate(snn, x[:5], timesteps=3), output)
+
+
+def test_measure_sparsity_is_the_fraction_of_silent_neuron_timesteps(digits_case):
+    snn = digits_case.snn
+    x, y = next(iter(digits_case.test_loader))
+    loader = DataLoader(TensorDataset(x[:7], y[:7]), batch_size=3)  # last batch smaller
+    _, spikes = snnverify.simulate(snn, x[:7], timesteps=5, record=True)
+    silent = sum((~s).sum() for s in spikes.values())
+    total = sum(s.size for s in spikes.values())
+    assert snnverify.measure_sparsity(snn, loader, timesteps=5) == pytest.approx(silent / total, abs=1e-12)
+
+
+def test_evaluate_counts_every_sample_with_a_smaller_last_batch(digits_case):
+    snn = digits_case.snn
+    x, y = next(iter(digits_case.test_loader))
+    predictions = snnverify.simulate(snn, x[:10], timesteps=4).argmax(1)
+    expected = (predictions == y[:10].numpy()).mean()
+    loader = DataLoader(TensorDataset(x[:10], y[:10]), batch_size=4)
+    assert snnverify.evaluate(snn, loader, timesteps=4) == pytest.approx(expected)
+    # state is reset per batch: batching must not change any prediction
+    assert snnverify.evaluate(snn, DataLoader(TensorDataset(x[:10], y[:10]), batch_size=10), timesteps=4) == \
+        pytest.approx(expected)
+
+
+def test_evaluate_an_ann_and_the_tutorial_spelling(digits_case):
+    accuracy = neurocuda.evaluate(digits_case.ann, digits_case.test_loader, device="cpu")
+    assert 0.8 < accuracy <= 1.0
+    neurocuda.compile(digits_case.snn, target="torch")
+    assert digits_case.snn.target == "torch"
+
+
+def test_unknown_target_lists_the_known_ones(digits_case):
+    with pytest.raises(ValueError, match=r"unknown target 'tpu'; known targets: .*torch"):
+        snnverify.compile(digits_case.snn, target="tpu")
+    assert digits_case.snn.target == "torch"  # unchanged
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True, "8"])
+def test_timesteps_below_one_or_not_integer_are_rejected(digits_case, steps):
+    x, _ = next(iter(digits_case.test_loader))
+    with pytest.raises(ValueError, match="timesteps must be an integer >= 1"):
+        snnverify.simulate(digits_case.snn, x[:2], timesteps=steps)
+    with pytest.raises(ValueError, match="timesteps must be an integer >= 1"):
+        snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=steps)
+
+
+def test_wrong_input_shape_and_dtype_are_named(digits_case):
+    with pytest.raises(ValueError, match=r"expects shape \[batch, 1, 8, 8\], got \[2, 1, 9, 8\]"):
+        snnverify.simulate(digits_case.snn, torch.zeros(2, 1, 9, 8))
+    with pytest.raises(TypeError, match="must be numeric"):
+        snnverify.simulate(digits_case.snn, torch.zeros(2, 1, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        snnverify.simulate(digits_case.snn, torch.full((2, 1, 8, 8), float("nan")))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_name_the_parameter(bad):
+    model = small_resnet(10, 1)
+    with torch.no_grad():
+        model.layers[1][0].conv2.weight[0, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"'layers\.1\.0\.conv2\.weight' contains a non-finite value"):
+        snnverify.convert(model, tiny_loader(), timesteps=4)
+
+
+def test_empty_calibration_loader_is_an_error():
+    empty = DataLoader(TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0).long()), batch_size=4)
+    with pytest.raises(ValueError, match="calibration loader is empty"):
+        snnverify.convert(small_resnet(10, 1), empty, timesteps=4)
+
+
+def test_unknown_conversion_option_is_named():
+    with pytest.raises(TypeError, match="unknown conversion options \\['qcfs_epoch'\\]"):
+        snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=4, qcfs_epoch=2)
+
+
+@pytest.mark.parametrize("option, value", [("levels", 0), ("finetune_epochs", -1), ("qcfs_lr", 0.0)])
+def test_invalid_conversion_option_values_are_named(option, value):
+    with pytest.raises(ValueError, match=option):
+        snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=4, **{option: value})
+
+
+def test_checkpoint_that_does_not_match_the_model(tmp_path):
+    other = nn.Sequential(nn.Linear(3, 4))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    keys = len(small_resnet(10, 1).state_dict())
+    message = rf"other\.pt.*does not match ResNet: {keys} missing keys \(conv1.weight, .*2 unexpected keys \(0.weight, 0.bias\)"
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(small_resnet(10, 1), tmp_path / "other.pt")
+    wrong_classes = small_resnet(5, 1)
+    torch.save(wrong_classes.state_dict(), tmp_path / "five.pt")
+    with pytest.raises(ValueError, match=r"five\.pt.*size mismatch for fc\.weight"):
+        load_checkpoint(small_resnet(10, 1), tmp_path / "five.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk\.pt.*cannot be read"):
+        load_checkpoint(small_resnet(10, 1), tmp_path / "junk.pt")
+
+
+def test_checkpoint_round_trip_restores_the_model(tmp_path):
+    torch.manual_seed(1)
+    model = small_resnet(10, 1)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    restored = load_checkpoint(small_resnet(10, 1), tmp_path / "m.pt")
+    for (name, a), (_, b) in zip(model.state_dict().items(), restored.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_graph_validation_names_node_and_value():
+    weight = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"node 'fc' .*expects input shape \(3,\), got \(4,\)"):
+        g.SpikingGraph({"in": g.Input("in", shape=(4,)), "fc": g.Linear("fc", weight=weight),
+                        "out": g.Output("out")}, {"fc": ["in"], "out": ["fc"]})
+    with pytest.raises(ValueError, match=r"node 'n' \(IF\): threshold must be > 0, got -1.0"):
+        g.IF("n", threshold=[1.0, -1.0])
+    with pytest.raises(ValueError, match=r"node 'fc': weight contains a non-finite value \(nan\)"):
+        g.Linear("fc", weight=np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="does not come before it"):
+        g.SpikingGraph({"in": g.Input("in", shape=(2,)), "a": g.Add("a"), "out": g.Output("out")},
+                       {"a": ["in", "out"], "out": ["a"]})
