@@ -1,0 +1,68 @@
+"""The main job end to end on the embedded default, with small settings; and its reports."""
+
+import json
+
+import pytest
+
+from snnverify.cli import main
+from snnverify.report import load_reference
+
+FAST = ["--epochs", "2", "--qcfs-epochs", "1", "--finetune-epochs", "1", "--convert-timesteps", "2",
+        "--timesteps", "1", "4"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["run", "--out-dir", str(out), "--name", "quick", *FAST]) == 0
+    return out / "quick"
+
+
+def test_run_writes_json_markdown_plot_and_checkpoint(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in ("ann_accuracy", "qcfs_ann_accuracy", "traced_ann_accuracy", "snn_accuracy", "sparsity",
+                "dataset", "model", "timesteps", "wall_time_s", "versions"):
+        assert key in report, key
+    assert report["dataset"] == "digits" and report["model"] == "small_resnet"
+    assert report["timesteps"] == [1, 4]
+    assert set(report["snn_accuracy"]) == set(report["sparsity"]) == {"1", "4"}
+    assert all(0 <= v <= 1 for v in [*report["snn_accuracy"].values(), *report["sparsity"].values()])
+    assert report["versions"]["torch"].startswith("2.14.1")
+    assert report["samples"] == {"train": 1257, "cal": 180, "test": 360}
+    markdown = (run_dir / "report.md").read_text()
+    assert "| T" in markdown and "QCFS ANN" in markdown
+    assert (run_dir / "accuracy_vs_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "ann.pt").stat().st_size > 0
+
+
+def test_run_from_checkpoint_reproduces_the_ann_accuracy(run_dir, tmp_path):
+    first = json.loads((run_dir / "report.json").read_text())
+    assert main(["run", "--out-dir", str(tmp_path), "--name", "again", "--checkpoint", str(run_dir / "ann.pt"),
+                 *FAST]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["ann_accuracy"] == first["ann_accuracy"]
+    assert not (tmp_path / "again" / "ann.pt").exists()  # loaded, not trained
+
+
+def test_report_command_regenerates_markdown_from_json(run_dir):
+    (run_dir / "report.md").unlink()
+    assert main(["report", str(run_dir / "report.json")]) == 0
+    assert "snnverify run `quick`" in (run_dir / "report.md").read_text()
+
+
+def test_bad_inputs_exit_with_a_message_not_a_traceback(tmp_path, capsys):
+    assert main(["run", "--out-dir", str(tmp_path), "--dataset", "imagenet"]) == 2
+    assert "unknown dataset 'imagenet'" in capsys.readouterr().err.lower()
+    assert main(["run", "--out-dir", str(tmp_path), "--model", "vgg99"]) == 2
+    assert "unknown model 'vgg99'" in capsys.readouterr().err
+    assert main(["run", "--out-dir", str(tmp_path), "--timesteps", "0"]) == 2
+    assert "timesteps must be an integer >= 1" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    assert main(["run", "--out-dir", str(tmp_path), "--checkpoint", str(tmp_path / "bad.pt"), *FAST]) == 2
+    assert "bad.pt" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+
+
+def test_every_reference_names_its_source():
+    for name in ("qcfs_bu2022", "neurocuda_tutorial_resnet18", "targets"):
+        assert load_reference(name)["source"]
