@@ -19,7 +19,11 @@ from snnverify.graph import SpikingGraph
 
 #: target name -> module that registers it (imported on first use, so optional backends
 #: cost nothing until asked for).
-_BACKEND_MODULES = {"torch": "snnverify.runtime.torch_ref"}
+_BACKEND_MODULES = {
+    "torch": "snnverify.runtime.torch_ref",
+    "cpu": "snnverify.runtime.numba_cpu",
+    "gpu": "snnverify.runtime.numba_cuda",
+}
 _BACKENDS: dict[str, Callable[[SpikingGraph], "Backend"]] = {}
 
 

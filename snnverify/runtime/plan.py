@@ -1,0 +1,178 @@
+"""Execution plan shared by the Numba CPU and Numba CUDA backends.
+
+The plan fixes, once per graph, everything that decides the arithmetic: the dtype (float32,
+or int64 for quantised graphs), which synaptic layers are *event-driven* (fed by exactly one
+IF layer, so their input is a binary spike map and each spike adds a column of pre-scaled
+weights W'[o, c, ...] = W[o, c, ...]·θ_c), and the accumulation order. Both backends
+accumulate every neuron's input in the same order — input channel, then kernel row, then
+kernel column ascending (the order in which a spike map's events arrive), bias last — so
+that float32 spikes are bit-identical between CPU and GPU. Products are never fused into a
+multiply-add (the CUDA kernels use ``fmul_rn``; Numba's CPU code is compiled without
+fast-math, so LLVM does not contract them either).
+
+:func:`execute` walks the plan with a kernel set (CPU or GPU) — the walk is written once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from snnverify import graph as g
+
+
+def graph_dtype(graph: g.SpikingGraph) -> np.dtype:
+    """int64 when every parameter of the graph is integer (a quantised graph), else float32."""
+    arrays = [a for node in graph.nodes.values() for a in _parameters(node)]
+    kinds = {a.dtype.kind for a in arrays}
+    if kinds <= {"i"} and arrays:
+        return np.dtype(np.int64)
+    return np.dtype(np.float32)
+
+
+def _parameters(node: g.Node) -> list[np.ndarray]:
+    if isinstance(node, (g.Conv2d, g.Linear)):
+        return [node.weight] + ([node.bias] if node.bias is not None else [])
+    if isinstance(node, g.IF):
+        return [node.threshold]
+    return []
+
+
+@dataclass
+class Step:
+    """One node of the plan. ``events``: the input is the spike map of IF node ``source_if``."""
+
+    name: str
+    node: g.Node
+    inputs: list[str]
+    events: bool = False
+    weight: np.ndarray | None = None  # W' (event-driven) or W, in the plan's dtype
+    bias: np.ndarray | None = None
+    threshold: np.ndarray | None = None  # IF: θ per neuron of one sample, flattened
+
+
+@dataclass
+class Plan:
+    graph: g.SpikingGraph
+    dtype: np.dtype
+    steps: list[Step]
+    shapes: dict[str, tuple[int, ...]]
+
+
+def build_plan(graph: g.SpikingGraph) -> Plan:
+    dtype = graph_dtype(graph)
+    shapes = graph.shapes
+    steps = []
+    for name, node in graph.nodes.items():
+        sources = graph.inputs[name]
+        step = Step(name, node, sources)
+        if isinstance(node, (g.Conv2d, g.Linear)):
+            source = graph.nodes[sources[0]]
+            weight = node.weight.astype(dtype)
+            if isinstance(source, g.IF):
+                step.events = True
+                theta = source.threshold.astype(dtype)
+                # W'[o, c, ...] = W[o, c, ...]·θ_c: the graded spike θ_c·s folded into the weight
+                if isinstance(node, g.Conv2d):
+                    group_in = weight.shape[1]
+                    channel = np.arange(group_in * node.groups).reshape(node.groups, group_in)
+                    per_out = channel[np.arange(weight.shape[0]) // (weight.shape[0] // node.groups)]
+                    weight = weight * theta[per_out][:, :, None, None]
+                else:
+                    theta_in = np.repeat(theta, math.prod(shapes[source.name]) // len(theta))
+                    weight = weight * theta_in[None, :]
+            step.weight = np.ascontiguousarray(weight, dtype=dtype)
+            step.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
+        elif isinstance(node, g.IF):
+            per_channel = math.prod(shapes[name]) // len(node.threshold)
+            step.threshold = np.repeat(node.threshold.astype(dtype), per_channel)
+        steps.append(step)
+    return Plan(graph, dtype, steps, shapes)
+
+
+@dataclass
+class Kernels:
+    """What a backend provides to :func:`execute`. Arrays are the backend's (numpy or device).
+
+    Temporal signals are [T·B, ...]; static ones [B, ...]. ``if_layer`` returns the boolean
+    spikes [T·B, F] of neurons with θ per flattened neuron; ``graded`` turns spikes into θ·s.
+    """
+
+    to_device: Callable[[np.ndarray], Any]
+    to_host: Callable[[Any], np.ndarray]
+    conv2d: Callable  # (x, weight, bias, node, out_shape, events) -> out
+    linear: Callable  # (x, weight, bias, events) -> out
+    avg_pool2d: Callable  # (x, node, out_shape) -> out
+    add: Callable  # (list of (x, temporal), steps, batch) -> sum, temporal when any input is
+    if_layer: Callable  # (current, temporal, threshold, steps, batch) -> spikes
+    graded: Callable  # (spikes, threshold) -> θ·s
+    mean_over_time: Callable  # (x, temporal, steps, batch) -> [B, K]
+    count: Callable  # (spikes) -> int
+
+
+@dataclass
+class Signal:
+    """A node's output on a backend: [T·B, ...] when temporal else [B, ...]. A spike map (the
+    output of an IF layer) is kept as booleans with its thresholds, for event-driven consumers."""
+
+    array: Any
+    temporal: bool
+    threshold: Any = None  # device array θ per flattened neuron when this is a spike map
+
+
+def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: bool):
+    """Run the plan on a batch; returns (output [B, K] float, spike counts, recorded spikes)."""
+    batch = x.shape[0]
+    values: dict[str, Signal] = {}
+    remaining = {s.name: len(plan.graph.users(s.name)) for s in plan.steps}
+    counts, spikes = {}, ({} if record else None)
+    output = None
+
+    def analog(signal: Signal):
+        """The signal as currents: a spike map becomes its graded spikes θ·s."""
+        if signal.threshold is None:
+            return signal.array
+        rows = signal.array.shape[0]
+        return kernels.graded(signal.array.reshape(rows, -1), signal.threshold).reshape(signal.array.shape)
+
+    for step in plan.steps:
+        node = step.node
+        args = [values[s] for s in step.inputs]
+        temporal = any(a.temporal for a in args)
+        rows = steps * batch if temporal else batch
+        shape_in = (rows, *plan.shapes[step.inputs[0]]) if step.inputs else None
+        if isinstance(node, g.Input):
+            values[step.name] = Signal(kernels.to_device(np.ascontiguousarray(x, dtype=plan.dtype)), False)
+        elif isinstance(node, g.IF):
+            threshold = kernels.to_device(step.threshold)
+            s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold, steps, batch)
+            counts[step.name] = kernels.count(s)
+            if record:
+                spikes[step.name] = kernels.to_host(s).reshape(steps, batch, *plan.shapes[step.name])
+            values[step.name] = Signal(s.reshape(steps * batch, *plan.shapes[step.name]), True, threshold)
+        elif isinstance(node, (g.Conv2d, g.Linear)):
+            source = args[0].array if step.events else analog(args[0])
+            weight, bias = kernels.to_device(step.weight), kernels.to_device(step.bias)
+            if isinstance(node, g.Conv2d):
+                out = kernels.conv2d(source.reshape(shape_in), weight, bias, node,
+                                     (rows, *plan.shapes[step.name]), step.events)
+            else:
+                out = kernels.linear(source.reshape(rows, -1), weight, bias, step.events)
+            values[step.name] = Signal(out, temporal)
+        elif isinstance(node, g.AvgPool2d):
+            out = kernels.avg_pool2d(analog(args[0]).reshape(shape_in), node, (rows, *plan.shapes[step.name]))
+            values[step.name] = Signal(out, temporal)
+        elif isinstance(node, g.Flatten):
+            values[step.name] = Signal(analog(args[0]).reshape(rows, -1), temporal)
+        elif isinstance(node, g.Add):
+            values[step.name] = Signal(kernels.add([(analog(a), a.temporal) for a in args], steps, batch), temporal)
+        elif isinstance(node, g.Output):
+            output = kernels.mean_over_time(analog(args[0]).reshape(rows, -1), temporal, steps, batch)
+        for source in step.inputs:
+            remaining[source] -= 1
+            if remaining[source] == 0:
+                del values[source]
+    return output, counts, spikes
