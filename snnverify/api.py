@@ -18,6 +18,7 @@ from torch import nn
 from snnverify import graph as g
 from snnverify.convert import Conversion, ConversionOptions, convert_model
 from snnverify.runtime import Backend, RunResult, create_backend
+from snnverify.runtime.quantize import quantize_graph
 from snnverify.util import progress, split_batch
 
 
@@ -64,6 +65,16 @@ def compile(snn: SNN, target: str = "torch") -> SNN:  # noqa: A001 — the tutor
     snn.backend = create_backend(target, snn.graph)
     snn.target = target
     return snn
+
+
+def quantize(snn: SNN, weight_bits: int = 8, amplitude_bits: int = 8, input_scale: float = 2.0**6) -> SNN:
+    """An integer-mode copy of ``snn`` (compiled for the same target): integer weights with
+    per-layer power-of-two scales, even integer thresholds, exact integer membranes — so every
+    backend gives identical spikes. See :mod:`snnverify.runtime.quantize`."""
+    if not isinstance(snn, SNN):
+        raise TypeError(f"quantize expects an SNN, got {type(snn).__name__}")
+    graph = quantize_graph(snn.graph, weight_bits, amplitude_bits, input_scale)
+    return SNN(graph, snn.timesteps, snn.conversion, target=snn.target)
 
 
 def simulate(snn: SNN, x, timesteps: int | None = None, record: bool = False, device=None):

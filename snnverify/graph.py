@@ -34,7 +34,9 @@ def _pair(value: int | tuple[int, int], what: str, node: str) -> tuple[int, int]
 
 
 def _float_array(value, what: str, node: str, ndim: int) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float32)
+    """Parameters are float32, or int64 in a quantised graph (integer input stays integer)."""
+    array = np.asarray(value)
+    array = array.astype(np.int64) if array.dtype.kind in "iu" else array.astype(np.float32)
     if array.ndim != ndim:
         raise ValueError(f"node {node!r}: {what} must have {ndim} dimensions, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
@@ -54,21 +56,29 @@ class Node:
         """Shape of the node's output (no batch dimension); raises ValueError on a mismatch."""
         raise NotImplementedError
 
+    def parameters(self) -> list[np.ndarray]:
+        """The node's array parameters."""
+        return [getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)]
+
     def _error(self, message: str) -> ValueError:
         return ValueError(f"node {self.name!r} ({type(self).__name__}): {message}")
 
 
 @dataclass(frozen=True, eq=False)
 class Input(Node):
-    """Graph input; the image x is applied as a constant current I[t] = x at every step."""
+    """Graph input; the image x is applied as a constant current I[t] = x·scale at every step
+    (rounded to the nearest integer, ties to even, in a quantised graph)."""
 
     shape: Shape = ()  # (C, H, W) or (features,)
+    scale: float = 1.0  # current units per input unit; quantised graphs use a power of two
     arity: ClassVar = (0, 0)
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if not self.shape or min(self.shape) < 1:
             raise self._error(f"shape must be non-empty with positive sizes, got {self.shape}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise self._error(f"scale must be a positive number, got {self.scale}")
 
     def output_shape(self, input_shapes):
         return self.shape
@@ -165,6 +175,12 @@ class AvgPool2d(Node):
 
 
 @dataclass(frozen=True, eq=False)
+class SumPool2d(AvgPool2d):
+    """Window sum with zero padding: I_out = Σ_window I_in (average pooling of a quantised graph,
+    whose scales carry the divisor)."""
+
+
+@dataclass(frozen=True, eq=False)
 class Flatten(Node):
     """Flattens (C, H, W) to (C·H·W,) in C order, as torch.flatten(x, 1)."""
 
@@ -190,17 +206,31 @@ class IF(Node):
     """Integrate-and-fire neurons with reset by subtraction, one threshold per channel.
 
     v[0] = θ/2;  v[t] = v[t-1] + I[t];  s[t] = 1 if v[t] ≥ θ else 0;  v[t] ← v[t] − θ·s[t].
-    Output: graded spikes θ·s[t]. Channel = first axis of the (no-batch) shape.
+    Output: graded spikes a·s[t] with amplitude a = θ unless given (a quantised graph gives
+    its own, at the next layer's scale). Channel = first axis of the (no-batch) shape.
     Under a constant current z the neuron fires exactly clip(floor(z·T/θ + 1/2), 0, T) times.
     """
 
-    threshold: np.ndarray = None  # θ > 0, shape [C]
+    threshold: np.ndarray = None  # θ > 0, shape [C]; even integers in a quantised graph
+    amplitude: np.ndarray | None = None  # graded output per spike, shape [C]; None: θ
 
     def __post_init__(self):
         threshold = _float_array(self.threshold, "threshold", self.name, 1)
         if np.any(threshold <= 0):
             raise self._error(f"threshold must be > 0, got {threshold[threshold <= 0].ravel()[0]}")
+        if threshold.dtype.kind == "i" and np.any(threshold % 2):
+            raise self._error(f"integer thresholds must be even (v[0] = θ/2), got {threshold[threshold % 2 != 0][0]}")
         object.__setattr__(self, "threshold", threshold)
+        if self.amplitude is not None:
+            amplitude = _float_array(self.amplitude, "amplitude", self.name, 1)
+            if amplitude.shape != threshold.shape or amplitude.dtype != threshold.dtype:
+                raise self._error(f"amplitude {amplitude.shape} {amplitude.dtype} must match threshold "
+                                  f"{threshold.shape} {threshold.dtype}")
+            object.__setattr__(self, "amplitude", amplitude)
+
+    @property
+    def output_amplitude(self) -> np.ndarray:
+        return self.threshold if self.amplitude is None else self.amplitude
 
     def output_shape(self, input_shapes):
         (shape,) = input_shapes
@@ -211,11 +241,27 @@ class IF(Node):
 
 @dataclass(frozen=True, eq=False)
 class Output(Node):
-    """Network output: the input current averaged over T; the prediction is its argmax."""
+    """Network output: the input current averaged over T, divided by ``scale``; the prediction
+    is its argmax."""
+
+    scale: float = 1.0  # current units per output unit (quantised graphs)
+
+    def __post_init__(self):
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise self._error(f"scale must be a positive number, got {self.scale}")
 
     def output_shape(self, input_shapes):
         (shape,) = input_shapes
         return shape
+
+
+def input_current(node: Input, x: np.ndarray, dtype) -> np.ndarray:
+    """The constant current I = x·scale of an input batch, as ``dtype``; integer graphs round
+    to the nearest integer (ties to even) — the one place where a quantised graph rounds."""
+    current = np.asarray(x, np.float64 if np.dtype(dtype).kind == "i" else np.float32) * node.scale
+    if np.dtype(dtype).kind == "i":
+        current = np.rint(current)
+    return np.ascontiguousarray(current, dtype=dtype)
 
 
 def check_timesteps(timesteps) -> int:
@@ -289,6 +335,12 @@ class SpikingGraph:
     def neuron_layers(self) -> list[IF]:
         """The IF nodes, in topological order."""
         return [n for n in self.nodes.values() if isinstance(n, IF)]
+
+    @property
+    def integer(self) -> bool:
+        """Whether the graph is quantised: every parameter an integer (then all arithmetic is)."""
+        kinds = {a.dtype.kind for node in self.nodes.values() for a in node.parameters()}
+        return kinds == {"i"}
 
     @property
     def edges(self) -> list[tuple[str, str]]:

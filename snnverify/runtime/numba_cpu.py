@@ -139,10 +139,10 @@ def _if_layer(current, temporal, threshold, v0, steps, batch, spikes):
 
 
 @njit(parallel=True, cache=True)
-def _graded(spikes, threshold, out):
+def _graded(spikes, amplitude, out):
     for n in prange(spikes.shape[0]):
         for f in range(spikes.shape[1]):
-            out[n, f] = threshold[f] if spikes[n, f] else 0
+            out[n, f] = amplitude[f] if spikes[n, f] else 0
 
 
 def _add(inputs, steps, batch):
@@ -185,18 +185,10 @@ def _linear(x, weight, bias, events):
     return out
 
 
-def _avg_pool(x, node: g.AvgPool2d, out_shape):
+def _sum_pool(x, node: g.AvgPool2d, out_shape):
     out = np.empty(out_shape, x.dtype)
     _sum_pool2d(x, np.array(node.kernel_size), np.array(node.stride), np.array(node.padding), x.dtype.type(0), out)
-    return average(out, node)
-
-
-def average(window_sums, node: g.AvgPool2d):
-    """Window sums / (kH·kW), one correctly rounded float32 division; integer graphs keep the
-    sums (their scales carry the divisor)."""
-    if window_sums.dtype.kind == "i":
-        return window_sums
-    return window_sums / np.float32(node.kernel_size[0] * node.kernel_size[1])
+    return out
 
 
 def _if(current, temporal, threshold, steps, batch):
@@ -210,9 +202,9 @@ def initial_membrane(threshold: np.ndarray) -> np.ndarray:
     return threshold // 2 if threshold.dtype.kind == "i" else threshold * np.float32(0.5)
 
 
-def _graded_values(spikes, threshold):
-    out = np.empty(spikes.shape, threshold.dtype)
-    _graded(spikes, threshold, out)
+def _graded_values(spikes, amplitude):
+    out = np.empty(spikes.shape, amplitude.dtype)
+    _graded(spikes, amplitude, out)
     return out
 
 
@@ -221,7 +213,8 @@ CPU_KERNELS = Kernels(
     to_host=lambda a: a,
     conv2d=_conv2d,
     linear=_linear,
-    avg_pool2d=_avg_pool,
+    sum_pool2d=_sum_pool,
+    divide=lambda x, divisor: x / divisor,
     add=_add,
     if_layer=_if,
     graded=_graded_values,

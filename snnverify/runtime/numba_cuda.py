@@ -121,7 +121,7 @@ def _sum_pool_kernel(x, kernel, stride, padding, zero, out):
 def _divide_kernel(x, divisor, out):
     index = cuda.grid(1)
     if index < x.size:
-        out.ravel()[index] = x.ravel()[index] / divisor
+        out[index] = x[index] / divisor
 
 
 @cuda.jit
@@ -142,12 +142,12 @@ def _if_kernel(current, temporal, threshold, v0, steps, batch, spikes):
 
 
 @cuda.jit
-def _graded_kernel(spikes, threshold, out):
+def _graded_kernel(spikes, amplitude, out):
     index = cuda.grid(1)
-    neurons = threshold.shape[0]
+    neurons = amplitude.shape[0]
     if index < spikes.shape[0] * neurons:
         n, f = index // neurons, index % neurons
-        out[n, f] = threshold[f] if spikes[n, f] else threshold[f] * 0
+        out[n, f] = amplitude[f] if spikes[n, f] else amplitude[f] * 0
 
 
 @cuda.jit
@@ -186,15 +186,17 @@ def _linear(x, weight, bias, events):
     return out
 
 
-def _avg_pool(x, node: g.AvgPool2d, out_shape):
+def _sum_pool(x, node: g.AvgPool2d, out_shape):
     sums = cuda.device_array(out_shape, x.dtype)
     geometry = (np.array(node.kernel_size), np.array(node.stride), np.array(node.padding))
     _launch(_sum_pool_kernel, math.prod(out_shape), x, *geometry, x.dtype.type(0), sums)
-    if x.dtype.kind == "i":
-        return sums
-    out = cuda.device_array(out_shape, x.dtype)
-    _launch(_divide_kernel, sums.size, sums, np.float32(node.kernel_size[0] * node.kernel_size[1]), out)
-    return out
+    return sums
+
+
+def _divide(x, divisor):
+    out = cuda.device_array(x.size, x.dtype)
+    _launch(_divide_kernel, x.size, x.reshape(x.size), divisor, out)
+    return out.reshape(x.shape)
 
 
 def _add(inputs, steps, batch):
@@ -218,9 +220,9 @@ def _if(current, temporal, threshold, steps, batch):
     return spikes
 
 
-def _graded(spikes, threshold):
-    out = cuda.device_array(spikes.shape, threshold.dtype)
-    _launch(_graded_kernel, spikes.shape[0] * threshold.shape[0], spikes, threshold, out)
+def _graded(spikes, amplitude):
+    out = cuda.device_array(spikes.shape, amplitude.dtype)
+    _launch(_graded_kernel, spikes.shape[0] * amplitude.shape[0], spikes, amplitude, out)
     return out
 
 
@@ -242,7 +244,8 @@ GPU_KERNELS = Kernels(
     to_host=lambda a: a.copy_to_host(),
     conv2d=_conv2d,
     linear=_linear,
-    avg_pool2d=_avg_pool,
+    sum_pool2d=_sum_pool,
+    divide=_divide,
     add=_add,
     if_layer=_if,
     graded=_graded,

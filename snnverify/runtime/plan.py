@@ -25,20 +25,8 @@ from snnverify import graph as g
 
 
 def graph_dtype(graph: g.SpikingGraph) -> np.dtype:
-    """int64 when every parameter of the graph is integer (a quantised graph), else float32."""
-    arrays = [a for node in graph.nodes.values() for a in _parameters(node)]
-    kinds = {a.dtype.kind for a in arrays}
-    if kinds <= {"i"} and arrays:
-        return np.dtype(np.int64)
-    return np.dtype(np.float32)
-
-
-def _parameters(node: g.Node) -> list[np.ndarray]:
-    if isinstance(node, (g.Conv2d, g.Linear)):
-        return [node.weight] + ([node.bias] if node.bias is not None else [])
-    if isinstance(node, g.IF):
-        return [node.threshold]
-    return []
+    """int64 for a quantised graph (exact integer arithmetic), else float32."""
+    return np.dtype(np.int64) if graph.integer else np.dtype(np.float32)
 
 
 @dataclass
@@ -52,6 +40,7 @@ class Step:
     weight: np.ndarray | None = None  # W' (event-driven) or W, in the plan's dtype
     bias: np.ndarray | None = None
     threshold: np.ndarray | None = None  # IF: θ per neuron of one sample, flattened
+    amplitude: np.ndarray | None = None  # IF: graded output a per neuron, flattened
 
 
 @dataclass
@@ -74,8 +63,8 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             weight = node.weight.astype(dtype)
             if isinstance(source, g.IF):
                 step.events = True
-                theta = source.threshold.astype(dtype)
-                # W'[o, c, ...] = W[o, c, ...]·θ_c: the graded spike θ_c·s folded into the weight
+                theta = source.output_amplitude.astype(dtype)
+                # W'[o, c, ...] = W[o, c, ...]·a_c: the graded spike a_c·s folded into the weight
                 if isinstance(node, g.Conv2d):
                     group_in = weight.shape[1]
                     channel = np.arange(group_in * node.groups).reshape(node.groups, group_in)
@@ -89,6 +78,7 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
         elif isinstance(node, g.IF):
             per_channel = math.prod(shapes[name]) // len(node.threshold)
             step.threshold = np.repeat(node.threshold.astype(dtype), per_channel)
+            step.amplitude = np.repeat(node.output_amplitude.astype(dtype), per_channel)
         steps.append(step)
     return Plan(graph, dtype, steps, shapes)
 
@@ -105,10 +95,11 @@ class Kernels:
     to_host: Callable[[Any], np.ndarray]
     conv2d: Callable  # (x, weight, bias, node, out_shape, events) -> out
     linear: Callable  # (x, weight, bias, events) -> out
-    avg_pool2d: Callable  # (x, node, out_shape) -> out
+    sum_pool2d: Callable  # (x, node, out_shape) -> window sums
+    divide: Callable  # (x, float32 divisor) -> x / divisor, correctly rounded
     add: Callable  # (list of (x, temporal), steps, batch) -> sum, temporal when any input is
     if_layer: Callable  # (current, temporal, threshold, steps, batch) -> spikes
-    graded: Callable  # (spikes, threshold) -> θ·s
+    graded: Callable  # (spikes, amplitude) -> a·s
     mean_over_time: Callable  # (x, temporal, steps, batch) -> [B, K]
     count: Callable  # (spikes) -> int
 
@@ -116,11 +107,11 @@ class Kernels:
 @dataclass
 class Signal:
     """A node's output on a backend: [T·B, ...] when temporal else [B, ...]. A spike map (the
-    output of an IF layer) is kept as booleans with its thresholds, for event-driven consumers."""
+    output of an IF layer) is kept as booleans with its amplitudes, for event-driven consumers."""
 
     array: Any
     temporal: bool
-    threshold: Any = None  # device array θ per flattened neuron when this is a spike map
+    amplitude: Any = None  # device array a per flattened neuron when this is a spike map
 
 
 def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: bool):
@@ -132,11 +123,11 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
     output = None
 
     def analog(signal: Signal):
-        """The signal as currents: a spike map becomes its graded spikes θ·s."""
-        if signal.threshold is None:
+        """The signal as currents: a spike map becomes its graded spikes a·s."""
+        if signal.amplitude is None:
             return signal.array
         rows = signal.array.shape[0]
-        return kernels.graded(signal.array.reshape(rows, -1), signal.threshold).reshape(signal.array.shape)
+        return kernels.graded(signal.array.reshape(rows, -1), signal.amplitude).reshape(signal.array.shape)
 
     for step in plan.steps:
         node = step.node
@@ -145,14 +136,15 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         rows = steps * batch if temporal else batch
         shape_in = (rows, *plan.shapes[step.inputs[0]]) if step.inputs else None
         if isinstance(node, g.Input):
-            values[step.name] = Signal(kernels.to_device(np.ascontiguousarray(x, dtype=plan.dtype)), False)
+            values[step.name] = Signal(kernels.to_device(g.input_current(node, x, plan.dtype)), False)
         elif isinstance(node, g.IF):
             threshold = kernels.to_device(step.threshold)
             s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold, steps, batch)
             counts[step.name] = kernels.count(s)
             if record:
                 spikes[step.name] = kernels.to_host(s).reshape(steps, batch, *plan.shapes[step.name])
-            values[step.name] = Signal(s.reshape(steps * batch, *plan.shapes[step.name]), True, threshold)
+            amplitude = kernels.to_device(step.amplitude)
+            values[step.name] = Signal(s.reshape(steps * batch, *plan.shapes[step.name]), True, amplitude)
         elif isinstance(node, (g.Conv2d, g.Linear)):
             source = args[0].array if step.events else analog(args[0])
             weight, bias = kernels.to_device(step.weight), kernels.to_device(step.bias)
@@ -162,15 +154,18 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
             else:
                 out = kernels.linear(source.reshape(rows, -1), weight, bias, step.events)
             values[step.name] = Signal(out, temporal)
-        elif isinstance(node, g.AvgPool2d):
-            out = kernels.avg_pool2d(analog(args[0]).reshape(shape_in), node, (rows, *plan.shapes[step.name]))
+        elif isinstance(node, g.AvgPool2d):  # SumPool2d too
+            out = kernels.sum_pool2d(analog(args[0]).reshape(shape_in), node, (rows, *plan.shapes[step.name]))
+            if not isinstance(node, g.SumPool2d):
+                out = kernels.divide(out, np.float32(node.kernel_size[0] * node.kernel_size[1]))
             values[step.name] = Signal(out, temporal)
         elif isinstance(node, g.Flatten):
             values[step.name] = Signal(analog(args[0]).reshape(rows, -1), temporal)
         elif isinstance(node, g.Add):
             values[step.name] = Signal(kernels.add([(analog(a), a.temporal) for a in args], steps, batch), temporal)
         elif isinstance(node, g.Output):
-            output = kernels.mean_over_time(analog(args[0]).reshape(rows, -1), temporal, steps, batch)
+            mean = kernels.mean_over_time(analog(args[0]).reshape(rows, -1), temporal, steps, batch)
+            output = mean if node.scale == 1 else mean / node.scale
         for source in step.inputs:
             remaining[source] -= 1
             if remaining[source] == 0:

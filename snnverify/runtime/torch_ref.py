@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,11 +63,13 @@ class TorchExecutor(nn.Module):
     """Executes a spiking graph in torch; differentiable with respect to weights and biases."""
 
     def __init__(self, graph: g.SpikingGraph, surrogate_alpha: float = 2.0):
+        """A quantised (integer) graph runs in float64, where its integers are exact below 2^53."""
         super().__init__()
         self.graph = graph
         self.surrogate_alpha = surrogate_alpha
         self.ops = nn.ModuleDict()  # keys are node indices: graph names may contain dots
         self.thresholds = nn.ParameterDict()
+        self.amplitudes = nn.ParameterDict()
         self._keys = {name: f"n{i}" for i, name in enumerate(graph.nodes)}
         for name, node in graph.nodes.items():
             key = self._keys[name]
@@ -84,13 +87,19 @@ class TorchExecutor(nn.Module):
                 self.ops[key] = _load(conv, node)
             elif isinstance(node, g.Linear):
                 self.ops[key] = _load(nn.Linear(node.weight.shape[1], node.weight.shape[0], node.bias is not None), node)
-            elif isinstance(node, g.AvgPool2d):
-                self.ops[key] = nn.AvgPool2d(node.kernel_size, node.stride, node.padding, count_include_pad=True)
+            elif isinstance(node, g.AvgPool2d):  # SumPool2d: the same window, no divisor
+                divisor = 1 if isinstance(node, g.SumPool2d) else None
+                self.ops[key] = nn.AvgPool2d(node.kernel_size, node.stride, node.padding, count_include_pad=True,
+                                             divisor_override=divisor)
             elif isinstance(node, g.Flatten):
                 self.ops[key] = nn.Flatten()
             elif isinstance(node, g.IF):
                 # thresholds are fixed during fine-tuning (θ = λ from QCFS); only weights train
                 self.thresholds[key] = nn.Parameter(torch.from_numpy(node.threshold.copy()), requires_grad=False)
+                self.amplitudes[key] = nn.Parameter(torch.from_numpy(node.output_amplitude.copy()),
+                                                    requires_grad=False)
+        if graph.integer:
+            self.double()
 
     def forward(self, x: torch.Tensor, timesteps: int, record: bool = False):
         """Returns (output current averaged over T [batch, K], spike counts {layer: tensor},
@@ -104,7 +113,9 @@ class TorchExecutor(nn.Module):
             key = self._keys[name]
             args = [signals[s] for s in graph.inputs[name]]
             if isinstance(node, g.Input):
-                signals[name] = (x, False)
+                dtype = torch.float64 if graph.integer else torch.float32
+                current = x if node.scale == 1 and not graph.integer else _input_current(node, x, graph.integer)
+                signals[name] = (current.to(dtype), False)
             elif isinstance(node, g.Add):
                 temporal = any(t for _, t in args)
                 total = args[0][0]
@@ -113,15 +124,16 @@ class TorchExecutor(nn.Module):
                 signals[name] = (total, temporal)
             elif isinstance(node, g.IF):
                 (current, temporal) = args[0]
-                theta = self.thresholds[key].view(-1, *[1] * (len(current.shape) - 2 - temporal))
+                per_channel = [-1, *[1] * (len(current.shape) - 2 - temporal)]
+                theta = self.thresholds[key].view(per_channel)
                 s = if_neurons(current, theta, timesteps, static=not temporal, alpha=self.surrogate_alpha)
                 counts[name] = s.detach().sum()
                 if record:
                     spikes[name] = s.detach().bool()
-                signals[name] = (s * theta, True)
+                signals[name] = (s * self.amplitudes[key].view(per_channel), True)
             elif isinstance(node, g.Output):
                 (current, temporal) = args[0]
-                output = current.mean(0) if temporal else current
+                output = (current.sum(0) / timesteps if temporal else current) / node.scale
             else:
                 (tensor, temporal) = args[0]
                 op = self.ops[key]
@@ -146,6 +158,12 @@ class TorchExecutor(nn.Module):
                 bias = None if op.bias is None else op.bias.detach().cpu().numpy().copy()
                 replacements[name] = g.replace(node, weight=op.weight.detach().cpu().numpy().copy(), bias=bias)
         return self.graph.with_nodes(replacements)
+
+
+def _input_current(node: g.Input, x: torch.Tensor, integer: bool) -> torch.Tensor:
+    """I = x·scale, rounded for integer graphs — the shared definition in ``graph.input_current``."""
+    dtype = np.int64 if integer else np.float32
+    return torch.from_numpy(g.input_current(node, x.detach().cpu().numpy(), dtype)).to(x.device)
 
 
 def _load(module: nn.Module, node) -> nn.Module:

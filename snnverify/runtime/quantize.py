@@ -1,0 +1,139 @@
+"""Integer mode: a spiking graph with integer weights, thresholds and amplitudes.
+
+Every signal gets a scale σ (integer value = real value · σ). Per layer:
+
+* Input: σ = ``input_scale`` (a power of two); the image is rounded once, to x·σ.
+* Conv2d / Linear: weights W·2^k with the largest k that keeps |W·2^k| ≤ 2^(bits−1) − 1
+  (a per-layer power of two), rounded; σ_out = σ_in·2^k; bias rounded at σ_out.
+* AvgPool2d becomes SumPool2d: σ_out = σ_in·kH·kW (the divisor moves into the scale).
+* IF: θ becomes an even integer round(θ·σ_in/2)·2 (so v[0] = θ/2 stays exact); the graded
+  output θ·s is re-expressed at its own power-of-two scale 2^a with amplitudes
+  round(θ·2^a) ≤ 2^amplitude_bits − 1, so scales do not grow from layer to layer.
+* Add: its inputs must share one scale (see :func:`_scales`): an identity input from an IF
+  layer is re-expressed at the finer scale of the other branch (a larger amplitude, exact);
+  of two conv/linear inputs, the finer one lowers its weight scale to the coarser one.
+* Output: the averaged output current is divided by its σ.
+
+After quantisation all membrane arithmetic is exact integer arithmetic, so every backend gives
+identical spikes by construction; only the rounding above changes the network, and its effect
+on accuracy is what ``snnverify run`` reports.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from snnverify import graph as g
+
+
+def _power_of_two_scale(max_abs: float, limit: int) -> float:
+    """Largest 2^k with max_abs·2^k ≤ limit (1 for an all-zero tensor)."""
+    if max_abs == 0:
+        return 1.0
+    return 2.0 ** math.floor(math.log2(limit / max_abs))
+
+
+def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplitude_scale: dict[str, float]):
+    """σ of every node and the weight scale of every conv/linear, aligning each merge's inputs.
+
+    At a merge the finest input scale wins. A coarser input that comes (through pooling or
+    flattening) from an IF layer is raised by giving that IF a finer amplitude scale — returned
+    in ``raised`` so the caller recomputes; a coarser conv/linear input cannot be raised (its
+    weights would overflow), so then the merge settles on that coarser scale and finer
+    conv/linear inputs lower their weight scale instead."""
+    scale: dict[str, float] = {}
+    weight_scale: dict[str, float] = {}
+    for name, node in graph.nodes.items():
+        sources = graph.inputs[name]
+        if isinstance(node, g.Input):
+            scale[name] = input_scale
+        elif isinstance(node, (g.Conv2d, g.Linear)):
+            weight_scale[name] = _power_of_two_scale(float(np.abs(node.weight).max()), weight_limit)
+            scale[name] = scale[sources[0]] * weight_scale[name]
+        elif isinstance(node, g.AvgPool2d):
+            area = 1 if isinstance(node, g.SumPool2d) else node.kernel_size[0] * node.kernel_size[1]
+            scale[name] = scale[sources[0]] * area
+        elif isinstance(node, g.IF):
+            scale[name] = amplitude_scale[name]
+        elif isinstance(node, g.Add):
+            finest = max(scale[s] for s in sources)
+            raised = {}
+            for source in sources:
+                origin = _if_origin(graph, source)
+                if scale[source] < finest and origin is not None:
+                    raised[origin] = amplitude_scale[origin] * finest / scale[source]
+            if raised:
+                return scale, weight_scale, raised
+            target = min(scale[s] for s in sources)
+            for source in sources:
+                if scale[source] == target:
+                    continue
+                if not isinstance(graph.nodes[source], (g.Conv2d, g.Linear)) or len(graph.users(source)) != 1:
+                    raise ValueError(
+                        f"cannot quantise merge {name!r}: input {source!r} ({type(graph.nodes[source]).__name__}) "
+                        f"has scale {scale[source]:g}, finer than {target:g}, and cannot be rescaled"
+                    )
+                weight_scale[source] *= target / scale[source]
+                scale[source] = target
+            scale[name] = target
+        else:  # Flatten, Output
+            scale[name] = scale[sources[0]]
+    return scale, weight_scale, {}
+
+
+def _if_origin(graph: g.SpikingGraph, name: str) -> str | None:
+    """The IF layer whose output reaches ``name`` through pooling and flattening only, if any."""
+    while isinstance(graph.nodes[name], (g.AvgPool2d, g.Flatten)):
+        name = graph.inputs[name][0]
+    return name if isinstance(graph.nodes[name], g.IF) else None
+
+
+def quantize_graph(
+    graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 8, input_scale: float = 2.0**6
+) -> g.SpikingGraph:
+    """The integer version of a float graph (see the module docstring)."""
+    if graph.integer:
+        raise ValueError("the graph is already quantised")
+    if not 2 <= weight_bits <= 32 or not 1 <= amplitude_bits <= 32:
+        raise ValueError(f"weight_bits must be in 2..32 and amplitude_bits in 1..32, got {weight_bits}, {amplitude_bits}")
+    if not (input_scale > 0 and math.log2(input_scale).is_integer()):
+        raise ValueError(f"input_scale must be a power of two, got {input_scale}")
+    weight_limit = 2 ** (weight_bits - 1) - 1
+    amplitude_scale = {  # the IF layers' output scales; merges may raise them
+        name: _power_of_two_scale(float(node.output_amplitude.max()), 2**amplitude_bits - 1)
+        for name, node in graph.nodes.items() if isinstance(node, g.IF)
+    }
+    while True:  # raising an IF's scale at a merge changes everything after it: recompute
+        scale, weight_scale, raised = _scales(graph, weight_limit, input_scale, amplitude_scale)
+        if not raised:
+            break
+        amplitude_scale.update(raised)
+
+    nodes = {}
+    for name, node in graph.nodes.items():
+        sources = graph.inputs[name]
+        if isinstance(node, g.Input):
+            nodes[name] = g.replace(node, scale=input_scale)
+        elif isinstance(node, (g.Conv2d, g.Linear)):
+            weight = np.rint(node.weight.astype(np.float64) * weight_scale[name]).astype(np.int64)
+            bias = np.zeros(weight.shape[0]) if node.bias is None else node.bias.astype(np.float64)
+            nodes[name] = g.replace(node, weight=weight, bias=np.rint(bias * scale[name]).astype(np.int64))
+        elif isinstance(node, g.AvgPool2d):
+            nodes[name] = g.SumPool2d(name, kernel_size=node.kernel_size, stride=node.stride, padding=node.padding)
+        elif isinstance(node, g.IF):
+            threshold = 2 * np.rint(node.threshold.astype(np.float64) * scale[sources[0]] / 2).astype(np.int64)
+            if np.any(threshold < 2):
+                bad = node.threshold[threshold < 2][0]
+                raise ValueError(
+                    f"cannot quantise IF layer {name!r}: threshold {bad:g} at scale {scale[sources[0]]:g} rounds to "
+                    f"below 2; raise input_scale or weight_bits"
+                )
+            amplitude = np.rint(node.output_amplitude.astype(np.float64) * scale[name]).astype(np.int64)
+            nodes[name] = g.replace(node, threshold=threshold, amplitude=amplitude)
+        elif isinstance(node, g.Output):
+            nodes[name] = g.replace(node, scale=scale[sources[0]])
+        else:
+            nodes[name] = node
+    return g.SpikingGraph(nodes, {k: list(v) for k, v in graph.inputs.items()})
