@@ -67,7 +67,7 @@ def compile(snn: SNN, target: str = "torch") -> SNN:  # noqa: A001 — the tutor
     return snn
 
 
-def quantize(snn: SNN, weight_bits: int = 8, amplitude_bits: int = 8, input_scale: float = 2.0**6) -> SNN:
+def quantize(snn: SNN, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6) -> SNN:
     """An integer-mode copy of ``snn`` (compiled for the same target): integer weights with
     per-layer power-of-two scales, even integer thresholds, exact integer membranes — so every
     backend gives identical spikes. See :mod:`snnverify.runtime.quantize`."""

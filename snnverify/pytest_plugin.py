@@ -7,8 +7,11 @@ or the environment variable ``SNNVERIFY_HYPOTHESIS_PROFILE``; CI=true selects ``
 
 from __future__ import annotations
 
+import json
 import os
+from collections import defaultdict
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", max_examples=50, deadline=None)
@@ -25,6 +28,60 @@ def pytest_addoption(parser):
         default=os.environ.get("SNNVERIFY_CONVERTER", "snnverify"),
         help="converter under certification (default: $SNNVERIFY_CONVERTER or the snnverify reference)",
     )
+    group.addoption(
+        "--comparison-report",
+        default=None,
+        help="write the spike comparisons counted by the equivalence tests to this JSON file",
+    )
+
+
+class ComparisonLog:
+    """Counts the neuron-timestep comparisons the equivalence tests make, and the mismatches.
+
+    ``record(check, compared, mismatched, where)``: ``where`` maps a layer name to its number
+    of mismatches, so the summary can say where flips occur, not only how many."""
+
+    def __init__(self):
+        self.totals = defaultdict(lambda: {"compared": 0, "mismatched": 0, "cases": 0, "where": defaultdict(int)})
+
+    def record(self, check: str, compared: int, mismatched: int, where: dict[str, int] | None = None):
+        total = self.totals[check]
+        total["compared"] += int(compared)
+        total["mismatched"] += int(mismatched)
+        total["cases"] += 1
+        for layer, count in (where or {}).items():
+            total["where"][layer] += int(count)
+
+    def as_dict(self) -> dict:
+        return {
+            check: {**t, "rate": t["mismatched"] / t["compared"] if t["compared"] else 0.0, "where": dict(t["where"])}
+            for check, t in self.totals.items()
+        }
+
+
+_LOG = ComparisonLog()
+
+
+@pytest.fixture(scope="session")
+def comparison_log() -> ComparisonLog:
+    return _LOG
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not _LOG.totals:
+        return
+    terminalreporter.section("snnverify spike comparisons")
+    for check, total in _LOG.as_dict().items():
+        where = ", ".join(f"{k}: {v}" for k, v in sorted(total["where"].items(), key=lambda kv: -kv[1])[:5])
+        terminalreporter.write_line(
+            f"{check}: {total['compared']} neuron-timesteps compared in {total['cases']} cases, "
+            f"{total['mismatched']} mismatched (rate {total['rate']:.3g})" + (f"; most in {where}" if where else "")
+        )
+    path = config.getoption("--comparison-report")
+    if path:
+        from snnverify.util import atomic_write
+
+        atomic_write(path, json.dumps(_LOG.as_dict(), indent=2) + "\n")
 
 
 def pytest_report_header(config):

@@ -134,3 +134,110 @@ def residual_count_graphs(draw, max_depth: int = 3, max_width: int = 6, max_time
     x = np.array(draw(st.lists(dyadics(0, 1), min_size=batch * features, max_size=batch * features)))
     return CountGraph(g.SpikingGraph(nodes, inputs), x.reshape(batch, features).astype(np.float32),
                       draw(timesteps(max_timesteps)))
+
+
+@dataclass
+class GraphCase:
+    """A random spiking graph with an input batch and a number of steps."""
+
+    graph: g.SpikingGraph
+    x: np.ndarray  # [batch, *input shape] float32
+    timesteps: int
+
+
+@st.composite
+def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: int = 6, max_timesteps: int = 8,
+                   max_blocks: int = 3) -> GraphCase:
+    """Random graphs of Conv2d, AvgPool2d, Flatten, Linear, Add and IF nodes, small enough for
+    the CUDA simulator.
+
+    Reaches on purpose: nested residual merges with identity and projection skips and 2- or
+    3-way sums; grouped and strided convolutions; thresholds that make exact ties likely
+    (``dyadic``: weights, inputs and thresholds are multiples of 1/8, so membranes hit θ
+    exactly); silent layers (zero weights or a huge θ); saturating layers (θ far below the
+    input current); T = 1. With ``dyadic=False`` weights are arbitrary floats, where float32
+    rounding differs between accumulation orders.
+    """
+    nodes: dict[str, g.Node] = {}
+    inputs: dict[str, list[str]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def values(shape, low=-1.0, high=1.0):
+        count = int(np.prod(shape))
+        if dyadic:
+            data = draw(st.lists(dyadics(low, high, 8), min_size=count, max_size=count))
+        else:
+            data = draw(st.lists(st.floats(low, high, width=32), min_size=count, max_size=count))
+        return np.array(data, np.float32).reshape(shape)
+
+    def add(node: g.Node, sources: list[str]) -> str:
+        nodes[node.name] = node
+        inputs[node.name] = sources
+        shapes[node.name] = node.output_shape([shapes[s] for s in sources])
+        return node.name
+
+    def neuron(source: str) -> str:
+        channels = shapes[source][0]
+        kind = draw(st.sampled_from(["tie", "tie", "any", "silent", "saturate"]))
+        if kind == "silent":
+            theta = np.full(channels, 1e4, np.float32)
+        elif kind == "saturate":
+            theta = np.full(channels, 1 / 64, np.float32)
+        elif kind == "tie":
+            theta = np.array(draw(st.lists(st.sampled_from([0.25, 0.5, 0.75, 1.0, 1.5]), min_size=channels,
+                                           max_size=channels)), np.float32)
+        else:
+            theta = values((channels,), 0.125, 2.0)
+        return add(g.IF(f"if{len(nodes)}", threshold=theta), [source])
+
+    def conv(source: str, out_channels: int | None = None, same_shape: bool = False) -> str:
+        channels, height, width = shapes[source]
+        kernel = draw(st.sampled_from([1, 3])) if min(height, width) >= 3 else 1
+        groups = draw(st.sampled_from([1, channels])) if not same_shape and out_channels is None else 1
+        out_channels = out_channels or groups * draw(st.integers(1, max(1, max_channels // groups)))
+        stride = 1 if same_shape else draw(st.sampled_from([1, 1, 2]))
+        weight = values((out_channels, channels // groups, kernel, kernel))
+        if draw(st.integers(0, 9)) == 0:
+            weight[:] = 0  # a silent branch
+        bias = values((out_channels,), -0.5, 0.5) if draw(st.booleans()) else None
+        return add(g.Conv2d(f"conv{len(nodes)}", weight=weight, bias=bias, stride=stride, padding=kernel // 2,
+                            groups=groups), [source])
+
+    def residual(source: str, depth: int) -> str:
+        channels = shapes[source][0]
+        branches = []
+        for _ in range(draw(st.integers(1, 2))):
+            branch = neuron(conv(source, out_channels=draw(st.integers(1, max_channels)), same_shape=True))
+            if depth > 0 and draw(st.booleans()):
+                branch = residual(branch, depth - 1)
+            branches.append(conv(branch, out_channels=channels, same_shape=True))
+        skip = source if draw(st.booleans()) else conv(source, out_channels=channels, same_shape=True)
+        return neuron(add(g.Add(f"add{len(nodes)}"), [skip, *branches]))
+
+    channels, size = draw(st.integers(1, 3)), draw(st.integers(2, max_size))
+    current = add(g.Input("input", shape=(channels, size, size)), [])
+    current = neuron(conv(current))
+    for _ in range(draw(st.integers(0, max_blocks))):
+        kind = draw(st.sampled_from(["conv", "residual", "residual", "pool"]))
+        if kind == "conv":
+            current = neuron(conv(current))
+        elif kind == "residual":
+            current = residual(current, draw(st.integers(0, 2)))
+        elif min(shapes[current][1:]) >= 2:
+            window = draw(st.sampled_from([(2, 2, 0), (3, 1, 1)]))
+            current = add(g.AvgPool2d(f"pool{len(nodes)}", kernel_size=window[0], stride=window[1],
+                                      padding=window[2]), [current])
+            if draw(st.booleans()):
+                current = neuron(current)
+    current = add(g.Flatten(f"flatten{len(nodes)}"), [current])
+    for _ in range(draw(st.integers(0, 1))):
+        width = draw(st.integers(1, 8))
+        current = neuron(add(g.Linear(f"fc{len(nodes)}", weight=values((width, shapes[current][0])),
+                                      bias=values((width,), -0.5, 0.5)), [current]))
+    classes = draw(st.integers(2, 4))
+    current = add(g.Linear(f"fc{len(nodes)}", weight=values((classes, shapes[current][0]))), [current])
+    add(g.Output("output"), [current])
+    batch = draw(st.integers(1, 2))
+    scale = draw(st.sampled_from([1.0, 1.0, 8.0]))  # 8: saturating inputs
+    x = values((batch, channels, size, size), -2.0, 2.0) * np.float32(scale)
+    return GraphCase(g.SpikingGraph(nodes, inputs), x, draw(timesteps(max_timesteps)))

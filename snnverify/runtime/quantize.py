@@ -8,10 +8,11 @@ Every signal gets a scale σ (integer value = real value · σ). Per layer:
 * AvgPool2d becomes SumPool2d: σ_out = σ_in·kH·kW (the divisor moves into the scale).
 * IF: θ becomes an even integer round(θ·σ_in/2)·2 (so v[0] = θ/2 stays exact); the graded
   output θ·s is re-expressed at its own power-of-two scale 2^a with amplitudes
-  round(θ·2^a) ≤ 2^amplitude_bits − 1, so scales do not grow from layer to layer.
+  round(θ·2^a) ≤ 2^amplitude_bits − 1 (16 bits by default: amplitudes are integers of the
+  int64 arithmetic, not chip registers), so scales do not grow from layer to layer.
 * Add: its inputs must share one scale (see :func:`_scales`): an identity input from an IF
-  layer is re-expressed at the finer scale of the other branch (a larger amplitude, exact);
-  of two conv/linear inputs, the finer one lowers its weight scale to the coarser one.
+  layer is re-expressed at the scale of the other branch (its amplitudes re-rounded); of two
+  conv/linear inputs, the finer one lowers its weight scale to the coarser one.
 * Output: the averaged output current is divided by its σ.
 
 After quantisation all membrane arithmetic is exact integer arithmetic, so every backend gives
@@ -29,20 +30,20 @@ from snnverify import graph as g
 
 
 def _power_of_two_scale(max_abs: float, limit: int) -> float:
-    """Largest 2^k with max_abs·2^k ≤ limit (1 for an all-zero tensor)."""
-    if max_abs == 0:
-        return 1.0
-    return 2.0 ** math.floor(math.log2(limit / max_abs))
+    """Largest 2^k with max_abs·2^k ≤ limit (2^⌊log2 limit⌋ for an all-zero tensor, which
+    any scale represents exactly — a large one keeps later thresholds precise)."""
+    return 2.0 ** math.floor(math.log2(limit / max_abs if max_abs else limit))
 
 
 def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplitude_scale: dict[str, float]):
     """σ of every node and the weight scale of every conv/linear, aligning each merge's inputs.
 
-    At a merge the finest input scale wins. A coarser input that comes (through pooling or
-    flattening) from an IF layer is raised by giving that IF a finer amplitude scale — returned
-    in ``raised`` so the caller recomputes; a coarser conv/linear input cannot be raised (its
-    weights would overflow), so then the merge settles on that coarser scale and finer
-    conv/linear inputs lower their weight scale instead."""
+    At a merge, inputs that come (through pooling or flattening) from an IF layer can take any
+    scale — their amplitudes are re-rounded — while conv/linear inputs can only become coarser
+    (finer weights would overflow). The merge settles on the coarsest of the latter (or the
+    finest IF-fed scale when there are none); IF layers that must move are returned in
+    ``moved`` so the caller recomputes from the start, and finer conv/linear inputs lower their
+    weight scale."""
     scale: dict[str, float] = {}
     weight_scale: dict[str, float] = {}
     for name, node in graph.nodes.items():
@@ -58,15 +59,14 @@ def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplit
         elif isinstance(node, g.IF):
             scale[name] = amplitude_scale[name]
         elif isinstance(node, g.Add):
-            finest = max(scale[s] for s in sources)
-            raised = {}
-            for source in sources:
-                origin = _if_origin(graph, source)
-                if scale[source] < finest and origin is not None:
-                    raised[origin] = amplitude_scale[origin] * finest / scale[source]
-            if raised:
-                return scale, weight_scale, raised
-            target = min(scale[s] for s in sources)
+            origins = {source: _if_origin(graph, source) for source in sources}
+            fixed = [scale[s] for s in sources if origins[s] is None]
+            # conv/linear inputs can only become coarser; IF-fed inputs can take any scale
+            target = min(fixed) if fixed else max(scale[s] for s in sources)
+            moved = {origins[s]: amplitude_scale[origins[s]] * target / scale[s]
+                     for s in sources if origins[s] is not None and scale[s] != target}
+            if moved:
+                return scale, weight_scale, moved
             for source in sources:
                 if scale[source] == target:
                     continue
@@ -91,7 +91,7 @@ def _if_origin(graph: g.SpikingGraph, name: str) -> str | None:
 
 
 def quantize_graph(
-    graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 8, input_scale: float = 2.0**6
+    graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6
 ) -> g.SpikingGraph:
     """The integer version of a float graph (see the module docstring)."""
     if graph.integer:
@@ -105,11 +105,13 @@ def quantize_graph(
         name: _power_of_two_scale(float(node.output_amplitude.max()), 2**amplitude_bits - 1)
         for name, node in graph.nodes.items() if isinstance(node, g.IF)
     }
-    while True:  # raising an IF's scale at a merge changes everything after it: recompute
-        scale, weight_scale, raised = _scales(graph, weight_limit, input_scale, amplitude_scale)
-        if not raised:
+    for _ in range(10 * len(graph.nodes)):  # moving an IF's scale changes what follows: recompute
+        scale, weight_scale, moved = _scales(graph, weight_limit, input_scale, amplitude_scale)
+        if not moved:
             break
-        amplitude_scale.update(raised)
+        amplitude_scale.update(moved)
+    else:
+        raise ValueError("cannot quantise: the scales of the residual merges do not settle")
 
     nodes = {}
     for name, node in graph.nodes.items():

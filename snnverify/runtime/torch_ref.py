@@ -189,7 +189,7 @@ class TorchBackend:
         self.executor.to(device)
         output, counts, spikes = self.executor(x.to(device), g.check_timesteps(timesteps), record)
         return RunResult(
-            output=output.cpu().numpy(),
+            output=output.cpu().numpy().astype(np.float32),
             spike_counts={k: int(v) for k, v in counts.items()},
             spikes=None if spikes is None else {k: v.cpu().numpy() for k, v in spikes.items()},
         )
