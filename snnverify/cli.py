@@ -13,7 +13,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnverify", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train or load an ANN, convert it, measure the SNN over T")
-    defaults = RunConfig()
     help_text = {
         "dataset": "digits (embedded default), fashion-mnist or cifar10",
         "model": "small_resnet, resnet20, cifar_resnet18 or torchvision_resnet18",
@@ -25,14 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     }
     for field in dataclasses.fields(RunConfig):
         flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
+        # the field's own default (an instance would have filled in derived values, like name)
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         if field.name == "timesteps":
             run.add_argument(flag, type=int, nargs="+", default=default, help=help_text[field.name])
         elif isinstance(default, bool):
             run.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text.get(field.name))
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)
-            if field.name == "cal_size":
+            if field.name == "cal_size":  # default None, but an int when given
                 kind = int
             run.add_argument(flag, type=kind, default=default, help=help_text.get(field.name, f"default {default}"))
     report = commands.add_parser("report", help="re-render report.md and the plot from a report.json")

@@ -44,17 +44,20 @@ def _conv2d_dense(x, w, bias, stride, padding, dilation, groups, zero, out):
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_events(spikes, w, bias, stride, padding, dilation, groups, out):
+def _conv2d_events(spikes, w_events, bias, stride, padding, dilation, groups, out):
     """The same sums, driven by events: every spike (c, yi, xi), in ascending order, adds
-    w'[o, c, ky, kx] to each output (o, y, x) whose window holds it; bias last."""
+    w'[c, ky, kx, :] to the outputs (y, x, :) whose window holds it; bias last.
+
+    ``w_events`` is W' laid out [C_in, kH, kW, C_out / groups] and the sums are built
+    channels-last, so the innermost loop runs over contiguous output channels."""
     rows, out_channels, out_h, out_w = out.shape
     channels, height, width = spikes.shape[1], spikes.shape[2], spikes.shape[3]
-    group_in, kernel_h, kernel_w = w.shape[1], w.shape[2], w.shape[3]
-    group_out = out_channels // groups
+    kernel_h, kernel_w, group_out = w_events.shape[1], w_events.shape[2], w_events.shape[3]
+    group_in = channels // groups
     for n in prange(rows):
-        out[n] = 0
+        sums = np.zeros((out_h, out_w, out_channels), out.dtype)
         for ci in range(channels):
-            group, c = ci // group_in, ci % group_in
+            first = (ci // group_in) * group_out
             for yi in range(height):
                 for xi in range(width):
                     if not spikes[n, ci, yi, xi]:
@@ -69,12 +72,12 @@ def _conv2d_events(spikes, w, bias, stride, padding, dilation, groups, out):
                             if tx < 0 or tx % stride[1] != 0 or tx // stride[1] >= out_w:
                                 continue
                             xo = tx // stride[1]
-                            for o in range(group * group_out, (group + 1) * group_out):
-                                out[n, o, y, xo] += w[o, c, ky, kx]
+                            for o in range(group_out):
+                                sums[y, xo, first + o] += w_events[ci, ky, kx, o]
         for o in range(out_channels):
             for y in range(out_h):
                 for xo in range(out_w):
-                    out[n, o, y, xo] += bias[o]
+                    out[n, o, y, xo] = sums[y, xo, o] + bias[o]
 
 
 @njit(parallel=True, cache=True)
@@ -124,18 +127,23 @@ def _sum_pool2d(x, kernel, stride, padding, zero, out):
 
 @njit(parallel=True, cache=True)
 def _if_layer(current, temporal, threshold, v0, steps, batch, spikes):
-    """v[0] = θ/2; per step v += I[t]; s = v ≥ θ; v −= θ·s. current: [T·B, F] or [B, F]."""
+    """v[0] = θ/2; per step v += I[t]; s = v ≥ θ; v −= θ·s. current: [T·B, F] or [B, F].
+
+    Parallel over (sample, block of neurons); the inner loop runs over contiguous neurons."""
     neurons = threshold.shape[0]
-    for job in prange(batch * neurons):
-        b, f = job // neurons, job % neurons
-        theta = threshold[f]
-        v = v0[f]
+    block = 1024
+    blocks = (neurons + block - 1) // block
+    for job in prange(batch * blocks):
+        b, start = job // blocks, (job % blocks) * block
+        stop = min(start + block, neurons)
+        v = v0[start:stop].copy()
         for t in range(steps):
-            v += current[t * batch + b, f] if temporal else current[b, f]
-            fired = v >= theta
-            spikes[t * batch + b, f] = fired
-            if fired:
-                v -= theta
+            row = t * batch + b if temporal else b
+            for f in range(start, stop):
+                value = v[f - start] + current[row, f]
+                fired = value >= threshold[f]
+                spikes[t * batch + b, f] = fired
+                v[f - start] = value - threshold[f] if fired else value
 
 
 @njit(parallel=True, cache=True)
@@ -170,10 +178,18 @@ def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
     out = np.empty(out_shape, weight.dtype)
     geometry = np.array(node.stride), np.array(node.padding), np.array(node.dilation), node.groups
     if events:
-        _conv2d_events(x, weight, bias, *geometry, out)
+        _conv2d_events(x, events_layout(weight, node.groups), bias, *geometry, out)
     else:
         _conv2d_dense(x, weight, bias, *geometry, weight.dtype.type(0), out)
     return out
+
+
+def events_layout(weight: np.ndarray, groups: int) -> np.ndarray:
+    """W' [C_out, C_in/g, kH, kW] as [C_in, kH, kW, C_out/g]: row ci holds the weights a spike
+    of input channel ci sends to its group's output channels."""
+    out_channels, group_in, kernel_h, kernel_w = weight.shape
+    grouped = weight.reshape(groups, out_channels // groups, group_in, kernel_h, kernel_w)
+    return np.ascontiguousarray(grouped.transpose(0, 2, 3, 4, 1).reshape(groups * group_in, kernel_h, kernel_w, -1))
 
 
 def _linear(x, weight, bias, events):

@@ -44,6 +44,15 @@ def test_run_from_checkpoint_reproduces_the_ann_accuracy(run_dir, tmp_path):
     assert not (tmp_path / "again" / "ann.pt").exists()  # loaded, not trained
 
 
+def test_default_run_name_follows_dataset_and_model():
+    from snnverify.cli import _parser
+    from snnverify.experiment import RunConfig
+
+    args = _parser().parse_args(["run", "--dataset", "fashion-mnist", "--model", "resnet20"])
+    options = {name: getattr(args, name) for name in RunConfig.__dataclass_fields__}
+    assert RunConfig(**options).name == "fashion-mnist-resnet20"
+
+
 def test_report_command_regenerates_markdown_from_json(run_dir):
     (run_dir / "report.md").unlink()
     assert main(["report", str(run_dir / "report.json")]) == 0
