@@ -207,15 +207,10 @@ def _sum_pool(x, node: g.AvgPool2d, out_shape):
     return out
 
 
-def _if(current, temporal, threshold, steps, batch):
+def _if(current, temporal, threshold, initial, steps, batch):
     spikes = np.empty((steps * batch, threshold.shape[0]), np.bool_)
-    _if_layer(np.ascontiguousarray(current), temporal, threshold, initial_membrane(threshold), steps, batch, spikes)
+    _if_layer(np.ascontiguousarray(current), temporal, threshold, initial, steps, batch, spikes)
     return spikes
-
-
-def initial_membrane(threshold: np.ndarray) -> np.ndarray:
-    """v[0] = θ/2: exact in float; quantised graphs have even integer thresholds."""
-    return threshold // 2 if threshold.dtype.kind == "i" else threshold * np.float32(0.5)
 
 
 def _graded_values(spikes, amplitude):

@@ -211,12 +211,9 @@ def _add(inputs, steps, batch):
     return total.reshape(rows, *first.shape[1:])
 
 
-def _if(current, temporal, threshold, steps, batch):
-    from snnverify.runtime.numba_cpu import initial_membrane
-
+def _if(current, temporal, threshold, initial, steps, batch):
     spikes = cuda.device_array((steps * batch, threshold.shape[0]), np.bool_)
-    v0 = cuda.to_device(initial_membrane(threshold.copy_to_host()))
-    _launch(_if_kernel, batch * threshold.shape[0], current, temporal, threshold, v0, steps, batch, spikes)
+    _launch(_if_kernel, batch * threshold.shape[0], current, temporal, threshold, initial, steps, batch, spikes)
     return spikes
 
 

@@ -29,6 +29,11 @@ def graph_dtype(graph: g.SpikingGraph) -> np.dtype:
     return np.dtype(np.int64) if graph.integer else np.dtype(np.float32)
 
 
+def initial_membrane(threshold: np.ndarray) -> np.ndarray:
+    """v[0] = θ/2: exact in float; quantised graphs have even integer thresholds."""
+    return threshold // 2 if threshold.dtype.kind == "i" else threshold * np.float32(0.5)
+
+
 @dataclass
 class Step:
     """One node of the plan. ``events``: the input is the spike map of IF node ``source_if``."""
@@ -41,6 +46,7 @@ class Step:
     bias: np.ndarray | None = None
     threshold: np.ndarray | None = None  # IF: θ per neuron of one sample, flattened
     amplitude: np.ndarray | None = None  # IF: graded output a per neuron, flattened
+    initial: np.ndarray | None = None  # IF: v[0] = θ/2 per neuron
 
 
 @dataclass
@@ -79,6 +85,7 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             per_channel = math.prod(shapes[name]) // len(node.threshold)
             step.threshold = np.repeat(node.threshold.astype(dtype), per_channel)
             step.amplitude = np.repeat(node.output_amplitude.astype(dtype), per_channel)
+            step.initial = initial_membrane(step.threshold)
         steps.append(step)
     return Plan(graph, dtype, steps, shapes)
 
@@ -98,7 +105,7 @@ class Kernels:
     sum_pool2d: Callable  # (x, node, out_shape) -> window sums
     divide: Callable  # (x, float32 divisor) -> x / divisor, correctly rounded
     add: Callable  # (list of (x, temporal), steps, batch) -> sum, temporal when any input is
-    if_layer: Callable  # (current, temporal, threshold, steps, batch) -> spikes
+    if_layer: Callable  # (current, temporal, threshold, initial membrane, steps, batch) -> spikes
     graded: Callable  # (spikes, amplitude) -> a·s
     mean_over_time: Callable  # (x, temporal, steps, batch) -> [B, K]
     count: Callable  # (spikes) -> int
@@ -139,7 +146,8 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
             values[step.name] = Signal(kernels.to_device(g.input_current(node, x, plan.dtype)), False)
         elif isinstance(node, g.IF):
             threshold = kernels.to_device(step.threshold)
-            s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold, steps, batch)
+            s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold,
+                                 kernels.to_device(step.initial), steps, batch)
             counts[step.name] = kernels.count(s)
             if record:
                 spikes[step.name] = kernels.to_host(s).reshape(steps, batch, *plan.shapes[step.name])

@@ -145,3 +145,34 @@ def test_graph_validation_names_node_and_value():
     with pytest.raises(ValueError, match="does not come before it"):
         g.SpikingGraph({"in": g.Input("in", shape=(2,)), "a": g.Add("a"), "out": g.Output("out")},
                        {"a": ["in", "out"], "out": ["a"]})
+
+
+def test_gpu_target_without_a_gpu_is_an_error_not_a_cpu_run():
+    """This machine has no CUDA GPU: with the simulator off, target='gpu' must refuse."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, snnverify\n"
+        "from snnverify import graph as g\n"
+        "from snnverify.api import SNN\n"
+        "nodes = {'in': g.Input('in', shape=(2,)), 'n': g.IF('n', threshold=[1.0, 1.0]), 'out': g.Output('out')}\n"
+        "snn = SNN(g.SpikingGraph(nodes, {'n': ['in'], 'out': ['n']}), 4)\n"
+        "snnverify.compile(snn, target='gpu')\n"
+    )
+    probe = subprocess.run([sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
+                           env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}, capture_output=True, text=True)
+    if probe.stdout.strip() == "True":
+        pytest.skip("this machine has a CUDA GPU, so the no-GPU error cannot occur here")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "target 'gpu' needs a CUDA GPU and none is available" in result.stderr
+
+
+def test_cpu_target_refuses_another_device(digits_case):
+    snn = snnverify.SNN(digits_case.snn.graph, 2, target="cpu")
+    x, _ = next(iter(digits_case.test_loader))
+    with pytest.raises(ValueError, match="the cpu target runs on the CPU; got device='cuda'"):
+        snnverify.simulate(snn, x[:1], device="cuda")
