@@ -49,7 +49,9 @@ class RunConfig:
     finetune_lr: float = 1e-4
     cal_size: int | None = None  # dataset default when None
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # torch device for training and conversion
+    target: str = "cpu"  # backend that evaluates the SNN (torch, cpu, gpu)
+    quantize: bool = True  # also evaluate the integer-mode SNN (8-bit weights)
     download: bool = True
 
     def __post_init__(self):
@@ -104,12 +106,19 @@ def run(config: RunConfig) -> dict:
     traced_ann_accuracy = api.evaluate(snn.conversion.traced_ann, test_loader, device=device)
     qcfs_ann_accuracy = api.evaluate(snn.conversion.qcfs_ann, test_loader, device=device)
 
+    api.compile(snn, config.target)
+    evaluation_device = device if config.target == "torch" else None
     snn_accuracy, sparsity, wall["snn_evaluation"] = {}, {}, {}
     for t in config.timesteps:
         start = time.perf_counter()
-        statistics = api.snn_statistics(snn, test_loader, device=device, timesteps=t)
+        statistics = api.snn_statistics(snn, test_loader, device=evaluation_device, timesteps=t)
         snn_accuracy[str(t)], sparsity[str(t)] = statistics["accuracy"], statistics["sparsity"]
         wall["snn_evaluation"][str(t)] = time.perf_counter() - start
+    quantized_accuracy = {}
+    if config.quantize:
+        integer_snn = api.quantize(snn)
+        for t in config.timesteps:
+            quantized_accuracy[str(t)] = api.evaluate(integer_snn, test_loader, device=evaluation_device, timesteps=t)
 
     report = {
         "name": config.name,
@@ -126,6 +135,8 @@ def run(config: RunConfig) -> dict:
         "snn_accuracy": snn_accuracy,
         "sparsity": sparsity,
         "gap_pp": {t: 100 * (ann_accuracy - a) for t, a in snn_accuracy.items()},
+        "target": config.target,
+        "quantized_snn_accuracy": quantized_accuracy,
         "neuron_layers": len(snn.graph.neuron_layers),
         "wall_time_s": wall,
         "versions": {

@@ -39,6 +39,8 @@ def run_table(report: dict) -> pd.DataFrame:
                 "gap to ReLU ANN (pp)": 100 * (report["ann_accuracy"] - accuracy),
                 "gap to QCFS ANN (pp)": 100 * (report["qcfs_ann_accuracy"] - accuracy),
                 "sparsity (%)": 100 * report["sparsity"][str(t)],
+                "integer-mode SNN accuracy (%)": 100 * report["quantized_snn_accuracy"][str(t)]
+                if str(t) in report.get("quantized_snn_accuracy", {}) else float("nan"),
                 "evaluation time (s)": report["wall_time_s"]["snn_evaluation"][str(t)],
             }
         )
@@ -78,7 +80,9 @@ def render_run_markdown(report: dict) -> str:
         "",
         table.to_markdown(index=False, floatfmt=".2f"),
         "",
-        "Sparsity: fraction of IF neuron-timesteps without a spike, over the whole test set.",
+        "Sparsity: fraction of IF neuron-timesteps without a spike, over the whole test set. "
+        f"SNN evaluated on the `{report.get('target', 'torch')}` backend; integer mode: "
+        "`snnverify.quantize` (8-bit weights, per-layer power-of-two scales).",
         "",
         "![accuracy vs T](accuracy_vs_T.png)",
         "",

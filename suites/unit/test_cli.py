@@ -25,7 +25,8 @@ def test_run_writes_json_markdown_plot_and_checkpoint(run_dir):
         assert key in report, key
     assert report["dataset"] == "digits" and report["model"] == "small_resnet"
     assert report["timesteps"] == [1, 4]
-    assert set(report["snn_accuracy"]) == set(report["sparsity"]) == {"1", "4"}
+    assert set(report["snn_accuracy"]) == set(report["sparsity"]) == set(report["quantized_snn_accuracy"]) == {"1", "4"}
+    assert report["target"] == "cpu"
     assert all(0 <= v <= 1 for v in [*report["snn_accuracy"].values(), *report["sparsity"].values()])
     assert report["versions"]["torch"].startswith("2.14.1")
     assert report["samples"] == {"train": 1257, "cal": 180, "test": 360}
