@@ -1,6 +1,7 @@
 """ANN → spiking graph, one pure pass per module.
 
-``trace`` (torch.fx, canonical form) → ``fold_bn`` (BatchNorm into conv/linear) → ``qcfs``
+``trace`` (torch.fx, canonical form; BatchNorm statistics re-estimated when max-pools were
+swapped for average pools) → ``fold_bn`` (BatchNorm into conv/linear) → ``qcfs``
 (ReLU → QCFS, λ calibrated, then trained) → ``to_if`` (QCFS → IF, add → merge node) →
 ``finetune`` (BPTT with the atan surrogate). Each pass returns a new object.
 """
@@ -14,7 +15,7 @@ from torch import fx, nn
 
 from snnverify import graph as g
 from snnverify.convert.finetune import finetune
-from snnverify.convert.fold_bn import fold_batchnorm
+from snnverify.convert.fold_bn import fold_batchnorm, recalibrate_batchnorm
 from snnverify.convert.qcfs import QCFS, insert_qcfs, train_qcfs
 from snnverify.convert.to_if import to_spiking_graph
 from snnverify.convert.trace import trace
@@ -47,7 +48,7 @@ class Conversion:
     """Everything the pipeline produced: the spiking graph and the ANNs it came from."""
 
     graph: g.SpikingGraph
-    traced_ann: fx.GraphModule  # canonical ANN (max-pool already swapped for average pool)
+    traced_ann: fx.GraphModule  # canonical ANN (max-pools swapped for average pools, BN recalibrated)
     qcfs_ann: fx.GraphModule  # BN folded, QCFS activations, trained
     options: ConversionOptions
 
@@ -68,6 +69,8 @@ def convert_model(
     except StopIteration:
         raise ValueError("the calibration loader is empty; conversion needs calibration data") from None
     traced = trace(model, example)
+    if traced.meta["max_pools_replaced"]:
+        traced = recalibrate_batchnorm(traced, cal_loader, device).cpu()
     folded = fold_batchnorm(traced)
     qcfs = insert_qcfs(folded, cal_loader, options.levels, options.percentile, device)
     qcfs = train_qcfs(qcfs, train_loader or cal_loader, options.qcfs_epochs, options.qcfs_lr, device)
@@ -77,4 +80,4 @@ def convert_model(
 
 
 __all__ = ["QCFS", "Conversion", "ConversionOptions", "convert_model", "finetune", "fold_batchnorm", "insert_qcfs",
-           "to_spiking_graph", "trace", "train_qcfs"]
+           "to_spiking_graph", "recalibrate_batchnorm", "trace", "train_qcfs"]

@@ -13,6 +13,7 @@ import torch
 from torch import fx, nn
 
 from snnverify.convert.trace import sole_caller, unique_module_name
+from snnverify.util import progress, split_batch
 
 _FOLDABLE = (nn.Conv2d, nn.Linear)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -50,6 +51,37 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    return gm
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(gm: fx.GraphModule, loader, device) -> fx.GraphModule:
+    """A copy of ``gm`` whose BatchNorm running statistics are re-estimated on ``loader``:
+    the per-channel mean and unbiased variance of each BatchNorm's input over all samples
+    (accumulated in float64, every sample weighted equally); other parameters are unchanged.
+
+    Used after max-pool → average-pool: the swap shrinks the activations that follow, and
+    BatchNorm layers still normalising with the old statistics would wreck the network
+    before QCFS training ever sees it. Layers are re-estimated one at a time, in order, so
+    each sees inputs normalised with its predecessors' new statistics."""
+    gm = copy.deepcopy(gm).to(device).eval()
+    for bn in [m for m in gm.modules() if isinstance(m, _BATCHNORMS)]:
+        total, squares, count = 0.0, 0.0, 0
+
+        def accumulate(module, args):
+            nonlocal total, squares, count
+            z = args[0].detach().double().transpose(0, 1).reshape(args[0].shape[1], -1)
+            total, squares, count = total + z.sum(1), squares + (z * z).sum(1), count + z.shape[1]
+
+        handle = bn.register_forward_pre_hook(accumulate)
+        try:
+            for batch in progress(loader, desc="BatchNorm recalibration"):
+                gm(split_batch(batch)[0].to(device))
+        finally:
+            handle.remove()
+        mean = total / count
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_((squares - count * mean * mean) / max(count - 1, 1))
     return gm
 
 

@@ -57,6 +57,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
         raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {error}") from error
     ShapeProp(gm).propagate(example)
     called: set[str] = set()  # module targets already called once
+    gm.meta["max_pools_replaced"] = []
     for node in list(gm.graph.nodes):
         _canonicalise(gm, node, called)
     gm.graph.eliminate_dead_code()
@@ -95,6 +96,7 @@ def _canonicalise(gm: fx.GraphModule, node: fx.Node, called: set[str]) -> None:
         elif isinstance(module, nn.MaxPool2d):
             _check_pool(where, module.dilation, module.ceil_mode, module.return_indices)
             _swap(gm, node, _avg_pool(where, module.kernel_size, module.stride, module.padding), node.target)
+            gm.meta["max_pools_replaced"].append(node.target)
         elif isinstance(module, nn.AvgPool2d):
             _check_avg_pool(where, module.padding, module.ceil_mode, module.count_include_pad, module.divisor_override)
         elif isinstance(module, nn.AdaptiveAvgPool2d):
@@ -123,6 +125,7 @@ def _canonicalise(gm: fx.GraphModule, node: fx.Node, called: set[str]) -> None:
             _check_pool(where, args.get("dilation", 1), args.get("ceil_mode", False), args.get("return_indices", False))
             pool = _avg_pool(where, args["kernel_size"], args.get("stride"), args.get("padding", 0))
             _swap(gm, node, pool, f"{base}pool")
+            gm.meta["max_pools_replaced"].append(node.name)
         elif target is F.avg_pool2d:
             args = _call_args(node, ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"])
             padding = args.get("padding", 0)

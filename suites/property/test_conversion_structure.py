@@ -127,3 +127,28 @@ def test_unsupported_function_names_the_traced_node():
 def test_converted_graph_names_match_module_paths(torchvision_snn):
     names = set(torchvision_snn.graph.nodes)
     assert {"conv1", "layer1.0.conv1", "layer1.0.relu", "layer1.0.relu_1", "fc", "maxpool", "avgpool", "flatten"} <= names
+
+
+def test_batchnorm_statistics_are_reestimated_after_a_max_pool_swap():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    x = torch.randn(12, 1, 8, 8)
+    calibration = DataLoader(TensorDataset(x, torch.zeros(12).long()), batch_size=5)  # uneven last batch
+    snn = snnverify.convert(model, calibration, timesteps=2, qcfs_epochs=0, finetune_epochs=0)
+    traced = snn.conversion.traced_ann
+    assert traced.meta["max_pools_replaced"] == ["2"]
+    with torch.no_grad():
+        features = model[3](F.avg_pool2d(model[1](model[0](x)), 2))
+    bn = traced.get_submodule("4")
+    torch.testing.assert_close(bn.running_mean, features.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, features.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
+    assert not torch.equal(model[4].running_mean, bn.running_mean)  # the user's model is untouched
+
+
+def test_no_recalibration_without_a_max_pool(torchvision_snn):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 2))
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)
+    snn = quick_convert(model.eval(), (1, 8, 8))
+    assert torch.equal(snn.conversion.traced_ann.get_submodule("1").running_mean, model[1].running_mean)
