@@ -45,6 +45,7 @@ class RunConfig:
     percentile: float = 99.9
     qcfs_epochs: int = 10
     qcfs_lr: float = 0.01
+    qcfs_optimizer: str = "sgd"
     finetune_epochs: int = 1
     finetune_lr: float = 1e-4
     cal_size: int | None = None  # dataset default when None
@@ -99,6 +100,7 @@ def run(config: RunConfig) -> dict:
         percentile=config.percentile,
         qcfs_epochs=config.qcfs_epochs,
         qcfs_lr=config.qcfs_lr,
+        qcfs_optimizer=config.qcfs_optimizer,
         finetune_epochs=config.finetune_epochs,
         finetune_lr=config.finetune_lr,
     )

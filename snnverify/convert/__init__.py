@@ -29,7 +29,8 @@ class ConversionOptions:
     levels: int = 8  # QCFS quantisation levels L used while training the ANN
     percentile: float = 99.9  # calibration percentile that initialises λ per channel
     qcfs_epochs: int = 1  # epochs of QCFS training with labels (0: calibration only)
-    qcfs_lr: float = 0.01  # SGD learning rate for QCFS training
+    qcfs_lr: float = 0.01  # learning rate for QCFS training
+    qcfs_optimizer: str = "sgd"  # "sgd" (the QCFS recipe) or "adam" (steadier on deep nets without BN)
     finetune_epochs: int = 1  # epochs of BPTT fine-tuning of the SNN (0 disables it)
     finetune_lr: float = 1e-4  # Adam learning rate for BPTT fine-tuning
 
@@ -38,6 +39,8 @@ class ConversionOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "levels" else 0):
                 raise ValueError(f"conversion option {name} must be an integer >= {1 if name == 'levels' else 0}, got {value!r}")
+        if self.qcfs_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"conversion option qcfs_optimizer must be 'sgd' or 'adam', got {self.qcfs_optimizer!r}")
         for name in ("qcfs_lr", "finetune_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"conversion option {name} must be > 0, got {getattr(self, name)!r}")
@@ -73,7 +76,8 @@ def convert_model(
         traced = recalibrate_batchnorm(traced, cal_loader, device).cpu()
     folded = fold_batchnorm(traced)
     qcfs = insert_qcfs(folded, cal_loader, options.levels, options.percentile, device)
-    qcfs = train_qcfs(qcfs, train_loader or cal_loader, options.qcfs_epochs, options.qcfs_lr, device)
+    qcfs = train_qcfs(qcfs, train_loader or cal_loader, options.qcfs_epochs, options.qcfs_lr, device,
+                      options.qcfs_optimizer)
     graph = to_spiking_graph(qcfs.cpu())
     graph = finetune(graph, train_loader or cal_loader, timesteps, options.finetune_epochs, options.finetune_lr, device)
     return Conversion(graph=graph, traced_ann=traced, qcfs_ann=qcfs, options=options)

@@ -94,8 +94,9 @@ def insert_qcfs(gm: fx.GraphModule, loader, levels: int, percentile: float, devi
     return gm
 
 
-def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device) -> fx.GraphModule:
-    """Train a copy of the QCFS network (weights, biases and λ) with labels; SGD, cosine schedule.
+def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device, optimizer: str = "sgd") -> fx.GraphModule:
+    """Train a copy of the QCFS network (weights, biases and λ) with labels (cosine schedule;
+    SGD as in the QCFS paper, or Adam).
 
     λ is kept ≥ 1e-4 after every step so that the thresholds it becomes stay positive.
     """
@@ -107,5 +108,6 @@ def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device) -> fx
             for lam in lams:
                 lam.clamp_(min=1e-4)
 
-    fit(gm, list(gm.parameters()), loader, epochs, lr, device, desc="QCFS training", after_step=keep_positive)
+    fit(gm, list(gm.parameters()), loader, epochs, lr, device, desc="QCFS training", optimizer=optimizer,
+        after_step=keep_positive)
     return gm.eval()

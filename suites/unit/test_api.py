@@ -102,7 +102,8 @@ def test_unknown_conversion_option_is_named():
         snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=4, qcfs_epoch=2)
 
 
-@pytest.mark.parametrize("option, value", [("levels", 0), ("finetune_epochs", -1), ("qcfs_lr", 0.0)])
+@pytest.mark.parametrize("option, value", [("levels", 0), ("finetune_epochs", -1), ("qcfs_lr", 0.0),
+                                           ("qcfs_optimizer", "rmsprop")])
 def test_invalid_conversion_option_values_are_named(option, value):
     with pytest.raises(ValueError, match=option):
         snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=4, **{option: value})
