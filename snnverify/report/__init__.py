@@ -34,7 +34,7 @@ def run_table(report: dict) -> pd.DataFrame:
         accuracy = report["snn_accuracy"][str(t)]
         rows.append(
             {
-                "T": t,
+                "T": str(t),
                 "SNN accuracy (%)": 100 * accuracy,
                 "gap to ReLU ANN (pp)": 100 * (report["ann_accuracy"] - accuracy),
                 "gap to QCFS ANN (pp)": 100 * (report["qcfs_ann_accuracy"] - accuracy),
@@ -73,7 +73,8 @@ def render_run_markdown(report: dict) -> str:
         "| network | test accuracy (%) |",
         "|---|---|",
         f"| ReLU ANN (as trained) | {100 * report['ann_accuracy']:.2f} |",
-        f"| traced ANN (max-pool → average pool, before QCFS) | {100 * report['traced_ann_accuracy']:.2f} |",
+        f"| traced ANN (max-pools → average pools with BatchNorm re-estimated; before QCFS) | "
+        f"{100 * report['traced_ann_accuracy']:.2f} |",
         f"| QCFS ANN (L = {report['config']['levels']}, trained) | {100 * report['qcfs_ann_accuracy']:.2f} |",
         "",
         "## SNN over T",
@@ -118,7 +119,7 @@ def plot_accuracy(report: dict) -> bytes:
 
     table = run_table(report)
     figure, axis = plt.subplots(figsize=(5, 3.5))
-    axis.plot(table["T"], table["SNN accuracy (%)"], "o-", label="SNN")
+    axis.plot(table["T"].astype(int), table["SNN accuracy (%)"], "o-", label="SNN")
     axis.axhline(100 * report["ann_accuracy"], color="k", linestyle="--", label="ReLU ANN")
     axis.axhline(100 * report["qcfs_ann_accuracy"], color="tab:orange", linestyle=":", label="QCFS ANN")
     axis.set_xscale("log", base=2)
