@@ -124,7 +124,7 @@ def run(config: RunConfig) -> dict:
 
     report = {
         "name": config.name,
-        "command": " ".join(sys.argv),
+        "command": " ".join(["snnverify", *sys.argv[1:]]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": config.dataset,
         "model": config.model,
