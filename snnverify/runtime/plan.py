@@ -16,7 +16,7 @@ fast-math, so LLVM does not contract them either).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -55,6 +55,16 @@ class Plan:
     dtype: np.dtype
     steps: list[Step]
     shapes: dict[str, tuple[int, ...]]
+    users: dict[str, int] = field(default_factory=dict)  # how many nodes read each node
+    device_arrays: dict[int, Any] = field(default_factory=dict)  # id(plan array) -> on the backend
+
+    def parameter(self, array: np.ndarray, to_device):
+        """A plan array on the backend, copied there once (the plan keeps the host array alive,
+        so its id stays valid)."""
+        key = id(array)
+        if key not in self.device_arrays:
+            self.device_arrays[key] = to_device(array)
+        return self.device_arrays[key]
 
 
 def build_plan(graph: g.SpikingGraph) -> Plan:
@@ -87,7 +97,7 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             step.amplitude = np.repeat(node.output_amplitude.astype(dtype), per_channel)
             step.initial = initial_membrane(step.threshold)
         steps.append(step)
-    return Plan(graph, dtype, steps, shapes)
+    return Plan(graph, dtype, steps, shapes, users={name: len(graph.users(name)) for name in graph.nodes})
 
 
 @dataclass
@@ -125,7 +135,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
     """Run the plan on a batch; returns (output [B, K] float, spike counts, recorded spikes)."""
     batch = x.shape[0]
     values: dict[str, Signal] = {}
-    remaining = {s.name: len(plan.graph.users(s.name)) for s in plan.steps}
+    remaining = dict(plan.users)
     counts, spikes = {}, ({} if record else None)
     output = None
 
@@ -145,17 +155,17 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         if isinstance(node, g.Input):
             values[step.name] = Signal(kernels.to_device(g.input_current(node, x, plan.dtype)), False)
         elif isinstance(node, g.IF):
-            threshold = kernels.to_device(step.threshold)
+            threshold = plan.parameter(step.threshold, kernels.to_device)
             s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold,
-                                 kernels.to_device(step.initial), steps, batch)
+                                 plan.parameter(step.initial, kernels.to_device), steps, batch)
             counts[step.name] = kernels.count(s)
             if record:
                 spikes[step.name] = kernels.to_host(s).reshape(steps, batch, *plan.shapes[step.name])
-            amplitude = kernels.to_device(step.amplitude)
+            amplitude = plan.parameter(step.amplitude, kernels.to_device)
             values[step.name] = Signal(s.reshape(steps * batch, *plan.shapes[step.name]), True, amplitude)
         elif isinstance(node, (g.Conv2d, g.Linear)):
             source = args[0].array if step.events else analog(args[0])
-            weight, bias = kernels.to_device(step.weight), kernels.to_device(step.bias)
+            weight, bias = plan.parameter(step.weight, kernels.to_device), plan.parameter(step.bias, kernels.to_device)
             if isinstance(node, g.Conv2d):
                 out = kernels.conv2d(source.reshape(shape_in), weight, bias, node,
                                      (rows, *plan.shapes[step.name]), step.events)
