@@ -40,6 +40,13 @@ def _int_product(a, b):
     return a * b
 
 
+@cuda.jit(device=True)
+def _output_position(index, channels, height, width):
+    """(sample, channel, row, column) of flat output ``index`` in a [N, C, H, W] array."""
+    return (index // (width * height * channels), (index // (width * height)) % channels,
+            (index // width) % height, index % width)
+
+
 def _synapse_kernels(product):
     """The conv and linear kernels for one kind of arithmetic (float32 or int64)."""
 
@@ -49,10 +56,7 @@ def _synapse_kernels(product):
         index = cuda.grid(1)
         if index >= rows * out_channels * out_h * out_w:
             return
-        xo = index % out_w
-        y = (index // out_w) % out_h
-        o = (index // (out_w * out_h)) % out_channels
-        n = index // (out_w * out_h * out_channels)
+        n, o, y, xo = _output_position(index, out_channels, out_h, out_w)
         group_in, kernel_h, kernel_w = w.shape[1], w.shape[2], w.shape[3]
         base = (o // (out_channels // groups)) * group_in
         height, width = x.shape[2], x.shape[3]
@@ -101,10 +105,7 @@ def _sum_pool_kernel(x, kernel, stride, padding, zero, out):
     index = cuda.grid(1)
     if index >= rows * channels * out_h * out_w:
         return
-    xo = index % out_w
-    y = (index // out_w) % out_h
-    c = (index // (out_w * out_h)) % channels
-    n = index // (out_w * out_h * channels)
+    n, c, y, xo = _output_position(index, channels, out_h, out_w)
     acc = zero
     for ky in range(kernel[0]):
         yi = y * stride[0] - padding[0] + ky
