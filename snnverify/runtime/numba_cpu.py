@@ -43,41 +43,134 @@ def _conv2d_dense(x, w, bias, stride, padding, dilation, groups, zero, out):
                 out[n, o, y, xo] = acc + bias[o]
 
 
+@njit(cache=True)
+def _conv_taps(size, out_size, stride, padding, dilation, kernel):
+    """For each input coordinate i along one axis, the kernel taps k (ascending) whose output
+    coordinate o = (i + p − k·d) / s is an integer in [0, out_size): ``count[i]`` of them,
+    ``tap[i, j]`` and ``position[i, j]``. Computed once per layer, so the event loop has no
+    divisions or bounds checks."""
+    count = np.zeros(size, np.int64)
+    tap = np.zeros((size, kernel), np.int64)
+    position = np.zeros((size, kernel), np.int64)
+    for i in range(size):
+        for k in range(kernel):
+            shifted = i + padding - k * dilation
+            if shifted >= 0 and shifted % stride == 0 and shifted // stride < out_size:
+                tap[i, count[i]] = k
+                position[i, count[i]] = shifted // stride
+                count[i] += 1
+    return count, tap, position
+
+
+@njit(inline="always")
+def _add_run(target, values):
+    """target += values, elementwise (one spike's weights onto the sums it reaches)."""
+    for k in range(target.shape[0]):
+        target[k] += values[k]
+
+
+@njit(inline="always")
+def _scatter_events(spikes, w_events, groups, rows_taps, cols_taps, sums):
+    """sums[y, x·C_out + o] += w'[c, ky, kx, o] for every spike (c, yi, xi) of one sample and
+    step, in ascending (c, yi, xi) order, and every tap (ky, kx) that lands on an output.
+
+    ``w_events`` is W' laid out [C_in, kH, kW reversed, C_out / groups] (see
+    :func:`events_layout`); the sums are channels-last. With one group and unit column stride
+    and dilation (``cols_taps[3]``), the outputs one spike reaches in a kernel row are adjacent
+    columns x = xi + p − kx, so its adds for that row are one contiguous run of
+    (columns · C_out) values on both sides — the loop the compiler vectorises best. Each
+    output still receives at most one add per spike, so the order of its sums is the scan order."""
+    channels, height, width = spikes.shape
+    kernel_h, kernel_w, group_out = w_events.shape[1], w_events.shape[2], w_events.shape[3]
+    out_channels = group_out * groups
+    group_in = channels // groups
+    rows_count, rows_tap, rows_at = rows_taps
+    cols_count, cols_tap, cols_at, contiguous = cols_taps
+    for ci in range(channels):
+        first = (ci // group_in) * group_out
+        flat_w = w_events[ci].reshape(kernel_h, kernel_w * group_out)
+        for yi in range(height):
+            for xi in range(width):
+                columns = cols_count[xi]
+                if not spikes[ci, yi, xi] or columns == 0:
+                    continue
+                for a in range(rows_count[yi]):
+                    ky, y = rows_tap[yi, a], rows_at[yi, a]
+                    if contiguous:
+                        # taps ascending ↔ columns descending: the run starts at the last
+                        # tap's column and, in the reversed layout, at that tap's row
+                        run = columns * group_out
+                        start = cols_at[xi, columns - 1] * out_channels
+                        w_start = (kernel_w - 1 - cols_tap[xi, columns - 1]) * group_out
+                        _add_run(sums[y, start : start + run], flat_w[ky, w_start : w_start + run])
+                    else:
+                        for b in range(columns):
+                            start = cols_at[xi, b] * out_channels + first
+                            w_start = (kernel_w - 1 - cols_tap[xi, b]) * group_out
+                            _add_run(sums[y, start : start + group_out], flat_w[ky, w_start : w_start + group_out])
+
+
+@njit(cache=True)
+def _taps(in_shape, out_shape, stride, padding, dilation, kernel, groups):
+    """Tap tables of both axes (see :func:`_conv_taps`); the column one says whether runs are contiguous."""
+    rows_taps = _conv_taps(in_shape[0], out_shape[0], stride[0], padding[0], dilation[0], kernel[0])
+    count, tap, position = _conv_taps(in_shape[1], out_shape[1], stride[1], padding[1], dilation[1], kernel[1])
+    return rows_taps, (count, tap, position, groups == 1 and stride[1] == 1 and dilation[1] == 1)
+
+
 @njit(parallel=True, cache=True)
 def _conv2d_events(spikes, w_events, bias, stride, padding, dilation, groups, out):
-    """The same sums, driven by events: every spike (c, yi, xi), in ascending order, adds
-    w'[c, ky, kx, :] to the outputs (y, x, :) whose window holds it; bias last.
-
-    ``w_events`` is W' laid out [C_in, kH, kW, C_out / groups] and the sums are built
-    channels-last, so the innermost loop runs over contiguous output channels."""
+    """The same sums as :func:`_conv2d_dense`, driven by events (:func:`_scatter_events`); bias last."""
     rows, out_channels, out_h, out_w = out.shape
-    channels, height, width = spikes.shape[1], spikes.shape[2], spikes.shape[3]
-    kernel_h, kernel_w, group_out = w_events.shape[1], w_events.shape[2], w_events.shape[3]
-    group_in = channels // groups
+    rows_taps, cols_taps = _taps(spikes.shape[2:], out.shape[2:], stride, padding, dilation, w_events.shape[1:3], groups)
     for n in prange(rows):
-        sums = np.zeros((out_h, out_w, out_channels), out.dtype)
-        for ci in range(channels):
-            first = (ci // group_in) * group_out
-            for yi in range(height):
-                for xi in range(width):
-                    if not spikes[n, ci, yi, xi]:
-                        continue
-                    for ky in range(kernel_h):
-                        ty = yi + padding[0] - ky * dilation[0]
-                        if ty < 0 or ty % stride[0] != 0 or ty // stride[0] >= out_h:
-                            continue
-                        y = ty // stride[0]
-                        for kx in range(kernel_w):
-                            tx = xi + padding[1] - kx * dilation[1]
-                            if tx < 0 or tx % stride[1] != 0 or tx // stride[1] >= out_w:
-                                continue
-                            xo = tx // stride[1]
-                            for o in range(group_out):
-                                sums[y, xo, first + o] += w_events[ci, ky, kx, o]
+        sums = np.zeros((out_h, out_w * out_channels), out.dtype)
+        _scatter_events(spikes[n], w_events, groups, rows_taps, cols_taps, sums)
         for o in range(out_channels):
             for y in range(out_h):
                 for xo in range(out_w):
-                    out[n, o, y, xo] = sums[y, xo, o] + bias[o]
+                    out[n, o, y, xo] = sums[y, xo * out_channels + o] + bias[o]
+
+
+@njit(parallel=True, cache=True)
+def _conv2d_events_if(spikes, w_events, bias, stride, padding, dilation, groups, out_hw,
+                      residual, residual_spikes, residual_kind, threshold, v0, steps, batch, out_spikes):
+    """IF(conv(spikes) [+ residual]) per sample, step by step, without storing currents.
+
+    For sample b and step t: Σ = the event sums (:func:`_scatter_events`); for every neuron
+    f = (o, y, x): I = (Σ + bias[o]) + r, with r by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``,
+    2 ``residual[b, f]`` (static), 3 ``residual[f]`` if ``residual_spikes[t·B + b, f]`` (a graded
+    spike map); then v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order."""
+    out_h, out_w = out_hw[0], out_hw[1]
+    out_channels = bias.shape[0]
+    rows_taps, cols_taps = _taps(spikes.shape[2:], out_hw, stride, padding, dilation, w_events.shape[1:3], groups)
+    neurons = threshold.shape[0]
+    for b in prange(batch):
+        v = v0.copy()
+        sums = np.empty((out_h, out_w * out_channels), v.dtype)
+        current = np.empty(neurons, v.dtype)
+        for t in range(steps):
+            n = t * batch + b
+            sums[:] = 0
+            _scatter_events(spikes[n], w_events, groups, rows_taps, cols_taps, sums)
+            # separate simple loops rather than one loop with every case: each vectorises
+            for o in range(out_channels):
+                for y in range(out_h):
+                    for xo in range(out_w):
+                        current[(o * out_h + y) * out_w + xo] = sums[y, xo * out_channels + o] + bias[o]
+            if residual_kind == 1:
+                current += residual[n]
+            elif residual_kind == 2:
+                current += residual[b]
+            elif residual_kind == 3:
+                for f in range(neurons):
+                    if residual_spikes[n, f]:
+                        current[f] += residual[0, f]
+            for f in range(neurons):
+                value = v[f] + current[f]
+                fired = value >= threshold[f]
+                out_spikes[n, f] = fired
+                v[f] = value - threshold[f] if fired else value
 
 
 @njit(parallel=True, cache=True)
@@ -153,15 +246,23 @@ def _graded(spikes, amplitude, out):
             out[n, f] = amplitude[f] if spikes[n, f] else 0
 
 
+@njit(parallel=True, cache=True)
+def _add_into(total, x, temporal_x, batch_rows):
+    """total[r] += x[r] (x temporal) or x[r mod B] (x static, broadcast over the T steps)."""
+    for r in prange(total.shape[0]):
+        source = r if temporal_x else r % np.uint64(batch_rows)  # (prange indices are unsigned)
+        for f in range(total.shape[1]):
+            total[r, f] += x[source, f]
+
+
 def _add(inputs, steps, batch):
-    """Σ inputs left to right; a static input is broadcast over the T steps."""
+    """Σ inputs left to right, as the CUDA kernel sums them (from zero, in place)."""
     temporal = any(t for _, t in inputs)
-    total = None
+    first = inputs[0][0]
+    total = np.zeros((steps * batch if temporal else batch, first[0].size), first.dtype)
     for array, is_temporal in inputs:
-        if temporal and not is_temporal:
-            array = np.broadcast_to(array[None], (steps, *array.shape)).reshape(steps * batch, *array.shape[1:])
-        total = array.copy() if total is None else total + array
-    return total
+        _add_into(total, np.ascontiguousarray(array).reshape(array.shape[0], -1), is_temporal, batch)
+    return total.reshape(total.shape[0], *first.shape[1:])
 
 
 def _mean_over_time(x, temporal, steps, batch):
@@ -174,21 +275,44 @@ def _mean_over_time(x, temporal, steps, batch):
     return total / np.float32(steps) if total.dtype.kind == "f" else total / steps
 
 
+def _geometry(node: g.Conv2d):
+    return np.array(node.stride), np.array(node.padding), np.array(node.dilation), node.groups
+
+
 def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
+    """``weight`` is in :func:`events_layout` when ``events`` (the plan applies it once)."""
     out = np.empty(out_shape, weight.dtype)
-    geometry = np.array(node.stride), np.array(node.padding), np.array(node.dilation), node.groups
     if events:
-        _conv2d_events(x, events_layout(weight, node.groups), bias, *geometry, out)
+        _conv2d_events(x, weight, bias, *_geometry(node), out)
     else:
-        _conv2d_dense(x, weight, bias, *geometry, weight.dtype.type(0), out)
+        _conv2d_dense(x, weight, bias, *_geometry(node), weight.dtype.type(0), out)
+    return out
+
+
+def _conv2d_if(spikes, weight, bias, node: g.Conv2d, out_shape, residual, threshold, initial, steps, batch):
+    """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`)."""
+    out_hw = np.array(out_shape[1:])
+    rows = steps * batch
+    no_spikes = np.zeros((1, 1), np.bool_)
+    if residual is None:
+        kind, values, residual_spikes = 0, np.zeros((1, 1), weight.dtype), no_spikes
+    elif residual.amplitude is not None:
+        kind, values, residual_spikes = 3, residual.amplitude.reshape(1, -1), residual.array.reshape(rows, -1)
+    else:
+        kind, values, residual_spikes = (1 if residual.temporal else 2), residual.array, no_spikes
+        values = np.ascontiguousarray(values).reshape(values.shape[0], -1)
+    out = np.empty((rows, threshold.shape[0]), np.bool_)
+    _conv2d_events_if(spikes, weight, bias, *_geometry(node), out_hw, values, residual_spikes, kind,
+                      threshold, initial, steps, batch, out)
     return out
 
 
 def events_layout(weight: np.ndarray, groups: int) -> np.ndarray:
-    """W' [C_out, C_in/g, kH, kW] as [C_in, kH, kW, C_out/g]: row ci holds the weights a spike
-    of input channel ci sends to its group's output channels."""
+    """W' [C_out, C_in/g, kH, kW] as [C_in, kH, kW reversed, C_out/g]: row ci holds the weights
+    a spike of input channel ci sends to its group's output channels, kernel columns reversed
+    so that they run in the order of the output columns they reach."""
     out_channels, group_in, kernel_h, kernel_w = weight.shape
-    grouped = weight.reshape(groups, out_channels // groups, group_in, kernel_h, kernel_w)
+    grouped = weight[..., ::-1].reshape(groups, out_channels // groups, group_in, kernel_h, kernel_w)
     return np.ascontiguousarray(grouped.transpose(0, 2, 3, 4, 1).reshape(groups * group_in, kernel_h, kernel_w, -1))
 
 
@@ -231,6 +355,8 @@ CPU_KERNELS = Kernels(
     graded=_graded_values,
     mean_over_time=_mean_over_time,
     count=lambda s: int(np.count_nonzero(s)),
+    event_weight_layout=events_layout,
+    conv2d_if=_conv2d_if,
 )
 
 

@@ -49,6 +49,30 @@ class Step:
     initial: np.ndarray | None = None  # IF: v[0] = θ/2 per neuron
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """An event-driven conv whose only reader is an IF layer, directly or through a two-input
+    Add whose only reader is that IF layer: ``IF(conv(spikes) [+ residual])``. A backend with a
+    fused kernel computes the conv's sums, the merge and the membrane update per sample and
+    step without storing the currents; the arithmetic is unchanged — current = (Σ + bias) +
+    residual (two-term float sums commute exactly), then v += current."""
+
+    conv: str
+    conv_input: str  # the IF layer whose spikes drive the conv
+    add: str | None = None
+    residual: str | None = None  # the Add's other input
+
+    @property
+    def reads(self) -> list[str]:
+        """The stored signals the fused step reads (the conv's spike map, the residual)."""
+        return [self.conv_input, *([self.residual] if self.residual else [])]
+
+    @property
+    def absorbed(self) -> list[str]:
+        """The steps computed inside the fused step, never stored."""
+        return [self.conv, *([self.add] if self.add else [])]
+
+
 @dataclass
 class Plan:
     graph: g.SpikingGraph
@@ -56,6 +80,7 @@ class Plan:
     steps: list[Step]
     shapes: dict[str, tuple[int, ...]]
     users: dict[str, int] = field(default_factory=dict)  # how many nodes read each node
+    fusions: dict[str, Fusion] = field(default_factory=dict)  # IF step name -> what it absorbs
     device_arrays: dict[int, Any] = field(default_factory=dict)  # id(plan array) -> on the backend
 
     def parameter(self, array: np.ndarray, to_device):
@@ -97,7 +122,33 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             step.amplitude = np.repeat(node.output_amplitude.astype(dtype), per_channel)
             step.initial = initial_membrane(step.threshold)
         steps.append(step)
-    return Plan(graph, dtype, steps, shapes, users={name: len(graph.users(name)) for name in graph.nodes})
+    users = {name: len(graph.users(name)) for name in graph.nodes}
+    return Plan(graph, dtype, steps, shapes, users, fusions=_fusions(graph, steps, users))
+
+
+def _fusions(graph: g.SpikingGraph, steps: list[Step], users: dict[str, int]) -> dict[str, Fusion]:
+    """The IF layers that can absorb the event-driven conv (and two-input Add) feeding them."""
+    by_name = {step.name: step for step in steps}
+
+    def sole_event_conv(name: str) -> bool:
+        step = by_name[name]
+        return isinstance(step.node, g.Conv2d) and step.events and users[name] == 1
+
+    fusions = {}
+    for step in steps:
+        if not isinstance(step.node, g.IF):
+            continue
+        (source,) = step.inputs
+        if sole_event_conv(source):
+            fusions[step.name] = Fusion(source, by_name[source].inputs[0])
+            continue
+        merge = by_name[source]
+        if isinstance(merge.node, g.Add) and users[source] == 1 and len(merge.inputs) == 2 and len(set(merge.inputs)) == 2:
+            for conv, residual in (merge.inputs, merge.inputs[::-1]):
+                if sole_event_conv(conv):
+                    fusions[step.name] = Fusion(conv, by_name[conv].inputs[0], source, residual)
+                    break
+    return fusions
 
 
 @dataclass
@@ -119,6 +170,12 @@ class Kernels:
     graded: Callable  # (spikes, amplitude) -> a·s
     mean_over_time: Callable  # (x, temporal, steps, batch) -> [B, K]
     count: Callable  # (spikes) -> int
+    #: host-side layout of an event-driven conv's W' (weight, groups) -> array, applied once
+    event_weight_layout: Callable = lambda weight, groups: weight
+    #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`):
+    #: (spikes, weight, bias, conv node, IF shape, residual Signal or None, threshold, initial
+    #: membrane, steps, batch) -> spikes [T·B, F]; backends without it run the steps one by one
+    conv2d_if: Callable | None = None
 
 
 @dataclass
@@ -146,18 +203,38 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         rows = signal.array.shape[0]
         return kernels.graded(signal.array.reshape(rows, -1), signal.amplitude).reshape(signal.array.shape)
 
+    fusions = plan.fusions if kernels.conv2d_if is not None else {}
+    absorbed = {name for fusion in fusions.values() for name in fusion.absorbed}
+    by_name = {step.name: step for step in plan.steps}
+
+    def weights(step: Step):
+        layout = kernels.event_weight_layout if step.events and isinstance(step.node, g.Conv2d) else None
+        weight = plan.parameter(step.weight, lambda w: kernels.to_device(layout(w, step.node.groups) if layout else w))
+        return weight, plan.parameter(step.bias, kernels.to_device)
+
     for step in plan.steps:
+        if step.name in absorbed:
+            continue  # computed inside the IF step that absorbs it
         node = step.node
-        args = [values[s] for s in step.inputs]
-        temporal = any(a.temporal for a in args)
+        fusion = fusions.get(step.name)
+        reads = fusion.reads if fusion else step.inputs
+        args = [] if fusion else [values[s] for s in step.inputs]
+        temporal = any(a.temporal for a in args) or fusion is not None
         rows = steps * batch if temporal else batch
         shape_in = (rows, *plan.shapes[step.inputs[0]]) if step.inputs else None
         if isinstance(node, g.Input):
             values[step.name] = Signal(kernels.to_device(g.input_current(node, x, plan.dtype)), False)
         elif isinstance(node, g.IF):
             threshold = plan.parameter(step.threshold, kernels.to_device)
-            s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold,
-                                 plan.parameter(step.initial, kernels.to_device), steps, batch)
+            initial = plan.parameter(step.initial, kernels.to_device)
+            if fusion:
+                conv = by_name[fusion.conv]
+                source = values[fusion.conv_input].array
+                s = kernels.conv2d_if(source.reshape(rows, *plan.shapes[fusion.conv_input]), *weights(conv), conv.node,
+                                      plan.shapes[step.name], values[fusion.residual] if fusion.residual else None,
+                                      threshold, initial, steps, batch)
+            else:
+                s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold, initial, steps, batch)
             counts[step.name] = kernels.count(s)
             if record:
                 spikes[step.name] = kernels.to_host(s).reshape(steps, batch, *plan.shapes[step.name])
@@ -165,7 +242,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
             values[step.name] = Signal(s.reshape(steps * batch, *plan.shapes[step.name]), True, amplitude)
         elif isinstance(node, (g.Conv2d, g.Linear)):
             source = args[0].array if step.events else analog(args[0])
-            weight, bias = plan.parameter(step.weight, kernels.to_device), plan.parameter(step.bias, kernels.to_device)
+            weight, bias = weights(step)
             if isinstance(node, g.Conv2d):
                 out = kernels.conv2d(source.reshape(shape_in), weight, bias, node,
                                      (rows, *plan.shapes[step.name]), step.events)
@@ -184,7 +261,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         elif isinstance(node, g.Output):
             mean = kernels.mean_over_time(analog(args[0]).reshape(rows, -1), temporal, steps, batch)
             output = mean if node.scale == 1 else mean / node.scale
-        for source in step.inputs:
+        for source in reads:
             remaining[source] -= 1
             if remaining[source] == 0:
                 del values[source]

@@ -148,6 +148,17 @@ def test_graph_validation_names_node_and_value():
                        {"a": ["in", "out"], "out": ["a"]})
 
 
+def test_quantize_refuses_a_threshold_range_beyond_the_bit_budget():
+    """if2 emits graded spikes of 10^4 into if4, whose threshold is 2^-12: a ratio of 4·10^7 that
+    16 amplitude bits and 8 weight bits cannot hold, so if4's integer threshold would round to 0."""
+    nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.ones((1, 1), np.float32)),
+             "if2": g.IF("if2", threshold=[1e4]), "fc3": g.Linear("fc3", weight=np.ones((1, 1), np.float32)),
+             "if4": g.IF("if4", threshold=[2.0**-12]), "out": g.Output("out")}
+    graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "fc3": ["if2"], "if4": ["fc3"], "out": ["if4"]})
+    with pytest.raises(ValueError, match=r"cannot quantise IF layer 'if4': threshold 0.000244141 .*rounds to below 2"):
+        snnverify.quantize(snnverify.SNN(graph, 4))
+
+
 def test_gpu_target_without_a_gpu_is_an_error_not_a_cpu_run():
     """This machine has no CUDA GPU: with the simulator off, target='gpu' must refuse."""
     import os

@@ -1,0 +1,119 @@
+"""The CPU backend's fused IF(conv(spikes) [+ residual]) kernel changes nothing but speed.
+
+The plan absorbs an event-driven conv (and a two-input Add) into the IF layer that alone reads
+it; the CPU kernel then computes sums, merge and membrane per sample and step. Run with and
+without the fused kernel, every spike and the output must be bit-identical — in float32 with
+arbitrary weights (where a changed summation order would show) and in integer mode.
+"""
+
+import dataclasses
+
+import numpy as np
+from hypothesis import event, given, settings
+
+from snnverify import graph as g
+from snnverify.api import SNN
+from snnverify.runtime.numba_cpu import CPU_KERNELS
+from snnverify.runtime.plan import build_plan, execute
+from snnverify.strategies import spiking_graphs
+
+from .test_backends import quantized
+
+UNFUSED = dataclasses.replace(CPU_KERNELS, conv2d_if=None)
+
+
+def residual_kind(plan, fusion) -> str:
+    if fusion.residual is None:
+        return "no residual"
+    node = plan.graph.nodes[fusion.residual]
+    return "spike-map residual" if isinstance(node, g.IF) else "current residual"
+
+
+def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
+    """Run fused and unfused, compare; ``note`` receives the kind of every fusion (Hypothesis
+    statistics inside a property test)."""
+    plan = build_plan(graph)
+    for fusion in plan.fusions.values():
+        note(residual_kind(plan, fusion))
+    out_fused, _, spikes_fused = execute(plan, CPU_KERNELS, x, steps, record=True)
+    out_plain, _, spikes_plain = execute(build_plan(graph), UNFUSED, x, steps, record=True)
+    mismatches = sum(int((spikes_fused[k] != spikes_plain[k]).sum()) for k in spikes_plain)
+    comparison_log.record(check, sum(s.size for s in spikes_plain.values()), mismatches)
+    assert list(spikes_fused) == list(spikes_plain)
+    assert mismatches == 0
+    np.testing.assert_array_equal(out_fused, out_plain)
+
+
+@settings(max_examples=60)
+@given(spiking_graphs(dyadic=False, max_size=8, max_timesteps=16))
+def test_fused_kernel_matches_the_unfused_kernels_float32(comparison_log, case):
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (non-dyadic)", case.graph, case.x, case.timesteps)
+
+
+@settings(max_examples=40)
+@given(spiking_graphs(dyadic=True, max_size=8, max_timesteps=16))
+def test_fused_kernel_matches_the_unfused_kernels_at_exact_ties(comparison_log, case):
+    """Dyadic graphs: every sum is exact, so membranes land exactly on θ and ≥ vs > shows."""
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (dyadic: exact ties)", case.graph, case.x,
+                      case.timesteps)
+
+
+@settings(max_examples=40)
+@given(spiking_graphs(dyadic=False, max_size=8, max_timesteps=16))
+def test_fused_kernel_matches_the_unfused_kernels_integer(comparison_log, case):
+    graph = quantized(case)
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, integer", graph, case.x, case.timesteps)
+
+
+def test_a_static_residual_is_fused_and_exact(comparison_log):
+    """Add(conv(spikes), stem conv) — the residual is the static input current, broadcast over T,
+    a case the random ResNets do not draw. Weights and inputs are multiples of 1/8, so sums are
+    exact and membranes hit θ exactly (ties)."""
+    rng = np.random.default_rng(0)
+
+    def dyadic(*shape):
+        return (np.round(rng.standard_normal(shape) * 8) / 8).astype(np.float32)
+
+    nodes = {
+        "in": g.Input("in", shape=(2, 5, 5)),
+        "stem": g.Conv2d("stem", weight=dyadic(3, 2, 3, 3), padding=1),
+        "if1": g.IF("if1", threshold=[0.5, 0.7, 0.9]),
+        "conv": g.Conv2d("conv", weight=dyadic(3, 3, 3, 3), padding=1, bias=dyadic(3)),
+        "add": g.Add("add"),
+        "if2": g.IF("if2", threshold=[0.6, 0.8, 1.0]),
+        "flat": g.Flatten("flat"),
+        "fc": g.Linear("fc", weight=dyadic(4, 75)),
+        "out": g.Output("out"),
+    }
+    graph = g.SpikingGraph(nodes, {"stem": ["in"], "if1": ["stem"], "conv": ["if1"], "add": ["conv", "stem"],
+                                   "if2": ["add"], "flat": ["if2"], "fc": ["flat"], "out": ["fc"]})
+    plan = build_plan(graph)
+    assert plan.fusions["if2"].residual == "stem" and plan.fusions["if2"].add == "add"
+    x = dyadic(3, 2, 5, 5)
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (static residual)", graph, x, 9, note=print)
+    spikes = execute(plan, CPU_KERNELS, x, 9, record=True)[2]
+    assert 0 < spikes["if2"].mean() < 1  # the case is not vacuous: if2 neither silent nor saturated
+
+
+def test_every_block_of_a_resnet_is_fused(digits_case):
+    """small_resnet: each block's first IF absorbs conv1; each block's second IF absorbs conv2
+    and the merge, with the identity skip (a spike map) or the projection (a current) as residual."""
+    plan = build_plan(digits_case.snn.graph)
+    fused = plan.fusions
+    assert len(fused) == 6, sorted(fused)
+    kinds = sorted(residual_kind(plan, f) for f in fused.values())
+    assert kinds == ["current residual"] * 2 + ["no residual"] * 3 + ["spike-map residual"]
+
+
+def test_three_way_merges_are_not_fused():
+    """(a + b) + c is not a + (b + c) in float32, so only two-input merges are absorbed."""
+    ones = np.ones((1, 1, 1, 1), np.float32)
+    nodes = {"in": g.Input("in", shape=(1, 2, 2)), "stem": g.Conv2d("stem", weight=ones), "if1": g.IF("if1", threshold=[1.0]),
+             "a": g.Conv2d("a", weight=ones), "b": g.Conv2d("b", weight=ones), "add": g.Add("add"),
+             "if2": g.IF("if2", threshold=[1.0]), "flat": g.Flatten("flat"),
+             "fc": g.Linear("fc", weight=np.ones((2, 4), np.float32)), "out": g.Output("out")}
+    graph = g.SpikingGraph(nodes, {"stem": ["in"], "if1": ["stem"], "a": ["if1"], "b": ["if1"],
+                                   "add": ["a", "b", "if1"], "if2": ["add"], "flat": ["if2"], "fc": ["flat"],
+                                   "out": ["fc"]})
+    assert "if2" not in build_plan(graph).fusions
+    assert SNN(graph, 4, target="cpu").run(np.ones((1, 1, 2, 2), np.float32), 4).output.shape == (1, 2)
