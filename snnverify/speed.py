@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -52,12 +53,16 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
         ann_seconds = best_time(lambda: ann(x), repeats)
     results = {"model": model, "batch": batch, "threads": torch.get_num_threads(), "ann_seconds": ann_seconds,
                "ann_images_per_s": batch / ann_seconds, "snn": []}
+    neurons = sum(math.prod(graph.shapes[layer.name]) for layer in graph.neuron_layers)
     for target in targets:
         snn = SNN(graph, 1, target=target)
         for steps in timesteps:
             seconds = best_time(lambda: snnverify.simulate(snn, x, timesteps=steps), repeats)
+            # event-driven cost grows with the spikes, so the rate belongs beside the speed
+            spikes = sum(snn.run(x, steps).spike_counts.values())
             results["snn"].append({"target": target, "timesteps": steps, "seconds": seconds,
-                                   "images_per_s": batch / seconds, "ratio_to_ann": seconds / ann_seconds})
+                                   "images_per_s": batch / seconds, "ratio_to_ann": seconds / ann_seconds,
+                                   "spike_rate": spikes / (neurons * steps * batch)})
     return results
 
 
@@ -75,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result['model']}: ANN forward {result['ann_images_per_s']:.0f} images/s (batch {result['batch']})")
         for row in result["snn"]:
             print(f"  {row['target']:>5} T={row['timesteps']:<3} {row['images_per_s']:8.1f} images/s, "
-                  f"{row['ratio_to_ann']:6.1f}x the ANN forward time")
+                  f"{row['ratio_to_ann']:6.1f}x the ANN forward time, spike rate {row['spike_rate']:.3f}")
+        by_key = {(row["target"], row["timesteps"]): row["images_per_s"] for row in result["snn"]}
+        for (target, steps), rate in by_key.items():
+            if target != "torch" and ("torch", steps) in by_key:
+                print(f"  {target} / torch at T={steps}: {rate / by_key['torch', steps]:.2f}x")
     if args.out:
         atomic_write(args.out, json.dumps(results, indent=2) + "\n")
     return 0

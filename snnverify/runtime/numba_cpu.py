@@ -43,12 +43,24 @@ def _conv2d_dense(x, w, bias, stride, padding, dilation, groups, zero, out):
                 out[n, o, y, xo] = acc + bias[o]
 
 
+def tap_columns(kernel_w: int, stride: int) -> np.ndarray:
+    """Where :func:`events_layout` stores kernel column kx: grouped by stride phase
+    (kW − 1 − kx) mod s, and within a phase by descending kx. The taps one spike reaches along
+    a row are one phase, and with unit dilation their outputs are adjacent columns ascending as
+    kx descends — so they are adjacent in this layout too (for s = 1: columns reversed)."""
+    order = sorted(range(kernel_w), key=lambda kx: ((kernel_w - 1 - kx) % stride, (kernel_w - 1 - kx) // stride))
+    columns = np.empty(kernel_w, np.int64)
+    columns[order] = np.arange(kernel_w)
+    return columns
+
+
 @njit(cache=True)
-def _conv_taps(size, out_size, stride, padding, dilation, kernel):
+def _conv_taps(size, out_size, stride, padding, dilation, stored_at):
     """For each input coordinate i along one axis, the kernel taps k (ascending) whose output
-    coordinate o = (i + p − k·d) / s is an integer in [0, out_size): ``count[i]`` of them,
-    ``tap[i, j]`` and ``position[i, j]``. Computed once per layer, so the event loop has no
-    divisions or bounds checks."""
+    coordinate o = (i + p − k·d) / s is an integer in [0, out_size): ``count[i]`` of them, the
+    index ``stored_at[k]`` of each in the weight layout, ``tap[i, j]``, and ``position[i, j]`` = o.
+    Computed once per layer, so the event loop has no divisions or bounds checks."""
+    kernel = stored_at.shape[0]
     count = np.zeros(size, np.int64)
     tap = np.zeros((size, kernel), np.int64)
     position = np.zeros((size, kernel), np.int64)
@@ -56,7 +68,7 @@ def _conv_taps(size, out_size, stride, padding, dilation, kernel):
         for k in range(kernel):
             shifted = i + padding - k * dilation
             if shifted >= 0 and shifted % stride == 0 and shifted // stride < out_size:
-                tap[i, count[i]] = k
+                tap[i, count[i]] = stored_at[k]
                 position[i, count[i]] = shifted // stride
                 count[i] += 1
     return count, tap, position
@@ -74,10 +86,10 @@ def _scatter_events(spikes, w_events, groups, rows_taps, cols_taps, sums):
     """sums[y, x·C_out + o] += w'[c, ky, kx, o] for every spike (c, yi, xi) of one sample and
     step, in ascending (c, yi, xi) order, and every tap (ky, kx) that lands on an output.
 
-    ``w_events`` is W' laid out [C_in, kH, kW reversed, C_out / groups] (see
-    :func:`events_layout`); the sums are channels-last. With one group and unit column stride
-    and dilation (``cols_taps[3]``), the outputs one spike reaches in a kernel row are adjacent
-    columns x = xi + p − kx, so its adds for that row are one contiguous run of
+    ``w_events`` is W' laid out [C_in, kH, kW (see :func:`tap_columns`), C_out / groups] (see
+    :func:`events_layout`); the sums are channels-last. With one group and unit column
+    dilation (``cols_taps[3]``), the outputs one spike reaches in a kernel row are adjacent
+    columns, and so are their weights, so its adds for that row are one contiguous run of
     (columns · C_out) values on both sides — the loop the compiler vectorises best. Each
     output still receives at most one add per spike, so the order of its sums is the scan order."""
     channels, height, width = spikes.shape
@@ -98,31 +110,32 @@ def _scatter_events(spikes, w_events, groups, rows_taps, cols_taps, sums):
                     ky, y = rows_tap[yi, a], rows_at[yi, a]
                     if contiguous:
                         # taps ascending ↔ columns descending: the run starts at the last
-                        # tap's column and, in the reversed layout, at that tap's row
+                        # tap's output column and at its place in the weight layout
                         run = columns * group_out
                         start = cols_at[xi, columns - 1] * out_channels
-                        w_start = (kernel_w - 1 - cols_tap[xi, columns - 1]) * group_out
+                        w_start = cols_tap[xi, columns - 1] * group_out
                         _add_run(sums[y, start : start + run], flat_w[ky, w_start : w_start + run])
                     else:
                         for b in range(columns):
                             start = cols_at[xi, b] * out_channels + first
-                            w_start = (kernel_w - 1 - cols_tap[xi, b]) * group_out
+                            w_start = cols_tap[xi, b] * group_out
                             _add_run(sums[y, start : start + group_out], flat_w[ky, w_start : w_start + group_out])
 
 
 @njit(cache=True)
-def _taps(in_shape, out_shape, stride, padding, dilation, kernel, groups):
+def _taps(in_shape, out_shape, stride, padding, dilation, kernel_h, stored_at, groups):
     """Tap tables of both axes (see :func:`_conv_taps`); the column one says whether runs are contiguous."""
-    rows_taps = _conv_taps(in_shape[0], out_shape[0], stride[0], padding[0], dilation[0], kernel[0])
-    count, tap, position = _conv_taps(in_shape[1], out_shape[1], stride[1], padding[1], dilation[1], kernel[1])
-    return rows_taps, (count, tap, position, groups == 1 and stride[1] == 1 and dilation[1] == 1)
+    rows_taps = _conv_taps(in_shape[0], out_shape[0], stride[0], padding[0], dilation[0], np.arange(kernel_h))
+    count, tap, position = _conv_taps(in_shape[1], out_shape[1], stride[1], padding[1], dilation[1], stored_at)
+    return rows_taps, (count, tap, position, groups == 1 and dilation[1] == 1)
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_events(spikes, w_events, bias, stride, padding, dilation, groups, out):
+def _conv2d_events(spikes, w_events, bias, stride, padding, dilation, groups, stored_at, out):
     """The same sums as :func:`_conv2d_dense`, driven by events (:func:`_scatter_events`); bias last."""
     rows, out_channels, out_h, out_w = out.shape
-    rows_taps, cols_taps = _taps(spikes.shape[2:], out.shape[2:], stride, padding, dilation, w_events.shape[1:3], groups)
+    rows_taps, cols_taps = _taps(spikes.shape[2:], out.shape[2:], stride, padding, dilation, w_events.shape[1],
+                                 stored_at, groups)
     for n in prange(rows):
         sums = np.zeros((out_h, out_w * out_channels), out.dtype)
         _scatter_events(spikes[n], w_events, groups, rows_taps, cols_taps, sums)
@@ -133,7 +146,7 @@ def _conv2d_events(spikes, w_events, bias, stride, padding, dilation, groups, ou
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_events_if(spikes, w_events, bias, stride, padding, dilation, groups, out_hw,
+def _conv2d_events_if(spikes, w_events, bias, stride, padding, dilation, groups, stored_at, out_hw,
                       residual, residual_spikes, residual_kind, threshold, v0, steps, batch, out_spikes):
     """IF(conv(spikes) [+ residual]) per sample, step by step, without storing currents.
 
@@ -143,7 +156,8 @@ def _conv2d_events_if(spikes, w_events, bias, stride, padding, dilation, groups,
     spike map); then v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order."""
     out_h, out_w = out_hw[0], out_hw[1]
     out_channels = bias.shape[0]
-    rows_taps, cols_taps = _taps(spikes.shape[2:], out_hw, stride, padding, dilation, w_events.shape[1:3], groups)
+    rows_taps, cols_taps = _taps(spikes.shape[2:], out_hw, stride, padding, dilation, w_events.shape[1], stored_at,
+                                 groups)
     neurons = threshold.shape[0]
     for b in prange(batch):
         v = v0.copy()
@@ -162,10 +176,9 @@ def _conv2d_events_if(spikes, w_events, bias, stride, padding, dilation, groups,
                 current += residual[n]
             elif residual_kind == 2:
                 current += residual[b]
-            elif residual_kind == 3:
+            elif residual_kind == 3:  # + a·s, branch-free: adding a·0 = 0 changes no sum
                 for f in range(neurons):
-                    if residual_spikes[n, f]:
-                        current[f] += residual[0, f]
+                    current[f] += residual[0, f] * residual_spikes[n, f]
             for f in range(neurons):
                 value = v[f] + current[f]
                 fired = value >= threshold[f]
@@ -279,11 +292,15 @@ def _geometry(node: g.Conv2d):
     return np.array(node.stride), np.array(node.padding), np.array(node.dilation), node.groups
 
 
+def _event_geometry(node: g.Conv2d):
+    return *_geometry(node), tap_columns(node.weight.shape[3], node.stride[1])
+
+
 def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
     """``weight`` is in :func:`events_layout` when ``events`` (the plan applies it once)."""
     out = np.empty(out_shape, weight.dtype)
     if events:
-        _conv2d_events(x, weight, bias, *_geometry(node), out)
+        _conv2d_events(x, weight, bias, *_event_geometry(node), out)
     else:
         _conv2d_dense(x, weight, bias, *_geometry(node), weight.dtype.type(0), out)
     return out
@@ -302,17 +319,20 @@ def _conv2d_if(spikes, weight, bias, node: g.Conv2d, out_shape, residual, thresh
         kind, values, residual_spikes = (1 if residual.temporal else 2), residual.array, no_spikes
         values = np.ascontiguousarray(values).reshape(values.shape[0], -1)
     out = np.empty((rows, threshold.shape[0]), np.bool_)
-    _conv2d_events_if(spikes, weight, bias, *_geometry(node), out_hw, values, residual_spikes, kind,
+    _conv2d_events_if(spikes, weight, bias, *_event_geometry(node), out_hw, values, residual_spikes, kind,
                       threshold, initial, steps, batch, out)
     return out
 
 
-def events_layout(weight: np.ndarray, groups: int) -> np.ndarray:
-    """W' [C_out, C_in/g, kH, kW] as [C_in, kH, kW reversed, C_out/g]: row ci holds the weights
-    a spike of input channel ci sends to its group's output channels, kernel columns reversed
-    so that they run in the order of the output columns they reach."""
+def events_layout(weight: np.ndarray, node: g.Conv2d) -> np.ndarray:
+    """W' [C_out, C_in/g, kH, kW] as [C_in, kH, kW, C_out/g]: row ci holds the weights a spike of
+    input channel ci sends to its group's output channels, kernel columns in the order of
+    :func:`tap_columns` so that they run in the order of the output columns they reach."""
     out_channels, group_in, kernel_h, kernel_w = weight.shape
-    grouped = weight[..., ::-1].reshape(groups, out_channels // groups, group_in, kernel_h, kernel_w)
+    groups = node.groups
+    columns = np.empty_like(weight)
+    columns[..., tap_columns(kernel_w, node.stride[1])] = weight
+    grouped = columns.reshape(groups, out_channels // groups, group_in, kernel_h, kernel_w)
     return np.ascontiguousarray(grouped.transpose(0, 2, 3, 4, 1).reshape(groups * group_in, kernel_h, kernel_w, -1))
 
 

@@ -170,8 +170,8 @@ class Kernels:
     graded: Callable  # (spikes, amplitude) -> a·s
     mean_over_time: Callable  # (x, temporal, steps, batch) -> [B, K]
     count: Callable  # (spikes) -> int
-    #: host-side layout of an event-driven conv's W' (weight, groups) -> array, applied once
-    event_weight_layout: Callable = lambda weight, groups: weight
+    #: host-side layout of an event-driven conv's W' (weight, Conv2d node) -> array, applied once
+    event_weight_layout: Callable = lambda weight, node: weight
     #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`):
     #: (spikes, weight, bias, conv node, IF shape, residual Signal or None, threshold, initial
     #: membrane, steps, batch) -> spikes [T·B, F]; backends without it run the steps one by one
@@ -209,7 +209,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
 
     def weights(step: Step):
         layout = kernels.event_weight_layout if step.events and isinstance(step.node, g.Conv2d) else None
-        weight = plan.parameter(step.weight, lambda w: kernels.to_device(layout(w, step.node.groups) if layout else w))
+        weight = plan.parameter(step.weight, lambda w: kernels.to_device(layout(w, step.node) if layout else w))
         return weight, plan.parameter(step.bias, kernels.to_device)
 
     for step in plan.steps:

@@ -1,7 +1,10 @@
 """asv benchmarks: SNN simulation per backend, T = 8 and 32, on converted networks.
 
 ``time_simulate`` beside ``track_`` of what it produced (sparsity, and the agreement of the
-backend's predictions with the torch reference), on the same batch. The gpu target is
+backend's predictions with the torch reference), on the same batch, and beside two ratios
+timed side by side in one call (so machine noise cancels): the backend's speed over the torch
+reference executor, and its time over the ANN forward time (targets: cpu ≥ 2× torch; at
+T = 32, SNN ≤ 8× the ANN). The gpu target is
 skipped in ``setup`` when no CUDA GPU is visible (asv style: params do not depend on what is
 installed). Run: ``asv run --python=same -E existing --bench bench_backends``.
 """
@@ -11,7 +14,7 @@ import torch
 
 import snnverify
 from snnverify.api import SNN
-from snnverify.speed import SHAPES, converted
+from snnverify.speed import SHAPES, best_time, converted
 
 
 class Simulation:
@@ -56,3 +59,16 @@ class Simulation:
         return 100 * float(np.mean(ours == reference))
 
     track_agreement_with_torch.unit = "%"
+
+    def track_speedup_over_torch(self, cache, model, target, timesteps):
+        reference = best_time(lambda: snnverify.simulate(self.reference, self.x), 2)
+        return reference / best_time(lambda: snnverify.simulate(self.snn, self.x), 2)
+
+    track_speedup_over_torch.unit = "x"
+
+    def track_time_over_ann_forward(self, cache, model, target, timesteps):
+        with torch.no_grad():
+            ann = best_time(lambda: self.ann(self.x), 3)
+        return best_time(lambda: snnverify.simulate(self.snn, self.x), 2) / ann
+
+    track_time_over_ann_forward.unit = "x"
