@@ -10,7 +10,10 @@ that float32 spikes are bit-identical between CPU and GPU. Products are never fu
 multiply-add (the CUDA kernels use ``fmul_rn``; Numba's CPU code is compiled without
 fast-math, so LLVM does not contract them either).
 
-:func:`execute` walks the plan with a kernel set (CPU or GPU) — the walk is written once.
+:func:`execute` walks the plan with a kernel set (CPU or GPU) — the walk is written once. The
+plan also lists :class:`Fusion` s — IF layers that may absorb the event-driven conv (and the
+two-input residual add) feeding them; a kernel set with a fused kernel runs those as one step
+(the CPU's: no [T·B, ...] currents stored), the others step by step, with the same arithmetic.
 """
 
 from __future__ import annotations
