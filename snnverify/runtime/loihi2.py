@@ -78,8 +78,9 @@ WEIGHT_EXP_RANGE = (-8, 7)
 A_IN_LIMIT = 2**24
 RESETS = ("subtract", "zero")
 SIGN_MODES = ("mixed", "excitatory", "inhibitory")
-#: Largest |mantissa| per sign mode that netx's optimize_weight_bits maps to <= 8 weight bits.
-MANTISSA_LIMITS = {"mixed": (-128, 127), "excitatory": (0, 255), "inhibitory": (-255, 0)}
+#: Mantissa range per netx sign mode in which optimize_weight_bits gives <= 8 weight bits and
+#: the Dense's 8-bit clipping never bites (netx calls −256 inhibitory, Lava clips it to −255).
+MANTISSA_LIMITS = {"mixed": (-128, 127), "excitatory": (0, 255), "inhibitory": (-255, -1)}
 #: float32 sums of integers are exact below 2^24: the synapses accumulate in float32 (fast
 #: convolutions) only when every partial sum is provably below that.
 FLOAT32_EXACT = 2**24
@@ -223,6 +224,13 @@ def dense_run(s_in, weights, weight_exp: int = 0, num_weight_bits: int = 8, sign
     return a_out
 
 
+def netx_sign_mode(weights: np.ndarray) -> str:
+    """netx's partition, which differs from Lava's at 0: inhibitory only if max < 0."""
+    if np.max(weights) < 0:
+        return "inhibitory"
+    return "excitatory" if np.min(weights) >= 0 else "mixed"
+
+
 @dataclass
 class OptimizedWeights:
     weights: np.ndarray  # mantissas shifted left by scale_bits (what the Dense stores)
@@ -252,12 +260,13 @@ def optimize_weight_bits(weights) -> OptimizedWeights:
         raise ValueError(f"weights must lie in [-256, 255] to fit the 8-bit synapse, got [{low}, {high}]")
     if low == high == 0:
         return OptimizedWeights(weights, 8, 0, "excitatory")
-    if high < 0:
-        sign_mode, signed, scale = "inhibitory", 0, -256 / low
-    elif low >= 0:
-        sign_mode, signed, scale = "excitatory", 0, 255 / high
+    sign_mode = netx_sign_mode(weights)
+    signed = int(sign_mode == "mixed")
+    if sign_mode == "inhibitory":
+        scale = -256 / low
+    elif sign_mode == "excitatory":
+        scale = 255 / high
     else:
-        sign_mode, signed = "mixed", 1
         scale = min(127 / high if high > 0 else math.inf, -128 / low)
     scale_bits = math.floor(math.log2(scale)) + signed
     n = 8
@@ -315,8 +324,9 @@ class NeuronGroup:
 
 @dataclass
 class OutputReadout:
-    """The output node: synapse groups read as accumulators (scale ``vth`` a_in units per
-    output unit), float bias added on the host, static currents computed on the host."""
+    """The output node: synapse groups read as accumulators (``vth`` a_in units per output
+    unit, i.e. per current unit / Output.scale), float bias (output units) added on the host,
+    static currents (current units) computed on the host."""
 
     name: str
     vth: int
@@ -365,19 +375,36 @@ def _overlapping(pool: g.AvgPool2d) -> bool:
 
 def _mantissas(exact: np.ndarray, layer: str) -> tuple[np.ndarray, int, float]:
     """8-bit mantissas m and exponent E with m·2^E ≈ ``exact`` (a_in units): the smallest E
-    at which round(exact/2^E) fits the sign mode's mantissa range (so the most bits survive)."""
-    sign_mode = sign_mode_of(exact) if np.any(exact) else "excitatory"
-    low, high = MANTISSA_LIMITS[sign_mode]
+    at which round(exact/2^E) fits the mantissa range of its netx sign mode (so the most bits
+    survive, and netx's re-expression of m is lossless)."""
     peak = float(np.abs(exact).max())
     if peak == 0:
         return np.zeros(exact.shape, np.int64), 0, 0.0
     exponent = math.floor(math.log2(peak / 255)) - 1
     while True:
         m = np.rint(exact / 2.0**exponent)
+        low, high = MANTISSA_LIMITS[netx_sign_mode(m)] if m.any() else (0, 0)
         if m.min() >= low and m.max() <= high:
             break
         exponent += 1
     return m.astype(np.int64), exponent, float(np.abs(m * 2.0**exponent - exact).max())
+
+
+def synapse_registers(mantissas: np.ndarray, exponent: int) -> OptimizedWeights:
+    """The Dense registers for weights m·2^E: netx's re-expression of the mantissas, with the
+    exponents combined (weight_exp = E − scale_bits).
+
+    One exception, found by the property tests: netx scales inhibitory weights by −256/min,
+    which maps a power-of-two |min| to −256; the Dense clips that to −255 and truncation then
+    zeroes it (e.g. a lone −128 gets 0 weight bits and delivers nothing). Where netx's result
+    does not survive the Dense's clip and truncation, the mantissas are stored as they are
+    (8 bits, exponent E), which is lossless."""
+    optimized = optimize_weight_bits(mantissas)
+    if not np.array_equal(chip_weights(optimized.weights, optimized.num_weight_bits, optimized.sign_mode),
+                          optimized.weights):
+        return OptimizedWeights(mantissas.astype(np.int64), 8, exponent, netx_sign_mode(mantissas))
+    return OptimizedWeights(optimized.weights, optimized.num_weight_bits, exponent + optimized.weight_exp,
+                            optimized.sign_mode)
 
 
 def _amplitude_per_element(amplitude: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -421,8 +448,8 @@ def _spike_group(graph: g.SpikingGraph, chain: list[str], theta: np.ndarray, vth
         exact = _amplitude_per_element(amplitude, pooled_shape) / area / theta * vth
         kind = "elementwise"
     mantissas, exponent, error = _mantissas(exact, target)
-    optimized = optimize_weight_bits(mantissas)
-    weight_exp = exponent + optimized.weight_exp
+    optimized = synapse_registers(mantissas, exponent)
+    weight_exp = optimized.weight_exp
     if not WEIGHT_EXP_RANGE[0] <= weight_exp <= WEIGHT_EXP_RANGE[1]:
         raise ValueError(f"loihi2_sim: layer {target!r}: synapses from {chain[0]!r} need weight exponent {weight_exp} "
                          f"(largest weight {np.abs(exact).max():.6g} a_in units, vth {vth}), outside the chip's "
@@ -501,8 +528,9 @@ def quantize_for_loihi2(graph: g.SpikingGraph, vth: int = 2**10) -> Loihi2Networ
             layers[name] = NeuronGroup(name, shapes[name], vth, theta, bias, mant, exp, groups, static, depth,
                                        float(error.max(initial=0.0)))
         elif isinstance(node, g.Output):
-            ones = np.ones(math.prod(shapes[name]))
-            groups, static, bias, depth = groups_into(name, name, ones)
+            # normalised by the output's scale (integer graphs), so the readout is in output units
+            scale = np.full(math.prod(shapes[name]), float(node.scale))
+            groups, static, bias, depth = groups_into(name, name, scale)
             output = OutputReadout(name, vth, bias / vth, groups, static, node.scale, depth)
     return Loihi2Network(graph, layers, output, vth)
 
@@ -637,7 +665,8 @@ class Loihi2Backend:
             cache = {}
             xf = torch.from_numpy(g.input_current(graph.input_node, x.numpy(),
                                                   np.int64 if graph.integer else np.float64).astype(np.float64))
-            current = current + sum(_static_value(graph, s, xf, cache).reshape(batch, -1).numpy() for s in output.static)
+            current = current + sum(_static_value(graph, s, xf, cache).reshape(batch, -1).numpy()
+                                    for s in output.static) / output.scale
         counts = {name: int(np.count_nonzero(s)) for name, s in spikes.items()}
         recorded = {name: s.reshape(steps, batch, *s.shape[1:]) for name, s in spikes.items()} if record else None
-        return RunResult((current / output.scale).astype(np.float32), counts, recorded)
+        return RunResult(current.astype(np.float32), counts, recorded)
