@@ -566,21 +566,32 @@ def _static_value(graph: g.SpikingGraph, name: str, x: torch.Tensor, cache: dict
     return value
 
 
-def _accumulate(group: SynapseGroup, spikes: np.ndarray, out_features: int) -> np.ndarray:
-    """a = shift(Σ w·s) for spikes [R, *source shape] (R = T·B rows): int64 [R, out_features].
-    Sums run in float32, exact because every partial sum is an integer below 2^24."""
+def _accumulate(group: SynapseGroup, spikes: np.ndarray, a_in: np.ndarray) -> None:
+    """a_in += shift(Σ w·s) for spikes [R, *source shape] (R = T·B rows), a_in int64 [R, N].
+    Sums run in float32 (fast convolutions), exact because every partial sum is an integer
+    below 2^24; the shift is the Dense's, in integers."""
     x = torch.from_numpy(spikes).to(torch.float32)
     for kernel, stride, padding in group.pools:
         x = F.avg_pool2d(x, kernel, stride, padding, count_include_pad=True, divisor_override=1)
     w = torch.from_numpy(group.weights.astype(np.float32))
     if group.kind == "conv":
         c = group.conv
-        x = F.conv2d(x, w, None, c.stride, c.padding, c.dilation, c.groups).flatten(1)
+        x = F.conv2d(x, w, None, c.stride, c.padding, c.dilation, c.groups)
     elif group.kind == "linear":
         x = x.flatten(1) @ w.T
     else:
         x = x.flatten(1) * w.flatten()[None, :]
-    return shift_accumulator(x.numpy().astype(np.int64).reshape(-1, out_features), group.weight_exp)
+    _add_shifted(np.ascontiguousarray(x.reshape(a_in.shape).numpy()), group.weight_exp, a_in)
+
+
+@njit(parallel=True, cache=True)
+def _add_shifted(sums, weight_exp, a_in):
+    """a_in += int(sums) << weight_exp (arithmetic right shift, i.e. floor, when negative)."""
+    rows, columns = a_in.shape
+    for r in prange(rows):
+        for c in range(columns):
+            value = np.int64(sums[r, c])
+            a_in[r, c] += (value << weight_exp) if weight_exp >= 0 else (value >> -weight_exp)
 
 
 @register_backend("loihi2_sim")
@@ -640,7 +651,7 @@ class Loihi2Backend:
             neurons = math.prod(layer.shape)
             a_in = np.zeros((steps * batch, neurons), np.int64)
             for group in layer.groups:
-                a_in += _accumulate(group, spikes[group.source], neurons)
+                _accumulate(group, spikes[group.source], a_in)
             if name in fields:
                 mant, exp, _ = fields[name]
             else:
@@ -657,9 +668,10 @@ class Loihi2Backend:
             spikes[name] = s.reshape(steps * batch, *layer.shape)
         output = network.output
         classes = len(output.bias)
-        total = np.zeros((batch, classes), np.int64)
+        accumulators = np.zeros((steps * batch, classes), np.int64)
         for group in output.groups:
-            total += _accumulate(group, spikes[group.source], classes).reshape(steps, batch, classes).sum(0)
+            _accumulate(group, spikes[group.source], accumulators)
+        total = accumulators.reshape(steps, batch, classes).sum(0)
         current = total / steps / output.vth + output.bias
         if output.static:
             cache = {}
