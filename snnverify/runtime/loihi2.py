@@ -70,6 +70,8 @@ DECAY_MAX = 2**12 - 1  # du, dv: unsigned 12-bit
 BIAS_MANT_RANGE = (-(2**12), 2**12 - 1)  # signed 13-bit
 BIAS_EXP_RANGE = (0, 7)  # 3-bit
 VTH_MAX = 2**17 - 1  # unsigned 17-bit
+#: the largest bias in a_in units, (2^12 − 1) << 7 >> 6: the network quantiser's vth stays below
+MAX_VTH_FOR_INPUT = ((2**12 - 1) << 7) >> 6
 #: The weight exponent register. Not in the facts file: Loihi's (NxSDK) signed 4-bit weight
 #: exponent, −8..7, which Lava does not check. An exponent outside it is a quantisation error.
 WEIGHT_EXP_RANGE = (-8, 7)
@@ -495,11 +497,13 @@ def quantize_for_loihi2(graph: g.SpikingGraph, vth: int = 2**10) -> Loihi2Networ
 
     ``vth``: every neuron group's threshold mantissa, i.e. how many a_in units make one
     threshold θ. 2^10 leaves 2^17/vth = 128 thresholds of headroom before v saturates and
-    keeps bias resolution at θ/2^16. Raises ValueError naming the layer and the value for
-    anything the chip cannot represent (weight exponent, bias, vth, unsupported structure).
+    keeps bias resolution at θ/2^16. At most 8190 (the largest bias, 4095 << 7 >> 6 a_in
+    units), so that a saturated input bias still exceeds one threshold. Raises ValueError
+    naming the layer and the value for anything the chip cannot represent (weight exponent,
+    bias, vth, unsupported structure).
     """
-    if isinstance(vth, bool) or not isinstance(vth, (int, np.integer)) or not 1 <= vth <= VTH_MAX:
-        raise ValueError(f"vth must be an integer in [1, {VTH_MAX}] (unsigned 17-bit), got {vth!r}")
+    if isinstance(vth, bool) or not isinstance(vth, (int, np.integer)) or not 1 <= vth <= MAX_VTH_FOR_INPUT:
+        raise ValueError(f"vth must be an integer in [1, {MAX_VTH_FOR_INPUT}], got {vth!r}")
     vth = int(vth)
     shapes = graph.shapes
     layers: dict[str, NeuronGroup] = {}
@@ -614,21 +618,25 @@ class Loihi2Backend:
         return {**{n: layer.latency for n, layer in self.network.layers.items()},
                 self.network.output.name: self.network.output.latency}
 
-    def input_bias(self, x) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The per-image bias registers (mant, exp, rounding error) [B, N] of the neuron groups
-        that receive the input current; saturated where the current exceeds the register —
-        only for layers without synaptic input, whose spikes it cannot change (a neuron driven
-        by ≥ 8θ fires every step, by ≤ −8θ never)."""
-        x = torch.from_numpy(g.input_current(self.graph.input_node, check_input(self.graph, x).numpy(),
-                                             np.int64 if self.graph.integer else np.float64).astype(np.float64))
-        cache = {}
-        fields = {}
-        for name, layer in self.network.layers.items():
-            if layer.static:
-                current = sum(_static_value(self.graph, s, x, cache).reshape(len(x), -1).numpy() for s in layer.static)
-                fields[name] = encode_bias(layer.bias + current / layer.theta * layer.vth,
-                                           saturate=not layer.groups, layer=name)
-        return fields
+    def _static_currents(self, x) -> dict[str, np.ndarray]:
+        """The input-driven currents [B, N] that feed neuron groups and the output, computed on
+        the host in float64 from the input current I = x·scale (rounded in integer graphs)."""
+        current = g.input_current(self.graph.input_node, check_input(self.graph, x).numpy(),
+                                  np.int64 if self.graph.integer else np.float64)
+        x64, cache = torch.from_numpy(current.astype(np.float64)), {}
+        names = [s for layer in self.network.layers.values() for s in layer.static] + self.network.output.static
+        return {s: _static_value(self.graph, s, x64, cache).reshape(len(x64), -1).numpy() for s in names}
+
+    def input_bias(self, x, currents: dict[str, np.ndarray] | None = None):
+        """The per-image bias registers {layer: (mant, exp, rounding error)}, each [B, N], of the
+        neuron groups that receive the input current. A current beyond the register saturates
+        only in layers without synaptic input, whose spikes it cannot change: the register
+        holds ±8190 a_in units > vth, and a neuron driven by more than one threshold fires every
+        step, by less than minus one threshold never."""
+        currents = self._static_currents(x) if currents is None else currents
+        return {name: encode_bias(layer.bias + sum(currents[s] for s in layer.static) / layer.theta * layer.vth,
+                                  saturate=not layer.groups, layer=name)
+                for name, layer in self.network.layers.items() if layer.static}
 
     def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
         if device not in (None, "cpu"):
@@ -643,9 +651,10 @@ class Loihi2Backend:
         return RunResult(np.concatenate([r.output for r in results]), counts, spikes)
 
     def _run(self, x: torch.Tensor, steps: int, record: bool) -> RunResult:
-        graph, network = self.graph, self.network
+        network = self.network
         batch = len(x)
-        fields = self.input_bias(x)
+        currents = self._static_currents(x)
+        fields = self.input_bias(x, currents)
         spikes: dict[str, np.ndarray] = {}  # layer -> bool [T·B, *shape], rows t-major, in its window
         for name, layer in network.layers.items():
             neurons = math.prod(layer.shape)
@@ -674,11 +683,7 @@ class Loihi2Backend:
         total = accumulators.reshape(steps, batch, classes).sum(0)
         current = total / steps / output.vth + output.bias
         if output.static:
-            cache = {}
-            xf = torch.from_numpy(g.input_current(graph.input_node, x.numpy(),
-                                                  np.int64 if graph.integer else np.float64).astype(np.float64))
-            current = current + sum(_static_value(graph, s, xf, cache).reshape(batch, -1).numpy()
-                                    for s in output.static) / output.scale
+            current = current + sum(currents[s] for s in output.static) / output.scale
         counts = {name: int(np.count_nonzero(s)) for name, s in spikes.items()}
         recorded = {name: s.reshape(steps, batch, *s.shape[1:]) for name, s in spikes.items()} if record else None
         return RunResult(current.astype(np.float32), counts, recorded)

@@ -394,6 +394,28 @@ def test_readout_equals_float_snn_when_exact(depth):
     np.testing.assert_allclose(out_chip, out_float, rtol=1e-6)
 
 
+def test_residual_merge_delays_the_shorter_path():
+    """a -> b -> merge and a -> merge (identity): the identity synapse gets delay 2, so both
+    arrive together and the chip fires as the float SNN."""
+    w = np.full((2, 2), 0.25)
+    nodes = {"input": g.Input("input", shape=(2,)), "fa": g.Linear("fa", weight=w), "a": g.IF("a", threshold=[0.5, 0.5]),
+             "fb": g.Linear("fb", weight=w), "b": g.IF("b", threshold=[0.25, 0.25]),
+             "fc": g.Linear("fc", weight=w), "add": g.Add("add"), "c": g.IF("c", threshold=[1.0, 1.0]),
+             "head": g.Linear("head", weight=w), "output": g.Output("output")}
+    inputs = {"fa": ["input"], "a": ["fa"], "fb": ["a"], "b": ["fb"], "fc": ["b"], "add": ["fc", "a"], "c": ["add"],
+              "head": ["c"], "output": ["head"]}
+    graph = g.SpikingGraph(nodes, inputs)
+    chip = SNN(graph, 16, target="loihi2_sim")
+    layer = chip.backend.network.layers["c"]
+    assert layer.latency == 2 and {grp.source: grp.delay for grp in layer.groups} == {"b": 1, "a": 2}
+    assert chip.backend.latency["output"] == 3
+    x = np.array([[1.0, 0.5], [3.0, 0.125]], np.float32)
+    _, spikes_chip = snnverify.simulate(chip, x, record=True)
+    _, spikes_float = snnverify.simulate(SNN(graph, 16, target="torch"), x, record=True)
+    for name in spikes_float:
+        np.testing.assert_array_equal(spikes_chip[name], spikes_float[name])
+
+
 @st.composite
 def exact_graph_cases(draw):
     """Random dyadic graphs (snnverify.strategies) with every IF layer's thresholds set to one
