@@ -68,7 +68,7 @@ ACT_SHIFT = 6  # a_in is MSB-aligned by 6 bits
 VTH_SHIFT = 6  # so is the threshold
 DECAY_MAX = 2**12 - 1  # du, dv: unsigned 12-bit
 BIAS_MANT_RANGE = (-(2**12), 2**12 - 1)  # signed 13-bit
-BIAS_EXP_RANGE = (0, 7)  # 3-bit
+BIAS_EXP_RANGE = (0, 7)  # 3-bit (Lava right-shifts a negative exponent; the register has none)
 VTH_MAX = 2**17 - 1  # unsigned 17-bit
 #: the largest bias in a_in units, (2^12 − 1) << 7 >> 6: the network quantiser's vth stays below
 MAX_VTH_FOR_INPUT = ((2**12 - 1) << 7) >> 6
@@ -585,17 +585,23 @@ def _accumulate(group: SynapseGroup, spikes: np.ndarray, a_in: np.ndarray) -> No
         x = x.flatten(1) @ w.T
     else:
         x = x.flatten(1) * w.flatten()[None, :]
-    _add_shifted(np.ascontiguousarray(x.reshape(a_in.shape).numpy()), group.weight_exp, a_in)
+    inexact = _add_shifted(np.ascontiguousarray(x.reshape(a_in.shape).numpy()), group.weight_exp, a_in)
+    if inexact:  # a convolution algorithm that is not exact on integers (never seen; checked, not assumed)
+        raise RuntimeError(f"loihi2_sim: {inexact} synaptic sums from {group.source!r} were not integers")
 
 
 @njit(parallel=True, cache=True)
 def _add_shifted(sums, weight_exp, a_in):
-    """a_in += int(sums) << weight_exp (arithmetic right shift, i.e. floor, when negative)."""
+    """a_in += int(sums) << weight_exp (arithmetic right shift, i.e. floor, when negative);
+    returns how many sums were not integers."""
     rows, columns = a_in.shape
+    inexact = 0
     for r in prange(rows):
         for c in range(columns):
             value = np.int64(sums[r, c])
+            inexact += value != sums[r, c]
             a_in[r, c] += (value << weight_exp) if weight_exp >= 0 else (value >> -weight_exp)
+    return inexact
 
 
 @register_backend("loihi2_sim")
