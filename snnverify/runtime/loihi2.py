@@ -375,7 +375,7 @@ def _overlapping(pool: g.AvgPool2d) -> bool:
     return pool.stride != pool.kernel_size or pool.padding != (0, 0)
 
 
-def _mantissas(exact: np.ndarray, layer: str) -> tuple[np.ndarray, int, float]:
+def _mantissas(exact: np.ndarray) -> tuple[np.ndarray, int, float]:
     """8-bit mantissas m and exponent E with m·2^E ≈ ``exact`` (a_in units): the smallest E
     at which round(exact/2^E) fits the mantissa range of its netx sign mode (so the most bits
     survive, and netx's re-expression of m is lossless)."""
@@ -416,7 +416,7 @@ def _amplitude_per_element(amplitude: np.ndarray, shape: tuple[int, ...]) -> np.
 
 def _spike_group(graph: g.SpikingGraph, chain: list[str], theta: np.ndarray, vth: int, target: str):
     """(SynapseGroup, bias contribution in a_in units per target neuron) of one spike chain.
-    ``theta``: the target's threshold per (flattened) neuron, 1 for the output."""
+    ``theta``: the target's threshold per (flattened) neuron; the output's scale for the output."""
     shapes = graph.shapes
     source = graph.nodes[chain[0]]
     ops = [graph.nodes[name] for name in chain[1:]]
@@ -449,7 +449,7 @@ def _spike_group(graph: g.SpikingGraph, chain: list[str], theta: np.ndarray, vth
     else:
         exact = _amplitude_per_element(amplitude, pooled_shape) / area / theta * vth
         kind = "elementwise"
-    mantissas, exponent, error = _mantissas(exact, target)
+    mantissas, exponent, error = _mantissas(exact)
     optimized = synapse_registers(mantissas, exponent)
     weight_exp = optimized.weight_exp
     if not WEIGHT_EXP_RANGE[0] <= weight_exp <= WEIGHT_EXP_RANGE[1]:

@@ -270,7 +270,7 @@ def test_mantissas_and_netx_reexpression_deliver_the_rounded_weights(exact, spik
     delivers exactly ⌊Σ m·s·2^E⌋ with 1..8 weight bits."""
     exact = np.array(exact)
     s = np.array(spikes[: len(exact)])
-    m, e, error = loihi2._mantissas(exact, "layer")
+    m, e, error = loihi2._mantissas(exact)
     assert error <= 2.0 ** (e - 1) and np.all(np.abs(m * 2.0**e - exact) <= 2.0 ** (e - 1))
     result = loihi2.synapse_registers(m, e)
     assert 1 <= result.num_weight_bits <= 8
