@@ -30,11 +30,12 @@ class SNN:
     timesteps: int  # default number of simulation steps T
     conversion: Conversion | None = None  # how it was made (None for graphs built by hand)
     target: str = "torch"
+    options: dict = field(default_factory=dict)  # the backend's keyword options (e.g. loihi2_sim's reset)
     backend: Backend = field(init=False, repr=False)
 
     def __post_init__(self):
         self.timesteps = g.check_timesteps(self.timesteps)
-        self.backend = create_backend(self.target, self.graph)
+        self.backend = create_backend(self.target, self.graph, **self.options)
 
     def run(self, x, timesteps: int | None = None, record: bool = False, device=None) -> RunResult:
         """One batch through the compiled backend (T defaults to ``self.timesteps``)."""
@@ -58,12 +59,16 @@ def convert(model: nn.Module, cal_loader, timesteps: int = 32, device=None, trai
     return SNN(conversion.graph, timesteps, conversion)
 
 
-def compile(snn: SNN, target: str = "torch") -> SNN:  # noqa: A001 — the tutorial's name
-    """Compile ``snn`` for ``target`` in place (and return it); unknown targets list the known ones."""
+def compile(snn: SNN, target: str = "torch", **options) -> SNN:  # noqa: A001 — the tutorial's name
+    """Compile ``snn`` for ``target`` in place (and return it); unknown targets list the known ones.
+
+    ``options`` go to the backend; only ``loihi2_sim`` takes any: ``reset="subtract"`` (default,
+    the converted network's IF semantics on a programmable neuron) or ``"zero"`` (the published
+    CUBA-LIF), and ``vth`` (threshold mantissa, 2^10). Unknown options are a TypeError."""
     if not isinstance(snn, SNN):
         raise TypeError(f"compile expects an SNN from snnverify.convert, got {type(snn).__name__}")
-    snn.backend = create_backend(target, snn.graph)
-    snn.target = target
+    snn.backend = create_backend(target, snn.graph, **options)
+    snn.target, snn.options = target, dict(options)
     return snn
 
 
@@ -74,7 +79,7 @@ def quantize(snn: SNN, weight_bits: int = 8, amplitude_bits: int = 16, input_sca
     if not isinstance(snn, SNN):
         raise TypeError(f"quantize expects an SNN, got {type(snn).__name__}")
     graph = quantize_graph(snn.graph, weight_bits, amplitude_bits, input_scale)
-    return SNN(graph, snn.timesteps, snn.conversion, target=snn.target)
+    return SNN(graph, snn.timesteps, snn.conversion, target=snn.target, options=dict(snn.options))
 
 
 def simulate(snn: SNN, x, timesteps: int | None = None, record: bool = False, device=None):

@@ -23,6 +23,7 @@ _BACKEND_MODULES = {
     "torch": "snnverify.runtime.torch_ref",
     "cpu": "snnverify.runtime.numba_cpu",
     "gpu": "snnverify.runtime.numba_cuda",
+    "loihi2_sim": "snnverify.runtime.loihi2",
 }
 _BACKENDS: dict[str, Callable[[SpikingGraph], "Backend"]] = {}
 
@@ -48,7 +49,8 @@ class Backend(Protocol):
 
 
 def register_backend(target: str):
-    """Class decorator: make a backend available as ``compile(snn, target=target)``."""
+    """Class decorator: make a backend available as ``compile(snn, target=target)``. A class
+    that takes keyword options lists their names in a class attribute ``options``."""
 
     def decorate(cls):
         cls.target = target
@@ -62,12 +64,19 @@ def known_targets() -> list[str]:
     return sorted(_BACKEND_MODULES)
 
 
-def create_backend(target: str, graph: SpikingGraph) -> Backend:
-    """Build the backend registered as ``target`` for ``graph``."""
+def create_backend(target: str, graph: SpikingGraph, **options) -> Backend:
+    """Build the backend registered as ``target`` for ``graph``. ``options`` are the backend's
+    keyword options (its class attribute ``options`` names them; most backends take none)."""
     if target not in _BACKEND_MODULES:
         raise ValueError(f"unknown target {target!r}; known targets: {', '.join(known_targets())}")
     importlib.import_module(_BACKEND_MODULES[target])
-    return _BACKENDS[target](graph)
+    backend = _BACKENDS[target]
+    known = getattr(backend, "options", ())
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"target {target!r} got unknown option(s) {unknown}; "
+                        f"known: {list(known) if known else 'none'}")
+    return backend(graph, **options)
 
 
 def check_input(graph: SpikingGraph, x) -> torch.Tensor:

@@ -1,0 +1,200 @@
+"""What a converted network does on Loihi 2: ``python -m snnverify.loihi2_report``.
+
+Loads a trained ANN checkpoint, converts it once, and on the same test images measures, at one
+T: the float SNN (the ``cpu`` backend), the ``loihi2_sim`` SNN with the subtractive-reset
+programmable neuron and with the published CUBA-LIF (reset to zero); the spike mismatch rate of
+each fixed-point run against the float SNN, per IF layer and overall (comparing layer k's spikes
+in its own window, i.e. after the pipeline latency of k Dense stages); and the simulation speed
+in images/s. Writes ``report.json`` and ``report.md`` (generated from the JSON) atomically.
+
+The conversion can be cached (``--cache FILE``, a pickle of the spiking graph keyed by the
+conversion settings), so that the figures can be re-measured without converting again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import snnverify
+from snnverify import api, data, models
+from snnverify.util import atomic_write, progress, split_batch
+
+
+def converted_graph(args) -> tuple:
+    """(spiking graph, ANN accuracy or None) of the checkpoint, converted with the arguments'
+    settings; reuses ``args.cache`` when it holds a conversion with the same settings."""
+    settings = {k: getattr(args, k) for k in ("dataset", "model", "checkpoint", "levels", "qcfs_epochs",
+                                              "percentile", "seed")}
+    cache = Path(args.cache) if args.cache else None
+    if cache and cache.exists():
+        stored = pickle.loads(cache.read_bytes())
+        if stored["settings"] == settings:
+            return stored["graph"], stored["ann_accuracy"]
+    torch.manual_seed(args.seed)
+    splits = data.load_dataset(args.dataset, seed=args.seed)
+    train, cal, test = data.make_loaders(splits, batch_size=128, eval_batch_size=500, seed=args.seed)
+    ann = models.build_model(args.model, splits.num_classes, splits.input_shape[0])
+    models.load_checkpoint(ann, args.checkpoint)
+    ann.eval()
+    ann_accuracy = api.evaluate(ann, test)
+    snn = api.convert(ann, cal, timesteps=args.timesteps, train_loader=train, levels=args.levels,
+                      qcfs_epochs=args.qcfs_epochs, percentile=args.percentile, finetune_epochs=0)
+    if cache:
+        atomic_write(cache, pickle.dumps({"settings": settings, "graph": snn.graph, "ann_accuracy": ann_accuracy}))
+    return snn.graph, ann_accuracy
+
+
+def measure(graph, loader, timesteps: int, limit: int | None) -> dict:
+    """Accuracy, spike mismatches against the float SNN and time of each run, batch by batch."""
+    runs = {"float": api.SNN(graph, timesteps, target="cpu"),
+            "loihi2_subtract": api.SNN(graph, timesteps, target="loihi2_sim", options={"reset": "subtract"}),
+            "loihi2_zero": api.SNN(graph, timesteps, target="loihi2_sim", options={"reset": "zero"})}
+    results = {name: {"correct": 0, "agree_with_float": 0, "seconds": 0.0, "mismatched": {}, "compared": {}}
+               for name in runs}
+    samples = 0
+    total = min(len(loader), -(-limit // loader.batch_size)) if limit else len(loader)
+    for batch in progress(loader, desc=f"loihi2 report (T={timesteps})", total=total):
+        x, y = split_batch(batch)
+        if limit:
+            x, y = x[: limit - samples], y[: limit - samples]
+        if len(x) == 0:
+            break
+        outputs, spikes = {}, {}
+        for name, snn in runs.items():
+            snnverify.simulate(snn, x[:1])  # compile outside the timing (cached after the first batch)
+            start = time.perf_counter()
+            outputs[name], spikes[name] = snnverify.simulate(snn, x, record=True)
+            results[name]["seconds"] += time.perf_counter() - start
+        for name in runs:
+            r = results[name]
+            prediction = outputs[name].argmax(1)
+            r["correct"] += int((prediction == y.numpy()).sum())
+            r["agree_with_float"] += int((prediction == outputs["float"].argmax(1)).sum())
+            for layer, s in spikes[name].items():
+                r["mismatched"][layer] = r["mismatched"].get(layer, 0) + int((s != spikes["float"][layer]).sum())
+                r["compared"][layer] = r["compared"].get(layer, 0) + s.size
+        samples += len(x)
+        if limit and samples >= limit:
+            break
+    summary = {}
+    for name, r in results.items():
+        mismatched, compared = sum(r["mismatched"].values()), sum(r["compared"].values())
+        summary[name] = {
+            "accuracy": r["correct"] / samples,
+            "prediction_agreement_with_float": r["agree_with_float"] / samples,
+            "images_per_s": samples / r["seconds"],
+            "spike_mismatch_rate": mismatched / compared,
+            "spike_mismatch_rate_per_layer": {k: r["mismatched"][k] / r["compared"][k] for k in r["compared"]},
+        }
+    return {"samples": samples, "runs": summary, "quantisation": quantisation_summary(runs["loihi2_subtract"])}
+
+
+def quantisation_summary(snn) -> dict:
+    """Per neuron group: vth, latency, and per synapse group the Dense registers and the largest
+    weight rounding error (in thresholds)."""
+    backend = snn.backend
+    network = backend.network
+    layers = {}
+    for name, layer in network.layers.items():
+        layers[name] = {
+            "vth": layer.vth, "latency": layer.latency, "input_driven": bool(layer.static),
+            "max_bias_error_thresholds": layer.bias_error / layer.vth,
+            "synapses": [{"from": grp.source, "kind": grp.kind, "nodes": grp.nodes, "weight_exp": grp.weight_exp,
+                          "num_weight_bits": grp.num_weight_bits, "sign_mode": grp.sign_mode, "delay": grp.delay,
+                          "max_weight_error_thresholds": grp.rounding_error / layer.vth} for grp in layer.groups],
+        }
+    return {"vth": network.vth, "exact": network.exact, "output_latency": network.output.latency, "layers": layers}
+
+
+def render(report: dict) -> str:
+    runs = report["runs"]
+    label = {"float": "float SNN (`cpu` backend)", "loihi2_subtract": "loihi2_sim, subtractive reset",
+             "loihi2_zero": "loihi2_sim, reset to zero (published CUBA-LIF)"}
+    lines = [
+        f"# Loihi 2 simulator on {report['dataset']} {report['model']}",
+        "",
+        f"Regenerate: `{report['command']}`",
+        "",
+        f"Conversion: checkpoint `{report['settings']['checkpoint']}` (ReLU ANN test accuracy "
+        f"{100 * report['ann_accuracy']:.2f} %), QCFS L = {report['settings']['levels']}, "
+        f"{report['settings']['qcfs_epochs']} QCFS epoch(s), no BPTT fine-tuning. T = {report['timesteps']}, "
+        f"{report['samples']} test images, vth = {report['quantisation']['vth']} a_in units per threshold, "
+        f"output latency {report['quantisation']['output_latency']} steps (the simulator runs T + latency steps "
+        f"and reads the last T).",
+        "",
+        "| run | accuracy (%) | predictions equal to float SNN (%) | spike mismatch vs float SNN (%) | images/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in runs.items():
+        lines.append(f"| {label[name]} | {100 * r['accuracy']:.2f} | {100 * r['prediction_agreement_with_float']:.2f} "
+                     f"| {100 * r['spike_mismatch_rate']:.3f} | {r['images_per_s']:.1f} |")
+    lines += ["", "Spike mismatch: fraction of IF neuron-timesteps (each layer in its own window) whose spike "
+              "differs from the float SNN's. Speed: simulate() with spikes recorded, "
+              f"{report['versions']['cpu_threads']} CPU threads, shared machine.", "",
+              "## Spike mismatch per layer (%)", "", "| layer | latency | subtractive reset | reset to zero |",
+              "|---|---:|---:|---:|"]
+    for layer, info in report["quantisation"]["layers"].items():
+        lines.append(f"| {layer} | {info['latency']} "
+                     f"| {100 * runs['loihi2_subtract']['spike_mismatch_rate_per_layer'][layer]:.3f} "
+                     f"| {100 * runs['loihi2_zero']['spike_mismatch_rate_per_layer'][layer]:.3f} |")
+    lines += ["", "## Dense registers", "", "| layer | from | kind | weight_exp | num_weight_bits | sign | delay | "
+              "max weight error (thresholds) |", "|---|---|---|---:|---:|---|---:|---:|"]
+    for layer, info in report["quantisation"]["layers"].items():
+        for s in info["synapses"]:
+            lines.append(f"| {layer} | {s['from']} | {s['kind']} | {s['weight_exp']} | {s['num_weight_bits']} | "
+                         f"{s['sign_mode']} | {s['delay']} | {s['max_weight_error_thresholds']:.2e} |")
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m snnverify.loihi2_report", description=__doc__)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--model", default="small_resnet")
+    parser.add_argument("--checkpoint", default="reports/runs/fashion-mnist-small_resnet/ann.pt")
+    parser.add_argument("--levels", type=int, default=16)
+    parser.add_argument("--qcfs-epochs", type=int, default=1)
+    parser.add_argument("--percentile", type=float, default=99.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timesteps", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    parser.add_argument("--cache", default=None, help="pickle of the conversion, reused when the settings match")
+    parser.add_argument("--out", default="reports/loihi2")
+    args = parser.parse_args(argv)
+    graph, ann_accuracy = converted_graph(args)
+    splits = data.load_dataset(args.dataset, seed=args.seed)
+    test = data.make_loaders(splits, batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=args.seed)[2]
+    report = {
+        "command": " ".join(["python -m snnverify.loihi2_report", *(sys.argv[1:] if argv is None else argv)]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": args.dataset, "model": args.model, "timesteps": args.timesteps,
+        "settings": {k: getattr(args, k) for k in ("checkpoint", "levels", "qcfs_epochs", "percentile", "seed",
+                                                    "batch_size", "limit")},
+        "ann_accuracy": ann_accuracy,
+        **measure(graph, test, args.timesteps, args.limit),
+        "versions": {"snnverify": snnverify.__version__, "python": platform.python_version(),
+                     "torch": torch.__version__, "numpy": np.__version__, "cpu_threads": torch.get_num_threads()},
+    }
+    out = Path(args.out)
+    atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(out / "report.md", render(report))
+    for name, r in report["runs"].items():
+        print(f"{name}: accuracy {100 * r['accuracy']:.2f} %, spike mismatch {100 * r['spike_mismatch_rate']:.3f} %, "
+              f"{r['images_per_s']:.1f} images/s")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

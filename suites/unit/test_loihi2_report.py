@@ -1,0 +1,27 @@
+"""The Loihi 2 report: measured on a few digits images, rendered from its JSON."""
+
+import itertools
+
+from snnverify import loihi2_report
+
+
+def test_measure_and_render(digits_case):
+    result = loihi2_report.measure(digits_case.snn.graph, digits_case.test_loader, timesteps=4, limit=20)
+    assert result["samples"] == 20
+    runs = result["runs"]
+    assert set(runs) == {"float", "loihi2_subtract", "loihi2_zero"}
+    assert runs["float"]["spike_mismatch_rate"] == 0 and runs["float"]["prediction_agreement_with_float"] == 1
+    layers = [layer.name for layer in digits_case.snn.graph.neuron_layers]
+    for run in runs.values():
+        assert list(run["spike_mismatch_rate_per_layer"]) == layers
+        assert 0 <= run["accuracy"] <= 1 and run["images_per_s"] > 0
+    quantisation = result["quantisation"]
+    assert [info["latency"] for info in quantisation["layers"].values()] == sorted(
+        info["latency"] for info in quantisation["layers"].values())
+    report = {"command": "python -m snnverify.loihi2_report --limit 20", "dataset": "digits", "model": "small_resnet",
+              "timesteps": 4, "ann_accuracy": 0.9, "versions": {"cpu_threads": 2},
+              "settings": {"checkpoint": "ann.pt", "levels": 8, "qcfs_epochs": 1}, **result}
+    markdown = loihi2_report.render(report)
+    assert "python -m snnverify.loihi2_report --limit 20" in markdown
+    assert sum(line.startswith("| loihi2_sim") for line in markdown.splitlines()) == 2
+    assert all(f"| {name} |" in markdown for name in itertools.islice(layers, 3))
