@@ -269,7 +269,7 @@ def _dissolve_adds(graph: g.SpikingGraph, inputs: dict[str, list[str]]) -> set[s
 
 def write(graph: g.SpikingGraph, path, mode: str = "lossless", timesteps: int = 1) -> Path:
     """Write ``graph`` as a NIR file (``nir.write``); returns the path."""
-    nir.write(str(path), to_nir_graph(graph, mode, timesteps))
+    nir.write(str(path), to_nir_graph(graph, mode, timesteps), compression=None)  # weights hardly compress
     return Path(path)
 
 
@@ -462,10 +462,9 @@ def _required_fields(kind: type) -> list[str]:
             if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
 
 
-def _check_file(path: Path) -> None:
-    """Check the HDF5 layout of a NIR file before ``nir.read`` sees it, so that a broken file
-    is reported with the node and field at fault."""
-    known = {kind.__name__: kind for kind in IMPORTERS}
+def _load(path: Path) -> dict:
+    """The file's graph as the nested dict ``nir.read`` builds (one pass over the HDF5 file),
+    checked on the way, so that a broken file is reported with the node and field at fault."""
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:
@@ -474,62 +473,56 @@ def _check_file(path: Path) -> None:
         raise NIRFormatError(f"{path}: not a NIR file (not readable as HDF5: {error})") from None
     with handle:
         try:
-            if "node" not in handle or not isinstance(handle["node"], h5py.Group):
+            if not isinstance(handle.get("node"), h5py.Group):
                 raise NIRFormatError(f"{path}: not a NIR file (no 'node' group at the root)")
-            root = handle["node"]
-            kind = _read_string(root, "type", f"{path}: graph")
-            if kind != "NIRGraph":
-                raise NIRFormatError(f"{path}: the root node is a {kind!r}, not a NIRGraph")
-            if "nodes" not in root or not isinstance(root["nodes"], h5py.Group):
-                raise NIRFormatError(f"{path}: the graph has no 'nodes' group")
-            if "edges" not in root or not isinstance(root["edges"], h5py.Dataset):
-                raise NIRFormatError(f"{path}: the graph has no 'edges' dataset")
-            edges = root["edges"][()]
-            if edges.size and (edges.ndim != 2 or edges.shape[1] != 2):
-                raise NIRFormatError(f"{path}: edges must be (source, target) pairs, got an array of shape {edges.shape}")
-            for name, group in root["nodes"].items():
-                where = f"{path}: node {name!r}"
-                if not isinstance(group, h5py.Group):
-                    raise NIRFormatError(f"{where} is not an HDF5 group")
-                kind = _read_string(group, "type", where)
-                if kind in UNSUPPORTED:
-                    raise NIRFormatError(f"{where} is a NIR {kind}: {UNSUPPORTED[kind]}")
-                if kind not in known:
-                    raise NIRFormatError(f"{where} has unknown type {kind!r}; supported: {', '.join(sorted(known))}")
-                for field in _required_fields(known[kind]):
-                    if field not in group:
-                        raise NIRFormatError(f"{where} ({kind}) lacks the field {field!r}")
-                _read_all(group, where)
+            data = _read_group(handle["node"], f"{path}: graph")
         except NIRFormatError:
             raise
         except Exception as error:  # h5py raises OSError, KeyError, ValueError, TypeError on corrupt files
             raise NIRFormatError(f"{path}: corrupt HDF5 ({type(error).__name__}: {error})") from error
+    if data.get("type") != "NIRGraph":
+        raise NIRFormatError(f"{path}: the root node is {data.get('type')!r}, not a NIRGraph")
+    if not isinstance(data.get("nodes"), dict):
+        raise NIRFormatError(f"{path}: the graph has no 'nodes' group")
+    edges = data.get("edges")
+    if not isinstance(edges, np.ndarray) or (edges.size and (edges.ndim != 2 or edges.shape[1] != 2)):
+        raise NIRFormatError(f"{path}: the graph's edges must be an array of (source, target) pairs, got "
+                             f"{getattr(edges, 'shape', edges)!r}")
+    known = {kind.__name__: kind for kind in IMPORTERS}
+    for name, node in data["nodes"].items():
+        where = f"{path}: node {name!r}"
+        kind = node.get("type") if isinstance(node, dict) else None
+        if not isinstance(kind, str):
+            raise NIRFormatError(f"{where} has no 'type' string")
+        if kind in UNSUPPORTED:
+            raise NIRFormatError(f"{where} is a NIR {kind}: {UNSUPPORTED[kind]}")
+        if kind not in known:
+            raise NIRFormatError(f"{where} has unknown type {kind!r}; supported: {', '.join(sorted(known))}")
+        for field in _required_fields(known[kind]):
+            if field not in node:
+                raise NIRFormatError(f"{where} ({kind}) lacks the field {field!r}")
+    return data
 
 
-def _read_string(group: h5py.Group, key: str, where: str) -> str:
-    if key not in group or not isinstance(group[key], h5py.Dataset):
-        raise NIRFormatError(f"{where} has no {key!r} field")
-    value = group[key][()]
-    if not isinstance(value, bytes):
-        raise NIRFormatError(f"{where}: {key!r} must be a string, got {value!r}")
-    try:
-        return value.decode("utf8")
-    except UnicodeDecodeError:
-        raise NIRFormatError(f"{where}: {key!r} is not UTF-8 text ({value!r})") from None
-
-
-def _read_all(group: h5py.Group, where: str) -> None:
-    """Read every dataset (a corrupt chunk fails here, with its name)."""
+def _read_group(group: h5py.Group, where: str) -> dict:
+    """Every dataset of ``group`` (recursively); strings decoded. A corrupt chunk fails here,
+    with its name."""
+    data = {}
     for key, item in group.items():
+        if isinstance(item, h5py.Group):
+            data[key] = _read_group(item, f"{where}/{key}")
+            continue
         try:
-            if isinstance(item, h5py.Group):
-                _read_all(item, f"{where}/{key}")
-            else:
-                item[()]
-        except NIRFormatError:
-            raise
+            value = item[()]
         except Exception as error:
             raise NIRFormatError(f"{where}: field {key!r} cannot be read ({type(error).__name__}: {error})") from error
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf8")
+            except UnicodeDecodeError:
+                raise NIRFormatError(f"{where}: field {key!r} is not UTF-8 text ({value!r})") from None
+        data[key] = value
+    return data
 
 
 @dataclass
@@ -547,9 +540,9 @@ def read(path, dt: float | None = None) -> Imported:
     """Import a NIR file (see the module docstring). ``dt``: the time step for nodes with time
     constants (LIF): the argument, else the graph's metadata ``dt``, else an error asking for it."""
     path = Path(path)
-    _check_file(path)
+    data = _load(path)
     try:
-        graph = nir.read(str(path), type_check=False)
+        graph = nir.dict2NIRNode({**data, "type_check": False})  # what nir.read does after reading
     except Exception as error:  # nir raises AssertionError, KeyError, TypeError, ValueError on bad content
         raise NIRFormatError(f"{path}: not a valid NIR graph ({type(error).__name__}: {error})") from error
     try:
@@ -650,9 +643,11 @@ def _check_declared_types(nir_node, ctx: _Import, shape: g.Shape) -> None:
 
 def _topological_order(graph: nir.NIRGraph, sources: dict[str, list[str]], path: Path,
                        written: list[str] | None) -> list[str]:
-    """Kahn's algorithm, in the written order (lossless) or the file's node order; a cycle is an
-    error (NIR needs a Delay to close one, which snnverify does not execute)."""
-    order = written if written is not None else list(graph.nodes)
+    """Kahn's algorithm; a cycle is an error (NIR needs a Delay to close one, which snnverify does not execute)."""
+    # ties broken by the written order, else by first appearance in the edge list (exporters,
+    # ours included, write edges in a topological order; h5py lists nodes alphabetically)
+    order = written if written is not None else list(dict.fromkeys(
+        [end for edge in graph.edges for end in edge] + list(graph.nodes)))
     if written is not None and sorted(written) != sorted(graph.nodes):
         raise NIRFormatError(f"{path}: the metadata's node order does not list the graph's nodes")
     rank = {name: i for i, name in enumerate(order)}
