@@ -46,6 +46,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -475,6 +476,7 @@ def _load(path: Path) -> dict:
         try:
             if not isinstance(handle.get("node"), h5py.Group):
                 raise NIRFormatError(f"{path}: not a NIR file (no 'node' group at the root)")
+            _check_string_heaps(handle, path)
             data = _read_group(handle["node"], f"{path}: graph")
         except NIRFormatError:
             raise
@@ -504,6 +506,71 @@ def _load(path: Path) -> dict:
     return data
 
 
+def _check_string_heaps(handle: h5py.File, path: Path) -> None:
+    """Check the HDF5 global heap collections that hold the file's variable-length strings
+    before h5py reads them: libhdf5 loops forever on a collection whose objects do not tile it
+    (a flipped size byte), so the layout is verified here from the raw bytes. A collection is
+    "GCOL", version 1, reserved 3 bytes, its size (u64); then objects (index u16, references u16,
+    reserved u32, size u64, data padded to 8 bytes) up to an index-0 object that holds exactly the
+    free space left. A contiguous string dataset stores per element (length u32, collection
+    address u64, object index u32)."""
+    addresses: dict[int, str] = {}
+
+    def collect(name: str, item) -> None:
+        if isinstance(item, h5py.Dataset) and item.dtype.kind == "O":
+            offset = item.id.get_offset()
+            if offset is not None:
+                count = min(item.size, handle.id.get_filesize() // 16)  # a header may claim more
+                addresses.update({address: name for address in _heap_addresses(handle, offset, count)})
+
+    handle.visititems(collect)
+    with open(path, "rb") as raw:
+        size = raw.seek(0, 2)
+        for address, name in addresses.items():
+            raw.seek(address)
+            header = raw.read(16)
+            where = f"{path}: the strings of {name!r}"
+            if len(header) < 16 or header[:4] != b"GCOL" or header[4] != 1:
+                raise NIRFormatError(f"{where} point to {address}, where no global heap collection starts")
+            end = address + struct.unpack_from("<Q", header, 8)[0]
+            if end > size:
+                raise NIRFormatError(f"{where}: the global heap at {address} runs past the end of the file")
+            position = address + 16
+            while position + 16 <= end:
+                raw.seek(position)
+                index, _, _, length = struct.unpack("<HHIQ", raw.read(16))
+                if index == 0:
+                    if length != end - position:
+                        raise NIRFormatError(f"{where}: the global heap at {address} is corrupt (free space "
+                                             f"{length} bytes, {end - position} left)")
+                    break
+                position += 16 + (length + 7) // 8 * 8
+            else:
+                if position != end:
+                    raise NIRFormatError(f"{where}: the global heap at {address} is corrupt (objects overrun it)")
+
+
+def _heap_addresses(handle: h5py.File, offset: int, count: int) -> set[int]:
+    with open(handle.filename, "rb") as raw:
+        raw.seek(offset)
+        data = raw.read(16 * count)
+    return {struct.unpack_from("<IQI", data, 16 * i)[1] for i in range(len(data) // 16)}
+
+
+#: deflate never compresses by more than this factor
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _check_size(item: h5py.Dataset, where: str, key: str) -> None:
+    """A corrupt header can claim a dataset far larger than the file holds (reading it would
+    exhaust memory or time): its size must fit in what is stored."""
+    stored = item.id.get_storage_size()
+    limit = Path(item.file.filename).stat().st_size if item.compression is None else _DEFLATE_MAX_RATIO * stored
+    if item.size * item.dtype.itemsize > max(limit, 1024):
+        raise NIRFormatError(f"{where}: field {key!r} claims {item.size} values of {item.dtype} "
+                             f"({item.size * item.dtype.itemsize} bytes) but the file stores {stored} bytes for it")
+
+
 def _read_group(group: h5py.Group, where: str) -> dict:
     """Every dataset of ``group`` (recursively); strings decoded. A corrupt chunk fails here,
     with its name."""
@@ -513,7 +580,10 @@ def _read_group(group: h5py.Group, where: str) -> dict:
             data[key] = _read_group(item, f"{where}/{key}")
             continue
         try:
+            _check_size(item, where, key)
             value = item[()]
+        except NIRFormatError:
+            raise
         except Exception as error:
             raise NIRFormatError(f"{where}: field {key!r} cannot be read ({type(error).__name__}: {error})") from error
         if isinstance(value, bytes):
@@ -563,6 +633,10 @@ def _from_nir_graph(graph: nir.NIRGraph, path: Path, dt: float | None) -> Import
         dt = float(graph.metadata["dt"])
     if dt is not None and not (math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a positive number, got {dt!r}")
+    tagged = sorted(name for name, node in graph.nodes.items() if METADATA_KEY in (node.metadata or {}))
+    if tagged and not lossless:
+        raise NIRFormatError(f"{path}: nodes {tagged[:3]} carry snnverify metadata but the graph's own (format, "
+                             f"order, digest) is missing: a damaged lossless file")
     sources: dict[str, list[str]] = {name: [] for name in graph.nodes}
     for source, target in graph.edges:
         for end in (source, target):
@@ -631,14 +705,15 @@ def _check_declared_types(nir_node, ctx: _Import, shape: g.Shape) -> None:
     groups > 1: its input is checked by the graph itself)."""
     declared_out = (nir_node.output_type or {}).get("output")
     declared_in = (nir_node.input_type or {}).get("input")
-    if declared_out is not None and not isinstance(nir_node, (nir.Input,)) and np.size(declared_out):
-        if tuple(int(s) for s in np.ravel(declared_out)) not in (shape, (math.prod(shape),)):
-            raise ctx.error(f"declares output shape {tuple(np.ravel(declared_out))}, the graph computes {shape}")
     if (declared_in is not None and ctx.input_shape is not None and not isinstance(nir_node, nir.Conv2d)
             and np.size(declared_in)):
         declared = tuple(int(s) for s in np.ravel(declared_in))
         if declared != ctx.input_shape and math.prod(declared) != math.prod(ctx.input_shape):
             raise ctx.error(f"declares input shape {declared}, its incoming edges carry {ctx.input_shape}")
+    if declared_out is not None and not isinstance(nir_node, nir.Input) and np.size(declared_out):
+        declared = tuple(int(s) for s in np.ravel(declared_out))
+        if declared not in (shape, (math.prod(shape),)):
+            raise ctx.error(f"declares output shape {declared}, the graph computes {shape}")
 
 
 def _topological_order(graph: nir.NIRGraph, sources: dict[str, list[str]], path: Path,
@@ -667,6 +742,12 @@ def _topological_order(graph: nir.NIRGraph, sources: dict[str, list[str]], path:
                 ready.append(reader)
                 ready.sort(key=rank.get)
     if len(result) != len(order):
-        cycle = sorted(n for n, count in remaining.items() if count > 0)
+        cycle = {n for n, count in remaining.items() if count > 0}
+        while True:  # drop what merely hangs off the cycle downstream
+            tails = {n for n in cycle if not any(r in cycle for r in readers[n])}
+            if not tails:
+                break
+            cycle -= tails
+        cycle = sorted(cycle)
         raise NIRFormatError(f"{path}: the edges form a cycle (without a delay) through nodes {cycle}")
     return result
