@@ -174,7 +174,7 @@ def test_sinabs_simulates_our_plain_export_with_subtraction_and_ge(comparison_lo
 # --- their exports, our import ------------------------------------------------------------------
 
 
-def dyadic_sequential(seed: int, neuron) -> torch.nn.Sequential:
+def dyadic_sequential(seed: int, neuron, container=torch.nn.Sequential) -> torch.nn.Module:
     rng = np.random.default_rng(seed)
     layers = []
     for fan_in, fan_out in [(4, 6), (6, 3)]:
@@ -183,7 +183,7 @@ def dyadic_sequential(seed: int, neuron) -> torch.nn.Sequential:
             linear.weight.copy_(torch.from_numpy(rng.integers(0, 3, size=(fan_out, fan_in)) / 8))
             linear.bias.copy_(torch.from_numpy(rng.integers(0, 2, size=fan_out) / 8))
         layers += [linear, neuron(fan_out)]
-    return torch.nn.Sequential(*layers)
+    return container(*layers)
 
 
 def simulate_import(path, x, dt=None):
@@ -197,27 +197,26 @@ def test_norse_lif_export_imports_and_reproduces_norse(comparison_log, tmp_path,
     norse = pytest.importorskip("norse.torch", reason="Norse (interop extra) not installed")
     from norse.torch.module.lif_box import LIFBoxCell, LIFBoxParameters
 
-    dt = 1e-3  # τ = 2·dt: β = 1/2, exact in float32
-    params = LIFBoxParameters(tau_mem_inv=torch.tensor(500.0), v_th=torch.tensor(0.25), v_leak=torch.tensor(0.0),
+    # Norse 1.1.0 writes τ = dt/τ_inv, the time constant in steps, not in seconds (1/τ_inv): its
+    # files mean what they say only for dt = 1, which is what Norse's own importer assumes too
+    dt = 1.0  # τ = 2 steps: β = 1 − dt/τ = 1/2, γ = R·dt/τ = 1/2, exact in float32
+    params = LIFBoxParameters(tau_mem_inv=torch.tensor(0.5), v_th=torch.tensor(0.25), v_leak=torch.tensor(0.0),
                               v_reset=torch.tensor(0.0))
-    model = dyadic_sequential(seed, lambda n: LIFBoxCell(params, dt=dt))
+    model = dyadic_sequential(seed, lambda n: LIFBoxCell(params, dt=dt), container=norse.SequentialState)
     x = inputs_for(seed)
-    graph = norse.to_nir(model, torch.from_numpy(x[:1]), dt=dt)
+    graph = norse.to_nir(model, torch.from_numpy(x[0]), dt=dt)  # a batch axis here would be written as a shape axis
+    assert [float(np.ravel(n.tau)[0]) for n in graph.nodes.values() if isinstance(n, nir.LIF)] == [2.0, 2.0]
     path = tmp_path / "norse.nir"
-    nir.write(str(path), graph)
+    nir.write(str(path), graph, compression=None)  # 0-d parameters take no compression filter
     snn, ours = simulate_import(path, x, dt=dt)
     names = [layer.name for layer in snn.graph.neuron_layers]
-    assert len(names) == 2 and all(layer.leak[0] == 0.5 for layer in snn.graph.neuron_layers)
+    assert len(names) == 2, names
+    assert [(float(layer.leak[0]), float(layer.gain[0])) for layer in snn.graph.neuron_layers] == [(0.5, 0.5)] * 2
     seen, _ = record_hooks(model, names, lambda out: out[0] > 0)
-    states = [None] * len(model)
+    state = None
     with torch.no_grad():
         for _ in range(T):
-            signal = torch.from_numpy(x)
-            for i, layer in enumerate(model):
-                if isinstance(layer, LIFBoxCell):
-                    signal, states[i] = layer(signal, states[i])
-                else:
-                    signal = layer(signal)
+            _, state = model(torch.from_numpy(x), state)
     theirs = {name: torch.stack(steps).numpy() for name, steps in seen.items()}
     assert compare(comparison_log, "interop Norse export → snnverify (LIF, dt)", ours, theirs) == 0
 
@@ -233,12 +232,12 @@ def test_sinabs_iaf_export_imports_with_nir_semantics_and_the_difference_is_meas
     from sinabs.nir import to_nir as sinabs_to_nir
 
     batch, x = 3, inputs_for(seed)
-    model = dyadic_sequential(seed, lambda n: sl.IAFSqueeze(batch_size=batch, spike_threshold=0.5,
-                                                            min_v_mem=-0.5))
+    model = dyadic_sequential(seed, lambda n: sl.IAFSqueeze(batch_size=batch, spike_threshold=2.0,
+                                                            min_v_mem=-2.0))
     sequence = torch.from_numpy(np.repeat(x[:, None], T, axis=1)).flatten(0, 1)
     graph = sinabs_to_nir(model, sequence[:batch])
     path = tmp_path / "sinabs.nir"
-    nir.write(str(path), graph)
+    nir.write(str(path), graph, compression=None)  # 0-d parameters take no compression filter
     for layer in model:
         if isinstance(layer, sl.IAFSqueeze):
             layer.reset_states()
