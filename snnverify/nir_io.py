@@ -339,7 +339,15 @@ def _padding(node: nir.Conv2d, ctx: _Import) -> tuple[int, int]:
         if any(k % 2 == 0 for k in kernel) or any(int(d) != 1 for d in np.atleast_1d(node.dilation)):
             raise ctx.error(f"padding 'same' with kernel {kernel} is asymmetric; snnverify pads symmetrically")
         return (kernel[0] // 2, kernel[1] // 2)
-    return tuple(int(p) for p in np.broadcast_to(_array(node.padding, ctx, "padding"), (2,)))
+    return _pair(node.padding, ctx, "padding")
+
+
+def _pair(value, ctx: _Import, what: str) -> tuple[int, int]:
+    """An int or (height, width) pair of a NIR node as two Python ints."""
+    try:
+        return tuple(int(v) for v in np.broadcast_to(_array(value, ctx, what), (2,)))
+    except ValueError:
+        raise ctx.error(f"{what} must be an int or a pair, got {value!r}") from None
 
 
 def _import_conv2d(node: nir.Conv2d, ctx: _Import):
@@ -347,9 +355,8 @@ def _import_conv2d(node: nir.Conv2d, ctx: _Import):
     bias = _array(node.bias, ctx, "bias") if node.bias is not None else None
     if ctx.extra is not None and not ctx.extra.get("bias", True):
         bias = None
-    pair = lambda v, what: tuple(int(x) for x in np.broadcast_to(_array(v, ctx, what), (2,)))  # noqa: E731
-    return g.Conv2d(ctx.name, weight=weight, bias=bias, stride=pair(node.stride, "stride"), padding=_padding(node, ctx),
-                    dilation=pair(node.dilation, "dilation"), groups=int(node.groups))
+    return g.Conv2d(ctx.name, weight=weight, bias=bias, stride=_pair(node.stride, ctx, "stride"),
+                    padding=_padding(node, ctx), dilation=_pair(node.dilation, ctx, "dilation"), groups=int(node.groups))
 
 
 def _import_affine(node: nir.Affine, ctx: _Import):
@@ -362,9 +369,8 @@ def _import_linear(node: nir.Linear, ctx: _Import):
 
 def _import_pool(node, ctx: _Import):
     kind = g.SumPool2d if isinstance(node, nir.SumPool2d) else g.AvgPool2d
-    pair = lambda v, what: tuple(int(x) for x in np.broadcast_to(_array(v, ctx, what), (2,)))  # noqa: E731
-    return kind(ctx.name, kernel_size=pair(node.kernel_size, "kernel_size"), stride=pair(node.stride, "stride"),
-                padding=pair(node.padding, "padding"))
+    return kind(ctx.name, kernel_size=_pair(node.kernel_size, ctx, "kernel_size"),
+                stride=_pair(node.stride, ctx, "stride"), padding=_pair(node.padding, ctx, "padding"))
 
 
 def _import_flatten(node: nir.Flatten, ctx: _Import):

@@ -24,7 +24,6 @@ import snnverify
 from snnverify import graph as g
 from snnverify import nir_io
 from snnverify.api import SNN
-from suites.property.test_nir_roundtrip import merge_graph
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +129,7 @@ def test_changed_parameter_fails_the_digest(workdir, valid):
     expect_error(mutate(workdir, valid, edit), "SHA-256")
 
 
-def two_layer(**meta) -> nir.NIRGraph:
+def two_layer() -> dict:
     nodes = {"input": nir.Input(input_type={"input": np.array([3])}),
              "a": nir.Affine(weight=np.eye(3, dtype=np.float32), bias=np.zeros(3, np.float32)),
              "b": nir.Affine(weight=np.eye(3, dtype=np.float32), bias=np.zeros(3, np.float32)),

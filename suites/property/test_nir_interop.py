@@ -255,3 +255,17 @@ def test_sinabs_iaf_export_imports_with_nir_semantics_and_the_difference_is_meas
     modelled = snnverify.simulate(SNN(sinabs_rules, T), x, record=True)[1]
     assert compare(comparison_log, "interop sinabs export → snnverify with sinabs' rules", modelled, theirs) == 0
     assert deviation == sum(int((modelled[k] != ours[k]).sum()) for k in ours)
+
+
+def test_snntorch_export_fails_nir_type_checking():
+    """snnTorch 1.0.0 writes a Leaky layer as a NIR LIF with scalar parameters, whose declared
+    input shape () clashes with the Linear before it under nir 1.0.8's type inference: its
+    exporter cannot produce a file for even a two-layer network. (When this starts passing
+    through, replace this test by a comparison like the Norse and sinabs ones.)"""
+    pytest.importorskip("snntorch", reason="snnTorch (interop extra) not installed")
+    import snntorch
+    from snntorch.export_nir import export_to_nir
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), snntorch.Leaky(beta=0.5, init_hidden=True))
+    with pytest.raises(ValueError, match=r"type mismatch: 0.output: \[\[6\]\] -> 1.input: \[\]"):
+        export_to_nir(model, torch.zeros(4))
