@@ -708,7 +708,8 @@ _WRITTEN_AS = {"Linear": ("Affine", "Linear"), "Add": ("Scale",)}
 def _check_declared_types(nir_node, ctx: _Import, shape: g.Shape) -> None:
     """A NIR node's declared input/output shape, where it has one, must match what arrives and
     what the graph computes (NIR 1.0.8's Conv2d declares C_in = weight.shape[1], wrong for
-    groups > 1: its input is checked by the graph itself)."""
+    groups > 1: its input is checked by the graph itself; a Flatten written with the torch
+    convention, start_dim 1, declares a 2-d output for the 1-d one it means)."""
     declared_out = (nir_node.output_type or {}).get("output")
     declared_in = (nir_node.input_type or {}).get("input")
     if (declared_in is not None and ctx.input_shape is not None and not isinstance(nir_node, nir.Conv2d)
@@ -718,7 +719,8 @@ def _check_declared_types(nir_node, ctx: _Import, shape: g.Shape) -> None:
             raise ctx.error(f"declares input shape {declared}, its incoming edges carry {ctx.input_shape}")
     if declared_out is not None and not isinstance(nir_node, nir.Input) and np.size(declared_out):
         declared = tuple(int(s) for s in np.ravel(declared_out))
-        if declared not in (shape, (math.prod(shape),)):
+        flatten_ok = isinstance(nir_node, nir.Flatten) and math.prod(declared) == math.prod(shape)  # see below
+        if declared not in (shape, (math.prod(shape),)) and not flatten_ok:
             raise ctx.error(f"declares output shape {declared}, the graph computes {shape}")
 
 

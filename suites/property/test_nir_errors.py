@@ -183,6 +183,25 @@ def test_lif_needs_a_time_step(workdir):
         snnverify.from_nir(with_dt, dt=-1.0)
 
 
+def test_torch_convention_flatten_and_scale_nodes_import(workdir):
+    """start_dim 1 (the batch-axis convention of torch-based exporters) flattens the sample;
+    Scale becomes a depthwise 1×1 convolution (constant per channel) or a diagonal Linear."""
+    nodes = {"input": nir.Input(input_type={"input": np.array([2, 2, 2])}),
+             "scale": nir.Scale(scale=np.stack([np.full((2, 2), 0.5), np.full((2, 2), 2.0)]).astype(np.float32)),
+             "flat": nir.Flatten(input_type={"input": np.array([2, 2, 2])}, start_dim=1),
+             "gain": nir.Scale(scale=np.arange(8, dtype=np.float32)),
+             "output": nir.Output(output_type={"output": np.array([8])})}
+    path = write_nir(workdir, nodes, [("input", "scale"), ("scale", "flat"), ("flat", "gain"), ("gain", "output")])
+    snn = snnverify.from_nir(path)
+    x = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    expected = (x * np.array([0.5, 2.0], np.float32)[:, None, None]).reshape(1, 8) * np.arange(8)
+    np.testing.assert_array_equal(snnverify.simulate(snn, x, timesteps=1), expected)
+    nodes["scale"] = nir.Scale(scale=np.arange(8, dtype=np.float32).reshape(2, 2, 2))
+    expect_error(write_nir(workdir, nodes, [("input", "scale"), ("scale", "flat"), ("flat", "gain"),
+                                            ("gain", "output")], name="varies.nir"),
+                 "node 'scale'", "varies within channel 0")
+
+
 def test_foreign_semantics_are_refused_by_cpu_and_quantize(workdir):
     nodes = two_layer()
     nodes["b"] = nir.IF(r=np.ones(3), v_threshold=np.ones(3))
