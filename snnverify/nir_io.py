@@ -518,7 +518,7 @@ def _check_string_heaps(handle: h5py.File, path: Path) -> None:
     (a flipped size byte), so the layout is verified here from the raw bytes. A collection is
     "GCOL", version 1, reserved 3 bytes, its size (u64); then objects (index u16, references u16,
     reserved u32, size u64, data padded to 8 bytes) up to an index-0 object that holds exactly the
-    free space left. A contiguous string dataset stores per element (length u32, collection
+    free space left (absent when under 16 bytes are left). A contiguous string dataset stores per element (length u32, collection
     address u64, object index u32)."""
     addresses: dict[int, str] = {}
 
@@ -551,8 +551,8 @@ def _check_string_heaps(handle: h5py.File, path: Path) -> None:
                                              f"{length} bytes, {end - position} left)")
                     break
                 position += 16 + (length + 7) // 8 * 8
-            else:
-                if position != end:
+            else:  # full: under 16 bytes left, no room for a free-space object
+                if position > end:
                     raise NIRFormatError(f"{where}: the global heap at {address} is corrupt (objects overrun it)")
 
 
