@@ -149,8 +149,8 @@ def _export_if(node: g.IF, ctx: _Export):
     return neuron, extra
 
 
-#: our node type -> exporter (node, context) -> (NIR node, what NIR cannot hold). SumPool2d is
-#: looked up before its base class AvgPool2d.
+#: our node type (exactly: SumPool2d is not an AvgPool2d here) -> exporter (node, context) ->
+#: (NIR node, what NIR cannot hold)
 EXPORTERS: dict[type, Callable[[Any, _Export], tuple[nir.NIRNode, dict]]] = {
     g.Input: _export_input,
     g.Output: _export_output,
@@ -189,7 +189,7 @@ def to_nir_graph(graph: g.SpikingGraph, mode: str = "lossless", timesteps: int =
     ctx = _Export(graph, graph.shapes, mode, np.dtype(np.int64) if graph.integer else np.dtype(np.float32))
     nodes, extras = {}, {}
     for name, node in graph.nodes.items():
-        exporter = next((f for kind, f in EXPORTERS.items() if type(node) is kind), None)
+        exporter = EXPORTERS.get(type(node))
         if exporter is None:
             raise TypeError(f"node {name!r}: no NIR mapping for {type(node).__name__}")
         nodes[name], extras[name] = exporter(node, ctx)
