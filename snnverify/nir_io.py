@@ -356,7 +356,8 @@ def _import_conv2d(node: nir.Conv2d, ctx: _Import):
     if ctx.extra is not None and not ctx.extra.get("bias", True):
         bias = None
     return g.Conv2d(ctx.name, weight=weight, bias=bias, stride=_pair(node.stride, ctx, "stride"),
-                    padding=_padding(node, ctx), dilation=_pair(node.dilation, ctx, "dilation"), groups=int(node.groups))
+                    padding=_padding(node, ctx), dilation=_pair(node.dilation, ctx, "dilation"),
+                    groups=int(node.groups))
 
 
 def _import_affine(node: nir.Affine, ctx: _Import):
@@ -518,8 +519,8 @@ def _check_string_heaps(handle: h5py.File, path: Path) -> None:
     (a flipped size byte), so the layout is verified here from the raw bytes. A collection is
     "GCOL", version 1, reserved 3 bytes, its size (u64); then objects (index u16, references u16,
     reserved u32, size u64, data padded to 8 bytes) up to an index-0 object that holds exactly the
-    free space left (absent when under 16 bytes are left). A contiguous string dataset stores per element (length u32, collection
-    address u64, object index u32)."""
+    free space left (absent when under 16 bytes are left). A contiguous string dataset stores per
+    element (length u32, collection address u64, object index u32)."""
     addresses: dict[int, str] = {}
 
     def collect(name: str, item) -> None:

@@ -230,7 +230,8 @@ def mutations(draw, size: int):
     if kind == "truncate":
         return kind, draw(st.integers(0, size - 1))
     if kind == "flip":
-        return kind, [(draw(st.integers(0, size - 1)), draw(st.integers(1, 255))) for _ in range(draw(st.integers(1, 8)))]
+        flips = draw(st.integers(1, 8))
+        return kind, [(draw(st.integers(0, size - 1)), draw(st.integers(1, 255))) for _ in range(flips)]
     return kind, (draw(st.integers(0, 10**6)), draw(st.sampled_from(
         ["Affine", "Linear", "IF", "LIF", "Scale", "Conv2d", "Flatten", "Output", "Input", "Threshold", "Foo"])))
 
