@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from snnverify import graph as g
+from snnverify import nir_io
 from snnverify.convert import Conversion, ConversionOptions, convert_model
 from snnverify.runtime import Backend, RunResult, create_backend
 from snnverify.runtime.quantize import quantize_graph
@@ -87,6 +88,30 @@ def simulate(snn: SNN, x, timesteps: int | None = None, record: bool = False, de
     with ``record=True`` also ``{IF layer name: bool array [T, batch, ...]}``."""
     result = snn.run(x, timesteps, record, device)
     return (result.output, result.spikes) if record else result.output
+
+
+def to_nir(snn: SNN, path, mode: str = "lossless"):
+    """Write ``snn`` as a NIR file (``nir.write``); returns the path.
+
+    ``mode="lossless"``: for snnverify — what NIR cannot express (reset by subtraction,
+    v[0] = θ/2, fire on ≥, graded amplitude, scales, integer dtypes, node names, T) is kept in
+    node metadata under the key ``"snnverify"``, and ``from_nir`` restores the network exactly.
+    ``mode="plain"``: NIR only, for other frameworks; the meaning changes as documented in
+    :mod:`snnverify.nir_io` (amplitude folded into the next weights, ≥ emulated by a threshold
+    one float32 step lower, v[0] = 0, reset to zero)."""
+    if not isinstance(snn, SNN):
+        raise TypeError(f"to_nir expects an SNN, got {type(snn).__name__}")
+    return nir_io.write(snn.graph, path, mode, snn.timesteps)
+
+
+def from_nir(path, dt: float | None = None, target: str = "torch", timesteps: int | None = None) -> SNN:
+    """Read a NIR file — ours (lossless or plain) or another framework's — as an SNN compiled for
+    ``target``. ``dt``: the time step for nodes with time constants (LIF); the argument, else the
+    graph's metadata ``dt``, else an error asking for it. ``timesteps``: the default T, else the
+    one written by ``to_nir``, else 1. Recorded spikes are keyed by the NIR node names. Files
+    that cannot be imported raise :class:`NIRFormatError` naming the file and node."""
+    imported = nir_io.read(path, dt)
+    return SNN(imported.graph, imported.timesteps if timesteps is None else timesteps, target=target)
 
 
 def evaluate(model_or_snn, loader, device=None, timesteps: int | None = None) -> float:

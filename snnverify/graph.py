@@ -209,10 +209,26 @@ class IF(Node):
     Output: graded spikes a·s[t] with amplitude a = θ unless given (a quantised graph gives
     its own, at the next layer's scale). Channel = first axis of the (no-batch) shape.
     Under a constant current z the neuron fires exactly clip(floor(z·T/θ + 1/2), 0, T) times.
+
+    Foreign semantics (networks imported from NIR files of other frameworks; the defaults give
+    the normative neuron above, and only the torch reference executes the others):
+
+        v[0] = v_init;  v[t] = β·v[t-1] + γ·I[t];  s[t] = v[t] ≥ θ  (fire_on ">=") or v[t] > θ  (">");
+        v[t] ← v[t] − θ·s[t]  (v_reset None)  or  v[t] ← v_reset where s[t] = 1.
+
+    β = ``leak`` (1 − dt/τ for a NIR LIF), γ = ``gain`` (R·dt/τ for a NIR LIF, R for a NIR IF).
     """
 
     threshold: np.ndarray = None  # θ > 0, shape [C]; even integers in a quantised graph
     amplitude: np.ndarray | None = None  # graded output per spike, shape [C]; None: θ
+    v_init: np.ndarray | None = None  # v[0], shape [C]; None: θ/2
+    v_reset: np.ndarray | None = None  # membrane after a spike, shape [C]; None: reset by subtraction
+    fire_on: str = ">="  # ">=" (normative) or ">" (NIR's strict rule)
+    leak: np.ndarray | None = None  # β, membrane decay per step, shape [C]; None: 1 (no leak)
+    gain: np.ndarray | None = None  # γ, input gain, shape [C]; None: 1
+
+    #: the fields that leave the normative neuron when set (cpu, gpu and quantize reject them)
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("v_init", "v_reset", "fire_on", "leak", "gain")
 
     def __post_init__(self):
         threshold = _float_array(self.threshold, "threshold", self.name, 1)
@@ -221,22 +237,42 @@ class IF(Node):
         if threshold.dtype.kind == "i" and np.any(threshold % 2):
             raise self._error(f"integer thresholds must be even (v[0] = θ/2), got {threshold[threshold % 2 != 0][0]}")
         object.__setattr__(self, "threshold", threshold)
-        if self.amplitude is not None:
-            amplitude = _float_array(self.amplitude, "amplitude", self.name, 1)
-            if amplitude.shape != threshold.shape or amplitude.dtype != threshold.dtype:
-                raise self._error(f"amplitude {amplitude.shape} {amplitude.dtype} must match threshold "
-                                  f"{threshold.shape} {threshold.dtype}")
-            object.__setattr__(self, "amplitude", amplitude)
+        for name in ("amplitude", "v_init", "v_reset", "leak", "gain"):
+            if getattr(self, name) is not None:
+                value = _float_array(getattr(self, name), name, self.name, 1)
+                if value.shape != threshold.shape or value.dtype != threshold.dtype:
+                    raise self._error(f"{name} {value.shape} {value.dtype} must match threshold "
+                                      f"{threshold.shape} {threshold.dtype}")
+                object.__setattr__(self, name, value)
+        if self.fire_on not in (">=", ">"):
+            raise self._error(f"fire_on must be '>=' or '>', got {self.fire_on!r}")
 
     @property
     def output_amplitude(self) -> np.ndarray:
         return self.threshold if self.amplitude is None else self.amplitude
+
+    @property
+    def extensions(self) -> list[str]:
+        """The foreign-semantics fields this layer sets (empty for the normative neuron)."""
+        return [name for name in self.EXTENSIONS
+                if (self.fire_on != ">=" if name == "fire_on" else getattr(self, name) is not None)]
 
     def output_shape(self, input_shapes):
         (shape,) = input_shapes
         if shape[0] != self.threshold.shape[0]:
             raise self._error(f"has {self.threshold.shape[0]} thresholds for {shape[0]} channels (input {shape})")
         return shape
+
+
+def require_normative(graph: "SpikingGraph", executor: str) -> None:
+    """Raise ValueError naming the first IF layer with foreign semantics, for executors that
+    implement only the normative neuron."""
+    for layer in graph.neuron_layers:
+        if layer.extensions:
+            raise ValueError(
+                f"{executor} executes only the normative IF neuron (v[0] = θ/2, fire on ≥, reset by subtraction, "
+                f"no leak); IF layer {layer.name!r} sets {', '.join(layer.extensions)}: use target='torch'"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,6 +289,22 @@ class Output(Node):
     def output_shape(self, input_shapes):
         (shape,) = input_shapes
         return shape
+
+
+def folded_weight(node: Conv2d | Linear, amplitude: np.ndarray, input_shape: Shape, dtype=None) -> np.ndarray:
+    """The weights of ``node`` with its input's graded amplitude folded in, as ``dtype``:
+    W'[o, c, ...] = W[o, c, ...]·a_c, so that W' ⋆ s = W ⋆ (a·s) for a spike map s. ``amplitude``
+    is per channel of ``input_shape`` (a grouped convolution's column c of group k reads channel
+    k·C_in/groups + c; a Linear layer's feature j reads channel j // (features / channels))."""
+    dtype = node.weight.dtype if dtype is None else np.dtype(dtype)
+    weight, amplitude = node.weight.astype(dtype), amplitude.astype(dtype)
+    if isinstance(node, Conv2d):
+        group_in = weight.shape[1]
+        channel = np.arange(group_in * node.groups).reshape(node.groups, group_in)
+        per_out = channel[np.arange(weight.shape[0]) // (weight.shape[0] // node.groups)]
+        return weight * amplitude[per_out][:, :, None, None]
+    per_feature = np.repeat(amplitude, math.prod(input_shape) // len(amplitude))
+    return weight * per_feature[None, :]
 
 
 def input_current(node: Input, x: np.ndarray, dtype) -> np.ndarray:

@@ -96,6 +96,7 @@ class Plan:
 
 
 def build_plan(graph: g.SpikingGraph) -> Plan:
+    g.require_normative(graph, "the Numba cpu and gpu backends")
     dtype = graph_dtype(graph)
     shapes = graph.shapes
     steps = []
@@ -107,16 +108,7 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             weight = node.weight.astype(dtype)
             if isinstance(source, g.IF):
                 step.events = True
-                theta = source.output_amplitude.astype(dtype)
-                # W'[o, c, ...] = W[o, c, ...]·a_c: the graded spike a_c·s folded into the weight
-                if isinstance(node, g.Conv2d):
-                    group_in = weight.shape[1]
-                    channel = np.arange(group_in * node.groups).reshape(node.groups, group_in)
-                    per_out = channel[np.arange(weight.shape[0]) // (weight.shape[0] // node.groups)]
-                    weight = weight * theta[per_out][:, :, None, None]
-                else:
-                    theta_in = np.repeat(theta, math.prod(shapes[source.name]) // len(theta))
-                    weight = weight * theta_in[None, :]
+                weight = g.folded_weight(node, source.output_amplitude, shapes[source.name], dtype)
             step.weight = np.ascontiguousarray(weight, dtype=dtype)
             step.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
         elif isinstance(node, g.IF):

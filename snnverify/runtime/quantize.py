@@ -96,6 +96,7 @@ def quantize_graph(
     """The integer version of a float graph (see the module docstring)."""
     if graph.integer:
         raise ValueError("the graph is already quantised")
+    g.require_normative(graph, "quantize")
     if not 2 <= weight_bits <= 32 or not 1 <= amplitude_bits <= 32:
         raise ValueError(f"weight_bits must be in 2..32 and amplitude_bits in 1..32, got {weight_bits}, {amplitude_bits}")
     if not (input_scale > 0 and math.log2(input_scale).is_integer()):

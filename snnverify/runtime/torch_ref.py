@@ -22,39 +22,52 @@ from snnverify.runtime import RunResult, check_input, register_backend
 
 
 class AtanSpike(torch.autograd.Function):
-    """s = H(v − θ) (fires on v ≥ θ, exactly) with the atan surrogate gradient.
+    """s = H(v − θ) (fires on v ≥ θ exactly, or on v > θ when ``strict``) with the atan surrogate
+    gradient.
 
     ∂s/∂v ≈ (α/2) / (1 + (π/2 · α · (v − θ)/θ)²) / θ — SpikingJelly's ATan surrogate on the
     threshold-normalised membrane, so its width scales with θ.
     """
 
     @staticmethod
-    def forward(ctx, v, theta, alpha: float):
+    def forward(ctx, v, theta, alpha: float, strict: bool = False):
         ctx.save_for_backward(v, theta)
         ctx.alpha = alpha
-        return (v >= theta).to(v.dtype)
+        return (v > theta if strict else v >= theta).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad_spike):
         v, theta = ctx.saved_tensors
         x = (v - theta) / theta
         surrogate = (ctx.alpha / 2) / (1 + (math.pi / 2 * ctx.alpha * x) ** 2) / theta
-        return grad_spike * surrogate, None, None
+        return grad_spike * surrogate, None, None, None
 
 
-def if_neurons(current: torch.Tensor, theta: torch.Tensor, timesteps: int, static: bool, alpha: float = 2.0):
+def if_neurons(current: torch.Tensor, theta: torch.Tensor, timesteps: int, static: bool, alpha: float = 2.0,
+               foreign: dict[str, torch.Tensor] | None = None):
     """Run IF neurons over T steps; returns spikes [T, batch, ...] as 0/1 floats.
 
     ``current`` is [batch, ...] when ``static`` (the same current at every step) else
     [T, batch, ...]; ``theta`` broadcasts against one step. One step:
     v ← v + I[t];  s = (v ≥ θ);  v ← v − θ·s.   Initial state v = θ/2.
+
+    ``foreign`` holds the :class:`~snnverify.graph.IF` extension fields that are set (tensors
+    shaped like ``theta``; ``strict`` for fire_on ">"), for the neuron
+    v ← β·v + γ·I[t];  s = (v ≥ θ) or (v > θ);  v ← v − θ·s  or  v ← v_reset where s;  v[0] = v_init.
     """
-    v = (theta / 2).expand(current.shape if static else current.shape[1:])
+    foreign = foreign or {}
+    v_init, v_reset = foreign.get("v_init"), foreign.get("v_reset")
+    leak, gain = foreign.get("leak"), foreign.get("gain")
+    strict = bool(foreign.get("strict", False))
+    v = (theta / 2 if v_init is None else v_init).expand(current.shape if static else current.shape[1:])
     spikes = []
     for t in range(timesteps):
-        v = v + (current if static else current[t])
-        s = AtanSpike.apply(v, theta.expand_as(v), alpha)
-        v = v - theta * s
+        step = current if static else current[t]
+        if gain is not None:
+            step = gain * step
+        v = (v if leak is None else leak * v) + step
+        s = AtanSpike.apply(v, theta.expand_as(v), alpha, strict)
+        v = v - theta * s if v_reset is None else torch.where(s.bool(), v_reset.expand_as(v), v)
         spikes.append(s)
     return torch.stack(spikes)
 
@@ -70,6 +83,7 @@ class TorchExecutor(nn.Module):
         self.ops = nn.ModuleDict()  # keys are node indices: graph names may contain dots
         self.thresholds = nn.ParameterDict()
         self.amplitudes = nn.ParameterDict()
+        self.foreign = nn.ParameterDict()  # "<key>_<field>": the IF extension fields that are set
         self._keys = {name: f"n{i}" for i, name in enumerate(graph.nodes)}
         for name, node in graph.nodes.items():
             key = self._keys[name]
@@ -98,6 +112,10 @@ class TorchExecutor(nn.Module):
                 self.thresholds[key] = nn.Parameter(torch.from_numpy(node.threshold.copy()), requires_grad=False)
                 self.amplitudes[key] = nn.Parameter(torch.from_numpy(node.output_amplitude.copy()),
                                                     requires_grad=False)
+                for field in node.extensions:
+                    if field != "fire_on":
+                        value = torch.from_numpy(getattr(node, field).copy())
+                        self.foreign[f"{key}_{field}"] = nn.Parameter(value, requires_grad=False)
         if graph.integer:
             self.double()
 
@@ -126,7 +144,11 @@ class TorchExecutor(nn.Module):
                 (current, temporal) = args[0]
                 per_channel = [-1, *[1] * (len(current.shape) - 2 - temporal)]
                 theta = self.thresholds[key].view(per_channel)
-                s = if_neurons(current, theta, timesteps, static=not temporal, alpha=self.surrogate_alpha)
+                foreign = {field: self.foreign[f"{key}_{field}"].view(per_channel)
+                           for field in node.extensions if field != "fire_on"}
+                foreign["strict"] = node.fire_on == ">"
+                s = if_neurons(current, theta, timesteps, static=not temporal, alpha=self.surrogate_alpha,
+                               foreign=foreign)
                 counts[name] = s.detach().sum()
                 if record:
                     spikes[name] = s.detach().bool()

@@ -51,6 +51,7 @@ RULES = [
     ("graph", ["convert", "runtime", "nir_io", "certify", "report", "api", "util"], []),
     ("convert", ["runtime", "nir_io", "certify", "report", "api"], ["finetune.py"]),
     ("runtime", ["convert", "nir_io", "certify", "report", "api"], []),
+    ("nir_io", ["convert", "runtime", "certify", "report", "api", "util"], []),
     ("report", ["convert", "runtime", "api", "graph"], []),
 ]
 
