@@ -7,15 +7,15 @@ each fixed-point run against the float SNN, per IF layer and overall (comparing 
 in its own window, i.e. after the pipeline latency of k Dense stages); and the simulation speed
 in images/s. Writes ``report.json`` and ``report.md`` (generated from the JSON) atomically.
 
-The conversion can be cached (``--cache FILE``, a pickle of the spiking graph keyed by the
-conversion settings), so that the figures can be re-measured without converting again.
+The conversion can be cached (``--cache FILE.nir``: the spiking graph as a lossless NIR file,
+beside ``FILE.json`` with the conversion settings and the ANN accuracy), so that the figures can
+be re-measured without converting again; the cache is plain data, never unpickled.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import platform
 import sys
 import time
@@ -30,16 +30,30 @@ from snnverify import api, data, models
 from snnverify.util import atomic_write, progress, split_batch
 
 
+def read_cache(cache: Path, settings: dict):
+    """(graph, ANN accuracy) from a cache written with the same settings, else None."""
+    sidecar = cache.with_suffix(".json")
+    if not (cache.exists() and sidecar.exists()):
+        return None
+    stored = json.loads(sidecar.read_text())
+    return (api.from_nir(cache).graph, stored["ann_accuracy"]) if stored["settings"] == settings else None
+
+
+def write_cache(cache: Path, snn, settings: dict, ann_accuracy: float) -> None:
+    """The graph as a lossless NIR file, the settings and ANN accuracy beside it as JSON."""
+    api.to_nir(snn, cache)
+    atomic_write(cache.with_suffix(".json"), json.dumps({"settings": settings, "ann_accuracy": ann_accuracy}) + "\n")
+
+
 def converted_graph(args) -> tuple:
-    """(spiking graph, ANN accuracy or None) of the checkpoint, converted with the arguments'
-    settings; reuses ``args.cache`` when it holds a conversion with the same settings."""
+    """(spiking graph, ANN accuracy) of the checkpoint, converted with the arguments' settings;
+    reuses ``args.cache`` when it holds a conversion with the same settings."""
     settings = {k: getattr(args, k) for k in ("dataset", "model", "checkpoint", "levels", "qcfs_epochs",
                                               "percentile", "seed")}
     cache = Path(args.cache) if args.cache else None
-    if cache and cache.exists():
-        stored = pickle.loads(cache.read_bytes())
-        if stored["settings"] == settings:
-            return stored["graph"], stored["ann_accuracy"]
+    cached = read_cache(cache, settings) if cache else None
+    if cached:
+        return cached
     torch.manual_seed(args.seed)
     splits = data.load_dataset(args.dataset, seed=args.seed)
     train, cal, test = data.make_loaders(splits, batch_size=128, eval_batch_size=500, seed=args.seed)
@@ -50,7 +64,7 @@ def converted_graph(args) -> tuple:
     snn = api.convert(ann, cal, timesteps=args.timesteps, train_loader=train, levels=args.levels,
                       qcfs_epochs=args.qcfs_epochs, percentile=args.percentile, finetune_epochs=0)
     if cache:
-        atomic_write(cache, pickle.dumps({"settings": settings, "graph": snn.graph, "ann_accuracy": ann_accuracy}))
+        write_cache(cache, snn, settings, ann_accuracy)
     return snn.graph, ann_accuracy
 
 
@@ -169,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
-    parser.add_argument("--cache", default=None, help="pickle of the conversion, reused when the settings match")
+    parser.add_argument("--cache", default=None,
+                        help="FILE.nir (+ FILE.json) holding the conversion, reused when the settings match")
     parser.add_argument("--out", default="reports/loihi2")
     args = parser.parse_args(argv)
     graph, ann_accuracy = converted_graph(args)

@@ -2,6 +2,8 @@
 
 import itertools
 
+import numpy as np
+
 from snnverify import loihi2_report
 
 
@@ -25,3 +27,18 @@ def test_measure_and_render(digits_case):
     assert "python -m snnverify.loihi2_report --limit 20" in markdown
     assert sum(line.startswith("| loihi2_sim") for line in markdown.splitlines()) == 2
     assert all(f"| {name} |" in markdown for name in itertools.islice(layers, 3))
+
+
+def test_conversion_cache_is_a_lossless_nir_file_keyed_by_settings(digits_case, tmp_path):
+    cache = tmp_path / "conversion.nir"
+    settings = {"levels": 8, "seed": 0}
+    assert loihi2_report.read_cache(cache, settings) is None
+    loihi2_report.write_cache(cache, digits_case.snn, settings, 0.5)
+    graph, accuracy = loihi2_report.read_cache(cache, settings)
+    assert accuracy == 0.5 and list(graph.nodes) == list(digits_case.snn.graph.nodes)
+    for name, node in graph.nodes.items():
+        original = digits_case.snn.graph.nodes[name]
+        for field in ("weight", "threshold"):
+            if hasattr(node, field):
+                np.testing.assert_array_equal(getattr(node, field), getattr(original, field))
+    assert loihi2_report.read_cache(cache, {**settings, "levels": 16}) is None
