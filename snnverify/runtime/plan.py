@@ -118,10 +118,10 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             step.initial = initial_membrane(step.threshold)
         steps.append(step)
     users = {name: len(graph.users(name)) for name in graph.nodes}
-    return Plan(graph, dtype, steps, shapes, users, fusions=_fusions(graph, steps, users))
+    return Plan(graph, dtype, steps, shapes, users, fusions=_fusions(steps, users))
 
 
-def _fusions(graph: g.SpikingGraph, steps: list[Step], users: dict[str, int]) -> dict[str, Fusion]:
+def _fusions(steps: list[Step], users: dict[str, int]) -> dict[str, Fusion]:
     """The IF layers that can absorb the event-driven conv (and two-input Add) feeding them."""
     by_name = {step.name: step for step in steps}
 
@@ -138,7 +138,8 @@ def _fusions(graph: g.SpikingGraph, steps: list[Step], users: dict[str, int]) ->
             fusions[step.name] = Fusion(source, by_name[source].inputs[0])
             continue
         merge = by_name[source]
-        if isinstance(merge.node, g.Add) and users[source] == 1 and len(merge.inputs) == 2 and len(set(merge.inputs)) == 2:
+        two_distinct_inputs = len(merge.inputs) == 2 and len(set(merge.inputs)) == 2
+        if isinstance(merge.node, g.Add) and users[source] == 1 and two_distinct_inputs:
             for conv, residual in (merge.inputs, merge.inputs[::-1]):
                 if sole_event_conv(conv):
                     fusions[step.name] = Fusion(conv, by_name[conv].inputs[0], source, residual)
