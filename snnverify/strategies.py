@@ -151,10 +151,10 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
     """Random graphs of Conv2d, AvgPool2d, Flatten, Linear, Add and IF nodes, small enough for
     the CUDA simulator.
 
-    Reaches on purpose: nested residual merges with identity and projection skips and 2- or
-    3-way sums; grouped and strided convolutions; thresholds that make exact ties likely
-    (``dyadic``: weights, inputs and thresholds are multiples of 1/8, so membranes hit θ
-    exactly); silent layers (zero weights or a huge θ); saturating layers (θ far below the
+    Reaches on purpose: nested residual merges with identity and projection skips (strided or
+    not) and 2- or 3-way sums; grouped and strided convolutions; thresholds that make exact ties likely
+    (``dyadic``: weights, inputs and thresholds are multiples of 1/8 and average pools divide by
+    4, so every sum is exact and membranes hit θ exactly); silent layers (zero weights or a huge θ); saturating layers (θ far below the
     input current); T = 1. With ``dyadic=False`` weights are arbitrary floats, where float32
     rounding differs between accumulation orders.
     """
@@ -190,12 +190,14 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
             theta = values((channels,), 0.125, 2.0)
         return add(g.IF(f"if{len(nodes)}", threshold=theta), [source])
 
-    def conv(source: str, out_channels: int | None = None, same_shape: bool = False) -> str:
+    def conv(source: str, out_channels: int | None = None, same_shape: bool = False, stride: int | None = None) -> str:
+        """A conv; ``same_shape``: one group and stride 1 (or ``stride``), as in a residual block."""
         channels, height, width = shapes[source]
         kernel = draw(st.sampled_from([1, 3])) if min(height, width) >= 3 else 1
         groups = draw(st.sampled_from([1, channels])) if not same_shape and out_channels is None else 1
         out_channels = out_channels or groups * draw(st.integers(1, max(1, max_channels // groups)))
-        stride = 1 if same_shape else draw(st.sampled_from([1, 1, 2]))
+        if stride is None:
+            stride = 1 if same_shape else draw(st.sampled_from([1, 1, 2]))
         weight = values((out_channels, channels // groups, kernel, kernel))
         if draw(st.integers(0, 9)) == 0:
             weight[:] = 0  # a silent branch
@@ -203,15 +205,21 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
         return add(g.Conv2d(f"conv{len(nodes)}", weight=weight, bias=bias, stride=stride, padding=kernel // 2,
                             groups=groups), [source])
 
-    def residual(source: str, depth: int) -> str:
-        channels = shapes[source][0]
+    def residual(source: str, depth: int, downsample: bool = True) -> str:
+        """A residual block: 1 or 2 branches (conv, IF, maybe a nested block, conv) summed with an
+        identity skip, or with a projection conv — strided (downsampling, as in ResNets, unless
+        the block is nested in a branch, which must keep its shape) or not."""
+        channels, height, width = shapes[source]
+        stride = draw(st.sampled_from([1, 2])) if downsample and min(height, width) >= 2 else 1
         branches = []
         for _ in range(draw(st.integers(1, 2))):
-            branch = neuron(conv(source, out_channels=draw(st.integers(1, max_channels)), same_shape=True))
+            branch = neuron(conv(source, out_channels=draw(st.integers(1, max_channels)), same_shape=True,
+                                 stride=stride))
             if depth > 0 and draw(st.booleans()):
-                branch = residual(branch, depth - 1)
+                branch = residual(branch, depth - 1, downsample=False)
             branches.append(conv(branch, out_channels=channels, same_shape=True))
-        skip = source if draw(st.booleans()) else conv(source, out_channels=channels, same_shape=True)
+        identity = stride == 1 and draw(st.booleans())
+        skip = source if identity else conv(source, out_channels=channels, same_shape=True, stride=stride)
         return neuron(add(g.Add(f"add{len(nodes)}"), [skip, *branches]))
 
     channels, size = draw(st.integers(1, 3)), draw(st.integers(2, max_size))
@@ -224,7 +232,8 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
         elif kind == "residual":
             current = residual(current, draw(st.integers(0, 2)))
         elif min(shapes[current][1:]) >= 2:
-            window = draw(st.sampled_from([(2, 2, 0), (3, 1, 1)]))
+            # dyadic graphs keep every sum exact: only windows of 4 (a divisor that is a power of two)
+            window = draw(st.sampled_from([(2, 2, 0), (2, 1, 0)] if dyadic else [(2, 2, 0), (3, 1, 1)]))
             current = add(g.AvgPool2d(f"pool{len(nodes)}", kernel_size=window[0], stride=window[1],
                                       padding=window[2]), [current])
             if draw(st.booleans()):

@@ -58,22 +58,36 @@ class Fusion:
     Add whose only reader is that IF layer: ``IF(conv(spikes) [+ residual])``. A backend with a
     fused kernel computes the conv's sums, the merge and the membrane update per sample and
     step without storing the currents; the arithmetic is unchanged — current = (Σ + bias) +
-    residual (two-term float sums commute exactly), then v += current."""
+    residual (two-term float sums commute exactly), then v += current. When the residual is
+    itself an event-driven conv read only by the Add (a ResNet's projection shortcut), it is
+    computed inside too (``shortcut_input``: its spike map) and residual = Σ' + bias'."""
 
     conv: str
     conv_input: str  # the IF layer whose spikes drive the conv
     add: str | None = None
     residual: str | None = None  # the Add's other input
+    shortcut_input: str | None = None  # the residual's spike map, when the residual is absorbed too
 
     @property
     def reads(self) -> list[str]:
-        """The stored signals the fused step reads (the conv's spike map, the residual)."""
-        return [self.conv_input, *([self.residual] if self.residual else [])]
+        """The stored signals the fused step reads (the conv's spike map, the residual or its spike map)."""
+        return [self.conv_input, *[r for r in (self.shortcut_input or self.residual,) if r]]
 
     @property
     def absorbed(self) -> list[str]:
         """The steps computed inside the fused step, never stored."""
-        return [self.conv, *([self.add] if self.add else [])]
+        return [self.conv, *([self.add] if self.add else []), *([self.residual] if self.shortcut_input else [])]
+
+
+@dataclass
+class EventConv:
+    """An event-driven conv a fused kernel computes: its input spike map [T·B, C, H, W] on the
+    backend, W' in the backend's event layout, the bias and the graph node."""
+
+    spikes: Any
+    weight: Any
+    bias: Any
+    node: g.Conv2d
 
 
 @dataclass
@@ -142,7 +156,8 @@ def _fusions(steps: list[Step], users: dict[str, int]) -> dict[str, Fusion]:
         if isinstance(merge.node, g.Add) and users[source] == 1 and two_distinct_inputs:
             for conv, residual in (merge.inputs, merge.inputs[::-1]):
                 if sole_event_conv(conv):
-                    fusions[step.name] = Fusion(conv, by_name[conv].inputs[0], source, residual)
+                    shortcut_input = by_name[residual].inputs[0] if sole_event_conv(residual) else None
+                    fusions[step.name] = Fusion(conv, by_name[conv].inputs[0], source, residual, shortcut_input)
                     break
     return fusions
 
@@ -168,9 +183,9 @@ class Kernels:
     count: Callable  # (spikes) -> int
     #: host-side layout of an event-driven conv's W' (weight, Conv2d node) -> array, applied once
     event_weight_layout: Callable = lambda weight, node: weight
-    #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`):
-    #: (spikes, weight, bias, conv node, IF shape, residual Signal or None, threshold, initial
-    #: membrane, steps, batch) -> spikes [T·B, F]; backends without it run the steps one by one
+    #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`): (EventConv, residual
+    #: (None, a Signal or an EventConv), IF shape, threshold, initial membrane, steps, batch) ->
+    #: spikes [T·B, F]; backends without it run the steps one by one
     conv2d_if: Callable | None = None
 
 
@@ -208,6 +223,10 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         weight = plan.parameter(step.weight, lambda w: kernels.to_device(layout(w, step.node) if layout else w))
         return weight, plan.parameter(step.bias, kernels.to_device)
 
+    def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
+        step = by_name[conv]
+        return EventConv(values[spike_map].array.reshape(rows, *plan.shapes[spike_map]), *weights(step), step.node)
+
     for step in plan.steps:
         if step.name in absorbed:
             continue  # computed inside the IF step that absorbs it
@@ -224,11 +243,12 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
             threshold = plan.parameter(step.threshold, kernels.to_device)
             initial = plan.parameter(step.initial, kernels.to_device)
             if fusion:
-                conv = by_name[fusion.conv]
-                source = values[fusion.conv_input].array
-                s = kernels.conv2d_if(source.reshape(rows, *plan.shapes[fusion.conv_input]), *weights(conv), conv.node,
-                                      plan.shapes[step.name], values[fusion.residual] if fusion.residual else None,
-                                      threshold, initial, steps, batch)
+                if fusion.shortcut_input:
+                    residual = event_conv(fusion.residual, fusion.shortcut_input, rows)
+                else:
+                    residual = values[fusion.residual] if fusion.residual else None
+                s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), residual,
+                                      plan.shapes[step.name], threshold, initial, steps, batch)
             else:
                 s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold, initial, steps, batch)
             counts[step.name] = kernels.count(s)

@@ -4,7 +4,7 @@
 backend's predictions with the torch reference), on the same batch, and beside two ratios
 timed side by side in one call (so machine noise cancels): the backend's speed over the torch
 reference executor, and its time over the ANN forward time (targets: cpu ≥ 2× torch; at
-T = 32, SNN ≤ 8× the ANN). The gpu target is
+T = 32, SNN ≤ 8× the ANN) — and the work behind the time, synaptic events per ANN MAC. The gpu target is
 skipped in ``setup`` when no CUDA GPU is visible (asv style: params do not depend on what is
 installed). Run: ``asv run --python=same -E existing --bench bench_backends``.
 """
@@ -14,7 +14,7 @@ import torch
 
 import snnverify
 from snnverify.api import SNN
-from snnverify.speed import SHAPES, best_time, converted
+from snnverify.speed import SHAPES, converted, interleaved_best_times, multiply_accumulates, synaptic_events
 
 
 class Simulation:
@@ -60,15 +60,26 @@ class Simulation:
 
     track_agreement_with_torch.unit = "%"
 
+    def track_events_per_ann_mac(self, cache, model, target, timesteps):
+        """The event-driven work beside the time: synaptic events (adds) per ANN multiply-accumulate."""
+        _, spikes = snnverify.simulate(self.snn, self.x, record=True)
+        return synaptic_events(self.snn.graph, spikes) / (len(self.x) * multiply_accumulates(self.snn.graph))
+
+    track_events_per_ann_mac.unit = "events/MAC"
+
     def track_speedup_over_torch(self, cache, model, target, timesteps):
-        reference = best_time(lambda: snnverify.simulate(self.reference, self.x), 2)
-        return reference / best_time(lambda: snnverify.simulate(self.snn, self.x), 2)
+        seconds = interleaved_best_times({"torch": lambda: snnverify.simulate(self.reference, self.x),
+                                          "backend": lambda: snnverify.simulate(self.snn, self.x)}, 2)
+        return seconds["torch"] / seconds["backend"]
 
     track_speedup_over_torch.unit = "x"
 
     def track_time_over_ann_forward(self, cache, model, target, timesteps):
-        with torch.no_grad():
-            ann = best_time(lambda: self.ann(self.x), 3)
-        return best_time(lambda: snnverify.simulate(self.snn, self.x), 2) / ann
+        def ann_forward():
+            with torch.no_grad():
+                self.ann(self.x)
+
+        seconds = interleaved_best_times({"ann": ann_forward, "snn": lambda: snnverify.simulate(self.snn, self.x)}, 2)
+        return seconds["snn"] / seconds["ann"]
 
     track_time_over_ann_forward.unit = "x"

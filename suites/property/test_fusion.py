@@ -25,6 +25,9 @@ UNFUSED = dataclasses.replace(CPU_KERNELS, conv2d_if=None)
 def residual_kind(plan, fusion) -> str:
     if fusion.residual is None:
         return "no residual"
+    if fusion.shortcut_input:
+        strides = {plan.graph.nodes[conv].stride for conv in (fusion.conv, fusion.residual)}
+        return "projection shortcut absorbed" + (", strided" if strides != {(1, 1)} else "")
     node = plan.graph.nodes[fusion.residual]
     return "spike-map residual" if isinstance(node, g.IF) else "current residual"
 
@@ -97,12 +100,16 @@ def test_a_static_residual_is_fused_and_exact(comparison_log):
 
 def test_every_block_of_a_resnet_is_fused(digits_case):
     """small_resnet: each block's first IF absorbs conv1; each block's second IF absorbs conv2
-    and the merge, with the identity skip (a spike map) or the projection (a current) as residual."""
+    and the merge, with the identity skip (a spike map) as residual or the strided projection
+    shortcut computed inside too — no conv of the network is left to run on its own but the stem."""
     plan = build_plan(digits_case.snn.graph)
     fused = plan.fusions
     assert len(fused) == 6, sorted(fused)
     kinds = sorted(residual_kind(plan, f) for f in fused.values())
-    assert kinds == ["current residual"] * 2 + ["no residual"] * 3 + ["spike-map residual"]
+    assert kinds == ["no residual"] * 3 + ["projection shortcut absorbed, strided"] * 2 + ["spike-map residual"]
+    absorbed = {name for fusion in fused.values() for name in fusion.absorbed}
+    convs = [name for name, node in plan.graph.nodes.items() if isinstance(node, g.Conv2d)]
+    assert [c for c in convs if c not in absorbed] == convs[:1]  # the stem, fed by the static input
 
 
 def test_three_way_merges_are_not_fused():

@@ -1,0 +1,71 @@
+"""The work counts that ``snnverify.speed`` reports beside its timings."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snnverify import graph as g
+from snnverify.speed import interleaved_best_times, multiply_accumulates, synaptic_events
+
+
+def conv_graph(conv: g.Conv2d, in_shape) -> g.SpikingGraph:
+    channels = in_shape[0]
+    nodes = {"in": g.Input("in", shape=in_shape), "stem": g.Conv2d("stem", weight=np.ones((channels, channels, 1, 1))),
+             "if": g.IF("if", threshold=np.ones(channels)), conv.name: conv, "flat": g.Flatten("flat"),
+             "out": g.Output("out")}
+    return g.SpikingGraph(nodes, {"stem": ["in"], "if": ["stem"], conv.name: ["if"], "flat": [conv.name],
+                                  "out": ["flat"]})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_synaptic_events_count_every_spike_tap_that_lands_on_an_output(data):
+    """Brute force: a conv with an all-ones kernel over the spike counts sums, at each output,
+    the (spike, tap) pairs that reach it; each such pair is an add into C_out / groups channels."""
+    groups = data.draw(st.integers(1, 2))
+    channels = groups * data.draw(st.integers(1, 2))
+    out_channels = groups * data.draw(st.integers(1, 3))
+    height, width = data.draw(st.integers(1, 7)), data.draw(st.integers(1, 7))
+    kernel = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    stride, padding, dilation = ((data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))),
+                                 (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))),
+                                 (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))))
+    span = [dilation[i] * (kernel[i] - 1) + 1 for i in range(2)]
+    if height + 2 * padding[0] < span[0] or width + 2 * padding[1] < span[1]:
+        return
+    conv = g.Conv2d("conv", weight=np.ones((out_channels, channels // groups, *kernel)), stride=stride,
+                    padding=padding, dilation=dilation, groups=groups)
+    graph = conv_graph(conv, (channels, height, width))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    spikes = np.random.default_rng(seed).random((3, 2, channels, height, width)) < 0.4
+    counts = torch.from_numpy(spikes.sum(axis=(0, 1, 2)).astype(np.float64))[None, None]
+    pairs = F.conv2d(counts, torch.ones(1, 1, *kernel, dtype=torch.float64), stride=stride, padding=padding,
+                     dilation=dilation).sum()
+    assert synaptic_events(graph, {"if": spikes}) == int(pairs) * (out_channels // groups)
+
+
+def test_synaptic_events_of_a_linear_layer_and_of_silence():
+    nodes = {"in": g.Input("in", shape=(4,)), "fc1": g.Linear("fc1", weight=np.ones((4, 4))),
+             "if": g.IF("if", threshold=np.ones(4)), "fc2": g.Linear("fc2", weight=np.ones((3, 4))),
+             "out": g.Output("out")}
+    graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if": ["fc1"], "fc2": ["if"], "out": ["fc2"]})
+    spikes = np.zeros((5, 2, 4), bool)
+    assert synaptic_events(graph, {"if": spikes}) == 0
+    spikes[0, 0, 1] = spikes[3, 1, 2] = True
+    assert synaptic_events(graph, {"if": spikes}) == 2 * 3  # fc1 reads the input, not spikes
+
+
+def test_multiply_accumulates_of_a_dense_pass():
+    conv = g.Conv2d("conv", weight=np.ones((4, 3, 3, 3)), padding=1)
+    graph = conv_graph(conv, (3, 5, 5))
+    # stem: 3 outputs · 25 positions · 3 inputs; conv: 4 · 25 · (3 · 3 · 3)
+    assert multiply_accumulates(graph) == 3 * 25 * 3 + 4 * 25 * 27
+
+
+def test_interleaved_timing_runs_every_function_each_round():
+    calls = []
+    times = interleaved_best_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2)
+    assert calls == ["a", "b"] * 3  # a warm-up round, then two timed rounds
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
