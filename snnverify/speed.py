@@ -1,7 +1,7 @@
 """Side-by-side throughput of the backends on converted networks (``python -m snnverify.speed``).
 
 All targets and the ANN forward pass are timed in one process, on the same batch and
-interleaved (every round times each of them once; the fastest round of each counts), so the
+interleaved (every round times each of them, warm; the fastest time of each counts), so the
 ratios hold on a noisy machine: images/s per target and T, and the ratio of the SNN's time to
 the ANN's forward time. Beside the speed, the work: the ANN's multiply-accumulates per image
 and the SNN's synaptic events per image (the adds an event-driven simulator must do, given
@@ -41,18 +41,21 @@ def converted(model: str, seed: int = 0):
     return ann, snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0).graph
 
 
-def interleaved_best_times(functions: dict, repeats: int) -> dict[str, float]:
-    """Fastest of ``repeats`` rounds for each function, all of them timed one after the other
-    in every round (after a warm-up round), so that a slow phase of a shared machine falls on
-    all of them rather than on one."""
+def interleaved_best_times(functions: dict, repeats: int, calls: int = 2) -> dict[str, float]:
+    """Fastest call of each function over ``repeats`` rounds, every round calling each function
+    ``calls`` times back to back, one function after the other (after a warm-up round). The
+    rounds spread a slow phase of a shared machine over all of them; the back-to-back calls let
+    a short function (an ANN forward pass of a few ms) be timed warm, not right after another
+    function has evicted its caches — measured here, a cold first call takes 2–4× longer."""
     for function in functions.values():
         function()
     best = dict.fromkeys(functions, math.inf)
     for _ in range(repeats):
         for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            best[name] = min(best[name], time.perf_counter() - start)
+            for _ in range(calls):
+                start = time.perf_counter()
+                function()
+                best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
