@@ -71,7 +71,8 @@ class Fusion:
     @property
     def reads(self) -> list[str]:
         """The stored signals the fused step reads (the conv's spike map, the residual or its spike map)."""
-        return [self.conv_input, *[r for r in (self.shortcut_input or self.residual,) if r]]
+        residual = self.shortcut_input or self.residual
+        return [self.conv_input, *([residual] if residual else [])]
 
     @property
     def absorbed(self) -> list[str]:
