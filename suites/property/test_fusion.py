@@ -48,13 +48,13 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
 
 
 @settings(max_examples=60)
-@given(spiking_graphs(dyadic=False, max_size=8, max_timesteps=16))
+@given(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16))
 def test_fused_kernel_matches_the_unfused_kernels_float32(comparison_log, case):
     fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (non-dyadic)", case.graph, case.x, case.timesteps)
 
 
 @settings(max_examples=40)
-@given(spiking_graphs(dyadic=True, max_size=8, max_timesteps=16))
+@given(spiking_graphs(dyadic=True, max_size=12, max_timesteps=16))
 def test_fused_kernel_matches_the_unfused_kernels_at_exact_ties(comparison_log, case):
     """Dyadic graphs: every sum is exact, so membranes land exactly on θ and ≥ vs > shows."""
     fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (dyadic: exact ties)", case.graph, case.x,
@@ -62,7 +62,7 @@ def test_fused_kernel_matches_the_unfused_kernels_at_exact_ties(comparison_log, 
 
 
 @settings(max_examples=40)
-@given(spiking_graphs(dyadic=False, max_size=8, max_timesteps=16))
+@given(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16))
 def test_fused_kernel_matches_the_unfused_kernels_integer(comparison_log, case):
     graph = quantized(case)
     fused_and_unfused(comparison_log, "cpu fused vs unfused, integer", graph, case.x, case.timesteps)
