@@ -83,6 +83,21 @@ def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplit
     return scale, weight_scale, {}
 
 
+#: bound on any integer parameter: sums of a few of them must still fit the int64 arithmetic
+INT_LIMIT = 2.0**62
+
+
+def _rounded(values: np.ndarray, what: str, node: str, scale: float) -> np.ndarray:
+    """round(values) as int64, or a ValueError naming the node when a value does not fit
+    (a cast of a float beyond the int64 range would wrap silently)."""
+    values = np.rint(values)
+    too_large = ~(np.abs(values) < INT_LIMIT)
+    if np.any(too_large):
+        raise ValueError(f"cannot quantise {node!r}: its {what} at scale {scale:g} reach {values[too_large][0]:g}, "
+                         f"beyond the integer range (2^62); lower input_scale or weight_bits")
+    return values.astype(np.int64)
+
+
 def _if_origin(graph: g.SpikingGraph, name: str) -> str | None:
     """The IF layer whose output reaches ``name`` through pooling and flattening only, if any."""
     while isinstance(graph.nodes[name], (g.AvgPool2d, g.Flatten)):
@@ -120,13 +135,14 @@ def quantize_graph(
         if isinstance(node, g.Input):
             nodes[name] = g.replace(node, scale=input_scale)
         elif isinstance(node, (g.Conv2d, g.Linear)):
-            weight = np.rint(node.weight.astype(np.float64) * weight_scale[name]).astype(np.int64)
+            weight = np.rint(node.weight.astype(np.float64) * weight_scale[name]).astype(np.int64)  # ≤ weight_limit
             bias = np.zeros(weight.shape[0]) if node.bias is None else node.bias.astype(np.float64)
-            nodes[name] = g.replace(node, weight=weight, bias=np.rint(bias * scale[name]).astype(np.int64))
+            nodes[name] = g.replace(node, weight=weight, bias=_rounded(bias * scale[name], "bias", name, scale[name]))
         elif isinstance(node, g.AvgPool2d):
             nodes[name] = g.SumPool2d(name, kernel_size=node.kernel_size, stride=node.stride, padding=node.padding)
         elif isinstance(node, g.IF):
-            threshold = 2 * np.rint(node.threshold.astype(np.float64) * scale[sources[0]] / 2).astype(np.int64)
+            threshold = 2 * _rounded(node.threshold.astype(np.float64) * scale[sources[0]] / 2, "thresholds", name,
+                                     scale[sources[0]])
             if np.any(threshold < 2):
                 bad = node.threshold[threshold < 2][0]
                 raise ValueError(

@@ -159,6 +159,16 @@ def test_quantize_refuses_a_threshold_range_beyond_the_bit_budget():
         snnverify.quantize(snnverify.SNN(graph, 4))
 
 
+def test_quantize_refuses_thresholds_beyond_the_integer_range():
+    """fc1's weights of 10^-30 get a weight scale near 2^106, so if2's threshold of 1 would be
+    about 2^112 in integers: refused by name, never cast (a float beyond int64 wraps silently)."""
+    nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.full((1, 1), 1e-30, np.float32)),
+             "if2": g.IF("if2", threshold=[1.0]), "out": g.Output("out")}
+    graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "out": ["if2"]})
+    with pytest.raises(ValueError, match=r"cannot quantise 'if2': its thresholds at scale .* beyond the integer range"):
+        snnverify.quantize(snnverify.SNN(graph, 4))
+
+
 def test_gpu_target_without_a_gpu_is_an_error_not_a_cpu_run():
     """This machine has no CUDA GPU: with the simulator off, target='gpu' must refuse."""
     import os
