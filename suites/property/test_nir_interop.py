@@ -81,10 +81,13 @@ def compare(comparison_log, check, ours, theirs):
     return sum(where.values())
 
 
-def exported(tmp_path, graph) -> str:
-    path = tmp_path / "plain.nir"
+def plain_export(nir, tmp_path, seed):
+    """The residual MLP of ``seed``, its inputs, the path of our plain NIR export of it, that
+    file as read by ``nir`` (for a tool's importer) and the names of its IF layers."""
+    graph = residual_mlp(seed)
+    path = str(tmp_path / "plain.nir")
     snnverify.to_nir(SNN(graph, T), path, mode="plain")
-    return str(path)
+    return graph, inputs_for(seed), path, nir.read(path), [layer.name for layer in graph.neuron_layers]
 
 
 def check_both_semantics(comparison_log, tool, graph, path, x, theirs, tool_semantics):
@@ -106,10 +109,8 @@ SEEDS = [0, 1, 2]
 def test_norse_simulates_our_plain_export_with_nir_semantics(comparison_log, tmp_path, seed):
     nir = pytest.importorskip("nir")
     norse = pytest.importorskip("norse.torch", reason="Norse (interop extra) not installed")
-    graph, x = residual_mlp(seed), inputs_for(seed)
-    path = exported(tmp_path, graph)
-    module = norse.from_nir(nir.read(path))
-    names = [layer.name for layer in graph.neuron_layers]
+    graph, x, path, nir_graph, names = plain_export(nir, tmp_path, seed)
+    module = norse.from_nir(nir_graph)
     seen, _ = record_hooks(module, names, lambda out: out[0] > 0)
     state = None
     with torch.no_grad():
@@ -127,10 +128,8 @@ def test_snntorch_simulates_our_plain_export_as_leaky_neurons(comparison_log, tm
     pytest.importorskip("snntorch", reason="snnTorch (interop extra) not installed")
     from snntorch.import_nir import import_from_nir
 
-    graph, x = residual_mlp(seed), inputs_for(seed)
-    path = exported(tmp_path, graph)
-    module = import_from_nir(nir.read(path))
-    names = [layer.name for layer in graph.neuron_layers]
+    graph, x, path, nir_graph, names = plain_export(nir, tmp_path, seed)
+    module = import_from_nir(nir_graph)
     with pytest.raises(TypeError, match="must be Tensor, not tuple"):  # snnTorch 1.0.0's importer bug
         module(torch.from_numpy(x))
     for name in names:
@@ -154,11 +153,9 @@ def test_sinabs_simulates_our_plain_export_with_subtraction_and_ge(comparison_lo
     pytest.importorskip("sinabs", reason="sinabs (interop extra) not installed")
     from sinabs.nir import from_nir as sinabs_from_nir
 
-    graph, x = residual_mlp(seed), inputs_for(seed)
-    path = exported(tmp_path, graph)
+    graph, x, path, nir_graph, names = plain_export(nir, tmp_path, seed)
     batch = x.shape[0]
-    module = sinabs_from_nir(nir.read(path), batch_size=batch)
-    names = [layer.name for layer in graph.neuron_layers]
+    module = sinabs_from_nir(nir_graph, batch_size=batch)
     seen, _ = record_hooks(module, names, lambda out: out)
     sequence = torch.from_numpy(np.repeat(x[:, None], T, axis=1)).flatten(0, 1)  # [batch·T, features]
     with torch.no_grad():
