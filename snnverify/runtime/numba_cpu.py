@@ -16,18 +16,22 @@ events (``snnverify.speed`` reports them).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import carray, get_num_threads, get_thread_id, njit, prange, types
+from numba.extending import intrinsic
 
 from snnverify import graph as g
 from snnverify.runtime import RunResult, check_input, register_backend
-from snnverify.runtime.plan import EventConv, Kernels, build_plan, execute
+from snnverify.runtime.plan import EventConv, Kernels, Signal, build_plan, execute
 
 
 @njit(parallel=True, cache=True)
 def _conv2d_dense(x, w, bias, stride, padding, dilation, groups, zero, out):
-    """out[n, o, y, x] = Σ_{c, ky, kx} w[o, c, ky, kx]·x[n, g·C + c, y·s − p + ky·d, ...] + bias[o],
-    the terms in (c, ky, kx) order and taps that fall in the padding skipped. A whole output row
+    """out[n, o, y, x] = Σ_{ky, kx, c} w[o, c, ky, kx]·x[n, g·C + c, y·s − p + ky·d, ...] + bias[o],
+    the terms in (ky, kx, c) order and taps that fall in the padding skipped. A whole output row
     is accumulated at once, so that the innermost loop runs along x (it vectorises)."""
     rows, out_channels, out_h, out_w = out.shape
     group_in, kernel_h, kernel_w = w.shape[1], w.shape[2], w.shape[3]
@@ -39,15 +43,15 @@ def _conv2d_dense(x, w, bias, stride, padding, dilation, groups, zero, out):
         acc = np.empty(out_w, out.dtype)
         for y in range(out_h):
             acc[:] = zero
-            for c in range(group_in):
-                for ky in range(kernel_h):
-                    yi = y * stride[0] - padding[0] + ky * dilation[0]
-                    if yi < 0 or yi >= height:
-                        continue
-                    for kx in range(kernel_w):
-                        shift = kx * dilation[1] - padding[1]  # xi = xo·s + shift
-                        first = max(0, -(shift // stride[1]))  # smallest xo with xi ≥ 0
-                        last = min(out_w, (width - 1 - shift) // stride[1] + 1)  # xi ≤ W − 1 below it
+            for ky in range(kernel_h):
+                yi = y * stride[0] - padding[0] + ky * dilation[0]
+                if yi < 0 or yi >= height:
+                    continue
+                for kx in range(kernel_w):
+                    shift = kx * dilation[1] - padding[1]  # xi = xo·s + shift
+                    first = max(0, -(shift // stride[1]))  # smallest xo with xi ≥ 0
+                    last = min(out_w, (width - 1 - shift) // stride[1] + 1)  # xi ≤ W − 1 below it
+                    for c in range(group_in):
                         weight = w[o, c, ky, kx]
                         for xo in range(first, last):
                             acc[xo] += weight * x[n, base + c, yi, xo * stride[1] + shift]
@@ -55,209 +59,307 @@ def _conv2d_dense(x, w, bias, stride, padding, dilation, groups, zero, out):
                 out[n, o, y, xo] = acc[xo] + bias[o]
 
 
-def tap_columns(kernel_w: int, stride: int) -> np.ndarray:
-    """Where :func:`events_layout` stores kernel column kx: grouped by stride phase
-    (kW − 1 − kx) mod s, and within a phase by descending kx. The taps one spike reaches along
-    a row are one phase, and with unit dilation their outputs are adjacent columns ascending as
-    kx descends — so they are adjacent in this layout too (for s = 1: columns reversed)."""
-    order = sorted(range(kernel_w), key=lambda kx: ((kernel_w - 1 - kx) % stride, (kernel_w - 1 - kx) // stride))
-    columns = np.empty(kernel_w, np.int64)
-    columns[order] = np.arange(kernel_w)
-    return columns
+@intrinsic
+def _stack_buffer(typingctx, like, length):
+    """Pointer to ``length`` (a compile-time constant) elements of ``like``'s dtype in the calling
+    function's stack frame. LLVM keeps such a buffer in vector registers across a loop that
+    indexes it with constants; a heap array (``np.empty``) it cannot, its allocation is opaque."""
+    if not isinstance(length, types.IntegerLiteral):
+        return None
+    count, dtype = length.literal_value, like.dtype
+
+    def codegen(context, builder, signature, args):
+        element = context.get_value_type(dtype)
+        entry = builder.function.entry_basic_block
+        with builder.goto_block(entry):
+            builder.position_at_start(entry)
+            slot = builder.alloca(ir.ArrayType(element, count))
+        return builder.bitcast(slot, element.as_pointer())
+
+    return types.CPointer(dtype)(like, length), codegen
 
 
-@njit(cache=True)
-def _axis_taps(size, out_size, stride, padding, dilation, stored_at):
-    """For each input coordinate i along one axis, the kernel taps k (ascending) whose output
-    coordinate o = (i + p − k·d) / s is an integer in [0, out_size): ``count[i]`` of them, the
-    index ``stored_at[k]`` of each in the weight layout, ``tap[i, j]``, and ``position[i, j]`` = o.
-    Computed once per layer, so the event loop has no divisions or bounds checks."""
-    kernel = stored_at.shape[0]
-    count = np.zeros(size, np.int64)
-    tap = np.zeros((size, kernel), np.int64)
-    position = np.zeros((size, kernel), np.int64)
-    for i in range(size):
-        for k in range(kernel):
-            shifted = i + padding - k * dilation
-            if shifted >= 0 and shifted % stride == 0 and shifted // stride < out_size:
-                tap[i, count[i]] = stored_at[k]
-                position[i, count[i]] = shifted // stride
-                count[i] += 1
-    return count, tap, position
+#: Output channels one gather accumulates at once (constants, so that the accumulators stay in
+#: registers): 64 float32 are 8 AVX registers; a group's last channels go in blocks of 16.
+_WIDE, _NARROW = 64, 16
+#: Steps whose spike lists a fused kernel builds at once: each weight row it loads then serves
+#: up to this many steps at each output position (reuse in the L1/L2 cache).
+_STEP_CHUNK = 8
+#: Spike-list entries one job of a fused kernel may hold (2 MB): late ResNet layers, with small
+#: maps, then take several samples per job and read their weights once for all of them.
+_TILE_ENTRIES = 1 << 18
 
 
-@njit(inline="always")
-def _add_run(target, values):
-    """target += values, elementwise (one spike's weights onto the sums it reaches)."""
-    for k in range(target.shape[0]):
-        target[k] += values[k]
-
-
-@njit(inline="always")
-def _add_run3(t0, v0, t1, v1, t2, v2):
-    """t0 += v0, t1 += v1, t2 += v2 (equal lengths) in one loop: one spike's three kernel rows."""
-    for k in range(t0.shape[0]):
-        t0[k] += v0[k]
-        t1[k] += v1[k]
-        t2[k] += v2[k]
+def padded_channels(group_out: int) -> int:
+    """A group's output channels rounded up to whole blocks of :data:`_NARROW`."""
+    return -(-group_out // _NARROW) * _NARROW
 
 
 @njit(inline="always")
-def _scatter_events(spikes, w_events, taps, sums, events):
-    """sums[y, x·C_out + o] += w'[c, ky, kx, o] for every spike (c, yi, xi) of one sample and
-    step, in ascending (c, yi, xi) order, and every tap (ky, kx) that lands on an output.
-
-    ``w_events`` is W' laid out [C_in, kH, kW (see :func:`tap_columns`), C_out / groups] (see
-    :func:`events_layout`); the sums are channels-last; ``taps`` come from :func:`conv_taps`;
-    ``events`` is scratch for one channel's spike positions. With one group and unit column
-    dilation, the outputs one spike reaches in a kernel row are adjacent columns, and so are
-    their weights, so its adds for that row are one contiguous run of (columns · C_out) values
-    on both sides — the loop the compiler vectorises best. Each output still receives at most
-    one add per spike, so the order of its sums is the scan order."""
-    rows_count, rows_tap, rows_at, cols_count, cols_tap, cols_at, contiguous, groups = taps
-    channels, height, width = spikes.shape
-    kernel_h, kernel_w, group_out = w_events.shape[1], w_events.shape[2], w_events.shape[3]
-    out_channels = group_out * groups
-    group_in = channels // groups
-    planes = spikes.reshape(channels, height, width)
-    row_end = np.empty(height, np.int64)
-    for ci in range(channels):
-        first = (ci // group_in) * group_out
-        flat_w = w_events[ci].reshape(kernel_h, kernel_w * group_out)
-        # the channel's spike columns row by row, gathered without a branch per position (a
-        # data-dependent branch at spike rates of 5–30 % mispredicts often)
-        count = 0
-        for yi in range(height):
-            for xi in range(width):
-                events[count] = xi
-                count += planes[ci, yi, xi]
-            row_end[yi] = count
-        for yi in range(height):
-            row_start = row_end[yi - 1] if yi > 0 else 0
-            if row_start == row_end[yi]:
-                continue
-            if contiguous and rows_count[yi] == 3:
-                # a 3-row kernel away from the border: the three rows' runs in one loop (one
-                # loop's overhead instead of three; with 16–64 channels that overhead is a large
-                # part of a run). Each run still goes to a different output row, so no sum's
-                # order changes.
-                s0, s1, s2 = sums[rows_at[yi, 0]], sums[rows_at[yi, 1]], sums[rows_at[yi, 2]]
-                w0, w1, w2 = flat_w[rows_tap[yi, 0]], flat_w[rows_tap[yi, 1]], flat_w[rows_tap[yi, 2]]
-                for e in range(row_start, row_end[yi]):
-                    xi = events[e]
-                    columns = cols_count[xi]
-                    run = columns * group_out
-                    start = cols_at[xi, columns - 1] * out_channels
-                    w_start = cols_tap[xi, columns - 1] * group_out
-                    _add_run3(s0[start : start + run], w0[w_start : w_start + run], s1[start : start + run],
-                              w1[w_start : w_start + run], s2[start : start + run], w2[w_start : w_start + run])
-                continue
-            for a in range(rows_count[yi]):
-                sums_row, w_row = sums[rows_at[yi, a]], flat_w[rows_tap[yi, a]]
-                for e in range(row_start, row_end[yi]):
-                    xi = events[e]
-                    columns = cols_count[xi]
-                    if contiguous:
-                        # taps ascending ↔ columns descending: the run starts at the last
-                        # tap's output column and at its place in the weight layout
-                        run = columns * group_out
-                        start = cols_at[xi, columns - 1] * out_channels
-                        w_start = cols_tap[xi, columns - 1] * group_out
-                        _add_run(sums_row[start : start + run], w_row[w_start : w_start + run])
-                    else:
-                        for b in range(columns):
-                            start = cols_at[xi, b] * out_channels + first
-                            w_start = cols_tap[xi, b] * group_out
-                            _add_run(sums_row[start : start + group_out], w_row[w_start : w_start + group_out])
+def _spike_entries(planes, first, group_in, in_w, entries, starts):
+    """Which weight rows the spikes of one sample-step's map ``planes`` [C, H·W] select: for each
+    position p = (iy, ix) in scan order, entries[starts[p] : starts[p + 1]] = ix·C_g + c for the
+    channels c (ascending) among ``first`` … ``first`` + C_g − 1 that spike there, C_g =
+    ``group_in`` (see :func:`_gather`). One position at a time, so
+    that the entries are written contiguously, and without a branch per channel (at spike rates
+    of 5–30 % a data-dependent branch mispredicts often)."""
+    count = 0
+    positions = starts.shape[0] - 1
+    for p in range(positions):
+        starts[p] = count
+        column = (p % in_w) * group_in
+        for c in range(group_in):
+            entries[count] = column + c
+            count += planes[first + c, p]
+    starts[positions] = count
 
 
-@njit(cache=True)
-def _taps(in_shape, out_shape, stride, padding, dilation, kernel_h, stored_at, groups):
-    """Tap tables of both axes (see :func:`_axis_taps`), whether a spike's adds along a kernel row
-    are one contiguous run (one group, unit column dilation), and the group count."""
-    rows_count, rows_tap, rows_at = _axis_taps(in_shape[0], out_shape[0], stride[0], padding[0], dilation[0],
-                                               np.arange(kernel_h))
-    cols_count, cols_tap, cols_at = _axis_taps(in_shape[1], out_shape[1], stride[1], padding[1], dilation[1],
-                                               stored_at)
-    return (rows_count, rows_tap, rows_at, cols_count, cols_tap, cols_at, groups == 1 and dilation[1] == 1,
-            groups)
+@intrinsic
+def _add_vector(typingctx, acc, weights, offset, lanes):
+    """acc[:lanes] += weights[offset : offset + lanes] as one LLVM vector add of ``lanes`` (a
+    constant) elements — exact IEEE adds, lane by lane, as a scalar loop would do them; ``acc`` is
+    a :func:`_stack_buffer`. Written as a vector because LLVM unrolls a short constant loop into
+    scalar adds that it does not vectorise again; a vector kept in registers across the event
+    loop is the point."""
+    if not isinstance(lanes, types.IntegerLiteral):
+        return None
+    count = lanes.literal_value
 
+    def codegen(context, builder, signature, args):
+        acc_pointer, weight_array, first, _ = args
+        data = context.make_array(signature.args[1])(context, builder, weight_array).data
+        vector = ir.VectorType(context.get_value_type(signature.args[1].dtype), count)
+        source = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
+        target = builder.bitcast(acc_pointer, vector.as_pointer())
+        values, total = builder.load(source, align=1), builder.load(target, align=1)
+        builder.store(builder.fadd(total, values) if signature.args[1].dtype in types.real_domain
+                      else builder.add(total, values), target, align=1)
+        return context.get_dummy_value()
 
-def conv_taps(node: g.Conv2d, in_shape, out_shape):
-    """The tap tables the event kernels of ``node`` need (computed once per call, not per spike)."""
-    stride, padding, dilation, groups = _geometry(node)
-    return _taps(np.array(in_shape[-2:]), np.array(out_shape[-2:]), stride, padding, dilation,
-                 node.weight.shape[2], tap_columns(node.weight.shape[3], node.stride[1]), groups)
+    return types.none(acc, weights, offset, lanes), codegen
 
 
 @njit(inline="always")
-def _to_channels_first(sums, bias, current):
-    """current[(o·H + y)·W + x] = sums[y, x·C + o] + bias[o]; row by row, so that the reads of
-    one output row (W·C values) stay in the L1 cache."""
-    out_channels = bias.shape[0]
-    out_h, out_w = sums.shape[0], sums.shape[1] // out_channels
-    for y in range(out_h):
-        for o in range(out_channels):
-            for xo in range(out_w):
-                current[(o * out_h + y) * out_w + xo] = sums[y, xo * out_channels + o] + bias[o]
+def _add_entries(acc, weights, block, row, entries, begin, end, wide):
+    """acc += the weight rows ``row`` + entries[e] of the block at ``block`` (rows of its lane
+    count), for e = begin … end − 1 in that order."""
+    if wide:
+        for e in range(begin, end):
+            _add_vector(acc, weights, block + (row + entries[e]) * _WIDE, _WIDE)
+    else:
+        for e in range(begin, end):
+            _add_vector(acc, weights, block + (row + entries[e]) * _NARROW, _NARROW)
+
+
+@njit(inline="always")
+def _gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, geometry, in_hw, wide):
+    """acc[k] = Σ_{ky, kx} Σ_c W'[g·C_g/… + first + k, c, ky, kx] for the lanes k of a block: over
+    the kernel taps (ky, kx) ascending that land inside the input and, per tap, the channels c
+    (ascending) that spike at the input position it reads — the CUDA kernel's order.
+
+    ``weights`` is the flat :func:`events_layout`; the block starts at ``block`` and holds rows
+    (ky·kW + kx)·C_g + c of its lane count; ``entries``, ``starts`` from :func:`_spike_entries`;
+    ``acc`` a :func:`_stack_buffer`."""
+    values = carray(acc, _WIDE)
+    for k in range(_WIDE if wide else _NARROW):
+        values[k] = 0
+    stride_y, stride_x, pad_y, pad_x, dilation_y, dilation_x = geometry
+    kernel_h, kernel_w = kernel_hw
+    in_h, in_w = in_hw
+    x0 = ox * stride_x - pad_x  # the input column of tap kx = 0
+    for ky in range(kernel_h):
+        iy = oy * stride_y - pad_y + ky * dilation_y
+        if iy < 0 or iy >= in_h:
+            continue
+        row = iy * in_w
+        if dilation_x == 1:
+            # the row's taps read the adjacent positions x0 … x0 + kW − 1, whose entries are
+            # contiguous and ascend in (ix, c) = (kx, c): one loop, not one per tap (with few
+            # spikes per position the loop overhead is most of the work); an entry's own ix·G
+            # picks its kernel column kx = ix − x0
+            lo, hi = max(0, x0), min(in_w, x0 + kernel_w)
+            if lo < hi:
+                _add_entries(acc, weights, block, (ky * kernel_w - x0) * group_in, entries, starts[row + lo],
+                             starts[row + hi], wide)
+        else:
+            for kx in range(kernel_w):
+                ix = x0 + kx * dilation_x
+                if 0 <= ix < in_w:
+                    _add_entries(acc, weights, block, (ky * kernel_w + kx - ix) * group_in, entries,
+                                 starts[row + ix], starts[row + ix + 1], wide)
+
+
+@njit(inline="always")
+def _block_count(padded):
+    """Blocks of :data:`_WIDE`, then :data:`_NARROW` lanes that cover ``padded`` channels."""
+    return padded // _WIDE + (padded % _WIDE) // _NARROW
+
+
+@njit(inline="always")
+def _block(block, padded, group_out):
+    """Block ``block`` of a group (see :func:`_block_count`): its first channel within the group,
+    whether it is wide, and how many of its lanes are real channels (the others pad the group
+    to :func:`padded_channels`)."""
+    wide_blocks = padded // _WIDE
+    if block < wide_blocks:
+        start, wide = block * _WIDE, True
+    else:
+        start, wide = wide_blocks * _WIDE + (block - wide_blocks) * _NARROW, False
+    return start, wide, min(_WIDE if wide else _NARROW, group_out - start)
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_events(spikes, w_events, bias, taps, out):
-    """The same sums as :func:`_conv2d_dense`, driven by events (:func:`_scatter_events`); bias last."""
+def _conv2d_events(spikes, weights, kernel_hw, bias, geometry, out):
+    """The same sums as :func:`_conv2d_dense`, from the spikes (:func:`_gather`); bias last."""
     rows, out_channels, out_h, out_w = out.shape
-    for n in prange(rows):
-        sums = np.zeros((out_h, out_w * out_channels), out.dtype)
-        events = np.empty(spikes.shape[2] * spikes.shape[3], np.int64)
-        _scatter_events(spikes[n], w_events, taps, sums, events)
-        _to_channels_first(sums, bias, out[n].reshape(-1))
+    groups, channels, in_h, in_w = weights.shape[0], spikes.shape[1], spikes.shape[2], spikes.shape[3]
+    group_out, group_in = out_channels // groups, channels // groups
+    kernel_h, kernel_w = kernel_hw
+    taps = kernel_h * kernel_w * group_in  # rows of a block
+    padded = weights.shape[1] // taps
+    flat = weights.reshape(-1)
+    threads = get_num_threads()  # scratch per thread, allocated once per call
+    all_entries = np.empty((threads, in_h * in_w * group_in), np.int64)
+    all_starts = np.empty((threads, in_h * in_w + 1), np.int64)
+    for job in prange(rows * groups):
+        acc = _stack_buffer(bias, _WIDE)  # per job, so per thread
+        entries, starts = all_entries[get_thread_id()], all_starts[get_thread_id()]
+        n, group = job // groups, job % groups
+        _spike_entries(spikes[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, starts)
+        for block in range(_block_count(padded)):
+            start, wide, lanes = _block(block, padded, group_out)
+            first = group * group_out + start
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
+                            geometry, (in_h, in_w), wide)
+                    values = carray(acc, _WIDE)
+                    for k in range(lanes):
+                        out[n, first + k, oy, ox] = values[k] + bias[first + k]
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_events_if(spikes, w_events, bias, taps, out_hw, residual_kind, residual, residual_spikes, shortcut_spikes,
-                      shortcut_w, shortcut_bias, shortcut_taps, threshold, v0, steps, batch, out_spikes):
-    """IF(conv(spikes) [+ residual]) per sample, step by step, without storing currents.
+def _conv2d_events_if(spikes, weights, kernel_hw, bias, geometry, out_hw, residual_kind, residual, residual_spikes,
+                      shortcut_spikes, shortcut_weights, shortcut_kernel, shortcut_bias, shortcut_geometry, threshold,
+                      v0, steps, batch, tile, out_spikes):
+    """IF(conv(spikes) [+ residual]) without storing currents.
 
-    For sample b and step t: Σ = the event sums (:func:`_scatter_events`); for every neuron
-    f = (o, y, x): I = (Σ + bias[o]) + r, with r by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``,
-    2 ``residual[b, f]`` (static), 3 ``residual[f]`` if ``residual_spikes[t·B + b, f]`` (a graded
-    spike map), 4 Σ' + ``shortcut_bias[o]`` with Σ' the event sums of a second conv (a projection
-    shortcut) over ``shortcut_spikes``; then v += I, s = v ≥ θ, v −= θ·s — the unfused kernels'
-    operations, in their order."""
+    For every neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ = :func:`_gather`, with r
+    by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``, 2 ``residual[b, f]`` (static), 3
+    ``residual[0, f]``·``residual_spikes[t·B + b, f]`` (a graded spike map), 4 Σ' + ``shortcut_bias[o]``
+    with Σ' the gather of a second conv (a projection shortcut; both convs have one group) over
+    ``shortcut_spikes``; then v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in
+    their order. ``threshold`` and ``v0`` are channels-last [H·W, C_out].
+
+    A job is ``tile`` samples of one group; their steps go in chunks of :data:`_STEP_CHUNK`, and
+    per chunk, block of output channels and output position, every sample and step of the
+    chunk is gathered before the next position: the weights of a block (up to 9·C_in·64 values)
+    are then read from memory once per chunk and tile, and from the caches for the rest."""
     out_h, out_w = out_hw[0], out_hw[1]
+    positions = out_h * out_w
+    groups, channels, in_h, in_w = weights.shape[0], spikes.shape[1], spikes.shape[2], spikes.shape[3]
     out_channels = bias.shape[0]
-    neurons = threshold.shape[0]
-    for b in prange(batch):
-        v = v0.copy()
-        sums = np.empty((out_h, out_w * out_channels), v.dtype)
-        shortcut_sums = np.empty((out_h, out_w * out_channels) if residual_kind == 4 else (1, 1), v.dtype)
-        events = np.empty(max(spikes.shape[2] * spikes.shape[3], shortcut_spikes.shape[2] * shortcut_spikes.shape[3]),
-                          np.int64)
-        current = np.empty(neurons, v.dtype)
-        shortcut = np.empty(neurons if residual_kind == 4 else 1, v.dtype)
-        for t in range(steps):
-            n = t * batch + b
-            sums[:] = 0
-            _scatter_events(spikes[n], w_events, taps, sums, events)
-            _to_channels_first(sums, bias, current)
-            # separate simple loops rather than one loop with every case: each vectorises
-            if residual_kind == 1:
-                current += residual[n]
-            elif residual_kind == 2:
-                current += residual[b]
-            elif residual_kind == 3:  # + a·s, branch-free: adding a·0 = 0 changes no sum
-                for f in range(neurons):
-                    current[f] += residual[0, f] * residual_spikes[n, f]
-            elif residual_kind == 4:
-                shortcut_sums[:] = 0
-                _scatter_events(shortcut_spikes[n], shortcut_w, shortcut_taps, shortcut_sums, events)
-                _to_channels_first(shortcut_sums, shortcut_bias, shortcut)
-                current += shortcut
-            for f in range(neurons):
-                value = v[f] + current[f]
-                fired = value >= threshold[f]
-                out_spikes[n, f] = fired
-                v[f] = value - threshold[f] if fired else value
+    group_out, group_in = out_channels // groups, channels // groups
+    taps = kernel_hw[0] * kernel_hw[1] * group_in  # rows of a block
+    padded = weights.shape[1] // taps
+    flat = weights.reshape(-1)
+    shortcut_channels, shortcut_h, shortcut_w = shortcut_spikes.shape[1], shortcut_spikes.shape[2], shortcut_spikes.shape[3]
+    shortcut_flat = shortcut_weights.reshape(-1)
+    shortcut_taps = shortcut_kernel[0] * shortcut_kernel[1] * shortcut_channels
+    projection = residual_kind == 4
+    staged_residual = residual_kind == 1 or residual_kind == 2 or residual_kind == 3
+    rows = tile * _STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
+    # scratch per thread, allocated once per call (fresh pages per job cost more than the adds);
+    # the entry lists get 4 spare slots
+    threads = get_num_threads()
+    all_entries = np.zeros((threads, rows, in_h * in_w * group_in), np.int64)
+    all_starts = np.empty((threads, rows, in_h * in_w + 1), np.int64)
+    shortcut_size = shortcut_h * shortcut_w if projection else 0
+    all_shortcut_entries = np.zeros((threads, rows, shortcut_size * shortcut_channels), np.int64)
+    all_shortcut_starts = np.empty((threads, rows, shortcut_size + 1), np.int64)
+    all_v = np.empty((threads, tile, positions, padded), v0.dtype)
+    all_residual_parts = np.empty((threads, rows if staged_residual else 1, positions, _WIDE), v0.dtype)
+    all_shortcut_parts = np.empty((threads, _WIDE), v0.dtype)
+    all_fired = np.empty((threads, rows, positions, _WIDE), np.bool_)
+    tiles = -(-batch // tile)
+    for job in prange(tiles * groups):
+        acc = _stack_buffer(bias, _WIDE)  # per job, so per thread
+        shortcut_acc = _stack_buffer(bias, _WIDE)
+        thread = get_thread_id()
+        entries, starts, v = all_entries[thread], all_starts[thread], all_v[thread]
+        shortcut_entries, shortcut_starts = all_shortcut_entries[thread], all_shortcut_starts[thread]
+        residual_parts, shortcut_part, fired = all_residual_parts[thread], all_shortcut_parts[thread], all_fired[thread]
+        first_sample, group = (job // groups) * tile, job % groups
+        samples = min(tile, batch - first_sample)
+        for s in range(samples):
+            v[s, :, :group_out] = v0[:, group * group_out : (group + 1) * group_out]
+        for t0 in range(0, steps, _STEP_CHUNK):
+            chunk = min(_STEP_CHUNK, steps - t0)
+            for s in range(samples):
+                for c in range(chunk):
+                    n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                    _spike_entries(spikes[n].reshape(channels, -1), group * group_in, group_in, in_w, entries[r],
+                                   starts[r])
+                    if projection:
+                        _spike_entries(shortcut_spikes[n].reshape(shortcut_channels, -1), 0, shortcut_channels,
+                                       shortcut_w, shortcut_entries[r], shortcut_starts[r])
+            for block in range(_block_count(padded)):
+                start, wide, lanes = _block(block, padded, group_out)
+                first = group * group_out + start
+                if staged_residual:
+                    # the residual of the block, channels-last, read row by row (contiguously)
+                    for s in range(samples):
+                        for c in range(chunk):
+                            n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                            for k in range(lanes):
+                                f0 = (first + k) * positions
+                                for p in range(positions):
+                                    if residual_kind == 1:
+                                        residual_parts[r, p, k] = residual[n, f0 + p]
+                                    elif residual_kind == 2:
+                                        residual_parts[r, p, k] = residual[first_sample + s, f0 + p]
+                                    else:  # a·s, branch-free
+                                        residual_parts[r, p, k] = residual[0, f0 + p] * residual_spikes[n, f0 + p]
+                for oy in range(out_h):
+                    for ox in range(out_w):
+                        p = oy * out_w + ox
+                        theta = threshold[p, first : first + lanes]
+                        for s in range(samples):
+                            membrane = v[s, p, start : start + lanes]
+                            for c in range(chunk):
+                                r = s * chunk + c
+                                _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries[r],
+                                        starts[r], oy, ox, geometry, (in_h, in_w), wide)
+                                values, spiked = carray(acc, _WIDE), fired[r, p]
+                                if residual_kind == 0:
+                                    for k in range(lanes):
+                                        value = membrane[k] + (values[k] + bias[first + k])
+                                        spiked[k] = value >= theta[k]
+                                        membrane[k] = value - theta[k] if spiked[k] else value
+                                    continue
+                                if projection:
+                                    _gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
+                                            shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
+                                            shortcut_geometry, (shortcut_h, shortcut_w), wide)
+                                    shortcut_values = carray(shortcut_acc, _WIDE)
+                                    for k in range(lanes):
+                                        shortcut_part[k] = shortcut_values[k] + shortcut_bias[first + k]
+                                    part = shortcut_part
+                                else:
+                                    part = residual_parts[r, p]
+                                for k in range(lanes):
+                                    value = membrane[k] + ((values[k] + bias[first + k]) + part[k])
+                                    spiked[k] = value >= theta[k]
+                                    membrane[k] = value - theta[k] if spiked[k] else value
+                # the block's spikes, channels-first: each output row is written contiguously
+                # (stored one by one above, they would touch a cache line per channel and step)
+                for s in range(samples):
+                    for c in range(chunk):
+                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                        for k in range(lanes):
+                            row = out_spikes[n, (first + k) * positions : (first + k + 1) * positions]
+                            for p in range(positions):
+                                row[p] = fired[r, p, k]
 
 
 @njit(parallel=True, cache=True)
@@ -366,52 +468,92 @@ def _geometry(node: g.Conv2d):
     return np.array(node.stride), np.array(node.padding), np.array(node.dilation), node.groups
 
 
+def _gather_geometry(node: g.Conv2d) -> tuple[int, ...]:
+    return (*node.stride, *node.padding, *node.dilation)
+
+
 def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
     """``weight`` is in :func:`events_layout` when ``events`` (the plan applies it once)."""
     out = np.empty(out_shape, weight.dtype)
     if events:
-        _conv2d_events(x, weight, bias, conv_taps(node, x.shape, out_shape), out)
+        _conv2d_events(x, weight, node.weight.shape[2:], bias, _gather_geometry(node), out)
     else:
         _conv2d_dense(x, weight, bias, *_geometry(node), weight.dtype.type(0), out)
     return out
 
 
+def _channels_last(per_neuron: np.ndarray, channels: int) -> np.ndarray:
+    """[C·H·W] (one value per neuron) as [H·W, C]."""
+    return np.ascontiguousarray(per_neuron.reshape(channels, -1).T)
+
+
 def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, batch):
     """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`);
-    ``residual`` is None, a :class:`Signal` or an :class:`EventConv` (a projection shortcut)."""
+    ``residual`` is None, a :class:`Signal` or an :class:`EventConv` (a projection shortcut,
+    computed inside when both convs have one group, else beforehand by :func:`_conv2d`)."""
     rows = steps * batch
     dtype = conv.weight.dtype
-    taps = conv_taps(conv.node, conv.spikes.shape, out_shape)
-    no_spikes = np.zeros((1, 1), np.bool_)
-    values, residual_spikes = np.zeros((1, 1), dtype), no_spikes
-    shortcut, shortcut_taps = EventConv(np.zeros((1, 1, 1, 1), np.bool_), np.zeros((1, 1, 1, 1), dtype),
-                                        np.zeros(1, dtype), None), taps
+    out_channels = out_shape[0]
+    no_spikes = np.zeros((1, 1, 1, 1), np.bool_)
+    values, residual_spikes = np.zeros((1, 1), dtype), no_spikes.reshape(1, 1)
+    shortcut = EventConv(no_spikes, np.zeros((1, 1), dtype), np.zeros(1, dtype), None)
+    if isinstance(residual, EventConv) and (residual.node.groups > 1 or conv.node.groups > 1):
+        current = _conv2d(residual.spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True)
+        residual = Signal(current, True)
     if residual is None:
         kind = 0
     elif isinstance(residual, EventConv):
-        kind, shortcut, shortcut_taps = 4, residual, conv_taps(residual.node, residual.spikes.shape, out_shape)
+        kind, shortcut = 4, residual
     elif residual.amplitude is not None:
         kind, values, residual_spikes = 3, residual.amplitude.reshape(1, -1), residual.array.reshape(rows, -1)
     else:
         kind, values = (1 if residual.temporal else 2), residual.array
         values = np.ascontiguousarray(values).reshape(values.shape[0], -1)
     out = np.empty((rows, threshold.shape[0]), np.bool_)
-    _conv2d_events_if(conv.spikes, conv.weight, conv.bias, taps, np.array(out_shape[1:]), kind, values,
-                      residual_spikes, shortcut.spikes, shortcut.weight, shortcut.bias, shortcut_taps, threshold,
-                      initial, steps, batch, out)
+    # samples per job: as many as keep a job's spike entries within _TILE_ENTRIES
+    map_size = math.prod(conv.spikes.shape[1:]) // conv.node.groups + math.prod(shortcut.spikes.shape[1:])
+    tile = max(1, min(batch, _TILE_ENTRIES // (_STEP_CHUNK * map_size)))
+    _conv2d_events_if(conv.spikes, conv.weight, conv.node.weight.shape[2:], conv.bias, _gather_geometry(conv.node),
+                      np.array(out_shape[1:]), kind, values, residual_spikes, shortcut.spikes, shortcut.weight,
+                      shortcut.node.weight.shape[2:] if shortcut.node else (1, 1), shortcut.bias,
+                      _gather_geometry(shortcut.node) if shortcut.node else (1,) * 6,
+                      _channels_last(threshold, out_channels), _channels_last(initial, out_channels), steps, batch,
+                      tile, out)
     return out
 
 
 def events_layout(weight: np.ndarray, node: g.Conv2d) -> np.ndarray:
-    """W' [C_out, C_in/g, kH, kW] as [C_in, kH, kW, C_out/g]: row ci holds the weights a spike of
-    input channel ci sends to its group's output channels, kernel columns in the order of
-    :func:`tap_columns` so that they run in the order of the output columns they reach."""
+    """W' [C_out, C_in/g, kH, kW] as [g, P·kH·kW·C_in/g], blocks of output channels one after the
+    other: a group's channels, zero-padded to P = :func:`padded_channels`, go in blocks of
+    :data:`_WIDE` then :data:`_NARROW` lanes, and a block holds rows (ky·kW + kx)·C_in/g + c of
+    its lane count — the weights one spike of input channel c sends through tap (ky, kx). A
+    block is contiguous, so that the caches hold it while the gathers read it: with the blocks
+    interleaved in each row, 2 KB apart at 512 channels, a block's rows would fall into a small
+    part of the cache sets and evict each other (measured: 2.5× slower on 512 channels)."""
     out_channels, group_in, kernel_h, kernel_w = weight.shape
     groups = node.groups
-    columns = np.empty_like(weight)
-    columns[..., tap_columns(kernel_w, node.stride[1])] = weight
-    grouped = columns.reshape(groups, out_channels // groups, group_in, kernel_h, kernel_w)
-    return np.ascontiguousarray(grouped.transpose(0, 2, 3, 4, 1).reshape(groups * group_in, kernel_h, kernel_w, -1))
+    group_out = out_channels // groups
+    padded = padded_channels(group_out)
+    lanes = np.zeros((groups, padded, kernel_h, kernel_w, group_in), weight.dtype)
+    lanes[:, :group_out] = weight.reshape(groups, group_out, group_in, kernel_h, kernel_w).transpose(0, 1, 3, 4, 2)
+    layout = _aligned_zeros((groups, padded * kernel_h * kernel_w * group_in), weight.dtype)
+    start = 0
+    while start < padded:
+        width = _WIDE if padded - start >= _WIDE else _NARROW
+        block = lanes[:, start : start + width].reshape(groups, width, -1).transpose(0, 2, 1)
+        layout[:, start * kernel_h * kernel_w * group_in : (start + width) * kernel_h * kernel_w * group_in] = \
+            block.reshape(groups, -1)
+        start += width
+    return layout
+
+
+def _aligned_zeros(shape, dtype, alignment: int = 64) -> np.ndarray:
+    """np.zeros whose data starts on a cache line: a row of 16 float32 is then one cache line,
+    not two (numpy aligns to 16 bytes; a vector load that spans two lines is slower)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(size + alignment, np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset : offset + size].view(dtype).reshape(shape)
 
 
 def _linear(x, weight, bias, events):

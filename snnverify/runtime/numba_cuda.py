@@ -1,7 +1,7 @@
 """Numba CUDA backend (``compile(snn, target="gpu")``).
 
 One thread per output element (or per neuron for IF layers, looping over T), accumulating
-in exactly the order of the CPU kernels — input channel, kernel row, kernel column, bias last —
+in exactly the order of the CPU kernels — kernel row, kernel column, input channel, bias last —
 with products rounded on their own (``fmul_rn``: never contracted into a fused multiply-add),
 so float32 spikes are bit-identical to the CPU backend's. Without a CUDA GPU the target is an
 error, never a silent CPU run; the kernels also run under the CUDA simulator
@@ -61,15 +61,15 @@ def _synapse_kernels(product):
         base = (o // (out_channels // groups)) * group_in
         height, width = x.shape[2], x.shape[3]
         acc = zero
-        for c in range(group_in):
-            for ky in range(kernel_h):
-                yi = y * stride[0] - padding[0] + ky * dilation[0]
-                if yi < 0 or yi >= height:
+        for ky in range(kernel_h):
+            yi = y * stride[0] - padding[0] + ky * dilation[0]
+            if yi < 0 or yi >= height:
+                continue
+            for kx in range(kernel_w):
+                xi = xo * stride[1] - padding[1] + kx * dilation[1]
+                if xi < 0 or xi >= width:
                     continue
-                for kx in range(kernel_w):
-                    xi = xo * stride[1] - padding[1] + kx * dilation[1]
-                    if xi < 0 or xi >= width:
-                        continue
+                for c in range(group_in):
                     if events:
                         if x[n, base + c, yi, xi]:
                             acc += w[o, c, ky, kx]
