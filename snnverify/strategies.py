@@ -145,9 +145,16 @@ class GraphCase:
     timesteps: int
 
 
+#: Output channel counts of ``spiking_graphs(wide=True)``: packed positions (16, 32), blocks of
+#: 16 (48), one and two kinds of block (64, 80).
+WIDE_CHANNELS = (16, 32, 48, 64, 80)
+#: Larger tensors than this are generated from a drawn seed (Hypothesis draws values one by one).
+_MAX_DRAWN_VALUES = 1024
+
+
 @st.composite
 def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: int = 6, max_timesteps: int = 8,
-                   max_blocks: int = 3) -> GraphCase:
+                   max_blocks: int = 3, wide: bool = False) -> GraphCase:
     """Random graphs of Conv2d, AvgPool2d, Flatten, Linear, Add and IF nodes, small enough for
     the CUDA simulator.
 
@@ -156,7 +163,10 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
     (``dyadic``: weights, inputs and thresholds are multiples of 1/8 and average pools divide by
     4, so every sum is exact and membranes hit θ exactly); silent layers (zero weights or a huge θ); saturating layers (θ far below the
     input current); T = 1. With ``dyadic=False`` weights are arbitrary floats, where float32
-    rounding differs between accumulation orders.
+    rounding differs between accumulation orders. ``wide``: convs have :data:`WIDE_CHANNELS`
+    output channels instead of up to ``max_channels`` — the sizes at which the CPU kernels
+    switch layouts (packed positions, blocks of 16 and of 64 channels); tensors too large to
+    draw element by element come from a seeded generator.
     """
     nodes: dict[str, g.Node] = {}
     inputs: dict[str, list[str]] = {}
@@ -164,11 +174,18 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
 
     def values(shape, low=-1.0, high=1.0):
         count = int(np.prod(shape))
-        if dyadic:
+        if count > _MAX_DRAWN_VALUES:
+            rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+            data = (rng.integers(int(np.ceil(low * 8)), int(np.floor(high * 8)), size=count, endpoint=True) / 8
+                    if dyadic else rng.uniform(low, high, count))
+        elif dyadic:
             data = draw(st.lists(dyadics(low, high, 8), min_size=count, max_size=count))
         else:
             data = draw(st.lists(st.floats(low, high, width=32), min_size=count, max_size=count))
         return np.array(data, np.float32).reshape(shape)
+
+    def channel_count(most: int) -> int:
+        return draw(st.sampled_from(WIDE_CHANNELS)) if wide else draw(st.integers(1, most))
 
     def add(node: g.Node, sources: list[str]) -> str:
         nodes[node.name] = node
@@ -195,7 +212,8 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
         channels, height, width = shapes[source]
         kernel = draw(st.sampled_from([1, 3])) if min(height, width) >= 3 else 1
         groups = draw(st.sampled_from([1, channels])) if not same_shape and out_channels is None else 1
-        out_channels = out_channels or groups * draw(st.integers(1, max(1, max_channels // groups)))
+        if out_channels is None:
+            out_channels = channels if wide and groups > 1 else groups * channel_count(max(1, max_channels // groups))
         if stride is None:
             stride = 1 if same_shape else draw(st.sampled_from([1, 1, 2]))
         weight = values((out_channels, channels // groups, kernel, kernel))
@@ -213,7 +231,7 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
         stride = draw(st.sampled_from([1, 2])) if downsample and min(height, width) >= 2 else 1
         branches = []
         for _ in range(draw(st.integers(1, 2))):
-            branch = neuron(conv(source, out_channels=draw(st.integers(1, max_channels)), same_shape=True,
+            branch = neuron(conv(source, out_channels=channel_count(max_channels), same_shape=True,
                                  stride=stride))
             if depth > 0 and draw(st.booleans()):
                 branch = residual(branch, depth - 1, downsample=False)

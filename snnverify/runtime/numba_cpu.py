@@ -17,6 +17,7 @@ events (``snnverify.speed`` reports them).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
@@ -190,6 +191,46 @@ def _gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, g
 
 
 @njit(inline="always")
+def _gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, x0, geometry, in_hw):
+    """The gathers of Q adjacent output positions (oy, ox0 + j) at once, for a layer with
+    Q·C_out = :data:`_WIDE`: acc[j·C_out + o] = Σ_{ky, kx} Σ_c W'[o, c, ky, kx] in the order of
+    :func:`_gather`. ``weights`` is the packed layout (:func:`packed_layout`) of rows
+    (ky·span + d)·C_in + c, whose lane (j, o) holds W'[o, c, ky, d − j·s] (0 where that is no
+    tap): the input at column x0 + d reaches all Q positions through one row. Each neuron gets
+    its terms in the same order as from :func:`_gather`, and +0 for the rows that are not its
+    taps; a sum that starts at +0 never becomes −0 (round to nearest), so adding +0 changes
+    nothing, and the result is bit-identical. Far fewer, longer vector adds for narrow layers."""
+    values = carray(acc, _WIDE)
+    for k in range(_WIDE):
+        values[k] = 0
+    stride_y, pad_y, dilation_y = geometry[0], geometry[2], geometry[4]
+    in_h, in_w = in_hw
+    lo, hi = max(0, x0), min(in_w, x0 + span)
+    if lo >= hi:
+        return
+    for ky in range(kernel_h):
+        iy = oy * stride_y - pad_y + ky * dilation_y
+        if 0 <= iy < in_h:
+            _add_entries(acc, weights, 0, (ky * span - x0) * group_in, entries, starts[iy * in_w + lo],
+                         starts[iy * in_w + hi], True)
+
+
+@njit(inline="always")
+def _integrate(values, bias, residual, with_residual, membrane, theta, spiked):
+    """Per lane k: v += (Σ + b) [+ r]; s = v ≥ θ; v −= θ·s — the unfused kernels' operations."""
+    if with_residual:
+        for k in range(spiked.shape[0]):
+            value = membrane[k] + ((values[k] + bias[k]) + residual[k])
+            spiked[k] = value >= theta[k]
+            membrane[k] = value - theta[k] if spiked[k] else value
+    else:
+        for k in range(spiked.shape[0]):
+            value = membrane[k] + (values[k] + bias[k])
+            spiked[k] = value >= theta[k]
+            membrane[k] = value - theta[k] if spiked[k] else value
+
+
+@njit(inline="always")
 def _block_count(padded):
     """Blocks of :data:`_WIDE`, then :data:`_NARROW` lanes that cover ``padded`` channels."""
     return padded // _WIDE + (padded % _WIDE) // _NARROW
@@ -239,22 +280,26 @@ def _conv2d_events(spikes, weights, kernel_hw, bias, geometry, out):
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_events_if(spikes, weights, kernel_hw, bias, geometry, out_hw, residual_kind, residual, residual_spikes,
-                      shortcut_spikes, shortcut_weights, shortcut_kernel, shortcut_bias, shortcut_geometry, threshold,
-                      v0, steps, batch, tile, out_spikes):
+def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, residual_spikes, threshold, v0, steps,
+                      batch, tile, out_spikes):
     """IF(conv(spikes) [+ residual]) without storing currents.
 
-    For every neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ = :func:`_gather`, with r
-    by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``, 2 ``residual[b, f]`` (static), 3
-    ``residual[0, f]``·``residual_spikes[t·B + b, f]`` (a graded spike map), 4 Σ' + ``shortcut_bias[o]``
-    with Σ' the gather of a second conv (a projection shortcut; both convs have one group) over
-    ``shortcut_spikes``; then v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in
-    their order. ``threshold`` and ``v0`` are channels-last [H·W, C_out].
+    ``conv`` and ``shortcut`` are (spike map [T·B, C, H, W], W' in blocks (:func:`events_layout`),
+    W' packed (:func:`packed_layout`), (kH, kW), geometry, bias). For every neuron f = (o, y, x)
+    and step: I = (Σ + bias[o]) + r, Σ = :func:`_gather`, with r by ``residual_kind``: 0 none, 1
+    ``residual[t·B + b, f]``, 2 ``residual[b, f]`` (static), 3 ``residual[0, f]``·``residual_spikes[t·B + b, f]``
+    (a graded spike map), 4 Σ' + bias'[o] with Σ' the gather of the second conv (a projection
+    shortcut; both convs have one group); then v += I, s = v ≥ θ, v −= θ·s — the unfused kernels'
+    operations, in their order. ``threshold`` and ``v0`` are channels-last [H·W, C_out]. With
+    ``pack`` = Q > 1 (C_out = 64 / Q), Q adjacent positions are gathered at once
+    (:func:`_gather_packed`).
 
     A job is ``tile`` samples of one group; their steps go in chunks of :data:`_STEP_CHUNK`, and
     per chunk, block of output channels and output position, every sample and step of the
     chunk is gathered before the next position: the weights of a block (up to 9·C_in·64 values)
     are then read from memory once per chunk and tile, and from the caches for the rest."""
+    spikes, weights, packed, kernel_hw, geometry, bias = conv
+    shortcut_spikes, shortcut_weights, shortcut_packed, shortcut_kernel, shortcut_geometry, shortcut_bias = shortcut
     out_h, out_w = out_hw[0], out_hw[1]
     positions = out_h * out_w
     groups, channels, in_h, in_w = weights.shape[0], spikes.shape[1], spikes.shape[2], spikes.shape[3]
@@ -262,12 +307,19 @@ def _conv2d_events_if(spikes, weights, kernel_hw, bias, geometry, out_hw, residu
     group_out, group_in = out_channels // groups, channels // groups
     taps = kernel_hw[0] * kernel_hw[1] * group_in  # rows of a block
     padded = weights.shape[1] // taps
-    flat = weights.reshape(-1)
+    flat, packed_flat = weights.reshape(-1), packed.reshape(-1)
+    span = packed.shape[0] // (kernel_hw[0] * group_in)  # input columns a packed row set covers
     shortcut_channels, shortcut_h, shortcut_w = shortcut_spikes.shape[1], shortcut_spikes.shape[2], shortcut_spikes.shape[3]
-    shortcut_flat = shortcut_weights.reshape(-1)
+    shortcut_flat, shortcut_packed_flat = shortcut_weights.reshape(-1), shortcut_packed.reshape(-1)
     shortcut_taps = shortcut_kernel[0] * shortcut_kernel[1] * shortcut_channels
+    shortcut_span = shortcut_packed.shape[0] // (shortcut_kernel[0] * shortcut_channels)
     projection = residual_kind == 4
     staged_residual = residual_kind == 1 or residual_kind == 2 or residual_kind == 3
+    thresholds = threshold.reshape(-1)
+    lane_bias, shortcut_lane_bias = np.empty(_WIDE, bias.dtype), np.empty(_WIDE, bias.dtype)
+    for k in range(_WIDE):  # packed: lane j·C_out + o is channel o
+        lane_bias[k] = bias[k % out_channels]
+        shortcut_lane_bias[k] = shortcut_bias[k % shortcut_bias.shape[0]]
     rows = tile * _STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
     # scratch per thread, allocated once per call (fresh pages per job cost more than the adds);
     # the entry lists get 4 spare slots
@@ -278,13 +330,15 @@ def _conv2d_events_if(spikes, weights, kernel_hw, bias, geometry, out_hw, residu
     all_shortcut_entries = np.zeros((threads, rows, shortcut_size * shortcut_channels), np.int64)
     all_shortcut_starts = np.empty((threads, rows, shortcut_size + 1), np.int64)
     all_v = np.empty((threads, tile, positions, padded), v0.dtype)
-    all_residual_parts = np.empty((threads, rows if staged_residual else 1, positions, _WIDE), v0.dtype)
+    # a block's residual and spikes, channels-last: [sample-step, position · lanes + lane]
+    all_residual_parts = np.empty((threads, rows if staged_residual else 1, positions * _WIDE), v0.dtype)
     all_shortcut_parts = np.empty((threads, _WIDE), v0.dtype)
-    all_fired = np.empty((threads, rows, positions, _WIDE), np.bool_)
+    all_fired = np.empty((threads, rows, positions * _WIDE), np.bool_)
     tiles = -(-batch // tile)
     for job in prange(tiles * groups):
         acc = _stack_buffer(bias, _WIDE)  # per job, so per thread
         shortcut_acc = _stack_buffer(bias, _WIDE)
+        values, shortcut_values = carray(acc, _WIDE), carray(shortcut_acc, _WIDE)
         thread = get_thread_id()
         entries, starts, v = all_entries[thread], all_starts[thread], all_v[thread]
         shortcut_entries, shortcut_starts = all_shortcut_entries[thread], all_shortcut_starts[thread]
@@ -303,11 +357,14 @@ def _conv2d_events_if(spikes, weights, kernel_hw, bias, geometry, out_hw, residu
                     if projection:
                         _spike_entries(shortcut_spikes[n].reshape(shortcut_channels, -1), 0, shortcut_channels,
                                        shortcut_w, shortcut_entries[r], shortcut_starts[r])
-            for block in range(_block_count(padded)):
-                start, wide, lanes = _block(block, padded, group_out)
+            for block in range(1 if pack > 1 else _block_count(padded)):
+                if pack > 1:  # one block of all channels
+                    start, wide, lanes = 0, True, group_out
+                else:
+                    start, wide, lanes = _block(block, padded, group_out)
                 first = group * group_out + start
                 if staged_residual:
-                    # the residual of the block, channels-last, read row by row (contiguously)
+                    # the block's residual, channels-last, read row by row (contiguously)
                     for s in range(samples):
                         for c in range(chunk):
                             n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
@@ -315,42 +372,59 @@ def _conv2d_events_if(spikes, weights, kernel_hw, bias, geometry, out_hw, residu
                                 f0 = (first + k) * positions
                                 for p in range(positions):
                                     if residual_kind == 1:
-                                        residual_parts[r, p, k] = residual[n, f0 + p]
+                                        residual_parts[r, p * lanes + k] = residual[n, f0 + p]
                                     elif residual_kind == 2:
-                                        residual_parts[r, p, k] = residual[first_sample + s, f0 + p]
+                                        residual_parts[r, p * lanes + k] = residual[first_sample + s, f0 + p]
                                     else:  # a·s, branch-free
-                                        residual_parts[r, p, k] = residual[0, f0 + p] * residual_spikes[n, f0 + p]
-                for oy in range(out_h):
-                    for ox in range(out_w):
-                        p = oy * out_w + ox
-                        theta = threshold[p, first : first + lanes]
-                        for s in range(samples):
-                            membrane = v[s, p, start : start + lanes]
-                            for c in range(chunk):
-                                r = s * chunk + c
-                                _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries[r],
-                                        starts[r], oy, ox, geometry, (in_h, in_w), wide)
-                                values, spiked = carray(acc, _WIDE), fired[r, p]
-                                if residual_kind == 0:
-                                    for k in range(lanes):
-                                        value = membrane[k] + (values[k] + bias[first + k])
-                                        spiked[k] = value >= theta[k]
-                                        membrane[k] = value - theta[k] if spiked[k] else value
-                                    continue
-                                if projection:
-                                    _gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
-                                            shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
-                                            shortcut_geometry, (shortcut_h, shortcut_w), wide)
-                                    shortcut_values = carray(shortcut_acc, _WIDE)
-                                    for k in range(lanes):
-                                        shortcut_part[k] = shortcut_values[k] + shortcut_bias[first + k]
-                                    part = shortcut_part
-                                else:
-                                    part = residual_parts[r, p]
-                                for k in range(lanes):
-                                    value = membrane[k] + ((values[k] + bias[first + k]) + part[k])
-                                    spiked[k] = value >= theta[k]
-                                    membrane[k] = value - theta[k] if spiked[k] else value
+                                        residual_parts[r, p * lanes + k] = residual[0, f0 + p] * residual_spikes[n, f0 + p]
+                if pack > 1:
+                    for oy in range(out_h):
+                        for ox0 in range(0, out_w, pack):
+                            base = (oy * out_w + ox0) * lanes
+                            count = min(pack, out_w - ox0) * lanes  # the lanes of positions inside the map
+                            theta = thresholds[base : base + count]
+                            for s in range(samples):
+                                membrane = v[s].reshape(-1)[base : base + count]
+                                for c in range(chunk):
+                                    r = s * chunk + c
+                                    _gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r], starts[r],
+                                                   oy, ox0 * geometry[1] - geometry[3], geometry, (in_h, in_w))
+                                    if projection:
+                                        _gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
+                                                       shortcut_span, shortcut_channels, shortcut_entries[r],
+                                                       shortcut_starts[r], oy,
+                                                       ox0 * shortcut_geometry[1] - shortcut_geometry[3],
+                                                       shortcut_geometry, (shortcut_h, shortcut_w))
+                                        for k in range(count):
+                                            shortcut_part[k] = shortcut_values[k] + shortcut_lane_bias[k]
+                                        part = shortcut_part
+                                    else:
+                                        part = residual_parts[r, base : base + count]
+                                    _integrate(values, lane_bias, part, residual_kind != 0, membrane, theta,
+                                               fired[r, base : base + count])
+                else:
+                    for oy in range(out_h):
+                        for ox in range(out_w):
+                            p = oy * out_w + ox
+                            base = p * lanes
+                            theta = threshold[p, first : first + lanes]
+                            for s in range(samples):
+                                membrane = v[s, p, start : start + lanes]
+                                for c in range(chunk):
+                                    r = s * chunk + c
+                                    _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries[r],
+                                            starts[r], oy, ox, geometry, (in_h, in_w), wide)
+                                    if projection:
+                                        _gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
+                                                shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
+                                                shortcut_geometry, (shortcut_h, shortcut_w), wide)
+                                        for k in range(lanes):
+                                            shortcut_part[k] = shortcut_values[k] + shortcut_bias[first + k]
+                                        part = shortcut_part
+                                    else:
+                                        part = residual_parts[r, base : base + lanes]
+                                    _integrate(values, bias[first : first + lanes], part, residual_kind != 0, membrane,
+                                               theta, fired[r, base : base + lanes])
                 # the block's spikes, channels-first: each output row is written contiguously
                 # (stored one by one above, they would touch a cache line per channel and step)
                 for s in range(samples):
@@ -359,7 +433,7 @@ def _conv2d_events_if(spikes, weights, kernel_hw, bias, geometry, out_hw, residu
                         for k in range(lanes):
                             row = out_spikes[n, (first + k) * positions : (first + k + 1) * positions]
                             for p in range(positions):
-                                row[p] = fired[r, p, k]
+                                row[p] = fired[r, p * lanes + k]
 
 
 @njit(parallel=True, cache=True)
@@ -473,11 +547,12 @@ def _gather_geometry(node: g.Conv2d) -> tuple[int, ...]:
 
 
 def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
-    """``weight`` is in :func:`events_layout` when ``events`` (the plan applies it once)."""
-    out = np.empty(out_shape, weight.dtype)
+    """``weight`` is :class:`EventWeights` when ``events`` (the plan lays it out once)."""
     if events:
-        _conv2d_events(x, weight, node.weight.shape[2:], bias, _gather_geometry(node), out)
+        out = np.empty(out_shape, weight.blocks.dtype)
+        _conv2d_events(x, weight.blocks, node.weight.shape[2:], bias, _gather_geometry(node), out)
     else:
+        out = np.empty(out_shape, weight.dtype)
         _conv2d_dense(x, weight, bias, *_geometry(node), weight.dtype.type(0), out)
     return out
 
@@ -492,11 +567,12 @@ def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, 
     ``residual`` is None, a :class:`Signal` or an :class:`EventConv` (a projection shortcut,
     computed inside when both convs have one group, else beforehand by :func:`_conv2d`)."""
     rows = steps * batch
-    dtype = conv.weight.dtype
+    dtype = conv.weight.blocks.dtype
     out_channels = out_shape[0]
     no_spikes = np.zeros((1, 1, 1, 1), np.bool_)
     values, residual_spikes = np.zeros((1, 1), dtype), no_spikes.reshape(1, 1)
-    shortcut = EventConv(no_spikes, np.zeros((1, 1), dtype), np.zeros(1, dtype), None)
+    no_weights = np.zeros((1, 1), dtype)
+    shortcut = EventConv(no_spikes, EventWeights(no_weights, no_weights, 1), np.zeros(1, dtype), None)
     if isinstance(residual, EventConv) and (residual.node.groups > 1 or conv.node.groups > 1):
         current = _conv2d(residual.spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True)
         residual = Signal(current, True)
@@ -513,13 +589,53 @@ def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, 
     # samples per job: as many as keep a job's spike entries within _TILE_ENTRIES
     map_size = math.prod(conv.spikes.shape[1:]) // conv.node.groups + math.prod(shortcut.spikes.shape[1:])
     tile = max(1, min(batch, _TILE_ENTRIES // (_STEP_CHUNK * map_size)))
-    _conv2d_events_if(conv.spikes, conv.weight, conv.node.weight.shape[2:], conv.bias, _gather_geometry(conv.node),
-                      np.array(out_shape[1:]), kind, values, residual_spikes, shortcut.spikes, shortcut.weight,
-                      shortcut.node.weight.shape[2:] if shortcut.node else (1, 1), shortcut.bias,
-                      _gather_geometry(shortcut.node) if shortcut.node else (1,) * 6,
-                      _channels_last(threshold, out_channels), _channels_last(initial, out_channels), steps, batch,
-                      tile, out)
+    # adjacent positions packed into one block when both convs allow it
+    pack = conv.weight.pack if kind != 4 or shortcut.weight.pack == conv.weight.pack else 1
+
+    def kernel_args(event_conv: EventConv):
+        node = event_conv.node
+        return (event_conv.spikes, event_conv.weight.blocks, event_conv.weight.packed,
+                node.weight.shape[2:] if node else (1, 1), _gather_geometry(node) if node else (1,) * 6,
+                event_conv.bias)
+
+    _conv2d_events_if(kernel_args(conv), kernel_args(shortcut), pack, np.array(out_shape[1:]), kind, values,
+                      residual_spikes, _channels_last(threshold, out_channels), _channels_last(initial, out_channels),
+                      steps, batch, tile, out)
     return out
+
+
+class EventWeights(NamedTuple):
+    """W' of an event-driven conv in the layouts of the CPU kernels (built once per plan)."""
+
+    blocks: np.ndarray  #: :func:`events_layout`
+    packed: np.ndarray  #: :func:`packed_layout` when ``pack`` > 1, else a placeholder
+    pack: int  #: output positions gathered at once (:func:`_gather_packed`), 1 = none
+
+
+def event_weights(weight: np.ndarray, node: g.Conv2d) -> EventWeights:
+    """Both layouts of W' (the ``event_weight_layout`` of the CPU kernels). Positions are packed
+    when C_out is 16 or 32 (so 4 or 2 positions fill a block), with one group and unit column
+    dilation."""
+    out_channels = weight.shape[0]
+    pack = _WIDE // out_channels if out_channels in (16, 32) and node.groups == 1 and node.dilation[1] == 1 else 1
+    packed = packed_layout(weight, node.stride[1], pack) if pack > 1 else np.zeros((1, 1), weight.dtype)
+    return EventWeights(events_layout(weight, node), packed, pack)
+
+
+def packed_layout(weight: np.ndarray, stride: int, pack: int) -> np.ndarray:
+    """W' [C_out, C_in, kH, kW] as rows (ky·span + d)·C_in + c of ``pack``·C_out lanes, span =
+    (pack − 1)·s + kW: lane j·C_out + o holds W'[o, c, ky, d − j·s], or 0 where d − j·s is not a
+    kernel column — the weights an input at column x0 + d sends to output positions ox0 + j (x0
+    = ox0·s − p) (see :func:`_gather_packed`)."""
+    out_channels, in_channels, kernel_h, kernel_w = weight.shape
+    span = (pack - 1) * stride + kernel_w
+    lanes = np.zeros((kernel_h, span, in_channels, pack, out_channels), weight.dtype)
+    for j in range(pack):
+        for kx in range(kernel_w):
+            lanes[:, j * stride + kx, :, j, :] = weight[:, :, :, kx].transpose(2, 1, 0)
+    layout = _aligned_zeros((kernel_h * span * in_channels, pack * out_channels), weight.dtype)
+    layout[:] = lanes.reshape(layout.shape)
+    return layout
 
 
 def events_layout(weight: np.ndarray, node: g.Conv2d) -> np.ndarray:
@@ -595,7 +711,7 @@ CPU_KERNELS = Kernels(
     graded=_graded_values,
     mean_over_time=_mean_over_time,
     count=lambda s: int(np.count_nonzero(s)),
-    event_weight_layout=events_layout,
+    event_weight_layout=event_weights,
     conv2d_if=_conv2d_if,
 )
 

@@ -90,3 +90,28 @@ def test_torch_vs_cpu_float32_deviation_is_measured(comparison_log, case):
     asserted is only that the two runs compare the same layers and shapes."""
     compare(comparison_log, "torch vs cpu, float32 (non-dyadic)", spikes_on(case.graph, "torch", case.x, case.timesteps),
             spikes_on(case.graph, "cpu", case.x, case.timesteps), exact=False)
+
+
+# Wide layers: 16–80 output channels, where the CPU kernels gather 4 or 2 positions at once
+# (16, 32 channels) or use blocks of 16 and 64 channels; the narrow graphs above never reach them.
+
+@settings(max_examples=6, deadline=None)
+@given(spiking_graphs(dyadic=False, wide=True, max_size=3, max_timesteps=3, max_blocks=1))
+def test_cpu_and_gpu_spikes_identical_float32_wide_layers(comparison_log, case):
+    compare(comparison_log, "cpu vs gpu, float32 (non-dyadic, wide layers)",
+            spikes_on(case.graph, "cpu", case.x, case.timesteps), spikes_on(case.graph, "gpu", case.x, case.timesteps))
+
+
+@settings(max_examples=25)
+@given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=8))
+def test_torch_and_cpu_spikes_identical_integer_wide_layers(comparison_log, case):
+    graph = quantized(case)
+    compare(comparison_log, "torch vs cpu, integer (wide layers)", spikes_on(graph, "torch", case.x, case.timesteps),
+            spikes_on(graph, "cpu", case.x, case.timesteps))
+
+
+@settings(max_examples=25)
+@given(spiking_graphs(dyadic=True, wide=True, max_size=8, max_timesteps=8))
+def test_torch_and_cpu_identical_when_every_sum_is_exact_wide_layers(comparison_log, case):
+    compare(comparison_log, "torch vs cpu, float32 (dyadic: exact sums, wide layers)",
+            spikes_on(case.graph, "torch", case.x, case.timesteps), spikes_on(case.graph, "cpu", case.x, case.timesteps))

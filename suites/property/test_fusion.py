@@ -68,6 +68,22 @@ def test_fused_kernel_matches_the_unfused_kernels_integer(comparison_log, case):
     fused_and_unfused(comparison_log, "cpu fused vs unfused, integer", graph, case.x, case.timesteps)
 
 
+@settings(max_examples=30)
+@given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12))
+def test_fused_kernel_matches_the_unfused_kernels_on_wide_layers(comparison_log, case):
+    """16–80 channels: the fused kernel packs 4 or 2 positions per gather (16, 32 channels) and
+    mixes blocks of 64 and 16 channels; the unfused kernels do neither."""
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (non-dyadic, wide layers)", case.graph, case.x,
+                      case.timesteps)
+
+
+@settings(max_examples=20)
+@given(spiking_graphs(dyadic=True, wide=True, max_size=8, max_timesteps=12))
+def test_fused_kernel_matches_the_unfused_kernels_on_wide_layers_at_exact_ties(comparison_log, case):
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (dyadic: exact ties, wide layers)", case.graph,
+                      case.x, case.timesteps)
+
+
 def test_a_static_residual_is_fused_and_exact(comparison_log):
     """Add(conv(spikes), stem conv) — the residual is the static input current, broadcast over T,
     a case the random ResNets do not draw. Weights and inputs are multiples of 1/8, so sums are
