@@ -1,17 +1,20 @@
 """Numba CPU backend (``compile(snn, target="cpu")``): parallel kernels, event-driven synapses.
 
-Layers fed by an IF layer are event-driven: each spike adds its column of pre-scaled weights
-W' = W·θ to the outputs it reaches, so their cost grows with the number of spikes, not with
-the dense input size. Static signals (the input image and layers fed only by it) are
-computed once per batch, not T times. Accumulation order (see :mod:`snnverify.runtime.plan`)
-is the CUDA backend's, so float32 spikes agree bit for bit.
+Layers fed by an IF layer are event-driven: the work grows with the number of spikes, not with
+the dense input size. Static signals (the input image and layers fed only by it) are computed
+once per batch, not T times. Accumulation order (see :mod:`snnverify.runtime.plan`) is the CUDA
+backend's, so float32 spikes agree bit for bit.
 
-Every IF layer fed by an event-driven conv (plus a residual, which may itself be an event-driven
-projection conv) runs as one fused kernel (:func:`_conv2d_events_if`) per sample and step, so
-the [T·B, ...] currents are never stored. The event scatter runs at about 10 G adds/s per core
-on this project's machines (ResNet layers of 64–512 channels), close to what a vectorised
-load-add-store loop reaches there (13–14 G adds/s in L1); so the time follows the synaptic
-events (``snnverify.speed`` reports them).
+An event-driven conv *gathers*: per output position and block of output channels, it adds the
+weight rows W'[·, c, ky, kx] of the spiking inputs (c, iy, ix) the position reads (lists built
+once per sample-step map, :func:`_spike_entries`) into accumulators held in vector registers
+(:func:`_stack_buffer`, :func:`_add_vector`) — one load and one add per 16 lanes, no store —
+in (ky, kx, c) order. For 16 or 32 output channels, 4 or 2 adjacent positions share one block
+(:func:`_gather_packed`). Every IF layer fed by an event-driven conv (plus a residual, which may
+itself be an event-driven projection conv) runs as one fused kernel (:func:`_conv2d_events_if`),
+so the [T·B, ...] currents are never stored; it reaches 17–25 G adds/s per core on ResNet layers
+of 64–512 channels on this project's machines (``snnverify.speed`` reports the events per
+second beside the speed).
 """
 
 from __future__ import annotations

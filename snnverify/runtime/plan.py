@@ -4,9 +4,9 @@ The plan fixes, once per graph, everything that decides the arithmetic: the dtyp
 or int64 for quantised graphs), which synaptic layers are *event-driven* (fed by exactly one
 IF layer, so their input is a binary spike map and each spike adds a column of pre-scaled
 weights W'[o, c, ...] = W[o, c, ...]·θ_c), and the accumulation order. Both backends
-accumulate every neuron's input in the same order — input channel, then kernel row, then
-kernel column ascending (the order in which a spike map's events arrive), bias last — so
-that float32 spikes are bit-identical between CPU and GPU. Products are never fused into a
+accumulate every neuron's input in the same order — kernel row, then kernel column, then
+input channel ascending (the order in which a gather per output position meets its spiking
+inputs), bias last — so that float32 spikes are bit-identical between CPU and GPU. Products are never fused into a
 multiply-add (the CUDA kernels use ``fmul_rn``; Numba's CPU code is compiled without
 fast-math, so LLVM does not contract them either).
 
