@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, get_num_threads, get_thread_id, njit, prange, types
+from numba import carray, get_num_threads, njit, prange, types
 from numba.extending import intrinsic
 
 from snnverify import graph as g
@@ -253,7 +253,7 @@ def _block(block, padded, group_out):
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_events(spikes, weights, kernel_hw, bias, geometry, out):
+def _conv2d_events(spikes, weights, kernel_hw, bias, geometry, workers, out):
     """The same sums as :func:`_conv2d_dense`, from the spikes (:func:`_gather`); bias last."""
     rows, out_channels, out_h, out_w = out.shape
     groups, channels, in_h, in_w = weights.shape[0], spikes.shape[1], spikes.shape[2], spikes.shape[3]
@@ -262,29 +262,30 @@ def _conv2d_events(spikes, weights, kernel_hw, bias, geometry, out):
     taps = kernel_h * kernel_w * group_in  # rows of a block
     padded = weights.shape[1] // taps
     flat = weights.reshape(-1)
-    threads = get_num_threads()  # scratch per thread, allocated once per call
-    all_entries = np.empty((threads, in_h * in_w * group_in), np.int64)
-    all_starts = np.empty((threads, in_h * in_w + 1), np.int64)
-    for job in prange(rows * groups):
-        acc = _stack_buffer(bias, _WIDE)  # per job, so per thread
-        entries, starts = all_entries[get_thread_id()], all_starts[get_thread_id()]
-        n, group = job // groups, job % groups
-        _spike_entries(spikes[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, starts)
-        for block in range(_block_count(padded)):
-            start, wide, lanes = _block(block, padded, group_out)
-            first = group * group_out + start
-            for oy in range(out_h):
-                for ox in range(out_w):
-                    _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
-                            geometry, (in_h, in_w), wide)
-                    values = carray(acc, _WIDE)
-                    for k in range(lanes):
-                        out[n, first + k, oy, ox] = values[k] + bias[first + k]
+    # scratch per worker (one per thread), allocated once per call
+    all_entries = np.empty((workers, in_h * in_w * group_in), np.int64)
+    all_starts = np.empty((workers, in_h * in_w + 1), np.int64)
+    for worker in prange(workers):
+        for job in range(worker, rows * groups, workers):
+            acc = _stack_buffer(bias, _WIDE)  # in the worker's stack frame
+            entries, starts = all_entries[worker], all_starts[worker]
+            n, group = job // groups, job % groups
+            _spike_entries(spikes[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, starts)
+            for block in range(_block_count(padded)):
+                start, wide, lanes = _block(block, padded, group_out)
+                first = group * group_out + start
+                for oy in range(out_h):
+                    for ox in range(out_w):
+                        _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
+                                geometry, (in_h, in_w), wide)
+                        values = carray(acc, _WIDE)
+                        for k in range(lanes):
+                            out[n, first + k, oy, ox] = values[k] + bias[first + k]
 
 
 @njit(parallel=True, cache=True)
 def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, residual_spikes, threshold, v0, steps,
-                      batch, tile, out_spikes):
+                      batch, tile, workers, out_spikes):
     """IF(conv(spikes) [+ residual]) without storing currents.
 
     ``conv`` and ``shortcut`` are (spike map [T·B, C, H, W], W' in blocks (:func:`events_layout`),
@@ -324,119 +325,118 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
         lane_bias[k] = bias[k % out_channels]
         shortcut_lane_bias[k] = shortcut_bias[k % shortcut_bias.shape[0]]
     rows = tile * _STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
-    # scratch per thread, allocated once per call (fresh pages per job cost more than the adds);
-    # the entry lists get 4 spare slots
-    threads = get_num_threads()
-    all_entries = np.zeros((threads, rows, in_h * in_w * group_in), np.int64)
-    all_starts = np.empty((threads, rows, in_h * in_w + 1), np.int64)
+    # scratch per worker (one per thread), allocated once per call: fresh pages per job cost
+    # more than the adds
+    all_entries = np.zeros((workers, rows, in_h * in_w * group_in), np.int64)
+    all_starts = np.empty((workers, rows, in_h * in_w + 1), np.int64)
     shortcut_size = shortcut_h * shortcut_w if projection else 0
-    all_shortcut_entries = np.zeros((threads, rows, shortcut_size * shortcut_channels), np.int64)
-    all_shortcut_starts = np.empty((threads, rows, shortcut_size + 1), np.int64)
-    all_v = np.empty((threads, tile, positions, padded), v0.dtype)
+    all_shortcut_entries = np.zeros((workers, rows, shortcut_size * shortcut_channels), np.int64)
+    all_shortcut_starts = np.empty((workers, rows, shortcut_size + 1), np.int64)
+    all_v = np.empty((workers, tile, positions, padded), v0.dtype)
     # a block's residual and spikes, channels-last: [sample-step, position · lanes + lane]
-    all_residual_parts = np.empty((threads, rows if staged_residual else 1, positions * _WIDE), v0.dtype)
-    all_shortcut_parts = np.empty((threads, _WIDE), v0.dtype)
-    all_fired = np.empty((threads, rows, positions * _WIDE), np.bool_)
+    all_residual_parts = np.empty((workers, rows if staged_residual else 1, positions * _WIDE), v0.dtype)
+    all_shortcut_parts = np.empty((workers, _WIDE), v0.dtype)
+    all_fired = np.empty((workers, rows, positions * _WIDE), np.bool_)
     tiles = -(-batch // tile)
-    for job in prange(tiles * groups):
-        acc = _stack_buffer(bias, _WIDE)  # per job, so per thread
-        shortcut_acc = _stack_buffer(bias, _WIDE)
-        values, shortcut_values = carray(acc, _WIDE), carray(shortcut_acc, _WIDE)
-        thread = get_thread_id()
-        entries, starts, v = all_entries[thread], all_starts[thread], all_v[thread]
-        shortcut_entries, shortcut_starts = all_shortcut_entries[thread], all_shortcut_starts[thread]
-        residual_parts, shortcut_part, fired = all_residual_parts[thread], all_shortcut_parts[thread], all_fired[thread]
-        first_sample, group = (job // groups) * tile, job % groups
-        samples = min(tile, batch - first_sample)
-        for s in range(samples):
-            v[s, :, :group_out] = v0[:, group * group_out : (group + 1) * group_out]
-        for t0 in range(0, steps, _STEP_CHUNK):
-            chunk = min(_STEP_CHUNK, steps - t0)
+    for worker in prange(workers):
+        for job in range(worker, tiles * groups, workers):
+            acc = _stack_buffer(bias, _WIDE)  # in the worker's stack frame
+            shortcut_acc = _stack_buffer(bias, _WIDE)
+            values, shortcut_values = carray(acc, _WIDE), carray(shortcut_acc, _WIDE)
+            entries, starts, v = all_entries[worker], all_starts[worker], all_v[worker]
+            shortcut_entries, shortcut_starts = all_shortcut_entries[worker], all_shortcut_starts[worker]
+            residual_parts, shortcut_part, fired = all_residual_parts[worker], all_shortcut_parts[worker], all_fired[worker]
+            first_sample, group = (job // groups) * tile, job % groups
+            samples = min(tile, batch - first_sample)
             for s in range(samples):
-                for c in range(chunk):
-                    n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                    _spike_entries(spikes[n].reshape(channels, -1), group * group_in, group_in, in_w, entries[r],
-                                   starts[r])
-                    if projection:
-                        _spike_entries(shortcut_spikes[n].reshape(shortcut_channels, -1), 0, shortcut_channels,
-                                       shortcut_w, shortcut_entries[r], shortcut_starts[r])
-            for block in range(1 if pack > 1 else _block_count(padded)):
-                if pack > 1:  # one block of all channels
-                    start, wide, lanes = 0, True, group_out
-                else:
-                    start, wide, lanes = _block(block, padded, group_out)
-                first = group * group_out + start
-                if staged_residual:
-                    # the block's residual, channels-last, read row by row (contiguously)
+                v[s, :, :group_out] = v0[:, group * group_out : (group + 1) * group_out]
+            for t0 in range(0, steps, _STEP_CHUNK):
+                chunk = min(_STEP_CHUNK, steps - t0)
+                for s in range(samples):
+                    for c in range(chunk):
+                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                        _spike_entries(spikes[n].reshape(channels, -1), group * group_in, group_in, in_w, entries[r],
+                                       starts[r])
+                        if projection:
+                            _spike_entries(shortcut_spikes[n].reshape(shortcut_channels, -1), 0, shortcut_channels,
+                                           shortcut_w, shortcut_entries[r], shortcut_starts[r])
+                for block in range(1 if pack > 1 else _block_count(padded)):
+                    if pack > 1:  # one block of all channels
+                        start, wide, lanes = 0, True, group_out
+                    else:
+                        start, wide, lanes = _block(block, padded, group_out)
+                    first = group * group_out + start
+                    if staged_residual:
+                        # the block's residual, channels-last, read row by row (contiguously)
+                        for s in range(samples):
+                            for c in range(chunk):
+                                n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                                for k in range(lanes):
+                                    f0 = (first + k) * positions
+                                    for p in range(positions):
+                                        if residual_kind == 1:
+                                            residual_parts[r, p * lanes + k] = residual[n, f0 + p]
+                                        elif residual_kind == 2:
+                                            residual_parts[r, p * lanes + k] = residual[first_sample + s, f0 + p]
+                                        else:  # a·s, branch-free
+                                            residual_parts[r, p * lanes + k] = residual[0, f0 + p] * residual_spikes[n, f0 + p]
+                    if pack > 1:
+                        for oy in range(out_h):
+                            for ox0 in range(0, out_w, pack):
+                                base = (oy * out_w + ox0) * lanes
+                                count = min(pack, out_w - ox0) * lanes  # the lanes of positions inside the map
+                                theta = thresholds[base : base + count]
+                                for s in range(samples):
+                                    membrane = v[s].reshape(-1)[base : base + count]
+                                    for c in range(chunk):
+                                        r = s * chunk + c
+                                        _gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r], starts[r],
+                                                       oy, ox0 * geometry[1] - geometry[3], geometry, (in_h, in_w))
+                                        if projection:
+                                            _gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
+                                                           shortcut_span, shortcut_channels, shortcut_entries[r],
+                                                           shortcut_starts[r], oy,
+                                                           ox0 * shortcut_geometry[1] - shortcut_geometry[3],
+                                                           shortcut_geometry, (shortcut_h, shortcut_w))
+                                            for k in range(count):
+                                                shortcut_part[k] = shortcut_values[k] + shortcut_lane_bias[k]
+                                            part = shortcut_part
+                                        else:
+                                            part = residual_parts[r, base : base + count]
+                                        _integrate(values, lane_bias, part, residual_kind != 0, membrane, theta,
+                                                   fired[r, base : base + count])
+                    else:
+                        for oy in range(out_h):
+                            for ox in range(out_w):
+                                p = oy * out_w + ox
+                                base = p * lanes
+                                theta = threshold[p, first : first + lanes]
+                                for s in range(samples):
+                                    membrane = v[s, p, start : start + lanes]
+                                    for c in range(chunk):
+                                        r = s * chunk + c
+                                        _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries[r],
+                                                starts[r], oy, ox, geometry, (in_h, in_w), wide)
+                                        if projection:
+                                            _gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
+                                                    shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
+                                                    shortcut_geometry, (shortcut_h, shortcut_w), wide)
+                                            for k in range(lanes):
+                                                shortcut_part[k] = shortcut_values[k] + shortcut_bias[first + k]
+                                            part = shortcut_part
+                                        else:
+                                            part = residual_parts[r, base : base + lanes]
+                                        _integrate(values, bias[first : first + lanes], part, residual_kind != 0, membrane,
+                                                   theta, fired[r, base : base + lanes])
+                    # the block's spikes, channels-first: each output row is written contiguously
+                    # (stored one by one above, they would touch a cache line per channel and step)
                     for s in range(samples):
                         for c in range(chunk):
                             n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                             for k in range(lanes):
-                                f0 = (first + k) * positions
+                                row = out_spikes[n, (first + k) * positions : (first + k + 1) * positions]
                                 for p in range(positions):
-                                    if residual_kind == 1:
-                                        residual_parts[r, p * lanes + k] = residual[n, f0 + p]
-                                    elif residual_kind == 2:
-                                        residual_parts[r, p * lanes + k] = residual[first_sample + s, f0 + p]
-                                    else:  # a·s, branch-free
-                                        residual_parts[r, p * lanes + k] = residual[0, f0 + p] * residual_spikes[n, f0 + p]
-                if pack > 1:
-                    for oy in range(out_h):
-                        for ox0 in range(0, out_w, pack):
-                            base = (oy * out_w + ox0) * lanes
-                            count = min(pack, out_w - ox0) * lanes  # the lanes of positions inside the map
-                            theta = thresholds[base : base + count]
-                            for s in range(samples):
-                                membrane = v[s].reshape(-1)[base : base + count]
-                                for c in range(chunk):
-                                    r = s * chunk + c
-                                    _gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r], starts[r],
-                                                   oy, ox0 * geometry[1] - geometry[3], geometry, (in_h, in_w))
-                                    if projection:
-                                        _gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
-                                                       shortcut_span, shortcut_channels, shortcut_entries[r],
-                                                       shortcut_starts[r], oy,
-                                                       ox0 * shortcut_geometry[1] - shortcut_geometry[3],
-                                                       shortcut_geometry, (shortcut_h, shortcut_w))
-                                        for k in range(count):
-                                            shortcut_part[k] = shortcut_values[k] + shortcut_lane_bias[k]
-                                        part = shortcut_part
-                                    else:
-                                        part = residual_parts[r, base : base + count]
-                                    _integrate(values, lane_bias, part, residual_kind != 0, membrane, theta,
-                                               fired[r, base : base + count])
-                else:
-                    for oy in range(out_h):
-                        for ox in range(out_w):
-                            p = oy * out_w + ox
-                            base = p * lanes
-                            theta = threshold[p, first : first + lanes]
-                            for s in range(samples):
-                                membrane = v[s, p, start : start + lanes]
-                                for c in range(chunk):
-                                    r = s * chunk + c
-                                    _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries[r],
-                                            starts[r], oy, ox, geometry, (in_h, in_w), wide)
-                                    if projection:
-                                        _gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
-                                                shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
-                                                shortcut_geometry, (shortcut_h, shortcut_w), wide)
-                                        for k in range(lanes):
-                                            shortcut_part[k] = shortcut_values[k] + shortcut_bias[first + k]
-                                        part = shortcut_part
-                                    else:
-                                        part = residual_parts[r, base : base + lanes]
-                                    _integrate(values, bias[first : first + lanes], part, residual_kind != 0, membrane,
-                                               theta, fired[r, base : base + lanes])
-                # the block's spikes, channels-first: each output row is written contiguously
-                # (stored one by one above, they would touch a cache line per channel and step)
-                for s in range(samples):
-                    for c in range(chunk):
-                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                        for k in range(lanes):
-                            row = out_spikes[n, (first + k) * positions : (first + k + 1) * positions]
-                            for p in range(positions):
-                                row[p] = fired[r, p * lanes + k]
+                                    row[p] = fired[r, p * lanes + k]
 
 
 @njit(parallel=True, cache=True)
@@ -553,11 +553,17 @@ def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
     """``weight`` is :class:`EventWeights` when ``events`` (the plan lays it out once)."""
     if events:
         out = np.empty(out_shape, weight.blocks.dtype)
-        _conv2d_events(x, weight.blocks, node.weight.shape[2:], bias, _gather_geometry(node), out)
+        _conv2d_events(x, weight.blocks, node.weight.shape[2:], bias, _gather_geometry(node), _workers(), out)
     else:
         out = np.empty(out_shape, weight.dtype)
         _conv2d_dense(x, weight, bias, *_geometry(node), weight.dtype.type(0), out)
     return out
+
+
+def _workers() -> int:
+    """Parallel workers of the event kernels: one per Numba thread, each with its own scratch
+    (indexed by the worker, not by a thread id, which would make the kernels uncacheable)."""
+    return get_num_threads()
 
 
 def _channels_last(per_neuron: np.ndarray, channels: int) -> np.ndarray:
@@ -603,7 +609,7 @@ def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, 
 
     _conv2d_events_if(kernel_args(conv), kernel_args(shortcut), pack, np.array(out_shape[1:]), kind, values,
                       residual_spikes, _channels_last(threshold, out_channels), _channels_last(initial, out_channels),
-                      steps, batch, tile, out)
+                      steps, batch, tile, _workers(), out)
     return out
 
 
