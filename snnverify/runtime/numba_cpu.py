@@ -157,9 +157,10 @@ def _add_entries(acc, weights, block, row, entries, begin, end, wide):
 
 @njit(inline="always")
 def _gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, geometry, in_hw, wide):
-    """acc[k] = Σ_{ky, kx} Σ_c W'[g·C_g/… + first + k, c, ky, kx] for the lanes k of a block: over
-    the kernel taps (ky, kx) ascending that land inside the input and, per tap, the channels c
-    (ascending) that spike at the input position it reads — the CUDA kernel's order.
+    """acc[k] = Σ_{ky, kx} Σ_c W'[o_k, c, ky, kx] for the output channels o_k of a block's lanes
+    (within group g, c over the group's C_g input channels): over the kernel taps (ky, kx)
+    ascending that land inside the input and, per tap, the channels c (ascending) that spike at
+    the input position it reads — the CUDA kernel's order.
 
     ``weights`` is the flat :func:`events_layout`; the block starts at ``block`` and holds rows
     (ky·kW + kx)·C_g + c of its lane count; ``entries``, ``starts`` from :func:`_spike_entries`;
@@ -179,7 +180,7 @@ def _gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, g
         if dilation_x == 1:
             # the row's taps read the adjacent positions x0 … x0 + kW − 1, whose entries are
             # contiguous and ascend in (ix, c) = (kx, c): one loop, not one per tap (with few
-            # spikes per position the loop overhead is most of the work); an entry's own ix·G
+            # spikes per position the loop overhead is most of the work); an entry's own ix·C_g
             # picks its kernel column kx = ix − x0
             lo, hi = max(0, x0), min(in_w, x0 + kernel_w)
             if lo < hi:
