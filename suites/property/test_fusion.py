@@ -114,6 +114,40 @@ def test_a_static_residual_is_fused_and_exact(comparison_log):
     assert 0 < spikes["if2"].mean() < 1  # the case is not vacuous: if2 neither silent nor saturated
 
 
+def test_a_grouped_conv_with_a_projection_shortcut_is_fused_and_exact(comparison_log):
+    """Add(depthwise conv(spikes), projection conv(spikes)): the CPU kernel gathers a shortcut
+    inside only when both convs have one group, so here the shortcut's currents are computed
+    first and enter as a residual — a case the random graphs (one group in residual blocks)
+    do not draw. Dyadic weights: exact sums, membranes on θ."""
+    rng = np.random.default_rng(1)
+
+    def dyadic(*shape):
+        return (np.round(rng.standard_normal(shape) * 8) / 8).astype(np.float32)
+
+    nodes = {
+        "in": g.Input("in", shape=(2, 6, 6)),
+        "stem": g.Conv2d("stem", weight=dyadic(4, 2, 3, 3), padding=1),
+        "if1": g.IF("if1", threshold=[0.5, 0.75, 1.0, 0.25]),
+        "depthwise": g.Conv2d("depthwise", weight=dyadic(4, 1, 3, 3), padding=1, groups=4, bias=dyadic(4)),
+        "projection": g.Conv2d("projection", weight=dyadic(4, 4, 1, 1), bias=dyadic(4)),
+        "add": g.Add("add"),
+        "if2": g.IF("if2", threshold=[0.5, 0.5, 1.0, 1.0]),
+        "flat": g.Flatten("flat"),
+        "fc": g.Linear("fc", weight=dyadic(3, 144)),
+        "out": g.Output("out"),
+    }
+    graph = g.SpikingGraph(nodes, {"stem": ["in"], "if1": ["stem"], "depthwise": ["if1"], "projection": ["if1"],
+                                   "add": ["depthwise", "projection"], "if2": ["add"], "flat": ["if2"],
+                                   "fc": ["flat"], "out": ["fc"]})
+    plan = build_plan(graph)
+    assert plan.fusions["if2"].shortcut_input == "if1"  # the plan offers the shortcut to the fused kernel
+    x = dyadic(2, 2, 6, 6)
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (grouped conv, projection shortcut)", graph, x,
+                      9, note=print)
+    spikes = execute(plan, CPU_KERNELS, x, 9, record=True)[2]
+    assert 0 < spikes["if2"].mean() < 1  # neither silent nor saturated
+
+
 def test_every_block_of_a_resnet_is_fused(digits_case):
     """small_resnet: each block's first IF absorbs conv1; each block's second IF absorbs conv2
     and the merge, with the identity skip (a spike map) as residual or the strided projection
