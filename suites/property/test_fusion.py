@@ -32,6 +32,12 @@ def residual_kind(plan, fusion) -> str:
     return "spike-map residual" if isinstance(node, g.IF) else "current residual"
 
 
+def dyadic_arrays(seed: int):
+    """A maker of random float32 arrays of multiples of 1/8 (sums of them are exact)."""
+    rng = np.random.default_rng(seed)
+    return lambda *shape: (np.round(rng.standard_normal(shape) * 8) / 8).astype(np.float32)
+
+
 def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
     """Run fused and unfused, compare; ``note`` receives the kind of every fusion (Hypothesis
     statistics inside a property test)."""
@@ -88,10 +94,7 @@ def test_a_static_residual_is_fused_and_exact(comparison_log):
     """Add(conv(spikes), stem conv) — the residual is the static input current, broadcast over T,
     a case the random ResNets do not draw. Weights and inputs are multiples of 1/8, so sums are
     exact and membranes hit θ exactly (ties)."""
-    rng = np.random.default_rng(0)
-
-    def dyadic(*shape):
-        return (np.round(rng.standard_normal(shape) * 8) / 8).astype(np.float32)
+    dyadic = dyadic_arrays(seed=0)
 
     nodes = {
         "in": g.Input("in", shape=(2, 5, 5)),
@@ -119,10 +122,7 @@ def test_a_grouped_conv_with_a_projection_shortcut_is_fused_and_exact(comparison
     inside only when both convs have one group, so here the shortcut's currents are computed
     first and enter as a residual — a case the random graphs (one group in residual blocks)
     do not draw. Dyadic weights: exact sums, membranes on θ."""
-    rng = np.random.default_rng(1)
-
-    def dyadic(*shape):
-        return (np.round(rng.standard_normal(shape) * 8) / 8).astype(np.float32)
+    dyadic = dyadic_arrays(seed=1)
 
     nodes = {
         "in": g.Input("in", shape=(2, 6, 6)),
