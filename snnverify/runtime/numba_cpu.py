@@ -662,14 +662,13 @@ def events_layout(weight: np.ndarray, node: g.Conv2d) -> np.ndarray:
     padded = padded_channels(group_out)
     lanes = np.zeros((groups, padded, kernel_h, kernel_w, group_in), weight.dtype)
     lanes[:, :group_out] = weight.reshape(groups, group_out, group_in, kernel_h, kernel_w).transpose(0, 1, 3, 4, 2)
-    layout = _aligned_zeros((groups, padded * kernel_h * kernel_w * group_in), weight.dtype)
-    start = 0
-    while start < padded:
-        width = _WIDE if padded - start >= _WIDE else _NARROW
-        block = lanes[:, start : start + width].reshape(groups, width, -1).transpose(0, 2, 1)
-        layout[:, start * kernel_h * kernel_w * group_in : (start + width) * kernel_h * kernel_w * group_in] = \
-            block.reshape(groups, -1)
-        start += width
+    taps = kernel_h * kernel_w * group_in  # rows of a block
+    layout = _aligned_zeros((groups, padded * taps), weight.dtype)
+    for block in range(_block_count(padded)):  # the kernels' own block order
+        start, wide, _ = _block(block, padded, padded)
+        width = _WIDE if wide else _NARROW
+        rows = lanes[:, start : start + width].reshape(groups, width, taps).transpose(0, 2, 1)
+        layout[:, start * taps : (start + width) * taps] = rows.reshape(groups, -1)
     return layout
 
 
