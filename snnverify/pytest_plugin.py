@@ -1,7 +1,8 @@
 """pytest plugin: the ``--converter`` option, Hypothesis profiles and the report header.
 
 Profiles: ``dev`` (default: random, 50 examples), ``ci`` (derandomised, so a CI failure
-reproduces), ``certify`` (derandomised, more examples). Choose with ``--hypothesis-profile``
+reproduces), ``certify`` (derandomised, more examples), ``gpu-check`` (derandomised, no shrinking:
+tools/gpu-check on a leased GPU). Choose with ``--hypothesis-profile``
 or the environment variable ``SNNVERIFY_HYPOTHESIS_PROFILE``; CI=true selects ``ci``.
 """
 
@@ -12,12 +13,15 @@ import os
 from collections import defaultdict
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("certify", max_examples=200, deadline=None, derandomize=True, print_blob=True)
+# A leased GPU's minutes are few: report a failing example as found rather than spend them shrinking it.
+settings.register_profile("gpu-check", deadline=None, derandomize=True, print_blob=True,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile(os.environ.get("SNNVERIFY_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
