@@ -623,7 +623,7 @@ class EventWeights(NamedTuple):
 
 
 def event_weights(weight: np.ndarray, node: g.Conv2d) -> EventWeights:
-    """Both layouts of W' (the ``event_weight_layout`` of the CPU kernels). Positions are packed
+    """Both layouts of W' (the CPU kernels' ``weight_layout`` of an event-driven conv). Positions are packed
     when C_out is 16 or 32 (so 4 or 2 positions fill a block), with one group and unit column
     dilation."""
     out_channels = weight.shape[0]
@@ -708,6 +708,11 @@ def _graded_values(spikes, amplitude):
     return out
 
 
+def _weight_layout(weight: np.ndarray, node, events: bool):
+    """W' as the CPU kernels read it: an event-driven conv's :func:`event_weights`, else as stored."""
+    return event_weights(weight, node) if events and isinstance(node, g.Conv2d) else weight
+
+
 CPU_KERNELS = Kernels(
     to_device=lambda a: a,
     to_host=lambda a: a,
@@ -720,7 +725,7 @@ CPU_KERNELS = Kernels(
     graded=_graded_values,
     mean_over_time=_mean_over_time,
     count=lambda s: int(np.count_nonzero(s)),
-    event_weight_layout=event_weights,
+    weight_layout=_weight_layout,
     conv2d_if=_conv2d_if,
 )
 

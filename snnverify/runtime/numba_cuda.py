@@ -1,17 +1,22 @@
 """Numba CUDA backend (``compile(snn, target="gpu")``).
 
-One thread per output element (or per neuron for IF layers, looping over T), accumulating
-in exactly the order of the CPU kernels — kernel row, kernel column, input channel, bias last —
-with products rounded on their own (``fmul_rn``: never contracted into a fused multiply-add),
-so float32 spikes are bit-identical to the CPU backend's. Without a CUDA GPU the target is an
+Convs and linear layers run as one tiled implicit-GEMM kernel (:func:`_synapse_kernel`): each
+thread owns a few outputs and sums each of them in exactly the order of the CPU kernels —
+kernel row, kernel column, input channel, bias last — with products rounded on their own
+(``fmul_rn``: never contracted into a fused multiply-add), so float32 spikes are bit-identical
+to the CPU backend's. The other kernels take one thread per output element (or per neuron for
+IF layers, looping over T). Activations stay on the device from the input to the output;
+weights are laid out and copied there once per plan. Without a CUDA GPU the target is an
 error, never a silent CPU run; the kernels also run under the CUDA simulator
-(``NUMBA_ENABLE_CUDASIM=1``), which is how CPU-only machines test them.
+(``NUMBA_ENABLE_CUDASIM=1``, with smaller tiles), which is how CPU-only machines test them,
+and ``suites/unit/test_cuda_compile.py`` compiles them for a real GPU (sm_90 PTX) there.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import config, cuda
 from numba.cuda import libdevice
@@ -47,56 +52,93 @@ def _output_position(index, channels, height, width):
             (index // width) % height, index % width)
 
 
-def _synapse_kernels(product):
-    """The conv and linear kernels for one kind of arithmetic (float32 or int64)."""
+# Tiles of the conv kernel: a block of _SIDE × _SIDE threads computes _TILE output positions ×
+# _TILE output channels, each thread _MICRO × _MICRO of them, reading the inputs and weights
+# _DEPTH input channels at a time through shared memory. The simulator runs one Python thread
+# per CUDA thread, so it gets the same kernel with small tiles.
+_SIDE, _MICRO, _DEPTH = (4, 2, 4) if SIMULATOR else (16, 4, 8)
+_TILE = _SIDE * _MICRO
+_STAGE_ROWS = _SIDE * _SIDE // _TILE  # tile rows one pass of the block's threads stages
+assert _DEPTH % _STAGE_ROWS == 0
+
+
+def _synapse_kernel(product, cast, dtype):
+    """The conv kernel (linear layers run as 1×1 convs) for one kind of arithmetic.
+
+    An implicit GEMM: out[n, g·O + o, y, x] = Σ_(ky, kx, c) W'[g, ky, kx, c, o] · x[n, g·C + c,
+    y·s − p + ky·d, x·s − p + kx·d] + b[o], each thread summing its own outputs in exactly that
+    order (kernel row, kernel column, input channel; bias last) — the CPU kernels' order. Taps
+    that fall in the zero padding, and the channels past C that fill the last tile, add
+    W'·0 = ±0, which leaves a sum unchanged: a sum that starts at +0 never becomes −0 under
+    round to nearest. For the same reason a spike map's silent inputs (0) may be multiplied
+    rather than skipped: the spikes equal the CPU's event-driven sums bit for bit.
+    """
 
     @cuda.jit
-    def conv2d(x, w, bias, stride, padding, dilation, groups, events, zero, out):
+    def conv2d(x, w, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, zero, out):
         rows, out_channels, out_h, out_w = out.shape
-        index = cuda.grid(1)
-        if index >= rows * out_channels * out_h * out_w:
-            return
-        n, o, y, xo = _output_position(index, out_channels, out_h, out_w)
-        group_in, kernel_h, kernel_w = w.shape[1], w.shape[2], w.shape[3]
-        base = (o // (out_channels // groups)) * group_in
+        kernel_h, kernel_w, group_in, group_out = w.shape[1], w.shape[2], w.shape[3], w.shape[4]
         height, width = x.shape[2], x.shape[3]
-        acc = zero
+        positions = rows * out_h * out_w
+        group = cuda.blockIdx.z
+        first_position, first_channel = cuda.blockIdx.x * _TILE, cuda.blockIdx.y * _TILE
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        inputs = cuda.shared.array((_DEPTH, _TILE), dtype)
+        weights = cuda.shared.array((_DEPTH, _TILE), dtype)
+        acc = cuda.local.array((_MICRO, _MICRO), dtype)
+        for i in range(_MICRO):
+            for j in range(_MICRO):
+                acc[i, j] = zero
+        # The tile column this thread stages: one output position of the block (its inputs)
+        # and one output channel (its weights), for rows first_row, first_row + _STAGE_ROWS, …
+        thread = ty * _SIDE + tx
+        column, first_row = thread % _TILE, thread // _TILE
+        position, channel = first_position + column, first_channel + column
+        n = position // (out_h * out_w)
+        y, xo = (position // out_w) % out_h, position % out_w
         for ky in range(kernel_h):
-            yi = y * stride[0] - padding[0] + ky * dilation[0]
-            if yi < 0 or yi >= height:
-                continue
+            yi = y * stride_h - pad_h + ky * dilation_h
             for kx in range(kernel_w):
-                xi = xo * stride[1] - padding[1] + kx * dilation[1]
-                if xi < 0 or xi >= width:
-                    continue
-                for c in range(group_in):
-                    if events:
-                        if x[n, base + c, yi, xi]:
-                            acc += w[o, c, ky, kx]
-                    else:
-                        acc += product(w[o, c, ky, kx], x[n, base + c, yi, xi])
-        out[n, o, y, xo] = acc + bias[o]
+                xi = xo * stride_w - pad_w + kx * dilation_w
+                inside = position < positions and 0 <= yi < height and 0 <= xi < width
+                for c0 in range(0, group_in, _DEPTH):
+                    for row in range(first_row, _DEPTH, _STAGE_ROWS):
+                        c = c0 + row
+                        inputs[row, column] = cast(x[n, group * group_in + c, yi, xi]) if inside and c < group_in \
+                            else zero
+                        weights[row, column] = w[group, ky, kx, c, channel] if c < group_in and channel < group_out \
+                            else zero
+                    cuda.syncthreads()
+                    for row in range(_DEPTH):
+                        for i in range(_MICRO):
+                            a = inputs[row, tx + i * _SIDE]
+                            for j in range(_MICRO):
+                                acc[i, j] += product(weights[row, ty + j * _SIDE], a)
+                    cuda.syncthreads()
+        for i in range(_MICRO):
+            p = first_position + tx + i * _SIDE
+            if p < positions:
+                for j in range(_MICRO):
+                    o = first_channel + ty + j * _SIDE
+                    if o < group_out:
+                        o += group * group_out
+                        out[p // (out_h * out_w), o, (p // out_w) % out_h, p % out_w] = acc[i, j] + bias[o]
 
-    @cuda.jit
-    def linear(x, w, bias, events, zero, out):
-        rows, outputs = out.shape
-        index = cuda.grid(1)
-        if index >= rows * outputs:
-            return
-        n, o = index // outputs, index % outputs
-        acc = zero
-        for j in range(x.shape[1]):
-            if events:
-                if x[n, j]:
-                    acc += w[o, j]
-            else:
-                acc += product(w[o, j], x[n, j])
-        out[n, o] = acc + bias[o]
-
-    return conv2d, linear
+    return conv2d
 
 
-_SYNAPSES = {"f": _synapse_kernels(_float_product), "i": _synapse_kernels(_int_product)}
+def gemm_layout(weight: np.ndarray, node) -> np.ndarray:
+    """W' as the conv kernel reads it: [G, kH, kW, C_in/G, C_out/G] for a conv, a linear layer's
+    [K, F] as the 1×1 conv [1, 1, 1, F, K] — a tile row of weights is one coalesced load."""
+    if isinstance(node, g.Linear):
+        return np.ascontiguousarray(weight.T.reshape(1, 1, 1, *weight.T.shape))
+    out_channels, group_in, kernel_h, kernel_w = weight.shape
+    grouped = weight.reshape(node.groups, out_channels // node.groups, group_in, kernel_h, kernel_w)
+    return np.ascontiguousarray(grouped.transpose(0, 3, 4, 2, 1))
+
+
+_SYNAPSES = {"f": _synapse_kernel(_float_product, np.float32, numba.float32),
+             "i": _synapse_kernel(_int_product, np.int64, numba.int64)}
 
 
 @cuda.jit
@@ -173,23 +215,32 @@ def _mean_kernel(x, steps, batch, out):
         out[b, f] = acc / steps
 
 
-def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
+def _synapses(x, weight, bias, geometry, out_shape):
+    """Launch the conv kernel; ``geometry``: (stride, padding, dilation) as (h, w) pairs."""
     out = cuda.device_array(out_shape, weight.dtype)
-    geometry = (np.array(node.stride), np.array(node.padding), np.array(node.dilation), node.groups)
-    kernel = _SYNAPSES[weight.dtype.kind][0]
-    _launch(kernel, math.prod(out_shape), x, weight, bias, *geometry, events, weight.dtype.type(0), out)
+    rows, _, out_h, out_w = out_shape
+    groups, group_out = weight.shape[0], weight.shape[4]
+    grid = (math.ceil(rows * out_h * out_w / _TILE), math.ceil(group_out / _TILE), groups)
+    _SYNAPSES[weight.dtype.kind][grid, (_SIDE, _SIDE)](x, weight, bias, *(v for pair in geometry for v in pair),
+                                                       weight.dtype.type(0), out)
     return out
+
+
+def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
+    # ``events`` needs no path of its own: a spike is the factor 1 (see _synapse_kernel)
+    return _synapses(x, weight, bias, (node.stride, node.padding, node.dilation), out_shape)
 
 
 def _linear(x, weight, bias, events):
-    out = cuda.device_array((x.shape[0], weight.shape[0]), weight.dtype)
-    _launch(_SYNAPSES[weight.dtype.kind][1], out.size, x, weight, bias, events, weight.dtype.type(0), out)
-    return out
+    rows, features = x.shape
+    out = _synapses(x.reshape(rows, features, 1, 1), weight, bias, ((1, 1), (0, 0), (1, 1)),
+                    (rows, weight.shape[4], 1, 1))
+    return out.reshape(rows, weight.shape[4])
 
 
 def _sum_pool(x, node: g.AvgPool2d, out_shape):
     sums = cuda.device_array(out_shape, x.dtype)
-    geometry = (np.array(node.kernel_size), np.array(node.stride), np.array(node.padding))
+    geometry = (tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))  # tuples: no host arrays to copy
     _launch(_sum_pool_kernel, math.prod(out_shape), x, *geometry, x.dtype.type(0), sums)
     return sums
 
@@ -233,12 +284,26 @@ def _mean_over_time(x, temporal, steps, batch):
     return out.copy_to_host()
 
 
+@cuda.jit
+def _count_kernel(spikes, total):
+    """total[0] += the number of true entries of the flat ``spikes`` (a grid-stride loop)."""
+    count = 0
+    for index in range(cuda.grid(1), spikes.shape[0], cuda.gridsize(1)):
+        count += spikes[index]
+    cuda.atomic.add(total, 0, count)
+
+
 def _count(spikes) -> int:
-    return int(np.count_nonzero(spikes.copy_to_host()))
+    """Counted on the device: copying every spike map to the host cost more than the step."""
+    total = cuda.to_device(np.zeros(1, np.int64))
+    blocks = min(math.ceil(spikes.size / _THREADS), 1024)
+    _count_kernel[max(1, blocks), _THREADS](spikes.reshape(spikes.size), total)
+    return int(total.copy_to_host()[0])
 
 
 GPU_KERNELS = Kernels(
     to_device=cuda.to_device,
+    weight_layout=lambda weight, node, events: gemm_layout(weight, node),
     to_host=lambda a: a.copy_to_host(),
     conv2d=_conv2d,
     linear=_linear,

@@ -182,8 +182,9 @@ class Kernels:
     graded: Callable  # (spikes, amplitude) -> a·s
     mean_over_time: Callable  # (x, temporal, steps, batch) -> [B, K]
     count: Callable  # (spikes) -> int
-    #: host-side layout of an event-driven conv's W' (weight, Conv2d node) -> array, applied once
-    event_weight_layout: Callable = lambda weight, node: weight
+    #: host-side layout of a conv's or linear layer's W' (weight, node, fed by spikes) -> array,
+    #: applied once per plan
+    weight_layout: Callable = lambda weight, node, events: weight
     #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`): (EventConv, residual
     #: (None, a Signal or an EventConv), IF shape, threshold, initial membrane, steps, batch) ->
     #: spikes [T·B, F]; backends without it run the steps one by one
@@ -220,8 +221,8 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
     by_name = {step.name: step for step in plan.steps}
 
     def weights(step: Step):
-        layout = kernels.event_weight_layout if step.events and isinstance(step.node, g.Conv2d) else None
-        weight = plan.parameter(step.weight, lambda w: kernels.to_device(layout(w, step.node) if layout else w))
+        weight = plan.parameter(step.weight,
+                                lambda w: kernels.to_device(kernels.weight_layout(w, step.node, step.events)))
         return weight, plan.parameter(step.bias, kernels.to_device)
 
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
