@@ -47,6 +47,12 @@ class ComparisonLog:
 
     def __init__(self):
         self.totals = defaultdict(lambda: {"compared": 0, "mismatched": 0, "cases": 0, "where": defaultdict(int)})
+        self.report_path = None  # --comparison-report: rewritten after every record
+
+    def write(self):
+        from snnverify.util import atomic_write
+
+        atomic_write(self.report_path, json.dumps(self.as_dict(), indent=2) + "\n")
 
     def record(self, check: str, compared: int, mismatched: int, where: dict[str, int] | None = None):
         total = self.totals[check]
@@ -55,6 +61,8 @@ class ComparisonLog:
         total["cases"] += 1
         for layer, count in (where or {}).items():
             total["where"][layer] += int(count)
+        if self.report_path:  # a run killed at a time limit (tools/gpu-check) keeps what it compared
+            self.write()
 
     def as_dict(self) -> dict:
         return {
@@ -71,6 +79,10 @@ def comparison_log() -> ComparisonLog:
     return _LOG
 
 
+def pytest_configure(config):
+    _LOG.report_path = config.getoption("--comparison-report")
+
+
 def pytest_terminal_summary(terminalreporter, config):
     if not _LOG.totals:
         return
@@ -81,11 +93,8 @@ def pytest_terminal_summary(terminalreporter, config):
             f"{check}: {total['compared']} neuron-timesteps compared in {total['cases']} cases, "
             f"{total['mismatched']} mismatched (rate {total['rate']:.3g})" + (f"; most in {where}" if where else "")
         )
-    path = config.getoption("--comparison-report")
-    if path:
-        from snnverify.util import atomic_write
-
-        atomic_write(path, json.dumps(_LOG.as_dict(), indent=2) + "\n")
+    if _LOG.report_path:
+        _LOG.write()
 
 
 def pytest_report_header(config):
