@@ -303,7 +303,6 @@ def _count(spikes) -> int:
 
 GPU_KERNELS = Kernels(
     to_device=cuda.to_device,
-    weight_layout=lambda weight, node, events: gemm_layout(weight, node),
     to_host=lambda a: a.copy_to_host(),
     conv2d=_conv2d,
     linear=_linear,
@@ -314,6 +313,7 @@ GPU_KERNELS = Kernels(
     graded=_graded,
     mean_over_time=_mean_over_time,
     count=_count,
+    weight_layout=lambda weight, node, events: gemm_layout(weight, node),
 )
 
 
