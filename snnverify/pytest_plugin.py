@@ -93,8 +93,6 @@ def pytest_terminal_summary(terminalreporter, config):
             f"{check}: {total['compared']} neuron-timesteps compared in {total['cases']} cases, "
             f"{total['mismatched']} mismatched (rate {total['rate']:.3g})" + (f"; most in {where}" if where else "")
         )
-    if _LOG.report_path:
-        _LOG.write()
 
 
 def pytest_report_header(config):
