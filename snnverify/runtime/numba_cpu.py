@@ -100,21 +100,27 @@ def padded_channels(group_out: int) -> int:
 
 
 @njit(inline="always")
-def _spike_entries(planes, first, group_in, in_w, entries, starts):
-    """Which weight rows the spikes of one sample-step's map ``planes`` [C, H·W] select: for each
-    position p = (iy, ix) in scan order, entries[starts[p] : starts[p + 1]] = ix·C_g + c for the
-    channels c (ascending) among ``first`` … ``first`` + C_g − 1 that spike there, C_g =
-    ``group_in`` (see :func:`_gather`). One position at a time, so
-    that the entries are written contiguously, and without a branch per channel (at spike rates
-    of 5–30 % a data-dependent branch mispredicts often)."""
+def _spike_entries(planes, channels_last, first, group_in, in_w, entries, starts):
+    """Which weight rows the spikes of one sample-step's map ``planes`` — [C, H·W], or [H·W, C]
+    when ``channels_last`` — select: for each position p = (iy, ix) in scan order,
+    entries[starts[p] : starts[p + 1]] = ix·C_g + c for the channels c (ascending) among
+    ``first`` … ``first`` + C_g − 1 that spike there, C_g = ``group_in`` (see :func:`_gather`).
+    One position at a time, so that the entries are written contiguously, and without a branch
+    per channel (at spike rates of 5–30 % a data-dependent branch mispredicts often). A
+    channels-last map is read contiguously; a channels-first one with a stride of H·W."""
     count = 0
     positions = starts.shape[0] - 1
     for p in range(positions):
         starts[p] = count
         column = (p % in_w) * group_in
-        for c in range(group_in):
-            entries[count] = column + c
-            count += planes[first + c, p]
+        if channels_last:
+            for c in range(group_in):
+                entries[count] = column + c
+                count += planes[p, first + c]
+        else:
+            for c in range(group_in):
+                entries[count] = column + c
+                count += planes[first + c, p]
     starts[positions] = count
 
 
@@ -220,6 +226,26 @@ def _gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, 
 
 
 @njit(inline="always")
+def _residual_lanes(kind, residual, spikes, n, sample, p, first, out_channels, count, positions, zero, part):
+    """part[j·w + k] = the residual r of neuron (channel ``first`` + k, position p + j), w =
+    min(count, C_out): ``residual[n, f]`` (kind 1), ``residual[sample, f]`` (2, static), f = its
+    channels-first index, or a·s = ``residual[0, f]`` where ``spikes[n, f]``, else 0 (3, a graded
+    spike map, both channels-last: f = (p + j)·C_out + first + k, the lanes' neurons adjacent).
+    Read in place: copying a whole residual map channels-last first (per block) cost more, and
+    its buffer evicted the weights from the caches."""
+    if kind == 3:
+        f0 = p * out_channels + first
+        for k in range(count):
+            part[k] = residual[0, f0 + k] if spikes[n, f0 + k] else zero
+        return
+    width = min(count, out_channels)
+    source = residual[n if kind == 1 else sample]
+    for j in range(count // width):
+        for k in range(width):
+            part[j * width + k] = source[(first + k) * positions + p + j]
+
+
+@njit(inline="always")
 def _integrate(values, bias, residual, with_residual, membrane, theta, spiked):
     """Per lane k: v += (Σ + b) [+ r]; s = v ≥ θ; v −= θ·s — the unfused kernels' operations."""
     if with_residual:
@@ -271,7 +297,7 @@ def _conv2d_events(spikes, weights, kernel_hw, bias, geometry, workers, out):
             acc = _stack_buffer(bias, _WIDE)  # in the worker's stack frame
             entries, starts = all_entries[worker], all_starts[worker]
             n, group = job // groups, job % groups
-            _spike_entries(spikes[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, starts)
+            _spike_entries(spikes[n].reshape(channels, -1), False, group * group_in, group_in, in_w, entries, starts)
             for block in range(_block_count(padded)):
                 start, wide, lanes = _block(block, padded, group_out)
                 first = group * group_out + start
@@ -287,39 +313,41 @@ def _conv2d_events(spikes, weights, kernel_hw, bias, geometry, workers, out):
 @njit(parallel=True, cache=True)
 def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, residual_spikes, threshold, v0, steps,
                       batch, tile, workers, out_spikes):
-    """IF(conv(spikes) [+ residual]) without storing currents.
+    """IF(conv(spikes) [+ residual]) without storing currents; the spikes go to ``out_spikes``
+    [T·B, H·W·C_out], channels-last.
 
-    ``conv`` and ``shortcut`` are (spike map [T·B, C, H, W], W' in blocks (:func:`events_layout`),
-    W' packed (:func:`packed_layout`), (kH, kW), geometry, bias). For every neuron f = (o, y, x)
-    and step: I = (Σ + bias[o]) + r, Σ = :func:`_gather`, with r by ``residual_kind``: 0 none, 1
-    ``residual[t·B + b, f]``, 2 ``residual[b, f]`` (static), 3 ``residual[0, f]``·``residual_spikes[t·B + b, f]``
-    (a graded spike map), 4 Σ' + bias'[o] with Σ' the gather of the second conv (a projection
-    shortcut; both convs have one group); then v += I, s = v ≥ θ, v −= θ·s — the unfused kernels'
-    operations, in their order. ``threshold`` and ``v0`` are channels-last [H·W, C_out]. With
-    ``pack`` = Q > 1 (C_out = 64 / Q), Q adjacent positions are gathered at once
-    (:func:`_gather_packed`).
+    ``conv`` and ``shortcut`` are (spike map [T·B, F], whether it is channels-last, its (C, H,
+    W), W' in blocks (:func:`events_layout`), W' packed (:func:`packed_layout`), (kH, kW),
+    geometry, bias). For every neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ =
+    :func:`_gather`, with r by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``, 2
+    ``residual[b, f]`` (static), 3 ``residual[0, f]`` where ``residual_spikes[t·B + b, f]``, else 0
+    (a graded spike map; f channels-last here, :func:`_residual_lanes`), 4 Σ' + bias'[o] with Σ' the
+    gather of the second conv (a projection shortcut; both convs have one group); then v += I,
+    s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. ``threshold`` and
+    ``v0`` are channels-last [H·W, C_out]. With ``pack`` = Q > 1 (C_out = 64 / Q), Q adjacent
+    positions are gathered at once (:func:`_gather_packed`).
 
     A job is ``tile`` samples of one group; their steps go in chunks of :data:`_STEP_CHUNK`, and
     per chunk, block of output channels and output position, every sample and step of the
     chunk is gathered before the next position: the weights of a block (up to 9·C_in·64 values)
     are then read from memory once per chunk and tile, and from the caches for the rest."""
-    spikes, weights, packed, kernel_hw, geometry, bias = conv
-    shortcut_spikes, shortcut_weights, shortcut_packed, shortcut_kernel, shortcut_geometry, shortcut_bias = shortcut
+    spikes, channels_last, (channels, in_h, in_w), weights, packed, kernel_hw, geometry, bias = conv
+    (shortcut_spikes, shortcut_channels_last, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights,
+     shortcut_packed, shortcut_kernel, shortcut_geometry, shortcut_bias) = shortcut
     out_h, out_w = out_hw[0], out_hw[1]
     positions = out_h * out_w
-    groups, channels, in_h, in_w = weights.shape[0], spikes.shape[1], spikes.shape[2], spikes.shape[3]
+    groups = weights.shape[0]
     out_channels = bias.shape[0]
     group_out, group_in = out_channels // groups, channels // groups
     taps = kernel_hw[0] * kernel_hw[1] * group_in  # rows of a block
     padded = weights.shape[1] // taps
     flat, packed_flat = weights.reshape(-1), packed.reshape(-1)
     span = packed.shape[0] // (kernel_hw[0] * group_in)  # input columns a packed row set covers
-    shortcut_channels, shortcut_h, shortcut_w = shortcut_spikes.shape[1], shortcut_spikes.shape[2], shortcut_spikes.shape[3]
     shortcut_flat, shortcut_packed_flat = shortcut_weights.reshape(-1), shortcut_packed.reshape(-1)
     shortcut_taps = shortcut_kernel[0] * shortcut_kernel[1] * shortcut_channels
     shortcut_span = shortcut_packed.shape[0] // (shortcut_kernel[0] * shortcut_channels)
     projection = residual_kind == 4
-    staged_residual = residual_kind == 1 or residual_kind == 2 or residual_kind == 3
+    zero = v0.dtype.type(0)
     thresholds = threshold.reshape(-1)
     lane_bias, shortcut_lane_bias = np.empty(_WIDE, bias.dtype), np.empty(_WIDE, bias.dtype)
     for k in range(_WIDE):  # packed: lane j·C_out + o is channel o
@@ -334,10 +362,7 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
     all_shortcut_entries = np.zeros((workers, rows, shortcut_size * shortcut_channels), np.int64)
     all_shortcut_starts = np.empty((workers, rows, shortcut_size + 1), np.int64)
     all_v = np.empty((workers, tile, positions, padded), v0.dtype)
-    # a block's residual and spikes, channels-last: [sample-step, position · lanes + lane]
-    all_residual_parts = np.empty((workers, rows if staged_residual else 1, positions * _WIDE), v0.dtype)
-    all_shortcut_parts = np.empty((workers, _WIDE), v0.dtype)
-    all_fired = np.empty((workers, rows, positions * _WIDE), np.bool_)
+    all_parts = np.empty((workers, _WIDE), v0.dtype)  # the residuals of a gather's lanes
     tiles = -(-batch // tile)
     for worker in prange(workers):
         for job in range(worker, tiles * groups, workers):
@@ -346,7 +371,7 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
             values, shortcut_values = carray(acc, _WIDE), carray(shortcut_acc, _WIDE)
             entries, starts, v = all_entries[worker], all_starts[worker], all_v[worker]
             shortcut_entries, shortcut_starts = all_shortcut_entries[worker], all_shortcut_starts[worker]
-            residual_parts, shortcut_part, fired = all_residual_parts[worker], all_shortcut_parts[worker], all_fired[worker]
+            part = all_parts[worker]
             first_sample, group = (job // groups) * tile, job % groups
             samples = min(tile, batch - first_sample)
             for s in range(samples):
@@ -356,31 +381,19 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                 for s in range(samples):
                     for c in range(chunk):
                         n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                        _spike_entries(spikes[n].reshape(channels, -1), group * group_in, group_in, in_w, entries[r],
-                                       starts[r])
+                        planes = spikes[n].reshape(-1, channels) if channels_last else spikes[n].reshape(channels, -1)
+                        _spike_entries(planes, channels_last, group * group_in, group_in, in_w, entries[r], starts[r])
                         if projection:
-                            _spike_entries(shortcut_spikes[n].reshape(shortcut_channels, -1), 0, shortcut_channels,
-                                           shortcut_w, shortcut_entries[r], shortcut_starts[r])
+                            shortcut_planes = (shortcut_spikes[n].reshape(-1, shortcut_channels) if shortcut_channels_last
+                                               else shortcut_spikes[n].reshape(shortcut_channels, -1))
+                            _spike_entries(shortcut_planes, shortcut_channels_last, 0, shortcut_channels, shortcut_w,
+                                           shortcut_entries[r], shortcut_starts[r])
                 for block in range(1 if pack > 1 else _block_count(padded)):
                     if pack > 1:  # one block of all channels
                         start, wide, lanes = 0, True, group_out
                     else:
                         start, wide, lanes = _block(block, padded, group_out)
                     first = group * group_out + start
-                    if staged_residual:
-                        # the block's residual, channels-last, read row by row (contiguously)
-                        for s in range(samples):
-                            for c in range(chunk):
-                                n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                                for k in range(lanes):
-                                    f0 = (first + k) * positions
-                                    for p in range(positions):
-                                        if residual_kind == 1:
-                                            residual_parts[r, p * lanes + k] = residual[n, f0 + p]
-                                        elif residual_kind == 2:
-                                            residual_parts[r, p * lanes + k] = residual[first_sample + s, f0 + p]
-                                        else:  # a·s, branch-free
-                                            residual_parts[r, p * lanes + k] = residual[0, f0 + p] * residual_spikes[n, f0 + p]
                     if pack > 1:
                         for oy in range(out_h):
                             for ox0 in range(0, out_w, pack):
@@ -390,7 +403,7 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                 for s in range(samples):
                                     membrane = v[s].reshape(-1)[base : base + count]
                                     for c in range(chunk):
-                                        r = s * chunk + c
+                                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                         _gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r], starts[r],
                                                        oy, ox0 * geometry[1] - geometry[3], geometry, (in_h, in_w))
                                         if projection:
@@ -400,22 +413,24 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                                            ox0 * shortcut_geometry[1] - shortcut_geometry[3],
                                                            shortcut_geometry, (shortcut_h, shortcut_w))
                                             for k in range(count):
-                                                shortcut_part[k] = shortcut_values[k] + shortcut_lane_bias[k]
-                                            part = shortcut_part
-                                        else:
-                                            part = residual_parts[r, base : base + count]
+                                                part[k] = shortcut_values[k] + shortcut_lane_bias[k]
+                                        elif residual_kind != 0:
+                                            _residual_lanes(residual_kind, residual, residual_spikes, n, first_sample + s,
+                                                            oy * out_w + ox0, 0, lanes, count, positions, zero, part)
+                                        # lane j·C_out + o is channel o of position p + j: channels-last
                                         _integrate(values, lane_bias, part, residual_kind != 0, membrane, theta,
-                                                   fired[r, base : base + count])
+                                                   out_spikes[n, base : base + count])
                     else:
                         for oy in range(out_h):
                             for ox in range(out_w):
                                 p = oy * out_w + ox
                                 base = p * lanes
                                 theta = threshold[p, first : first + lanes]
+                                out = p * out_channels + first
                                 for s in range(samples):
                                     membrane = v[s, p, start : start + lanes]
                                     for c in range(chunk):
-                                        r = s * chunk + c
+                                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                         _gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries[r],
                                                 starts[r], oy, ox, geometry, (in_h, in_w), wide)
                                         if projection:
@@ -423,21 +438,12 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                                     shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
                                                     shortcut_geometry, (shortcut_h, shortcut_w), wide)
                                             for k in range(lanes):
-                                                shortcut_part[k] = shortcut_values[k] + shortcut_bias[first + k]
-                                            part = shortcut_part
-                                        else:
-                                            part = residual_parts[r, base : base + lanes]
+                                                part[k] = shortcut_values[k] + shortcut_bias[first + k]
+                                        elif residual_kind != 0:
+                                            _residual_lanes(residual_kind, residual, residual_spikes, n, first_sample + s,
+                                                            p, first, out_channels, lanes, positions, zero, part)
                                         _integrate(values, bias[first : first + lanes], part, residual_kind != 0, membrane,
-                                                   theta, fired[r, base : base + lanes])
-                    # the block's spikes, channels-first: each output row is written contiguously
-                    # (stored one by one above, they would touch a cache line per channel and step)
-                    for s in range(samples):
-                        for c in range(chunk):
-                            n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                            for k in range(lanes):
-                                row = out_spikes[n, (first + k) * positions : (first + k + 1) * positions]
-                                for p in range(positions):
-                                    row[p] = fired[r, p * lanes + k]
+                                                   theta, out_spikes[n, out : out + lanes])
 
 
 @njit(parallel=True, cache=True)
@@ -575,7 +581,9 @@ def _channels_last(per_neuron: np.ndarray, channels: int) -> np.ndarray:
 def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, batch):
     """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`);
     ``residual`` is None, a :class:`Signal` or an :class:`EventConv` (a projection shortcut,
-    computed inside when both convs have one group, else beforehand by :func:`_conv2d`)."""
+    computed inside when both convs have one group, else beforehand by :func:`_conv2d`). Spike
+    maps come in either layout (:class:`EventConv`, :class:`Signal`); the spikes go out
+    channels-last [T·B, H·W·C]."""
     rows = steps * batch
     dtype = conv.weight.blocks.dtype
     out_channels = out_shape[0]
@@ -584,14 +592,21 @@ def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, 
     no_weights = np.zeros((1, 1), dtype)
     shortcut = EventConv(no_spikes, EventWeights(no_weights, no_weights, 1), np.zeros(1, dtype), None)
     if isinstance(residual, EventConv) and (residual.node.groups > 1 or conv.node.groups > 1):
-        current = _conv2d(residual.spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True)
+        spikes = residual.spikes
+        if residual.channels_last:
+            height, width, channels = spikes.shape[1:]
+            spikes = _spikes_channels_first(spikes, (channels, height, width)).reshape(rows, channels, height, width)
+        current = _conv2d(spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True)
         residual = Signal(current, True)
     if residual is None:
         kind = 0
     elif isinstance(residual, EventConv):
         kind, shortcut = 4, residual
-    elif residual.amplitude is not None:
-        kind, values, residual_spikes = 3, residual.amplitude.reshape(1, -1), residual.array.reshape(rows, -1)
+    elif residual.amplitude is not None:  # a graded spike map, read channels-last (contiguously)
+        residual_spikes = residual.array.reshape(rows, -1)
+        if not residual.channels_last:
+            residual_spikes = _spikes_channels_last(residual_spikes, out_shape)
+        kind, values = 3, _channels_last(residual.amplitude, out_channels).reshape(1, -1)
     else:
         kind, values = (1 if residual.temporal else 2), residual.array
         values = np.ascontiguousarray(values).reshape(values.shape[0], -1)
@@ -603,15 +618,43 @@ def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, 
     pack = conv.weight.pack if kind != 4 or shortcut.weight.pack == conv.weight.pack else 1
 
     def kernel_args(event_conv: EventConv):
-        node = event_conv.node
-        return (event_conv.spikes, event_conv.weight.blocks, event_conv.weight.packed,
-                node.weight.shape[2:] if node else (1, 1), _gather_geometry(node) if node else (1,) * 6,
-                event_conv.bias)
+        node, spikes = event_conv.node, event_conv.spikes
+        shape = (spikes.shape[3], spikes.shape[1], spikes.shape[2]) if event_conv.channels_last else spikes.shape[1:]
+        return (spikes.reshape(spikes.shape[0], -1), event_conv.channels_last, shape, event_conv.weight.blocks,
+                event_conv.weight.packed, node.weight.shape[2:] if node else (1, 1),
+                _gather_geometry(node) if node else (1,) * 6, event_conv.bias)
 
     _conv2d_events_if(kernel_args(conv), kernel_args(shortcut), pack, np.array(out_shape[1:]), kind, values,
-                      residual_spikes, _channels_last(threshold, out_channels), _channels_last(initial, out_channels),
-                      steps, batch, tile, _workers(), out)
+                      residual_spikes, _channels_last(threshold, out_channels),
+                      _channels_last(initial, out_channels), steps, batch, tile, _workers(), out)
     return out
+
+
+@njit(parallel=True, cache=True)
+def _transpose_rows(source, height, width, out):
+    """out[n, a, b] = source[n, b, a] for every row n: source [N, height, width]."""
+    for n in prange(source.shape[0]):
+        for a in range(width):
+            for b in range(height):
+                out[n, a, b] = source[n, b, a]
+
+
+def _spikes_channels_first(spikes, shape):
+    """Channels-last spikes [T·B, H·W·C] (a fused kernel's output) as [T·B, C·H·W]."""
+    channels, height, width = shape
+    rows = spikes.shape[0]
+    out = np.empty((rows, channels, height * width), np.bool_)
+    _transpose_rows(spikes.reshape(rows, height * width, channels), height * width, channels, out)
+    return out.reshape(rows, -1)
+
+
+def _spikes_channels_last(spikes, shape):
+    """Spikes [T·B, C·H·W] as [T·B, H·W·C]."""
+    channels, height, width = shape
+    rows = spikes.shape[0]
+    out = np.empty((rows, height * width, channels), np.bool_)
+    _transpose_rows(spikes.reshape(rows, channels, height * width), channels, height * width, out)
+    return out.reshape(rows, -1)
 
 
 class EventWeights(NamedTuple):
@@ -727,6 +770,7 @@ CPU_KERNELS = Kernels(
     count=lambda s: int(np.count_nonzero(s)),
     weight_layout=_weight_layout,
     conv2d_if=_conv2d_if,
+    channels_first=_spikes_channels_first,
 )
 
 

@@ -82,13 +82,15 @@ class Fusion:
 
 @dataclass
 class EventConv:
-    """An event-driven conv a fused kernel computes: its input spike map [T·B, C, H, W] on the
-    backend, W' in the backend's event layout, the bias and the graph node."""
+    """An event-driven conv a fused kernel computes: its input spike map on the backend —
+    [T·B, C, H, W], or [T·B, H, W, C] when ``channels_last`` (a fused kernel's own output) —
+    W' in the backend's event layout, the bias and the graph node."""
 
     spikes: Any
     weight: Any
     bias: Any
     node: g.Conv2d
+    channels_last: bool = False
 
 
 @dataclass
@@ -187,8 +189,12 @@ class Kernels:
     weight_layout: Callable = lambda weight, node, events: weight
     #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`): (EventConv, residual
     #: (None, a Signal or an EventConv), IF shape, threshold, initial membrane, steps, batch) ->
-    #: spikes [T·B, F]; backends without it run the steps one by one
+    #: spikes channels-last [T·B, H·W·C] (the order in which such a kernel produces them, and in
+    #: which the next one reads them); backends without it run the steps one by one
     conv2d_if: Callable | None = None
+    #: (channels-last spikes [T·B, H·W·C], (C, H, W)) -> [T·B, C·H·W]; needed with ``conv2d_if``,
+    #: for the readers of its output other than fused kernels (and for recording)
+    channels_first: Callable | None = None
 
 
 @dataclass
@@ -199,6 +205,7 @@ class Signal:
     array: Any
     temporal: bool
     amplitude: Any = None  # device array a per flattened neuron when this is a spike map
+    channels_last: bool = False  # a spike map [T·B, H, W, C] from a fused kernel
 
 
 def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: bool):
@@ -209,12 +216,21 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
     counts, spikes = {}, ({} if record else None)
     output = None
 
-    def analog(signal: Signal):
-        """The signal as currents: a spike map becomes its graded spikes a·s."""
-        if signal.amplitude is None:
+    def channels_first(name: str):
+        """A node's output array, a spike map in the graph's [T·B, C, H, W] order."""
+        signal = values[name]
+        if not signal.channels_last:
             return signal.array
-        rows = signal.array.shape[0]
-        return kernels.graded(signal.array.reshape(rows, -1), signal.amplitude).reshape(signal.array.shape)
+        shape = plan.shapes[name]
+        return kernels.channels_first(signal.array, shape).reshape(signal.array.shape[0], *shape)
+
+    def analog(name: str):
+        """A node's output as currents: a spike map becomes its graded spikes a·s."""
+        signal, array = values[name], channels_first(name)
+        if signal.amplitude is None:
+            return array
+        rows = array.shape[0]
+        return kernels.graded(array.reshape(rows, -1), signal.amplitude).reshape(array.shape)
 
     fusions = plan.fusions if kernels.conv2d_if is not None else {}
     absorbed = {name for fusion in fusions.values() for name in fusion.absorbed}
@@ -226,8 +242,10 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         return weight, plan.parameter(step.bias, kernels.to_device)
 
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
-        step = by_name[conv]
-        return EventConv(values[spike_map].array.reshape(rows, *plan.shapes[spike_map]), *weights(step), step.node)
+        step, signal = by_name[conv], values[spike_map]
+        channels, height, width = plan.shapes[spike_map]
+        shape = (height, width, channels) if signal.channels_last else (channels, height, width)
+        return EventConv(signal.array.reshape(rows, *shape), *weights(step), step.node, signal.channels_last)
 
     for step in plan.steps:
         if step.name in absorbed:
@@ -252,14 +270,16 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
                 s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), residual,
                                       plan.shapes[step.name], threshold, initial, steps, batch)
             else:
-                s = kernels.if_layer(analog(args[0]).reshape(rows, -1), temporal, threshold, initial, steps, batch)
+                s = kernels.if_layer(analog(step.inputs[0]).reshape(rows, -1), temporal, threshold, initial, steps,
+                                     batch)
             counts[step.name] = kernels.count(s)
-            if record:
-                spikes[step.name] = kernels.to_host(s).reshape(steps, batch, *plan.shapes[step.name])
             amplitude = plan.parameter(step.amplitude, kernels.to_device)
-            values[step.name] = Signal(s.reshape(steps * batch, *plan.shapes[step.name]), True, amplitude)
+            values[step.name] = Signal(s, True, amplitude, channels_last=fusion is not None)
+            if record:
+                spikes[step.name] = kernels.to_host(channels_first(step.name)).reshape(steps, batch,
+                                                                                       *plan.shapes[step.name])
         elif isinstance(node, (g.Conv2d, g.Linear)):
-            source = args[0].array if step.events else analog(args[0])
+            source = channels_first(step.inputs[0]) if step.events else analog(step.inputs[0])
             weight, bias = weights(step)
             if isinstance(node, g.Conv2d):
                 out = kernels.conv2d(source.reshape(shape_in), weight, bias, node,
@@ -268,16 +288,17 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
                 out = kernels.linear(source.reshape(rows, -1), weight, bias, step.events)
             values[step.name] = Signal(out, temporal)
         elif isinstance(node, g.AvgPool2d):  # SumPool2d too
-            out = kernels.sum_pool2d(analog(args[0]).reshape(shape_in), node, (rows, *plan.shapes[step.name]))
+            out = kernels.sum_pool2d(analog(step.inputs[0]).reshape(shape_in), node, (rows, *plan.shapes[step.name]))
             if not isinstance(node, g.SumPool2d):
                 out = kernels.divide(out, np.float32(node.kernel_size[0] * node.kernel_size[1]))
             values[step.name] = Signal(out, temporal)
         elif isinstance(node, g.Flatten):
-            values[step.name] = Signal(analog(args[0]).reshape(rows, -1), temporal)
+            values[step.name] = Signal(analog(step.inputs[0]).reshape(rows, -1), temporal)
         elif isinstance(node, g.Add):
-            values[step.name] = Signal(kernels.add([(analog(a), a.temporal) for a in args], steps, batch), temporal)
+            values[step.name] = Signal(kernels.add([(analog(name), values[name].temporal) for name in step.inputs], steps,
+                                                   batch), temporal)
         elif isinstance(node, g.Output):
-            mean = kernels.mean_over_time(analog(args[0]).reshape(rows, -1), temporal, steps, batch)
+            mean = kernels.mean_over_time(analog(step.inputs[0]).reshape(rows, -1), temporal, steps, batch)
             output = mean if node.scale == 1 else mean / node.scale
         for source in reads:
             remaining[source] -= 1
