@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from llvmlite import ir
 from numba import carray, get_num_threads, njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from snnverify import graph as g
@@ -99,6 +100,44 @@ def padded_channels(group_out: int) -> int:
     return -(-group_out // _NARROW) * _NARROW
 
 
+#: Channels :func:`_append_spiking` examines at once.
+_FLAG_LANES = 16
+
+
+@intrinsic
+def _append_spiking(typingctx, entries, at, flags, offset, first_value):
+    """entries[at : at + k] = first_value + i for the i in 0 … 15 (ascending) where flags[offset +
+    i] (linear index into a C-contiguous boolean array) is true; returns k. One masked
+    compress-store (``llvm.masked.compressstore``: AVX-512 ``vpcompressd``; LLVM expands it on
+    other CPUs) instead of 16 stores, loads and adds."""
+    if entries != types.Array(types.int32, 1, "C") or flags.dtype != types.boolean:
+        return None
+    lanes = _FLAG_LANES
+
+    def codegen(context, builder, signature, args):
+        entries_array, at, flags_array, offset, first_value = args
+        entries_data = context.make_array(signature.args[0])(context, builder, entries_array).data
+        flags_data = context.make_array(signature.args[2])(context, builder, flags_array).data
+        i32, index = ir.IntType(32), ir.IntType(64)
+        flag_vector = ir.VectorType(ir.IntType(8), lanes)
+        loaded = builder.load(builder.bitcast(builder.gep(flags_data, [offset]), flag_vector.as_pointer()), align=1)
+        mask = builder.icmp_unsigned("!=", loaded, ir.Constant(flag_vector, [0] * lanes))
+        values_type = ir.VectorType(i32, lanes)
+        first = builder.insert_element(ir.Constant(values_type, ir.Undefined), builder.trunc(first_value, i32),
+                                       ir.Constant(i32, 0))
+        first = builder.shuffle_vector(first, ir.Constant(values_type, ir.Undefined),
+                                       ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+        values = builder.add(first, ir.Constant(values_type, list(range(lanes))))
+        store_type = ir.FunctionType(ir.VoidType(), [values_type, i32.as_pointer(), mask.type])
+        store = cgutils.get_or_insert_function(builder.module, store_type, f"llvm.masked.compressstore.v{lanes}i32")
+        builder.call(store, [values, builder.gep(entries_data, [at]), mask])
+        bits = ir.IntType(lanes)
+        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(bits, [bits]), f"llvm.ctpop.i{lanes}")
+        return builder.zext(builder.call(popcount, [builder.bitcast(mask, bits)]), index)
+
+    return types.int64(entries, at, flags, offset, first_value), codegen
+
+
 @njit(inline="always")
 def _spike_entries(planes, channels_last, first, group_in, in_w, entries, starts):
     """Which weight rows the spikes of one sample-step's map ``planes`` — [C, H·W], or [H·W, C]
@@ -113,8 +152,12 @@ def _spike_entries(planes, channels_last, first, group_in, in_w, entries, starts
     for p in range(positions):
         starts[p] = count
         column = (p % in_w) * group_in
-        if channels_last:
-            for c in range(group_in):
+        if channels_last:  # the channels of a position are adjacent: 16 at a time
+            offset = p * planes.shape[1] + first
+            whole = group_in - group_in % _FLAG_LANES
+            for c in range(0, whole, _FLAG_LANES):
+                count += _append_spiking(entries, count, planes, offset + c, column + c)
+            for c in range(whole, group_in):
                 entries[count] = column + c
                 count += planes[p, first + c]
         else:
@@ -226,17 +269,17 @@ def _gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, 
 
 
 @njit(inline="always")
-def _residual_lanes(kind, residual, spikes, n, sample, p, first, out_channels, count, positions, zero, part):
+def _residual_lanes(kind, residual, spikes, n, sample, p, first, out_channels, count, positions, part):
     """part[j·w + k] = the residual r of neuron (channel ``first`` + k, position p + j), w =
     min(count, C_out): ``residual[n, f]`` (kind 1), ``residual[sample, f]`` (2, static), f = its
-    channels-first index, or a·s = ``residual[0, f]`` where ``spikes[n, f]``, else 0 (3, a graded
-    spike map, both channels-last: f = (p + j)·C_out + first + k, the lanes' neurons adjacent).
+    channels-first index, or a·s = ``residual[0, f]``·``spikes[n, f]`` (3, a graded spike map, both
+    channels-last: f = (p + j)·C_out + first + k, the lanes' neurons adjacent).
     Read in place: copying a whole residual map channels-last first (per block) cost more, and
     its buffer evicted the weights from the caches."""
-    if kind == 3:
+    if kind == 3:  # a·s, branch-free: a·0 may be −0, and (Σ + b) + (−0) = Σ + b (Σ, from +0, is never −0)
         f0 = p * out_channels + first
         for k in range(count):
-            part[k] = residual[0, f0 + k] if spikes[n, f0 + k] else zero
+            part[k] = residual[0, f0 + k] * spikes[n, f0 + k]
         return
     width = min(count, out_channels)
     source = residual[n if kind == 1 else sample]
@@ -290,7 +333,7 @@ def _conv2d_events(spikes, weights, kernel_hw, bias, geometry, workers, out):
     padded = weights.shape[1] // taps
     flat = weights.reshape(-1)
     # scratch per worker (one per thread), allocated once per call
-    all_entries = np.empty((workers, in_h * in_w * group_in), np.int64)
+    all_entries = np.empty((workers, in_h * in_w * group_in), np.int32)
     all_starts = np.empty((workers, in_h * in_w + 1), np.int64)
     for worker in prange(workers):
         for job in range(worker, rows * groups, workers):
@@ -347,7 +390,6 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
     shortcut_taps = shortcut_kernel[0] * shortcut_kernel[1] * shortcut_channels
     shortcut_span = shortcut_packed.shape[0] // (shortcut_kernel[0] * shortcut_channels)
     projection = residual_kind == 4
-    zero = v0.dtype.type(0)
     thresholds = threshold.reshape(-1)
     lane_bias, shortcut_lane_bias = np.empty(_WIDE, bias.dtype), np.empty(_WIDE, bias.dtype)
     for k in range(_WIDE):  # packed: lane j·C_out + o is channel o
@@ -356,10 +398,10 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
     rows = tile * _STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
     # scratch per worker (one per thread), allocated once per call: fresh pages per job cost
     # more than the adds
-    all_entries = np.zeros((workers, rows, in_h * in_w * group_in), np.int64)
+    all_entries = np.zeros((workers, rows, in_h * in_w * group_in), np.int32)
     all_starts = np.empty((workers, rows, in_h * in_w + 1), np.int64)
     shortcut_size = shortcut_h * shortcut_w if projection else 0
-    all_shortcut_entries = np.zeros((workers, rows, shortcut_size * shortcut_channels), np.int64)
+    all_shortcut_entries = np.zeros((workers, rows, shortcut_size * shortcut_channels), np.int32)
     all_shortcut_starts = np.empty((workers, rows, shortcut_size + 1), np.int64)
     all_v = np.empty((workers, tile, positions, padded), v0.dtype)
     all_parts = np.empty((workers, _WIDE), v0.dtype)  # the residuals of a gather's lanes
@@ -416,7 +458,7 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                                 part[k] = shortcut_values[k] + shortcut_lane_bias[k]
                                         elif residual_kind != 0:
                                             _residual_lanes(residual_kind, residual, residual_spikes, n, first_sample + s,
-                                                            oy * out_w + ox0, 0, lanes, count, positions, zero, part)
+                                                            oy * out_w + ox0, 0, lanes, count, positions, part)
                                         # lane j·C_out + o is channel o of position p + j: channels-last
                                         _integrate(values, lane_bias, part, residual_kind != 0, membrane, theta,
                                                    out_spikes[n, base : base + count])
@@ -441,7 +483,7 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                                 part[k] = shortcut_values[k] + shortcut_bias[first + k]
                                         elif residual_kind != 0:
                                             _residual_lanes(residual_kind, residual, residual_spikes, n, first_sample + s,
-                                                            p, first, out_channels, lanes, positions, zero, part)
+                                                            p, first, out_channels, lanes, positions, part)
                                         _integrate(values, bias[first : first + lanes], part, residual_kind != 0, membrane,
                                                    theta, out_spikes[n, out : out + lanes])
 
