@@ -12,9 +12,12 @@ once per sample-step map, :func:`_spike_entries`) into accumulators held in vect
 in (ky, kx, c) order. For 16 or 32 output channels, 4 or 2 adjacent positions share one block
 (:func:`_gather_packed`). Every IF layer fed by an event-driven conv (plus a residual, which may
 itself be an event-driven projection conv) runs as one fused kernel (:func:`_conv2d_events_if`),
-so the [T·B, ...] currents are never stored; it reaches 17–25 G adds/s per core on ResNet layers
-of 64–512 channels on this project's machines (``snnverify.speed`` reports the events per
-second beside the speed).
+so the [T·B, ...] currents are never stored, and writes its spikes channels-last, the order in
+which it computes them and in which the next fused kernel reads them (spike lists 16 channels
+at a time, graded residuals in place); other readers get them channels-first
+(:func:`_spikes_channels_first`). It reaches 25–40 G adds/s per core on ResNet layers of 64–512
+channels on this project's machines (``snnverify.speed`` reports the events per second beside
+the speed; the asv benchmark ``EventGather`` the inner loop's rate alone).
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ _WIDE, _NARROW = 64, 16
 #: Steps whose spike lists a fused kernel builds at once: each weight row it loads then serves
 #: up to this many steps at each output position (reuse in the L1/L2 cache).
 _STEP_CHUNK = 8
-#: Spike-list entries one job of a fused kernel may hold (2 MB): late ResNet layers, with small
+#: Spike-list entries one job of a fused kernel may hold (1 MB): late ResNet layers, with small
 #: maps, then take several samples per job and read their weights once for all of them.
 _TILE_ENTRIES = 1 << 18
 

@@ -11,9 +11,11 @@ installed). Run: ``asv run --python=same -E existing --bench bench_backends``.
 
 import numpy as np
 import torch
+from numba import carray, njit
 
 import snnverify
 from snnverify.api import SNN
+from snnverify.runtime.numba_cpu import _WIDE, _add_entries, _aligned_zeros, _stack_buffer
 from snnverify.speed import SHAPES, converted, interleaved_best_times, multiply_accumulates, synaptic_events
 
 
@@ -83,3 +85,52 @@ class Simulation:
         return seconds["snn"] / seconds["ann"]
 
     track_time_over_ann_forward.unit = "x"
+
+
+@njit(cache=True)
+def _gather_rows(weights, entries, starts, out):
+    """out[s] = Σ_e weights row entries[e] (64 lanes), e over stream s's entries — the CPU event
+    kernel's inner loop (:func:`~snnverify.runtime.numba_cpu._add_entries`) alone, one thread."""
+    acc = _stack_buffer(out, _WIDE)
+    values = carray(acc, _WIDE)
+    for s in range(starts.shape[0] - 1):
+        for k in range(_WIDE):
+            values[k] = 0
+        _add_entries(acc, weights, 0, 0, entries, starts[s], starts[s + 1], True)
+        for k in range(_WIDE):
+            out[s, k] = values[k]
+
+
+class EventGather:
+    """The ceiling of the CPU event kernel: adds per second of its inner loop alone (one thread,
+    no spike lists, no membrane update): 64 ascending random rows per stream (about what one
+    output position gathers per step in a 64-channel ResNet layer) from a block of rows of 64
+    float32 lanes of 32 KB (held in L1), 144 KB (a 3×3 conv's block with 64 input channels) and
+    1.15 MB (512 input channels; held in L2 only). The simulation's rate (``python -m
+    snnverify.speed``'s events/s) is read against it: at this rate with no other cost, the
+    simulation would take its synaptic events / this rate — the floor of the kernel's design."""
+
+    params = [[128, 576, 4608]]
+    param_names = ["rows"]
+    number = 1
+    repeat = 5
+
+    def setup(self, rows):
+        rng = np.random.default_rng(0)
+        streams, per_stream = 4096, 64
+        self.weights = _aligned_zeros((rows * _WIDE,), np.float32)
+        self.weights[:] = rng.standard_normal(rows * _WIDE)
+        self.entries = np.concatenate([np.sort(rng.choice(rows, per_stream, replace=False))
+                                       for _ in range(streams)]).astype(np.int32)
+        self.starts = np.arange(streams + 1, dtype=np.int64) * per_stream
+        self.out = np.empty((streams, _WIDE), np.float32)
+        _gather_rows(self.weights, self.entries, self.starts, self.out)  # compile outside the timing
+
+    def time_gather(self, rows):
+        _gather_rows(self.weights, self.entries, self.starts, self.out)
+
+    def track_adds_per_second(self, rows):
+        seconds = interleaved_best_times({"gather": lambda: self.time_gather(rows)}, 3)["gather"]
+        return len(self.entries) * _WIDE / seconds / 1e9
+
+    track_adds_per_second.unit = "G adds/s"

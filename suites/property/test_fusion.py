@@ -10,10 +10,11 @@ import dataclasses
 
 import numpy as np
 from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from snnverify import graph as g
 from snnverify.api import SNN
-from snnverify.runtime.numba_cpu import CPU_KERNELS
+from snnverify.runtime.numba_cpu import CPU_KERNELS, _spike_entries
 from snnverify.runtime.plan import build_plan, execute
 from snnverify.strategies import spiking_graphs
 
@@ -174,3 +175,32 @@ def test_three_way_merges_are_not_fused():
                                    "out": ["fc"]})
     assert "if2" not in build_plan(graph).fusions
     assert SNN(graph, 4, target="cpu").run(np.ones((1, 1, 2, 2), np.float32), 4).output.shape == (1, 2)
+
+
+@given(channels=st.integers(1, 80), positions=st.integers(1, 12), width=st.integers(1, 4), data=st.data())
+def test_spike_lists_are_the_same_from_either_layout(channels, positions, width, data):
+    """A fused kernel's spike lists (which weight rows each input position selects) from a
+    channels-last map — 16 channels at a time by a masked compress-store, the remainder one by
+    one — equal those of the same map channels-first, read channel by channel, for every group
+    of channels: all, none and every rate of spikes in between."""
+    groups = data.draw(st.sampled_from([d for d in range(1, channels + 1) if channels % d == 0]))
+    group = data.draw(st.integers(0, groups - 1))
+    rate = data.draw(st.sampled_from([0.0, 0.15, 0.5, 1.0]))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    spikes = np.random.default_rng(seed).random((channels, positions)) < rate
+    group_in = channels // groups
+    lists = []
+    for planes, channels_last in ((spikes, False), (np.ascontiguousarray(spikes.T), True)):
+        entries = np.full(positions * group_in, -1, np.int32)
+        starts = np.full(positions + 1, -1, np.int64)
+        _spike_entries(planes, channels_last, group * group_in, group_in, width, entries, starts)
+        lists.append((entries[: starts[-1]], starts))
+    (first_entries, first_starts), (last_entries, last_starts) = lists
+    np.testing.assert_array_equal(last_starts, first_starts)
+    np.testing.assert_array_equal(last_entries, first_entries)
+    # and both are the spikes: position p lists ix·C_g + c for its spiking channels c
+    selected = spikes[group * group_in : (group + 1) * group_in]
+    assert first_starts[-1] == selected.sum()
+    for p in range(positions):
+        expected = (p % width) * group_in + np.flatnonzero(selected[:, p])
+        np.testing.assert_array_equal(first_entries[first_starts[p] : first_starts[p + 1]], expected)
