@@ -272,18 +272,11 @@ def _gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, 
 
 
 @njit(inline="always")
-def _residual_lanes(kind, residual, spikes, n, sample, p, first, out_channels, count, positions, part):
-    """part[j·w + k] = the residual r of neuron (channel ``first`` + k, position p + j), w =
-    min(count, C_out): ``residual[n, f]`` (kind 1), ``residual[sample, f]`` (2, static), f = its
-    channels-first index, or a·s = ``residual[0, f]``·``spikes[n, f]`` (3, a graded spike map, both
-    channels-last: f = (p + j)·C_out + first + k, the lanes' neurons adjacent).
-    Read in place: copying a whole residual map channels-last first (per block) cost more, and
-    its buffer evicted the weights from the caches."""
-    if kind == 3:  # a·s, branch-free: a·0 may be −0, and (Σ + b) + (−0) = Σ + b (Σ, from +0, is never −0)
-        f0 = p * out_channels + first
-        for k in range(count):
-            part[k] = residual[0, f0 + k] * spikes[n, f0 + k]
-        return
+def _residual_currents(kind, residual, n, sample, p, first, out_channels, count, positions, part):
+    """part[j·w + k] = the residual current of neuron (channel ``first`` + k, position p + j), w =
+    min(count, C_out): ``residual[n, f]`` (kind 1) or ``residual[sample, f]`` (2, static), f its
+    channels-first index (a strided read, in place: copying the map channels-last first cost
+    more, and the copy evicted the weights from the caches)."""
     width = min(count, out_channels)
     source = residual[n if kind == 1 else sample]
     for j in range(count // width):
@@ -291,17 +284,38 @@ def _residual_lanes(kind, residual, spikes, n, sample, p, first, out_channels, c
             part[j * width + k] = source[(first + k) * positions + p + j]
 
 
+#: What :func:`_integrate` adds to a lane's Σ + b: nothing, a graded spike a·s, a shortcut
+#: conv's Σ' + b', a current.
+_NONE, _GRADED, _SHORTCUT, _CURRENT = 0, 1, 2, 3
+
+
 @njit(inline="always")
-def _integrate(values, bias, residual, with_residual, membrane, theta, spiked):
-    """Per lane k: v += (Σ + b) [+ r]; s = v ≥ θ; v −= θ·s — the unfused kernels' operations."""
-    if with_residual:
-        for k in range(spiked.shape[0]):
-            value = membrane[k] + ((values[k] + bias[k]) + residual[k])
+def _integrate(values, bias, residual, first_terms, second_terms, membrane, theta, spiked):
+    """Per lane k: v += (Σ + b) + r; s = v ≥ θ; v −= θ·s — the unfused kernels' operations —
+    with r by ``residual``: none, a·s (first_terms[k]·second_terms[k], branch-free: a·0 may be
+    −0, and (Σ + b) + (−0) = Σ + b, as Σ + b, a sum from +0, is never −0), Σ' + b'
+    (first_terms[k] + second_terms[k]) or first_terms[k]. Computed here, lane by lane, not
+    staged in a buffer: a vector load of lanes just stored one by one stalls (no store
+    forwarding), which cost more than the residual itself (measured: +20 % on a 64-channel layer)."""
+    lanes = spiked.shape[0]
+    if residual == _NONE:
+        for k in range(lanes):
+            value = membrane[k] + (values[k] + bias[k])
+            spiked[k] = value >= theta[k]
+            membrane[k] = value - theta[k] if spiked[k] else value
+    elif residual == _GRADED:
+        for k in range(lanes):
+            value = membrane[k] + ((values[k] + bias[k]) + first_terms[k] * second_terms[k])
+            spiked[k] = value >= theta[k]
+            membrane[k] = value - theta[k] if spiked[k] else value
+    elif residual == _SHORTCUT:
+        for k in range(lanes):
+            value = membrane[k] + ((values[k] + bias[k]) + (first_terms[k] + second_terms[k]))
             spiked[k] = value >= theta[k]
             membrane[k] = value - theta[k] if spiked[k] else value
     else:
-        for k in range(spiked.shape[0]):
-            value = membrane[k] + (values[k] + bias[k])
+        for k in range(lanes):
+            value = membrane[k] + ((values[k] + bias[k]) + first_terms[k])
             spiked[k] = value >= theta[k]
             membrane[k] = value - theta[k] if spiked[k] else value
 
@@ -367,7 +381,7 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
     geometry, bias). For every neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ =
     :func:`_gather`, with r by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``, 2
     ``residual[b, f]`` (static), 3 ``residual[0, f]`` where ``residual_spikes[t·B + b, f]``, else 0
-    (a graded spike map; f channels-last here, :func:`_residual_lanes`), 4 Σ' + bias'[o] with Σ' the
+    (a graded spike map; f channels-last here), 4 Σ' + bias'[o] with Σ' the
     gather of the second conv (a projection shortcut; both convs have one group); then v += I,
     s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. ``threshold`` and
     ``v0`` are channels-last [H·W, C_out]. With ``pack`` = Q > 1 (C_out = 64 / Q), Q adjacent
@@ -407,7 +421,6 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
     all_shortcut_entries = np.zeros((workers, rows, shortcut_size * shortcut_channels), np.int32)
     all_shortcut_starts = np.empty((workers, rows, shortcut_size + 1), np.int64)
     all_v = np.empty((workers, tile, positions, padded), v0.dtype)
-    all_parts = np.empty((workers, _WIDE), v0.dtype)  # the residuals of a gather's lanes
     tiles = -(-batch // tile)
     for worker in prange(workers):
         for job in range(worker, tiles * groups, workers):
@@ -416,7 +429,9 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
             values, shortcut_values = carray(acc, _WIDE), carray(shortcut_acc, _WIDE)
             entries, starts, v = all_entries[worker], all_starts[worker], all_v[worker]
             shortcut_entries, shortcut_starts = all_shortcut_entries[worker], all_shortcut_starts[worker]
-            part = all_parts[worker]
+            # the residuals of a gather's lanes, on the stack: LLVM then knows that they alias
+            # no array, and vectorises the membrane update that reads them
+            part = carray(_stack_buffer(bias, _WIDE), _WIDE)
             first_sample, group = (job // groups) * tile, job % groups
             samples = min(tile, batch - first_sample)
             for s in range(samples):
@@ -457,14 +472,20 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                                            shortcut_starts[r], oy,
                                                            ox0 * shortcut_geometry[1] - shortcut_geometry[3],
                                                            shortcut_geometry, (shortcut_h, shortcut_w))
-                                            for k in range(count):
-                                                part[k] = shortcut_values[k] + shortcut_lane_bias[k]
-                                        elif residual_kind != 0:
-                                            _residual_lanes(residual_kind, residual, residual_spikes, n, first_sample + s,
-                                                            oy * out_w + ox0, 0, lanes, count, positions, part)
                                         # lane j·C_out + o is channel o of position p + j: channels-last
-                                        _integrate(values, lane_bias, part, residual_kind != 0, membrane, theta,
-                                                   out_spikes[n, base : base + count])
+                                        fired = out_spikes[n, base : base + count]
+                                        if projection:
+                                            _integrate(values, lane_bias, _SHORTCUT, shortcut_values, shortcut_lane_bias,
+                                                       membrane, theta, fired)
+                                        elif residual_kind == 3:
+                                            _integrate(values, lane_bias, _GRADED, residual[0, base : base + count],
+                                                       residual_spikes[n, base : base + count], membrane, theta, fired)
+                                        else:
+                                            if residual_kind != 0:
+                                                _residual_currents(residual_kind, residual, n, first_sample + s,
+                                                                   oy * out_w + ox0, 0, lanes, count, positions, part)
+                                            _integrate(values, lane_bias, _CURRENT if residual_kind != 0 else _NONE, part,
+                                                       part, membrane, theta, fired)
                     else:
                         for oy in range(out_h):
                             for ox in range(out_w):
@@ -482,13 +503,19 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                             _gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
                                                     shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
                                                     shortcut_geometry, (shortcut_h, shortcut_w), wide)
-                                            for k in range(lanes):
-                                                part[k] = shortcut_values[k] + shortcut_bias[first + k]
-                                        elif residual_kind != 0:
-                                            _residual_lanes(residual_kind, residual, residual_spikes, n, first_sample + s,
-                                                            p, first, out_channels, lanes, positions, part)
-                                        _integrate(values, bias[first : first + lanes], part, residual_kind != 0, membrane,
-                                                   theta, out_spikes[n, out : out + lanes])
+                                        fired, lane_bias = out_spikes[n, out : out + lanes], bias[first : first + lanes]
+                                        if projection:
+                                            _integrate(values, lane_bias, _SHORTCUT, shortcut_values,
+                                                       shortcut_bias[first : first + lanes], membrane, theta, fired)
+                                        elif residual_kind == 3:
+                                            _integrate(values, lane_bias, _GRADED, residual[0, out : out + lanes],
+                                                       residual_spikes[n, out : out + lanes], membrane, theta, fired)
+                                        else:
+                                            if residual_kind != 0:
+                                                _residual_currents(residual_kind, residual, n, first_sample + s, p, first,
+                                                                   out_channels, lanes, positions, part)
+                                            _integrate(values, lane_bias, _CURRENT if residual_kind != 0 else _NONE, part,
+                                                       part, membrane, theta, fired)
 
 
 @njit(parallel=True, cache=True)
