@@ -15,7 +15,7 @@ itself be an event-driven projection conv) runs as one fused kernel (:func:`_con
 so the [T·B, ...] currents are never stored, and writes its spikes channels-last, the order in
 which it computes them and in which the next fused kernel reads them (spike lists 16 channels
 at a time, graded residuals in place); other readers get them channels-first
-(:func:`_spikes_channels_first`). It reaches 25–40 G adds/s per core on ResNet layers of 64–512
+(:func:`_to_channels_first`). It reaches 25–40 G adds/s per core on ResNet layers of 64–512
 channels on this project's machines (``snnverify.speed`` reports the events per second beside
 the speed; the asv benchmark ``EventGather`` the inner loop's rate alone).
 """
@@ -376,9 +376,8 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
     """IF(conv(spikes) [+ residual]) without storing currents; the spikes go to ``out_spikes``
     [T·B, H·W·C_out], channels-last.
 
-    ``conv`` and ``shortcut`` are (spike map [T·B, F], whether it is channels-last, its (C, H,
-    W), W' in blocks (:func:`events_layout`), W' packed (:func:`packed_layout`), (kH, kW),
-    geometry, bias). For every neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ =
+    ``conv`` and ``shortcut`` are (spike map, channels-last [T·B, H·W·C], its (C, H, W), W' in
+    blocks (:func:`events_layout`), W' packed (:func:`packed_layout`), (kH, kW), geometry, bias). For every neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ =
     :func:`_gather`, with r by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``, 2
     ``residual[b, f]`` (static), 3 ``residual[0, f]`` where ``residual_spikes[t·B + b, f]``, else 0
     (a graded spike map; f channels-last here), 4 Σ' + bias'[o] with Σ' the
@@ -391,9 +390,9 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
     per chunk, block of output channels and output position, every sample and step of the
     chunk is gathered before the next position: the weights of a block (up to 9·C_in·64 values)
     are then read from memory once per chunk and tile, and from the caches for the rest."""
-    spikes, channels_last, (channels, in_h, in_w), weights, packed, kernel_hw, geometry, bias = conv
-    (shortcut_spikes, shortcut_channels_last, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights,
-     shortcut_packed, shortcut_kernel, shortcut_geometry, shortcut_bias) = shortcut
+    spikes, (channels, in_h, in_w), weights, packed, kernel_hw, geometry, bias = conv
+    (shortcut_spikes, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights, shortcut_packed, shortcut_kernel,
+     shortcut_geometry, shortcut_bias) = shortcut
     out_h, out_w = out_hw[0], out_hw[1]
     positions = out_h * out_w
     groups = weights.shape[0]
@@ -441,13 +440,11 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                 for s in range(samples):
                     for c in range(chunk):
                         n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                        planes = spikes[n].reshape(-1, channels) if channels_last else spikes[n].reshape(channels, -1)
-                        _spike_entries(planes, channels_last, group * group_in, group_in, in_w, entries[r], starts[r])
+                        _spike_entries(spikes[n].reshape(-1, channels), True, group * group_in, group_in, in_w, entries[r],
+                                       starts[r])
                         if projection:
-                            shortcut_planes = (shortcut_spikes[n].reshape(-1, shortcut_channels) if shortcut_channels_last
-                                               else shortcut_spikes[n].reshape(shortcut_channels, -1))
-                            _spike_entries(shortcut_planes, shortcut_channels_last, 0, shortcut_channels, shortcut_w,
-                                           shortcut_entries[r], shortcut_starts[r])
+                            _spike_entries(shortcut_spikes[n].reshape(-1, shortcut_channels), True, 0, shortcut_channels,
+                                           shortcut_w, shortcut_entries[r], shortcut_starts[r])
                 for block in range(1 if pack > 1 else _block_count(padded)):
                     if pack > 1:  # one block of all channels
                         start, wide, lanes = 0, True, group_out
@@ -645,40 +642,33 @@ def _workers() -> int:
     return get_num_threads()
 
 
-def _channels_last(per_neuron: np.ndarray, channels: int) -> np.ndarray:
+def _channels_last(per_neuron: np.ndarray, shape) -> np.ndarray:
     """[C·H·W] (one value per neuron) as [H·W, C]."""
-    return np.ascontiguousarray(per_neuron.reshape(channels, -1).T)
+    return _to_channels_last(per_neuron.reshape(1, -1), shape).reshape(-1, shape[0])
 
 
 def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, batch):
     """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`);
     ``residual`` is None, a :class:`Signal` or an :class:`EventConv` (a projection shortcut,
     computed inside when both convs have one group, else beforehand by :func:`_conv2d`). Spike
-    maps come in either layout (:class:`EventConv`, :class:`Signal`); the spikes go out
-    channels-last [T·B, H·W·C]."""
+    maps, read and written, are channels-last [T·B, H·W·C]."""
     rows = steps * batch
     dtype = conv.weight.blocks.dtype
-    out_channels = out_shape[0]
     no_spikes = np.zeros((1, 1, 1, 1), np.bool_)
     values, residual_spikes = np.zeros((1, 1), dtype), no_spikes.reshape(1, 1)
     no_weights = np.zeros((1, 1), dtype)
     shortcut = EventConv(no_spikes, EventWeights(no_weights, no_weights, 1), np.zeros(1, dtype), None)
     if isinstance(residual, EventConv) and (residual.node.groups > 1 or conv.node.groups > 1):
-        spikes = residual.spikes
-        if residual.channels_last:
-            height, width, channels = spikes.shape[1:]
-            spikes = _spikes_channels_first(spikes, (channels, height, width)).reshape(rows, channels, height, width)
+        height, width, channels = residual.spikes.shape[1:]
+        spikes = _to_channels_first(residual.spikes, (channels, height, width)).reshape(rows, channels, height, width)
         current = _conv2d(spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True)
         residual = Signal(current, True)
     if residual is None:
         kind = 0
     elif isinstance(residual, EventConv):
         kind, shortcut = 4, residual
-    elif residual.amplitude is not None:  # a graded spike map, read channels-last (contiguously)
-        residual_spikes = residual.array.reshape(rows, -1)
-        if not residual.channels_last:
-            residual_spikes = _spikes_channels_last(residual_spikes, out_shape)
-        kind, values = 3, _channels_last(residual.amplitude, out_channels).reshape(1, -1)
+    elif residual.amplitude is not None:  # a graded spike map
+        kind, values, residual_spikes = 3, _channels_last(residual.amplitude, out_shape).reshape(1, -1), residual.array
     else:
         kind, values = (1 if residual.temporal else 2), residual.array
         values = np.ascontiguousarray(values).reshape(values.shape[0], -1)
@@ -691,14 +681,13 @@ def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, 
 
     def kernel_args(event_conv: EventConv):
         node, spikes = event_conv.node, event_conv.spikes
-        shape = (spikes.shape[3], spikes.shape[1], spikes.shape[2]) if event_conv.channels_last else spikes.shape[1:]
-        return (spikes.reshape(spikes.shape[0], -1), event_conv.channels_last, shape, event_conv.weight.blocks,
-                event_conv.weight.packed, node.weight.shape[2:] if node else (1, 1),
+        return (spikes.reshape(spikes.shape[0], -1), (spikes.shape[3], spikes.shape[1], spikes.shape[2]),
+                event_conv.weight.blocks, event_conv.weight.packed, node.weight.shape[2:] if node else (1, 1),
                 _gather_geometry(node) if node else (1,) * 6, event_conv.bias)
 
     _conv2d_events_if(kernel_args(conv), kernel_args(shortcut), pack, np.array(out_shape[1:]), kind, values,
-                      residual_spikes, _channels_last(threshold, out_channels),
-                      _channels_last(initial, out_channels), steps, batch, tile, _workers(), out)
+                      residual_spikes, _channels_last(threshold, out_shape),
+                      _channels_last(initial, out_shape), steps, batch, tile, _workers(), out)
     return out
 
 
@@ -711,21 +700,21 @@ def _transpose_rows(source, height, width, out):
                 out[n, a, b] = source[n, b, a]
 
 
-def _spikes_channels_first(spikes, shape):
-    """Channels-last spikes [T·B, H·W·C] (a fused kernel's output) as [T·B, C·H·W]."""
+def _to_channels_first(array, shape):
+    """A channels-last map [N, H·W·C] (a fused kernel's spikes) as [N, C·H·W]."""
     channels, height, width = shape
-    rows = spikes.shape[0]
-    out = np.empty((rows, channels, height * width), np.bool_)
-    _transpose_rows(spikes.reshape(rows, height * width, channels), height * width, channels, out)
+    rows = array.shape[0]
+    out = np.empty((rows, channels, height * width), array.dtype)
+    _transpose_rows(np.ascontiguousarray(array).reshape(rows, height * width, channels), height * width, channels, out)
     return out.reshape(rows, -1)
 
 
-def _spikes_channels_last(spikes, shape):
-    """Spikes [T·B, C·H·W] as [T·B, H·W·C]."""
+def _to_channels_last(array, shape):
+    """A map [N, C·H·W] as [N, H·W·C]."""
     channels, height, width = shape
-    rows = spikes.shape[0]
-    out = np.empty((rows, height * width, channels), np.bool_)
-    _transpose_rows(spikes.reshape(rows, channels, height * width), channels, height * width, out)
+    rows = array.shape[0]
+    out = np.empty((rows, height * width, channels), array.dtype)
+    _transpose_rows(np.ascontiguousarray(array).reshape(rows, channels, height * width), channels, height * width, out)
     return out.reshape(rows, -1)
 
 
@@ -842,7 +831,8 @@ CPU_KERNELS = Kernels(
     count=lambda s: int(np.count_nonzero(s)),
     weight_layout=_weight_layout,
     conv2d_if=_conv2d_if,
-    channels_first=_spikes_channels_first,
+    channels_last=_to_channels_last,
+    channels_first=_to_channels_first,
 )
 
 

@@ -82,15 +82,13 @@ class Fusion:
 
 @dataclass
 class EventConv:
-    """An event-driven conv a fused kernel computes: its input spike map on the backend —
-    [T·B, C, H, W], or [T·B, H, W, C] when ``channels_last`` (a fused kernel's own output) —
-    W' in the backend's event layout, the bias and the graph node."""
+    """An event-driven conv a fused kernel computes: its input spike map on the backend,
+    channels-last [T·B, H, W, C], W' in the backend's event layout, the bias and the graph node."""
 
     spikes: Any
     weight: Any
     bias: Any
     node: g.Conv2d
-    channels_last: bool = False
 
 
 @dataclass
@@ -189,11 +187,12 @@ class Kernels:
     weight_layout: Callable = lambda weight, node, events: weight
     #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`): (EventConv, residual
     #: (None, a Signal or an EventConv), IF shape, threshold, initial membrane, steps, batch) ->
-    #: spikes channels-last [T·B, H·W·C] (the order in which such a kernel produces them, and in
-    #: which the next one reads them); backends without it run the steps one by one
+    #: spikes; backends without it run the steps one by one. The spike maps it reads and writes
+    #: are channels-last [T·B, H·W·C]: the order in which such a kernel produces them (per
+    #: position, a block of channels) and reads them (the channels at an input position).
     conv2d_if: Callable | None = None
-    #: (channels-last spikes [T·B, H·W·C], (C, H, W)) -> [T·B, C·H·W]; needed with ``conv2d_if``,
-    #: for the readers of its output other than fused kernels (and for recording)
+    #: (array [N, C·H·W], (C, H, W)) -> [N, H·W·C] and back; needed with ``conv2d_if``
+    channels_last: Callable | None = None
     channels_first: Callable | None = None
 
 
@@ -205,7 +204,7 @@ class Signal:
     array: Any
     temporal: bool
     amplitude: Any = None  # device array a per flattened neuron when this is a spike map
-    channels_last: bool = False  # a spike map [T·B, H, W, C] from a fused kernel
+    channels_last: bool = False  # a spike map [T·B, H·W·C], as fused kernels read and write them
 
 
 def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: bool):
@@ -244,8 +243,12 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
         step, signal = by_name[conv], values[spike_map]
         channels, height, width = plan.shapes[spike_map]
-        shape = (height, width, channels) if signal.channels_last else (channels, height, width)
-        return EventConv(signal.array.reshape(rows, *shape), *weights(step), step.node, signal.channels_last)
+        return EventConv(signal.array.reshape(rows, height, width, channels), *weights(step), step.node)
+
+    # the spike maps fused kernels read: kept channels-last (an IF layer that is not fused
+    # converts its output once, not each of its fused readers)
+    fused_reads = {name for fusion in fusions.values() for name in fusion.reads
+                   if isinstance(plan.graph.nodes[name], g.IF)}
 
     for step in plan.steps:
         if step.name in absorbed:
@@ -270,11 +273,17 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
                 s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), residual,
                                       plan.shapes[step.name], threshold, initial, steps, batch)
             else:
-                s = kernels.if_layer(analog(step.inputs[0]).reshape(rows, -1), temporal, threshold, initial, steps,
-                                     batch)
+                current = analog(step.inputs[0]).reshape(rows if temporal else batch, -1)
+                if step.name in fused_reads:  # IF is per neuron: its inputs in that order, its spikes too
+                    shape = plan.shapes[step.name]
+                    current = kernels.channels_last(current, shape)
+                    threshold, initial = (kernels.channels_last(a.reshape(1, -1), shape).reshape(-1)
+                                          for a in (threshold, initial))
+                s = kernels.if_layer(current, temporal, threshold, initial, steps, batch)
             counts[step.name] = kernels.count(s)
+            channels_last = fusion is not None or step.name in fused_reads
             amplitude = plan.parameter(step.amplitude, kernels.to_device)
-            values[step.name] = Signal(s, True, amplitude, channels_last=fusion is not None)
+            values[step.name] = Signal(s, True, amplitude, channels_last=channels_last)
             if record:
                 spikes[step.name] = kernels.to_host(channels_first(step.name)).reshape(steps, batch,
                                                                                        *plan.shapes[step.name])
