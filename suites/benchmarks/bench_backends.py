@@ -87,7 +87,7 @@ class Simulation:
     track_time_over_ann_forward.unit = "x"
 
 
-@njit(cache=True)
+@njit  # not cached: asv imports this file under another module name than a test run would
 def _gather_rows(weights, entries, starts, out):
     """out[s] = Σ_e weights row entries[e] (64 lanes), e over stream s's entries — the CPU event
     kernel's inner loop (:func:`~snnverify.runtime.numba_cpu._add_entries`) alone, one thread."""
