@@ -377,12 +377,13 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
     [T·B, H·W·C_out], channels-last.
 
     ``conv`` and ``shortcut`` are (spike map, channels-last [T·B, H·W·C], its (C, H, W), W' in
-    blocks (:func:`events_layout`), W' packed (:func:`packed_layout`), (kH, kW), geometry, bias). For every neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ =
-    :func:`_gather`, with r by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``, 2
-    ``residual[b, f]`` (static), 3 ``residual[0, f]`` where ``residual_spikes[t·B + b, f]``, else 0
-    (a graded spike map; f channels-last here), 4 Σ' + bias'[o] with Σ' the
-    gather of the second conv (a projection shortcut; both convs have one group); then v += I,
-    s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. ``threshold`` and
+    blocks (:func:`events_layout`), W' packed (:func:`packed_layout`), (kH, kW), geometry, bias).
+    For every neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ = :func:`_gather`, with r
+    by ``residual_kind``: 0 none, 1 ``residual[t·B + b, f]``, 2 ``residual[b, f]`` (static), 3
+    ``residual[0, f]``·``residual_spikes[t·B + b, f]`` (a graded spike map; f channels-last
+    here), 4 Σ' + bias'[o] with Σ' the gather of the second conv (a projection shortcut; both
+    convs have one group); then v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations,
+    in their order. ``threshold`` and
     ``v0`` are channels-last [H·W, C_out]. With ``pack`` = Q > 1 (C_out = 64 / Q), Q adjacent
     positions are gathered at once (:func:`_gather_packed`).
 
@@ -428,9 +429,7 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
             values, shortcut_values = carray(acc, _WIDE), carray(shortcut_acc, _WIDE)
             entries, starts, v = all_entries[worker], all_starts[worker], all_v[worker]
             shortcut_entries, shortcut_starts = all_shortcut_entries[worker], all_shortcut_starts[worker]
-            # the residuals of a gather's lanes, on the stack: LLVM then knows that they alias
-            # no array, and vectorises the membrane update that reads them
-            part = carray(_stack_buffer(bias, _WIDE), _WIDE)
+            part = carray(_stack_buffer(bias, _WIDE), _WIDE)  # residual currents (kinds 1, 2) of a gather's lanes
             first_sample, group = (job // groups) * tile, job % groups
             samples = min(tile, batch - first_sample)
             for s in range(samples):
@@ -440,11 +439,11 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                 for s in range(samples):
                     for c in range(chunk):
                         n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                        _spike_entries(spikes[n].reshape(-1, channels), True, group * group_in, group_in, in_w, entries[r],
-                                       starts[r])
+                        _spike_entries(spikes[n].reshape(-1, channels), True, group * group_in, group_in, in_w,
+                                       entries[r], starts[r])
                         if projection:
-                            _spike_entries(shortcut_spikes[n].reshape(-1, shortcut_channels), True, 0, shortcut_channels,
-                                           shortcut_w, shortcut_entries[r], shortcut_starts[r])
+                            _spike_entries(shortcut_spikes[n].reshape(-1, shortcut_channels), True, 0,
+                                           shortcut_channels, shortcut_w, shortcut_entries[r], shortcut_starts[r])
                 for block in range(1 if pack > 1 else _block_count(padded)):
                     if pack > 1:  # one block of all channels
                         start, wide, lanes = 0, True, group_out
@@ -472,8 +471,8 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                         # lane j·C_out + o is channel o of position p + j: channels-last
                                         fired = out_spikes[n, base : base + count]
                                         if projection:
-                                            _integrate(values, lane_bias, _SHORTCUT, shortcut_values, shortcut_lane_bias,
-                                                       membrane, theta, fired)
+                                            _integrate(values, lane_bias, _SHORTCUT, shortcut_values,
+                                                       shortcut_lane_bias, membrane, theta, fired)
                                         elif residual_kind == 3:
                                             _integrate(values, lane_bias, _GRADED, residual[0, base : base + count],
                                                        residual_spikes[n, base : base + count], membrane, theta, fired)
@@ -481,8 +480,8 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                             if residual_kind != 0:
                                                 _residual_currents(residual_kind, residual, n, first_sample + s,
                                                                    oy * out_w + ox0, 0, lanes, count, positions, part)
-                                            _integrate(values, lane_bias, _CURRENT if residual_kind != 0 else _NONE, part,
-                                                       part, membrane, theta, fired)
+                                            mode = _CURRENT if residual_kind != 0 else _NONE
+                                            _integrate(values, lane_bias, mode, part, part, membrane, theta, fired)
                     else:
                         for oy in range(out_h):
                             for ox in range(out_w):
@@ -500,19 +499,20 @@ def _conv2d_events_if(conv, shortcut, pack, out_hw, residual_kind, residual, res
                                             _gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
                                                     shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
                                                     shortcut_geometry, (shortcut_h, shortcut_w), wide)
-                                        fired, lane_bias = out_spikes[n, out : out + lanes], bias[first : first + lanes]
+                                        fired = out_spikes[n, out : out + lanes]
+                                        block_bias = bias[first : first + lanes]
                                         if projection:
-                                            _integrate(values, lane_bias, _SHORTCUT, shortcut_values,
+                                            _integrate(values, block_bias, _SHORTCUT, shortcut_values,
                                                        shortcut_bias[first : first + lanes], membrane, theta, fired)
                                         elif residual_kind == 3:
-                                            _integrate(values, lane_bias, _GRADED, residual[0, out : out + lanes],
+                                            _integrate(values, block_bias, _GRADED, residual[0, out : out + lanes],
                                                        residual_spikes[n, out : out + lanes], membrane, theta, fired)
                                         else:
                                             if residual_kind != 0:
-                                                _residual_currents(residual_kind, residual, n, first_sample + s, p, first,
-                                                                   out_channels, lanes, positions, part)
-                                            _integrate(values, lane_bias, _CURRENT if residual_kind != 0 else _NONE, part,
-                                                       part, membrane, theta, fired)
+                                                _residual_currents(residual_kind, residual, n, first_sample + s, p,
+                                                                   first, out_channels, lanes, positions, part)
+                                            mode = _CURRENT if residual_kind != 0 else _NONE
+                                            _integrate(values, block_bias, mode, part, part, membrane, theta, fired)
 
 
 @njit(parallel=True, cache=True)

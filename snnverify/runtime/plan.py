@@ -215,13 +215,17 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
     counts, spikes = {}, ({} if record else None)
     output = None
 
+    converted = {}  # channels-last spike maps in channels-first order, for the readers that need it
+
     def channels_first(name: str):
         """A node's output array, a spike map in the graph's [T·B, C, H, W] order."""
         signal = values[name]
         if not signal.channels_last:
             return signal.array
-        shape = plan.shapes[name]
-        return kernels.channels_first(signal.array, shape).reshape(signal.array.shape[0], *shape)
+        if name not in converted:
+            shape = plan.shapes[name]
+            converted[name] = kernels.channels_first(signal.array, shape).reshape(signal.array.shape[0], *shape)
+        return converted[name]
 
     def analog(name: str):
         """A node's output as currents: a spike map becomes its graded spikes a·s."""
@@ -273,7 +277,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
                 s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), residual,
                                       plan.shapes[step.name], threshold, initial, steps, batch)
             else:
-                current = analog(step.inputs[0]).reshape(rows if temporal else batch, -1)
+                current = analog(step.inputs[0]).reshape(rows, -1)
                 if step.name in fused_reads:  # IF is per neuron: its inputs in that order, its spikes too
                     shape = plan.shapes[step.name]
                     current = kernels.channels_last(current, shape)
@@ -304,8 +308,8 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         elif isinstance(node, g.Flatten):
             values[step.name] = Signal(analog(step.inputs[0]).reshape(rows, -1), temporal)
         elif isinstance(node, g.Add):
-            values[step.name] = Signal(kernels.add([(analog(name), values[name].temporal) for name in step.inputs], steps,
-                                                   batch), temporal)
+            terms = [(analog(name), values[name].temporal) for name in step.inputs]
+            values[step.name] = Signal(kernels.add(terms, steps, batch), temporal)
         elif isinstance(node, g.Output):
             mean = kernels.mean_over_time(analog(step.inputs[0]).reshape(rows, -1), temporal, steps, batch)
             output = mean if node.scale == 1 else mean / node.scale
@@ -313,4 +317,5 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
             remaining[source] -= 1
             if remaining[source] == 0:
                 del values[source]
+                converted.pop(source, None)
     return output, counts, spikes
