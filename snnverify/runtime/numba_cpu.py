@@ -692,30 +692,30 @@ def _conv2d_if(conv: EventConv, residual, out_shape, threshold, initial, steps, 
 
 
 @njit(parallel=True, cache=True)
-def _transpose_rows(source, height, width, out):
-    """out[n, a, b] = source[n, b, a] for every row n: source [N, height, width]."""
+def _transpose_rows(source, out):
+    """out[n, a, b] = source[n, b, a] for every row n."""
     for n in prange(source.shape[0]):
-        for a in range(width):
-            for b in range(height):
+        for a in range(source.shape[2]):
+            for b in range(source.shape[1]):
                 out[n, a, b] = source[n, b, a]
+
+
+def _transposed(array, height: int, width: int):
+    """Each row of ``array`` [N, height·width], read as a height × width matrix, transposed."""
+    rows = array.shape[0]
+    out = np.empty((rows, width, height), array.dtype)
+    _transpose_rows(np.ascontiguousarray(array).reshape(rows, height, width), out)
+    return out.reshape(rows, -1)
 
 
 def _to_channels_first(array, shape):
     """A channels-last map [N, H·W·C] (a fused kernel's spikes) as [N, C·H·W]."""
-    channels, height, width = shape
-    rows = array.shape[0]
-    out = np.empty((rows, channels, height * width), array.dtype)
-    _transpose_rows(np.ascontiguousarray(array).reshape(rows, height * width, channels), height * width, channels, out)
-    return out.reshape(rows, -1)
+    return _transposed(array, shape[1] * shape[2], shape[0])
 
 
 def _to_channels_last(array, shape):
     """A map [N, C·H·W] as [N, H·W·C]."""
-    channels, height, width = shape
-    rows = array.shape[0]
-    out = np.empty((rows, height * width, channels), array.dtype)
-    _transpose_rows(np.ascontiguousarray(array).reshape(rows, channels, height * width), channels, height * width, out)
-    return out.reshape(rows, -1)
+    return _transposed(array, shape[0], shape[1] * shape[2])
 
 
 class EventWeights(NamedTuple):

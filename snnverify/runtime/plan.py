@@ -260,8 +260,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         node = step.node
         fusion = fusions.get(step.name)
         reads = fusion.reads if fusion else step.inputs
-        args = [] if fusion else [values[s] for s in step.inputs]
-        temporal = any(a.temporal for a in args) or fusion is not None
+        temporal = fusion is not None or any(values[s].temporal for s in step.inputs)
         rows = steps * batch if temporal else batch
         shape_in = (rows, *plan.shapes[step.inputs[0]]) if step.inputs else None
         if isinstance(node, g.Input):
