@@ -564,7 +564,9 @@ def _sum_pool2d(x, kernel, stride, padding, zero, out):
 def _if_layer(current, temporal, threshold, v0, steps, batch, spikes):
     """v[0] = θ/2; per step v += I[t]; s = v ≥ θ; v −= θ·s. current: [T·B, F] or [B, F].
 
-    Parallel over (sample, block of neurons); the inner loop runs over contiguous neurons."""
+    Parallel over (sample, block of neurons); the inner loop runs over contiguous neurons, of
+    slices indexed from 0 (with indices like f − start, which Numba cannot prove non-negative,
+    it keeps a wraparound check per access and the loop stays scalar: 5.6× slower, measured)."""
     neurons = threshold.shape[0]
     block = 1024
     blocks = (neurons + block - 1) // block
@@ -572,13 +574,14 @@ def _if_layer(current, temporal, threshold, v0, steps, batch, spikes):
         b, start = job // blocks, (job % blocks) * block
         stop = min(start + block, neurons)
         v = v0[start:stop].copy()
+        theta = threshold[start:stop]
         for t in range(steps):
-            row = t * batch + b if temporal else b
-            for f in range(start, stop):
-                value = v[f - start] + current[row, f]
-                fired = value >= threshold[f]
-                spikes[t * batch + b, f] = fired
-                v[f - start] = value - threshold[f] if fired else value
+            inputs = current[t * batch + b if temporal else b, start:stop]
+            fired = spikes[t * batch + b, start:stop]
+            for k in range(stop - start):
+                value = v[k] + inputs[k]
+                fired[k] = value >= theta[k]
+                v[k] = value - theta[k] if fired[k] else value
 
 
 @njit(parallel=True, cache=True)
