@@ -15,13 +15,16 @@ from collections import defaultdict
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
-settings.register_profile("dev", max_examples=50, deadline=None)
-settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("certify", max_examples=200, deadline=None, derandomize=True, print_blob=True)
+# No deadline and no too_slow health check in any profile: how long running an example takes
+# (Numba compiles kernels on first use) and generating one takes (the load of a shared machine)
+# is not a property of the code under test.
+_UNTIMED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("dev", max_examples=50, **_UNTIMED)
+settings.register_profile("ci", max_examples=50, derandomize=True, print_blob=True, **_UNTIMED)
+settings.register_profile("certify", max_examples=200, derandomize=True, print_blob=True, **_UNTIMED)
 # A leased GPU's minutes are few: report a failing example as found rather than spend them shrinking it.
-settings.register_profile("gpu-check", deadline=None, derandomize=True, print_blob=True,
-                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+settings.register_profile("gpu-check", derandomize=True, print_blob=True,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate], **_UNTIMED)
 settings.load_profile(os.environ.get("SNNVERIFY_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
