@@ -336,6 +336,6 @@ class NumbaCUDABackend:
         with warnings.catch_warnings():
             # numba-cuda warns at every launch of fewer than 128 blocks; late layers of a small batch
             # (a 4×4 map) launch that few by nature, and a warning per layer per call is only noise
-            warnings.filterwarnings("ignore", message="Grid size .* under-utilization")
+            warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
             output, counts, spikes = execute(self.plan, GPU_KERNELS, x, g.check_timesteps(timesteps), record)
         return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes)
