@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from snnverify.graph import SpikingGraph
+from snnverify.graph import SpikingGraph, check_timesteps
 
 #: target name -> module that registers it (imported on first use, so optional backends
 #: cost nothing until asked for).
@@ -96,4 +96,14 @@ def check_input(graph: SpikingGraph, x) -> torch.Tensor:
     if x.is_floating_point() and not torch.isfinite(x).all():
         raise ValueError(f"input {graph.input_node.name!r} contains NaN or inf")
     return x.to(torch.float32)
+
+
+def check_run(graph: SpikingGraph, x, timesteps, exact_range=None) -> tuple[torch.Tensor, int]:
+    """(the input batch as float32, T) of a run, both checked; for an integer graph, its
+    ``exact_range`` (:class:`~snnverify.runtime.quantize.ExactRange`) also checks that the run
+    stays where integer arithmetic is exact."""
+    x, steps = check_input(graph, x), check_timesteps(timesteps)
+    if exact_range is not None:
+        exact_range.check(x.numpy(), steps)
+    return x, steps
 

@@ -32,7 +32,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from snnverify import graph as g
-from snnverify.runtime import RunResult, check_input, register_backend
+from snnverify.runtime import RunResult, check_run, register_backend
+from snnverify.runtime.quantize import ExactRange
 from snnverify.runtime.plan import EventConv, Kernels, Signal, build_plan, execute
 
 
@@ -846,10 +847,11 @@ class NumbaCPUBackend:
     def __init__(self, graph: g.SpikingGraph):
         self.graph = graph
         self.plan = build_plan(graph)
+        self.exact_range = ExactRange(graph) if graph.integer else None
 
     def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
         if device not in (None, "cpu"):
             raise ValueError(f"the cpu target runs on the CPU; got device={device!r}")
-        x = check_input(self.graph, x).numpy()
-        output, counts, spikes = execute(self.plan, CPU_KERNELS, x, g.check_timesteps(timesteps), record)
+        x, steps = check_run(self.graph, x, timesteps, self.exact_range)
+        output, counts, spikes = execute(self.plan, CPU_KERNELS, x.numpy(), steps, record)
         return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes)

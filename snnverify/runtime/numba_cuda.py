@@ -23,7 +23,8 @@ from numba import config, cuda
 from numba.cuda import libdevice
 
 from snnverify import graph as g
-from snnverify.runtime import RunResult, check_input, register_backend
+from snnverify.runtime import RunResult, check_run, register_backend
+from snnverify.runtime.quantize import ExactRange
 from snnverify.runtime.plan import Kernels, build_plan, execute
 
 _THREADS = 128
@@ -330,12 +331,13 @@ class NumbaCUDABackend:
             )
         self.graph = graph
         self.plan = build_plan(graph)
+        self.exact_range = ExactRange(graph) if graph.integer else None
 
     def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
-        x = check_input(self.graph, x).numpy()
+        x, steps = check_run(self.graph, x, timesteps, self.exact_range)
         with warnings.catch_warnings():
             # numba-cuda warns at every launch of fewer than 128 blocks; late layers of a small batch
             # (a 4×4 map) launch that few by nature, and a warning per layer per call is only noise
             warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
-            output, counts, spikes = execute(self.plan, GPU_KERNELS, x, g.check_timesteps(timesteps), record)
+            output, counts, spikes = execute(self.plan, GPU_KERNELS, x.numpy(), steps, record)
         return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes)

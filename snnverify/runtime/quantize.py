@@ -17,7 +17,9 @@ Every signal gets a scale σ (integer value = real value · σ). Per layer:
 
 After quantisation all membrane arithmetic is exact integer arithmetic, so every backend gives
 identical spikes by construction; only the rounding above changes the network, and its effect
-on accuracy is what ``snnverify run`` reports.
+on accuracy is what ``snnverify run`` reports. Exact while every value stays below 2^53 (the
+torch reference runs integer graphs in float64): :class:`ExactRange` refuses a run (a batch and
+T) that could go beyond, naming the node.
 """
 
 from __future__ import annotations
@@ -149,10 +151,69 @@ def quantize_graph(
                     f"cannot quantise IF layer {name!r}: threshold {bad:g} at scale {scale[sources[0]]:g} rounds to "
                     f"below 2; raise input_scale or weight_bits"
                 )
-            amplitude = np.rint(node.output_amplitude.astype(np.float64) * scale[name]).astype(np.int64)
+            amplitude = _rounded(node.output_amplitude.astype(np.float64) * scale[name], "amplitudes", name,
+                                 scale[name])
             nodes[name] = g.replace(node, threshold=threshold, amplitude=amplitude)
         elif isinstance(node, g.Output):
             nodes[name] = g.replace(node, scale=scale[sources[0]])
         else:
             nodes[name] = node
     return g.SpikingGraph(nodes, {k: list(v) for k, v in graph.inputs.items()})
+
+
+#: Magnitudes below which every backend computes an integer graph exactly: the torch executor
+#: runs it in float64 (a 53-bit significand), the Numba kernels in int64.
+EXACT_LIMIT = 2.0**53
+
+
+class ExactRange:
+    """Refuses a run of an integer graph that could leave the range where its arithmetic is exact.
+
+    Bounds on |value| per node, for a batch x and T steps: the input current max|rint(x·σ)|; a
+    conv or linear layer max_o Σ|W[o, ·]|·b_in + max|bias|; a sum pool kH·kW·b_in; a merge the
+    sum of its inputs' bounds; an IF layer's membrane |v[0]| + T·(b_in + max θ) (each step adds
+    its input and takes away at most θ), and its output max|amplitude|; the output layer's sum
+    over the steps T·b_in. Beyond :data:`EXACT_LIMIT` torch's float64 rounds where int64 does not
+    (and int64 wraps at 2^63), so backends could disagree, or all be wrong: such a run is an
+    error that names the node, never a silent result."""
+
+    def __init__(self, graph: g.SpikingGraph):
+        self.graph = graph
+        self.gains = {}  # conv/linear: (max_o Σ|W[o, ·]|, max |bias|)
+        for name, node in graph.nodes.items():
+            if isinstance(node, (g.Conv2d, g.Linear)):
+                weight = np.abs(node.weight.astype(np.float64)).reshape(len(node.weight), -1)
+                self.gains[name] = (float(weight.sum(axis=1).max()),
+                                    0.0 if node.bias is None else float(np.abs(node.bias).max()))
+
+    def check(self, x: np.ndarray, steps: int):
+        bound: dict[str, float] = {}
+        for name, node in self.graph.nodes.items():
+            inputs = [bound[source] for source in self.graph.inputs[name]]
+            what = "value"
+            if isinstance(node, g.Input):
+                bound[name] = peak = float(np.abs(np.rint(x.astype(np.float64) * node.scale)).max(initial=0))
+                what = "input current"
+            elif isinstance(node, (g.Conv2d, g.Linear)):
+                gain, bias = self.gains[name]
+                bound[name] = peak = gain * inputs[0] + bias
+            elif isinstance(node, g.SumPool2d):
+                bound[name] = peak = node.kernel_size[0] * node.kernel_size[1] * inputs[0]
+            elif isinstance(node, g.IF):
+                start = node.threshold / 2 if node.v_init is None else node.v_init
+                peak = float(np.abs(start).max()) + steps * (inputs[0] + float(node.threshold.max()))
+                bound[name] = float(np.abs(node.output_amplitude).max())
+                what = "membrane potential"
+            elif isinstance(node, g.Add):
+                bound[name] = peak = sum(inputs)
+            elif isinstance(node, g.Output):
+                bound[name] = peak = steps * inputs[0]
+                what = "output current summed over the steps"
+            else:  # Flatten, and an AvgPool2d (its mean is no larger than its inputs)
+                bound[name] = peak = inputs[0]
+            if not peak < EXACT_LIMIT:
+                raise ValueError(
+                    f"integer graph: {what} of {name!r} ({type(node).__name__}) may reach {peak:.3g} for this input "
+                    f"(largest |x| {float(np.abs(x).max(initial=0)):g}) and T = {steps}, beyond 2^53, where the "
+                    f"backends' integer arithmetic stops being exact; lower quantize's input_scale or scale the input"
+                )

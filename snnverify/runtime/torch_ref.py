@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from snnverify import graph as g
-from snnverify.runtime import RunResult, check_input, register_backend
+from snnverify.runtime import RunResult, check_run, register_backend
+from snnverify.runtime.quantize import ExactRange
 
 
 class AtanSpike(torch.autograd.Function):
@@ -203,13 +204,14 @@ class TorchBackend:
     def __init__(self, graph: g.SpikingGraph):
         self.graph = graph
         self.executor = TorchExecutor(graph).eval()
+        self.exact_range = ExactRange(graph) if graph.integer else None
 
     @torch.no_grad()
     def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
-        x = check_input(self.graph, x)
+        x, steps = check_run(self.graph, x, timesteps, self.exact_range)
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.executor.to(device)
-        output, counts, spikes = self.executor(x.to(device), g.check_timesteps(timesteps), record)
+        output, counts, spikes = self.executor(x.to(device), steps, record)
         return RunResult(
             output=output.cpu().numpy().astype(np.float32),
             spike_counts={k: int(v) for k, v in counts.items()},

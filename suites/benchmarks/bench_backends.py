@@ -15,7 +15,7 @@ from numba import carray, njit
 
 import snnverify
 from snnverify.api import SNN
-from snnverify.runtime.numba_cpu import _WIDE, _add_entries, _aligned_zeros, _stack_buffer
+from snnverify.runtime.numba_cpu import _WIDE, _add_entries, _add_vector, _aligned_zeros, _stack_buffer
 from snnverify.speed import SHAPES, converted, interleaved_best_times, multiply_accumulates, synaptic_events
 
 
@@ -132,5 +132,53 @@ class EventGather:
     def track_adds_per_second(self, rows):
         seconds = interleaved_best_times({"gather": lambda: self.time_gather(rows)}, 3)["gather"]
         return len(self.entries) * _WIDE / seconds / 1e9
+
+    track_adds_per_second.unit = "G adds/s"
+
+
+_DOUBLE_WIDE = 2 * _WIDE  # a global, so that Numba sees a constant
+
+
+@njit  # not cached, as _gather_rows
+def _add_one_row(row, adds, wide):
+    """Σ of ``adds`` copies of ``row``'s first 64 (4 accumulator registers) or, with ``wide``,
+    128 lanes (8 registers), each add depending on the previous one of its register."""
+    acc = _stack_buffer(row, _DOUBLE_WIDE)
+    values = carray(acc, _DOUBLE_WIDE)
+    for k in range(_DOUBLE_WIDE):
+        values[k] = 0
+    if wide:
+        for _ in range(adds):
+            _add_vector(acc, row, 0, _DOUBLE_WIDE)
+    else:
+        for _ in range(adds):
+            _add_vector(acc, row, 0, _WIDE)
+    return values[0]
+
+
+class AddChains:
+    """The core's own bound under :class:`EventGather`: one thread adds one row (in L1), again
+    and again, into register accumulators — 4 chains of 16 float32 lanes (a 64-lane gather) or
+    8 (128 lanes). An AVX-512 add takes 4 cycles and a core starts 2 per cycle, so 4 chains are
+    bound by the latency (16 lanes per cycle) and 8 by the throughput (32): the most any
+    gather that keeps one neuron's sum in one lane can do, whatever its memory traffic."""
+
+    params = [[64, 128]]
+    param_names = ["lanes"]
+    number = 1
+    repeat = 5
+    adds = 20_000_000
+
+    def setup(self, lanes):
+        self.row = _aligned_zeros((_DOUBLE_WIDE,), np.float32)
+        self.row[:] = 1
+        _add_one_row(self.row, 10, lanes > _WIDE)  # compile outside the timing
+
+    def time_add(self, lanes):
+        _add_one_row(self.row, self.adds, lanes > _WIDE)
+
+    def track_adds_per_second(self, lanes):
+        seconds = interleaved_best_times({"add": lambda: self.time_add(lanes)}, 3)["add"]
+        return self.adds * lanes / seconds / 1e9
 
     track_adds_per_second.unit = "G adds/s"

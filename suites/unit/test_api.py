@@ -198,3 +198,40 @@ def test_cpu_target_refuses_another_device(digits_case):
     x, _ = next(iter(digits_case.test_loader))
     with pytest.raises(ValueError, match="the cpu target runs on the CPU; got device='cuda'"):
         snnverify.simulate(snn, x[:1], device="cuda")
+
+
+def _merge_with_tiny_weights():
+    """if2's spikes merge with fc3, whose weights of 10^-30 get a weight scale near 2^106: the
+    merge's scale, at which if2's amplitudes must be re-expressed (about 2^122)."""
+    nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.ones((1, 1), np.float32)),
+             "if2": g.IF("if2", threshold=[1.0]),
+             "fc3": g.Linear("fc3", weight=np.full((1, 1), 1e-30, np.float32)), "add": g.Add("add"),
+             "out": g.Output("out")}
+    return g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "fc3": ["if2"], "add": ["fc3", "if2"],
+                                  "out": ["add"]})
+
+
+def test_quantize_refuses_amplitudes_beyond_the_integer_range():
+    """Never cast: numpy turns a float beyond int64 into an arbitrary integer, with a warning at most."""
+    with pytest.raises(ValueError, match=r"cannot quantise 'if2': its amplitudes at scale .* beyond the integer range"):
+        snnverify.quantize(snnverify.SNN(_merge_with_tiny_weights(), 4))
+
+
+@pytest.mark.parametrize("target", ["torch", "cpu", "gpu"])
+def test_integer_runs_beyond_exact_arithmetic_are_refused_by_node(target):
+    """in → fc1 (weight 1, weight scale 2^6) → if2 → out at input scale 2^6: an input of 10^12
+    is a current of 6.4·10^13 into if2 and 4.1·10^15 out of fc1, both below 2^53 ≈ 9·10^15, but
+    T = 32 steps of it can take if2's membrane to 1.31·10^17; an input of 10^15 is beyond 2^53 at
+    once. Below that, the same graph runs."""
+    nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.ones((1, 1), np.float32)),
+             "if2": g.IF("if2", threshold=[1.0]), "out": g.Output("out")}
+    graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "out": ["if2"]})
+    snn = snnverify.quantize(snnverify.SNN(graph, 32), input_scale=2.0**6)
+    snn = snnverify.compile(snn, target=target)
+    with pytest.raises(ValueError, match=r"input current of 'in' \(Input\) may reach 6.4e\+16 .*T = 32, beyond 2\^53"):
+        snnverify.simulate(snn, np.full((1, 1), 1e15, np.float32))
+    with pytest.raises(ValueError, match=r"membrane potential of 'if2' \(IF\) may reach 1.31e\+17 .*T = 32"):
+        snnverify.simulate(snn, np.full((1, 1), 1e12, np.float32))
+    # at T = 1 the membrane stays below 2^53 (4.1·10^15 + θ + v[0])
+    assert snnverify.simulate(snn, np.full((1, 1), 1e12, np.float32), timesteps=1).shape == (1, 1)
+    assert snnverify.simulate(snn, np.full((1, 1), 2.0, np.float32)).shape == (1, 1)
