@@ -316,6 +316,15 @@ def input_current(node: Input, x: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(current, dtype=dtype)
 
 
+def multiply_accumulates(graph: SpikingGraph) -> int:
+    """Multiply-accumulates of one dense forward pass (conv and linear layers), per image."""
+    shapes, total = graph.shapes, 0
+    for name, node in graph.nodes.items():
+        if isinstance(node, (Conv2d, Linear)):
+            total += math.prod(shapes[name]) * math.prod(node.weight.shape[1:])
+    return total
+
+
 def check_timesteps(timesteps) -> int:
     """The number of simulation steps T must be an integer >= 1."""
     if isinstance(timesteps, bool) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import snnverify
 from snnverify import graph as g
+from snnverify.graph import multiply_accumulates
 from snnverify.api import SNN
 from snnverify.models import build_model
 from snnverify.util import atomic_write
@@ -63,15 +64,6 @@ def _reach(size: int, out_size: int, kernel: int, stride: int, padding: int, dil
     """For each input coordinate along one axis, how many kernel taps land on an output."""
     shifted = np.arange(size)[:, None] + padding - np.arange(kernel)[None, :] * dilation
     return ((shifted >= 0) & (shifted % stride == 0) & (shifted // stride < out_size)).sum(axis=1)
-
-
-def multiply_accumulates(graph: g.SpikingGraph) -> int:
-    """Multiply-accumulates of one dense forward pass (conv and linear layers), per image."""
-    shapes, total = graph.shapes, 0
-    for name, node in graph.nodes.items():
-        if isinstance(node, (g.Conv2d, g.Linear)):
-            total += math.prod(shapes[name]) * math.prod(node.weight.shape[1:])
-    return total
 
 
 def synaptic_events(graph: g.SpikingGraph, spikes: dict[str, np.ndarray]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from snnverify import graph as g
@@ -23,9 +24,9 @@ def dyadics(min_value: float, max_value: float, denominator: int = 16) -> st.Sea
 
 
 def timesteps(max_value: int = 64) -> st.SearchStrategy[int]:
-    """T, with T = 1 and powers of two drawn often."""
-    return st.one_of(st.just(1), st.sampled_from([2, 4, 8, 16, 32, 64][: max(1, int(np.log2(max_value)))]),
-                     st.integers(1, max_value))
+    """T ≤ ``max_value``, with T = 1 and powers of two drawn often."""
+    powers = [t for t in (2, 4, 8, 16, 32, 64) if t <= max_value]
+    return st.one_of(st.just(1), *([st.sampled_from(powers)] if powers else []), st.integers(1, max_value))
 
 
 @dataclass
@@ -155,7 +156,7 @@ _MAX_DRAWN_VALUES = 1024
 
 @st.composite
 def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: int = 6, max_timesteps: int = 8,
-                   max_blocks: int = 3, wide: bool = False) -> GraphCase:
+                   max_blocks: int = 3, wide: bool = False, max_work: int | None = None) -> GraphCase:
     """Random graphs of Conv2d, AvgPool2d, Flatten, Linear, Add and IF nodes, small enough for
     the CUDA simulator.
 
@@ -168,6 +169,11 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
     output channels instead of up to ``max_channels`` — the sizes at which the CPU kernels
     switch layouts (packed positions, blocks of 16 and of 64 channels); tensors too large to
     draw element by element come from a seeded generator.
+
+    ``max_work``: at most this many multiply-accumulates per run (a dense pass's, times batch and
+    T), which then come out smaller; a graph whose single step of one sample is above it is
+    rejected. For the CUDA simulator, where one takes ~15 µs: without a bound, one rare wide
+    draw ran for over ten minutes.
     """
     nodes: dict[str, g.Node] = {}
     inputs: dict[str, list[str]] = {}
@@ -265,7 +271,12 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
     classes = draw(st.integers(2, 4))
     current = add(g.Linear(f"fc{len(nodes)}", weight=values((classes, shapes[current][0]))), [current])
     add(g.Output("output"), [current])
-    batch = draw(st.integers(1, 2))
+    graph = g.SpikingGraph(nodes, inputs)
+    work = g.multiply_accumulates(graph)  # per sample and step
+    if max_work is not None:
+        assume(work <= max_work)
+    batch = draw(st.integers(1, 2 if max_work is None else min(2, max_work // work)))
     scale = draw(st.sampled_from([1.0, 1.0, 8.0]))  # 8: saturating inputs
     x = values((batch, channels, size, size), -2.0, 2.0) * np.float32(scale)
-    return GraphCase(g.SpikingGraph(nodes, inputs), x, draw(timesteps(max_timesteps)))
+    steps = max_timesteps if max_work is None else min(max_timesteps, max_work // (work * batch))
+    return GraphCase(graph, x, draw(timesteps(steps)))

@@ -16,6 +16,11 @@ import snnverify
 from snnverify.api import SNN
 from snnverify.strategies import spiking_graphs
 
+#: Multiply-accumulates per run of a generated graph that the cpu-vs-gpu tests allow: the CUDA
+#: simulator takes ~15 µs for one, so a case stays within a few seconds (the wide-layer test
+#: allows 4×). Without the bound, a rare draw of a few 80-channel convs ran for over ten minutes.
+SIMULATOR_WORK = 100_000
+
 
 def spikes_on(graph, target, x, steps):
     snn = SNN(graph, steps, target=target)
@@ -47,21 +52,21 @@ def compare(comparison_log, check, a, b, exact=True):
 
 
 @settings(max_examples=25)
-@given(spiking_graphs())
+@given(spiking_graphs(max_work=SIMULATOR_WORK))
 def test_cpu_and_gpu_spikes_identical_float32(comparison_log, case):
     compare(comparison_log, "cpu vs gpu, float32", spikes_on(case.graph, "cpu", case.x, case.timesteps),
             spikes_on(case.graph, "gpu", case.x, case.timesteps))
 
 
 @settings(max_examples=25)
-@given(spiking_graphs(dyadic=False))
+@given(spiking_graphs(dyadic=False, max_work=SIMULATOR_WORK))
 def test_cpu_and_gpu_spikes_identical_float32_arbitrary_weights(comparison_log, case):
     compare(comparison_log, "cpu vs gpu, float32 (non-dyadic)", spikes_on(case.graph, "cpu", case.x, case.timesteps),
             spikes_on(case.graph, "gpu", case.x, case.timesteps))
 
 
 @settings(max_examples=25)
-@given(spiking_graphs(dyadic=False))
+@given(spiking_graphs(dyadic=False, max_work=SIMULATOR_WORK))
 def test_cpu_and_gpu_spikes_identical_integer(comparison_log, case):
     graph = quantized(case)
     compare(comparison_log, "cpu vs gpu, integer", spikes_on(graph, "cpu", case.x, case.timesteps),
@@ -96,7 +101,8 @@ def test_torch_vs_cpu_float32_deviation_is_measured(comparison_log, case):
 # (16, 32 channels) or use blocks of 16 and 64 channels; the narrow graphs above never reach them.
 
 @settings(max_examples=6, deadline=None)
-@given(spiking_graphs(dyadic=False, wide=True, max_size=3, max_timesteps=3, max_blocks=1))
+@given(spiking_graphs(dyadic=False, wide=True, max_size=3, max_timesteps=3, max_blocks=1,
+                     max_work=4 * SIMULATOR_WORK))
 def test_cpu_and_gpu_spikes_identical_float32_wide_layers(comparison_log, case):
     compare(comparison_log, "cpu vs gpu, float32 (non-dyadic, wide layers)",
             spikes_on(case.graph, "cpu", case.x, case.timesteps), spikes_on(case.graph, "gpu", case.x, case.timesteps))
