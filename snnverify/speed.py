@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import snnverify
 from snnverify import graph as g
-from snnverify.graph import multiply_accumulates
 from snnverify.api import SNN
+from snnverify.graph import multiply_accumulates
 from snnverify.models import build_model
 from snnverify.util import atomic_write
 

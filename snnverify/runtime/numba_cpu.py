@@ -33,8 +33,8 @@ from numba.extending import intrinsic
 
 from snnverify import graph as g
 from snnverify.runtime import RunResult, check_run, register_backend
-from snnverify.runtime.quantize import ExactRange
 from snnverify.runtime.plan import EventConv, Kernels, Signal, build_plan, execute
+from snnverify.runtime.quantize import ExactRange
 
 
 @njit(parallel=True, cache=True)

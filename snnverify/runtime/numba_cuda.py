@@ -24,8 +24,8 @@ from numba.cuda import libdevice
 
 from snnverify import graph as g
 from snnverify.runtime import RunResult, check_run, register_backend
-from snnverify.runtime.quantize import ExactRange
 from snnverify.runtime.plan import Kernels, build_plan, execute
+from snnverify.runtime.quantize import ExactRange
 
 _THREADS = 128
 SIMULATOR = bool(config.ENABLE_CUDASIM)
