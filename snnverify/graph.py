@@ -34,15 +34,21 @@ def _pair(value: int | tuple[int, int], what: str, node: str) -> tuple[int, int]
 
 
 def _float_array(value, what: str, node: str, ndim: int) -> np.ndarray:
-    """Parameters are float32, or int64 in a quantised graph (integer input stays integer)."""
+    """Parameters are float32, or int64 in a quantised graph (integer input stays integer).
+    Checked, then cast: a value beyond float32's range is an error, not an overflow to inf."""
     array = np.asarray(value)
-    array = array.astype(np.int64) if array.dtype.kind in "iu" else array.astype(np.float32)
     if array.ndim != ndim:
         raise ValueError(f"node {node!r}: {what} must have {ndim} dimensions, got shape {array.shape}")
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64)
     if not np.all(np.isfinite(array)):
         bad = array[~np.isfinite(array)].ravel()[0]
         raise ValueError(f"node {node!r}: {what} contains a non-finite value ({bad})")
-    return array
+    largest = float(np.finfo(np.float32).max)
+    if np.any(np.abs(array) > largest):
+        bad = array[np.abs(array) > largest].ravel()[0]
+        raise ValueError(f"node {node!r}: {what} holds {bad:g}, beyond float32's range (±{largest:.4g})")
+    return array.astype(np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -414,3 +420,30 @@ class SpikingGraph:
     def with_nodes(self, replacements: dict[str, Node]) -> "SpikingGraph":
         """A new graph with some nodes replaced (same names, same edges)."""
         return SpikingGraph({k: replacements.get(k, n) for k, n in self.nodes.items()}, dict(self.inputs))
+
+
+def _reach(size: int, out_size: int, kernel: int, stride: int, padding: int, dilation: int) -> np.ndarray:
+    """For each input coordinate along one axis, how many kernel taps land on an output."""
+    shifted = np.arange(size)[:, None] + padding - np.arange(kernel)[None, :] * dilation
+    return ((shifted >= 0) & (shifted % stride == 0) & (shifted // stride < out_size)).sum(axis=1)
+
+
+def synaptic_events(graph: SpikingGraph, spikes: dict[str, np.ndarray]) -> int:
+    """Adds that event-driven layers (conv and linear layers fed by an IF layer) must do for the
+    recorded ``spikes`` ([T, B, ...] per IF layer): each spike adds one weight to every output it
+    reaches — for a conv, its taps that land inside the output, times C_out / groups."""
+    shapes, total = graph.shapes, 0
+    for name, node in graph.nodes.items():
+        sources = graph.inputs[name]
+        if not sources or not isinstance(graph.nodes[sources[0]], IF):
+            continue
+        source = sources[0]
+        counts = spikes[source].sum(axis=(0, 1), dtype=np.int64)
+        if isinstance(node, Linear):
+            total += int(counts.sum()) * node.weight.shape[0]
+        elif isinstance(node, Conv2d):
+            (_, in_h, in_w), (out_channels, out_h, out_w) = shapes[source], shapes[name]
+            rows = _reach(in_h, out_h, node.weight.shape[2], node.stride[0], node.padding[0], node.dilation[0])
+            cols = _reach(in_w, out_w, node.weight.shape[3], node.stride[1], node.padding[1], node.dilation[1])
+            total += int((counts * np.outer(rows, cols)).sum()) * (out_channels // node.groups)
+    return total

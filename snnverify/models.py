@@ -97,18 +97,27 @@ def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
     return MODELS[name](num_classes=num_classes, in_channels=in_channels)
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a state dict saved with ``torch.save(model.state_dict(), path)`` (``weights_only=True``).
-
-    Raises ValueError naming the file when it is not a checkpoint or does not match the model."""
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The state dict in a file saved with ``torch.save(model.state_dict(), path)``, loaded with
+    ``weights_only=True``. Raises FileNotFoundError, or ValueError naming the file when it holds
+    anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {os.fspath(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
     except Exception as error:
-        raise ValueError(f"checkpoint {os.fspath(path)!r} cannot be read as a torch state dict: {error}") from error
+        raise ValueError(f"checkpoint {os.fspath(path)!r} is not a PyTorch state dict file (one written by "
+                         f"torch.save(model.state_dict(), path)); torch.load failed with "
+                         f"{type(error).__name__}: {error}") from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {os.fspath(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load :func:`read_state_dict` ``(path)`` into ``model``; raises ValueError naming the file
+    when it does not match the model."""
+    state = read_state_dict(path)
     expected = model.state_dict()
     problems = []
     for label, keys in (("missing", [k for k in expected if k not in state]),

@@ -8,7 +8,7 @@ from torch import nn
 
 import snnverify
 from snnverify import data, models
-from snnverify.util import fit
+from snnverify.train import fit
 
 
 @dataclass

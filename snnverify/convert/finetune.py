@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from snnverify import graph as g
 from snnverify.runtime.torch_ref import TorchExecutor
-from snnverify.util import fit
+from snnverify.train import fit
 
 
 def finetune(graph: g.SpikingGraph, loader, timesteps: int, epochs: int, lr: float, device) -> g.SpikingGraph:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from snnverify.util import fit, progress, split_batch
+from snnverify.train import fit
+from snnverify.util import progress, split_batch
 
 
 class QCFS(nn.Module):

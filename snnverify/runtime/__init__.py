@@ -1,9 +1,14 @@
 """Backends that execute a :class:`~snnverify.graph.SpikingGraph`, chosen from one registry.
 
-A backend is a class registered under a target name with :func:`register_backend`; it is built
-from a graph and exposes ``run(x, timesteps, record, device) -> RunResult``. The public
+A backend is registered under a target name with :func:`register_backend`; it is built from a
+graph and exposes ``run(x, timesteps, record, device) -> RunResult``. The public
 ``snnverify.compile(snn, target=...)`` looks targets up here, so adding a backend is one
-decorated class, not another branch in the API.
+registration, not another branch in the API. ``cpu`` and ``gpu`` are one backend class
+(:class:`~snnverify.runtime.plan.KernelBackend`) over two kernel tables.
+
+Layout: ``torch_ref`` (the reference executor, which defines the semantics), ``plan`` (the
+graph walked once for the kernel backends), ``cpu/`` (Numba CPU kernels, one file per job),
+``cuda`` (Numba CUDA kernels), ``quantize`` (integer mode), ``loihi2`` (the Loihi 2 simulator).
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from snnverify.graph import SpikingGraph, check_timesteps
 #: cost nothing until asked for).
 _BACKEND_MODULES = {
     "torch": "snnverify.runtime.torch_ref",
-    "cpu": "snnverify.runtime.numba_cpu",
-    "gpu": "snnverify.runtime.numba_cuda",
+    "cpu": "snnverify.runtime.cpu",
+    "gpu": "snnverify.runtime.cuda",
     "loihi2_sim": "snnverify.runtime.loihi2",
 }
-_BACKENDS: dict[str, Callable[[SpikingGraph], "Backend"]] = {}
+_BACKENDS: dict[str, Callable[..., "Backend"]] = {}
 
 
 @dataclass
@@ -48,16 +53,31 @@ class Backend(Protocol):
     def run(self, x: torch.Tensor, timesteps: int, record: bool = False, device=None) -> RunResult: ...
 
 
-def register_backend(target: str):
-    """Class decorator: make a backend available as ``compile(snn, target=target)``. A class
-    that takes keyword options lists their names in a class attribute ``options``."""
+def register_backend(target: str, make: Callable[..., "Backend"] | None = None):
+    """Make a backend available as ``compile(snn, target=target)``: ``make(graph, **options)``
+    builds it; without ``make``, a class decorator. A backend that takes keyword options lists
+    their names in an attribute ``options``."""
 
-    def decorate(cls):
-        cls.target = target
-        _BACKENDS[target] = cls
-        return cls
+    def decorate(make):
+        if isinstance(make, type):
+            make.target = target
+        _BACKENDS[target] = make
+        return make
 
-    return decorate
+    return decorate if make is None else decorate(make)
+
+
+def check_device(target: str, device, runs_on: torch.device) -> None:
+    """The one device rule of every backend: ``device`` is None or names the device the target
+    runs on (a ValueError otherwise: never a silent run elsewhere)."""
+    if device is None:
+        return
+    try:
+        asked = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"target {target!r}: device={device!r} is not a device ({error})") from None
+    if asked.type != runs_on.type or asked.index not in (None, runs_on.index):
+        raise ValueError(f"target {target!r} runs on {runs_on}; got device={device!r}")
 
 
 def known_targets() -> list[str]:
@@ -102,8 +122,8 @@ def check_run(graph: SpikingGraph, x, timesteps, exact_range=None) -> tuple[torc
     """(the input batch as float32, T) of a run, both checked; for an integer graph, its
     ``exact_range`` (:class:`~snnverify.runtime.quantize.ExactRange`) also checks that the run
     stays where integer arithmetic is exact."""
-    x, steps = check_input(graph, x), check_timesteps(timesteps)
+    x, timesteps = check_input(graph, x), check_timesteps(timesteps)
     if exact_range is not None:
-        exact_range.check(x.numpy(), steps)
-    return x, steps
+        exact_range.check(x.numpy(), timesteps)
+    return x, timesteps
 

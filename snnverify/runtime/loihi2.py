@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from snnverify import graph as g
-from snnverify.runtime import RunResult, check_input, register_backend
+from snnverify.runtime import RunResult, check_device, check_input, register_backend
 
 UV_LIMIT = 2**23  # u, v are 24-bit signed
 DECAY_SHIFT = 12  # decays are 12-bit fractions of 4096
@@ -645,18 +645,17 @@ class Loihi2Backend:
                 for name, layer in self.network.layers.items() if layer.static}
 
     def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
-        if device not in (None, "cpu"):
-            raise ValueError(f"the loihi2_sim target runs on the CPU; got device={device!r}")
+        check_device(self.target, device, torch.device("cpu"))
         x = check_input(self.graph, x)
-        steps = g.check_timesteps(timesteps)
+        timesteps = g.check_timesteps(timesteps)
         largest = max((math.prod(layer.shape) for layer in self.network.layers.values()), default=1)
-        chunk = max(1, self.max_elements // (steps * largest))
-        results = [self._run(x[i:i + chunk], steps, record) for i in range(0, len(x), chunk)]
+        chunk = max(1, self.max_elements // (timesteps * largest))
+        results = [self._run(x[i:i + chunk], timesteps, record) for i in range(0, len(x), chunk)]
         counts = {k: sum(r.spike_counts[k] for r in results) for k in results[0].spike_counts}
         spikes = {k: np.concatenate([r.spikes[k] for r in results], axis=1) for k in counts} if record else None
         return RunResult(np.concatenate([r.output for r in results]), counts, spikes)
 
-    def _run(self, x: torch.Tensor, steps: int, record: bool) -> RunResult:
+    def _run(self, x: torch.Tensor, timesteps: int, record: bool) -> RunResult:
         network = self.network
         batch = len(x)
         currents = self._static_currents(x)
@@ -664,7 +663,7 @@ class Loihi2Backend:
         spikes: dict[str, np.ndarray] = {}  # layer -> bool [T·B, *shape], rows t-major, in its window
         for name, layer in network.layers.items():
             neurons = math.prod(layer.shape)
-            a_in = np.zeros((steps * batch, neurons), np.int64)
+            a_in = np.zeros((timesteps * batch, neurons), np.int64)
             for group in layer.groups:
                 _accumulate(group, spikes[group.source], a_in)
             if name in fields:
@@ -675,21 +674,21 @@ class Loihi2Backend:
             bias_eff = np.ascontiguousarray(mant << exp, np.int64).ravel()
             columns = batch * neurons
             vth_eff = np.full(columns, layer.vth << VTH_SHIFT, np.int64)
-            s = np.empty((steps, columns), np.bool_)
+            s = np.empty((timesteps, columns), np.bool_)
             empty = np.empty((0, columns), np.int64)
             # IF neurons: du = 4095 (u = a_in << 6 each step), dv = 0 (v integrates)
-            _lif_kernel(a_in.reshape(steps, columns), np.full(columns, DECAY_MAX, np.int64),
+            _lif_kernel(a_in.reshape(timesteps, columns), np.full(columns, DECAY_MAX, np.int64),
                         np.zeros(columns, np.int64), bias_eff, vth_eff, self.subtract, empty, empty, s)
-            spikes[name] = s.reshape(steps * batch, *layer.shape)
+            spikes[name] = s.reshape(timesteps * batch, *layer.shape)
         output = network.output
         classes = len(output.bias)
-        accumulators = np.zeros((steps * batch, classes), np.int64)
+        accumulators = np.zeros((timesteps * batch, classes), np.int64)
         for group in output.groups:
             _accumulate(group, spikes[group.source], accumulators)
-        total = accumulators.reshape(steps, batch, classes).sum(0)
-        current = total / steps / output.vth + output.bias
+        total = accumulators.reshape(timesteps, batch, classes).sum(0)
+        current = total / timesteps / output.vth + output.bias
         if output.static:
             current = current + sum(currents[s] for s in output.static) / output.scale
         counts = {name: int(np.count_nonzero(s)) for name, s in spikes.items()}
-        recorded = {name: s.reshape(steps, batch, *s.shape[1:]) for name, s in spikes.items()} if record else None
+        recorded = {name: s.reshape(timesteps, batch, *s.shape[1:]) for name, s in spikes.items()} if record else None
         return RunResult(current.astype(np.float32), counts, recorded)

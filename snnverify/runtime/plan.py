@@ -1,4 +1,5 @@
-"""Execution plan shared by the Numba CPU and Numba CUDA backends.
+"""Execution plan shared by the Numba CPU and Numba CUDA backends, and the one backend class
+that runs it over either kernel table.
 
 The plan fixes, once per graph, everything that decides the arithmetic: the dtype (float32,
 or int64 for quantised graphs), which synaptic layers are *event-driven* (fed by exactly one
@@ -10,21 +11,28 @@ inputs), bias last — so that float32 spikes are bit-identical between CPU and 
 multiply-add (the CUDA kernels use ``fmul_rn``; Numba's CPU code is compiled without
 fast-math, so LLVM does not contract them either).
 
-:func:`execute` walks the plan with a kernel set (CPU or GPU) — the walk is written once. The
+:func:`execute` walks the plan with a kernel table (CPU or GPU) — the walk is written once;
+:class:`KernelBackend` is the backend of both targets, over their tables. The
 plan also lists :class:`Fusion` s — IF layers that may absorb the event-driven conv (and the
-two-input residual add) feeding them; a kernel set with a fused kernel runs those as one step
-(the CPU's: no [T·B, ...] currents stored), the others step by step, with the same arithmetic.
+two-input residual add) feeding them; a kernel table with a fused kernel runs those as one op
+(the CPU's: no [T·B, ...] currents stored), the others op by op, with the same arithmetic.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from snnverify import graph as g
+from snnverify.runtime import RunResult, check_device, check_run, register_backend
+from snnverify.runtime.quantize import ExactRange
 
 
 def graph_dtype(graph: g.SpikingGraph) -> np.dtype:
@@ -38,8 +46,8 @@ def initial_membrane(threshold: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Step:
-    """One node of the plan. ``events``: the input is the spike map of IF node ``source_if``."""
+class Op:
+    """One node of the plan. ``events``: the input is the spike map of an IF node."""
 
     name: str
     node: g.Node
@@ -57,10 +65,11 @@ class Fusion:
     """An event-driven conv whose only reader is an IF layer, directly or through a two-input
     Add whose only reader is that IF layer: ``IF(conv(spikes) [+ residual])``. A backend with a
     fused kernel computes the conv's sums, the merge and the membrane update per sample and
-    step without storing the currents; the arithmetic is unchanged — current = (Σ + bias) +
+    timestep without storing the currents; the arithmetic is unchanged — current = (Σ + bias) +
     residual (two-term float sums commute exactly), then v += current. When the residual is
     itself an event-driven conv read only by the Add (a ResNet's projection shortcut), it is
-    computed inside too (``shortcut_input``: its spike map) and residual = Σ' + bias'."""
+    computed inside too (``shortcut_input``: its spike map) and residual = Σ' + bias'. What is
+    added is named by :class:`ResidualKind`."""
 
     conv: str
     conv_input: str  # the IF layer whose spikes drive the conv
@@ -70,13 +79,13 @@ class Fusion:
 
     @property
     def reads(self) -> list[str]:
-        """The stored signals the fused step reads (the conv's spike map, the residual or its spike map)."""
+        """The stored signals the fused op reads (the conv's spike map, the residual or its spike map)."""
         residual = self.shortcut_input or self.residual
         return [self.conv_input, *([residual] if residual else [])]
 
     @property
     def absorbed(self) -> list[str]:
-        """The steps computed inside the fused step, never stored."""
+        """The ops computed inside the fused op, never stored."""
         return [self.conv, *([self.add] if self.add else []), *([self.residual] if self.shortcut_input else [])]
 
 
@@ -95,10 +104,10 @@ class EventConv:
 class Plan:
     graph: g.SpikingGraph
     dtype: np.dtype
-    steps: list[Step]
+    ops: list[Op]
     shapes: dict[str, tuple[int, ...]]
     users: dict[str, int] = field(default_factory=dict)  # how many nodes read each node
-    fusions: dict[str, Fusion] = field(default_factory=dict)  # IF step name -> what it absorbs
+    fusions: dict[str, Fusion] = field(default_factory=dict)  # IF op name -> what it absorbs
     device_arrays: dict[int, Any] = field(default_factory=dict)  # id(plan array) -> on the backend
 
     def parameter(self, array: np.ndarray, to_device):
@@ -114,43 +123,43 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
     g.require_normative(graph, "the Numba cpu and gpu backends")
     dtype = graph_dtype(graph)
     shapes = graph.shapes
-    steps = []
+    ops = []
     for name, node in graph.nodes.items():
         sources = graph.inputs[name]
-        step = Step(name, node, sources)
+        op = Op(name, node, sources)
         if isinstance(node, (g.Conv2d, g.Linear)):
             source = graph.nodes[sources[0]]
             weight = node.weight.astype(dtype)
             if isinstance(source, g.IF):
-                step.events = True
+                op.events = True
                 weight = g.folded_weight(node, source.output_amplitude, shapes[source.name], dtype)
-            step.weight = np.ascontiguousarray(weight, dtype=dtype)
-            step.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
+            op.weight = np.ascontiguousarray(weight, dtype=dtype)
+            op.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
         elif isinstance(node, g.IF):
             per_channel = math.prod(shapes[name]) // len(node.threshold)
-            step.threshold = np.repeat(node.threshold.astype(dtype), per_channel)
-            step.amplitude = np.repeat(node.output_amplitude.astype(dtype), per_channel)
-            step.initial = initial_membrane(step.threshold)
-        steps.append(step)
+            op.threshold = np.repeat(node.threshold.astype(dtype), per_channel)
+            op.amplitude = np.repeat(node.output_amplitude.astype(dtype), per_channel)
+            op.initial = initial_membrane(op.threshold)
+        ops.append(op)
     users = {name: len(graph.users(name)) for name in graph.nodes}
-    return Plan(graph, dtype, steps, shapes, users, fusions=_fusions(steps, users))
+    return Plan(graph, dtype, ops, shapes, users, fusions=_fusions(ops, users))
 
 
-def _fusions(steps: list[Step], users: dict[str, int]) -> dict[str, Fusion]:
+def _fusions(ops: list[Op], users: dict[str, int]) -> dict[str, Fusion]:
     """The IF layers that can absorb the event-driven conv (and two-input Add) feeding them."""
-    by_name = {step.name: step for step in steps}
+    by_name = {op.name: op for op in ops}
 
     def sole_event_conv(name: str) -> bool:
-        step = by_name[name]
-        return isinstance(step.node, g.Conv2d) and step.events and users[name] == 1
+        op = by_name[name]
+        return isinstance(op.node, g.Conv2d) and op.events and users[name] == 1
 
     fusions = {}
-    for step in steps:
-        if not isinstance(step.node, g.IF):
+    for op in ops:
+        if not isinstance(op.node, g.IF):
             continue
-        (source,) = step.inputs
+        (source,) = op.inputs
         if sole_event_conv(source):
-            fusions[step.name] = Fusion(source, by_name[source].inputs[0])
+            fusions[op.name] = Fusion(source, by_name[source].inputs[0])
             continue
         merge = by_name[source]
         two_distinct_inputs = len(merge.inputs) == 2 and len(set(merge.inputs)) == 2
@@ -158,9 +167,20 @@ def _fusions(steps: list[Step], users: dict[str, int]) -> dict[str, Fusion]:
             for conv, residual in (merge.inputs, merge.inputs[::-1]):
                 if sole_event_conv(conv):
                     shortcut_input = by_name[residual].inputs[0] if sole_event_conv(residual) else None
-                    fusions[step.name] = Fusion(conv, by_name[conv].inputs[0], source, residual, shortcut_input)
+                    fusions[op.name] = Fusion(conv, by_name[conv].inputs[0], source, residual, shortcut_input)
                     break
     return fusions
+
+
+class ResidualKind(IntEnum):
+    """What a fused IF op adds to its conv's Σ + b (see :class:`Fusion`): the one naming of
+    residuals for the plan and every kernel table."""
+
+    NONE = 0  #: IF(conv)
+    CURRENT = 1  #: a temporal current r[t·B + b, f]
+    STATIC = 2  #: a static current r[b, f], the same at every step
+    GRADED = 3  #: a graded spike map a_f·s[t·B + b, f]
+    SHORTCUT = 4  #: a projection conv computed inside the fused op: Σ' + b'
 
 
 @dataclass
@@ -171,29 +191,35 @@ class Kernels:
     spikes [T·B, F] of neurons with θ per flattened neuron; ``graded`` turns spikes into θ·s.
     """
 
+    device: Callable[[], torch.device]  # the device the kernels run on
     to_device: Callable[[np.ndarray], Any]
     to_host: Callable[[Any], np.ndarray]
+    zeros: Callable  # (shape, dtype) -> a zero array
     conv2d: Callable  # (x, weight, bias, node, out_shape, events) -> out
     linear: Callable  # (x, weight, bias, events) -> out
     sum_pool2d: Callable  # (x, node, out_shape) -> window sums
     divide: Callable  # (x, float32 divisor) -> x / divisor, correctly rounded
-    add: Callable  # (list of (x, temporal), steps, batch) -> sum, temporal when any input is
-    if_layer: Callable  # (current, temporal, threshold, initial membrane, steps, batch) -> spikes
+    add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
+    if_layer: Callable  # (current, temporal, threshold, initial membrane, timesteps, batch) -> spikes
     graded: Callable  # (spikes, amplitude) -> a·s
-    mean_over_time: Callable  # (x, temporal, steps, batch) -> [B, K]
     count: Callable  # (spikes) -> int
     #: host-side layout of a conv's or linear layer's W' (weight, node, fed by spikes) -> array,
     #: applied once per plan
     weight_layout: Callable = lambda weight, node, events: weight
     #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`): (EventConv, residual
-    #: (None, a Signal or an EventConv), IF shape, threshold, initial membrane, steps, batch) ->
-    #: spikes; backends without it run the steps one by one. The spike maps it reads and writes
-    #: are channels-last [T·B, H·W·C]: the order in which such a kernel produces them (per
-    #: position, a block of channels) and reads them (the channels at an input position).
+    #: kind, residual (None, a Signal or an EventConv), IF shape, threshold, initial membrane,
+    #: timesteps, batch) -> spikes; tables without it run the ops one by one. The spike maps it
+    #: reads and writes are channels-last [T·B, H·W·C]: the order in which such a kernel
+    #: produces them (per position, a block of channels) and reads them (the channels at an
+    #: input position).
     conv2d_if: Callable | None = None
     #: (array [N, C·H·W], (C, H, W)) -> [N, H·W·C] and back; needed with ``conv2d_if``
     channels_last: Callable | None = None
     channels_first: Callable | None = None
+    #: raises when the kernels cannot run here (no device), naming what is missing
+    require: Callable[[], None] = lambda: None
+    #: the context a run executes in (the place to silence a launcher's routine warnings)
+    running: Callable = contextlib.nullcontext
 
 
 @dataclass
@@ -207,7 +233,7 @@ class Signal:
     channels_last: bool = False  # a spike map [T·B, H·W·C], as fused kernels read and write them
 
 
-def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: bool):
+def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record: bool):
     """Run the plan on a batch; returns (output [B, K] float, spike counts, recorded spikes)."""
     batch = x.shape[0]
     values: dict[str, Signal] = {}
@@ -235,82 +261,106 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
         rows = array.shape[0]
         return kernels.graded(array.reshape(rows, -1), signal.amplitude).reshape(array.shape)
 
+    def add(terms: list[tuple[Any, bool]], rows: int, shape):
+        """Σ of the terms left to right, from zero: a static term is broadcast over the steps."""
+        total = kernels.zeros((rows, math.prod(shape)), plan.dtype)
+        for array, temporal in terms:
+            kernels.add_into(total, array.reshape(array.shape[0], -1), temporal, batch)
+        return total.reshape(rows, *shape)
+
+    def mean_over_time(name: str, temporal: bool) -> np.ndarray:
+        """Σ_t x[t] in ascending t, then / T (float64 for integer graphs)."""
+        array = analog(name)
+        if temporal:
+            array = add([(array[t * batch : (t + 1) * batch], True) for t in range(timesteps)], batch,
+                        array.shape[1:])
+        total = kernels.to_host(array).reshape(batch, -1)
+        if total.dtype.kind == "i":
+            return total / timesteps if temporal else total.astype(np.float64)
+        return total / np.float32(timesteps) if temporal else total
+
     fusions = plan.fusions if kernels.conv2d_if is not None else {}
     absorbed = {name for fusion in fusions.values() for name in fusion.absorbed}
-    by_name = {step.name: step for step in plan.steps}
+    by_name = {op.name: op for op in plan.ops}
 
-    def weights(step: Step):
-        weight = plan.parameter(step.weight,
-                                lambda w: kernels.to_device(kernels.weight_layout(w, step.node, step.events)))
-        return weight, plan.parameter(step.bias, kernels.to_device)
+    def weights(op: Op):
+        weight = plan.parameter(op.weight, lambda w: kernels.to_device(kernels.weight_layout(w, op.node, op.events)))
+        return weight, plan.parameter(op.bias, kernels.to_device)
 
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
-        step, signal = by_name[conv], values[spike_map]
+        op, signal = by_name[conv], values[spike_map]
         channels, height, width = plan.shapes[spike_map]
-        return EventConv(signal.array.reshape(rows, height, width, channels), *weights(step), step.node)
+        return EventConv(signal.array.reshape(rows, height, width, channels), *weights(op), op.node)
+
+    def fused_residual(fusion: Fusion, rows: int) -> tuple[ResidualKind, Any]:
+        if fusion.shortcut_input:
+            return ResidualKind.SHORTCUT, event_conv(fusion.residual, fusion.shortcut_input, rows)
+        if fusion.residual is None:
+            return ResidualKind.NONE, None
+        signal = values[fusion.residual]
+        if signal.amplitude is not None:
+            return ResidualKind.GRADED, signal
+        return (ResidualKind.CURRENT if signal.temporal else ResidualKind.STATIC), signal
 
     # the spike maps fused kernels read: kept channels-last (an IF layer that is not fused
     # converts its output once, not each of its fused readers)
     fused_reads = {name for fusion in fusions.values() for name in fusion.reads
                    if isinstance(plan.graph.nodes[name], g.IF)}
 
-    for step in plan.steps:
-        if step.name in absorbed:
-            continue  # computed inside the IF step that absorbs it
-        node = step.node
-        fusion = fusions.get(step.name)
-        reads = fusion.reads if fusion else step.inputs
-        temporal = fusion is not None or any(values[s].temporal for s in step.inputs)
-        rows = steps * batch if temporal else batch
-        shape_in = (rows, *plan.shapes[step.inputs[0]]) if step.inputs else None
+    for op in plan.ops:
+        if op.name in absorbed:
+            continue  # computed inside the IF op that absorbs it
+        node = op.node
+        fusion = fusions.get(op.name)
+        reads = fusion.reads if fusion else op.inputs
+        temporal = fusion is not None or any(values[s].temporal for s in op.inputs)
+        rows = timesteps * batch if temporal else batch
+        shape_in = (rows, *plan.shapes[op.inputs[0]]) if op.inputs else None
         if isinstance(node, g.Input):
-            values[step.name] = Signal(kernels.to_device(g.input_current(node, x, plan.dtype)), False)
+            values[op.name] = Signal(kernels.to_device(g.input_current(node, x, plan.dtype)), False)
         elif isinstance(node, g.IF):
-            threshold = plan.parameter(step.threshold, kernels.to_device)
-            initial = plan.parameter(step.initial, kernels.to_device)
+            threshold = plan.parameter(op.threshold, kernels.to_device)
+            initial = plan.parameter(op.initial, kernels.to_device)
             if fusion:
-                if fusion.shortcut_input:
-                    residual = event_conv(fusion.residual, fusion.shortcut_input, rows)
-                else:
-                    residual = values[fusion.residual] if fusion.residual else None
-                s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), residual,
-                                      plan.shapes[step.name], threshold, initial, steps, batch)
+                kind, residual = fused_residual(fusion, rows)
+                s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), kind, residual,
+                                      plan.shapes[op.name], threshold, initial, timesteps, batch)
             else:
-                current = analog(step.inputs[0]).reshape(rows, -1)
-                if step.name in fused_reads:  # IF is per neuron: its inputs in that order, its spikes too
-                    shape = plan.shapes[step.name]
+                current = analog(op.inputs[0]).reshape(rows, -1)
+                if op.name in fused_reads:  # IF is per neuron: its inputs in that order, its spikes too
+                    shape = plan.shapes[op.name]
                     current = kernels.channels_last(current, shape)
                     threshold, initial = (kernels.channels_last(a.reshape(1, -1), shape).reshape(-1)
                                           for a in (threshold, initial))
-                s = kernels.if_layer(current, temporal, threshold, initial, steps, batch)
-            counts[step.name] = kernels.count(s)
-            channels_last = fusion is not None or step.name in fused_reads
-            amplitude = plan.parameter(step.amplitude, kernels.to_device)
-            values[step.name] = Signal(s, True, amplitude, channels_last=channels_last)
+                s = kernels.if_layer(current, temporal, threshold, initial, timesteps, batch)
+            counts[op.name] = kernels.count(s)
+            channels_last = fusion is not None or op.name in fused_reads
+            amplitude = plan.parameter(op.amplitude, kernels.to_device)
+            values[op.name] = Signal(s, True, amplitude, channels_last=channels_last)
             if record:
-                spikes[step.name] = kernels.to_host(channels_first(step.name)).reshape(steps, batch,
-                                                                                       *plan.shapes[step.name])
+                spikes[op.name] = kernels.to_host(channels_first(op.name)).reshape(timesteps, batch,
+                                                                                   *plan.shapes[op.name])
         elif isinstance(node, (g.Conv2d, g.Linear)):
-            source = channels_first(step.inputs[0]) if step.events else analog(step.inputs[0])
-            weight, bias = weights(step)
+            source = channels_first(op.inputs[0]) if op.events else analog(op.inputs[0])
+            weight, bias = weights(op)
             if isinstance(node, g.Conv2d):
                 out = kernels.conv2d(source.reshape(shape_in), weight, bias, node,
-                                     (rows, *plan.shapes[step.name]), step.events)
+                                     (rows, *plan.shapes[op.name]), op.events)
             else:
-                out = kernels.linear(source.reshape(rows, -1), weight, bias, step.events)
-            values[step.name] = Signal(out, temporal)
+                out = kernels.linear(source.reshape(rows, -1), weight, bias, op.events)
+            values[op.name] = Signal(out, temporal)
         elif isinstance(node, g.AvgPool2d):  # SumPool2d too
-            out = kernels.sum_pool2d(analog(step.inputs[0]).reshape(shape_in), node, (rows, *plan.shapes[step.name]))
+            out = kernels.sum_pool2d(analog(op.inputs[0]).reshape(shape_in), node, (rows, *plan.shapes[op.name]))
             if not isinstance(node, g.SumPool2d):
                 out = kernels.divide(out, np.float32(node.kernel_size[0] * node.kernel_size[1]))
-            values[step.name] = Signal(out, temporal)
+            values[op.name] = Signal(out, temporal)
         elif isinstance(node, g.Flatten):
-            values[step.name] = Signal(analog(step.inputs[0]).reshape(rows, -1), temporal)
+            values[op.name] = Signal(analog(op.inputs[0]).reshape(rows, -1), temporal)
         elif isinstance(node, g.Add):
-            terms = [(analog(name), values[name].temporal) for name in step.inputs]
-            values[step.name] = Signal(kernels.add(terms, steps, batch), temporal)
+            terms = [(analog(name), values[name].temporal) for name in op.inputs]
+            values[op.name] = Signal(add(terms, rows, plan.shapes[op.name]), temporal)
         elif isinstance(node, g.Output):
-            mean = kernels.mean_over_time(analog(step.inputs[0]).reshape(rows, -1), temporal, steps, batch)
+            mean = mean_over_time(op.inputs[0], temporal)
             output = mean if node.scale == 1 else mean / node.scale
         for source in reads:
             remaining[source] -= 1
@@ -318,3 +368,27 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, steps: int, record: boo
                 del values[source]
                 converted.pop(source, None)
     return output, counts, spikes
+
+
+class KernelBackend:
+    """The ``cpu`` and ``gpu`` backends: the graph's plan executed over a kernel table. An
+    integer graph's runs are checked to stay where integer arithmetic is exact
+    (:class:`~snnverify.runtime.quantize.ExactRange`)."""
+
+    def __init__(self, graph: g.SpikingGraph, target: str, kernels: Kernels):
+        kernels.require()
+        self.graph, self.target, self.kernels = graph, target, kernels
+        self.plan = build_plan(graph)
+        self.exact_range = ExactRange(graph) if graph.integer else None
+
+    def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
+        check_device(self.target, device, self.kernels.device())
+        x, timesteps = check_run(self.graph, x, timesteps, self.exact_range)
+        with self.kernels.running():
+            output, counts, spikes = execute(self.plan, self.kernels, x.numpy(), timesteps, record)
+        return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes)
+
+
+def register_kernels(target: str, kernels: Kernels) -> None:
+    """Make ``compile(snn, target=target)`` a :class:`KernelBackend` over ``kernels``."""
+    register_backend(target, functools.partial(KernelBackend, target=target, kernels=kernels))

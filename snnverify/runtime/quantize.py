@@ -186,7 +186,7 @@ class ExactRange:
                 self.gains[name] = (float(weight.sum(axis=1).max()),
                                     0.0 if node.bias is None else float(np.abs(node.bias).max()))
 
-    def check(self, x: np.ndarray, steps: int):
+    def check(self, x: np.ndarray, timesteps: int):
         bound: dict[str, float] = {}
         for name, node in self.graph.nodes.items():
             inputs = [bound[source] for source in self.graph.inputs[name]]
@@ -201,19 +201,19 @@ class ExactRange:
                 bound[name] = peak = node.kernel_size[0] * node.kernel_size[1] * inputs[0]
             elif isinstance(node, g.IF):
                 start = node.threshold / 2 if node.v_init is None else node.v_init
-                peak = float(np.abs(start).max()) + steps * (inputs[0] + float(node.threshold.max()))
+                peak = float(np.abs(start).max()) + timesteps * (inputs[0] + float(node.threshold.max()))
                 bound[name] = float(np.abs(node.output_amplitude).max())
                 what = "membrane potential"
             elif isinstance(node, g.Add):
                 bound[name] = peak = sum(inputs)
             elif isinstance(node, g.Output):
-                bound[name] = peak = steps * inputs[0]
+                bound[name] = peak = timesteps * inputs[0]
                 what = "output current summed over the steps"
             else:  # Flatten, and an AvgPool2d (its mean is no larger than its inputs)
                 bound[name] = peak = inputs[0]
             if not peak < EXACT_LIMIT:
                 raise ValueError(
                     f"integer graph: {what} of {name!r} ({type(node).__name__}) may reach {peak:.3g} for this input "
-                    f"(largest |x| {float(np.abs(x).max(initial=0)):g}) and T = {steps}, beyond 2^53, where the "
+                    f"(largest |x| {float(np.abs(x).max(initial=0)):g}) and T = {timesteps}, beyond 2^53, where the "
                     f"backends' integer arithmetic stops being exact; lower quantize's input_scale or scale the input"
                 )

@@ -161,8 +161,7 @@ class TorchExecutor(nn.Module):
                 (tensor, temporal) = args[0]
                 op = self.ops[key]
                 if temporal:
-                    steps, batch = tensor.shape[:2]
-                    result = op(tensor.flatten(0, 1)).unflatten(0, (steps, batch))
+                    result = op(tensor.flatten(0, 1)).unflatten(0, tensor.shape[:2])
                 else:
                     result = op(tensor)
                 signals[name] = (result, temporal)
@@ -208,10 +207,11 @@ class TorchBackend:
 
     @torch.no_grad()
     def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
-        x, steps = check_run(self.graph, x, timesteps, self.exact_range)
+        # the reference executor runs on any torch device
+        x, timesteps = check_run(self.graph, x, timesteps, self.exact_range)
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.executor.to(device)
-        output, counts, spikes = self.executor(x.to(device), steps, record)
+        output, counts, spikes = self.executor(x.to(device), timesteps, record)
         return RunResult(
             output=output.cpu().numpy().astype(np.float32),
             spike_counts={k: int(v) for k, v in counts.items()},

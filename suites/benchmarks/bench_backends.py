@@ -15,8 +15,11 @@ from numba import carray, njit
 
 import snnverify
 from snnverify.api import SNN
-from snnverify.runtime.numba_cpu import _WIDE, _add_entries, _add_vector, _aligned_zeros, _stack_buffer
-from snnverify.speed import SHAPES, converted, interleaved_best_times, multiply_accumulates, synaptic_events
+from snnverify.runtime.cpu.gather import add_entries
+from snnverify.runtime.cpu.intrinsics import stack_buffer
+from snnverify.runtime.cpu.layouts import WIDE, aligned_zeros
+from snnverify.graph import multiply_accumulates, synaptic_events
+from snnverify.jobs.speed import SHAPES, converted, interleaved_best_times
 
 
 class Simulation:
@@ -90,14 +93,14 @@ class Simulation:
 @njit  # not cached: asv imports this file under another module name than a test run would
 def _gather_rows(weights, entries, starts, out):
     """out[s] = Σ_e weights row entries[e] (64 lanes), e over stream s's entries — the CPU event
-    kernel's inner loop (:func:`~snnverify.runtime.numba_cpu._add_entries`) alone, one thread."""
-    acc = _stack_buffer(out, _WIDE)
-    values = carray(acc, _WIDE)
+    kernel's inner loop (:func:`~snnverify.runtime.cpu.gather.add_entries`) alone, one thread."""
+    acc = stack_buffer(out, WIDE)
+    values = carray(acc, WIDE)
     for s in range(starts.shape[0] - 1):
-        for k in range(_WIDE):
+        for k in range(WIDE):
             values[k] = 0
-        _add_entries(acc, weights, 0, 0, entries, starts[s], starts[s + 1], True)
-        for k in range(_WIDE):
+        add_entries(acc, weights, 0, 0, entries, starts[s], starts[s + 1], True)
+        for k in range(WIDE):
             out[s, k] = values[k]
 
 
@@ -106,9 +109,8 @@ class EventGather:
     no spike lists, no membrane update): 64 ascending random rows per stream (about what one
     output position gathers per step in a 64-channel ResNet layer) from a block of rows of 64
     float32 lanes of 32 KB (held in L1), 144 KB (a 3×3 conv's block with 64 input channels) and
-    1.15 MB (512 input channels; held in L2 only). The simulation's rate (``python -m
-    snnverify.speed``'s events/s) is read against it: at this rate with no other cost, the
-    simulation would take its synaptic events / this rate — the floor of the kernel's design."""
+    1.15 MB (512 input channels; held in L2 only). The simulation's rate (the events/s of
+    ``snnverify speed``) is read against it: at this rate with no other cost, the simulation would take its synaptic events / this rate — the floor of the kernel's design."""
 
     params = [[128, 576, 4608]]
     param_names = ["rows"]
@@ -118,12 +120,12 @@ class EventGather:
     def setup(self, rows):
         rng = np.random.default_rng(0)
         streams, per_stream = 4096, 64
-        self.weights = _aligned_zeros((rows * _WIDE,), np.float32)
-        self.weights[:] = rng.standard_normal(rows * _WIDE)
+        self.weights = aligned_zeros((rows * WIDE,), np.float32)
+        self.weights[:] = rng.standard_normal(rows * WIDE)
         self.entries = np.concatenate([np.sort(rng.choice(rows, per_stream, replace=False))
                                        for _ in range(streams)]).astype(np.int32)
         self.starts = np.arange(streams + 1, dtype=np.int64) * per_stream
-        self.out = np.empty((streams, _WIDE), np.float32)
+        self.out = np.empty((streams, WIDE), np.float32)
         _gather_rows(self.weights, self.entries, self.starts, self.out)  # compile outside the timing
 
     def time_gather(self, rows):
@@ -131,28 +133,28 @@ class EventGather:
 
     def track_adds_per_second(self, rows):
         seconds = interleaved_best_times({"gather": lambda: self.time_gather(rows)}, 3)["gather"]
-        return len(self.entries) * _WIDE / seconds / 1e9
+        return len(self.entries) * WIDE / seconds / 1e9
 
     track_adds_per_second.unit = "G adds/s"
 
 
-_DOUBLE_WIDE = 2 * _WIDE  # a global, so that Numba sees a constant
+_DOUBLEWIDE = 2 * WIDE  # a global, so that Numba sees a constant
 
 
 @njit  # not cached, as _gather_rows
 def _add_one_row(row, adds, wide):
     """Σ of ``adds`` copies of ``row``'s first 64 (4 accumulator registers) or, with ``wide``,
     128 lanes (8 registers), each add depending on the previous one of its register."""
-    acc = _stack_buffer(row, _DOUBLE_WIDE)
-    values = carray(acc, _DOUBLE_WIDE)
-    for k in range(_DOUBLE_WIDE):
+    acc = stack_buffer(row, _DOUBLEWIDE)
+    values = carray(acc, _DOUBLEWIDE)
+    for k in range(_DOUBLEWIDE):
         values[k] = 0
     if wide:
         for _ in range(adds):
-            _add_vector(acc, row, 0, _DOUBLE_WIDE)
+            _add_vector(acc, row, 0, _DOUBLEWIDE)
     else:
         for _ in range(adds):
-            _add_vector(acc, row, 0, _WIDE)
+            _add_vector(acc, row, 0, WIDE)
     return values[0]
 
 
@@ -170,12 +172,12 @@ class AddChains:
     adds = 20_000_000
 
     def setup(self, lanes):
-        self.row = _aligned_zeros((_DOUBLE_WIDE,), np.float32)
+        self.row = aligned_zeros((_DOUBLEWIDE,), np.float32)
         self.row[:] = 1
-        _add_one_row(self.row, 10, lanes > _WIDE)  # compile outside the timing
+        _add_one_row(self.row, 10, lanes > WIDE)  # compile outside the timing
 
     def time_add(self, lanes):
-        _add_one_row(self.row, self.adds, lanes > _WIDE)
+        _add_one_row(self.row, self.adds, lanes > WIDE)
 
     def track_adds_per_second(self, lanes):
         seconds = interleaved_best_times({"add": lambda: self.time_add(lanes)}, 3)["add"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import snnverify
 from snnverify.api import SNN
-from snnverify.speed import converted
+from snnverify.jobs.speed import converted
 
 
 class NIRResNet18:

@@ -10,7 +10,7 @@ import torch
 import snnverify
 from snnverify import data, models
 from snnverify.api import SNN
-from snnverify.util import fit
+from snnverify.train import fit
 
 TIMESTEPS = [4, 8, 16, 32, 64]
 

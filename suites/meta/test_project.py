@@ -1,6 +1,7 @@
 """The project checks itself: README commands, CI, and the layering rules of DESIGN.md."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,14 @@ def files_of(part: str) -> list[Path]:
 
 # (part, parts it must not import, exception files)
 RULES = [
-    ("graph", ["convert", "runtime", "nir_io", "certify", "report", "api", "util"], []),
+    ("graph", ["convert", "runtime", "nir_io", "certify", "report", "api", "util", "train"], []),
     ("convert", ["runtime", "nir_io", "certify", "report", "api"], ["finetune.py"]),
-    ("runtime", ["convert", "nir_io", "certify", "report", "api"], []),
-    ("nir_io", ["convert", "runtime", "certify", "report", "api", "util"], []),
-    ("report", ["convert", "runtime", "api", "graph"], []),
+    ("runtime", ["convert", "nir_io", "certify", "report", "api", "train"], []),
+    ("runtime/cpu", ["runtime.cuda", "runtime.torch_ref", "runtime.loihi2"], []),
+    ("nir_io", ["convert", "runtime", "certify", "report", "api", "util", "train"], []),
+    ("train", ["graph", "convert", "runtime", "nir_io", "certify", "report", "api"], []),
+    # report reads result files and references/ only, never live objects
+    ("report", ["convert", "runtime", "api", "graph", "nir_io", "models", "data", "train"], []),
 ]
 
 
@@ -66,7 +70,40 @@ def test_layering(part, forbidden, exceptions):
                 assert not module.startswith(f"snnverify.{other}"), f"{path.relative_to(ROOT)} imports {module}"
 
 
+def test_nothing_but_the_command_imports_a_job():
+    """Jobs may import anything; nothing in the package imports a job (the ``snnverify``
+    command finds them through the :data:`snnverify.jobs.JOBS` table)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent == PACKAGE / "jobs" or path.name == "cli.py":
+            continue
+        jobs = [m for m in imports_of(path) if m.startswith("snnverify.jobs")]
+        assert not jobs, f"{path.relative_to(ROOT)} imports {jobs}"
+
+
+def test_every_job_is_a_subcommand():
+    from snnverify.jobs import JOBS
+
+    modules = {path.stem for path in (PACKAGE / "jobs").glob("*.py") if path.stem != "__init__"}
+    assert modules == {module.rsplit(".", 1)[1] for module, _ in JOBS.values()}
+
+
 def test_finetune_reaches_runtime_only_through_the_reference_executor():
     """The one documented exception: BPTT trains the torch reference executor itself."""
     runtime_imports = {m for m in imports_of(PACKAGE / "convert" / "finetune.py") if m.startswith("snnverify.runtime")}
     assert runtime_imports <= {"snnverify.runtime.torch_ref", "snnverify.runtime.torch_ref.TorchExecutor"}
+
+
+#: how a development history reads: numbered work periods and issue numbers
+HISTORY = re.compile(r"\b(?:[Ss]ession \d|[Ss]ession's|[Ii]ssue #?\d|[Ii]ssues? \d|work period)")
+
+
+def test_nothing_narrates_development_history():
+    """Code, suites, reports, references and the README say what is and why, with figures
+    carrying their date, commit and command; not which session or issue brought them."""
+    roots = [ROOT / "snnverify", ROOT / "suites", ROOT / "reports", ROOT / "references", ROOT / "README.md"]
+    files = [p for root in roots for p in ([root] if root.is_file() else root.rglob("*"))
+             if p.is_file() and p.suffix in {".py", ".md", ".json", ".txt", ""} and "__pycache__" not in p.parts
+             and p != Path(__file__).resolve()]  # (this file spells the pattern out)
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in files
+             for m in [HISTORY.search(p.read_text(errors="replace"))] if m]
+    assert not found, found

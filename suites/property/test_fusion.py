@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from snnverify import graph as g
 from snnverify.api import SNN
-from snnverify.runtime.numba_cpu import CPU_KERNELS, _spike_entries
+from snnverify.runtime.cpu import CPU_KERNELS
+from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.plan import build_plan, execute
 from snnverify.strategies import spiking_graphs
 
@@ -193,7 +194,7 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
     for planes, channels_last in ((spikes, False), (np.ascontiguousarray(spikes.T), True)):
         entries = np.full(positions * group_in, -1, np.int32)
         starts = np.full(positions + 1, -1, np.int64)
-        _spike_entries(planes, channels_last, group * group_in, group_in, width, entries, starts)
+        spike_entries(planes, channels_last, group * group_in, group_in, width, entries, starts)
         lists.append((entries[: starts[-1]], starts))
     (first_entries, first_starts), (last_entries, last_starts) = lists
     np.testing.assert_array_equal(last_starts, first_starts)

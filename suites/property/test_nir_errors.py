@@ -122,6 +122,18 @@ def test_shape_mismatch_on_an_edge(workdir, valid):
     expect_error(mutate(workdir, valid, edit, mode="plain"), "'fc'", "expects input shape (9,), got (8,)")
 
 
+def test_float64_beyond_float32_range_is_named_without_an_overflow_warning(workdir, valid):
+    """Checked before the cast: numpy's overflow RuntimeWarning would fail this test (pyproject
+    turns RuntimeWarnings into errors), and the error names the node and the value."""
+    def edit(f):
+        weight = f["node/nodes/fc/weight"][()].astype(np.float64)
+        weight[1, 2] = 1e39
+        del f["node/nodes/fc/weight"]
+        f["node/nodes/fc"].create_dataset("weight", data=weight)
+
+    expect_error(mutate(workdir, valid, edit, mode="plain"), "'fc'", "1e+39", "beyond float32's range")
+
+
 def test_changed_parameter_fails_the_digest(workdir, valid):
     def edit(f):
         f["node/nodes/conv/weight"][0, 0, 0, 0] += 1

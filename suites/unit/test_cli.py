@@ -47,7 +47,7 @@ def test_run_from_checkpoint_reproduces_the_ann_accuracy(run_dir, tmp_path):
 
 def test_default_run_name_follows_dataset_and_model():
     from snnverify.cli import _parser
-    from snnverify.experiment import RunConfig
+    from snnverify.jobs.run import RunConfig
 
     args = _parser().parse_args(["run", "--dataset", "fashion-mnist", "--model", "resnet20"])
     options = {name: getattr(args, name) for name in RunConfig.__dataclass_fields__}
@@ -69,8 +69,35 @@ def test_bad_inputs_exit_with_a_message_not_a_traceback(tmp_path, capsys):
     assert "timesteps must be an integer >= 1" in capsys.readouterr().err
     (tmp_path / "bad.pt").write_bytes(b"junk")
     assert main(["run", "--out-dir", str(tmp_path), "--checkpoint", str(tmp_path / "bad.pt"), *FAST]) == 2
-    assert "bad.pt" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "bad.pt" in error and "is not a PyTorch state dict file" in error
     assert main(["report", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize("job, arguments, message", [
+    ("run", ["--target", "loihi3"], "unknown target 'loihi3'"),
+    ("run", ["--device", "gpu0"], "device 'gpu0' is not a torch device"),
+    ("run", ["--levels", "0"], "levels must be an integer >= 1"),
+    ("run", ["--qcfs-optimizer", "rmsprop"], "qcfs_optimizer"),
+    ("run", ["--checkpoint", "no/such/file.pt"], "does not exist"),
+    ("run", ["--convert-timesteps", "0"], "timesteps must be an integer >= 1"),
+    ("speed", ["--targets", "cpu", "tpu"], "unknown target(s) tpu"),
+    ("speed", ["--batch", "0"], "--batch must be >= 1"),
+    ("loihi2", ["--model", "vgg99"], "unknown model 'vgg99'"),
+    ("loihi2", ["--checkpoint", "no/such/file.pt"], "does not exist"),
+])
+def test_every_job_checks_its_arguments_before_any_work(tmp_path, capsys, monkeypatch, job, arguments, message):
+    """A bad argument fails at once, with nothing trained, loaded or written: data loading is
+    made to fail loudly, so a job that started working would report that instead."""
+    from snnverify import data
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the job started working before checking its arguments")
+
+    monkeypatch.setattr(data, "load_dataset", no_work)
+    assert main([job, *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_every_reference_names_its_source():

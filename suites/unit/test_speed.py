@@ -1,4 +1,4 @@
-"""The work counts that ``snnverify.speed`` reports beside its timings."""
+"""The work counts that ``snnverify speed`` reports beside its timings."""
 
 import numpy as np
 import torch
@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snnverify import graph as g
-from snnverify.speed import interleaved_best_times, multiply_accumulates, synaptic_events
+from snnverify.graph import multiply_accumulates, synaptic_events
+from snnverify.jobs.speed import interleaved_best_times
 
 
 def conv_graph(conv: g.Conv2d, in_shape) -> g.SpikingGraph:

@@ -14,18 +14,18 @@ and ``suites/unit/test_cuda_compile.py`` compiles them for a real GPU (sm_90 PTX
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
 import numba
 import numpy as np
+import torch
 from numba import config, cuda
 from numba.cuda import libdevice
 
 from snnverify import graph as g
-from snnverify.runtime import RunResult, check_run, register_backend
-from snnverify.runtime.plan import Kernels, build_plan, execute
-from snnverify.runtime.quantize import ExactRange
+from snnverify.runtime.plan import Kernels, register_kernels
 
 _THREADS = 128
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -58,8 +58,8 @@ def _output_position(index, channels, height, width):
 # _TILE output channels, each thread _MICRO × _MICRO of them, reading the inputs and weights
 # _DEPTH input channels at a time through shared memory. The simulator runs one Python thread
 # per CUDA thread, so it gets the same kernel with small tiles, and deep chunks: each chunk
-# costs it two barriers over all threads of a block, its largest cost (16 channels a chunk: 3×
-# faster than 4 on an 80-channel conv; 24 input channels still leave a padded last chunk).
+# costs it two barriers over all threads of a block, its largest cost, so fewer, deeper chunks
+# are faster (24 input channels still leave a padded last chunk).
 _SIDE, _MICRO, _DEPTH = (4, 2, 16) if SIMULATOR else (16, 4, 8)
 _TILE = _SIDE * _MICRO
 _STAGE_ROWS = _SIDE * _SIDE // _TILE  # tile rows one pass of the block's threads stages
@@ -146,7 +146,7 @@ _SYNAPSES = {"f": _synapse_kernel(_float_product, np.float32, numba.float32),
 
 
 @cuda.jit
-def _sum_pool_kernel(x, kernel, stride, padding, zero, out):
+def _sum_pool2d_kernel(x, kernel, stride, padding, zero, out):
     rows, channels, out_h, out_w = out.shape
     index = cuda.grid(1)
     if index >= rows * channels * out_h * out_w:
@@ -172,7 +172,8 @@ def _divide_kernel(x, divisor, out):
 
 
 @cuda.jit
-def _if_kernel(current, temporal, threshold, v0, steps, batch, spikes):
+def _if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, spikes):
+    """v[0] = θ/2; per step v += I[t]; s = v ≥ θ; v −= θ·s: one thread per (sample, neuron)."""
     neurons = threshold.shape[0]
     index = cuda.grid(1)
     if index >= batch * neurons:
@@ -180,7 +181,7 @@ def _if_kernel(current, temporal, threshold, v0, steps, batch, spikes):
     b, f = index // neurons, index % neurons
     theta = threshold[f]
     v = v0[f]
-    for t in range(steps):
+    for t in range(timesteps):
         v += current[t * batch + b, f] if temporal else current[b, f]
         fired = v >= theta
         spikes[t * batch + b, f] = fired
@@ -198,25 +199,13 @@ def _graded_kernel(spikes, amplitude, out):
 
 
 @cuda.jit
-def _add_kernel(total, x, temporal_x, batch_rows):
+def _add_into_kernel(total, x, temporal_x, batch_rows):
     """total[r] += x[r] (x temporal) or x[r mod B] (x static, broadcast over T)."""
     index = cuda.grid(1)
     width = total.shape[1]
     if index < total.shape[0] * width:
         r, f = index // width, index % width
         total[r, f] += x[r, f] if temporal_x else x[r % batch_rows, f]
-
-
-@cuda.jit
-def _mean_kernel(x, steps, batch, out):
-    index = cuda.grid(1)
-    width = out.shape[1]
-    if index < batch * width:
-        b, f = index // width, index % width
-        acc = x[b, f]
-        for t in range(1, steps):
-            acc += x[t * batch + b, f]
-        out[b, f] = acc / steps
 
 
 def _synapses(x, weight, bias, geometry, out_shape):
@@ -242,10 +231,10 @@ def _linear(x, weight, bias, events):
     return out.reshape(rows, weight.shape[4])
 
 
-def _sum_pool(x, node: g.AvgPool2d, out_shape):
+def _sum_pool2d(x, node: g.AvgPool2d, out_shape):
     sums = cuda.device_array(out_shape, x.dtype)
     geometry = (tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))  # tuples: no host arrays to copy
-    _launch(_sum_pool_kernel, math.prod(out_shape), x, *geometry, x.dtype.type(0), sums)
+    _launch(_sum_pool2d_kernel, math.prod(out_shape), x, *geometry, x.dtype.type(0), sums)
     return sums
 
 
@@ -255,21 +244,20 @@ def _divide(x, divisor):
     return out.reshape(x.shape)
 
 
-def _add(inputs, steps, batch):
-    temporal = any(t for _, t in inputs)
-    first = inputs[0][0]
-    rows = steps * batch if temporal else batch
-    total = cuda.device_array((rows, math.prod(first.shape[1:])), first.dtype)
-    total[:] = 0
-    for array, is_temporal in inputs:
-        flat = array.reshape(array.shape[0], -1)
-        _launch(_add_kernel, total.size, total, flat, is_temporal, batch)
-    return total.reshape(rows, *first.shape[1:])
+def _zeros(shape, dtype):
+    out = cuda.device_array(shape, dtype)
+    out[:] = 0
+    return out
 
 
-def _if(current, temporal, threshold, initial, steps, batch):
-    spikes = cuda.device_array((steps * batch, threshold.shape[0]), np.bool_)
-    _launch(_if_kernel, batch * threshold.shape[0], current, temporal, threshold, initial, steps, batch, spikes)
+def _add_into(total, x, temporal, batch):
+    _launch(_add_into_kernel, total.size, total, x, temporal, batch)
+
+
+def _if_layer(current, temporal, threshold, initial, timesteps, batch):
+    spikes = cuda.device_array((timesteps * batch, threshold.shape[0]), np.bool_)
+    _launch(_if_layer_kernel, batch * threshold.shape[0], current, temporal, threshold, initial, timesteps, batch,
+            spikes)
     return spikes
 
 
@@ -277,15 +265,6 @@ def _graded(spikes, amplitude):
     out = cuda.device_array(spikes.shape, amplitude.dtype)
     _launch(_graded_kernel, spikes.shape[0] * amplitude.shape[0], spikes, amplitude, out)
     return out
-
-
-def _mean_over_time(x, temporal, steps, batch):
-    host = x.copy_to_host()
-    if not temporal:
-        return host.astype(np.float64 if host.dtype.kind == "i" else np.float32)
-    out = cuda.device_array((batch, x.shape[1]), np.float64 if x.dtype.kind == "i" else x.dtype)
-    _launch(_mean_kernel, out.size, x, steps, batch, out)
-    return out.copy_to_host()
 
 
 @cuda.jit
@@ -305,41 +284,38 @@ def _count(spikes) -> int:
     return int(total.copy_to_host()[0])
 
 
+def _require_gpu() -> None:
+    if not cuda.is_available():
+        raise RuntimeError(
+            "target 'gpu' needs a CUDA GPU and none is available (numba.cuda.is_available() is False); "
+            "use target='cpu', or set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in the simulator"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_launches():
+    """numba-cuda warns at every launch of fewer than 128 blocks; late layers of a small batch
+    (a 4×4 map) launch that few by nature, and a warning per layer per call is only noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
+        yield
+
+
 GPU_KERNELS = Kernels(
+    device=lambda: torch.device("cuda", cuda.get_current_device().id),
     to_device=cuda.to_device,
     to_host=lambda a: a.copy_to_host(),
+    zeros=_zeros,
     conv2d=_conv2d,
     linear=_linear,
-    sum_pool2d=_sum_pool,
+    sum_pool2d=_sum_pool2d,
     divide=_divide,
-    add=_add,
-    if_layer=_if,
+    add_into=_add_into,
+    if_layer=_if_layer,
     graded=_graded,
-    mean_over_time=_mean_over_time,
     count=_count,
     weight_layout=lambda weight, node, events: gemm_layout(weight, node),
+    require=_require_gpu,
+    running=_quiet_launches,
 )
-
-
-@register_backend("gpu")
-class NumbaCUDABackend:
-    """Numba CUDA kernels on the current GPU (or the CUDA simulator)."""
-
-    def __init__(self, graph: g.SpikingGraph):
-        if not cuda.is_available():
-            raise RuntimeError(
-                "target 'gpu' needs a CUDA GPU and none is available (numba.cuda.is_available() is False); "
-                "use target='cpu', or set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in the simulator"
-            )
-        self.graph = graph
-        self.plan = build_plan(graph)
-        self.exact_range = ExactRange(graph) if graph.integer else None
-
-    def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
-        x, steps = check_run(self.graph, x, timesteps, self.exact_range)
-        with warnings.catch_warnings():
-            # numba-cuda warns at every launch of fewer than 128 blocks; late layers of a small batch
-            # (a 4×4 map) launch that few by nature, and a warning per layer per call is only noise
-            warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
-            output, counts, spikes = execute(self.plan, GPU_KERNELS, x.numpy(), steps, record)
-        return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes)
+register_kernels("gpu", GPU_KERNELS)

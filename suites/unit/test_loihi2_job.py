@@ -4,11 +4,12 @@ import itertools
 
 import numpy as np
 
-from snnverify import loihi2_report
+from snnverify.jobs import loihi2 as loihi2_job
+from snnverify.report.loihi2 import render
 
 
 def test_measure_and_render(digits_case):
-    result = loihi2_report.measure(digits_case.snn.graph, digits_case.test_loader, timesteps=4, limit=20)
+    result = loihi2_job.measure(digits_case.snn.graph, digits_case.test_loader, timesteps=4, limit=20)
     assert result["samples"] == 20
     runs = result["runs"]
     assert set(runs) == {"float", "loihi2_subtract", "loihi2_zero"}
@@ -20,11 +21,11 @@ def test_measure_and_render(digits_case):
     quantisation = result["quantisation"]
     assert [info["latency"] for info in quantisation["layers"].values()] == sorted(
         info["latency"] for info in quantisation["layers"].values())
-    report = {"command": "python -m snnverify.loihi2_report --limit 20", "dataset": "digits", "model": "small_resnet",
+    report = {"command": "snnverify loihi2 --limit 20", "dataset": "digits", "model": "small_resnet",
               "timesteps": 4, "ann_accuracy": 0.9, "versions": {"cpu_threads": 2},
               "settings": {"checkpoint": "ann.pt", "levels": 8, "qcfs_epochs": 1}, **result}
-    markdown = loihi2_report.render(report)
-    assert "python -m snnverify.loihi2_report --limit 20" in markdown
+    markdown = render(report)
+    assert "snnverify loihi2 --limit 20" in markdown
     assert sum(line.startswith("| loihi2_sim") for line in markdown.splitlines()) == 2
     assert all(f"| {name} |" in markdown for name in itertools.islice(layers, 3))
 
@@ -32,13 +33,13 @@ def test_measure_and_render(digits_case):
 def test_conversion_cache_is_a_lossless_nir_file_keyed_by_settings(digits_case, tmp_path):
     cache = tmp_path / "conversion.nir"
     settings = {"levels": 8, "seed": 0}
-    assert loihi2_report.read_cache(cache, settings) is None
-    loihi2_report.write_cache(cache, digits_case.snn, settings, 0.5)
-    graph, accuracy = loihi2_report.read_cache(cache, settings)
+    assert loihi2_job.read_cache(cache, settings) is None
+    loihi2_job.write_cache(cache, digits_case.snn, settings, 0.5)
+    graph, accuracy = loihi2_job.read_cache(cache, settings)
     assert accuracy == 0.5 and list(graph.nodes) == list(digits_case.snn.graph.nodes)
     for name, node in graph.nodes.items():
         original = digits_case.snn.graph.nodes[name]
         for field in ("weight", "threshold"):
             if hasattr(node, field):
                 np.testing.assert_array_equal(getattr(node, field), getattr(original, field))
-    assert loihi2_report.read_cache(cache, {**settings, "levels": 16}) is None
+    assert loihi2_job.read_cache(cache, {**settings, "levels": 16}) is None

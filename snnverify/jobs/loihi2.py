@@ -1,11 +1,12 @@
-"""What a converted network does on Loihi 2: ``python -m snnverify.loihi2_report``.
+"""``snnverify loihi2``: what a converted network does on Loihi 2.
 
 Loads a trained ANN checkpoint, converts it once, and on the same test images measures, at one
 T: the float SNN (the ``cpu`` backend), the ``loihi2_sim`` SNN with the subtractive-reset
 programmable neuron and with the published CUBA-LIF (reset to zero); the spike mismatch rate of
 each fixed-point run against the float SNN, per IF layer and overall (comparing layer k's spikes
 in its own window, i.e. after the pipeline latency of k Dense stages); and the simulation speed
-in images/s. Writes ``report.json`` and ``report.md`` (generated from the JSON) atomically.
+in images/s. Writes ``report.json`` and ``report.md`` (rendered from the JSON by
+:func:`snnverify.report.loihi2.render`) atomically.
 
 The conversion can be cached (``--cache FILE.nir``: the spiking graph as a lossless NIR file,
 beside ``FILE.json`` with the conversion settings and the ANN accuracy), so that the figures can
@@ -27,6 +28,9 @@ import torch
 
 import snnverify
 from snnverify import api, data, models
+from snnverify.convert import ConversionOptions
+from snnverify.graph import check_timesteps
+from snnverify.report.loihi2 import render
 from snnverify.util import atomic_write, progress, split_batch
 
 
@@ -130,49 +134,7 @@ def quantisation_summary(snn) -> dict:
     return {"vth": network.vth, "exact": network.exact, "output_latency": network.output.latency, "layers": layers}
 
 
-def render(report: dict) -> str:
-    runs = report["runs"]
-    label = {"float": "float SNN (`cpu` backend)", "loihi2_subtract": "loihi2_sim, subtractive reset",
-             "loihi2_zero": "loihi2_sim, reset to zero (published CUBA-LIF)"}
-    lines = [
-        f"# Loihi 2 simulator on {report['dataset']} {report['model']}",
-        "",
-        f"Regenerate: `{report['command']}`",
-        "",
-        f"Conversion: checkpoint `{report['settings']['checkpoint']}` (ReLU ANN test accuracy "
-        f"{100 * report['ann_accuracy']:.2f} %), QCFS L = {report['settings']['levels']}, "
-        f"{report['settings']['qcfs_epochs']} QCFS epoch(s), no BPTT fine-tuning. T = {report['timesteps']}, "
-        f"{report['samples']} test images, vth = {report['quantisation']['vth']} a_in units per threshold, "
-        f"output latency {report['quantisation']['output_latency']} steps (the simulator runs T + latency steps "
-        f"and reads the last T).",
-        "",
-        "| run | accuracy (%) | predictions equal to float SNN (%) | spike mismatch vs float SNN (%) | images/s |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, r in runs.items():
-        lines.append(f"| {label[name]} | {100 * r['accuracy']:.2f} | {100 * r['prediction_agreement_with_float']:.2f} "
-                     f"| {100 * r['spike_mismatch_rate']:.3f} | {r['images_per_s']:.1f} |")
-    lines += ["", "Spike mismatch: fraction of IF neuron-timesteps (each layer in its own window) whose spike "
-              "differs from the float SNN's. Speed: simulate() with spikes recorded, "
-              f"{report['versions']['cpu_threads']} CPU threads, shared machine.", "",
-              "## Spike mismatch per layer (%)", "", "| layer | latency | subtractive reset | reset to zero |",
-              "|---|---:|---:|---:|"]
-    for layer, info in report["quantisation"]["layers"].items():
-        lines.append(f"| {layer} | {info['latency']} "
-                     f"| {100 * runs['loihi2_subtract']['spike_mismatch_rate_per_layer'][layer]:.3f} "
-                     f"| {100 * runs['loihi2_zero']['spike_mismatch_rate_per_layer'][layer]:.3f} |")
-    lines += ["", "## Dense registers", "", "| layer | from | kind | weight_exp | num_weight_bits | sign | delay | "
-              "max weight error (thresholds) |", "|---|---|---|---:|---:|---|---:|---:|"]
-    for layer, info in report["quantisation"]["layers"].items():
-        for s in info["synapses"]:
-            lines.append(f"| {layer} | {s['from']} | {s['kind']} | {s['weight_exp']} | {s['num_weight_bits']} | "
-                         f"{s['sign_mode']} | {s['delay']} | {s['max_weight_error_thresholds']:.2e} |")
-    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}", ""]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m snnverify.loihi2_report", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--model", default="small_resnet")
     parser.add_argument("--checkpoint", default="reports/runs/fashion-mnist-small_resnet/ann.pt")
@@ -186,12 +148,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=None,
                         help="FILE.nir (+ FILE.json) holding the conversion, reused when the settings match")
     parser.add_argument("--out", default="reports/loihi2")
-    args = parser.parse_args(argv)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument checked before any work starts."""
+    if args.dataset not in data.DATASETS:
+        raise ValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(sorted(data.DATASETS))}")
+    if args.model not in models.MODELS:
+        raise ValueError(f"unknown model {args.model!r}; known: {', '.join(models.MODELS)}")
+    check_timesteps(args.timesteps)
+    ConversionOptions(levels=args.levels, qcfs_epochs=args.qcfs_epochs, percentile=args.percentile)
+    for name in ("batch_size", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    models.read_state_dict(args.checkpoint)
+
+
+def main(args: argparse.Namespace) -> int:
+    check_arguments(args)
     graph, ann_accuracy = converted_graph(args)
     splits = data.load_dataset(args.dataset, seed=args.seed)
     test = data.make_loaders(splits, batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=args.seed)[2]
     report = {
-        "command": " ".join(["python -m snnverify.loihi2_report", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["snnverify", *sys.argv[1:]]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": args.dataset, "model": args.model, "timesteps": args.timesteps,
         "settings": {k: getattr(args, k) for k in ("checkpoint", "levels", "qcfs_epochs", "percentile", "seed",
@@ -209,7 +189,3 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['images_per_s']:.1f} images/s")
     print(f"report: {out / 'report.md'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""The main job: train (or load) an ANN, convert it, and measure the SNN against it over T.
+"""``snnverify run``, the main job: train (or load) an ANN, convert it, and measure the SNN
+against it over T.
 
 Writes ``<out_dir>/<name>/report.json`` (machine-readable results), ``report.md`` and
 ``accuracy_vs_T.png`` (both generated from the JSON by :mod:`snnverify.report`), and the
@@ -7,8 +8,11 @@ trained ANN as ``ann.pt`` so that a later run can reuse it with ``--checkpoint``
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import io
 import json
+import os
 import platform
 import sys
 import time
@@ -22,8 +26,11 @@ import torchvision
 
 import snnverify
 from snnverify import api, data, models
+from snnverify.convert import ConversionOptions
 from snnverify.report import write_run_report
-from snnverify.util import atomic_write, fit
+from snnverify.runtime import known_targets
+from snnverify.train import fit
+from snnverify.util import atomic_write
 
 
 @dataclass
@@ -56,11 +63,33 @@ class RunConfig:
     download: bool = True
 
     def __post_init__(self):
+        """Every setting checked here, before any work starts."""
         self.name = self.name or f"{self.dataset}-{self.model}"
+        if self.dataset not in data.DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(sorted(data.DATASETS))}")
+        if self.model not in models.MODELS:
+            raise ValueError(f"unknown model {self.model!r}; known: {', '.join(models.MODELS)}")
+        if self.target not in known_targets():
+            raise ValueError(f"unknown target {self.target!r}; known targets: {', '.join(known_targets())}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {self.device!r} is not a torch device (for example cpu, cuda, cuda:1)") from None
         if not self.timesteps:
             raise ValueError("timesteps: give at least one T")
-        for t in self.timesteps:
+        for t in [*self.timesteps, self.convert_timesteps]:
             snnverify.graph.check_timesteps(t)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if value < (0 if name == "epochs" else 1):
+                raise ValueError(f"{name} must be {'>= 0' if name == 'epochs' else '>= 1'}, got {value}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        # the conversion's own checks, now rather than after training
+        shared = {f.name for f in dataclasses.fields(ConversionOptions)} & {f.name for f in dataclasses.fields(self)}
+        ConversionOptions(**{name: getattr(self, name) for name in shared})
+        if self.checkpoint is not None:
+            models.read_state_dict(self.checkpoint)
 
 
 def run(config: RunConfig) -> dict:
@@ -160,3 +189,43 @@ def _state_dict_bytes(model) -> bytes:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getvalue()
+
+
+_HELP = {
+    "dataset": "digits (embedded default), fashion-mnist or cifar10",
+    "model": "small_resnet, resnet20, cifar_resnet18 or torchvision_resnet18",
+    "checkpoint": "load the ANN state dict from this file instead of training",
+    "timesteps": "T values at which the SNN is evaluated",
+    "convert_timesteps": "T used by BPTT fine-tuning during conversion",
+    "levels": "QCFS quantisation levels L",
+    "download": "allow downloading a missing dataset",
+    "target": f"backend that evaluates the SNN ({', '.join(known_targets())})",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`RunConfig` field, with the field's default."""
+    for item in dataclasses.fields(RunConfig):
+        flag = "--" + item.name.replace("_", "-")
+        # the field's own default (an instance would have filled in derived values, like name)
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        if item.name == "timesteps":
+            parser.add_argument(flag, type=int, nargs="+", default=default, help=_HELP[item.name])
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_HELP.get(item.name))
+        else:
+            kind = {"int": int, "float": float}.get(type(default).__name__, str)
+            if item.name == "cal_size":  # default None, but an int when given
+                kind = int
+            parser.add_argument(flag, type=kind, default=default, help=_HELP.get(item.name, f"default {default}"))
+
+
+def main(args: argparse.Namespace) -> int:
+    config = RunConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(RunConfig)})
+    report = run(config)
+    print(f"ANN accuracy {100 * report['ann_accuracy']:.2f} %, QCFS ANN {100 * report['qcfs_ann_accuracy']:.2f} %")
+    for t in report["timesteps"]:
+        print(f"T = {t:3d}: SNN accuracy {100 * report['snn_accuracy'][str(t)]:.2f} % "
+              f"(gap {report['gap_pp'][str(t)]:+.2f} pp), sparsity {100 * report['sparsity'][str(t)]:.1f} %")
+    print(f"report: {os.path.join(config.out_dir, report['name'], 'report.md')}")
+    return 0

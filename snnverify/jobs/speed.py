@@ -1,4 +1,4 @@
-"""Side-by-side throughput of the backends on converted networks (``python -m snnverify.speed``).
+"""``snnverify speed``: side-by-side throughput of the backends on converted networks.
 
 All targets and the ANN forward pass are timed in one process, on the same batch and
 interleaved (every round times each of them, warm; the fastest time of each counts), so the
@@ -17,15 +17,14 @@ import json
 import math
 import time
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import snnverify
-from snnverify import graph as g
 from snnverify.api import SNN
-from snnverify.graph import multiply_accumulates
+from snnverify.graph import check_timesteps, multiply_accumulates, synaptic_events
 from snnverify.models import build_model
+from snnverify.runtime import known_targets
 from snnverify.util import atomic_write
 
 #: model name -> input shape it is benchmarked on
@@ -47,7 +46,7 @@ def interleaved_best_times(functions: dict, repeats: int, calls: int = 2) -> dic
     ``calls`` times back to back, one function after the other (after a warm-up round). The
     rounds spread a slow phase of a shared machine over all of them; the back-to-back calls let
     a short function (an ANN forward pass of a few ms) be timed warm, not right after another
-    function has evicted its caches — measured here, a cold first call takes 2–4× longer."""
+    function has evicted its caches (a cold first call is several times slower)."""
     for function in functions.values():
         function()
     best = dict.fromkeys(functions, math.inf)
@@ -58,33 +57,6 @@ def interleaved_best_times(functions: dict, repeats: int, calls: int = 2) -> dic
                 function()
                 best[name] = min(best[name], time.perf_counter() - start)
     return best
-
-
-def _reach(size: int, out_size: int, kernel: int, stride: int, padding: int, dilation: int) -> np.ndarray:
-    """For each input coordinate along one axis, how many kernel taps land on an output."""
-    shifted = np.arange(size)[:, None] + padding - np.arange(kernel)[None, :] * dilation
-    return ((shifted >= 0) & (shifted % stride == 0) & (shifted // stride < out_size)).sum(axis=1)
-
-
-def synaptic_events(graph: g.SpikingGraph, spikes: dict[str, np.ndarray]) -> int:
-    """Adds that event-driven layers (conv and linear layers fed by an IF layer) must do for the
-    recorded ``spikes`` ([T, B, ...] per IF layer): each spike adds one weight to every output it
-    reaches — for a conv, its taps that land inside the output, times C_out / groups."""
-    shapes, total = graph.shapes, 0
-    for name, node in graph.nodes.items():
-        sources = graph.inputs[name]
-        if not sources or not isinstance(graph.nodes[sources[0]], g.IF):
-            continue
-        source = sources[0]
-        counts = spikes[source].sum(axis=(0, 1), dtype=np.int64)
-        if isinstance(node, g.Linear):
-            total += int(counts.sum()) * node.weight.shape[0]
-        elif isinstance(node, g.Conv2d):
-            (_, in_h, in_w), (out_channels, out_h, out_w) = shapes[source], shapes[name]
-            rows = _reach(in_h, out_h, node.weight.shape[2], node.stride[0], node.padding[0], node.dilation[0])
-            cols = _reach(in_w, out_w, node.weight.shape[3], node.stride[1], node.padding[1], node.dilation[1])
-            total += int((counts * np.outer(rows, cols)).sum()) * (out_channels // node.groups)
-    return total
 
 
 def measure(model: str, targets: list[str], timesteps: list[int], batch: int, repeats: int = 3) -> dict:
@@ -101,21 +73,21 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
             ann(x)
 
     ann_seconds = math.inf
-    for steps in timesteps:
-        simulations = {target: (lambda snn=snn: snnverify.simulate(snn, x, timesteps=steps))
+    for t in timesteps:
+        simulations = {target: (lambda snn=snn, t=t: snnverify.simulate(snn, x, timesteps=t))
                        for target, snn in snns.items()}
         seconds = interleaved_best_times({"ann": ann_forward, **simulations}, repeats)
         ann_seconds = min(ann_seconds, seconds["ann"])
         for target, snn in snns.items():
-            _, spikes = snnverify.simulate(snn, x, timesteps=steps, record=True)
+            _, spikes = snnverify.simulate(snn, x, timesteps=t, record=True)
             fired = sum(int(s.sum()) for s in spikes.values())
             events = synaptic_events(graph, spikes) / batch
             results["snn"].append({
-                "target": target, "timesteps": steps, "seconds": seconds[target],
+                "target": target, "timesteps": t, "seconds": seconds[target],
                 "images_per_s": batch / seconds[target], "ann_seconds_same_rounds": seconds["ann"],
                 "ratio_to_ann": seconds[target] / seconds["ann"],
                 # event-driven cost grows with the spikes, so the rate belongs beside the speed
-                "spike_rate": fired / (neurons * steps * batch),
+                "spike_rate": fired / (neurons * t * batch),
                 "synaptic_events_per_image": events, "events_per_ann_mac": events / macs,
                 "synaptic_events_per_s": events * batch / seconds[target]})
     results["ann_seconds"] = ann_seconds
@@ -123,15 +95,24 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m snnverify.speed", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--targets", nargs="+", default=["torch", "cpu"])
     parser.add_argument("--timesteps", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    unknown = sorted(set(args.targets) - set(known_targets()))
+    if unknown:
+        raise ValueError(f"unknown target(s) {', '.join(unknown)}; known targets: {', '.join(known_targets())}")
+    for t in args.timesteps:
+        check_timesteps(t)
+    for name in ("batch", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     results = [measure(m, args.targets, args.timesteps, args.batch, args.repeats) for m in args.models]
     for result in results:
         print(f"{result['model']}: ANN forward {result['ann_images_per_s']:.0f} images/s (batch {result['batch']})")
@@ -141,13 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['events_per_ann_mac']:.2f} synaptic events per ANN MAC, "
                   f"{row['synaptic_events_per_s'] / 1e9:.1f} G events/s")
         by_key = {(row["target"], row["timesteps"]): row["images_per_s"] for row in result["snn"]}
-        for (target, steps), rate in by_key.items():
-            if target != "torch" and ("torch", steps) in by_key:
-                print(f"  {target} / torch at T={steps}: {rate / by_key['torch', steps]:.2f}x")
+        for (target, timesteps), rate in by_key.items():
+            if target != "torch" and ("torch", timesteps) in by_key:
+                print(f"  {target} / torch at T={timesteps}: {rate / by_key['torch', timesteps]:.2f}x")
     if args.out:
         atomic_write(args.out, json.dumps(results, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,14 @@
+"""What ``snnverify <job>`` runs, one module per job.
+
+A job module has ``add_arguments(parser)`` (its options) and ``main(args) -> int``, which checks
+every argument before any work starts. Jobs may import anything in the package; nothing in the
+package imports a job.
+"""
+
+#: job name -> (module, one-line help)
+JOBS = {
+    "run": ("snnverify.jobs.run", "train or load an ANN, convert it, measure the SNN over T"),
+    "report": ("snnverify.jobs.report", "re-render report.md and the plot from a run's report.json"),
+    "speed": ("snnverify.jobs.speed", "time the backends side by side on converted networks"),
+    "loihi2": ("snnverify.jobs.loihi2", "measure a converted network on the Loihi 2 simulator"),
+}

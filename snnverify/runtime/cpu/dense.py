@@ -1,0 +1,131 @@
+"""The CPU's per-element kernels: dense convs and linear layers (inputs that are not spikes),
+event-driven linear layers, sum pooling, the IF layer, graded spikes and the residual add.
+
+Every sum runs in the order of :mod:`snnverify.runtime.plan` (kernel row, kernel column, input
+channel, bias last), the CUDA kernels' order, so float32 results agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def conv2d_dense_kernel(x, w, bias, stride, padding, dilation, groups, zero, out):
+    """out[n, o, y, x] = Σ_{ky, kx, c} w[o, c, ky, kx]·x[n, g·C + c, y·s − p + ky·d, ...] + bias[o],
+    the terms in (ky, kx, c) order and taps that fall in the padding skipped. A whole output row
+    is accumulated at once, so that the innermost loop runs along x (it vectorises)."""
+    rows, out_channels, out_h, out_w = out.shape
+    group_in, kernel_h, kernel_w = w.shape[1], w.shape[2], w.shape[3]
+    group_out = out_channels // groups
+    height, width = x.shape[2], x.shape[3]
+    for job in prange(rows * out_channels):
+        n, o = job // out_channels, job % out_channels
+        base = (o // group_out) * group_in
+        acc = np.empty(out_w, out.dtype)
+        for y in range(out_h):
+            acc[:] = zero
+            for ky in range(kernel_h):
+                yi = y * stride[0] - padding[0] + ky * dilation[0]
+                if yi < 0 or yi >= height:
+                    continue
+                for kx in range(kernel_w):
+                    shift = kx * dilation[1] - padding[1]  # xi = xo·s + shift
+                    first = max(0, -(shift // stride[1]))  # smallest xo with xi ≥ 0
+                    last = min(out_w, (width - 1 - shift) // stride[1] + 1)  # xi ≤ W − 1 below it
+                    for c in range(group_in):
+                        weight = w[o, c, ky, kx]
+                        for xo in range(first, last):
+                            acc[xo] += weight * x[n, base + c, yi, xo * stride[1] + shift]
+            for xo in range(out_w):
+                out[n, o, y, xo] = acc[xo] + bias[o]
+
+
+@njit(parallel=True, cache=True)
+def linear_dense_kernel(x, w, bias, zero, out):
+    """out[n, o] = Σ_j w[o, j]·x[n, j] + bias[o], j ascending."""
+    rows, outputs = out.shape
+    for job in prange(rows * outputs):
+        n, o = job // outputs, job % outputs
+        acc = zero
+        for j in range(x.shape[1]):
+            acc += w[o, j] * x[n, j]
+        out[n, o] = acc + bias[o]
+
+
+@njit(parallel=True, cache=True)
+def linear_events_kernel(spikes, w, bias, out):
+    """out[n, o] = Σ_{j spiking} w'[o, j] + bias[o], j ascending: the dense sums without the
+    silent inputs' zero products."""
+    rows, outputs = out.shape
+    for n in prange(rows):
+        out[n] = 0
+        for j in range(spikes.shape[1]):
+            if spikes[n, j]:
+                for o in range(outputs):
+                    out[n, o] += w[o, j]
+        for o in range(outputs):
+            out[n, o] += bias[o]
+
+
+@njit(parallel=True, cache=True)
+def sum_pool2d_kernel(x, kernel, stride, padding, zero, out):
+    """Window sums in (ky, kx) order over a zero-padded input."""
+    rows, channels, out_h, out_w = out.shape
+    height, width = x.shape[2], x.shape[3]
+    for job in prange(rows * channels):
+        n, c = job // channels, job % channels
+        for y in range(out_h):
+            for xo in range(out_w):
+                acc = zero
+                for ky in range(kernel[0]):
+                    yi = y * stride[0] - padding[0] + ky
+                    if yi < 0 or yi >= height:
+                        continue
+                    for kx in range(kernel[1]):
+                        xi = xo * stride[1] - padding[1] + kx
+                        if 0 <= xi < width:
+                            acc += x[n, c, yi, xi]
+                out[n, c, y, xo] = acc
+
+
+@njit(parallel=True, cache=True)
+def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, spikes):
+    """v[0] = θ/2; per step v += I[t]; s = v ≥ θ; v −= θ·s. current: [T·B, F] or [B, F].
+
+    Parallel over (sample, block of neurons); the inner loop runs over contiguous neurons, of
+    slices indexed from 0 (with indices like f − start, which Numba cannot prove non-negative,
+    it keeps a wraparound check per access and the loop stays scalar)."""
+    neurons = threshold.shape[0]
+    block = 1024
+    blocks = (neurons + block - 1) // block
+    for job in prange(batch * blocks):
+        b, start = job // blocks, (job % blocks) * block
+        stop = min(start + block, neurons)
+        v = v0[start:stop].copy()
+        theta = threshold[start:stop]
+        for t in range(timesteps):
+            inputs = current[t * batch + b if temporal else b, start:stop]
+            fired = spikes[t * batch + b, start:stop]
+            for k in range(stop - start):
+                value = v[k] + inputs[k]
+                fired[k] = value >= theta[k]
+                v[k] = value - theta[k] if fired[k] else value
+
+
+@njit(parallel=True, cache=True)
+def graded_kernel(spikes, amplitude, out):
+    """out[n, f] = a_f·s[n, f]."""
+    for n in prange(spikes.shape[0]):
+        for f in range(spikes.shape[1]):
+            out[n, f] = amplitude[f] if spikes[n, f] else 0
+
+
+@njit(parallel=True, cache=True)
+def add_into_kernel(total, x, temporal_x, batch_rows):
+    """total[r] += x[r] (x temporal) or x[r mod B] (x static, broadcast over the T steps)."""
+    for r in prange(total.shape[0]):
+        source = r if temporal_x else r % np.uint64(batch_rows)  # (prange indices are unsigned)
+        for f in range(total.shape[1]):
+            total[r, f] += x[source, f]

@@ -1,0 +1,287 @@
+"""The CPU's event-driven conv kernels: a conv fed by spikes, and the fused IF(conv(spikes) [+
+residual]) that never stores the currents (see :class:`~snnverify.runtime.plan.Fusion`).
+
+Work grows with the number of spikes: per output position and block of output channels, a
+kernel adds the weight rows of the spiking inputs it reads (:mod:`snnverify.runtime.cpu.gather`)
+in the order of :mod:`snnverify.runtime.plan`, so its sums equal the dense and CUDA kernels'.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import carray, njit, prange
+
+from snnverify.runtime.cpu.gather import gather, gather_packed, spike_entries
+from snnverify.runtime.cpu.intrinsics import stack_buffer
+from snnverify.runtime.cpu.layouts import WIDE, block, block_count
+from snnverify.runtime.plan import ResidualKind
+
+#: Steps whose spike lists a fused kernel builds at once: each weight row it loads then serves
+#: up to this many steps at each output position (reuse in the L1/L2 cache).
+STEP_CHUNK = 8
+#: Spike-list entries one job of a fused kernel may hold (1 MB): late ResNet layers, with small
+#: maps, then take several samples per job and read their weights once for all of them.
+TILE_ENTRIES = 1 << 18
+
+
+class FusedConv(NamedTuple):
+    """An event-driven conv as :func:`conv2d_events_if_kernel` reads it."""
+
+    spikes: np.ndarray  #: its input spike map, channels-last [T·B, H·W·C]
+    in_shape: tuple  #: (C, H, W) of that map
+    blocks: np.ndarray  #: W' in :func:`~snnverify.runtime.cpu.layouts.events_layout`
+    packed: np.ndarray  #: W' in :func:`~snnverify.runtime.cpu.layouts.packed_layout` (or a placeholder)
+    kernel_hw: tuple  #: (kH, kW)
+    geometry: tuple  #: (stride y, stride x, padding y, padding x, dilation y, dilation x)
+    bias: np.ndarray  #: [C_out]
+
+
+class FusedResidual(NamedTuple):
+    """What the fused kernel adds to Σ + b, by ``kind`` (a :class:`ResidualKind`)."""
+
+    kind: int
+    values: np.ndarray  #: CURRENT, STATIC: the currents [rows, C·H·W]; GRADED: amplitudes [1, H·W·C]
+    spikes: np.ndarray  #: GRADED: the residual spike map [T·B, H·W·C], channels-last
+
+
+class FusedNeurons(NamedTuple):
+    """The IF layer of a fused kernel: θ and v[0] channels-last [H·W, C_out], and (H, W)."""
+
+    threshold: np.ndarray
+    v0: np.ndarray
+    out_hw: tuple
+
+
+class Schedule(NamedTuple):
+    """How a fused kernel splits its work: T, batch, samples per job (``tile``), parallel
+    workers, and output positions gathered at once (``pack``, 1 = none)."""
+
+    timesteps: int
+    batch: int
+    tile: int
+    workers: int
+    pack: int
+
+
+@njit(parallel=True, cache=True)
+def conv2d_events_kernel(spikes, weights, kernel_hw, bias, geometry, workers, out):
+    """The same sums as :func:`~snnverify.runtime.cpu.dense.conv2d_dense_kernel`, from the
+    spikes (:func:`~snnverify.runtime.cpu.gather.gather`); bias last."""
+    rows, out_channels, out_h, out_w = out.shape
+    groups, channels, in_h, in_w = weights.shape[0], spikes.shape[1], spikes.shape[2], spikes.shape[3]
+    group_out, group_in = out_channels // groups, channels // groups
+    kernel_h, kernel_w = kernel_hw
+    taps = kernel_h * kernel_w * group_in  # rows of a block
+    padded = weights.shape[1] // taps
+    flat = weights.reshape(-1)
+    # scratch per worker (one per thread), allocated once per call
+    all_entries = np.empty((workers, in_h * in_w * group_in), np.int32)
+    all_starts = np.empty((workers, in_h * in_w + 1), np.int64)
+    for worker in prange(workers):
+        for job in range(worker, rows * groups, workers):
+            acc = stack_buffer(bias, WIDE)  # in the worker's stack frame
+            entries, starts = all_entries[worker], all_starts[worker]
+            n, group = job // groups, job % groups
+            spike_entries(spikes[n].reshape(channels, -1), False, group * group_in, group_in, in_w, entries, starts)
+            for index in range(block_count(padded)):
+                start, wide, lanes = block(index, padded, group_out)
+                first = group * group_out + start
+                for oy in range(out_h):
+                    for ox in range(out_w):
+                        gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
+                               geometry, (in_h, in_w), wide)
+                        values = carray(acc, WIDE)
+                        for k in range(lanes):
+                            out[n, first + k, oy, ox] = values[k] + bias[first + k]
+
+
+@njit(inline="always")
+def residual_currents(kind, residual, n, sample, p, first, out_channels, count, positions, part):
+    """part[j·w + k] = the residual current of neuron (channel ``first`` + k, position p + j), w =
+    min(count, C_out): ``residual[n, f]`` (CURRENT) or ``residual[sample, f]`` (STATIC), f its
+    channels-first index (a strided read, in place: copying the map channels-last first cost
+    more, and the copy evicted the weights from the caches)."""
+    width = min(count, out_channels)
+    source = residual[n if kind == ResidualKind.CURRENT else sample]
+    for j in range(count // width):
+        for k in range(width):
+            part[j * width + k] = source[(first + k) * positions + p + j]
+
+
+@njit(inline="always")
+def integrate(kind, values, bias, first_terms, second_terms, membrane, theta, spiked):
+    """Per lane k: v += (Σ + b) + r; s = v ≥ θ; v −= θ·s — the unfused kernels' operations —
+    with r by ``kind``: none, a·s (GRADED: first_terms[k]·second_terms[k], branch-free: a·0 may
+    be −0, and (Σ + b) + (−0) = Σ + b, as Σ + b, a sum from +0, is never −0), Σ' + b' (SHORTCUT:
+    first_terms[k] + second_terms[k]) or a current first_terms[k] (CURRENT, STATIC). Computed
+    here, lane by lane, not staged in a buffer: a vector load of lanes just stored one by one
+    stalls (no store forwarding), which cost more than the residual itself."""
+    lanes = spiked.shape[0]
+    if kind == ResidualKind.NONE:
+        for k in range(lanes):
+            value = membrane[k] + (values[k] + bias[k])
+            spiked[k] = value >= theta[k]
+            membrane[k] = value - theta[k] if spiked[k] else value
+    elif kind == ResidualKind.GRADED:
+        for k in range(lanes):
+            value = membrane[k] + ((values[k] + bias[k]) + first_terms[k] * second_terms[k])
+            spiked[k] = value >= theta[k]
+            membrane[k] = value - theta[k] if spiked[k] else value
+    elif kind == ResidualKind.SHORTCUT:
+        for k in range(lanes):
+            value = membrane[k] + ((values[k] + bias[k]) + (first_terms[k] + second_terms[k]))
+            spiked[k] = value >= theta[k]
+            membrane[k] = value - theta[k] if spiked[k] else value
+    else:
+        for k in range(lanes):
+            value = membrane[k] + ((values[k] + bias[k]) + first_terms[k])
+            spiked[k] = value >= theta[k]
+            membrane[k] = value - theta[k] if spiked[k] else value
+
+
+@njit(parallel=True, cache=True)
+def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spikes):
+    """IF(conv(spikes) [+ residual]) without storing currents; the spikes go to ``out_spikes``
+    [T·B, H·W·C_out], channels-last.
+
+    ``conv``, ``shortcut``: :class:`FusedConv` (``shortcut`` is read when ``residual.kind`` is
+    SHORTCUT, a projection conv computed inside; both convs then have one group). For every
+    neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ = the gather of ``conv``, with r by
+    the residual's kind: NONE, CURRENT ``values[t·B + b, f]``, STATIC ``values[b, f]``, GRADED
+    ``values[0, f]``·``spikes[t·B + b, f]`` (f channels-last here), SHORTCUT Σ' + bias'[o]; then
+    v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. With
+    ``schedule.pack`` = Q > 1 (C_out = 64 / Q), Q adjacent positions are gathered at once
+    (:func:`~snnverify.runtime.cpu.gather.gather_packed`).
+
+    A job is ``schedule.tile`` samples of one group; their steps go in chunks of
+    :data:`STEP_CHUNK`, and per chunk, block of output channels and output position, every
+    sample and step of the chunk is gathered before the next position: the weights of a block
+    (up to 9·C_in·64 values) are then read from memory once per chunk and tile, and from the
+    caches for the rest."""
+    # (tuples are unpacked before the parallel loop: Numba passes only arrays and scalars into it)
+    spikes, (channels, in_h, in_w), weights, packed, kernel_hw, geometry, bias = conv
+    (shortcut_spikes, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights, shortcut_packed, shortcut_kernel,
+     shortcut_geometry, shortcut_bias) = shortcut
+    kind, residual_values, residual_spikes = residual
+    threshold, v0, (out_h, out_w) = neurons
+    steps, batch, tile, workers, pack = schedule
+    positions = out_h * out_w
+    groups = weights.shape[0]
+    out_channels = bias.shape[0]
+    group_out, group_in = out_channels // groups, channels // groups
+    taps = kernel_hw[0] * kernel_hw[1] * group_in  # rows of a block
+    padded = weights.shape[1] // taps
+    flat, packed_flat = weights.reshape(-1), packed.reshape(-1)
+    span = packed.shape[0] // (kernel_hw[0] * group_in)  # input columns a packed row set covers
+    shortcut_flat, shortcut_packed_flat = shortcut_weights.reshape(-1), shortcut_packed.reshape(-1)
+    shortcut_taps = shortcut_kernel[0] * shortcut_kernel[1] * shortcut_channels
+    shortcut_span = shortcut_packed.shape[0] // (shortcut_kernel[0] * shortcut_channels)
+    projection = kind == ResidualKind.SHORTCUT
+    currents = kind == ResidualKind.CURRENT or kind == ResidualKind.STATIC
+    thresholds = threshold.reshape(-1)
+    lane_bias, shortcut_lane_bias = np.empty(WIDE, bias.dtype), np.empty(WIDE, bias.dtype)
+    for k in range(WIDE):  # packed: lane j·C_out + o is channel o
+        lane_bias[k] = bias[k % out_channels]
+        shortcut_lane_bias[k] = shortcut_bias[k % shortcut_bias.shape[0]]
+    rows = tile * STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
+    # scratch per worker (one per thread), allocated once per call: fresh pages per job cost
+    # more than the adds
+    all_entries = np.zeros((workers, rows, in_h * in_w * group_in), np.int32)
+    all_starts = np.empty((workers, rows, in_h * in_w + 1), np.int64)
+    shortcut_size = shortcut_h * shortcut_w if projection else 0
+    all_shortcut_entries = np.zeros((workers, rows, shortcut_size * shortcut_channels), np.int32)
+    all_shortcut_starts = np.empty((workers, rows, shortcut_size + 1), np.int64)
+    all_v = np.empty((workers, tile, positions, padded), v0.dtype)
+    tiles = -(-batch // tile)
+    for worker in prange(workers):
+        for job in range(worker, tiles * groups, workers):
+            acc = stack_buffer(bias, WIDE)  # in the worker's stack frame
+            shortcut_acc = stack_buffer(bias, WIDE)
+            values, shortcut_values = carray(acc, WIDE), carray(shortcut_acc, WIDE)
+            entries, starts, v = all_entries[worker], all_starts[worker], all_v[worker]
+            shortcut_entries, shortcut_starts = all_shortcut_entries[worker], all_shortcut_starts[worker]
+            part = carray(stack_buffer(bias, WIDE), WIDE)  # residual currents of a gather's lanes
+            first_sample, group = (job // groups) * tile, job % groups
+            samples = min(tile, batch - first_sample)
+            for s in range(samples):
+                v[s, :, :group_out] = v0[:, group * group_out : (group + 1) * group_out]
+            for t0 in range(0, steps, STEP_CHUNK):
+                chunk = min(STEP_CHUNK, steps - t0)
+                for s in range(samples):
+                    for c in range(chunk):
+                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                        spike_entries(spikes[n].reshape(-1, channels), True, group * group_in, group_in, in_w,
+                                      entries[r], starts[r])
+                        if projection:
+                            spike_entries(shortcut_spikes[n].reshape(-1, shortcut_channels), True, 0,
+                                          shortcut_channels, shortcut_w, shortcut_entries[r], shortcut_starts[r])
+                for index in range(1 if pack > 1 else block_count(padded)):
+                    if pack > 1:  # one block of all channels
+                        start, wide, lanes = 0, True, group_out
+                    else:
+                        start, wide, lanes = block(index, padded, group_out)
+                    first = group * group_out + start
+                    if pack > 1:
+                        for oy in range(out_h):
+                            for ox0 in range(0, out_w, pack):
+                                base = (oy * out_w + ox0) * lanes
+                                count = min(pack, out_w - ox0) * lanes  # the lanes of positions inside the map
+                                theta = thresholds[base : base + count]
+                                for s in range(samples):
+                                    membrane = v[s].reshape(-1)[base : base + count]
+                                    for c in range(chunk):
+                                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                                        gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r],
+                                                      starts[r], oy, ox0 * geometry[1] - geometry[3], geometry,
+                                                      (in_h, in_w))
+                                        if projection:
+                                            gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
+                                                          shortcut_span, shortcut_channels, shortcut_entries[r],
+                                                          shortcut_starts[r], oy,
+                                                          ox0 * shortcut_geometry[1] - shortcut_geometry[3],
+                                                          shortcut_geometry, (shortcut_h, shortcut_w))
+                                        # lane j·C_out + o is channel o of position p + j: channels-last
+                                        fired = out_spikes[n, base : base + count]
+                                        if projection:
+                                            integrate(kind, values, lane_bias, shortcut_values, shortcut_lane_bias,
+                                                      membrane, theta, fired)
+                                        elif kind == ResidualKind.GRADED:
+                                            integrate(kind, values, lane_bias, residual_values[0, base : base + count],
+                                                      residual_spikes[n, base : base + count], membrane, theta, fired)
+                                        else:
+                                            if currents:
+                                                residual_currents(kind, residual_values, n, first_sample + s,
+                                                                  oy * out_w + ox0, 0, lanes, count, positions, part)
+                                            integrate(kind, values, lane_bias, part, part, membrane, theta, fired)
+                    else:
+                        for oy in range(out_h):
+                            for ox in range(out_w):
+                                p = oy * out_w + ox
+                                base = p * lanes
+                                theta = threshold[p, first : first + lanes]
+                                out = p * out_channels + first
+                                for s in range(samples):
+                                    membrane = v[s, p, start : start + lanes]
+                                    for c in range(chunk):
+                                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                                        gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in,
+                                               entries[r], starts[r], oy, ox, geometry, (in_h, in_w), wide)
+                                        if projection:
+                                            gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
+                                                   shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
+                                                   shortcut_geometry, (shortcut_h, shortcut_w), wide)
+                                        fired = out_spikes[n, out : out + lanes]
+                                        block_bias = bias[first : first + lanes]
+                                        if projection:
+                                            integrate(kind, values, block_bias, shortcut_values,
+                                                      shortcut_bias[first : first + lanes], membrane, theta, fired)
+                                        elif kind == ResidualKind.GRADED:
+                                            integrate(kind, values, block_bias, residual_values[0, out : out + lanes],
+                                                      residual_spikes[n, out : out + lanes], membrane, theta, fired)
+                                        else:
+                                            if currents:
+                                                residual_currents(kind, residual_values, n, first_sample + s, p,
+                                                                  first, out_channels, lanes, positions, part)
+                                            integrate(kind, values, block_bias, part, part, membrane, theta, fired)

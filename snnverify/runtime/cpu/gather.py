@@ -1,0 +1,121 @@
+"""The event kernels' inner loops: spike lists, and the gathers that add the weight rows of the
+spiking inputs an output position reads (Numba device functions, inlined into the kernels of
+:mod:`snnverify.runtime.cpu.events`).
+
+Order: per output position, over the kernel taps (ky, kx) ascending that land inside the input
+and, per tap, the spiking input channels c ascending — the order of
+:mod:`snnverify.runtime.plan`, shared with the dense and CUDA kernels.
+"""
+
+from __future__ import annotations
+
+from numba import carray, njit
+
+from snnverify.runtime.cpu.intrinsics import FLAG_LANES, add_vector, append_spiking
+from snnverify.runtime.cpu.layouts import NARROW, WIDE
+
+
+@njit(inline="always")
+def spike_entries(planes, channels_last, first, group_in, in_w, entries, starts):
+    """Which weight rows the spikes of one sample-step's map ``planes`` — [C, H·W], or [H·W, C]
+    when ``channels_last`` — select: for each position p = (iy, ix) in scan order,
+    entries[starts[p] : starts[p + 1]] = ix·C_g + c for the channels c (ascending) among
+    ``first`` … ``first`` + C_g − 1 that spike there, C_g = ``group_in`` (see :func:`gather`).
+    One position at a time, so that the entries are written contiguously, and without a branch
+    per channel (at spike rates of 5–30 % a data-dependent branch mispredicts often). A
+    channels-last map is read contiguously; a channels-first one with a stride of H·W."""
+    count = 0
+    positions = starts.shape[0] - 1
+    for p in range(positions):
+        starts[p] = count
+        column = (p % in_w) * group_in
+        if channels_last:  # the channels of a position are adjacent: 16 at a time
+            offset = p * planes.shape[1] + first
+            whole = group_in - group_in % FLAG_LANES
+            for c in range(0, whole, FLAG_LANES):
+                count += append_spiking(entries, count, planes, offset + c, column + c)
+            for c in range(whole, group_in):
+                entries[count] = column + c
+                count += planes[p, first + c]
+        else:
+            for c in range(group_in):
+                entries[count] = column + c
+                count += planes[first + c, p]
+    starts[positions] = count
+
+
+@njit(inline="always")
+def add_entries(acc, weights, block, row, entries, begin, end, wide):
+    """acc += the weight rows ``row`` + entries[e] of the block at ``block`` (rows of its lane
+    count), for e = begin … end − 1 in that order."""
+    if wide:
+        for e in range(begin, end):
+            add_vector(acc, weights, block + (row + entries[e]) * WIDE, WIDE)
+    else:
+        for e in range(begin, end):
+            add_vector(acc, weights, block + (row + entries[e]) * NARROW, NARROW)
+
+
+@njit(inline="always")
+def gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, geometry, in_hw, wide):
+    """acc[k] = Σ_{ky, kx} Σ_c W'[o_k, c, ky, kx] for the output channels o_k of a block's lanes
+    (within group g, c over the group's C_g input channels): over the kernel taps (ky, kx)
+    ascending that land inside the input and, per tap, the channels c (ascending) that spike at
+    the input position it reads.
+
+    ``weights`` is the flat :func:`~snnverify.runtime.cpu.layouts.events_layout`; the block
+    starts at ``block`` and holds rows (ky·kW + kx)·C_g + c of its lane count; ``entries``,
+    ``starts`` from :func:`spike_entries`; ``acc`` a :func:`~snnverify.runtime.cpu.intrinsics.stack_buffer`."""
+    values = carray(acc, WIDE)
+    for k in range(WIDE if wide else NARROW):
+        values[k] = 0
+    stride_y, stride_x, pad_y, pad_x, dilation_y, dilation_x = geometry
+    kernel_h, kernel_w = kernel_hw
+    in_h, in_w = in_hw
+    x0 = ox * stride_x - pad_x  # the input column of tap kx = 0
+    for ky in range(kernel_h):
+        iy = oy * stride_y - pad_y + ky * dilation_y
+        if iy < 0 or iy >= in_h:
+            continue
+        row = iy * in_w
+        if dilation_x == 1:
+            # the row's taps read the adjacent positions x0 … x0 + kW − 1, whose entries are
+            # contiguous and ascend in (ix, c) = (kx, c): one loop, not one per tap (with few
+            # spikes per position the loop overhead is most of the work); an entry's own ix·C_g
+            # picks its kernel column kx = ix − x0
+            lo, hi = max(0, x0), min(in_w, x0 + kernel_w)
+            if lo < hi:
+                add_entries(acc, weights, block, (ky * kernel_w - x0) * group_in, entries, starts[row + lo],
+                            starts[row + hi], wide)
+        else:
+            for kx in range(kernel_w):
+                ix = x0 + kx * dilation_x
+                if 0 <= ix < in_w:
+                    add_entries(acc, weights, block, (ky * kernel_w + kx - ix) * group_in, entries,
+                                starts[row + ix], starts[row + ix + 1], wide)
+
+
+@njit(inline="always")
+def gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, x0, geometry, in_hw):
+    """The gathers of Q adjacent output positions (oy, ox0 + j) at once, for a layer with
+    Q·C_out = :data:`WIDE`: acc[j·C_out + o] = Σ_{ky, kx} Σ_c W'[o, c, ky, kx] in the order of
+    :func:`gather`. ``weights`` is the packed layout
+    (:func:`~snnverify.runtime.cpu.layouts.packed_layout`) of rows (ky·span + d)·C_in + c, whose
+    lane (j, o) holds W'[o, c, ky, d − j·s] (0 where that is no tap): the input at column x0 + d
+    reaches all Q positions through one row. Each neuron gets its terms in the same order as
+    from :func:`gather`, and +0 for the rows that are not its taps; a sum that starts at +0
+    never becomes −0 (round to nearest), so adding +0 changes nothing, and the result is
+    bit-identical. Far fewer, longer vector adds for narrow layers."""
+    values = carray(acc, WIDE)
+    for k in range(WIDE):
+        values[k] = 0
+    stride_y, pad_y, dilation_y = geometry[0], geometry[2], geometry[4]
+    in_h, in_w = in_hw
+    lo, hi = max(0, x0), min(in_w, x0 + span)
+    if lo >= hi:
+        return
+    for ky in range(kernel_h):
+        iy = oy * stride_y - pad_y + ky * dilation_y
+        if 0 <= iy < in_h:
+            add_entries(acc, weights, 0, (ky * span - x0) * group_in, entries, starts[iy * in_w + lo],
+                        starts[iy * in_w + hi], True)

@@ -1,0 +1,96 @@
+"""LLVM intrinsics the CPU event kernels are built from (Numba ``@intrinsic``).
+
+Each one exists because Numba's own code for it is slower in a way LLVM cannot undo: a
+stack buffer LLVM keeps in vector registers (a heap array's allocation is opaque to it), one
+masked compress-store instead of 16 branches, and one vector add where LLVM would unroll a
+short constant loop into scalar adds.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: Channels :func:`append_spiking` examines at once.
+FLAG_LANES = 16
+
+
+@intrinsic
+def stack_buffer(typingctx, like, length):
+    """Pointer to ``length`` (a compile-time constant) elements of ``like``'s dtype in the calling
+    function's stack frame. LLVM keeps such a buffer in vector registers across a loop that
+    indexes it with constants; a heap array (``np.empty``) it cannot, its allocation is opaque."""
+    if not isinstance(length, types.IntegerLiteral):
+        return None
+    count, dtype = length.literal_value, like.dtype
+
+    def codegen(context, builder, signature, args):
+        element = context.get_value_type(dtype)
+        entry = builder.function.entry_basic_block
+        with builder.goto_block(entry):
+            builder.position_at_start(entry)
+            slot = builder.alloca(ir.ArrayType(element, count))
+        return builder.bitcast(slot, element.as_pointer())
+
+    return types.CPointer(dtype)(like, length), codegen
+
+
+@intrinsic
+def append_spiking(typingctx, entries, at, flags, offset, first_value):
+    """entries[at : at + k] = first_value + i for the i in 0 … 15 (ascending) where flags[offset +
+    i] (linear index into a C-contiguous boolean array) is true; returns k. One masked
+    compress-store (``llvm.masked.compressstore``: AVX-512 ``vpcompressd``; LLVM expands it on
+    other CPUs) instead of 16 stores, loads and adds."""
+    if entries != types.Array(types.int32, 1, "C") or flags.dtype != types.boolean:
+        return None
+    lanes = FLAG_LANES
+
+    def codegen(context, builder, signature, args):
+        entries_array, at, flags_array, offset, first_value = args
+        entries_data = context.make_array(signature.args[0])(context, builder, entries_array).data
+        flags_data = context.make_array(signature.args[2])(context, builder, flags_array).data
+        i32, index = ir.IntType(32), ir.IntType(64)
+        flag_vector = ir.VectorType(ir.IntType(8), lanes)
+        loaded = builder.load(builder.bitcast(builder.gep(flags_data, [offset]), flag_vector.as_pointer()), align=1)
+        mask = builder.icmp_unsigned("!=", loaded, ir.Constant(flag_vector, [0] * lanes))
+        values_type = ir.VectorType(i32, lanes)
+        first = builder.insert_element(ir.Constant(values_type, ir.Undefined), builder.trunc(first_value, i32),
+                                       ir.Constant(i32, 0))
+        first = builder.shuffle_vector(first, ir.Constant(values_type, ir.Undefined),
+                                       ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+        values = builder.add(first, ir.Constant(values_type, list(range(lanes))))
+        store_type = ir.FunctionType(ir.VoidType(), [values_type, i32.as_pointer(), mask.type])
+        store = cgutils.get_or_insert_function(builder.module, store_type, f"llvm.masked.compressstore.v{lanes}i32")
+        builder.call(store, [values, builder.gep(entries_data, [at]), mask])
+        bits = ir.IntType(lanes)
+        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(bits, [bits]), f"llvm.ctpop.i{lanes}")
+        return builder.zext(builder.call(popcount, [builder.bitcast(mask, bits)]), index)
+
+    return types.int64(entries, at, flags, offset, first_value), codegen
+
+
+@intrinsic
+def add_vector(typingctx, acc, weights, offset, lanes):
+    """acc[:lanes] += weights[offset : offset + lanes] as one LLVM vector add of ``lanes`` (a
+    constant) elements — exact IEEE adds, lane by lane, as a scalar loop would do them; ``acc`` is
+    a :func:`stack_buffer`. Written as a vector because LLVM unrolls a short constant loop into
+    scalar adds that it does not vectorise again; a vector kept in registers across the event
+    loop is the point."""
+    if not isinstance(lanes, types.IntegerLiteral):
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        acc_pointer, weight_array, first, _ = args
+        data = context.make_array(signature.args[1])(context, builder, weight_array).data
+        vector = ir.VectorType(context.get_value_type(signature.args[1].dtype), count)
+        source = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
+        target = builder.bitcast(acc_pointer, vector.as_pointer())
+        values, total = builder.load(source, align=1), builder.load(target, align=1)
+        builder.store(builder.fadd(total, values) if signature.args[1].dtype in types.real_domain
+                      else builder.add(total, values), target, align=1)
+        return context.get_dummy_value()
+
+    return types.none(acc, weights, offset, lanes), codegen

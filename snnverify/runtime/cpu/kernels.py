@@ -1,0 +1,144 @@
+"""The CPU kernel table (:data:`CPU_KERNELS`): host functions that allocate outputs, lay out
+arguments and launch the compiled ``*_kernel`` functions of this package."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import get_num_threads
+
+from snnverify import graph as g
+from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, graded_kernel, if_layer_kernel,
+                                         linear_dense_kernel, linear_events_kernel, sum_pool2d_kernel)
+from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
+                                          conv2d_events_if_kernel, conv2d_events_kernel)
+from snnverify.runtime.cpu.layouts import EventWeights, event_weights
+from snnverify.runtime.cpu.transpose import neurons_channels_last, to_channels_first, to_channels_last
+from snnverify.runtime.plan import EventConv, Kernels, ResidualKind, Signal
+
+
+def _workers() -> int:
+    """Parallel workers of the event kernels: one per Numba thread, each with its own scratch
+    (indexed by the worker, not by a thread id, which would make the kernels uncacheable)."""
+    return get_num_threads()
+
+
+def _geometry(node: g.Conv2d) -> tuple[int, ...]:
+    """(stride y, stride x, padding y, padding x, dilation y, dilation x)."""
+    return (*node.stride, *node.padding, *node.dilation)
+
+
+def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
+    """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``events``."""
+    if events:
+        out = np.empty(out_shape, weight.blocks.dtype)
+        conv2d_events_kernel(x, weight.blocks, node.weight.shape[2:], bias, _geometry(node), _workers(), out)
+    else:
+        out = np.empty(out_shape, weight.dtype)
+        conv2d_dense_kernel(x, weight, bias, np.array(node.stride), np.array(node.padding), np.array(node.dilation),
+                            node.groups, weight.dtype.type(0), out)
+    return out
+
+
+def _fused_conv(conv: EventConv) -> FusedConv:
+    spikes = conv.spikes
+    return FusedConv(spikes.reshape(spikes.shape[0], -1), (spikes.shape[3], spikes.shape[1], spikes.shape[2]),
+                     conv.weight.blocks, conv.weight.packed, conv.node.weight.shape[2:], _geometry(conv.node), conv.bias)
+
+
+def _no_shortcut(dtype) -> FusedConv:
+    """A placeholder of the same types as a real shortcut (the kernel reads none of it)."""
+    none = np.zeros((1, 1), dtype)
+    return FusedConv(np.zeros((1, 1), np.bool_), (1, 1, 1), none, none, (1, 1), (1,) * 6, np.zeros(1, dtype))
+
+
+def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, threshold, initial, timesteps, batch):
+    """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`). A
+    SHORTCUT conv is computed inside when both convs have one group, else beforehand by
+    :func:`_conv2d` and added as a CURRENT. Spike maps, read and written, are channels-last
+    [T·B, H·W·C]."""
+    rows = timesteps * batch
+    dtype = conv.weight.blocks.dtype
+    if kind == ResidualKind.SHORTCUT and (residual.node.groups > 1 or conv.node.groups > 1):
+        height, width, channels = residual.spikes.shape[1:]
+        spikes = to_channels_first(residual.spikes, (channels, height, width)).reshape(rows, channels, height, width)
+        kind = ResidualKind.CURRENT
+        residual = Signal(_conv2d(spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True), True)
+    shortcut, values, residual_spikes = _no_shortcut(dtype), np.zeros((1, 1), dtype), np.zeros((1, 1), np.bool_)
+    if kind == ResidualKind.SHORTCUT:
+        shortcut = _fused_conv(residual)
+    elif kind == ResidualKind.GRADED:
+        values, residual_spikes = neurons_channels_last(residual.amplitude, out_shape).reshape(1, -1), residual.array
+    elif kind != ResidualKind.NONE:
+        values = np.ascontiguousarray(residual.array).reshape(residual.array.shape[0], -1)
+    # samples per job: as many as keep a job's spike entries within TILE_ENTRIES
+    map_size = math.prod(conv.spikes.shape[1:]) // conv.node.groups + math.prod(shortcut.spikes.shape[1:])
+    tile = max(1, min(batch, TILE_ENTRIES // (STEP_CHUNK * map_size)))
+    # adjacent positions packed into one block when both convs allow it
+    pack = conv.weight.pack if kind != ResidualKind.SHORTCUT or residual.weight.pack == conv.weight.pack else 1
+    out = np.empty((rows, threshold.shape[0]), np.bool_)
+    neurons = FusedNeurons(neurons_channels_last(threshold, out_shape), neurons_channels_last(initial, out_shape),
+                           tuple(out_shape[1:]))
+    conv2d_events_if_kernel(_fused_conv(conv), shortcut, FusedResidual(int(kind), values, residual_spikes), neurons,
+                            Schedule(timesteps, batch, tile, _workers(), pack), out)
+    return out
+
+
+def _linear(x, weight, bias, events):
+    out = np.empty((x.shape[0], weight.shape[0]), weight.dtype)
+    if events:
+        linear_events_kernel(x, weight, bias, out)
+    else:
+        linear_dense_kernel(x, weight, bias, weight.dtype.type(0), out)
+    return out
+
+
+def _sum_pool2d(x, node: g.AvgPool2d, out_shape):
+    out = np.empty(out_shape, x.dtype)
+    sum_pool2d_kernel(x, np.array(node.kernel_size), np.array(node.stride), np.array(node.padding), x.dtype.type(0),
+                      out)
+    return out
+
+
+def _if_layer(current, temporal, threshold, initial, timesteps, batch):
+    spikes = np.empty((timesteps * batch, threshold.shape[0]), np.bool_)
+    if_layer_kernel(np.ascontiguousarray(current), temporal, threshold, initial, timesteps, batch, spikes)
+    return spikes
+
+
+def _graded(spikes, amplitude):
+    out = np.empty(spikes.shape, amplitude.dtype)
+    graded_kernel(spikes, amplitude, out)
+    return out
+
+
+def _add_into(total, x, temporal, batch):
+    add_into_kernel(total, np.ascontiguousarray(x), temporal, batch)
+
+
+def _weight_layout(weight: np.ndarray, node, events: bool) -> np.ndarray | EventWeights:
+    """W' as the CPU kernels read it: an event-driven conv's
+    :func:`~snnverify.runtime.cpu.layouts.event_weights`, else as stored."""
+    return event_weights(weight, node) if events and isinstance(node, g.Conv2d) else weight
+
+
+CPU_KERNELS = Kernels(
+    device=lambda: torch.device("cpu"),
+    to_device=lambda a: a,
+    to_host=lambda a: a,
+    zeros=np.zeros,
+    conv2d=_conv2d,
+    linear=_linear,
+    sum_pool2d=_sum_pool2d,
+    divide=lambda x, divisor: x / divisor,
+    add_into=_add_into,
+    if_layer=_if_layer,
+    graded=_graded,
+    count=lambda s: int(np.count_nonzero(s)),
+    weight_layout=_weight_layout,
+    conv2d_if=_conv2d_if,
+    channels_last=to_channels_last,
+    channels_first=to_channels_first,
+)

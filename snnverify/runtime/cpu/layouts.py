@@ -1,0 +1,109 @@
+"""How the CPU event kernels lay out W' = W·θ_in: blocks of output channels, built once per plan.
+
+A gather (:mod:`snnverify.runtime.cpu.gather`) accumulates :data:`WIDE` or :data:`NARROW`
+output channels at once in vector registers; a block holds, for each (tap, input channel),
+the row of weights one spike sends to the block's channels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from snnverify import graph as g
+
+#: Output channels one gather accumulates at once (constants, so that the accumulators stay in
+#: registers): 64 float32 are 8 AVX registers; a group's last channels go in blocks of 16.
+WIDE, NARROW = 64, 16
+
+
+def padded_channels(group_out: int) -> int:
+    """A group's output channels rounded up to whole blocks of :data:`NARROW`."""
+    return -(-group_out // NARROW) * NARROW
+
+
+@njit(inline="always")
+def block_count(padded):
+    """Blocks of :data:`WIDE`, then :data:`NARROW` lanes that cover ``padded`` channels."""
+    return padded // WIDE + (padded % WIDE) // NARROW
+
+
+@njit(inline="always")
+def block(index, padded, group_out):
+    """Block ``index`` of a group (see :func:`block_count`): its first channel within the group,
+    whether it is wide, and how many of its lanes are real channels (the others pad the group
+    to :func:`padded_channels`)."""
+    wide_blocks = padded // WIDE
+    if index < wide_blocks:
+        start, wide = index * WIDE, True
+    else:
+        start, wide = wide_blocks * WIDE + (index - wide_blocks) * NARROW, False
+    return start, wide, min(WIDE if wide else NARROW, group_out - start)
+
+
+class EventWeights(NamedTuple):
+    """W' of an event-driven conv in the layouts of the CPU kernels (built once per plan)."""
+
+    blocks: np.ndarray  #: :func:`events_layout`
+    packed: np.ndarray  #: :func:`packed_layout` when ``pack`` > 1, else a placeholder
+    pack: int  #: output positions gathered at once (:func:`~snnverify.runtime.cpu.gather.gather_packed`), 1 = none
+
+
+def event_weights(weight: np.ndarray, node: g.Conv2d) -> EventWeights:
+    """Both layouts of W'. Positions are packed when C_out is 16 or 32 (so 4 or 2 positions fill
+    a block), with one group and unit column dilation."""
+    out_channels = weight.shape[0]
+    pack = WIDE // out_channels if out_channels in (16, 32) and node.groups == 1 and node.dilation[1] == 1 else 1
+    packed = packed_layout(weight, node.stride[1], pack) if pack > 1 else np.zeros((1, 1), weight.dtype)
+    return EventWeights(events_layout(weight, node), packed, pack)
+
+
+def packed_layout(weight: np.ndarray, stride: int, pack: int) -> np.ndarray:
+    """W' [C_out, C_in, kH, kW] as rows (ky·span + d)·C_in + c of ``pack``·C_out lanes, span =
+    (pack − 1)·s + kW: lane j·C_out + o holds W'[o, c, ky, d − j·s], or 0 where d − j·s is not a
+    kernel column — the weights an input at column x0 + d sends to output positions ox0 + j (x0
+    = ox0·s − p) (see :func:`~snnverify.runtime.cpu.gather.gather_packed`)."""
+    out_channels, in_channels, kernel_h, kernel_w = weight.shape
+    span = (pack - 1) * stride + kernel_w
+    lanes = np.zeros((kernel_h, span, in_channels, pack, out_channels), weight.dtype)
+    for j in range(pack):
+        for kx in range(kernel_w):
+            lanes[:, j * stride + kx, :, j, :] = weight[:, :, :, kx].transpose(2, 1, 0)
+    layout = aligned_zeros((kernel_h * span * in_channels, pack * out_channels), weight.dtype)
+    layout[:] = lanes.reshape(layout.shape)
+    return layout
+
+
+def events_layout(weight: np.ndarray, node: g.Conv2d) -> np.ndarray:
+    """W' [C_out, C_in/g, kH, kW] as [g, P·kH·kW·C_in/g], blocks of output channels one after the
+    other: a group's channels, zero-padded to P = :func:`padded_channels`, go in blocks of
+    :data:`WIDE` then :data:`NARROW` lanes, and a block holds rows (ky·kW + kx)·C_in/g + c of
+    its lane count — the weights one spike of input channel c sends through tap (ky, kx). A
+    block is contiguous, so that the caches hold it while the gathers read it: with the blocks
+    interleaved in each row, 2 KB apart at 512 channels, a block's rows would fall into a small
+    part of the cache sets and evict each other."""
+    out_channels, group_in, kernel_h, kernel_w = weight.shape
+    groups = node.groups
+    group_out = out_channels // groups
+    padded = padded_channels(group_out)
+    lanes = np.zeros((groups, padded, kernel_h, kernel_w, group_in), weight.dtype)
+    lanes[:, :group_out] = weight.reshape(groups, group_out, group_in, kernel_h, kernel_w).transpose(0, 1, 3, 4, 2)
+    taps = kernel_h * kernel_w * group_in  # rows of a block
+    layout = aligned_zeros((groups, padded * taps), weight.dtype)
+    for index in range(block_count(padded)):  # the kernels' own block order
+        start, wide, _ = block(index, padded, padded)
+        width = WIDE if wide else NARROW
+        rows = lanes[:, start : start + width].reshape(groups, width, taps).transpose(0, 2, 1)
+        layout[:, start * taps : (start + width) * taps] = rows.reshape(groups, -1)
+    return layout
+
+
+def aligned_zeros(shape, dtype, alignment: int = 64) -> np.ndarray:
+    """np.zeros whose data starts on a cache line: a row of 16 float32 is then one cache line,
+    not two (numpy aligns to 16 bytes; a vector load that spans two lines is slower)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(size + alignment, np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset : offset + size].view(dtype).reshape(shape)
