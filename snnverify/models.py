@@ -36,12 +36,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet: 3x3 stem without max-pool, stages of basic blocks, global average pool."""
+    """CIFAR-style ResNet: 3x3 stem without max-pool (``stem_pool``: a 2x2 average pool after
+    it), stages of basic blocks, global average pool."""
 
-    def __init__(self, widths: list[int], blocks: list[int], num_classes: int = 10, in_channels: int = 3):
+    def __init__(self, widths: list[int], blocks: list[int], num_classes: int = 10, in_channels: int = 3,
+                 stem_pool: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
+        self.stem_pool = nn.AvgPool2d(2) if stem_pool else nn.Identity()
         stages, channels = [], widths[0]
         for i, (width, count) in enumerate(zip(widths, blocks)):
             layers = []
@@ -54,7 +57,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.stem_pool(F.relu(self.bn1(self.conv1(x))))
         x = self.pool(self.layers(x))
         return self.fc(torch.flatten(x, 1))
 
@@ -74,6 +77,12 @@ def small_resnet(num_classes: int = 10, in_channels: int = 1) -> ResNet:
     return ResNet([16, 32, 64], [1, 1, 1], num_classes, in_channels)
 
 
+def small_resnet_pooled(num_classes: int = 10, in_channels: int = 1) -> ResNet:
+    """The 19.7k-parameter network the peers were measured on (../shared/PEER_FIGURES.md): a
+    16-channel stem, a 2x2 average pool, blocks of 16 and 32 channels (the second strided)."""
+    return ResNet([16, 32], [1, 1], num_classes, in_channels, stem_pool=True)
+
+
 def torchvision_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """``torchvision.models.resnet18(num_classes=...)`` unchanged but for the stem's input channels."""
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
@@ -84,6 +93,7 @@ def torchvision_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Modu
 
 MODELS = {
     "small_resnet": small_resnet,
+    "small_resnet_pooled": small_resnet_pooled,
     "resnet20": resnet20,
     "cifar_resnet18": cifar_resnet18,
     "torchvision_resnet18": torchvision_resnet18,
@@ -106,9 +116,10 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        # (torch's own message advises loading with weights_only=False: not advice to pass on)
         raise ValueError(f"checkpoint {os.fspath(path)!r} is not a PyTorch state dict file (one written by "
-                         f"torch.save(model.state_dict(), path)); torch.load failed with "
-                         f"{type(error).__name__}: {error}") from None
+                         f"torch.save(model.state_dict(), path)): torch.load(weights_only=True) cannot read it "
+                         f"({type(error).__name__})") from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {os.fspath(path)!r} holds a {type(state).__name__}, not a state dict")
     return state

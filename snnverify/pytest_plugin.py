@@ -1,4 +1,9 @@
-"""pytest plugin: the ``--converter`` option, Hypothesis profiles and the report header.
+"""pytest plugin: the ``--converter`` option, Hypothesis profiles, the spike-comparison counts
+and the report header.
+
+Under pytest-xdist (``-n auto``) each worker counts its own comparisons and hands them to the
+controller when it finishes, which sums them: the summary and ``--comparison-report`` cover
+every worker.
 
 Profiles: ``dev`` (default: random, 50 examples), ``ci`` (derandomised, so a CI failure
 reproduces), ``certify`` (derandomised, more examples), ``gpu-check`` (derandomised, no shrinking:
@@ -67,6 +72,17 @@ class ComparisonLog:
         if self.report_path:  # a run killed at a time limit (tools/gpu-check) keeps what it compared
             self.write()
 
+    def merge(self, counts: dict) -> None:
+        """Add the counts of another log (its :meth:`as_dict`), as a worker's are added."""
+        for check, other in counts.items():
+            total = self.totals[check]
+            for key in ("compared", "mismatched", "cases"):
+                total[key] += int(other[key])
+            for layer, count in other["where"].items():
+                total["where"][layer] += int(count)
+        if self.report_path:
+            self.write()
+
     def as_dict(self) -> dict:
         return {
             check: {**t, "rate": t["mismatched"] / t["compared"] if t["compared"] else 0.0, "where": dict(t["where"])}
@@ -82,8 +98,27 @@ def comparison_log() -> ComparisonLog:
     return _LOG
 
 
+#: the key under which an xdist worker hands its counts to the controller
+_WORKER_OUTPUT = "snnverify_comparisons"
+
+
 def pytest_configure(config):
-    _LOG.report_path = config.getoption("--comparison-report")
+    # a worker keeps its counts in memory: the controller writes the report of all of them
+    worker = hasattr(config, "workerinput")
+    _LOG.report_path = None if worker else config.getoption("--comparison-report")
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker
+        session.config.workeroutput[_WORKER_OUTPUT] = json.dumps(_LOG.as_dict())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the xdist controller: a worker finished; add its counts."""
+    counts = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
+    if counts:
+        _LOG.merge(json.loads(counts))
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -27,8 +27,10 @@ from snnverify.models import build_model
 from snnverify.runtime import known_targets
 from snnverify.util import atomic_write
 
-#: model name -> input shape it is benchmarked on
-SHAPES = {"small_resnet": (1, 28, 28), "cifar_resnet18": (3, 32, 32)}
+#: model name -> input shape it is benchmarked on; in the pooled networks a stem's pool feeds
+#: the first convs with pooled spikes (torchvision_resnet18's max-pool swapped for an average pool)
+SHAPES = {"small_resnet": (1, 28, 28), "small_resnet_pooled": (1, 28, 28), "cifar_resnet18": (3, 32, 32),
+          "torchvision_resnet18": (3, 32, 32)}
 
 
 def converted(model: str, seed: int = 0):

@@ -219,8 +219,8 @@ def _synapses(x, weight, bias, geometry, out_shape):
     return out
 
 
-def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
-    # ``events`` needs no path of its own: a spike is the factor 1 (see _synapse_kernel)
+def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse):
+    # a sparse input needs no path of its own: a zero input adds w·0 = ±0 (see _synapse_kernel)
     return _synapses(x, weight, bias, (node.stride, node.padding, node.dilation), out_shape)
 
 
@@ -301,8 +301,14 @@ def _quiet_launches():
         yield
 
 
+def _current_device() -> torch.device:
+    """The CUDA device the kernels launch on (the simulator's fake device, which has no id, is
+    device 0)."""
+    return torch.device("cuda", getattr(cuda.get_current_device(), "id", 0))
+
+
 GPU_KERNELS = Kernels(
-    device=lambda: torch.device("cuda", cuda.get_current_device().id),
+    device=_current_device,
     to_device=cuda.to_device,
     to_host=lambda a: a.copy_to_host(),
     zeros=_zeros,
@@ -314,7 +320,7 @@ GPU_KERNELS = Kernels(
     if_layer=_if_layer,
     graded=_graded,
     count=_count,
-    weight_layout=lambda weight, node, events: gemm_layout(weight, node),
+    weight_layout=lambda weight, node, sparse: gemm_layout(weight, node),
     require=_require_gpu,
     running=_quiet_launches,
 )

@@ -47,12 +47,15 @@ def initial_membrane(threshold: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Op:
-    """One node of the plan. ``events``: the input is the spike map of an IF node."""
+    """One node of the plan. ``events``: the input is the spike map of an IF node (and the
+    weights are W' = W·θ_in). ``sparse``: the input is mostly zero — a spike map, or one pooled
+    by average or sum pools — so a kernel may skip its zeros (the sums are unchanged)."""
 
     name: str
     node: g.Node
     inputs: list[str]
     events: bool = False
+    sparse: bool = False
     weight: np.ndarray | None = None  # W' (event-driven) or W, in the plan's dtype
     bias: np.ndarray | None = None
     threshold: np.ndarray | None = None  # IF: θ per neuron of one sample, flattened
@@ -131,8 +134,9 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             source = graph.nodes[sources[0]]
             weight = node.weight.astype(dtype)
             if isinstance(source, g.IF):
-                op.events = True
+                op.events = op.sparse = True
                 weight = g.folded_weight(node, source.output_amplitude, shapes[source.name], dtype)
+            op.sparse = op.sparse or (isinstance(node, g.Conv2d) and _pooled_spikes(graph, source.name))
             op.weight = np.ascontiguousarray(weight, dtype=dtype)
             op.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
         elif isinstance(node, g.IF):
@@ -143,6 +147,15 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
         ops.append(op)
     users = {name: len(graph.users(name)) for name in graph.nodes}
     return Plan(graph, dtype, ops, shapes, users, fusions=_fusions(ops, users))
+
+
+def _pooled_spikes(graph: g.SpikingGraph, name: str) -> bool:
+    """Whether ``name`` is a spike map pooled by one or more average or sum pools."""
+    if not isinstance(graph.nodes[name], g.AvgPool2d):  # SumPool2d too
+        return False
+    while isinstance(graph.nodes[name], g.AvgPool2d):
+        name = graph.inputs[name][0]
+    return isinstance(graph.nodes[name], g.IF)
 
 
 def _fusions(ops: list[Op], users: dict[str, int]) -> dict[str, Fusion]:
@@ -195,15 +208,17 @@ class Kernels:
     to_device: Callable[[np.ndarray], Any]
     to_host: Callable[[Any], np.ndarray]
     zeros: Callable  # (shape, dtype) -> a zero array
-    conv2d: Callable  # (x, weight, bias, node, out_shape, events) -> out
-    linear: Callable  # (x, weight, bias, events) -> out
+    #: (x, weight, bias, node, out_shape, sparse) -> out; ``sparse``: x is mostly zero (a spike
+    #: map or a pooled one, see :class:`Op`), which a kernel may skip
+    conv2d: Callable
+    linear: Callable  # (x, weight, bias, events) -> out; ``events``: x is a spike map
     sum_pool2d: Callable  # (x, node, out_shape) -> window sums
     divide: Callable  # (x, float32 divisor) -> x / divisor, correctly rounded
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
     if_layer: Callable  # (current, temporal, threshold, initial membrane, timesteps, batch) -> spikes
     graded: Callable  # (spikes, amplitude) -> a·s
     count: Callable  # (spikes) -> int
-    #: host-side layout of a conv's or linear layer's W' (weight, node, fed by spikes) -> array,
+    #: host-side layout of a conv's or linear layer's weights (weight, node, sparse) -> array,
     #: applied once per plan
     weight_layout: Callable = lambda weight, node, events: weight
     #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`): (EventConv, residual
@@ -284,7 +299,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
     by_name = {op.name: op for op in plan.ops}
 
     def weights(op: Op):
-        weight = plan.parameter(op.weight, lambda w: kernels.to_device(kernels.weight_layout(w, op.node, op.events)))
+        weight = plan.parameter(op.weight, lambda w: kernels.to_device(kernels.weight_layout(w, op.node, op.sparse)))
         return weight, plan.parameter(op.bias, kernels.to_device)
 
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
@@ -345,7 +360,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             weight, bias = weights(op)
             if isinstance(node, g.Conv2d):
                 out = kernels.conv2d(source.reshape(shape_in), weight, bias, node,
-                                     (rows, *plan.shapes[op.name]), op.events)
+                                     (rows, *plan.shapes[op.name]), op.sparse)
             else:
                 out = kernels.linear(source.reshape(rows, -1), weight, bias, op.events)
             values[op.name] = Signal(out, temporal)

@@ -23,7 +23,7 @@ from snnverify.jobs.speed import SHAPES, converted, interleaved_best_times
 
 
 class Simulation:
-    params = [["small_resnet", "cifar_resnet18"], ["torch", "cpu", "gpu"], [8, 32]]
+    params = [list(SHAPES), ["torch", "cpu", "gpu"], [8, 32]]
     param_names = ["model", "target", "timesteps"]
     timeout = 1800
     number = 1
@@ -99,7 +99,7 @@ def _gather_rows(weights, entries, starts, out):
     for s in range(starts.shape[0] - 1):
         for k in range(WIDE):
             values[k] = 0
-        add_entries(acc, weights, 0, 0, entries, starts[s], starts[s + 1], True)
+        add_entries(acc, weights, 0, 0, entries, starts[s], starts[s + 1], True, None)
         for k in range(WIDE):
             out[s, k] = values[k]
 

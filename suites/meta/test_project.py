@@ -21,7 +21,7 @@ def test_readme_starts_with_the_main_job_and_the_test_command():
     assert lines[0].startswith("# ") and lines[2] == "```"
     run, test = readme_commands()
     assert run.endswith("snnverify run") and "tools/ensure-venv" in run
-    assert "pytest suites/" in test and "tools/ensure-venv" in test
+    assert "pytest -n auto suites/" in test and "tools/ensure-venv" in test  # in parallel (pytest-xdist)
 
 
 def test_ci_runs_the_readme_test_command_after_installing_fashion_mnist():

@@ -1,15 +1,17 @@
-"""The CPU backend's fused IF(conv(spikes) [+ residual]) kernel changes nothing but speed.
+"""The CPU backend's fused IF(conv(spikes) [+ residual]) kernel and its sparse conv kernel
+change nothing but speed.
 
 The plan absorbs an event-driven conv (and a two-input Add) into the IF layer that alone reads
-it; the CPU kernel then computes sums, merge and membrane per sample and step. Run with and
-without the fused kernel, every spike and the output must be bit-identical — in float32 with
+it; the CPU kernel then computes sums, merge and membrane per sample and step. A conv fed by a
+spike map, or by a pooled one, skips the zero inputs. Run with those kernels and with the
+unfused dense ones, every spike and the output must be bit-identical — in float32 with
 arbitrary weights (where a changed summation order would show) and in integer mode.
 """
 
 import dataclasses
 
 import numpy as np
-from hypothesis import event, given, settings
+from hypothesis import event, find, given, settings
 from hypothesis import strategies as st
 
 from snnverify import graph as g
@@ -40,14 +42,26 @@ def dyadic_arrays(seed: int):
     return lambda *shape: (np.round(rng.standard_normal(shape) * 8) / 8).astype(np.float32)
 
 
+def dense_plan(graph):
+    """The plan with every conv on the dense kernel: no input's zeros skipped."""
+    plan = build_plan(graph)
+    for op in plan.ops:
+        op.sparse = False
+    return plan
+
+
 def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
-    """Run fused and unfused, compare; ``note`` receives the kind of every fusion (Hypothesis
+    """Run the CPU's fused and sparse kernels, and its unfused dense kernels; compare. ``note``
+    receives the kind of every fusion, and of every conv fed by a pooled spike map (Hypothesis
     statistics inside a property test)."""
     plan = build_plan(graph)
     for fusion in plan.fusions.values():
         note(residual_kind(plan, fusion))
+    for op in plan.ops:
+        if op.sparse and not op.events:
+            note("conv fed by a pooled spike map")
     out_fused, _, spikes_fused = execute(plan, CPU_KERNELS, x, steps, record=True)
-    out_plain, _, spikes_plain = execute(build_plan(graph), UNFUSED, x, steps, record=True)
+    out_plain, _, spikes_plain = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
     mismatches = sum(int((spikes_fused[k] != spikes_plain[k]).sum()) for k in spikes_plain)
     comparison_log.record(check, sum(s.size for s in spikes_plain.values()), mismatches)
     assert list(spikes_fused) == list(spikes_plain)
@@ -205,3 +219,31 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
     for p in range(positions):
         expected = (p % width) * group_in + np.flatnonzero(selected[:, p])
         np.testing.assert_array_equal(first_entries[first_starts[p] : first_starts[p + 1]], expected)
+
+
+def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():
+    """conv1 reads pooled spikes (sparse, weights unfolded); conv2 reads the pooled input
+    current (dense); conv0 reads the input (dense); fc reads spikes (events)."""
+    ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
+    nodes = [g.Input("input", shape=(1, 4, 4)), g.Conv2d("conv0", weight=ones(2, 1, 3, 3), padding=1),
+             g.IF("if0", threshold=ones(2)), g.AvgPool2d("pool", kernel_size=2, stride=2),
+             g.Conv2d("conv1", weight=ones(2, 2, 3, 3), padding=1), g.AvgPool2d("pool_in", kernel_size=2, stride=2),
+             g.Conv2d("conv2", weight=ones(2, 1, 3, 3), padding=1), g.Add("add"), g.IF("if1", threshold=ones(2)),
+             g.Flatten("flat"), g.Linear("fc", weight=ones(3, 8)), g.Output("output")]
+    inputs = {"input": [], "conv0": ["input"], "if0": ["conv0"], "pool": ["if0"], "conv1": ["pool"],
+              "pool_in": ["input"], "conv2": ["pool_in"], "add": ["conv1", "conv2"], "if1": ["add"],
+              "flat": ["if1"], "fc": ["flat"], "output": ["fc"]}
+    plan = build_plan(g.SpikingGraph({node.name: node for node in nodes}, inputs))
+    marks = {op.name: (op.events, op.sparse) for op in plan.ops if isinstance(op.node, (g.Conv2d, g.Linear))}
+    assert marks == {"conv0": (False, False), "conv1": (False, True), "conv2": (False, False), "fc": (True, True)}
+    np.testing.assert_array_equal(by_name(plan, "conv1").weight, ones(2, 2, 3, 3))  # W, not W·θ
+
+
+def by_name(plan, name):
+    return next(op for op in plan.ops if op.name == name)
+
+
+def test_generated_graphs_reach_convs_fed_by_pooled_spikes():
+    find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
+         lambda case: any(op.sparse and not op.events for op in build_plan(case.graph).ops),
+         settings=settings(max_examples=500, database=None))

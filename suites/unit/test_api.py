@@ -121,7 +121,7 @@ def test_checkpoint_that_does_not_match_the_model(tmp_path):
     with pytest.raises(ValueError, match=r"five\.pt.*size mismatch for fc\.weight"):
         load_checkpoint(small_resnet(10, 1), tmp_path / "five.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"junk\.pt.*cannot be read"):
+    with pytest.raises(ValueError, match=r"junk\.pt' is not a PyTorch state dict file"):
         load_checkpoint(small_resnet(10, 1), tmp_path / "junk.pt")
 
 
@@ -193,11 +193,19 @@ def test_gpu_target_without_a_gpu_is_an_error_not_a_cpu_run():
     assert "target 'gpu' needs a CUDA GPU and none is available" in result.stderr
 
 
-def test_cpu_target_refuses_another_device(digits_case):
-    snn = snnverify.SNN(digits_case.snn.graph, 2, target="cpu")
+@pytest.mark.parametrize("target, runs_on, other", [
+    ("cpu", "cpu", "cuda"), ("loihi2_sim", "cpu", "cuda:0"), ("gpu", "cuda", "cpu"), ("gpu", "cuda:0", "cuda:3"),
+])
+def test_one_device_rule_for_every_target(digits_case, target, runs_on, other):
+    """``device`` is None or the device the target runs on; any other device is an error naming
+    the target (never a silent run elsewhere), and so is a name that is no device."""
+    snn = snnverify.SNN(digits_case.snn.graph, 2, target=target)
     x, _ = next(iter(digits_case.test_loader))
-    with pytest.raises(ValueError, match="the cpu target runs on the CPU; got device='cuda'"):
-        snnverify.simulate(snn, x[:1], device="cuda")
+    snnverify.simulate(snn, x[:1], device=runs_on)
+    with pytest.raises(ValueError, match=f"target '{target}' runs on .*; got device='{other}'"):
+        snnverify.simulate(snn, x[:1], device=other)
+    with pytest.raises(ValueError, match=f"target '{target}': device='tpu7' is not a device"):
+        snnverify.simulate(snn, x[:1], device="tpu7")
 
 
 def _merge_with_tiny_weights():

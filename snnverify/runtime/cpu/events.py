@@ -1,5 +1,6 @@
-"""The CPU's event-driven conv kernels: a conv fed by spikes, and the fused IF(conv(spikes) [+
-residual]) that never stores the currents (see :class:`~snnverify.runtime.plan.Fusion`).
+"""The CPU's event-driven conv kernels: a conv fed by a mostly zero input (spikes, or pooled
+spikes), and the fused IF(conv(spikes) [+ residual]) that never stores the currents (see
+:class:`~snnverify.runtime.plan.Fusion`).
 
 Work grows with the number of spikes: per output position and block of output channels, a
 kernel adds the weight rows of the spiking inputs it reads (:mod:`snnverify.runtime.cpu.gather`)
@@ -13,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import carray, njit, prange
 
-from snnverify.runtime.cpu.gather import gather, gather_packed, spike_entries
+from snnverify.runtime.cpu.gather import gather, gather_packed, nonzero_entries, spike_entries
 from snnverify.runtime.cpu.intrinsics import stack_buffer
 from snnverify.runtime.cpu.layouts import WIDE, block, block_count
 from snnverify.runtime.plan import ResidualKind
@@ -66,11 +67,14 @@ class Schedule(NamedTuple):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_events_kernel(spikes, weights, kernel_hw, bias, geometry, workers, out):
+def conv2d_sparse_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     """The same sums as :func:`~snnverify.runtime.cpu.dense.conv2d_dense_kernel`, from the
-    spikes (:func:`~snnverify.runtime.cpu.gather.gather`); bias last."""
+    nonzero inputs only (:func:`~snnverify.runtime.cpu.gather.gather` with their values); bias
+    last. ``x`` [N, C, H, W] is a spike map (bool) or a graded, mostly zero one (a pooled spike
+    map): a zero input adds w·0 = ±0 to a sum from +0, which leaves it unchanged, so skipping
+    it is exact."""
     rows, out_channels, out_h, out_w = out.shape
-    groups, channels, in_h, in_w = weights.shape[0], spikes.shape[1], spikes.shape[2], spikes.shape[3]
+    groups, channels, in_h, in_w = weights.shape[0], x.shape[1], x.shape[2], x.shape[3]
     group_out, group_in = out_channels // groups, channels // groups
     kernel_h, kernel_w = kernel_hw
     taps = kernel_h * kernel_w * group_in  # rows of a block
@@ -78,23 +82,24 @@ def conv2d_events_kernel(spikes, weights, kernel_hw, bias, geometry, workers, ou
     flat = weights.reshape(-1)
     # scratch per worker (one per thread), allocated once per call
     all_entries = np.empty((workers, in_h * in_w * group_in), np.int32)
+    all_values = np.empty((workers, in_h * in_w * group_in), weights.dtype)
     all_starts = np.empty((workers, in_h * in_w + 1), np.int64)
     for worker in prange(workers):
         for job in range(worker, rows * groups, workers):
             acc = stack_buffer(bias, WIDE)  # in the worker's stack frame
-            entries, starts = all_entries[worker], all_starts[worker]
+            entries, values, starts = all_entries[worker], all_values[worker], all_starts[worker]
             n, group = job // groups, job % groups
-            spike_entries(spikes[n].reshape(channels, -1), False, group * group_in, group_in, in_w, entries, starts)
+            nonzero_entries(x[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, values, starts)
             for index in range(block_count(padded)):
                 start, wide, lanes = block(index, padded, group_out)
                 first = group * group_out + start
                 for oy in range(out_h):
                     for ox in range(out_w):
                         gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
-                               geometry, (in_h, in_w), wide)
-                        values = carray(acc, WIDE)
+                               geometry, (in_h, in_w), wide, values)
+                        sums = carray(acc, WIDE)
                         for k in range(lanes):
-                            out[n, first + k, oy, ox] = values[k] + bias[first + k]
+                            out[n, first + k, oy, ox] = sums[k] + bias[first + k]
 
 
 @njit(inline="always")
@@ -166,7 +171,7 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
      shortcut_geometry, shortcut_bias) = shortcut
     kind, residual_values, residual_spikes = residual
     threshold, v0, (out_h, out_w) = neurons
-    steps, batch, tile, workers, pack = schedule
+    timesteps, batch, tile, workers, pack = schedule
     positions = out_h * out_w
     groups = weights.shape[0]
     out_channels = bias.shape[0]
@@ -207,8 +212,8 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
             samples = min(tile, batch - first_sample)
             for s in range(samples):
                 v[s, :, :group_out] = v0[:, group * group_out : (group + 1) * group_out]
-            for t0 in range(0, steps, STEP_CHUNK):
-                chunk = min(STEP_CHUNK, steps - t0)
+            for t0 in range(0, timesteps, STEP_CHUNK):
+                chunk = min(STEP_CHUNK, timesteps - t0)
                 for s in range(samples):
                     for c in range(chunk):
                         n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
@@ -267,11 +272,11 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
                                     for c in range(chunk):
                                         n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                         gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in,
-                                               entries[r], starts[r], oy, ox, geometry, (in_h, in_w), wide)
+                                               entries[r], starts[r], oy, ox, geometry, (in_h, in_w), wide, None)
                                         if projection:
                                             gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
                                                    shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
-                                                   shortcut_geometry, (shortcut_h, shortcut_w), wide)
+                                                   shortcut_geometry, (shortcut_h, shortcut_w), wide, None)
                                         fired = out_spikes[n, out : out + lanes]
                                         block_bias = bias[first : first + lanes]
                                         if projection:

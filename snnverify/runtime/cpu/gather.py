@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from numba import carray, njit
 
-from snnverify.runtime.cpu.intrinsics import FLAG_LANES, add_vector, append_spiking
+from snnverify.runtime.cpu.intrinsics import FLAG_LANES, add_scaled_vector, add_vector, append_spiking
 from snnverify.runtime.cpu.layouts import NARROW, WIDE
 
 
@@ -45,19 +45,44 @@ def spike_entries(planes, channels_last, first, group_in, in_w, entries, starts)
 
 
 @njit(inline="always")
-def add_entries(acc, weights, block, row, entries, begin, end, wide):
-    """acc += the weight rows ``row`` + entries[e] of the block at ``block`` (rows of its lane
-    count), for e = begin … end − 1 in that order."""
-    if wide:
-        for e in range(begin, end):
-            add_vector(acc, weights, block + (row + entries[e]) * WIDE, WIDE)
-    else:
-        for e in range(begin, end):
-            add_vector(acc, weights, block + (row + entries[e]) * NARROW, NARROW)
+def nonzero_entries(planes, first, group_in, in_w, entries, values, starts):
+    """:func:`spike_entries` of a graded map [C, H·W] (a pooled spike map, mostly zero, or a
+    spike map): the rows of the nonzero inputs, and values[e] the input of entries[e]."""
+    count = 0
+    positions = starts.shape[0] - 1
+    for p in range(positions):
+        starts[p] = count
+        column = (p % in_w) * group_in
+        for c in range(group_in):
+            value = planes[first + c, p]
+            entries[count] = column + c
+            values[count] = value
+            count += value != 0
+    starts[positions] = count
 
 
 @njit(inline="always")
-def gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, geometry, in_hw, wide):
+def add_entries(acc, weights, block, row, entries, begin, end, wide, values):
+    """acc += the weight rows ``row`` + entries[e] of the block at ``block`` (rows of its lane
+    count), for e = begin … end − 1 in that order; each row times values[e] when ``values`` is
+    not None (a graded input: the products rounded, then added, as the dense kernels do)."""
+    if values is None:
+        if wide:
+            for e in range(begin, end):
+                add_vector(acc, weights, block + (row + entries[e]) * WIDE, WIDE)
+        else:
+            for e in range(begin, end):
+                add_vector(acc, weights, block + (row + entries[e]) * NARROW, NARROW)
+    elif wide:
+        for e in range(begin, end):
+            add_scaled_vector(acc, weights, block + (row + entries[e]) * WIDE, values[e], WIDE)
+    else:
+        for e in range(begin, end):
+            add_scaled_vector(acc, weights, block + (row + entries[e]) * NARROW, values[e], NARROW)
+
+
+@njit(inline="always")
+def gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, geometry, in_hw, wide, values):
     """acc[k] = Σ_{ky, kx} Σ_c W'[o_k, c, ky, kx] for the output channels o_k of a block's lanes
     (within group g, c over the group's C_g input channels): over the kernel taps (ky, kx)
     ascending that land inside the input and, per tap, the channels c (ascending) that spike at
@@ -65,10 +90,11 @@ def gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, ge
 
     ``weights`` is the flat :func:`~snnverify.runtime.cpu.layouts.events_layout`; the block
     starts at ``block`` and holds rows (ky·kW + kx)·C_g + c of its lane count; ``entries``,
-    ``starts`` from :func:`spike_entries`; ``acc`` a :func:`~snnverify.runtime.cpu.intrinsics.stack_buffer`."""
-    values = carray(acc, WIDE)
+    ``starts`` from :func:`spike_entries`; ``acc`` a :func:`~snnverify.runtime.cpu.intrinsics.stack_buffer`.
+    With ``values`` (from :func:`nonzero_entries`), each term is W'[o_k, c, ky, kx]·x[c, iy, ix]."""
+    sums = carray(acc, WIDE)
     for k in range(WIDE if wide else NARROW):
-        values[k] = 0
+        sums[k] = 0
     stride_y, stride_x, pad_y, pad_x, dilation_y, dilation_x = geometry
     kernel_h, kernel_w = kernel_hw
     in_h, in_w = in_hw
@@ -86,13 +112,13 @@ def gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, ge
             lo, hi = max(0, x0), min(in_w, x0 + kernel_w)
             if lo < hi:
                 add_entries(acc, weights, block, (ky * kernel_w - x0) * group_in, entries, starts[row + lo],
-                            starts[row + hi], wide)
+                            starts[row + hi], wide, values)
         else:
             for kx in range(kernel_w):
                 ix = x0 + kx * dilation_x
                 if 0 <= ix < in_w:
                     add_entries(acc, weights, block, (ky * kernel_w + kx - ix) * group_in, entries,
-                                starts[row + ix], starts[row + ix + 1], wide)
+                                starts[row + ix], starts[row + ix + 1], wide, values)
 
 
 @njit(inline="always")
@@ -106,9 +132,9 @@ def gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, x
     from :func:`gather`, and +0 for the rows that are not its taps; a sum that starts at +0
     never becomes −0 (round to nearest), so adding +0 changes nothing, and the result is
     bit-identical. Far fewer, longer vector adds for narrow layers."""
-    values = carray(acc, WIDE)
+    sums = carray(acc, WIDE)
     for k in range(WIDE):
-        values[k] = 0
+        sums[k] = 0
     stride_y, pad_y, dilation_y = geometry[0], geometry[2], geometry[4]
     in_h, in_w = in_hw
     lo, hi = max(0, x0), min(in_w, x0 + span)
@@ -118,4 +144,4 @@ def gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, x
         iy = oy * stride_y - pad_y + ky * dilation_y
         if 0 <= iy < in_h:
             add_entries(acc, weights, 0, (ky * span - x0) * group_in, entries, starts[iy * in_w + lo],
-                        starts[iy * in_w + hi], True)
+                        starts[iy * in_w + hi], True, None)

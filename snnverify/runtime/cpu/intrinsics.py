@@ -2,8 +2,8 @@
 
 Each one exists because Numba's own code for it is slower in a way LLVM cannot undo: a
 stack buffer LLVM keeps in vector registers (a heap array's allocation is opaque to it), one
-masked compress-store instead of 16 branches, and one vector add where LLVM would unroll a
-short constant loop into scalar adds.
+masked compress-store instead of 16 branches, and one vector add (or multiply, then add) where
+LLVM would unroll a short constant loop into scalar operations.
 """
 
 from __future__ import annotations
@@ -94,3 +94,35 @@ def add_vector(typingctx, acc, weights, offset, lanes):
         return context.get_dummy_value()
 
     return types.none(acc, weights, offset, lanes), codegen
+
+
+@intrinsic
+def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
+    """acc[:lanes] += weights[offset : offset + lanes]·value, each product rounded on its own and
+    then added (an LLVM ``fmul`` then ``fadd`` without the ``contract`` flag: never fused into
+    a multiply-add), lane by lane as the dense kernels' ``acc += w·x`` does it; see
+    :func:`add_vector`."""
+    if not isinstance(lanes, types.IntegerLiteral):
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        acc_pointer, weight_array, first, scale, _ = args
+        element_type = signature.args[1].dtype
+        data = context.make_array(signature.args[1])(context, builder, weight_array).data
+        vector = ir.VectorType(context.get_value_type(element_type), count)
+        scale = context.cast(builder, scale, signature.args[3], element_type)
+        broadcast = builder.insert_element(ir.Constant(vector, ir.Undefined), scale, ir.Constant(ir.IntType(32), 0))
+        broadcast = builder.shuffle_vector(broadcast, ir.Constant(vector, ir.Undefined),
+                                           ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count))
+        source = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
+        target = builder.bitcast(acc_pointer, vector.as_pointer())
+        values, total = builder.load(source, align=1), builder.load(target, align=1)
+        if element_type in types.real_domain:
+            result = builder.fadd(total, builder.fmul(values, broadcast))
+        else:
+            result = builder.add(total, builder.mul(values, broadcast))
+        builder.store(result, target, align=1)
+        return context.get_dummy_value()
+
+    return types.none(acc, weights, offset, value, lanes), codegen

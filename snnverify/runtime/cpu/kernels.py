@@ -13,7 +13,7 @@ from snnverify import graph as g
 from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, graded_kernel, if_layer_kernel,
                                          linear_dense_kernel, linear_events_kernel, sum_pool2d_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
-                                          conv2d_events_if_kernel, conv2d_events_kernel)
+                                          conv2d_events_if_kernel, conv2d_sparse_kernel)
 from snnverify.runtime.cpu.layouts import EventWeights, event_weights
 from snnverify.runtime.cpu.transpose import neurons_channels_last, to_channels_first, to_channels_last
 from snnverify.runtime.plan import EventConv, Kernels, ResidualKind, Signal
@@ -30,11 +30,11 @@ def _geometry(node: g.Conv2d) -> tuple[int, ...]:
     return (*node.stride, *node.padding, *node.dilation)
 
 
-def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, events):
-    """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``events``."""
-    if events:
+def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse):
+    """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``."""
+    if sparse:
         out = np.empty(out_shape, weight.blocks.dtype)
-        conv2d_events_kernel(x, weight.blocks, node.weight.shape[2:], bias, _geometry(node), _workers(), out)
+        conv2d_sparse_kernel(x, weight.blocks, node.weight.shape[2:], bias, _geometry(node), _workers(), out)
     else:
         out = np.empty(out_shape, weight.dtype)
         conv2d_dense_kernel(x, weight, bias, np.array(node.stride), np.array(node.padding), np.array(node.dilation),
@@ -118,10 +118,10 @@ def _add_into(total, x, temporal, batch):
     add_into_kernel(total, np.ascontiguousarray(x), temporal, batch)
 
 
-def _weight_layout(weight: np.ndarray, node, events: bool) -> np.ndarray | EventWeights:
-    """W' as the CPU kernels read it: an event-driven conv's
+def _weight_layout(weight: np.ndarray, node, sparse: bool) -> np.ndarray | EventWeights:
+    """Weights as the CPU kernels read them: a sparse conv's
     :func:`~snnverify.runtime.cpu.layouts.event_weights`, else as stored."""
-    return event_weights(weight, node) if events and isinstance(node, g.Conv2d) else weight
+    return event_weights(weight, node) if sparse and isinstance(node, g.Conv2d) else weight
 
 
 CPU_KERNELS = Kernels(
