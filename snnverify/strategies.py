@@ -161,7 +161,8 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
     the CUDA simulator.
 
     Reaches on purpose: nested residual merges with identity and projection skips (strided or
-    not) and 2- or 3-way sums; grouped and strided convolutions; thresholds that make exact ties likely
+    not) and 2- or 3-way sums, and merges that read an IF layer both directly and through one
+    conv (``c = IF(conv(b) + b)``, where integer mode splits b's amplitude); grouped and strided convolutions; thresholds that make exact ties likely
     (``dyadic``: weights, inputs and thresholds are multiples of 1/8 and average pools divide by
     4, so every sum is exact and membranes hit θ exactly); silent layers (zero weights or a huge θ); saturating layers (θ far below the
     input current); T = 1. With ``dyadic=False`` weights are arbitrary floats, where float32
@@ -231,13 +232,16 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
                             groups=groups), [source])
 
     def residual(source: str, depth: int, downsample: bool = True) -> str:
-        """A residual block: 1 or 2 branches (conv, IF, maybe a nested block, conv) summed with an
-        identity skip, or with a projection conv — strided (downsampling, as in ResNets, unless
+        """A residual block: 1 or 2 branches (conv, IF, maybe a nested block, conv; or one conv)
+        summed with an identity skip, or with a projection conv — strided (downsampling, as in ResNets, unless
         the block is nested in a branch, which must keep its shape) or not."""
         channels, height, width = shapes[source]
         stride = draw(st.sampled_from([1, 2])) if downsample and min(height, width) >= 2 else 1
         branches = []
         for _ in range(draw(st.integers(1, 2))):
+            if draw(st.integers(0, 3)) == 0:  # one conv: with an identity skip, c = IF(conv(b) + b)
+                branches.append(conv(source, out_channels=channels, same_shape=True, stride=stride))
+                continue
             branch = neuron(conv(source, out_channels=channel_count(max_channels), same_shape=True,
                                  stride=stride))
             if depth > 0 and draw(st.booleans()):

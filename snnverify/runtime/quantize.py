@@ -12,7 +12,14 @@ Every signal gets a scale σ (integer value = real value · σ). Per layer:
   int64 arithmetic, not chip registers), so scales do not grow from layer to layer.
 * Add: its inputs must share one scale (see :func:`_scales`): an identity input from an IF
   layer is re-expressed at the scale of the other branch (its amplitudes re-rounded); of two
-  conv/linear inputs, the finer one lowers its weight scale to the coarser one.
+  conv/linear inputs, the finer one lowers its weight scale to the coarser one. Where an IF
+  layer feeds both a merge and a conv or linear layer whose output reaches that merge again
+  (``c = IF(conv(b) + a + b)``, ``b = IF(conv(a))``), one amplitude cannot serve both readers
+  and the scales do not settle: the IF layers that kept moving are split
+  (:func:`split_amplitude`) — their conv and linear readers take the amplitudes into their
+  weights, W·a, and read unit spikes; a merge reads them through an amplitude node (a
+  depthwise 1×1 conv, or a diagonal linear layer, of weights a), which it can rescale like
+  any conv.
 * Output: the averaged output current is divided by its σ.
 
 After quantisation all membrane arithmetic is exact integer arithmetic, so every backend gives
@@ -107,6 +114,59 @@ def _if_origin(graph: g.SpikingGraph, name: str) -> str | None:
     return name if isinstance(graph.nodes[name], g.IF) else None
 
 
+def split_amplitude(graph: g.SpikingGraph, names: set[str]) -> g.SpikingGraph:
+    """The same network with each IF layer in ``names`` emitting unit spikes. Its amplitudes a
+    move to where its output is read, past any average pools and flattening (both per channel):
+    a conv or linear reader gets W·a as weights (what the kernels compute from graded spikes
+    anyway), any other reader (a merge, the output) reads through ``<source>.amplitude``, a
+    depthwise 1×1 conv (a diagonal linear layer on a flat signal) of weights a."""
+    carries = {}  # node -> the split IF layer whose unit spikes it carries (through pools, flattening)
+    nodes, inputs = {}, {}
+    for name, node in graph.nodes.items():
+        sources = list(graph.inputs[name])
+        carried = [carries[s] for s in sources if s in carries]
+        if carried and isinstance(node, (g.AvgPool2d, g.Flatten)):
+            carries[name] = carried[0]
+        elif carried and isinstance(node, (g.Conv2d, g.Linear)):
+            amplitude = graph.nodes[carried[0]].output_amplitude
+            node = g.replace(node, weight=g.folded_weight(node, amplitude, graph.shapes[sources[0]], np.float32))
+        elif carried:
+            for k, source in enumerate(sources):
+                if source not in carries:
+                    continue
+                reader = f"{source}.amplitude"
+                amplitude, shape = graph.nodes[carries[source]].output_amplitude, graph.shapes[source]
+                if len(shape) == 3:
+                    nodes[reader] = g.Conv2d(reader, weight=amplitude.reshape(-1, 1, 1, 1), groups=len(amplitude))
+                else:
+                    nodes[reader] = g.Linear(reader, weight=np.diag(np.repeat(amplitude, shape[0] // len(amplitude))))
+                inputs[reader], sources[k] = [source], reader
+        if name in names:
+            carries[name] = name
+            node = g.replace(node, amplitude=np.ones_like(node.output_amplitude))
+        nodes[name], inputs[name] = node, sources
+    return g.SpikingGraph(nodes, inputs)
+
+
+def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplitude_bits: int):
+    """(σ per node, weight scales, IF output scales) once every merge's inputs share a scale,
+    or (None, the IF layers that moved) when they do not settle."""
+    amplitude_scale = {  # the IF layers' output scales; merges may raise them
+        name: _power_of_two_scale(float(node.output_amplitude.max()), 2**amplitude_bits - 1)
+        for name, node in graph.nodes.items() if isinstance(node, g.IF)
+    }
+    ever_moved = set()
+    for _ in range(10 * len(graph.nodes)):  # moving an IF's scale changes what follows: recompute
+        scale, weight_scale, moved = _scales(graph, weight_limit, input_scale, amplitude_scale)
+        if not moved:
+            return (scale, weight_scale, amplitude_scale), ever_moved
+        if not all(2.0**-512 < value < 2.0**512 for value in moved.values()):
+            break  # a scale running away: another sign of a merge that cannot settle
+        ever_moved |= set(moved)
+        amplitude_scale.update(moved)
+    return None, ever_moved
+
+
 def quantize_graph(
     graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6
 ) -> g.SpikingGraph:
@@ -119,17 +179,17 @@ def quantize_graph(
     if not (input_scale > 0 and math.log2(input_scale).is_integer()):
         raise ValueError(f"input_scale must be a power of two, got {input_scale}")
     weight_limit = 2 ** (weight_bits - 1) - 1
-    amplitude_scale = {  # the IF layers' output scales; merges may raise them
-        name: _power_of_two_scale(float(node.output_amplitude.max()), 2**amplitude_bits - 1)
-        for name, node in graph.nodes.items() if isinstance(node, g.IF)
-    }
-    for _ in range(10 * len(graph.nodes)):  # moving an IF's scale changes what follows: recompute
-        scale, weight_scale, moved = _scales(graph, weight_limit, input_scale, amplitude_scale)
-        if not moved:
+    split: set[str] = set()
+    while True:
+        settled, moved = _settled_scales(graph, weight_limit, input_scale, amplitude_bits)
+        if settled:
             break
-        amplitude_scale.update(moved)
-    else:
-        raise ValueError("cannot quantise: the scales of the residual merges do not settle")
+        # the IF layers the merges kept moving: a split layer is no merge's input any more
+        if not moved or moved & split:
+            raise ValueError("cannot quantise: the scales of the residual merges do not settle")
+        split |= moved
+        graph = split_amplitude(graph, moved)
+    scale, weight_scale, amplitude_scale = settled
 
     nodes = {}
     for name, node in graph.nodes.items():

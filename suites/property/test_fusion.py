@@ -223,7 +223,8 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
 
 def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():
     """conv1 reads pooled spikes (sparse, weights unfolded); conv2 reads the pooled input
-    current (dense); conv0 reads the input (dense); fc reads spikes (events)."""
+    current (dense); conv0 reads the input (dense); fc reads flattened spikes (a linear layer:
+    events only straight from an IF layer)."""
     ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
     nodes = [g.Input("input", shape=(1, 4, 4)), g.Conv2d("conv0", weight=ones(2, 1, 3, 3), padding=1),
              g.IF("if0", threshold=ones(2)), g.AvgPool2d("pool", kernel_size=2, stride=2),
@@ -235,7 +236,7 @@ def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():
               "flat": ["if1"], "fc": ["flat"], "output": ["fc"]}
     plan = build_plan(g.SpikingGraph({node.name: node for node in nodes}, inputs))
     marks = {op.name: (op.events, op.sparse) for op in plan.ops if isinstance(op.node, (g.Conv2d, g.Linear))}
-    assert marks == {"conv0": (False, False), "conv1": (False, True), "conv2": (False, False), "fc": (True, True)}
+    assert marks == {"conv0": (False, False), "conv1": (False, True), "conv2": (False, False), "fc": (False, False)}
     np.testing.assert_array_equal(by_name(plan, "conv1").weight, ones(2, 2, 3, 3))  # W, not W·θ
 
 
