@@ -12,6 +12,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+#: optimizers of :func:`fit`
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
 
 def progress(iterable: Iterable, desc: str, total: int | None = None):
     """A tqdm bar for a long loop; hidden when stderr is not a terminal (CI logs stay readable)."""
@@ -27,7 +30,7 @@ def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def fit(
     forward: Callable[[torch.Tensor], torch.Tensor],
-    parameters: list[nn.Parameter],
+    parameters: list,
     loader,
     epochs: int,
     lr: float,
@@ -38,8 +41,9 @@ def fit(
 ) -> list[float]:
     """Minimise cross-entropy of ``forward(x)`` against the labels; returns the mean loss per epoch.
 
-    ``sgd``: SGD, momentum 0.9, weight decay 5e-4 (the QCFS recipe); ``adam``: Adam, no decay.
-    Both with a cosine learning-rate schedule over all steps.
+    ``sgd``: SGD, momentum 0.9, weight decay 5e-4 (the QCFS recipe); ``adam``: Adam, no decay;
+    ``adamw``: AdamW, decoupled weight decay 0.01. All with a cosine learning-rate schedule over
+    all steps. ``parameters`` may be torch parameter groups (dicts with their own ``lr``).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -49,8 +53,10 @@ def fit(
         opt = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=5e-4)
     elif optimizer == "adam":
         opt = torch.optim.Adam(parameters, lr=lr)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: sgd, adam")
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     steps = epochs * max(len(loader), 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
     losses = []
