@@ -10,8 +10,8 @@ the same ANN trained E more epochs with the recipe's optimizer and weight learni
     python -m snnverify.budget_sweep --render          # reports/budget/README.md from the JSON
 
 Rows go to ``reports/budget/<dataset>.json`` as each finishes (a row with the same dataset,
-budget, recipe and data sizes is replaced), each with its command, date and commit; the
-Markdown is generated from the JSON files only.
+budget, recipe and data sizes is replaced), each with its command, date and the commit
+it started from; the Markdown is generated from the JSON files only.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def control(ann, train, test, epochs: int, optimizer: str, lr: float, seed: int)
 
 
 def sweep(args) -> Path:
+    made_by = {"command": " ".join(["python -m snnverify.budget_sweep", *sys.argv[1:]]), "commit": commit()}
     torch.manual_seed(args.seed)
     splits, train, cal, test, n_train, n_test = loaders(args.dataset, args.train_subset, args.test_subset, args.seed)
     ann = trained_ann(args.dataset, splits, args.seed)
@@ -136,9 +137,7 @@ def sweep(args) -> Path:
                 "snn_accuracy": accuracy,
                 "gap_pp": {t: round(100 * (controls[key] - a), 4) for t, a in accuracy.items()},
                 "wall_s": {"convert": round(convert_s, 1), "evaluate": round(time.perf_counter() - start, 1)},
-                "command": " ".join(["python -m snnverify.budget_sweep", *sys.argv[1:]]),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
-                "seed": args.seed,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by,
             }
             same = ("dataset", "budget_epochs", "recipe", "train_images", "test_images", "convert_timesteps")
             rows = [r for r in rows if any(r[k] != row[k] for k in same)] + [row]
