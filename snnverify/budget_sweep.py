@@ -109,7 +109,6 @@ def sweep(args) -> Path:
     ann = trained_ann(args.dataset, splits, args.seed)
     ann_accuracy = api.evaluate(ann, test)
     path = OUT / f"{args.dataset}.json"
-    rows = json.loads(path.read_text())["rows"] if path.exists() else []
     controls: dict[tuple, float] = {}
     for budget in args.budgets:
         for name in args.recipes:
@@ -140,6 +139,7 @@ def sweep(args) -> Path:
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by,
             }
             same = ("dataset", "budget_epochs", "recipe", "train_images", "test_images", "convert_timesteps")
+            rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other runs' rows kept
             rows = [r for r in rows if any(r[k] != row[k] for k in same)] + [row]
             atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
             print(f"{args.dataset} E={budget} {name}: control {100 * controls[key]:.2f} "
