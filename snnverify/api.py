@@ -38,6 +38,11 @@ class SNN:
         self.timesteps = g.check_timesteps(self.timesteps)
         self.backend = create_backend(self.target, self.graph, **self.options)
 
+    @property
+    def training(self) -> dict | None:
+        """Labelled training the conversion spent, {"epochs", "samples", ...} (None: built by hand)."""
+        return None if self.conversion is None else self.conversion.training
+
     def run(self, x, timesteps: int | None = None, record: bool = False, device=None) -> RunResult:
         """One batch through the compiled backend (T defaults to ``self.timesteps``)."""
         return self.backend.run(x, self.timesteps if timesteps is None else timesteps, record, device)
@@ -49,7 +54,9 @@ def convert(model: nn.Module, cal_loader, timesteps: int = 32, device=None, trai
     Traces ``model`` with torch.fx, folds BatchNorm, replaces every ReLU call site by QCFS
     (λ per channel from ``cal_loader``, then trained for ``qcfs_epochs``), converts to IF neurons
     (θ = λ, v[0] = θ/2, reset by subtraction) and fine-tunes by BPTT at ``timesteps`` steps for
-    ``finetune_epochs``. ``options``: the fields of :class:`~snnverify.convert.ConversionOptions`.
+    ``finetune_epochs``. ``budget_epochs=E`` spends E labelled epochs in all, split between the
+    stages by the recipe measured best at E; ``snn.training`` records what was spent.
+    ``options``: the fields of :class:`~snnverify.convert.ConversionOptions`.
     """
     unknown = set(options) - set(ConversionOptions.__dataclass_fields__)
     if unknown:

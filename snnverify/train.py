@@ -11,10 +11,13 @@ from torch import nn
 
 from snnverify.util import progress, split_batch
 
+#: optimizers of :func:`fit`
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
 
 def fit(
     forward: Callable[[torch.Tensor], torch.Tensor],
-    parameters: list[nn.Parameter],
+    parameters: list,
     loader,
     epochs: int,
     lr: float,
@@ -25,8 +28,9 @@ def fit(
 ) -> list[float]:
     """Minimise cross-entropy of ``forward(x)`` against the labels; returns the mean loss per epoch.
 
-    ``sgd``: SGD, momentum 0.9, weight decay 5e-4 (the QCFS recipe); ``adam``: Adam, no decay.
-    Both with a cosine learning-rate schedule over all steps.
+    ``sgd``: SGD, momentum 0.9, weight decay 5e-4 (the QCFS recipe); ``adam``: Adam, no decay;
+    ``adamw``: AdamW, decoupled weight decay 0.01. All with a cosine learning-rate schedule over
+    all steps. ``parameters`` may be torch parameter groups (dicts with their own ``lr``).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -36,8 +40,10 @@ def fit(
         opt = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=5e-4)
     elif optimizer == "adam":
         opt = torch.optim.Adam(parameters, lr=lr)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: sgd, adam")
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     steps = epochs * max(len(loader), 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
     losses = []

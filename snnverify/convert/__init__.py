@@ -3,47 +3,71 @@
 ``trace`` (torch.fx, canonical form; BatchNorm statistics re-estimated when max-pools were
 swapped for average pools) → ``fold_bn`` (BatchNorm into conv/linear) → ``qcfs``
 (ReLU → QCFS, λ calibrated, then trained) → ``to_if`` (QCFS → IF, add → merge node) →
-``finetune`` (BPTT with the atan surrogate). Each pass returns a new object.
+``finetune`` (BPTT with the atan surrogate). Each pass returns a new object. The labelled
+training the stages spend is a budget in epochs (``budget``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import fx, nn
 
 from snnverify import graph as g
+from snnverify.convert import budget
 from snnverify.convert.finetune import finetune
 from snnverify.convert.fold_bn import fold_batchnorm, recalibrate_batchnorm
 from snnverify.convert.qcfs import QCFS, insert_qcfs, train_qcfs
 from snnverify.convert.to_if import to_spiking_graph
 from snnverify.convert.trace import trace
+from snnverify.train import OPTIMIZERS
 from snnverify.util import split_batch
 
 
 @dataclass(frozen=True)
 class ConversionOptions:
-    """Settings of the conversion pipeline (all keyword options of ``snnverify.convert``)."""
+    """Settings of the conversion pipeline (all keyword options of ``snnverify.convert``).
 
-    levels: int = 8  # QCFS quantisation levels L used while training the ANN
+    ``budget_epochs`` E: labelled epochs over the training set, QCFS training and BPTT
+    fine-tuning together (:mod:`snnverify.convert.budget`). Options left at None take the
+    measured recipe for E; explicit stage epochs must add up to E (else a ValueError).
+    ``threshold_lr`` defaults to ``qcfs_lr`` when that is given.
+    """
+
+    budget_epochs: int | None = None  # labelled epochs, all stages; None: the stages' sum
+    levels: int | None = None  # QCFS quantisation levels L used while training the ANN
     percentile: float = 99.9  # calibration percentile that initialises λ per channel
-    qcfs_epochs: int = 1  # epochs of QCFS training with labels (0: calibration only)
-    qcfs_lr: float = 0.01  # learning rate for QCFS training
-    qcfs_optimizer: str = "sgd"  # "sgd" (the QCFS recipe) or "adam" (steadier on deep nets without BN)
-    finetune_epochs: int = 1  # epochs of BPTT fine-tuning of the SNN (0 disables it)
+    qcfs_epochs: int | None = None  # epochs of QCFS training with labels (0: calibration only)
+    qcfs_lr: float | None = None  # learning rate of weights and biases in QCFS training
+    threshold_lr: float | None = None  # learning rate of the thresholds λ in QCFS training
+    qcfs_optimizer: str | None = None  # "sgd" (momentum 0.9), "adam" or "adamw"
+    finetune_epochs: int | None = None  # epochs of BPTT fine-tuning of the SNN (0 disables it)
     finetune_lr: float = 1e-4  # Adam learning rate for BPTT fine-tuning
 
     def __post_init__(self):
-        for name in ("levels", "qcfs_epochs", "finetune_epochs"):
+        for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs"):
+            value, low = getattr(self, name), 1 if name == "levels" else 0
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"conversion option {name} must be an integer >= {low}, got {value!r}")
+        if self.qcfs_optimizer not in (None, *OPTIMIZERS):
+            raise ValueError(f"conversion option qcfs_optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.qcfs_optimizer!r}")
+        for name in ("qcfs_lr", "threshold_lr", "finetune_lr"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "levels" else 0):
-                raise ValueError(f"conversion option {name} must be an integer >= {1 if name == 'levels' else 0}, got {value!r}")
-        if self.qcfs_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"conversion option qcfs_optimizer must be 'sgd' or 'adam', got {self.qcfs_optimizer!r}")
-        for name in ("qcfs_lr", "finetune_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"conversion option {name} must be > 0, got {getattr(self, name)!r}")
+            if value is not None and not value > 0:
+                raise ValueError(f"conversion option {name} must be > 0, got {value!r}")
+        budget.split(self.budget_epochs, self.qcfs_epochs, self.finetune_epochs)  # contradictions raise here
+
+    def resolved(self) -> ConversionOptions:
+        """These options with the budget, both stages' epochs and every None filled in."""
+        qcfs, finetune = budget.split(self.budget_epochs, self.qcfs_epochs, self.finetune_epochs)
+        chosen = budget.recipe(qcfs + finetune)
+        fill = {name: getattr(chosen, name) for name in ("levels", "qcfs_optimizer", "qcfs_lr", "threshold_lr")
+                if getattr(self, name) is None}
+        if "threshold_lr" in fill and self.qcfs_lr is not None:
+            fill["threshold_lr"] = self.qcfs_lr  # a learning rate given by hand applies to λ too
+        return replace(self, budget_epochs=qcfs + finetune, qcfs_epochs=qcfs, finetune_epochs=finetune, **fill)
 
 
 @dataclass
@@ -53,11 +77,28 @@ class Conversion:
     graph: g.SpikingGraph
     traced_ann: fx.GraphModule  # canonical ANN (max-pools swapped for average pools, BN recalibrated)
     qcfs_ann: fx.GraphModule  # BN folded, QCFS activations, trained
-    options: ConversionOptions
+    options: ConversionOptions  # resolved: every field set
+    training: dict  # labelled training spent: {"epochs", "samples", "qcfs": {...}, "finetune": {...}}
 
     @property
     def info(self) -> dict:
-        return {"options": asdict(self.options), "neuron_layers": len(self.graph.neuron_layers)}
+        return {"options": asdict(self.options), "training": self.training,
+                "neuron_layers": len(self.graph.neuron_layers)}
+
+
+class _Counted:
+    """A loader that counts the samples it yields (for the training record)."""
+
+    def __init__(self, loader):
+        self.loader, self.samples = loader, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.samples += len(split_batch(batch)[0])
+            yield batch
 
 
 def convert_model(
@@ -65,7 +106,7 @@ def convert_model(
 ) -> Conversion:
     """Run the whole pipeline. ``train_loader`` (default: ``cal_loader``) feeds QCFS training and BPTT."""
     timesteps = g.check_timesteps(timesteps)
-    options = options or ConversionOptions()
+    options = (options or ConversionOptions()).resolved()
     device = torch.device(device) if device is not None else torch.device("cpu")
     try:
         example = split_batch(next(iter(cal_loader)))[0]
@@ -76,12 +117,18 @@ def convert_model(
         traced = recalibrate_batchnorm(traced, cal_loader, device).cpu()
     folded = fold_batchnorm(traced)
     qcfs = insert_qcfs(folded, cal_loader, options.levels, options.percentile, device)
-    qcfs = train_qcfs(qcfs, train_loader or cal_loader, options.qcfs_epochs, options.qcfs_lr, device,
-                      options.qcfs_optimizer)
+    qcfs_data, finetune_data = _Counted(train_loader or cal_loader), _Counted(train_loader or cal_loader)
+    qcfs = train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device, options.qcfs_optimizer,
+                      options.threshold_lr)
     graph = to_spiking_graph(qcfs.cpu())
-    graph = finetune(graph, train_loader or cal_loader, timesteps, options.finetune_epochs, options.finetune_lr, device)
-    return Conversion(graph=graph, traced_ann=traced, qcfs_ann=qcfs, options=options)
+    graph = finetune(graph, finetune_data, timesteps, options.finetune_epochs, options.finetune_lr, device)
+    training = {"epochs": options.qcfs_epochs + options.finetune_epochs,
+                "samples": qcfs_data.samples + finetune_data.samples,
+                "qcfs": {"epochs": options.qcfs_epochs, "samples": qcfs_data.samples},
+                "finetune": {"epochs": options.finetune_epochs, "samples": finetune_data.samples,
+                             "timesteps": timesteps}}
+    return Conversion(graph=graph, traced_ann=traced, qcfs_ann=qcfs, options=options, training=training)
 
 
-__all__ = ["QCFS", "Conversion", "ConversionOptions", "convert_model", "finetune", "fold_batchnorm", "insert_qcfs",
+__all__ = ["QCFS", "budget", "Conversion", "ConversionOptions", "convert_model", "finetune", "fold_batchnorm", "insert_qcfs",
            "to_spiking_graph", "recalibrate_batchnorm", "trace", "train_qcfs"]

@@ -95,20 +95,24 @@ def insert_qcfs(gm: fx.GraphModule, loader, levels: int, percentile: float, devi
     return gm
 
 
-def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device, optimizer: str = "sgd") -> fx.GraphModule:
-    """Train a copy of the QCFS network (weights, biases and λ) with labels (cosine schedule;
-    SGD as in the QCFS paper, or Adam).
+def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device, optimizer: str = "sgd",
+               threshold_lr: float | None = None) -> fx.GraphModule:
+    """Train a copy of the QCFS network with labels (cosine schedule): weights and biases at
+    ``lr``, the thresholds λ at ``threshold_lr`` (default ``lr``) without weight decay.
 
     λ is kept ≥ 1e-4 after every step so that the thresholds it becomes stay positive.
     """
     gm = copy.deepcopy(gm).to(device).train()
     lams = [m.lam for m in gm.modules() if isinstance(m, QCFS)]
+    chosen = {id(lam) for lam in lams}
+    weights = [p for p in gm.parameters() if id(p) not in chosen]
+    groups = [{"params": weights}, {"params": lams, "lr": lr if threshold_lr is None else threshold_lr,
+                                    "weight_decay": 0.0}]
 
     def keep_positive():
         with torch.no_grad():
             for lam in lams:
                 lam.clamp_(min=1e-4)
 
-    fit(gm, list(gm.parameters()), loader, epochs, lr, device, desc="QCFS training", optimizer=optimizer,
-        after_step=keep_positive)
+    fit(gm, groups, loader, epochs, lr, device, desc="QCFS training", optimizer=optimizer, after_step=keep_positive)
     return gm.eval()

@@ -11,4 +11,5 @@ JOBS = {
     "report": ("snnverify.jobs.report", "re-render report.md and the plot from a run's report.json"),
     "speed": ("snnverify.jobs.speed", "time the backends side by side on converted networks"),
     "loihi2": ("snnverify.jobs.loihi2", "measure a converted network on the Loihi 2 simulator"),
+    "budget": ("snnverify.jobs.budget", "sweep conversion recipes at equal training budget"),
 }

@@ -163,6 +163,7 @@ def run(config: RunConfig) -> dict:
         "ann_accuracy": ann_accuracy,
         "traced_ann_accuracy": traced_ann_accuracy,
         "qcfs_ann_accuracy": qcfs_ann_accuracy,
+        "training": snn.training,
         "snn_accuracy": snn_accuracy,
         "sparsity": sparsity,
         "gap_pp": {t: 100 * (ann_accuracy - a) for t, a in snn_accuracy.items()},

@@ -70,8 +70,12 @@ DECAY_MAX = 2**12 - 1  # du, dv: unsigned 12-bit
 BIAS_MANT_RANGE = (-(2**12), 2**12 - 1)  # signed 13-bit
 BIAS_EXP_RANGE = (0, 7)  # 3-bit (Lava right-shifts a negative exponent; the register has none)
 VTH_MAX = 2**17 - 1  # unsigned 17-bit
-#: the largest bias in a_in units, (2^12 − 1) << 7 >> 6: the network quantiser's vth stays below
-MAX_VTH_FOR_INPUT = ((2**12 - 1) << 7) >> 6
+#: The largest bias register, (2^12 − 1) << 7 = 524160 in v units (8190 a_in units).
+MAX_BIAS_EFF = (2**12 - 1) << BIAS_EXP_RANGE[1]
+#: The network quantiser's largest vth: the largest with vth << 6 < MAX_BIAS_EFF, so that a
+#: saturated input bias exceeds the threshold strictly and the reset-to-zero neuron (v > vth_eff)
+#: fires on every step; at 8190 they are equal and it fires on every other step.
+MAX_VTH_FOR_INPUT = (MAX_BIAS_EFF - 1) >> VTH_SHIFT
 #: The weight exponent register. Not in the facts file: Loihi's (NxSDK) signed 4-bit weight
 #: exponent, −8..7, which Lava does not check. An exponent outside it is a quantisation error.
 WEIGHT_EXP_RANGE = (-8, 7)
@@ -382,7 +386,8 @@ def _mantissas(exact: np.ndarray) -> tuple[np.ndarray, int, float]:
     peak = float(np.abs(exact).max())
     if peak == 0:
         return np.zeros(exact.shape, np.int64), 0, 0.0
-    exponent = math.floor(math.log2(peak / 255)) - 1
+    # log2 of each factor: peak / 255 underflows to 0 for subnormal peaks; 2^−1074 is the smallest float
+    exponent = max(math.floor(math.log2(peak) - math.log2(255)) - 1, -1074)
     while True:
         m = np.rint(exact / 2.0**exponent)
         low, high = MANTISSA_LIMITS[netx_sign_mode(m)] if m.any() else (0, 0)
@@ -497,13 +502,15 @@ def quantize_for_loihi2(graph: g.SpikingGraph, vth: int = 2**10) -> Loihi2Networ
 
     ``vth``: every neuron group's threshold mantissa, i.e. how many a_in units make one
     threshold θ. 2^10 leaves 2^17/vth = 128 thresholds of headroom before v saturates and
-    keeps bias resolution at θ/2^16. At most 8190 (the largest bias, 4095 << 7 >> 6 a_in
-    units), so that a saturated input bias still exceeds one threshold. Raises ValueError
+    keeps bias resolution at θ/2^16. At most 8189: a saturated input bias (4095 << 7) must
+    exceed vth << 6 strictly, so that a neuron driven above one threshold fires every step
+    under both resets (the reset-to-zero neuron fires on v > vth << 6). Raises ValueError
     naming the layer and the value for anything the chip cannot represent (weight exponent,
     bias, vth, unsupported structure).
     """
     if isinstance(vth, bool) or not isinstance(vth, (int, np.integer)) or not 1 <= vth <= MAX_VTH_FOR_INPUT:
-        raise ValueError(f"vth must be an integer in [1, {MAX_VTH_FOR_INPUT}], got {vth!r}")
+        raise ValueError(f"vth must be an integer in [1, {MAX_VTH_FOR_INPUT}] (a saturated input bias "
+                         f"{MAX_BIAS_EFF} must exceed vth << 6), got {vth!r}")
     vth = int(vth)
     shapes = graph.shapes
     layers: dict[str, NeuronGroup] = {}
@@ -637,8 +644,8 @@ class Loihi2Backend:
         """The per-image bias registers {layer: (mant, exp, rounding error)}, each [B, N], of the
         neuron groups that receive the input current. A current beyond the register saturates
         only in layers without synaptic input, whose spikes it cannot change: the register
-        holds ±8190 a_in units > vth, and a neuron driven by more than one threshold fires every
-        step, by less than minus one threshold never."""
+        holds +8190 and −8192 a_in units, beyond ±vth (vth ≤ 8189), so a neuron driven by more
+        than one threshold fires every step, by less than minus one threshold never."""
         currents = self._static_currents(x) if currents is None else currents
         return {name: encode_bias(layer.bias + sum(currents[s] for s in layer.static) / layer.theta * layer.vth,
                                   saturate=not layer.groups, layer=name)

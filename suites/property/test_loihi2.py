@@ -120,6 +120,56 @@ def test_facts_file_wrap_example():
     assert oracle_lif(a_in[:, 0], reset="zero", **p)[0] == example["expected"]["u"]
 
 
+# ------------------------------------------------------------------ wrap and clip by hand
+
+#: vth = 2^17 − 1, the largest register: vth_eff = 131071 · 64 = 8388544 = 2^23 − 64.
+VTH_TOP = 2**17 - 1
+WRAP_CASES = {
+    # a_in, du, dv, bias_mant, bias_exp, vth, reset, expected u, v, s after every step
+    "u'=-2^23 wraps to +2^23 and fires": ([-(2**17), 0], 4095, 0, 0, 0, VTH_TOP, "zero",
+                                          [2**23, 0], [0, 0], [True, False]),
+    "u'=+2^23 does not wrap": ([2**17, 0], 4095, 0, 0, 0, VTH_TOP, "zero", [2**23, 0], [0, 0], [True, False]),
+    "u'=2^23+64 wraps to -2^23+64": ([2**17 + 1], 4095, 0, 0, 0, VTH_TOP, "zero",
+                                     [-(2**23) + 64], [-(2**23) + 64], [False]),
+    "u'=-2^23-64 wraps to 2^23-64, a tie": ([-(2**17) - 1], 4095, 0, 0, 0, VTH_TOP, "zero",
+                                            [2**23 - 64], [2**23 - 64], [False]),
+    "u'=-2^23 wraps, subtractive reset": ([-(2**17)], 4095, 0, 0, 0, VTH_TOP, "subtract", [2**23], [63], [True]),
+    "v clips at -(2^23-1)": ([-(2**17) + 1] * 2, 4095, 0, 0, 0, 1, "zero",
+                             [-(2**23) + 64] * 2, [-(2**23) + 64, -(2**23) + 1], [False, False]),
+    "v clips at 2^23-1 from the bias": ([0] * 10, 0, 0, 4095, 7, VTH_TOP, "subtract", [0] * 10,
+                                        [4194272 + 524160 * k for k in range(1, 9)] + [63, 63 + 524160],
+                                        [False] * 8 + [True, False]),
+}
+
+
+@pytest.mark.parametrize("case", WRAP_CASES.values(), ids=WRAP_CASES.keys())
+def test_u_wrap_and_v_clip_by_hand(case):
+    """Worked from the facts file's equations; u[0] = 0, so the first step is u' = a_in << 6.
+
+    vth = 2^17 − 1 gives vth_eff = 2^23 − 64 = 8388544, one below the clip 2^23 − 1 by 63.
+
+    * a_in = −2^17: u' = −2^23 ≤ −2^23 wraps to u = −2^23 + 2^24 = +2^23; v' = 0 + 2^23 clips to
+      2^23 − 1 > vth_eff: a spike, v ← 0. (Were the wrap test < instead of ≤, u would stay
+      −2^23 and v clip to −(2^23 − 1): no spike.) Next step du = 4095 gives u' = tz(2^23·0) = 0.
+    * a_in = +2^17: u' = 2^23 is not > 2^23, no wrap (the asymmetry): u = 2^23, same spike.
+    * a_in = 2^17 + 1: u' = 2^23 + 64 > 2^23 wraps to 2^23 + 64 − 2^24 = −2^23 + 64 = v.
+    * a_in = −2^17 − 1: u' = −2^23 − 64 wraps to 2^23 − 64 = vth_eff: v = vth_eff, and
+      v > vth_eff is false — no spike at the exact tie.
+    * subtractive reset, a_in = −2^17: v[0] = vth_eff/2 = 4194272; v' = 4194272 + 2^23 clips to
+      8388607 ≥ vth_eff: a spike, v = 8388607 − 8388544 = 63.
+    * a_in = −2^17 + 1 twice, vth = 1: u = −2^23 + 64 each step (du = 4095 keeps no u);
+      v = −2^23 + 64, then −2^24 + 128 clips to −(2^23 − 1).
+    * no input, bias 4095 << 7 = 524160, du = dv = 0 (u stays 0, v keeps everything),
+      subtractive: v = 4194272 + 524160·k; k = 8 gives 8387552 < vth_eff, k = 9 gives
+      8911712, clipped to 8388607, a spike leaving 63; then 63 + 524160.
+    """
+    a_in, du, dv, mant, exp, vth, reset, u_hand, v_hand, s_hand = case
+    u, v, s = loihi2.lif_run(np.array(a_in, np.int64)[:, None], du, dv, mant, exp, vth, reset=reset)
+    assert u[:, 0].tolist() == u_hand
+    assert v[:, 0].tolist() == v_hand
+    assert s[:, 0].tolist() == s_hand
+
+
 # ------------------------------------------------------------------ neuron against the oracle
 
 EDGE_DECAYS = st.one_of(st.sampled_from([0, 1, 2047, 2048, 4094, 4095]), st.integers(0, 4095))
@@ -519,10 +569,44 @@ def test_unrepresentable_parameters_name_the_layer_and_value():
         loihi2.quantize_for_loihi2(small_graph(weight=1e5))
     with pytest.raises(ValueError, match=r"layer 'if1': bias 1\.024e\+07"):
         loihi2.quantize_for_loihi2(small_graph(bias=1e4))
-    with pytest.raises(ValueError, match="vth must be an integer in"):
+    with pytest.raises(ValueError, match=r"vth must be an integer in \[1, 8189\].*got 131072"):
         loihi2.quantize_for_loihi2(small_graph(), vth=2**17)
     with pytest.raises(ValueError, match=r"pooling 'pool'.*overlapping"):
         loihi2.quantize_for_loihi2(small_graph(pool=(3, 1, 1)))
+
+
+def driven_graph(theta: float) -> g.SpikingGraph:
+    """Input (2) → identity Linear → IF(θ) → Linear → Output: the IF layer's current is the
+    image itself, written as its bias by the host."""
+    nodes = {"input": g.Input("input", shape=(2,)), "fc": g.Linear("fc", weight=np.eye(2)),
+             "if": g.IF("if", threshold=np.full(2, theta)), "head": g.Linear("head", weight=np.eye(2)),
+             "output": g.Output("output")}
+    return g.SpikingGraph(nodes, {"fc": ["input"], "if": ["fc"], "head": ["if"], "output": ["head"]})
+
+
+@pytest.mark.parametrize("vth", [0, 8190, 8191, 2**17])
+def test_vth_refused_where_a_saturated_bias_stops_exceeding_it(vth):
+    """Exactly vth < 1 and vth > 8189 are refused, naming the value: at 8190, vth << 6 = 524160
+    equals the saturated bias 4095 << 7, and the reset-to-zero neuron (v > vth_eff) fires on
+    every other step only (shown with lif_run: v = 524160, then 1048320 > 524160)."""
+    with pytest.raises(ValueError, match=rf"vth must be an integer in \[1, 8189\].*got {vth}$"):
+        loihi2.quantize_for_loihi2(driven_graph(1.0), vth=vth)
+    if vth == 8190:
+        _, _, s = loihi2.lif_run(np.zeros((8, 1), np.int64), 4095, 0, 4095, 7, vth)
+        assert s[:, 0].tolist() == [False, True] * 4
+
+
+@pytest.mark.parametrize("reset", loihi2.RESETS)
+@pytest.mark.parametrize("vth", [1, 2**10, 8189])
+def test_saturated_input_bias_fires_every_step(vth, reset):
+    """At the largest accepted vth, currents of 1.5θ and 3θ saturate the bias register
+    (beyond 8190 a_in units) and still fire 8 of 8 steps, as the float SNN does."""
+    snn = SNN(driven_graph(1.0), 8, target="loihi2_sim", options={"reset": reset, "vth": vth})
+    x = torch.tensor([[1.5, 3.0]])
+    _, spikes = snnverify.simulate(snn, x, record=True)
+    assert spikes["if"][:, 0].all()
+    mant, exp, _ = snn.backend.input_bias(x)["if"]
+    assert ((mant << exp)[0] == 4095 << 7).tolist() == [vth == 8189] * 2  # 1.5·8189 > 8190: saturated
 
 
 def test_non_overlapping_pool_folds_into_the_synapse():

@@ -1,0 +1,65 @@
+"""Training budget: labelled epochs over the training set, all stages counted.
+
+A conversion that trains spends ``E = qcfs_epochs + finetune_epochs`` epochs of labelled data
+(QCFS training of the ANN, then BPTT fine-tuning of the SNN); calibration reads unlabelled
+data and is free. ``ConversionOptions(budget_epochs=E)`` splits E between the stages and
+chooses the recipe (optimizer, learning rates, L) that measured best at that budget; every
+option given explicitly overrides the recipe. The recipes and how they were chosen:
+``reports/budget/`` (``snnverify budget``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: the budget of ``convert`` when neither a budget nor a stage's epochs are given
+DEFAULT_BUDGET = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Stage split and hyperparameters for one budget."""
+
+    finetune_epochs: int  # epochs of BPTT (the rest of the budget trains QCFS)
+    levels: int  # QCFS L
+    qcfs_optimizer: str  # "sgd", "adam" or "adamw"
+    qcfs_lr: float  # learning rate of weights and biases
+    threshold_lr: float  # learning rate of the thresholds λ
+
+
+#: measured winners, keyed by the smallest budget they apply to (reports/budget/README.md): on
+#: Fashion-MNIST at E = 1, AdamW at 1e-3 with λ at 5e-2 and L = 8 led SGD at 0.01 (the former
+#: default) and L = 4 at T = 4, 8 and 32; it is used at every budget until another one measures better
+RECIPES: dict[int, Recipe] = {
+    0: Recipe(finetune_epochs=0, levels=8, qcfs_optimizer="adamw", qcfs_lr=1e-3, threshold_lr=5e-2),
+}
+
+
+def recipe(budget: int) -> Recipe:
+    """The recipe of the largest tabulated budget ≤ ``budget`` (its BPTT epochs never exceed
+    the budget it is keyed by)."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise ValueError(f"conversion option budget_epochs must be an integer >= 0, got {budget!r}")
+    return RECIPES[max(b for b in RECIPES if b <= budget)]
+
+
+def split(budget: int | None, qcfs_epochs: int | None, finetune_epochs: int | None) -> tuple[int, int]:
+    """(qcfs_epochs, finetune_epochs) from a budget and the stage epochs given explicitly.
+
+    With a budget, the stages not given take what the budget leaves (by the recipe's split if
+    neither is given); stages that do not add up to it are a ValueError naming the values.
+    Without one, a stage not given keeps its default of ``DEFAULT_BUDGET``'s split."""
+    if budget is None:
+        default = recipe(DEFAULT_BUDGET)
+        finetune = default.finetune_epochs if finetune_epochs is None else finetune_epochs
+        qcfs = DEFAULT_BUDGET - default.finetune_epochs if qcfs_epochs is None else qcfs_epochs
+        return qcfs, finetune
+    if qcfs_epochs is None and finetune_epochs is None:
+        finetune = recipe(budget).finetune_epochs
+        return budget - finetune, finetune
+    qcfs = budget - finetune_epochs if qcfs_epochs is None else qcfs_epochs
+    finetune = budget - qcfs_epochs if finetune_epochs is None else finetune_epochs
+    if qcfs < 0 or finetune < 0 or qcfs + finetune != budget:
+        raise ValueError(f"budget_epochs={budget} contradicts qcfs_epochs={qcfs_epochs} and "
+                         f"finetune_epochs={finetune_epochs}: the stages' epochs must add up to the budget")
+    return qcfs, finetune

@@ -1,0 +1,99 @@
+"""The training budget of ``convert``: how epochs are split and refused, what is recorded as
+spent, and that the thresholds train at their own learning rate."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import snnverify
+from snnverify import ConversionOptions
+from snnverify.convert import budget, fold_batchnorm, insert_qcfs, trace, train_qcfs
+from snnverify.convert.qcfs import QCFS
+from snnverify.models import small_resnet
+
+
+def tiny_loader(n=10, batch_size=4):
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 8, 8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+@pytest.mark.parametrize("given, stages", [
+    ({"budget_epochs": 0}, (0, 0)),
+    ({"budget_epochs": 3, "finetune_epochs": 1}, (2, 1)),
+    ({"budget_epochs": 3, "qcfs_epochs": 3}, (3, 0)),
+    ({"budget_epochs": 4, "qcfs_epochs": 1, "finetune_epochs": 3}, (1, 3)),
+    ({"qcfs_epochs": 10, "finetune_epochs": 1}, (10, 1)),  # no budget: the stages' sum
+])
+def test_budget_and_stage_epochs_resolve_to_a_consistent_split(given, stages):
+    options = ConversionOptions(**given).resolved()
+    assert (options.qcfs_epochs, options.finetune_epochs) == stages
+    assert options.budget_epochs == sum(stages)
+
+
+@pytest.mark.parametrize("e", [0, 1, 2, 5, 7])
+def test_a_budget_alone_is_spent_in_full_by_its_recipe(e):
+    options = ConversionOptions(budget_epochs=e).resolved()
+    chosen = budget.recipe(e)
+    assert options.qcfs_epochs + options.finetune_epochs == e
+    assert (options.finetune_epochs, options.levels, options.qcfs_optimizer, options.qcfs_lr, options.threshold_lr) == \
+        (chosen.finetune_epochs, chosen.levels, chosen.qcfs_optimizer, chosen.qcfs_lr, chosen.threshold_lr)
+
+
+@pytest.mark.parametrize("given", [
+    {"budget_epochs": 2, "qcfs_epochs": 3},
+    {"budget_epochs": 2, "finetune_epochs": 3},
+    {"budget_epochs": 2, "qcfs_epochs": 1, "finetune_epochs": 0},
+])
+def test_contradicting_budget_and_stage_epochs_are_refused_with_the_values(given):
+    with pytest.raises(ValueError, match=r"budget_epochs=2 contradicts qcfs_epochs=(3|1|None) and finetune_epochs="):
+        snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=2, **given)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_budget_must_be_a_non_negative_integer(value):
+    with pytest.raises(ValueError, match=f"budget_epochs must be an integer >= 0, got {value!r}"):
+        ConversionOptions(budget_epochs=value)
+
+
+def test_unknown_optimizer_lists_the_known_ones():
+    with pytest.raises(ValueError, match="qcfs_optimizer must be one of sgd, adam, adamw, got 'lbfgs'"):
+        ConversionOptions(qcfs_optimizer="lbfgs")
+
+
+@pytest.mark.parametrize("qcfs, finetune", [(0, 0), (2, 0), (1, 2)])
+def test_training_record_counts_the_labelled_samples_spent(qcfs, finetune):
+    loader = tiny_loader(n=10, batch_size=4)  # batches of 4, 4, 2
+    snn = snnverify.convert(small_resnet(10, 1), loader, timesteps=2, budget_epochs=qcfs + finetune,
+                            finetune_epochs=finetune)
+    assert snn.training["epochs"] == qcfs + finetune
+    assert snn.training["samples"] == 10 * (qcfs + finetune)
+    assert snn.training["qcfs"] == {"epochs": qcfs, "samples": 10 * qcfs}
+    assert snn.training["finetune"] == {"epochs": finetune, "samples": 10 * finetune, "timesteps": 2}
+    assert snn.conversion.info["training"] == snn.training
+
+
+def test_a_graph_built_by_hand_has_no_training_record():
+    snn = snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=2, budget_epochs=0)
+    assert snnverify.api.SNN(snn.graph, 2).training is None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_thresholds_train_at_their_own_learning_rate(optimizer):
+    """Weights at a learning rate too small to move them and λ at a large one, then the
+    reverse: only the parameters with the large rate change."""
+    loader = tiny_loader()
+    model = small_resnet(10, 1).eval()
+    qcfs = insert_qcfs(fold_batchnorm(trace(model, next(iter(loader))[0])), loader, 8, 99.9, "cpu")
+
+    def moved(trained):
+        lams = {n for n, m in qcfs.named_modules() if isinstance(m, QCFS)}
+        after = dict(trained.named_parameters())
+        change = {n: (after[n] - p).abs().max().item() for n, p in qcfs.named_parameters()}
+        return (max(v for n, v in change.items() if n.rsplit(".", 1)[0] in lams),
+                max(v for n, v in change.items() if n.rsplit(".", 1)[0] not in lams))
+
+    lam_change, weight_change = moved(train_qcfs(qcfs, loader, 1, 1e-12, "cpu", optimizer, threshold_lr=0.1))
+    assert lam_change > 1e-4 and weight_change < 1e-8
+    lam_change, weight_change = moved(train_qcfs(qcfs, loader, 1, 0.1, "cpu", optimizer, threshold_lr=1e-12))
+    assert lam_change < 1e-8 and weight_change > 1e-4
