@@ -37,11 +37,18 @@ def _parser() -> argparse.ArgumentParser:
             run.add_argument(flag, type=kind, default=default, help=help_text.get(field.name, f"default {default}"))
     report = commands.add_parser("report", help="re-render report.md and the plot from a report.json")
     report.add_argument("path", help="a report.json written by `snnverify run`")
+    from snnverify.jobs import certify
+
+    certify.add_arguments(commands.add_parser("certify", help="certify converters clause by clause"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "certify":
+        from snnverify.jobs import certify
+
+        return certify.main(args)
     try:
         if args.command == "run":
             from snnverify.experiment import run

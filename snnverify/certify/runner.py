@@ -134,21 +134,25 @@ def certify(adapter, data: CertificationData | None, clauses: list[str] | None =
     """Every clause (or those named) against ``adapter``: skip without the capability or data, fail with the
     converter's failure as reason, else the clause's verdict."""
     session = Session(adapter, data, time_limit_s)
-    verdicts = []
-    for clause in progress([CLAUSES[c] for c in (clauses or CLAUSES)], desc=f"certify {adapter.name}"):
-        if missing := sorted(clause.needs - set(adapter.capabilities)):
-            verdicts.append(Verdict(clause.id, "skip", f"{adapter.name} does not declare {', '.join(missing)}"))
-            continue
-        if clause.id.startswith("accuracy.") and data is None:
-            verdicts.append(Verdict(clause.id, "skip", "no dataset given"))
-            continue
-        try:
-            verdicts.append(clause.check(session))
-        except ConverterFailure as failure:
-            verdicts.append(Verdict(clause.id, "fail", str(failure)))
+    verdicts = [certify_clause(session, clause) for clause in
+                progress(clauses or list(CLAUSES), desc=f"certify {adapter.name}")]
     if callable(getattr(adapter, "close", None)):
         adapter.close()
     return verdicts
+
+
+def certify_clause(session: Session, clause_id: str) -> Verdict:
+    """One clause: skip without the capability (or, for accuracy, without data); a converter
+    failure is a FAIL with its reason."""
+    clause = CLAUSES[clause_id]
+    if missing := sorted(clause.needs - set(session.adapter.capabilities)):
+        return Verdict(clause.id, "skip", f"{session.adapter.name} does not declare {', '.join(missing)}")
+    if clause.id.startswith("accuracy.") and session.data is None:
+        return Verdict(clause.id, "skip", "no dataset given")
+    try:
+        return clause.check(session)
+    except ConverterFailure as failure:
+        return Verdict(clause.id, "fail", str(failure))
 
 
 def environment() -> dict:
