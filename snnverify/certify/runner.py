@@ -7,6 +7,7 @@ import os
 import platform
 import threading
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,12 @@ from snnverify.models import load_checkpoint, small_resnet
 from snnverify.util import progress
 
 TIME_LIMIT_S = 900.0  # default limit of one convert or run call
+ROOT = Path(__file__).resolve().parents[2]
+#: The trained small ResNets the accuracy clauses use (tools/train-digits-ann; reports/runs/.../README.md).
+CHECKPOINTS = {
+    "digits": ROOT / "references" / "checkpoints" / "digits-small_resnet.pt",
+    "fashion-mnist": ROOT / "reports" / "runs" / "fashion-mnist-small_resnet" / "ann.pt",
+}
 
 
 @dataclass

@@ -16,11 +16,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from snnverify.certify.runner import CHECKPOINTS
+
 ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINTS = {
-    "digits": ROOT / "references" / "checkpoints" / "digits-small_resnet.pt",
-    "fashion-mnist": ROOT / "reports" / "runs" / "fashion-mnist-small_resnet" / "ann.pt",
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """The project checks itself: README commands, CI, and the layering rules of DESIGN.md."""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ RULES = [
     ("runtime", ["convert", "nir_io", "certify", "report", "api"], []),
     ("nir_io", ["convert", "runtime", "certify", "report", "api", "util"], []),
     ("report", ["convert", "runtime", "api", "graph"], []),
+    ("certify", ["convert", "runtime", "nir_io", "api", "jobs"], []),
 ]
 
 
@@ -70,3 +72,16 @@ def test_finetune_reaches_runtime_only_through_the_reference_executor():
     """The one documented exception: BPTT trains the torch reference executor itself."""
     runtime_imports = {m for m in imports_of(PACKAGE / "convert" / "finetune.py") if m.startswith("snnverify.runtime")}
     assert runtime_imports <= {"snnverify.runtime.torch_ref", "snnverify.runtime.torch_ref.TorchExecutor"}
+
+
+def test_certify_worker_imports_only_torch_numpy_and_the_converters():
+    """The worker runs on the peers' interpreter: no snnverify, nothing outside the standard library,
+    torch, numpy and the converters' own packages."""
+    worker = PACKAGE / "certify" / "worker.py"
+    top = set()
+    for node in ast.walk(ast.parse(worker.read_text())):
+        if isinstance(node, ast.Import):
+            top |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module.split(".")[0])
+    assert top - set(sys.stdlib_module_names) <= {"torch", "numpy", "spikingjelly", "sinabs", "neurocuda"}
