@@ -3,6 +3,7 @@ a hang, an exception or NaN outputs become a FAIL with its reason, and the other
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import threading
@@ -104,7 +105,7 @@ class Session:
     def convert(self, key: str, model, cal_loader, timesteps: int, train_loader=None):
         if key not in self.conversions:
             try:
-                converted = self.call(f"{self.adapter.name}.convert", self.adapter.convert, model, cal_loader,
+                converted = self.call(f"{self.adapter.name}.convert", self.adapter.convert, copy.deepcopy(model), cal_loader,
                                       timesteps, train_loader=train_loader)
                 self.conversions[key] = check_converted(converted, self.adapter)
             except (ConverterFailure, TypeError) as failure:
