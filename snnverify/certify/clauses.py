@@ -445,19 +445,33 @@ def check_gpu(session) -> Verdict:
 # ---------------------------------------------------------------- accuracy
 
 
+def _feeding_module(node: fx.Node) -> str | None:
+    """The module whose output reaches ``node`` (through adds, along their first operand)."""
+    while node.op != "call_module":
+        if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        node = node.args[0]
+    return node.target
+
+
 def modular_relus(model: nn.Module) -> fx.GraphModule:
-    """The same ANN with every functional ReLU call made a call of its own ``nn.ReLU`` module."""
+    """The same ANN with every functional ReLU call made a call of its own ``nn.ReLU`` module,
+    placed right after the module that feeds it (as a hand-written network would hold it)."""
     traced = fx.symbolic_trace(model)
-    count = 0
-    for node in list(traced.graph.nodes):
-        if node.op == "call_function" and node.target in (F.relu, torch.relu):
-            name = f"relu_site{count}"
-            count += 1
-            traced.add_submodule(name, nn.ReLU())
-            with traced.graph.inserting_after(node):
-                module_call = traced.graph.call_module(name, (node.args[0],))
-            node.replace_all_uses_with(module_call)
-            traced.graph.erase_node(node)
+    for count, node in enumerate([n for n in traced.graph.nodes
+                                  if n.op == "call_function" and n.target in (F.relu, torch.relu)]):
+        source = _feeding_module(node.args[0])
+        parent_name, _, leaf = (source or "").rpartition(".")
+        parent = traced.get_submodule(parent_name) if source else traced
+        name = f"{leaf}_relu" if source else f"relu{count}"
+        modules = list(parent._modules.items())
+        position = [k for k, _ in modules].index(leaf) + 1 if source else len(modules)
+        parent._modules.clear()
+        parent._modules.update(modules[:position] + [(name, nn.ReLU())] + modules[position:])
+        with traced.graph.inserting_after(node):
+            module_call = traced.graph.call_module(f"{parent_name}.{name}".lstrip("."), (node.args[0],))
+        node.replace_all_uses_with(module_call)
+        traced.graph.erase_node(node)
     traced.recompile()
     return traced
 
