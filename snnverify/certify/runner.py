@@ -46,7 +46,7 @@ class CertificationData:
 
 
 def certification_data(dataset: str, checkpoint, test_images: int, cal_images: int, train_images: int,
-                       seed: int = 0, batch_size: int = 250) -> CertificationData:
+                       seed: int = 0, batch_size: int = 100) -> CertificationData:
     """The small ResNet of ``checkpoint`` on the first ``test_images`` test images; calibration
     on ``cal_images`` of the calibration split, labelled training on ``train_images`` training images."""
     for label, value in (("test_images", test_images), ("cal_images", cal_images), ("train_images", train_images)):
