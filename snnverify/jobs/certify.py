@@ -50,7 +50,8 @@ def _validated(args: argparse.Namespace) -> argparse.Namespace:
     from snnverify.certify.protocol import load_adapter, resolve_spec
 
     args.dataset = args.dataset or ("digits" if args.quick else "fashion-mnist")
-    args.test_images = args.test_images or (360 if args.quick else 1000)
+    if args.test_images is None:
+        args.test_images = 360 if args.quick else 1000
     args.checkpoint = Path(args.checkpoint) if args.checkpoint else CHECKPOINTS[args.dataset]
     args.out_dir = Path(args.out_dir or ROOT / "reports" / "certification" / ("quick" if args.quick else ""))
     for name in ("test_images", "cal_images", "train_images"):
