@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import snnverify
+from snnverify.util import progress
 
 REFERENCES_DIR = Path(__file__).resolve().parents[2] / "references"
 POLICY = json.loads((REFERENCES_DIR / "certification.json").read_text())
@@ -497,7 +498,7 @@ def check_accuracy(session, timesteps: int) -> Verdict:
     converted = session.convert("accuracy", model, data.cal_loader, max(data.timesteps), data.train_loader)
     correct, total, spikes, neuron_steps, elapsed = 0, 0, 0.0, 0, 0.0
     layers = 0
-    for x, y in data.test_batches:
+    for x, y in progress(data.test_batches, desc=f"{clause} ({session.adapter.name})"):
         start = time.perf_counter()
         output, recorded = session.run(converted, x, timesteps)
         elapsed += time.perf_counter() - start
