@@ -1,7 +1,7 @@
 """The certification checks: one function per clause id, each returning a :class:`Verdict`.
 
-A check reaches the converter only through a session (:class:`snnverify.certify.runner.Session`):
-``session.convert(key, model, cal_loader, T, train_loader)`` and ``session.run(converted, x, T)``,
+A check reaches the converter only through a harness (:class:`snnverify.certify.runner.Harness`):
+``harness.convert(key, model, cal_loader, T, train_loader)`` and ``harness.run(converted, x, T)``,
 which time-limit every call and turn a crash, a hang or NaN outputs into :class:`ConverterFailure`.
 Probe networks have fixed weights, so their outputs are known in closed form.
 """
@@ -220,17 +220,17 @@ SEMANTICS_AMPLITUDES = sorted({Fraction(k, 16) for k in range(17)} | {Fraction(2
 SEMANTICS_T = 16
 
 
-def check_semantics(session) -> Verdict:
+def check_semantics(harness) -> Verdict:
     """Constant currents z = a (a multiple of 1/32 in [0, 1]) into one IF neuron calibrated on
     x = 1, so that θ maps to z = 1 for a data-normalising converter (scale s = 1). For each of
     the 8 rules the scales s with r = s·a consistent with every observed train are intersected.
     Pass: the declared rule holds at s = 1, or (a threshold not set by calibration) at some s
     while no other rule holds at s = 1. Leak or drift match no rule."""
     clause = "semantics.declared"
-    declared = tuple(session.adapter.semantics[k] for k in ("reset", "v_init", "fire"))
+    declared = tuple(harness.adapter.semantics[k] for k in ("reset", "v_init", "fire"))
     x = torch.tensor([[float(a)] for a in SEMANTICS_AMPLITUDES])
-    converted = session.convert("semantics", semantics_probe(), loader_of(torch.ones(8, 1)), SEMANTICS_T)
-    _, spikes = session.run(converted, x, SEMANTICS_T)
+    converted = harness.convert("semantics", semantics_probe(), loader_of(torch.ones(8, 1)), SEMANTICS_T)
+    _, spikes = harness.run(converted, x, SEMANTICS_T)
     if not spikes:
         return passed(clause, False, "no spiking layer recorded")
     layer, hidden = next(iter(spikes.items()))
@@ -271,9 +271,9 @@ def check_semantics(session) -> Verdict:
 # ---------------------------------------------------------------- structural probes
 
 
-def _probe_error(session, name: str, model: nn.Module, x: torch.Tensor, expected: torch.Tensor) -> dict:
-    converted = session.convert(name, model, loader_of(x), PROBE_T)
-    output, spikes = session.run(converted, x, PROBE_T)
+def _probe_error(harness, name: str, model: nn.Module, x: torch.Tensor, expected: torch.Tensor) -> dict:
+    converted = harness.convert(name, model, loader_of(x), PROBE_T)
+    output, spikes = harness.run(converted, x, PROBE_T)
     expected = expected.double().numpy()
     error = float(np.abs(output - expected).max())
     scale = float(np.abs(expected).max())
@@ -281,58 +281,58 @@ def _probe_error(session, name: str, model: nn.Module, x: torch.Tensor, expected
             "spiking_layers": len(spikes), "ok": error <= PROBE_TOLERANCE * scale}
 
 
-def _structural(clause: str, what: str, session, name, model, x, expected) -> Verdict:
-    measured = _probe_error(session, name, model, x, expected)
+def _structural(clause: str, what: str, harness, name, model, x, expected) -> Verdict:
+    measured = _probe_error(harness, name, model, x, expected)
     ok = measured.pop("ok")
     return passed(clause, ok, f"{what}: max |SNN − closed form| = {measured['max_abs_error']:.4g} "
                   f"{'≤' if ok else '>'} {PROBE_TOLERANCE}·{measured['max_abs_expected']:.3g} at T = {PROBE_T}",
                   **measured)
 
 
-def check_residual(session) -> Verdict:
+def check_residual(harness) -> Verdict:
     x = probe_grid((2,))
-    return _structural("residual.merge", "out = relu(relu(W·relu(x)) + relu(x))", session, "residual",
+    return _structural("residual.merge", "out = relu(relu(W·relu(x)) + relu(x))", harness, "residual",
                        ResidualProbe("modules"), x, closed_form_residual(x))
 
 
-def check_shared_relu(session) -> Verdict:
+def check_shared_relu(harness) -> Verdict:
     x = probe_grid((2,))
-    return _structural("relu.shared_module", "one ReLU module at three call sites", session, "shared",
+    return _structural("relu.shared_module", "one ReLU module at three call sites", harness, "shared",
                        ResidualProbe("shared"), x, closed_form_residual(x))
 
 
-def check_functional_relu(session) -> Verdict:
+def check_functional_relu(harness) -> Verdict:
     x = probe_grid((2,))
-    return _structural("relu.functional", "F.relu at three call sites", session, "functional",
+    return _structural("relu.functional", "F.relu at three call sites", harness, "functional",
                        ResidualProbe("functional"), x, closed_form_residual(x))
 
 
-def check_maxpool(session) -> Verdict:
+def check_maxpool(harness) -> Verdict:
     x = probe_grid((1, 2, 2))
     m = x.clamp(min=0).flatten(1).max(1).values
-    return _structural("pool.max", "out = max(relu(x))·(1, −1)", session, "maxpool", maxpool_probe(), x,
+    return _structural("pool.max", "out = max(relu(x))·(1, −1)", harness, "maxpool", maxpool_probe(), x,
                        torch.stack([m, -m], 1))
 
 
-def check_batchnorm(session) -> Verdict:
+def check_batchnorm(harness) -> Verdict:
     x = probe_grid((1, 1, 1), low=0.0)
     y = (4 * (x.flatten(1) - 0.5) + 0.25).clamp(min=0)
-    return _structural("batchnorm", "out = relu(4·(x − 0.5) + 0.25)·(1, −1)", session, "batchnorm",
+    return _structural("batchnorm", "out = relu(4·(x − 0.5) + 0.25)·(1, −1)", harness, "batchnorm",
                        batchnorm_probe(), x, torch.cat([y, -y], 1))
 
 
 # ---------------------------------------------------------------- spikes and runs
 
 
-def _mlp(session):
+def _mlp(harness):
     x = probe_grid((2,))
-    return session.convert("mlp", mlp_probe(), loader_of(x), PROBE_T), x
+    return harness.convert("mlp", mlp_probe(), loader_of(x), PROBE_T), x
 
 
-def check_binary(session) -> Verdict:
+def check_binary(harness) -> Verdict:
     """Every recorded spike is 0 or 1; multi-spike or graded outputs are reported as such."""
-    converted, x = _mlp(session)
-    _, spikes = session.run(converted, x, PROBE_T)
+    converted, x = _mlp(harness)
+    _, spikes = harness.run(converted, x, PROBE_T)
     if not spikes:
         return passed("spikes.binary", False, "no spiking layer recorded: the network ran without spiking neurons")
     values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in spikes.values()])
@@ -352,27 +352,27 @@ def _same(a, b) -> bool:
             and all(np.array_equal(spikes_a[k], spikes_b[k]) for k in spikes_a))
 
 
-def check_fresh_state(session) -> Verdict:
+def check_fresh_state(harness) -> Verdict:
     """run(A), run(A), run(B), run(A) — and B first in a fresh order — give identical results for A."""
-    converted, x = _mlp(session)
+    converted, x = _mlp(harness)
     a, b = x[:16], x[16:32]
-    first = session.run(converted, a, PROBE_T)
-    again = session.run(converted, a, PROBE_T)
-    session.run(converted, b, PROBE_T)
-    after_b = session.run(converted, a, PROBE_T)
+    first = harness.run(converted, a, PROBE_T)
+    again = harness.run(converted, a, PROBE_T)
+    harness.run(converted, b, PROBE_T)
+    after_b = harness.run(converted, a, PROBE_T)
     ok = _same(first, again) and _same(first, after_b)
     return passed("run.fresh_state", ok, "identical results for identical runs, in any order" if ok else
                   "a run's result depends on the runs before it (state carried over)",
                   repeated_equal=_same(first, again), after_other_input_equal=_same(first, after_b))
 
 
-def check_timesteps(session) -> Verdict:
+def check_timesteps(harness) -> Verdict:
     """Spike arrays have exactly T steps; spikes grow with T and the output error does not grow."""
-    converted, x = _mlp(session)
+    converted, x = _mlp(harness)
     expected = mlp_probe()(x).detach().double().numpy()
     steps, errors, counts, problems = {}, {}, {}, []
     for t in (4, 16, 64):
-        output, spikes = session.run(converted, x, t)
+        output, spikes = harness.run(converted, x, t)
         steps[t] = sorted({int(np.asarray(s).shape[0]) for s in spikes.values()})
         if steps[t] != [t]:
             problems.append(f"T = {t}: spike arrays have {steps[t]} steps")
@@ -390,18 +390,18 @@ def check_timesteps(session) -> Verdict:
 # ---------------------------------------------------------------- NIR and GPU
 
 
-def _nir_file(session):
-    converted, x = _mlp(session)
-    if "nir" not in session.cache:
+def _nir_file(harness):
+    converted, x = _mlp(harness)
+    if "nir" not in harness.cache:
         path = Path(tempfile.mkdtemp(prefix="snnverify-certify-")) / "mlp.nir"
-        session.cache["nir"] = session.call(f"{session.adapter.name}.to_nir", converted.to_nir, path) or path
-    return converted, x, Path(session.cache["nir"])
+        harness.cache["nir"] = harness.call(f"{harness.adapter.name}.to_nir", converted.to_nir, path) or path
+    return converted, x, Path(harness.cache["nir"])
 
 
-def check_nir_valid(session) -> Verdict:
+def check_nir_valid(harness) -> Verdict:
     import nir
 
-    _, _, path = _nir_file(session)
+    _, _, path = _nir_file(harness)
     try:
         graph = nir.read(path)
     except Exception as error:  # noqa: BLE001 — any failure to read is the verdict
@@ -410,10 +410,10 @@ def check_nir_valid(session) -> Verdict:
                   nodes=len(graph.nodes), edges=len(graph.edges))
 
 
-def check_nir_faithful(session) -> Verdict:
+def check_nir_faithful(harness) -> Verdict:
     """snnverify.from_nir simulates the file to the converter's own spikes, layer by layer in forward order."""
-    converted, x, path = _nir_file(session)
-    _, own = session.run(converted, x, PROBE_T)
+    converted, x, path = _nir_file(harness)
+    _, own = harness.run(converted, x, PROBE_T)
     try:
         imported = snnverify.from_nir(path, dt=1.0)
         _, replayed = snnverify.simulate(imported, x, timesteps=PROBE_T, record=True)
@@ -431,12 +431,12 @@ def check_nir_faithful(session) -> Verdict:
                   f"({'≤' if worst <= MISMATCH_LIMIT else '>'} {MISMATCH_LIMIT})", mismatch_rate=rates)
 
 
-def check_gpu(session) -> Verdict:
+def check_gpu(harness) -> Verdict:
     if not torch.cuda.is_available():
         return Verdict("gpu.cpu_equal", "skip", "no CUDA device on this machine")
-    converted, x = _mlp(session)
-    cpu = session.run(converted, x, PROBE_T)
-    gpu = session.run(converted, x, PROBE_T, device="cuda")
+    converted, x = _mlp(harness)
+    cpu = harness.run(converted, x, PROBE_T)
+    gpu = harness.run(converted, x, PROBE_T, device="cuda")
     rates = {k: float(np.mean(np.asarray(cpu[1][k]) != np.asarray(gpu[1][k]))) for k in cpu[1]}
     worst = max(rates.values(), default=0.0)
     return passed("gpu.cpu_equal", worst <= MISMATCH_LIMIT, f"largest per-layer CPU/GPU spike mismatch rate {worst:.3g}",
@@ -485,22 +485,22 @@ def relu_sites(model: nn.Module) -> int:
                or (n.op == "call_module" and isinstance(modules[n.target], nn.ReLU)))
 
 
-def check_accuracy(session, timesteps: int) -> Verdict:
+def check_accuracy(harness, timesteps: int) -> Verdict:
     """Gap = ANN accuracy − SNN accuracy (pp) on the same test images, ≤ the policy's limit.
     One conversion (at the largest T) serves every T. Sparsity and time per image reported."""
     clause = f"accuracy.gap.T{timesteps}"
-    data = session.data
+    data = harness.data
     limit = float(POLICY["max_gap_pp"][str(timesteps)])
     model, rewritten = data.model, False
-    if "functional_relu" not in session.adapter.capabilities and relu_sites(model) and any(
+    if "functional_relu" not in harness.adapter.capabilities and relu_sites(model) and any(
             n.op == "call_function" and n.target in (F.relu, torch.relu) for n in fx.symbolic_trace(model).graph.nodes):
         model, rewritten = modular_relus(model), True
-    converted = session.convert("accuracy", model, data.cal_loader, max(data.timesteps), data.train_loader)
+    converted = harness.convert("accuracy", model, data.cal_loader, max(data.timesteps), data.train_loader)
     correct, total, spikes, neuron_steps, elapsed = 0, 0, 0.0, 0, 0.0
     layers = 0
-    for x, y in progress(data.test_batches, desc=f"{clause} ({session.adapter.name})"):
+    for x, y in progress(data.test_batches, desc=f"{clause} ({harness.adapter.name})"):
         start = time.perf_counter()
-        output, recorded = session.run(converted, x, timesteps)
+        output, recorded = harness.run(converted, x, timesteps)
         elapsed += time.perf_counter() - start
         correct += int((np.asarray(output).argmax(1) == y.numpy()).sum())
         total += len(y)

@@ -67,7 +67,7 @@ def certification_data(dataset: str, checkpoint, test_images: int, cal_images: i
         "train_images": len(train.dataset), "ann_accuracy": ann})
 
 
-class Session:
+class Harness:
     """One converter under certification: guarded calls, conversions cached by probe name."""
 
     def __init__(self, adapter, data: CertificationData | None, time_limit_s: float = TIME_LIMIT_S):
@@ -141,24 +141,24 @@ def certify(adapter, data: CertificationData | None, clauses: list[str] | None =
             time_limit_s: float = TIME_LIMIT_S) -> list[Verdict]:
     """Every clause (or those named) against ``adapter``: skip without the capability or data, fail with the
     converter's failure as reason, else the clause's verdict."""
-    session = Session(adapter, data, time_limit_s)
-    verdicts = [certify_clause(session, clause) for clause in
+    harness = Harness(adapter, data, time_limit_s)
+    verdicts = [certify_clause(harness, clause) for clause in
                 progress(clauses or list(CLAUSES), desc=f"certify {adapter.name}")]
     if callable(getattr(adapter, "close", None)):
         adapter.close()
     return verdicts
 
 
-def certify_clause(session: Session, clause_id: str) -> Verdict:
+def certify_clause(harness: Harness, clause_id: str) -> Verdict:
     """One clause: skip without the capability (or, for accuracy, without data); a converter
     failure is a FAIL with its reason."""
     clause = CLAUSES[clause_id]
-    if missing := sorted(clause.needs - set(session.adapter.capabilities)):
-        return Verdict(clause.id, "skip", f"{session.adapter.name} does not declare {', '.join(missing)}")
-    if clause.id.startswith("accuracy.") and session.data is None:
+    if missing := sorted(clause.needs - set(harness.adapter.capabilities)):
+        return Verdict(clause.id, "skip", f"{harness.adapter.name} does not declare {', '.join(missing)}")
+    if clause.id.startswith("accuracy.") and harness.data is None:
         return Verdict(clause.id, "skip", "no dataset given")
     try:
-        return clause.check(session)
+        return clause.check(harness)
     except ConverterFailure as failure:
         return Verdict(clause.id, "fail", str(failure))
 
