@@ -37,8 +37,10 @@ def pytest_addoption(parser):
     group = parser.getgroup("snnverify")
     group.addoption(
         "--converter",
-        default=os.environ.get("SNNVERIFY_CONVERTER", "snnverify"),
-        help="converter under certification (default: $SNNVERIFY_CONVERTER or the snnverify reference)",
+        default=None,
+        help="converter under certification by suites/certification: NAME, package.module:object or "
+             "path/file.py:object (default: $SNNVERIFY_CONVERTER, the one installed snnverify.converters "
+             "entry point, else the reference)",
     )
     group.addoption(
         "--comparison-report",
@@ -137,8 +139,9 @@ def pytest_report_header(config):
     import torch
 
     import snnverify
+    from snnverify.certify.protocol import resolve_spec
 
     return [
         f"snnverify {snnverify.__version__}, torch {torch.__version__}, "
-        f"converter under test: {config.getoption('--converter')}, hypothesis profile: {settings._current_profile}"
+        f"converter under test: {resolve_spec(config.getoption('--converter'))}, hypothesis profile: {settings._current_profile}"
     ]

@@ -12,4 +12,5 @@ JOBS = {
     "speed": ("snnverify.jobs.speed", "time the backends side by side on converted networks"),
     "loihi2": ("snnverify.jobs.loihi2", "measure a converted network on the Loihi 2 simulator"),
     "budget": ("snnverify.jobs.budget", "sweep conversion recipes at equal training budget"),
+    "certify": ("snnverify.jobs.certify", "certify converters clause by clause, side by side"),
 }

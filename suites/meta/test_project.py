@@ -2,6 +2,7 @@
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,11 @@ def test_readme_starts_with_the_main_job_and_the_test_command():
     run, test = readme_commands()
     assert run.endswith("snnverify run") and "tools/ensure-venv" in run
     assert "pytest -n auto suites/" in test and "tools/ensure-venv" in test  # in parallel (pytest-xdist)
+
+
+def test_readme_is_a_short_entry_point():
+    """Each fact written once, where it lives: the README links to module docs and reports."""
+    assert len((ROOT / "README.md").read_text()) <= 5000
 
 
 def test_ci_runs_the_readme_test_command_after_installing_fashion_mnist():
@@ -57,6 +63,7 @@ RULES = [
     ("train", ["graph", "convert", "runtime", "nir_io", "certify", "report", "api"], []),
     # report reads result files and references/ only, never live objects
     ("report", ["convert", "runtime", "api", "graph", "nir_io", "models", "data", "train"], []),
+    ("certify", ["convert", "runtime", "nir_io", "api", "jobs"], []),
 ]
 
 
@@ -107,3 +114,16 @@ def test_nothing_narrates_development_history():
     found = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in files
              for m in [HISTORY.search(p.read_text(errors="replace"))] if m]
     assert not found, found
+
+
+def test_certify_worker_imports_only_torch_numpy_and_the_converters():
+    """The worker runs on the peers' interpreter: no snnverify, nothing outside the standard library,
+    torch, numpy and the converters' own packages."""
+    worker = PACKAGE / "certify" / "worker.py"
+    top = set()
+    for node in ast.walk(ast.parse(worker.read_text())):
+        if isinstance(node, ast.Import):
+            top |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module.split(".")[0])
+    assert top - set(sys.stdlib_module_names) <= {"torch", "numpy", "spikingjelly", "sinabs", "neurocuda"}

@@ -1,0 +1,1 @@
+"""Adapters for the converters certified by snnverify: the reference one and the peers."""
