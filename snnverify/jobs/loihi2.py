@@ -114,10 +114,10 @@ def measure(graph, loader, timesteps: int, limit: int | None) -> dict:
             "spike_mismatch_rate": mismatched / compared,
             "spike_mismatch_rate_per_layer": {k: r["mismatched"][k] / r["compared"][k] for k in r["compared"]},
         }
-    return {"samples": samples, "runs": summary, "quantisation": quantisation_summary(runs["loihi2_subtract"])}
+    return {"samples": samples, "runs": summary, "quantisation": mapping_summary(runs["loihi2_subtract"])}
 
 
-def quantisation_summary(snn) -> dict:
+def mapping_summary(snn) -> dict:
     """Per neuron group: vth, latency, and per synapse group the Dense registers and the largest
     weight rounding error (in thresholds)."""
     backend = snn.backend

@@ -25,7 +25,7 @@ excitatory, [−255, 0] inhibitory), then truncated to ``num_weight_bits`` (w �
 t = 8 − num_weight_bits + mixed); a = Σ w·s, then a << weight_exp (arithmetic right shift,
 i.e. floor, when weight_exp < 0). a is delivered one step later: each Dense adds a step.
 
-Network (:func:`quantize_for_loihi2`, :class:`Loihi2Backend`): every IF layer becomes one
+Network (:func:`map_to_loihi2`, :class:`Loihi2Backend`): every IF layer becomes one
 neuron group with one threshold ``vth`` for all its neurons; its per-channel thresholds θ are
 folded into the weights (each synapse into neuron o is divided by θ_o), so in the layer's
 integer units a_in = vth means "one threshold". Each chain of synaptic nodes from an IF layer
@@ -497,7 +497,7 @@ def encode_bias(bias: np.ndarray, saturate: bool = False, layer: str = "") -> tu
     return mant, exp, np.abs((mant << exp) - target) / 2.0**ACT_SHIFT
 
 
-def quantize_for_loihi2(graph: g.SpikingGraph, vth: int = 2**10) -> Loihi2Network:
+def map_to_loihi2(graph: g.SpikingGraph, vth: int = 2**10) -> Loihi2Network:
     """Quantise a converted spiking graph to Loihi 2 fixed point (see the module docstring).
 
     ``vth``: every neuron group's threshold mantissa, i.e. how many a_in units make one
@@ -621,7 +621,7 @@ class Loihi2Backend:
         self.subtract = _check_reset(reset)
         self.reset = reset
         self.graph = graph
-        self.network = quantize_for_loihi2(graph, vth)
+        self.network = map_to_loihi2(graph, vth)
         #: batches are split so that the largest layer's int64 input (T·B·N) stays below this
         self.max_elements = 2**25
 

@@ -564,15 +564,15 @@ def small_graph(weight=0.5, bias=0.0, theta=1.0, pool=None):
 
 def test_unrepresentable_parameters_name_the_layer_and_value():
     with pytest.raises(ValueError, match=r"layer 'if1'.*weight exponent -\d+"):
-        loihi2.quantize_for_loihi2(small_graph(weight=1e-9))
+        loihi2.map_to_loihi2(small_graph(weight=1e-9))
     with pytest.raises(ValueError, match=r"layer 'if1'.*weight exponent \d+"):
-        loihi2.quantize_for_loihi2(small_graph(weight=1e5))
+        loihi2.map_to_loihi2(small_graph(weight=1e5))
     with pytest.raises(ValueError, match=r"layer 'if1': bias 1\.024e\+07"):
-        loihi2.quantize_for_loihi2(small_graph(bias=1e4))
+        loihi2.map_to_loihi2(small_graph(bias=1e4))
     with pytest.raises(ValueError, match=r"vth must be an integer in \[1, 8189\].*got 131072"):
-        loihi2.quantize_for_loihi2(small_graph(), vth=2**17)
+        loihi2.map_to_loihi2(small_graph(), vth=2**17)
     with pytest.raises(ValueError, match=r"pooling 'pool'.*overlapping"):
-        loihi2.quantize_for_loihi2(small_graph(pool=(3, 1, 1)))
+        loihi2.map_to_loihi2(small_graph(pool=(3, 1, 1)))
 
 
 def driven_graph(theta: float) -> g.SpikingGraph:
@@ -590,7 +590,7 @@ def test_vth_refused_where_a_saturated_bias_stops_exceeding_it(vth):
     equals the saturated bias 4095 << 7, and the reset-to-zero neuron (v > vth_eff) fires on
     every other step only (shown with lif_run: v = 524160, then 1048320 > 524160)."""
     with pytest.raises(ValueError, match=rf"vth must be an integer in \[1, 8189\].*got {vth}$"):
-        loihi2.quantize_for_loihi2(driven_graph(1.0), vth=vth)
+        loihi2.map_to_loihi2(driven_graph(1.0), vth=vth)
     if vth == 8190:
         _, _, s = loihi2.lif_run(np.zeros((8, 1), np.int64), 4095, 0, 4095, 7, vth)
         assert s[:, 0].tolist() == [False, True] * 4
