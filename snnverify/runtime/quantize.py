@@ -4,7 +4,8 @@ Every signal gets a scale σ (integer value = real value · σ). Per layer:
 
 * Input: σ = ``input_scale`` (a power of two); the image is rounded once, to x·σ.
 * Conv2d / Linear: weights W·2^k with the largest k that keeps |W·2^k| ≤ 2^(bits−1) − 1
-  (a per-layer power of two), rounded; σ_out = σ_in·2^k; bias rounded at σ_out.
+  and σ_out (times the largest bias, when above 1) ≤ 2^40 (a per-layer power of two),
+  rounded; σ_out = σ_in·2^k; bias rounded at σ_out.
 * AvgPool2d becomes SumPool2d: σ_out = σ_in·kH·kW (the divisor moves into the scale).
 * IF: θ becomes an even integer round(θ·σ_in/2)·2 (so v[0] = θ/2 stays exact); the graded
   output θ·s is re-expressed at its own power-of-two scale 2^a with amplitudes
@@ -60,7 +61,10 @@ def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplit
         if isinstance(node, g.Input):
             scale[name] = input_scale
         elif isinstance(node, (g.Conv2d, g.Linear)):
-            weight_scale[name] = _power_of_two_scale(float(np.abs(node.weight).max()), weight_limit)
+            # the finest scale the weights allow, but no finer than SCALE_LIMIT (nor the bias beyond it)
+            bias = 1.0 if node.bias is None else max(1.0, float(np.abs(node.bias.astype(np.float64)).max()))
+            weight_scale[name] = min(_power_of_two_scale(float(np.abs(node.weight).max()), weight_limit),
+                                     _power_of_two_scale(scale[sources[0]] * bias, SCALE_LIMIT))
             scale[name] = scale[sources[0]] * weight_scale[name]
         elif isinstance(node, g.AvgPool2d):
             area = 1 if isinstance(node, g.SumPool2d) else node.kernel_size[0] * node.kernel_size[1]
@@ -94,6 +98,11 @@ def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplit
 
 #: bound on any integer parameter: sums of a few of them must still fit the int64 arithmetic
 INT_LIMIT = 2.0**62
+#: the finest scale of a conv or linear layer's output (and of its bias): a layer of
+#: negligible weights (10^-30) takes this scale, its weights rounding to 0, rather than one
+#: near 2^106 that no threshold or bias after it could be held at; and currents stay far
+#: below 2^53 over many steps
+SCALE_LIMIT = 2**40
 
 
 def _rounded(values: np.ndarray, what: str, node: str, scale: float) -> np.ndarray:

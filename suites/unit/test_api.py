@@ -160,13 +160,25 @@ def test_quantize_refuses_a_threshold_range_beyond_the_bit_budget():
 
 
 def test_quantize_refuses_thresholds_beyond_the_integer_range():
-    """fc1's weights of 10^-30 get a weight scale near 2^106, so if2's threshold of 1 would be
-    about 2^112 in integers: refused by name, never cast (a float beyond int64 wraps silently)."""
+    """fc1 (weight 1, weight scale 2^6) takes the input at scale 2^6 to 2^12, so half of if2's
+    threshold of 10^25 (v[0] = θ/2 is kept exact) would be 2.048·10^28 in integers, beyond
+    2^62: refused by name, never cast (a float beyond int64 wraps silently)."""
+    nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.ones((1, 1), np.float32)),
+             "if2": g.IF("if2", threshold=[1e25]), "out": g.Output("out")}
+    graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "out": ["if2"]})
+    with pytest.raises(ValueError, match=r"cannot quantise 'if2': its thresholds at scale 4096 reach 2.048e\+28"):
+        snnverify.quantize(snnverify.SNN(graph, 4))
+
+
+def test_negligible_weights_take_the_finest_scale_not_one_beyond_the_integer_range():
+    """fc1's weights of 10^-30 would allow a weight scale near 2^106; the layer's output scale
+    stops at 2^40 instead (its weights round to 0, as they are next to 2^-40), so if2's
+    threshold of 1 is 2^40, not 2^112, and the graph quantises."""
     nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.full((1, 1), 1e-30, np.float32)),
              "if2": g.IF("if2", threshold=[1.0]), "out": g.Output("out")}
     graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "out": ["if2"]})
-    with pytest.raises(ValueError, match=r"cannot quantise 'if2': its thresholds at scale .* beyond the integer range"):
-        snnverify.quantize(snnverify.SNN(graph, 4))
+    integer = snnverify.quantize(snnverify.SNN(graph, 4)).graph
+    assert integer.nodes["fc1"].weight.tolist() == [[0]] and integer.nodes["if2"].threshold.tolist() == [2**40]
 
 
 def test_gpu_target_without_a_gpu_is_an_error_not_a_cpu_run():
@@ -209,13 +221,13 @@ def test_one_device_rule_for_every_target(digits_case, target, runs_on, other):
 
 
 def _merge_with_tiny_weights():
-    """if2's spikes merge with fc3, whose weights of 10^-30 get a weight scale near 2^106: the
-    merge's scale, at which if2's amplitudes must be re-expressed (about 2^122)."""
+    """if2's spikes, of amplitude 10^25, merge with fc3, whose scale (input 2^6 times weight
+    scale 2^6) is where they must be re-expressed: about 4·10^28, beyond 2^62."""
     nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.ones((1, 1), np.float32)),
-             "if2": g.IF("if2", threshold=[1.0]),
-             "fc3": g.Linear("fc3", weight=np.full((1, 1), 1e-30, np.float32)), "add": g.Add("add"),
+             "if2": g.IF("if2", threshold=[1.0], amplitude=[1e25]),
+             "fc3": g.Linear("fc3", weight=np.full((1, 1), 1.5, np.float32)), "add": g.Add("add"),
              "out": g.Output("out")}
-    return g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "fc3": ["if2"], "add": ["fc3", "if2"],
+    return g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "fc3": ["in"], "add": ["fc3", "if2"],
                                   "out": ["add"]})
 
 
