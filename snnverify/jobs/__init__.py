@@ -11,4 +11,6 @@ JOBS = {
     "report": ("snnverify.jobs.report", "re-render report.md and the plot from a run's report.json"),
     "speed": ("snnverify.jobs.speed", "time the backends side by side on converted networks"),
     "loihi2": ("snnverify.jobs.loihi2", "measure a converted network on the Loihi 2 simulator"),
+    "bench": ("snnverify.jobs.bench", "run a published protocol (train, convert, T sweep) over several seeds"),
+    "nightly": ("snnverify.jobs.nightly", "asv on this commit, the dashboard published, regressions over 10 % fail"),
 }
