@@ -125,8 +125,8 @@ def run_seed(protocol: Protocol, seed: int, device: torch.device, target: str) -
     }
 
 
-def summarise(name: str, protocol: Protocol, seeds: list[dict], target: str, world_size: int) -> dict:
-    """Every finished seed, and mean ± (sample) std across them per T."""
+def summarise(name: str, protocol: Protocol, seeds: list[dict], target: str, world_size: int, origin: dict) -> dict:
+    """Every finished seed, and mean ± (sample) std across them per T; ``origin``: :func:`provenance`."""
 
     def spread(values: list[float]) -> dict[str, float]:
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
@@ -135,7 +135,7 @@ def summarise(name: str, protocol: Protocol, seeds: list[dict], target: str, wor
         "protocol": name,
         "config": asdict(protocol),
         "command": " ".join(["snnverify", *sys.argv[1:]]),
-        **provenance(),
+        **origin,
         "target": target,
         "processes": world_size,
         "versions": {"snnverify": snnverify.__version__, "python": platform.python_version(),
@@ -184,6 +184,7 @@ def main(args: argparse.Namespace) -> int:
     data.load_dataset(protocol.dataset, download=False)  # the data is there, before any work
 
     rank, world_size = distributed.init(device)
+    origin = provenance()  # the commit that runs, whatever is committed meanwhile
     out = Path(args.out_dir) / args.protocol
     seeds = []
     for seed in progress(protocol.seeds, desc=f"{args.protocol} seeds"):
@@ -191,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
         seeds.append(result)
         if rank == 0:
             atomic_write(out / f"seed{seed}.json", json.dumps(result, indent=2) + "\n")
-            atomic_write(out / "bench.json", json.dumps(summarise(args.protocol, protocol, seeds, target, world_size),
+            atomic_write(out / "bench.json", json.dumps(summarise(args.protocol, protocol, seeds, target, world_size, origin),
                                                          indent=2) + "\n")
             print(f"seed {seed}: ANN {result['ann_accuracy']:.2f} %, "
                   + ", ".join(f"T={t} {a:.2f} %" for t, a in result["snn_accuracy"].items()), flush=True)
