@@ -53,7 +53,7 @@ class Protocol:
     convert_timesteps: int = 32
     timesteps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    published: str | None = None  # references/ entry to compare with, "file:model"
+    published: tuple[str, ...] = ()  # references/ curves to compare with, "file:model"
 
 
 PROTOCOLS = {
@@ -61,13 +61,13 @@ PROTOCOLS = {
         description="QCFS's CIFAR-10 ResNet-18 recipe: 200 epochs SGD 0.1, momentum 0.9, wd 5e-4, cosine, "
         "batch 128, random crop (4-pad) + horizontal flip; a GPU and the CIFAR-10 files needed",
         dataset="cifar10", model="cifar_resnet18", epochs=200, train_subset=None, qcfs_epochs=10,
-        eval_batch_size=200, published="qcfs_bu2022:resnet18",
+        eval_batch_size=200, published=("qcfs_bu2022:resnet18", "neurocuda_gate3_resnet18:resnet18"),
     ),
     "fmnist-cpu": Protocol(
         description="the same steps sized for 2 CPU cores: Fashion-MNIST, the small ResNet, 4 epochs on "
         "15,000 training images, 2 QCFS epochs, all 10,000 test images",
         dataset="fashion-mnist", model="small_resnet", epochs=4, train_subset=15000, qcfs_epochs=2,
-        published="peers_fashion_mnist:reference",
+        published=("peers_fashion_mnist:spikingjelly-2.0-99.9%", "peers_fashion_mnist:sinabs-3.1.3-p99.9"),
     ),
 }
 
