@@ -79,22 +79,27 @@ def _all_reduce(counts: dict[str, int]) -> dict[str, int]:
 
 def count(model_or_snn, loader, timesteps: int | None = None, device=None) -> dict[str, int]:
     """Integer counts over every process's share: ``correct``, ``samples`` and, for an SNN,
-    ``spikes`` and ``neuron_steps`` (IF neurons × T × samples)."""
+    ``spikes`` and ``neuron_steps`` (IF neurons × T × samples), in all and per IF layer (``layers``)."""
     correct = samples = spikes = 0
     with torch.no_grad():
         if isinstance(model_or_snn, SNN):
             t = model_or_snn.timesteps if timesteps is None else timesteps
             shapes = model_or_snn.graph.shapes
-            neurons = sum(int(np.prod(shapes[layer.name])) for layer in model_or_snn.graph.neuron_layers)
+            layers = {layer.name: int(np.prod(shapes[layer.name])) for layer in model_or_snn.graph.neuron_layers}
+            per_layer = dict.fromkeys(layers, 0)
             for batch in progress(loader, desc=f"SNN evaluation (T={t})"):
                 x, y = split_batch(batch)
                 result = model_or_snn.run(x, t)
-                spikes += int(sum(result.spike_counts.values()))
+                for name, spikes in result.spike_counts.items():
+                    per_layer[name] += int(spikes)
                 correct += int((np.asarray(result.output).argmax(1) == y.numpy()).sum())
                 samples += len(y)
-            counts = {"correct": correct, "samples": samples, "spikes": spikes}
-            counts = _all_reduce(counts)
-            counts["neuron_steps"] = neurons * t * counts["samples"]
+            counts = _all_reduce({"correct": correct, "samples": samples, **{f"spikes:{k}": v for k, v in per_layer.items()}})
+            per_layer = {name: counts.pop(f"spikes:{name}") for name in layers}
+            counts["spikes"] = sum(per_layer.values())
+            counts["neuron_steps"] = sum(layers.values()) * t * counts["samples"]
+            counts["layers"] = {name: {"spikes": per_layer[name], "neuron_steps": layers[name] * t * counts["samples"]}
+                                for name in layers}
             return counts
         model = model_or_snn.eval()
         for batch in progress(loader, desc="ANN evaluation"):
