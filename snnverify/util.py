@@ -40,6 +40,20 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
+#: the repository this package lives in
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def repository_relative(argument: str) -> str:
+    """``argument`` relative to the repository when it is an absolute path inside it (so that a
+    recorded command runs from any clone), else unchanged."""
+    flag, equals, value = argument.rpartition("=") if argument.startswith("--") else ("", "", argument)
+    path = Path(value)
+    if path.is_absolute() and path.resolve().is_relative_to(REPOSITORY):
+        return flag + equals + str(path.resolve().relative_to(REPOSITORY))
+    return argument
+
+
 def provenance() -> dict[str, str]:
     """Where a result comes from: UTC time, the repository's commit, and the machine."""
     import platform
@@ -47,7 +61,7 @@ def provenance() -> dict[str, str]:
     from datetime import datetime, timezone
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=Path(__file__).parent,
+        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPOSITORY,
                                 capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
