@@ -19,7 +19,6 @@ import dataclasses
 import json
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from snnverify import api, data, distributed, models
 from snnverify.graph import check_timesteps
 from snnverify.runtime import known_targets
 from snnverify.train import fit
-from snnverify.util import atomic_write, progress, provenance
+from snnverify.util import atomic_write, progress, provenance, repository_relative
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,8 @@ def run_seed(protocol: Protocol, seed: int, device: torch.device, target: str) -
     }
 
 
-def summarise(name: str, protocol: Protocol, seeds: list[dict], target: str, world_size: int, origin: dict) -> dict:
+def summarise(name: str, protocol: Protocol, seeds: list[dict], target: str, world_size: int, origin: dict,
+              command: str) -> dict:
     """Every finished seed, and mean ± (sample) std across them per T; ``origin``: :func:`provenance`."""
 
     def spread(values: list[float]) -> dict[str, float]:
@@ -134,7 +134,7 @@ def summarise(name: str, protocol: Protocol, seeds: list[dict], target: str, wor
     return {
         "protocol": name,
         "config": asdict(protocol),
-        "command": " ".join(["snnverify", *sys.argv[1:]]),
+        "command": command,
         **origin,
         "target": target,
         "processes": world_size,
@@ -176,6 +176,8 @@ def main(args: argparse.Namespace) -> int:
         device = torch.device(args.device)
     except (RuntimeError, TypeError):
         raise ValueError(f"--device {args.device!r} is not a torch device (for example cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device!r}: no CUDA device is visible")
     target = args.target or ("gpu" if device.type == "cuda" else "cpu")
     if target not in known_targets():
         raise ValueError(f"unknown --target {target!r}; known targets: {', '.join(known_targets())}")
@@ -183,6 +185,9 @@ def main(args: argparse.Namespace) -> int:
         check_timesteps(t)
     data.load_dataset(protocol.dataset, download=False)  # the data is there, before any work
 
+    command = " ".join(["snnverify bench", args.protocol, *(["--seeds", *map(str, args.seeds)] if args.seeds else []),
+                        *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
+                        "--device", args.device, "--target", target, "--out-dir", repository_relative(args.out_dir)])
     rank, world_size = distributed.init(device)
     origin = provenance()  # the commit that runs, whatever is committed meanwhile
     out = Path(args.out_dir) / args.protocol
@@ -192,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
         seeds.append(result)
         if rank == 0:
             atomic_write(out / f"seed{seed}.json", json.dumps(result, indent=2) + "\n")
-            atomic_write(out / "bench.json", json.dumps(summarise(args.protocol, protocol, seeds, target, world_size, origin),
+            atomic_write(out / "bench.json", json.dumps(summarise(args.protocol, protocol, seeds, target, world_size, origin, command),
                                                          indent=2) + "\n")
             print(f"seed {seed}: ANN {result['ann_accuracy']:.2f} %, "
                   + ", ".join(f"T={t} {a:.2f} %" for t, a in result["snn_accuracy"].items()), flush=True)
