@@ -38,10 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def asv(*arguments: str, config: Path) -> None:
-    """Run an asv command with this interpreter (the environment asv measures)."""
+    """Run an asv command with this interpreter (the environment asv measures). asv drops
+    PYTHONPATH but passes ASV_PYTHONPATH on: the benchmarks import the checkout being gated,
+    whichever copy of the package is installed."""
     command = [sys.executable, "-m", "asv", *arguments, "--config", str(config)]
     print("$", " ".join(command[2:]), flush=True)
-    subprocess.run(command, check=True, cwd=config.parent)
+    path = os.pathsep.join(p for p in (str(config.parent), os.environ.get("PYTHONPATH", "")) if p)
+    subprocess.run(command, check=True, cwd=config.parent, env={**os.environ, "ASV_PYTHONPATH": path})
 
 
 def gate(results_dir: Path, machine: str, commit: str, threshold: float) -> dict:
