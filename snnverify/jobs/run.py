@@ -30,7 +30,7 @@ from snnverify.convert import ConversionOptions
 from snnverify.report import write_run_report
 from snnverify.runtime import known_targets
 from snnverify.train import fit
-from snnverify.util import atomic_write, repository_relative
+from snnverify.util import atomic_write, provenance, repository_relative
 
 
 @dataclass
@@ -158,6 +158,7 @@ def run(config: RunConfig) -> dict:
         "name": config.name,
         "command": " ".join(["snnverify", *map(repository_relative, sys.argv[1:])]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": provenance()["commit"],
         "dataset": config.dataset,
         "model": config.model,
         "timesteps": config.timesteps,

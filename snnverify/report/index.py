@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -66,7 +67,7 @@ class Page:
             return cells.to_html(index=False, border=0)
 
         render = {"h1": lambda v: f"<h1>{html.escape(v)}</h1>", "h2": lambda v: f"<h2>{html.escape(v)}</h2>",
-                  "p": lambda v: f"<p>{html.escape(v)}</p>", "table": table,
+                  "p": lambda v: "<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(v)) + "</p>", "table": table,
                   "img": lambda v: f'<p><img src="{v}" alt="{Path(v).stem}"></p>'}
         body = "\n".join(render[kind](value) for kind, value in self.blocks)
         style = "body{font-family:sans-serif;max-width:75em;margin:auto}td,th{padding:2px 8px;text-align:right}"
@@ -82,13 +83,13 @@ def _read(path: Path):
 
 
 def _last_commit(path: Path) -> str:
-    """The commit that last changed ``path``, or "uncommitted"."""
+    """For a file that records no commit: the commit that last changed it, said as such."""
     try:
         found = subprocess.run(["git", "log", "-1", "--format=%h", "--", path.name], cwd=path.parent,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         found = ""
-    return f"{found} (last changed)" if found else "uncommitted"
+    return f"not recorded; file last changed in {found}" if found else "not recorded; file uncommitted"
 
 
 def _run_machine(versions: dict) -> str:
