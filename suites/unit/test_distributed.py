@@ -37,7 +37,12 @@ def worker(rank: int, folder: str) -> None:
             ann, graph, test = pickle.load(file)
         assert distributed.world() == (rank, 2)
         shard = len(distributed.eval_loader(test, batch_size=50).dataset)
-        result = {**counts(ann, graph, test), "shard": shard}
+        train = distributed.train_loader(test, batch_size=50, seed=0)
+        epochs = []
+        for _ in range(2):
+            iter(train)  # each pass moves the sampler to the next epoch
+            epochs.append([int(i) for i in train.loader.sampler])
+        result = {**counts(ann, graph, test), "shard": shard, "epochs": epochs}
         with open(f"{folder}/rank{rank}.json", "w") as file:
             json.dump(result, file)
     finally:
@@ -58,6 +63,11 @@ def test_two_gloo_processes_count_what_one_process_counts(tmp_path):
     for result in ranks:  # after the all-reduce every process holds the totals
         assert result["ann"] == single["ann"]
         assert result["snn"] == single["snn"]
+    # training: each epoch splits the samples between the processes, in a new order every epoch
+    for epoch in range(2):
+        first, second = (set(r["epochs"][epoch]) for r in ranks)
+        assert not first & second and first | second == set(range(len(test)))
+    assert ranks[0]["epochs"][0] != ranks[0]["epochs"][1]
     # and a SNN accuracy computed from them equals the public API's
     assert single["snn"]["correct"] / single["snn"]["samples"] == snnverify.evaluate(
         SNN(graph, TIMESTEPS), DataLoader(test, batch_size=50))
