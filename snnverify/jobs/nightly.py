@@ -7,8 +7,9 @@
    bootstrap and a few small scripts from public CDNs; offline it shows asv's load-failure notice,
    and the same results are drawn without network by ``snnverify report`` (reports/index.html).
 3. The gate: this run against the previous stored run of the same machine, benchmark by
-   benchmark (:mod:`snnverify.report.asv`); a value worse by more than ``--threshold`` percent
-   makes the job exit 1. The comparison is written to ``reports/asv/nightly.json``.
+   benchmark (:mod:`snnverify.report.asv`); a value worse by more than ``--threshold`` percent,
+   or a benchmark that fails, makes the job exit 1. The comparison is written to
+   ``reports/asv/nightly.json``.
 """
 
 from __future__ import annotations
@@ -37,14 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/asv/nightly.json", help="where the comparison is written")
 
 
-def asv(*arguments: str, config: Path) -> None:
+def asv(*arguments: str, config: Path, check: bool = True) -> int:
     """Run an asv command with this interpreter (the environment asv measures). asv drops
     PYTHONPATH but passes ASV_PYTHONPATH on: the benchmarks import the checkout being gated,
     whichever copy of the package is installed."""
     command = [sys.executable, "-m", "asv", *arguments, "--config", str(config)]
     print("$", " ".join(command[2:]), flush=True)
     path = os.pathsep.join(p for p in (str(config.parent), os.environ.get("PYTHONPATH", "")) if p)
-    subprocess.run(command, check=True, cwd=config.parent, env={**os.environ, "ASV_PYTHONPATH": path})
+    return subprocess.run(command, check=check, cwd=config.parent, env={**os.environ, "ASV_PYTHONPATH": path}).returncode
 
 
 def gate(results_dir: Path, machine: str, commit: str, threshold: float) -> dict:
@@ -86,15 +87,16 @@ def main(args: argparse.Namespace) -> int:
 
     asv("machine", "--yes", "--machine", args.machine, config=config_path)
     selection = ["--bench", args.bench] if args.bench else []
-    asv("run", "--python=same", "--set-commit-hash", commit, "--machine", args.machine, *selection,
-        config=config_path)
+    run_status = asv("run", "--python=same", "--set-commit-hash", commit, "--machine", args.machine, *selection,
+                     config=config_path, check=False)  # non-zero when a benchmark failed: reported below
     asv("publish", config=config_path)
     html = root / config.get("html_dir", "html")
     external = sorted({url for page in html.glob("*.html") for url in EXTERNAL.findall(page.read_text())})
 
     result = gate(root / config.get("results_dir", "results"), args.machine, commit, args.threshold / 100)
     origin = provenance()
-    result.update(created=origin["created"], hardware=origin["machine"], dashboard=str(html / "index.html"),
+    result.update(created=origin["created"], hardware=origin["machine"], asv_run_status=run_status,
+                  dashboard=str(html / "index.html"),
                   dashboard_loads=external, full_grid=os.environ.get("SNNVERIFY_BENCH_FULL") == "1")
     atomic_write(root / args.out, json.dumps(result, indent=2) + "\n")
     for row in result["rows"]:
@@ -106,4 +108,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"dashboard: {html / 'index.html'} (loads {len(external)} scripts from the network)")
     print(f"gate: {result['regressions']} regressions over {args.threshold:g} % against "
           f"{result['previous_commit'] or 'nothing'}; {root / args.out}")
-    return 1 if result["regressions"] else 0
+    if run_status:
+        print(f"gate: asv run exited {run_status}: a benchmark failed (see its output above)")
+    return 1 if result["regressions"] or run_status else 0

@@ -16,7 +16,7 @@ from numba import carray, njit
 import snnverify
 from snnverify.api import SNN
 from snnverify.runtime.cpu.gather import add_entries
-from snnverify.runtime.cpu.intrinsics import stack_buffer
+from snnverify.runtime.cpu.intrinsics import add_vector, stack_buffer
 from snnverify.runtime.cpu.layouts import WIDE, aligned_zeros
 from snnverify.graph import multiply_accumulates, synaptic_events
 from snnverify.jobs.speed import SHAPES, converted, interleaved_best_times
@@ -153,10 +153,10 @@ def _add_one_row(row, adds, wide):
         values[k] = 0
     if wide:
         for _ in range(adds):
-            _add_vector(acc, row, 0, _DOUBLEWIDE)
+            add_vector(acc, row, 0, _DOUBLEWIDE)
     else:
         for _ in range(adds):
-            _add_vector(acc, row, 0, WIDE)
+            add_vector(acc, row, 0, WIDE)
     return values[0]
 
 

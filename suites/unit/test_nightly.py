@@ -21,6 +21,8 @@ class Work:
         time.sleep(0.02 * float(os.environ.get("PLANTED_SLOWDOWN", "1")))
 
     def track_accuracy(self):
+        if os.environ.get("PLANTED_FAILURE"):
+            raise RuntimeError("planted")
         return 90.0
 """
 
@@ -63,6 +65,9 @@ def test_gate_fails_on_a_planted_slowdown_and_passes_without(project, monkeypatc
     assert [row["benchmark"] for row in slow] == ["bench_work.Work.time_sleep"]
     assert 0.2 < slow[0]["worse_by"] < 0.5
     assert nightly(project, monkeypatch, 1.3) == 0  # the same speed as the run before
+    monkeypatch.setenv("PLANTED_FAILURE", "1")
+    assert nightly(project, monkeypatch, 1.3) == 1  # a benchmark that fails fails the gate
+    assert json.loads((project / "reports" / "asv" / "nightly.json").read_text())["asv_run_status"] != 0
 
 
 def results_file(path, commit, values):
