@@ -3,8 +3,9 @@
 Each seed trains the ANN (SGD, momentum 0.9, weight decay 5e-4, cosine schedule), converts it
 (QCFS, IF neurons at ``convert_timesteps``) and evaluates ANN and SNN on the whole test set at
 every T. Results go to ``reports/bench/<protocol>/``: ``seed<k>.json`` after each seed and
-``bench.json`` (every finished seed, mean ± std per T) rewritten after each seed, all written
-atomically, so an interrupted run leaves complete files. ``snnverify report`` reads them.
+``bench.json`` (every seed file of the same recipe in the folder, mean ± std per T) rewritten
+after each seed, all written atomically, so an interrupted run leaves complete files, and seeds
+run by separate processes (``--seeds 1``, ``--seeds 2``) add up. ``snnverify report`` reads them.
 
 Several GPUs or machines: ``torchrun --nproc-per-node N -m snnverify bench PROTOCOL`` trains with
 DistributedDataParallel (DistributedSampler shards) and evaluates each process's share of the
@@ -43,6 +44,7 @@ class Protocol:
     model: str
     epochs: int
     train_subset: int | None  # first N samples of a seeded permutation of the training split; None: all
+    test_subset: int | None = None  # the first N test images; None: the whole test set
     lr: float = 0.1
     batch_size: int = 128
     eval_batch_size: int = 250
@@ -63,9 +65,10 @@ PROTOCOLS = {
         eval_batch_size=200, published=("qcfs_bu2022:resnet18", "neurocuda_gate3_resnet18:resnet18"),
     ),
     "fmnist-cpu": Protocol(
-        description="the same steps sized for 2 shared CPU cores (3 seeds in about 40 minutes): Fashion-MNIST, "
-        "the small ResNet, 3 epochs on 6,000 training images, 1 QCFS epoch, all 10,000 test images",
-        dataset="fashion-mnist", model="small_resnet", epochs=3, train_subset=6000, qcfs_epochs=1,
+        description="the same steps sized for 2 heavily shared CPU cores (3 seeds, one process each, in about "
+        "20 minutes): Fashion-MNIST, the small ResNet, 2 epochs on 4,000 training images, 1 QCFS epoch, "
+        "the first 1,000 test images",
+        dataset="fashion-mnist", model="small_resnet", epochs=2, train_subset=4000, test_subset=1000, qcfs_epochs=1,
         published=("peers_fashion_mnist:spikingjelly-2.0-99.9%", "peers_fashion_mnist:sinabs-3.1.3-p99.9"),
     ),
 }
@@ -82,7 +85,8 @@ def run_seed(protocol: Protocol, seed: int, device: torch.device, target: str) -
     train_loader = distributed.train_loader(train, protocol.batch_size, seed)
     cal_loader = DataLoader(splits.cal, batch_size=protocol.eval_batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed + 1))
-    test_loader = distributed.eval_loader(splits.test, protocol.eval_batch_size)
+    test = splits.test if protocol.test_subset is None else Subset(splits.test, range(protocol.test_subset))
+    test_loader = distributed.eval_loader(test, protocol.eval_batch_size)
     model = models.build_model(protocol.model, splits.num_classes, splits.input_shape[0]).to(device)
     wall = {}
 
@@ -122,6 +126,18 @@ def run_seed(protocol: Protocol, seed: int, device: torch.device, target: str) -
         "counts": snn_counts,
         "wall_time_s": wall,
     }
+
+
+def finished_seeds(out: Path, protocol: Protocol) -> list[dict]:
+    """Every seed file in ``out`` written with this recipe (seeds run by separate processes
+    add up), in seed order; the recipe of each is checked, the seeds list aside."""
+    recipe = {k: v for k, v in json.loads(json.dumps(asdict(protocol))).items() if k != "seeds"}
+    seeds = []
+    for path in sorted(out.glob("seed*.json")):
+        result = json.loads(path.read_text())
+        if {k: v for k, v in result.get("config", {}).items() if k != "seeds"} == recipe:
+            seeds.append(result)
+    return sorted(seeds, key=lambda s: s["seed"])
 
 
 def summarise(name: str, protocol: Protocol, seeds: list[dict], target: str, world_size: int, origin: dict,
@@ -191,14 +207,13 @@ def main(args: argparse.Namespace) -> int:
     rank, world_size = distributed.init(device)
     origin = provenance()  # the commit that runs, whatever is committed meanwhile
     out = Path(args.out_dir) / args.protocol
-    seeds = []
     for seed in progress(protocol.seeds, desc=f"{args.protocol} seeds"):
         result = run_seed(protocol, seed, device, target)
-        seeds.append(result)
         if rank == 0:
-            atomic_write(out / f"seed{seed}.json", json.dumps(result, indent=2) + "\n")
-            atomic_write(out / "bench.json", json.dumps(summarise(args.protocol, protocol, seeds, target, world_size, origin, command),
-                                                         indent=2) + "\n")
+            atomic_write(out / f"seed{seed}.json", json.dumps({**result, "config": asdict(protocol)}, indent=2) + "\n")
+            seeds = finished_seeds(out, protocol)
+            summary = summarise(args.protocol, protocol, seeds, target, world_size, origin, command)
+            atomic_write(out / "bench.json", json.dumps(summary, indent=2) + "\n")
             print(f"seed {seed}: ANN {result['ann_accuracy']:.2f} %, "
                   + ", ".join(f"T={t} {a:.2f} %" for t, a in result["snn_accuracy"].items()), flush=True)
     if rank == 0:
