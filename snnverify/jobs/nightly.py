@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
     result = gate(root / config.get("results_dir", "results"), args.machine, commit, args.threshold / 100)
     origin = provenance()
     result.update(created=origin["created"], hardware=origin["machine"], asv_run_status=run_status,
-                  dashboard=str(html / "index.html"),
+                  dashboard=os.path.relpath(html / "index.html", root),
                   dashboard_loads=external, full_grid=os.environ.get("SNNVERIFY_BENCH_FULL") == "1")
     atomic_write(root / args.out, json.dumps(result, indent=2) + "\n")
     for row in result["rows"]:

@@ -333,9 +333,9 @@ class Index:
                   f"on machine {gate['machine']} ({gate.get('hardware', '')}), {gate.get('created', '')}; "
                   f"{gate['regressions']} benchmarks worse by more than {gate['threshold_percent']:g} %.")
         if gate["rows"]:
-            page.table(pd.DataFrame([{"benchmark": r["benchmark"], "parameters": r["params"], "previous": r["old"],
-                                      "this commit": r["new"], "worse by (%)": 100 * r["worse_by"],
-                                      "regression": "yes" if r["regression"] else ""} for r in gate["rows"]]), digits=3)
+            page.table(pd.DataFrame([{"benchmark": r["benchmark"], "parameters": r["params"], "previous": f"{r['old']:.4g}",
+                                      "this commit": f"{r['new']:.4g}", "worse by (%)": 100 * r["worse_by"],
+                                      "regression": "yes" if r["regression"] else ""} for r in gate["rows"]]), digits=1)
 
     def build(self, created: str, commit: str) -> Page:
         self.page.blocks.append(("h1", "snnverify: results and published numbers"))
