@@ -58,6 +58,11 @@ def reports(tmp_path):
     write(root / "gpu-check" / "run" / "gpu-speed.json", [speed_entry(50.0, 75.0)])
     (root / "gpu-check" / "run" / "gpu-info.txt").write_text("device: Test GPU compute capability 9\n")
     (root / "gpu-check" / "run" / "commit.txt").write_text("0123abc some commit\n")
+    write(root / "asv" / "nightly.json", {
+        "machine": "ci", "commit": "c" * 40, "previous_commit": "b" * 40, "threshold_percent": 10.0,
+        "regressions": 1, "created": "2026-01-03", "hardware": "Linux x86_64, 2 CPU threads",
+        "rows": [{"benchmark": "b.S.time_run", "params": "8", "old": 0.0012, "new": 0.0016, "worse_by": 1 / 3,
+                  "regression": True}]})
     return root
 
 
@@ -71,6 +76,8 @@ def test_index_from_fixture_results(reports):
         assert text in markdown, text
         assert text in page, text
     assert "nan" not in markdown and "Certification" not in markdown and "budget" not in markdown
+    row = next(line for line in markdown.splitlines() if "b.S.time_run" in line)
+    assert [cell.strip() for cell in row.split("|")[1:-1]] == ["b.S.time_run", "8", "0.0012", "0.0016", "33.3", "yes"]
     # speed-ups only within a file: 400/100 on the CPU file, 75/50 on the GPU file
     assert "| 4.00 " in markdown and "| 1.50 " in markdown
     # sparsity per layer from the counts of both seeds: 1 - (10 + 11) / 200 and 1 - 60 / 200
