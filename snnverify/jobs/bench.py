@@ -142,7 +142,8 @@ def finished_seeds(out: Path, protocol: Protocol) -> list[dict]:
 
 def summarise(name: str, protocol: Protocol, seeds: list[dict], target: str, world_size: int, origin: dict,
               command: str) -> dict:
-    """Every finished seed, and mean ± (sample) std across them per T; ``origin``: :func:`provenance`."""
+    """Every finished seed, and mean ± (sample) std across them per T; ``origin``: :func:`provenance`;
+    ``command``: the one command that runs all of these seeds."""
 
     def spread(values: list[float]) -> dict[str, float]:
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
@@ -201,9 +202,8 @@ def main(args: argparse.Namespace) -> int:
         check_timesteps(t)
     data.load_dataset(protocol.dataset, download=False)  # the data is there, before any work
 
-    command = " ".join(["snnverify bench", args.protocol, *(["--seeds", *map(str, args.seeds)] if args.seeds else []),
-                        *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
-                        "--device", args.device, "--target", target, "--out-dir", repository_relative(args.out_dir)])
+    options = [*(["--epochs", str(args.epochs)] if args.epochs is not None else []),
+               "--device", args.device, "--target", target, "--out-dir", repository_relative(args.out_dir)]
     rank, world_size = distributed.init(device)
     origin = provenance()  # the commit that runs, whatever is committed meanwhile
     out = Path(args.out_dir) / args.protocol
@@ -212,6 +212,7 @@ def main(args: argparse.Namespace) -> int:
         if rank == 0:
             atomic_write(out / f"seed{seed}.json", json.dumps({**result, "config": asdict(protocol)}, indent=2) + "\n")
             seeds = finished_seeds(out, protocol)
+            command = " ".join(["snnverify bench", args.protocol, "--seeds", *(str(s["seed"]) for s in seeds), *options])
             summary = summarise(args.protocol, protocol, seeds, target, world_size, origin, command)
             atomic_write(out / "bench.json", json.dumps(summary, indent=2) + "\n")
             print(f"seed {seed}: ANN {result['ann_accuracy']:.2f} %, "

@@ -40,4 +40,4 @@ def test_a_tiny_protocol_writes_every_seed_and_their_mean_and_std(tmp_path, monk
             assert sum(c["spikes"] for c in layers.values()) == s["counts"][t]["spikes"]
             assert 0 <= s["sparsity"][t] <= 100
     assert seeds[0]["wall_time_s"]["compile_s"] >= 0
-    assert result["commit"] and result["machine"] and result["command"].startswith("snnverify bench tiny --device cpu --target torch")
+    assert result["commit"] and result["machine"] and result["command"].startswith("snnverify bench tiny --seeds 0 1 --device cpu --target torch")
