@@ -1,4 +1,4 @@
-"""Small helpers shared across the package: progress bars, batches, atomic writes."""
+"""Small helpers shared across the package: progress bars, batches, atomic writes, provenance."""
 
 from __future__ import annotations
 
@@ -38,3 +38,34 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: the repository this package lives in
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def repository_relative(argument: str) -> str:
+    """``argument`` relative to the repository when it is an absolute path inside it (so that a
+    recorded command runs from any clone), else unchanged."""
+    flag, equals, value = argument.rpartition("=") if argument.startswith("--") else ("", "", argument)
+    path = Path(value)
+    if path.is_absolute() and path.resolve().is_relative_to(REPOSITORY):
+        return flag + equals + str(path.resolve().relative_to(REPOSITORY))
+    return argument
+
+
+def provenance() -> dict[str, str]:
+    """Where a result comes from: UTC time, the repository's commit, and the machine."""
+    import platform
+    import subprocess
+    from datetime import datetime, timezone
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPOSITORY,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU threads"
+    if torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name(0)}"
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "machine": machine}

@@ -30,7 +30,7 @@ from snnverify.convert import ConversionOptions
 from snnverify.report import write_run_report
 from snnverify.runtime import known_targets
 from snnverify.train import fit
-from snnverify.util import atomic_write
+from snnverify.util import atomic_write, provenance, repository_relative
 
 
 @dataclass
@@ -139,6 +139,9 @@ def run(config: RunConfig) -> dict:
 
     api.compile(snn, config.target)
     evaluation_device = device if config.target == "torch" else None
+    start = time.perf_counter()
+    snn.run(next(iter(test_loader))[0][:1], config.timesteps[0], device=evaluation_device)  # one-off JIT compilation
+    wall["compile_s"] = time.perf_counter() - start
     snn_accuracy, sparsity, wall["snn_evaluation"] = {}, {}, {}
     for t in config.timesteps:
         start = time.perf_counter()
@@ -153,8 +156,9 @@ def run(config: RunConfig) -> dict:
 
     report = {
         "name": config.name,
-        "command": " ".join(["snnverify", *sys.argv[1:]]),
+        "command": " ".join(["snnverify", *map(repository_relative, sys.argv[1:])]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": provenance()["commit"],
         "dataset": config.dataset,
         "model": config.model,
         "timesteps": config.timesteps,

@@ -27,6 +27,28 @@ def load_reference(name: str) -> dict:
     return reference
 
 
+def markdown_table(table: pd.DataFrame, digits: int = 2) -> str:
+    """``table`` as Markdown, floats with ``digits`` decimals; a missing value prints nothing."""
+
+    def cell(value):
+        if isinstance(value, float):
+            return "" if value != value else f"{value:.{digits}f}"
+        return "" if value is None else str(value)
+
+    return table.map(cell).to_markdown(index=False, disable_numparse=True)
+
+
+def regenerate_line(report: dict) -> str:
+    """The command that regenerates a run, with a warning when it needs a file no clone has."""
+    checkpoint = (report.get("config") or {}).get("checkpoint")
+    line = f"Regenerate: `{report['command']}`"
+    if checkpoint and (Path(checkpoint).is_absolute() or not (REFERENCES_DIR.parent / checkpoint).is_file()):
+        line += f" (needs the checkpoint {checkpoint}, which is not in the repository)"
+    if report.get("command_note"):
+        line += f" ({report['command_note']})"
+    return line
+
+
 def run_table(report: dict) -> pd.DataFrame:
     """One row per T: SNN accuracy, gap to the ReLU ANN and to the QCFS ANN, sparsity."""
     rows = []
@@ -68,7 +90,7 @@ def render_run_markdown(report: dict) -> str:
         f"{report['samples']['test']} test samples), model **{report['model']}**, "
         f"{report['neuron_layers']} IF layers. Created {report['created']}.",
         "",
-        f"Regenerate: `{report['command']}`",
+        regenerate_line(report),
         "",
         "| network | test accuracy (%) |",
         "|---|---|",
@@ -79,7 +101,7 @@ def render_run_markdown(report: dict) -> str:
         "",
         "## SNN over T",
         "",
-        table.to_markdown(index=False, floatfmt=".2f"),
+        markdown_table(table),
         "",
         "Sparsity: fraction of IF neuron-timesteps without a spike, over the whole test set. "
         f"SNN evaluated on the `{report.get('target', 'torch')}` backend; integer mode: "
@@ -102,7 +124,9 @@ def render_run_markdown(report: dict) -> str:
         "## Wall time",
         "",
         f"ANN training {wall['ann_training']:.1f} s, conversion {wall['conversion']:.1f} s, "
-        f"SNN evaluation {sum(wall['snn_evaluation'].values()):.1f} s in all.",
+        f"SNN evaluation {sum(wall['snn_evaluation'].values()):.1f} s in all"
+        + (f", after {wall['compile_s']:.1f} s of one-off kernel compilation (not in the evaluation times)."
+           if "compile_s" in wall else " (the first T's time includes the kernels' one-off compilation)."),
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",

@@ -16,21 +16,23 @@ from numba import carray, njit
 import snnverify
 from snnverify.api import SNN
 from snnverify.runtime.cpu.gather import add_entries
-from snnverify.runtime.cpu.intrinsics import stack_buffer
+from snnverify.runtime.cpu.intrinsics import add_vector, stack_buffer
 from snnverify.runtime.cpu.layouts import WIDE, aligned_zeros
 from snnverify.graph import multiply_accumulates, synaptic_events
 from snnverify.jobs.speed import SHAPES, converted, interleaved_best_times
 
+from . import grid
+
 
 class Simulation:
-    params = [list(SHAPES), ["torch", "cpu", "gpu"], [8, 32]]
+    params = [grid(["small_resnet", "small_resnet_pooled"], list(SHAPES)), ["torch", "cpu", "gpu"], [8, 32]]
     param_names = ["model", "target", "timesteps"]
     timeout = 1800
     number = 1
     repeat = 3
 
     def setup_cache(self):
-        return {model: converted(model) for model in SHAPES}
+        return {model: converted(model) for model in self.params[0]}
 
     def setup(self, cache, model, target, timesteps):
         if target == "gpu":
@@ -112,7 +114,7 @@ class EventGather:
     1.15 MB (512 input channels; held in L2 only). The simulation's rate (the events/s of
     ``snnverify speed``) is read against it: at this rate with no other cost, the simulation would take its synaptic events / this rate — the floor of the kernel's design."""
 
-    params = [[128, 576, 4608]]
+    params = [grid([576], [128, 576, 4608])]
     param_names = ["rows"]
     number = 1
     repeat = 5
@@ -151,10 +153,10 @@ def _add_one_row(row, adds, wide):
         values[k] = 0
     if wide:
         for _ in range(adds):
-            _add_vector(acc, row, 0, _DOUBLEWIDE)
+            add_vector(acc, row, 0, _DOUBLEWIDE)
     else:
         for _ in range(adds):
-            _add_vector(acc, row, 0, WIDE)
+            add_vector(acc, row, 0, WIDE)
     return values[0]
 
 

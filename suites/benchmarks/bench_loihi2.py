@@ -12,11 +12,12 @@ import numpy as np
 import snnverify
 from snnverify.api import SNN
 
+from . import grid
 from .bench_reference import DigitsSmallResNet, _loaders
 
 
 class Loihi2Simulation:
-    params = [["subtract", "zero"], [8, 32]]
+    params = [["subtract", "zero"], grid([8], [8, 32])]
     param_names = ["reset", "timesteps"]
     timeout = 1200
     number = 1

@@ -12,7 +12,9 @@ from snnverify import data, models
 from snnverify.api import SNN
 from snnverify.train import fit
 
-TIMESTEPS = [4, 8, 16, 32, 64]
+from . import grid
+
+TIMESTEPS = grid([8, 32], [4, 8, 16, 32, 64])
 
 
 def _loaders():

@@ -1,0 +1,118 @@
+"""``snnverify report`` builds reports/index.{md,html} from small fixture result files, and the
+run report prints a skipped column as nothing."""
+
+import json
+
+import pytest
+
+from snnverify.cli import main
+from snnverify.report import render_run_markdown
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def run_report(**changes):
+    report = {
+        "name": "tiny", "command": "snnverify run --name tiny", "created": "2026-01-01T00:00:00+00:00",
+        "dataset": "digits", "model": "small_resnet", "timesteps": [4, 8],
+        "samples": {"train": 10, "cal": 5, "test": 20}, "config": {"levels": 8, "checkpoint": None},
+        "ann_accuracy": 0.9, "traced_ann_accuracy": 0.9, "qcfs_ann_accuracy": 0.85,
+        "snn_accuracy": {"4": 0.5, "8": 0.75}, "sparsity": {"4": 0.8, "8": 0.9}, "gap_pp": {},
+        "quantized_snn_accuracy": {}, "neuron_layers": 7,
+        "wall_time_s": {"ann_training": 1.0, "conversion": 1.0, "snn_evaluation": {"4": 1.0, "8": 2.0},
+                        "compile_s": 3.0},
+        "versions": {"platform": "Linux-test", "cpu_threads": 2}, "commit": "abc1234",
+    }
+    report.update(changes)
+    return report
+
+
+def speed_entry(torch_speed, cpu_speed):
+    return {"model": "small_resnet", "batch": 32, "threads": 2, "snn": [
+        {"target": "torch", "timesteps": 8, "images_per_s": torch_speed, "ratio_to_ann": 10.0},
+        {"target": "cpu", "timesteps": 8, "images_per_s": cpu_speed, "ratio_to_ann": 2.5}]}
+
+
+def bench_result():
+    seeds = []
+    for seed, correct in ((0, 15), (1, 17)):
+        layers = {"relu": {"spikes": 10 + seed, "neuron_steps": 100}, "block.relu": {"spikes": 30, "neuron_steps": 100}}
+        seeds.append({"seed": seed, "samples": {"train": 100, "cal": 5, "test": 20},
+                      "counts": {"4": {"correct": correct, "samples": 20, "layers": layers}}})
+    return {"protocol": "tiny-cpu", "config": {"description": "a tiny recipe", "dataset": "digits"},
+            "command": "snnverify bench tiny-cpu", "created": "2026-01-02T00:00:00+00:00", "commit": "def5678",
+            "machine": "Linux x86_64, 2 CPU threads", "seeds": seeds,
+            "ann_accuracy": {"mean": 90.0, "std": 1.0}, "qcfs_ann_accuracy": {"mean": 89.0, "std": 1.0},
+            "snn_accuracy": {"4": {"mean": 80.0, "std": 7.07}}, "sparsity": {"4": {"mean": 80.0, "std": 0.5}}}
+
+
+@pytest.fixture
+def reports(tmp_path):
+    root = tmp_path / "reports"
+    write(root / "runs" / "tiny" / "report.json", run_report())
+    write(root / "bench" / "tiny-cpu" / "bench.json", bench_result())
+    write(root / "speed" / "speed.json", [speed_entry(100.0, 400.0)])
+    write(root / "gpu-check" / "run" / "gpu-speed.json", [speed_entry(50.0, 75.0)])
+    (root / "gpu-check" / "run" / "gpu-info.txt").write_text("device: Test GPU compute capability 9\n")
+    (root / "gpu-check" / "run" / "commit.txt").write_text("0123abc some commit\n")
+    write(root / "asv" / "nightly.json", {
+        "machine": "ci", "commit": "c" * 40, "previous_commit": "b" * 40, "threshold_percent": 10.0,
+        "regressions": 1, "created": "2026-01-03", "hardware": "Linux x86_64, 2 CPU threads",
+        "rows": [{"benchmark": "b.S.time_run", "params": "8", "old": 0.0012, "new": 0.0016, "worse_by": 1 / 3,
+                  "regression": True}]})
+    return root
+
+
+def test_index_from_fixture_results(reports):
+    assert main(["report", "--reports-dir", str(reports)]) == 0
+    markdown = (reports / "index.md").read_text()
+    page = (reports / "index.html").read_text()
+    for text in ("reports/runs/tiny/report.json", "abc1234", "Linux-test, 2 threads",  # a run, its source
+                 "reports/bench/tiny-cpu/bench.json", "80.00 ± 7.07", "def5678",     # the protocol, mean ± std
+                 "published: qcfs_bu2022 resnet18", "Test GPU, 2 threads", "0123abc"):
+        assert text in markdown, text
+        assert text in page, text
+    assert "nan" not in markdown and "Certification" not in markdown and "budget" not in markdown
+    row = next(line for line in markdown.splitlines() if "b.S.time_run" in line)
+    assert [cell.strip() for cell in row.split("|")[1:-1]] == ["b.S.time_run", "8", "0.0012", "0.0016", "33.3", "yes"]
+    # speed-ups only within a file: 400/100 on the CPU file, 75/50 on the GPU file
+    assert "| 4.00 " in markdown and "| 1.50 " in markdown
+    # sparsity per layer from the counts of both seeds: 1 - (10 + 11) / 200 and 1 - 60 / 200
+    assert "| 89.5 " in markdown and "| 70.0 " in markdown
+    for name in ("accuracy_vs_T.png", "sparsity_tiny-cpu.png", "speed_speed.png", "speed_run.png"):
+        assert (reports / "index_files" / name).read_bytes()[:4] == b"\x89PNG", name
+        assert f"index_files/{name}" in page
+    assert not list(reports.rglob("*.tmp"))
+
+
+def test_index_shows_certification_and_budget_when_present(reports):
+    write(reports / "certification" / "conv" / "report.json", {
+        "converter": "conv", "version": "1.0", "environment": {"python": "3.11"}, "seed": 0,
+        "clauses": [{"id": "C1", "verdict": "fail", "reason": "gap 3 pp", "measured": {"gap_pp": 3.0}}]})
+    write(reports / "budget" / "budget.json", {"results": [{"budget": "1 epoch", "T": 8, "accuracy": 71.5}]})
+    assert main(["report", "--reports-dir", str(reports)]) == 0
+    markdown = (reports / "index.md").read_text()
+    assert "Certification" in markdown and "| C1 " in markdown and "gap 3 pp" in markdown
+    assert "training budget" in markdown and "71.5" in markdown
+
+
+def test_a_broken_result_file_is_named(reports, capsys):
+    (reports / "bench" / "tiny-cpu" / "bench.json").write_text("{")
+    assert main(["report", "--reports-dir", str(reports)]) == 2
+    assert "bench.json" in capsys.readouterr().err
+
+
+def test_run_report_skipped_column_is_blank_and_compile_time_apart():
+    markdown = render_run_markdown(run_report())
+    assert "nan" not in markdown
+    assert "3.0 s of one-off kernel compilation" in markdown
+
+
+def test_regenerate_line_warns_about_a_checkpoint_outside_the_repository():
+    markdown = render_run_markdown(run_report(config={"levels": 8, "checkpoint": "/tmp/elsewhere/ann.pt"}))
+    assert "needs the checkpoint /tmp/elsewhere/ann.pt" in markdown
+    committed = "reports/runs/fashion-mnist-small_resnet/ann.pt"
+    assert "needs the checkpoint" not in render_run_markdown(run_report(config={"levels": 8, "checkpoint": committed}))
