@@ -4,7 +4,7 @@ Every signal gets a scale σ (integer value = real value · σ). Per layer:
 
 * Input: σ = ``input_scale`` (a power of two); the image is rounded once, to x·σ.
 * Conv2d / Linear: weights W·2^k with the largest k that keeps |W·2^k| ≤ 2^(bits−1) − 1
-  and σ_out (times the largest bias, when above 1) ≤ 2^40 (a per-layer power of two),
+  and σ_out (times the largest bias, when above 1) ≤ 2^32 (a per-layer power of two),
   rounded; σ_out = σ_in·2^k; bias rounded at σ_out.
 * AvgPool2d becomes SumPool2d: σ_out = σ_in·kH·kW (the divisor moves into the scale).
 * IF: θ becomes an even integer round(θ·σ_in/2)·2 (so v[0] = θ/2 stays exact); the graded
@@ -98,11 +98,11 @@ def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplit
 
 #: bound on any integer parameter: sums of a few of them must still fit the int64 arithmetic
 INT_LIMIT = 2.0**62
-#: the finest scale of a conv or linear layer's output (and of its bias): a layer of
-#: negligible weights (10^-30) takes this scale, its weights rounding to 0, rather than one
-#: near 2^106 that no threshold or bias after it could be held at; and currents stay far
-#: below 2^53 over many steps
-SCALE_LIMIT = 2**40
+#: the finest scale of a conv or linear layer's output (and of its bias), and of an IF layer
+#: moved by a merge: a layer of negligible weights (10^-30) takes this scale, its weights
+#: rounding to 0, rather than one near 2^106 that no threshold or bias after it could be held
+#: at; and the sums of the next layers stay below 2^53
+SCALE_LIMIT = 2**32
 
 
 def _rounded(values: np.ndarray, what: str, node: str, scale: float) -> np.ndarray:
@@ -169,8 +169,8 @@ def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float
         scale, weight_scale, moved = _scales(graph, weight_limit, input_scale, amplitude_scale)
         if not moved:
             return (scale, weight_scale, amplitude_scale), ever_moved
-        if not all(2.0**-512 < value < 2.0**512 for value in moved.values()):
-            break  # a scale running away: another sign of a merge that cannot settle
+        if not all(value < SCALE_LIMIT for value in moved.values()):
+            break  # a scale running away: a merge that cannot settle at a scale the arithmetic holds
         ever_moved |= set(moved)
         amplitude_scale.update(moved)
     return None, ever_moved

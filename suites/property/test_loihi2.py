@@ -635,7 +635,7 @@ def test_backend_options_reset_and_errors():
     snnverify.compile(snn, target="loihi2_sim")
     with pytest.raises(ValueError, match=r"expects shape \[batch, 1, 4, 4\]"):
         snnverify.simulate(snn, torch.rand(2, 1, 5, 4))
-    with pytest.raises(ValueError, match="runs on the CPU"):
+    with pytest.raises(ValueError, match="target .loihi2_sim. runs on cpu; got device=.cuda."):
         snnverify.simulate(snn, x, device="cuda")
     assert snnverify.simulate(snn, x).shape == (2, 3)
 

@@ -172,13 +172,13 @@ def test_quantize_refuses_thresholds_beyond_the_integer_range():
 
 def test_negligible_weights_take_the_finest_scale_not_one_beyond_the_integer_range():
     """fc1's weights of 10^-30 would allow a weight scale near 2^106; the layer's output scale
-    stops at 2^40 instead (its weights round to 0, as they are next to 2^-40), so if2's
-    threshold of 1 is 2^40, not 2^112, and the graph quantises."""
+    stops at 2^32 instead (its weights round to 0, as they are next to 2^-32), so if2's
+    threshold of 1 is 2^32, not 2^112, and the graph quantises."""
     nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.full((1, 1), 1e-30, np.float32)),
              "if2": g.IF("if2", threshold=[1.0]), "out": g.Output("out")}
     graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "out": ["if2"]})
     integer = snnverify.quantize(snnverify.SNN(graph, 4)).graph
-    assert integer.nodes["fc1"].weight.tolist() == [[0]] and integer.nodes["if2"].threshold.tolist() == [2**40]
+    assert integer.nodes["fc1"].weight.tolist() == [[0]] and integer.nodes["if2"].threshold.tolist() == [2**32]
 
 
 def test_gpu_target_without_a_gpu_is_an_error_not_a_cpu_run():
