@@ -52,6 +52,14 @@ class Recorder:
     def new_step(self):
         self.calls = {}
 
+    def run(self, net, x, timesteps):
+        """The network stepped T times on the constant input x: its output averaged over T."""
+        outputs = []
+        for _ in range(timesteps):
+            self.new_step()
+            outputs.append(net(x))
+        return torch.stack(outputs).mean(0)
+
 
 class SpikingJelly:
     """``ann2snn.Converter(RateCodingRecipe(dataloader, mode))``: IFNode(v_reset=None) between voltage scalers."""
@@ -69,11 +77,7 @@ class SpikingJelly:
 
     def run(self, x, timesteps):
         self.reset()
-        outputs = []
-        for _ in range(timesteps):
-            self.recorder.new_step()
-            outputs.append(self.net(x))
-        return torch.stack(outputs).mean(0)
+        return self.recorder.run(self.net, x, timesteps)
 
 
 class Sinabs:
@@ -137,11 +141,7 @@ class Neurocuda:
     def run(self, x, timesteps):
         for _, module in self.neurons:
             module.reset()
-        outputs = []
-        for _ in range(timesteps):
-            self.recorder.new_step()
-            outputs.append(self.net(x))
-        return torch.stack(outputs).mean(0)
+        return self.recorder.run(self.net, x, timesteps)
 
     def to_nir(self, path):
         """``neurocuda.to_nir`` returns a dict ("NIR-compatible"), written here as JSON."""
