@@ -28,6 +28,9 @@ def fit(
 ) -> list[float]:
     """Minimise cross-entropy of ``forward(x)`` against the labels; returns the mean loss per epoch.
 
+    ``forward`` returns logits [batch, K], or [H, batch, K] for H readouts of the same batch
+    (an SNN stopped at several T): the loss is then the mean of the H cross-entropies.
+
     ``sgd``: SGD, momentum 0.9, weight decay 5e-4 (the QCFS recipe); ``adam``: Adam, no decay;
     ``adamw``: AdamW, decoupled weight decay 0.01. All with a cosine learning-rate schedule over
     all steps. ``parameters`` may be torch parameter groups (dicts with their own ``lr``).
@@ -53,7 +56,10 @@ def fit(
             x, y = split_batch(batch)
             if y is None:
                 raise ValueError(f"{desc}: training needs (inputs, labels) batches, got inputs only")
-            loss = nn.functional.cross_entropy(forward(x.to(device)), y.to(device))
+            logits, labels = forward(x.to(device)), y.to(device)
+            if logits.dim() == 3:  # [H, batch, K]: every readout against the same labels
+                logits, labels = logits.flatten(0, 1), labels.repeat(logits.shape[0])
+            loss = nn.functional.cross_entropy(logits, labels)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -44,6 +44,7 @@ class ConversionOptions:
     qcfs_optimizer: str | None = None  # "sgd" (momentum 0.9), "adam" or "adamw"
     finetune_epochs: int | None = None  # epochs of BPTT fine-tuning of the SNN (0 disables it)
     finetune_lr: float = 1e-4  # Adam learning rate for BPTT fine-tuning
+    finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: convert's T
 
     def __post_init__(self):
         for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs"):
@@ -57,6 +58,13 @@ class ConversionOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"conversion option {name} must be > 0, got {value!r}")
+        if self.finetune_horizons is not None:
+            if (isinstance(self.finetune_horizons, (str, bytes)) or not self.finetune_horizons
+                    or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                               for h in self.finetune_horizons)):
+                raise ValueError("conversion option finetune_horizons must be a non-empty sequence of integers "
+                                 f">= 1, got {self.finetune_horizons!r}")
+            object.__setattr__(self, "finetune_horizons", tuple(sorted(set(self.finetune_horizons))))
         budget.split(self.budget_epochs, self.qcfs_epochs, self.finetune_epochs)  # contradictions raise here
 
     def resolved(self) -> ConversionOptions:
@@ -121,12 +129,13 @@ def convert_model(
     qcfs = train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device, options.qcfs_optimizer,
                       options.threshold_lr)
     graph = to_spiking_graph(qcfs.cpu())
-    graph = finetune(graph, finetune_data, timesteps, options.finetune_epochs, options.finetune_lr, device)
+    horizons = options.finetune_horizons or (timesteps,)
+    graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device)
     training = {"epochs": options.qcfs_epochs + options.finetune_epochs,
                 "samples": qcfs_data.samples + finetune_data.samples,
                 "qcfs": {"epochs": options.qcfs_epochs, "samples": qcfs_data.samples},
                 "finetune": {"epochs": options.finetune_epochs, "samples": finetune_data.samples,
-                             "timesteps": timesteps}}
+                             "horizons": list(horizons)}}
     return Conversion(graph=graph, traced_ann=traced, qcfs_ann=qcfs, options=options, training=training)
 
 

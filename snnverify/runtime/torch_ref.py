@@ -120,9 +120,14 @@ class TorchExecutor(nn.Module):
         if graph.integer:
             self.double()
 
-    def forward(self, x: torch.Tensor, timesteps: int, record: bool = False):
+    def forward(self, x: torch.Tensor, timesteps: int, record: bool = False, horizons: tuple[int, ...] | None = None):
         """Returns (output current averaged over T [batch, K], spike counts {layer: tensor},
-        recorded spikes {layer: bool [T, batch, ...]} or None)."""
+        recorded spikes {layer: bool [T, batch, ...]} or None).
+
+        With ``horizons`` (each ≤ T), the output is [len(horizons), batch, K]: the current
+        averaged over the first h steps for each h, what a run stopped at T = h returns."""
+        if horizons is not None and not all(1 <= h <= timesteps for h in horizons):
+            raise ValueError(f"horizons must lie in 1..{timesteps} (the steps run), got {list(horizons)}")
         graph = self.graph
         remaining_users = {name: len(graph.users(name)) for name in graph.nodes}
         signals: dict[str, tuple[torch.Tensor, bool]] = {}  # name -> (tensor, temporal?)
@@ -156,7 +161,13 @@ class TorchExecutor(nn.Module):
                 signals[name] = (s * self.amplitudes[key].view(per_channel), True)
             elif isinstance(node, g.Output):
                 (current, temporal) = args[0]
-                output = (current.sum(0) / timesteps if temporal else current) / node.scale
+                if horizons is None:
+                    output = (current.sum(0) / timesteps if temporal else current) / node.scale
+                elif temporal:
+                    running = current.cumsum(0)
+                    output = torch.stack([running[h - 1] / h for h in horizons]) / node.scale
+                else:
+                    output = current.expand(len(horizons), *current.shape) / node.scale
             else:
                 (tensor, temporal) = args[0]
                 op = self.ops[key]

@@ -7,9 +7,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import snnverify
 from snnverify import ConversionOptions
-from snnverify.convert import budget, fold_batchnorm, insert_qcfs, trace, train_qcfs
+from snnverify.convert import budget, finetune, fold_batchnorm, insert_qcfs, trace, train_qcfs
 from snnverify.convert.qcfs import QCFS
 from snnverify.models import small_resnet
+from snnverify.runtime.torch_ref import TorchExecutor
 
 
 def tiny_loader(n=10, batch_size=4):
@@ -69,8 +70,47 @@ def test_training_record_counts_the_labelled_samples_spent(qcfs, finetune):
     assert snn.training["epochs"] == qcfs + finetune
     assert snn.training["samples"] == 10 * (qcfs + finetune)
     assert snn.training["qcfs"] == {"epochs": qcfs, "samples": 10 * qcfs}
-    assert snn.training["finetune"] == {"epochs": finetune, "samples": 10 * finetune, "timesteps": 2}
+    assert snn.training["finetune"] == {"epochs": finetune, "samples": 10 * finetune, "horizons": [2]}
     assert snn.conversion.info["training"] == snn.training
+
+
+def test_horizons_readouts_are_the_runs_stopped_at_each_T():
+    """One run of max H steps read out at every h equals a run of h steps (to float rounding:
+    a running sum against one sum)."""
+    snn = snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=2, budget_epochs=0)
+    executor = TorchExecutor(snn.graph)
+    x = next(iter(tiny_loader()))[0]
+    readouts = executor(x, 7, horizons=(1, 3, 7))[0]
+    assert readouts.shape == (3, len(x), 10)
+    for h, readout in zip((1, 3, 7), readouts):
+        torch.testing.assert_close(readout, executor(x, h)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"horizons must lie in 1..7 \(the steps run\), got \[8\]"):
+        executor(x, 7, horizons=(8,))
+
+
+def test_bptt_over_several_horizons_lowers_every_horizons_loss():
+    """The mean loss over H = {1, 4} falls from the converted graph to the fine-tuned one at both
+    horizons: the readout at each T is trained, not only the last."""
+    loader = tiny_loader(n=16, batch_size=16)
+    x, y = next(iter(loader))
+    before = snnverify.convert(small_resnet(10, 1), loader, timesteps=4, budget_epochs=0)
+    after = snnverify.convert(small_resnet(10, 1), loader, timesteps=4, budget_epochs=0,
+                              finetune_epochs=0, finetune_horizons=(4, 1))
+    assert after.conversion.options.finetune_horizons == (1, 4)  # sorted, duplicates dropped
+    tuned = finetune(before.graph, [(x, y)] * 20, (1, 4), 1, 1e-2, "cpu")
+
+    def losses(graph):
+        with torch.no_grad():
+            readouts = TorchExecutor(graph)(x, 4, horizons=(1, 4))[0]
+        return [float(torch.nn.functional.cross_entropy(r, y)) for r in readouts]
+
+    assert all(b > a for b, a in zip(losses(before.graph), losses(tuned)))
+
+
+@pytest.mark.parametrize("value", [(), (0, 4), (2.5,), "48", (True,)])
+def test_finetune_horizons_must_be_positive_integers(value):
+    with pytest.raises(ValueError, match=r"finetune_horizons must be a non-empty sequence of integers >= 1, got "):
+        ConversionOptions(finetune_horizons=value)
 
 
 def test_a_graph_built_by_hand_has_no_training_record():
