@@ -1,13 +1,21 @@
-"""``snnverify nightly`` end to end on a tiny asv project, and its gate on hand-made result files."""
+"""``snnverify nightly`` end to end on a tiny asv project, its gate on hand-made result files, and
+the offline dashboard: asv's real pages pointed at library files (stand-ins here: no npm, no network)."""
 
 import json
+import os
+import shutil
 import subprocess
 import textwrap
+from pathlib import Path
 
+import asv
 import pytest
 
 from snnverify.cli import main
+from snnverify.jobs import nightly as job
 from snnverify.report.asv import compare, read_run, worse_fraction
+
+ASV_PAGES = Path(asv.__file__).parent / "www"
 
 BENCHMARK = """
 import os, time
@@ -50,15 +58,28 @@ def project(tmp_path, monkeypatch):
     return repo
 
 
+def fake_libraries(folder, leave_out=()):
+    """A node_modules folder holding a stand-in for every file of the library table."""
+    for package, file in job.LIBRARIES.values():
+        if (package, file) not in leave_out:
+            (folder / package / file).parent.mkdir(parents=True, exist_ok=True)
+            (folder / package / file).write_text(f"/* {package} {file} */\n")
+    return folder
+
+
 def nightly(repo, monkeypatch, slowdown):
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "next")
     monkeypatch.setenv("PLANTED_SLOWDOWN", str(slowdown))
-    return main(["nightly", "--config", str(repo / "asv.conf.json"), "--machine", "ci"])
+    libs = fake_libraries(repo.parent / "node_modules")
+    return main(["nightly", "--config", str(repo / "asv.conf.json"), "--machine", "ci", "--dashboard-libs", str(libs)])
 
 
 def test_gate_fails_on_a_planted_slowdown_and_passes_without(project, monkeypatch):
     assert nightly(project, monkeypatch, 1.0) == 0  # nothing to compare with yet
     assert (project / "html" / "index.html").is_file()
+    assert job.external_resources(project / "html") == []
+    assert (project / "html" / "vendor" / "jquery" / "dist" / "jquery.min.js").is_file()
+    assert json.loads((project / "reports" / "asv" / "nightly.json").read_text())["dashboard_loads"] == []
     assert nightly(project, monkeypatch, 1.3) == 1
     result = json.loads((project / "reports" / "asv" / "nightly.json").read_text())
     slow = [row for row in result["rows"] if row["regression"]]
@@ -113,3 +134,98 @@ def test_nightly_checks_its_arguments_first(tmp_path, capsys):
     assert main(["nightly", "--config", str(tmp_path / "asv.conf.json"), "--threshold", "0"]) == 2
     assert main(["nightly", "--config", str(tmp_path / "asv.conf.json"), "--bench", "("]) == 2
     assert not (tmp_path / "results").exists()
+
+
+def test_the_library_table_is_what_the_installed_asv_loads_from_cdns():
+    """Fails when an asv upgrade changes a CDN resource: the table and package.json follow it."""
+    assert job.external_resources(ASV_PAGES) == sorted(job.LIBRARIES)
+
+
+def test_package_json_pins_exactly_the_table_s_packages():
+    manifest = json.loads((job.DASHBOARD / "package.json").read_text())["dependencies"]
+    lock = json.loads((job.DASHBOARD / "package-lock.json").read_text())["packages"]
+    assert set(manifest) == {package for package, _ in job.LIBRARIES.values()}
+    for package, version in manifest.items():
+        assert version[0].isdigit(), f"{package}: {version} is a range, not one version"
+        assert lock[f"node_modules/{package}"]["version"] == version
+        assert lock[f"node_modules/{package}"]["integrity"].startswith("sha512-")
+
+
+def test_only_fetched_resources_count_not_links_to_pages():
+    page = """<link rel="shortcut icon" href="https://x.test/a.ico"><link rel="alternate" href="https://x.test/feed">
+    <a href="https://x.test/home">home</a><img src="//x.test/b.png"><script src="local.js"></script>
+    <link rel=stylesheet href=http://x.test/c.css>"""
+    found = [url for *_, url in job.resources(page)]
+    assert found == ["https://x.test/a.ico", "//x.test/b.png", "local.js", "http://x.test/c.css"]
+    assert [url for url in found if job.is_external(url)] == [found[0], found[1], found[3]]
+
+
+def test_asv_s_pages_rewritten_load_nothing_from_the_network(tmp_path):
+    html = tmp_path / "html"
+    shutil.copytree(ASV_PAGES, html)
+    (html / "graphs").mkdir()  # a page one folder down links up to vendor/
+    (html / "graphs" / "page.html").write_text((html / "index.html").read_text())
+    assert job.vendor(html, fake_libraries(tmp_path / "node_modules")) == sorted(job.LIBRARIES)
+    assert job.external_resources(html) == []
+    for page in job.pages(html):
+        text = page.read_text()
+        assert "integrity=" not in text and "crossorigin" not in text
+        for *_, url in job.resources(text):
+            if page.parent == html or "vendor/" in url:  # (the copy one down keeps asv's own paths)
+                assert (page.parent / url).is_file(), f"{page}: {url}"
+    index = (html / "index.html").read_text()
+    assert 'src="vendor/jquery/dist/jquery.min.js"' in index
+    assert 'href="https://github.com/airspeed-velocity/asv/"' in index  # a link to follow, left alone
+    assert 'src="../vendor/jquery/dist/jquery.min.js"' in (html / "graphs" / "page.html").read_text()
+    assert job.vendor(html, tmp_path / "node_modules") == []  # a second pass finds nothing to do
+
+
+def test_an_unknown_cdn_resource_is_named_and_nothing_changes(tmp_path):
+    html = tmp_path / "html"
+    shutil.copytree(ASV_PAGES, html)
+    script = '<script src="https://cdn.test/d3@7.js"></script>'
+    newer = (html / "index.html").read_text().replace("</head>", script + "</head>")
+    (html / "index.html").write_text(newer)
+    with pytest.raises(RuntimeError, match="https://cdn.test/d3@7.js"):
+        job.vendor(html, fake_libraries(tmp_path / "node_modules"))
+    assert (html / "index.html").read_text() == newer and not (html / "vendor").exists()
+
+
+def test_a_missing_library_is_named_with_the_command_that_installs_it(tmp_path, project, capsys):
+    libs = fake_libraries(tmp_path / "node_modules", leave_out={("flot", "jquery.flot.time.js")})
+    missing = str(libs / "flot" / "jquery.flot.time.js")
+    with pytest.raises(FileNotFoundError, match="bash tools/dashboard-libs") as error:
+        job.check_libraries(libs)
+    assert missing in str(error.value)
+    html = tmp_path / "html"
+    shutil.copytree(ASV_PAGES, html)
+    with pytest.raises(FileNotFoundError, match="jquery.flot.time.js"):
+        job.vendor(html, libs)
+    # the job stops on it before the benchmarks run
+    assert main(["nightly", "--config", str(project / "asv.conf.json"), "--dashboard-libs", str(libs)]) == 2
+    message = capsys.readouterr().err
+    assert missing in message and "bash tools/dashboard-libs" in message
+    assert not (project / "results").exists()
+
+
+def test_the_setup_script_runs_npm_only_when_the_lock_file_changed(tmp_path):
+    tools = tmp_path / "tools"
+    (tools / "dashboard").mkdir(parents=True)
+    shutil.copy(job.DASHBOARD.parent / "dashboard-libs", tools)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(job.DASHBOARD / name, tools / "dashboard")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text('#!/bin/sh\necho "npm $*" >> "$NPM_CALLS"; mkdir -p node_modules\n')
+    (bin_dir / "npm").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "NPM_CALLS": str(calls)}
+
+    def setup():
+        subprocess.run(["bash", str(tools / "dashboard-libs")], env=env, check=True)
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    assert setup() == ["npm ci --no-audit --no-fund --loglevel=error"]  # nothing installed yet
+    assert len(setup()) == 1  # installed: quick, no npm
+    (tools / "dashboard" / "package-lock.json").write_text("{}")
+    assert len(setup()) == 2  # the lock file changed
