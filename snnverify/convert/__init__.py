@@ -43,8 +43,8 @@ class ConversionOptions:
     threshold_lr: float | None = None  # learning rate of the thresholds λ in QCFS training
     qcfs_optimizer: str | None = None  # "sgd" (momentum 0.9), "adam" or "adamw"
     finetune_epochs: int | None = None  # epochs of BPTT fine-tuning of the SNN (0 disables it)
-    finetune_lr: float = 1e-4  # Adam learning rate for BPTT fine-tuning
-    finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: convert's T
+    finetune_lr: float | None = None  # Adam learning rate for BPTT fine-tuning
+    finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: the recipe's
 
     def __post_init__(self):
         for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs"):
@@ -71,7 +71,8 @@ class ConversionOptions:
         """These options with the budget, both stages' epochs and every None filled in."""
         qcfs, finetune = budget.split(self.budget_epochs, self.qcfs_epochs, self.finetune_epochs)
         chosen = budget.recipe(qcfs + finetune)
-        fill = {name: getattr(chosen, name) for name in ("levels", "qcfs_optimizer", "qcfs_lr", "threshold_lr")
+        fill = {name: getattr(chosen, name) for name in ("levels", "qcfs_optimizer", "qcfs_lr", "threshold_lr",
+                                                          "finetune_lr", "finetune_horizons")
                 if getattr(self, name) is None}
         if "threshold_lr" in fill and self.qcfs_lr is not None:
             fill["threshold_lr"] = self.qcfs_lr  # a learning rate given by hand applies to λ too
@@ -129,7 +130,7 @@ def convert_model(
     qcfs = train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device, options.qcfs_optimizer,
                       options.threshold_lr)
     graph = to_spiking_graph(qcfs.cpu())
-    horizons = options.finetune_horizons or (timesteps,)
+    horizons = options.finetune_horizons or (timesteps,)  # the recipe's, else convert's T
     graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device)
     training = {"epochs": options.qcfs_epochs + options.finetune_epochs,
                 "samples": qcfs_data.samples + finetune_data.samples,

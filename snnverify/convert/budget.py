@@ -25,6 +25,8 @@ class Recipe:
     qcfs_optimizer: str  # "sgd", "adam" or "adamw"
     qcfs_lr: float  # learning rate of weights and biases
     threshold_lr: float  # learning rate of the thresholds λ
+    finetune_lr: float = 1e-4  # Adam learning rate of BPTT
+    finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: convert's T
 
 
 #: measured winners, keyed by the smallest budget they apply to (reports/budget/README.md): on

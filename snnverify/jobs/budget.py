@@ -31,10 +31,13 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from snnverify import api, data, models
+from snnverify.certify.clauses import ConverterFailure
+from snnverify.certify.protocol import load_adapter
+from snnverify.certify.runner import TIME_LIMIT_S, Harness
 from snnverify.graph import check_timesteps
 from snnverify.convert.budget import DEFAULT_BUDGET, RECIPES
 from snnverify.train import fit
-from snnverify.util import atomic_write
+from snnverify.util import atomic_write, progress
 
 #: candidate recipes: convert options besides the budget
 CANDIDATES: dict[str, dict] = {
@@ -56,6 +59,8 @@ CANDIDATES: dict[str, dict] = {
 #: per dataset: the ANN (a committed checkpoint, or trained here as ``snnverify run`` does)
 ANNS = {"fashion-mnist": "reports/runs/fashion-mnist-small_resnet/ann.pt", "digits": None}
 OUT = Path("reports/budget")
+#: peer converters with a certification adapter (snnverify.certify.adapters)
+PEERS = ("spikingjelly", "sinabs", "neurocuda")
 TARGETS_PP = {4: 2.0, 8: 0.5, 32: 0.1}  # gap to the equal-budget ANN control, at most
 
 
@@ -105,6 +110,34 @@ def control(ann, train, test, epochs: int, optimizer: str, lr: float, seed: int)
     return api.evaluate(model.eval(), test)
 
 
+def peer_accuracy(name: str, budget: int, ann, cal, train, test, timesteps: list[int], time_limit_s: float):
+    """A peer converter through its certification adapter at budget E: (accuracy by T, training
+    it reports, version), or None for a label-free peer at E > 0 (its E = 0 row stands for every
+    budget). A peer that trains (its adapter takes ``qcfs_epochs``) spends E epochs on ``train``.
+    A crash or a hang raises ConverterFailure with the reason."""
+    adapter = load_adapter(name)
+    trains = "qcfs_epochs" in getattr(adapter, "options", {})
+    if budget and not trains:
+        return None
+    if trains:
+        adapter.options = {**adapter.options, "qcfs_epochs": budget}
+    harness = Harness(adapter, None, time_limit_s)
+    try:
+        converted = harness.convert("budget", ann, cal, max(timesteps), train_loader=train if budget else None)
+        accuracy = {}
+        for t in progress(timesteps, desc=f"{name} E={budget}"):
+            correct = total = 0
+            for x, y in test:
+                output, _ = harness.run(converted, x, t)
+                correct += int((torch.from_numpy(output).argmax(1) == y).sum())
+                total += len(y)
+            accuracy[str(t)] = correct / total
+        return accuracy, converted.training, adapter.version
+    finally:
+        if callable(getattr(adapter, "close", None)):
+            adapter.close()
+
+
 def sweep(args) -> Path:
     made_by = {"command": " ".join(["snnverify", *sys.argv[1:]]), "commit": commit()}
     torch.manual_seed(args.seed)
@@ -113,6 +146,29 @@ def sweep(args) -> Path:
     ann_accuracy = api.evaluate(ann, test)
     path = OUT / f"{args.dataset}.json"
     controls: dict[tuple, float] = {}
+
+    def control_for(budget: int, optimizer: str, lr: float) -> float:
+        key = (budget, optimizer, lr) if budget else (0,)
+        if key not in controls:
+            controls[key] = control(ann, train, test, budget, optimizer, lr, args.seed)
+        return controls[key]
+
+    def record(row: dict) -> None:
+        """Add a row to the JSON (a row of the same converter, recipe, budget and data sizes is replaced)."""
+        row = {"dataset": args.dataset, "train_images": n_train, "test_images": n_test,
+               "convert_timesteps": args.convert_timesteps, "ann_accuracy": ann_accuracy, **row,
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by}
+        if "snn_accuracy" in row:
+            row["gap_pp"] = {t: round(100 * (row["control_accuracy"] - a), 4) for t, a in row["snn_accuracy"].items()}
+        same = ("dataset", "budget_epochs", "converter", "recipe", "train_images", "test_images", "convert_timesteps")
+        rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other runs' rows kept
+        rows = [r for r in rows if any(r.get(k) != row.get(k) for k in same)] + [row]
+        atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
+        print(f"{args.dataset} E={row['budget_epochs']} {row['converter']} {row['recipe']}: "
+              f"control {100 * row['control_accuracy']:.2f} "
+              + (" ".join(f"T{t} {100 * a:.2f}" for t, a in row["snn_accuracy"].items()) if "snn_accuracy" in row
+                 else f"FAIL {row['failure']}"), flush=True)
+
     for budget in args.budgets:
         for name in args.recipes:
             options = dict(CANDIDATES[name])
@@ -124,30 +180,79 @@ def sweep(args) -> Path:
                               **options)
             convert_s = time.perf_counter() - start
             resolved = snn.conversion.options
-            key = (budget, resolved.qcfs_optimizer, resolved.qcfs_lr) if budget else (0,)
-            if key not in controls:
-                controls[key] = control(ann, train, test, budget, resolved.qcfs_optimizer, resolved.qcfs_lr, args.seed)
             api.compile(snn, "cpu")
             accuracy, start = {}, time.perf_counter()
             for t in args.timesteps:
                 accuracy[str(t)] = api.evaluate(snn, test, timesteps=t)
-            row = {
-                "dataset": args.dataset, "budget_epochs": budget, "recipe": name, "options": asdict(resolved),
-                "training": snn.training, "train_images": n_train, "test_images": n_test,
-                "convert_timesteps": args.convert_timesteps, "ann_accuracy": ann_accuracy,
-                "control_accuracy": controls[key], "qcfs_ann_accuracy": api.evaluate(snn.conversion.qcfs_ann, test),
-                "snn_accuracy": accuracy,
-                "gap_pp": {t: round(100 * (controls[key] - a), 4) for t, a in accuracy.items()},
-                "wall_s": {"convert": round(convert_s, 1), "evaluate": round(time.perf_counter() - start, 1)},
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by,
-            }
-            same = ("dataset", "budget_epochs", "recipe", "train_images", "test_images", "convert_timesteps")
-            rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other runs' rows kept
-            rows = [r for r in rows if any(r[k] != row[k] for k in same)] + [row]
-            atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
-            print(f"{args.dataset} E={budget} {name}: control {100 * controls[key]:.2f} "
-                  + " ".join(f"T{t} {100 * a:.2f}" for t, a in accuracy.items()), flush=True)
+            record({"budget_epochs": budget, "converter": "snnverify", "recipe": name, "options": asdict(resolved),
+                    "training": snn.training,
+                    "control_accuracy": control_for(budget, resolved.qcfs_optimizer, resolved.qcfs_lr),
+                    "qcfs_ann_accuracy": api.evaluate(snn.conversion.qcfs_ann, test), "snn_accuracy": accuracy,
+                    "wall_s": {"convert": round(convert_s, 1), "evaluate": round(time.perf_counter() - start, 1)}})
+        for name in args.peers:
+            reseed(args.seed, train, cal)
+            start = time.perf_counter()
+            # the peers that train use AdamW at 1e-3 (neurocuda's convert), the control's recipe too
+            row = {"budget_epochs": budget, "converter": name, "recipe": "peer",
+                   "control_accuracy": control_for(budget, "adamw", 1e-3)}
+            try:
+                measured = peer_accuracy(name, budget, ann, cal, train, test, args.timesteps, args.time_limit)
+            except ConverterFailure as failure:
+                record({**row, "failure": str(failure)})
+                continue
+            if measured is not None:
+                accuracy, training, version = measured
+                record({**row, "version": version, "training": training, "snn_accuracy": accuracy,
+                        "wall_s": {"convert_and_evaluate": round(time.perf_counter() - start, 1)}})
     return path
+
+
+def _describe(recipe) -> str:
+    bptt = (f"{recipe.finetune_epochs} BPTT epoch(s) at Adam lr {recipe.finetune_lr:g}, horizons "
+            f"{','.join(map(str, recipe.finetune_horizons)) if recipe.finetune_horizons else 'T'}"
+            if recipe.finetune_epochs else "no BPTT")
+    return (f"{recipe.qcfs_optimizer} lr {recipe.qcfs_lr:g}, λ lr {recipe.threshold_lr:g}, L = {recipe.levels}, "
+            + bptt)
+
+
+def _converter(row: dict) -> str:
+    return row.get("converter", "snnverify")
+
+
+def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
+    """Per data sizes with peer rows: at each budget, the reference's best recipe at each T
+    against every peer (a label-free peer's E = 0 result stands at every budget)."""
+    lines = []
+    groups = sorted({(r["train_images"], r["test_images"]) for r in rows if _converter(r) != "snnverify"})
+    for n_train, n_test in groups:
+        same = [r for r in rows if (r["train_images"], r["test_images"]) == (n_train, n_test)]
+        ours = [r for r in same if _converter(r) == "snnverify" and "snn_accuracy" in r]
+        peers = [r for r in same if _converter(r) != "snnverify"]
+        label_free = {_converter(r) for r in peers if r["budget_epochs"] == 0} - {
+            _converter(r) for r in peers if r["budget_epochs"] > 0}
+        lines += [f"### Beside the peers: {n_train} training / {n_test} test images", "",
+                  "| E | converter | " + " | ".join(f"T={t}" for t in ts) + " |", "|" + "---|" * (2 + len(ts))]
+        for budget in sorted({r["budget_epochs"] for r in ours}):
+            best = {t: max((r["snn_accuracy"].get(str(t), float("nan")) for r in ours
+                            if r["budget_epochs"] == budget), default=float("nan")) for t in ts}
+            entries = [("snnverify (best recipe at each T)", best)]
+            for r in sorted(peers, key=_converter):
+                stands = r["budget_epochs"] == budget or (r["budget_epochs"] == 0 and _converter(r) in label_free)
+                if not stands:
+                    continue
+                name = f"{_converter(r)} {r.get('version', '')}".strip() + (
+                    " (no labels)" if _converter(r) in label_free else "")
+                if "failure" in r:
+                    entries.append((f"{name}: FAIL, {r['failure']}", {}))
+                else:
+                    entries.append((name, {t: r["snn_accuracy"].get(str(t), float("nan")) for t in ts}))
+            lead = {t: max(a.get(t, float("nan")) for _, a in entries) for t in ts}
+            for name, accuracy in entries:
+                lines.append(f"| {budget} | {name} | " + " | ".join(
+                    "" if t not in accuracy else (f"**{100 * accuracy[t]:.2f}**" if accuracy[t] == lead[t]
+                                                  else f"{100 * accuracy[t]:.2f}") for t in ts) + " |")
+        lines.append("")
+    return lines
 
 
 def render() -> Path:
@@ -156,34 +261,41 @@ def render() -> Path:
              "Generated by `snnverify budget --render` from the JSON files beside it; do not edit.",
              "Budget E: labelled epochs over the training images listed (QCFS training and BPTT together; "
              "calibration is unlabelled and free). Control: the ANN trained E more epochs with the recipe's "
-             "optimizer and weight learning rate, evaluated as an ANN (E = 0: the ANN itself). Gap = control − "
-             "SNN in pp; targets: ≤ 2 at T = 4, ≤ 0.5 at T = 8, ≤ 0.1 at T = 32, all from one conversion. "
-             "SNNs on the `cpu` backend.", "",
+             "optimizer and weight learning rate (AdamW 1e-3 for the peers, neurocuda's own), evaluated as an ANN "
+             "(E = 0: the ANN itself). Gap = control − SNN in pp; targets: ≤ 2 at T = 4, ≤ 0.5 at T = 8, ≤ 0.1 at "
+             "T = 32, all from one conversion. Our SNNs on the `cpu` backend; peers on their own simulators "
+             "through their certification adapters.", "",
              "Defaults of `convert` (snnverify/convert/budget.py), by budget: "
-             + "; ".join(f"E ≥ {b}: {r.qcfs_optimizer} lr {r.qcfs_lr:g}, λ lr {r.threshold_lr:g}, L = {r.levels}, "
-                         f"{r.finetune_epochs} BPTT epoch(s)" for b, r in RECIPES.items())
+             + "; ".join(f"E ≥ {b}: {_describe(r)}" for b, r in RECIPES.items())
              + f"; no budget given: E = {DEFAULT_BUDGET}.", ""]
     for path in sorted(OUT.glob("*.json")):
         rows = sorted(json.loads(path.read_text())["rows"],
-                      key=lambda r: (r["train_images"], r["test_images"], r["budget_epochs"], r["recipe"]))
-        ts = sorted({int(t) for r in rows for t in r["snn_accuracy"]})
+                      key=lambda r: (r["train_images"], r["test_images"], r["budget_epochs"], _converter(r) != "snnverify",
+                                     _converter(r), r["recipe"]))
+        ts = sorted({int(t) for r in rows for t in r.get("snn_accuracy", {})})
         lines += [f"## {path.stem}", "",
-                  "| E | recipe | train / test images | ANN | control | QCFS ANN | "
+                  "| E | converter | recipe | train / test images | ANN | control | QCFS ANN | "
                   + " | ".join(f"T={t}" for t in ts) + " | " + " | ".join(f"gap@{t}" for t in ts)
                   + " | targets met | date | commit | command |",
-                  "|" + "---|" * (10 + 2 * len(ts))]
+                  "|" + "---|" * (11 + 2 * len(ts))]
         for r in rows:
-            met = [t for t, limit in TARGETS_PP.items() if str(t) in r["gap_pp"] and r["gap_pp"][str(t)] <= limit]
-            checked = [t for t in TARGETS_PP if str(t) in r["gap_pp"]]
+            if "failure" in r:
+                results = f"FAIL: {r['failure']}" + " |" * (2 * len(ts)) + " none"
+            else:
+                met = [t for t, limit in TARGETS_PP.items() if str(t) in r["gap_pp"] and r["gap_pp"][str(t)] <= limit]
+                checked = [t for t in TARGETS_PP if str(t) in r["gap_pp"]]
+                results = (" | ".join(f"{100 * r['snn_accuracy'][str(t)]:.2f}" if str(t) in r["snn_accuracy"] else ""
+                                      for t in ts)
+                           + " | " + " | ".join(f"{r['gap_pp'][str(t)]:.2f}" if str(t) in r["gap_pp"] else ""
+                                                for t in ts)
+                           + f" | {'all' if met == checked and checked else ', '.join(f'T={t}' for t in met) or 'none'}")
+            qcfs = f"{100 * r['qcfs_ann_accuracy']:.2f}" if "qcfs_ann_accuracy" in r else ""
             lines.append(
-                f"| {r['budget_epochs']} | {r['recipe']} | {r['train_images']} / {r['test_images']} | "
-                f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | "
-                f"{100 * r['qcfs_ann_accuracy']:.2f} | "
-                + " | ".join(f"{100 * r['snn_accuracy'][str(t)]:.2f}" if str(t) in r["snn_accuracy"] else "" for t in ts)
-                + " | " + " | ".join(f"{r['gap_pp'][str(t)]:.2f}" if str(t) in r["gap_pp"] else "" for t in ts)
-                + f" | {'all' if met == checked and checked else ', '.join(f'T={t}' for t in met) or 'none'}"
-                + f" | {r['date']} | {r['commit']} | `{r['command']}` |")
-        lines.append("")
+                f"| {r['budget_epochs']} | {_converter(r)} {r.get('version', '')}".rstrip() + f" | {r['recipe']} | "
+                f"{r['train_images']} / {r['test_images']} | "
+                f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | {qcfs} | {results}"
+                f" | {r['date']} | {r['commit']} | `{r['command']}` |")
+        lines += ["", *_peers_side_by_side(rows, ts)]
     return atomic_write(OUT / "README.md", "\n".join(lines))
 
 
@@ -192,7 +304,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 5])
     parser.add_argument("--recipes", nargs="+", default=["default"], choices=sorted(CANDIDATES))
     parser.add_argument("--timesteps", type=int, nargs="+", default=[4, 8, 16, 32, 64])
-    parser.add_argument("--convert-timesteps", type=int, default=4, help="T of BPTT fine-tuning")
+    parser.add_argument("--convert-timesteps", type=int, default=4,
+                        help="convert's T (BPTT trains it when the recipe names no horizons)")
+    parser.add_argument("--peers", nargs="*", default=[], choices=PEERS,
+                        help="peer converters run beside, through their certification adapters (.venv-peers)")
+    parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_S,
+                        help="seconds one peer convert or run call may take before it is a FAIL")
     parser.add_argument("--train-subset", type=int, help="train on this many training images (fixed seed)")
     parser.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
     parser.add_argument("--seed", type=int, default=0)
@@ -205,6 +322,8 @@ def main(args: argparse.Namespace) -> int:
     for budget in args.budgets:
         if budget < 0:
             raise ValueError(f"--budgets: a budget is a number of epochs >= 0, got {budget}")
+    if not args.time_limit > 0:
+        raise ValueError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -1,0 +1,112 @@
+"""``snnverify budget`` with peers: a peer through its adapter at equal budget, a label-free peer,
+a crashing peer, and the side-by-side table rendered from the rows."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from snnverify.certify.adapters.reference import ReferenceAdapter
+from snnverify.certify.clauses import ConverterFailure
+from snnverify.jobs import budget as budget_job
+from snnverify.models import small_resnet
+
+
+class GuessesZero(ReferenceAdapter):
+    """Trains like a peer that takes ``qcfs_epochs``; its SNN always answers class 0."""
+
+    name = "guesses-zero"
+
+    def __init__(self):
+        super().__init__()
+        self.options = {"qcfs_epochs": 1}
+
+    def convert(self, model, cal_loader, timesteps, train_loader=None):
+        self.qcfs_epochs = self.options["qcfs_epochs"]
+        converted = super().convert(model, cal_loader, timesteps, train_loader)
+        inner = converted.run
+
+        def run(x, t):
+            output, spikes = inner(x, t)
+            answer = torch.full_like(torch.as_tensor(output), -1.0)
+            answer[:, 0] = 1.0
+            return answer, spikes
+        converted.run = run
+        return converted
+
+
+class LabelFree(GuessesZero):
+    """Takes no ``qcfs_epochs``: it converts without labels whatever loader it is given."""
+
+    name = "label-free"
+
+    def __init__(self):
+        super().__init__()
+        del self.options
+
+    def convert(self, model, cal_loader, timesteps, train_loader=None):
+        self.options = {"qcfs_epochs": 0}
+        try:
+            return super().convert(model, cal_loader, timesteps, None)
+        finally:
+            del self.options
+
+
+class Crashes(GuessesZero):
+    name = "crashes"
+
+    def convert(self, model, cal_loader, timesteps, train_loader=None):
+        raise RuntimeError("unsupported layer AvgPool2d")
+
+
+@pytest.fixture(scope="module")
+def setting():
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 1, 8, 8, generator=generator), torch.randint(0, 3, (12,), generator=generator)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    return small_resnet(10, 1).eval(), loader, int((y == 0).sum()) / len(y)
+
+
+def test_a_training_peer_spends_the_budget_and_is_scored_on_the_test_images(setting):
+    model, loader, share_of_zeros = setting
+    accuracy, training, version = budget_job.peer_accuracy(f"{__file__}:GuessesZero", 2, model, loader, loader,
+                                                           loader, [1, 3], 60)
+    assert training == {"epochs": 2, "samples": 24}
+    assert accuracy == {"1": share_of_zeros, "3": share_of_zeros}
+
+
+def test_a_label_free_peer_is_measured_once_at_budget_zero(setting):
+    model, loader, share_of_zeros = setting
+    spec = f"{__file__}:LabelFree"
+    assert budget_job.peer_accuracy(spec, 1, model, loader, loader, loader, [2], 60) is None
+    accuracy, training, _ = budget_job.peer_accuracy(spec, 0, model, loader, loader, loader, [2], 60)
+    assert accuracy == {"2": share_of_zeros} and training == {"epochs": 0, "samples": 0}
+
+
+def test_a_crashing_peer_is_a_failure_with_its_reason(setting):
+    model, loader, _ = setting
+    with pytest.raises(ConverterFailure, match="raised RuntimeError: unsupported layer AvgPool2d"):
+        budget_job.peer_accuracy(f"{__file__}:Crashes", 1, model, loader, loader, loader, [2], 60)
+
+
+def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_path, monkeypatch):
+    common = {"dataset": "toy", "train_images": 100, "test_images": 50, "convert_timesteps": 4, "ann_accuracy": 0.9,
+              "date": "2026-01-01T00:00:00+00:00", "commit": "abc1234", "command": "snnverify budget", "seed": 0}
+    ours = [{**common, "budget_epochs": e, "converter": "snnverify", "recipe": r, "control_accuracy": 0.9,
+             "qcfs_ann_accuracy": 0.88, "snn_accuracy": acc, "gap_pp": {t: 100 * (0.9 - a) for t, a in acc.items()}}
+            for e, r, acc in [(1, "a", {"4": 0.70, "8": 0.86}), (1, "b", {"4": 0.80, "8": 0.85})]]
+    peers = [{**common, "budget_epochs": 0, "converter": "free", "version": "1.0", "recipe": "peer",
+              "control_accuracy": 0.9, "snn_accuracy": {"4": 0.75, "8": 0.87}, "gap_pp": {"4": 15.0, "8": 3.0}},
+             {**common, "budget_epochs": 1, "converter": "broken", "recipe": "peer", "control_accuracy": 0.9,
+              "failure": "convert hung (no answer within 60 s)"}]
+    (tmp_path / "toy.json").write_text(json.dumps({"rows": ours + peers}))
+    monkeypatch.setattr(budget_job, "OUT", tmp_path)
+    text = budget_job.render().read_text()
+    side = text[text.index("### Beside the peers: 100 training / 50 test images"):]
+    # the best of our recipes at each T (b at T=4, a at T=8); the label-free peer leads at T=8
+    assert "| 1 | snnverify (best recipe at each T) | **80.00** | 86.00 |" in side
+    assert "| 1 | free 1.0 (no labels) | 75.00 | **87.00** |" in side
+    assert "| 1 | broken: FAIL, convert hung (no answer within 60 s) |" in side
+    assert np.isclose(float(text.split("| free 1.0 | peer |")[1].split("|")[6]), 15.0)  # gap@4
