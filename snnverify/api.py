@@ -43,9 +43,14 @@ class SNN:
         """Labelled training the conversion spent, {"epochs", "samples", ...} (None: built by hand)."""
         return None if self.conversion is None else self.conversion.training
 
-    def run(self, x, timesteps: int | None = None, record: bool = False, device=None) -> RunResult:
-        """One batch through the compiled backend (T defaults to ``self.timesteps``)."""
-        return self.backend.run(x, self.timesteps if timesteps is None else timesteps, record, device)
+    def run(self, x, timesteps: int | None = None, record: bool = False, device=None,
+            horizons: tuple[int, ...] = ()) -> RunResult:
+        """One batch through the compiled backend (T defaults to ``self.timesteps``); with
+        ``horizons``, also the readouts of the first h steps for each h ≤ T."""
+        timesteps = self.timesteps if timesteps is None else timesteps
+        if horizons:
+            return self.backend.run(x, timesteps, record, device, horizons=tuple(horizons))
+        return self.backend.run(x, timesteps, record, device)
 
 
 def convert(model: nn.Module, cal_loader, timesteps: int = 32, device=None, train_loader=None, **options) -> SNN:
@@ -53,8 +58,8 @@ def convert(model: nn.Module, cal_loader, timesteps: int = 32, device=None, trai
 
     Traces ``model`` with torch.fx, folds BatchNorm, replaces every ReLU call site by QCFS
     (λ per channel from ``cal_loader``, then trained for ``qcfs_epochs``), converts to IF neurons
-    (θ = λ, v[0] = θ/2, reset by subtraction) and fine-tunes by BPTT at ``timesteps`` steps for
-    ``finetune_epochs``. ``budget_epochs=E`` spends E labelled epochs in all, split between the
+    (θ = λ, v[0] = θ/2, reset by subtraction) and fine-tunes by BPTT for ``finetune_epochs``
+    (the loss averaged over the readouts at ``finetune_horizons``, by default ``timesteps``). ``budget_epochs=E`` spends E labelled epochs in all, split between the
     stages by the recipe measured best at E; ``snn.training`` records what was spent.
     ``options``: the fields of :class:`~snnverify.convert.ConversionOptions`.
     """
@@ -146,6 +151,31 @@ def evaluate(model_or_snn, loader, device=None, timesteps: int | None = None) ->
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return correct / total
+
+
+def accuracy_over_time(snn: SNN, loader, timesteps, device=None) -> dict[int, float]:
+    """{T: accuracy} for every T in ``timesteps``, from one run of max T steps per batch: the
+    readout of the first T steps is what a run of T steps returns (:attr:`RunResult.readouts`),
+    so each value equals ``evaluate(snn, loader, timesteps=T)``."""
+    if not isinstance(snn, SNN):
+        raise TypeError(f"accuracy_over_time expects an SNN, got {type(snn).__name__}")
+    if isinstance(timesteps, (int, np.integer)) or not len(timesteps):
+        raise ValueError(f"timesteps must be a non-empty list of T, got {timesteps!r}")
+    longest = max(g.check_timesteps(t) for t in timesteps)
+    horizons = g.check_horizons(timesteps, longest)
+    correct, total = dict.fromkeys(horizons, 0), 0
+    for batch in progress(loader, desc=f"SNN evaluation (T={','.join(map(str, horizons))})"):
+        x, y = split_batch(batch)
+        if y is None:
+            raise ValueError("accuracy_over_time needs (inputs, labels) batches")
+        readouts = snn.run(x, longest, device=device, horizons=horizons).readouts
+        labels = y.cpu().numpy()
+        for h in horizons:
+            correct[h] += int((readouts[h].argmax(1) == labels).sum())
+        total += len(y)
+    if total == 0:
+        raise ValueError("accuracy_over_time: the loader yielded no samples")
+    return {h: correct[h] / total for h in horizons}
 
 
 def measure_sparsity(snn: SNN, loader, device=None, timesteps: int | None = None) -> float:

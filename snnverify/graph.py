@@ -338,6 +338,16 @@ def check_timesteps(timesteps) -> int:
     return int(timesteps)
 
 
+def check_horizons(horizons, timesteps: int) -> tuple[int, ...]:
+    """Readout steps h of a run of T steps: integers in 1..T, sorted, without repeats. The
+    readout at h is the output current averaged over the first h steps, what a run of h steps
+    returns (a run's first steps do not depend on how many follow)."""
+    if isinstance(horizons, (str, bytes)) or not all(
+            not isinstance(h, bool) and isinstance(h, (int, np.integer)) and 1 <= h <= timesteps for h in horizons):
+        raise ValueError(f"horizons must be integers in 1..{timesteps} (the steps run), got {horizons!r}")
+    return tuple(sorted({int(h) for h in horizons}))
+
+
 def replace(node: Node, **changes) -> Node:
     """A copy of ``node`` with some fields changed (validated again)."""
     values = {f.name: getattr(node, f.name) for f in fields(node)}

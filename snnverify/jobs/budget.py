@@ -48,10 +48,12 @@ CANDIDATES: dict[str, dict] = {
                   "finetune_epochs": 0},
     "adamw-L8-lam1e-2": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 1e-2, "levels": 8,
                          "finetune_epochs": 0},
-    "adamw-L4-bptt1": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 4,
-                       "finetune_epochs": 1},
-    "adamw-L8-bptt1": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
-                       "finetune_epochs": 1},
+    "adamw-L4-bptt1-h4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 4,
+                          "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4,)},
+    "adamw-L4-bptt1-h48": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 4,
+                           "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4, 8)},
+    "adamw-L8-bptt1-h48": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
+                           "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4, 8)},
     "p99.99": {"percentile": 99.99, "finetune_epochs": 0},
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
@@ -181,9 +183,8 @@ def sweep(args) -> Path:
             convert_s = time.perf_counter() - start
             resolved = snn.conversion.options
             api.compile(snn, "cpu")
-            accuracy, start = {}, time.perf_counter()
-            for t in args.timesteps:
-                accuracy[str(t)] = api.evaluate(snn, test, timesteps=t)
+            start = time.perf_counter()
+            accuracy = {str(t): a for t, a in api.accuracy_over_time(snn, test, args.timesteps).items()}
             record({"budget_epochs": budget, "converter": "snnverify", "recipe": name, "options": asdict(resolved),
                     "training": snn.training,
                     "control_accuracy": control_for(budget, resolved.qcfs_optimizer, resolved.qcfs_lr),

@@ -40,17 +40,22 @@ class RunResult:
     ``output``: the output current averaged over T, [batch, classes] float32.
     ``spike_counts``: total number of spikes per IF layer over the batch and all T steps.
     ``spikes``: with ``record=True``, every IF layer's spikes [T, batch, ...] as bool arrays.
+    ``readouts``: with ``horizons``, {h: the output current averaged over the first h steps},
+    what a run of h steps returns as ``output`` — bit for bit, but on the torch backend in
+    float32, whose sums follow torch's order for T·B rows (there, to the last bit).
     """
 
     output: np.ndarray
     spike_counts: dict[str, int]
     spikes: dict[str, np.ndarray] | None = None
+    readouts: dict[int, np.ndarray] | None = None
 
 
 class Backend(Protocol):
     target: str
 
-    def run(self, x: torch.Tensor, timesteps: int, record: bool = False, device=None) -> RunResult: ...
+    def run(self, x: torch.Tensor, timesteps: int, record: bool = False, device=None,
+            horizons: tuple[int, ...] = ()) -> RunResult: ...
 
 
 def register_backend(target: str, make: Callable[..., "Backend"] | None = None):

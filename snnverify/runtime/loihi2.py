@@ -651,18 +651,20 @@ class Loihi2Backend:
                                   saturate=not layer.groups, layer=name)
                 for name, layer in self.network.layers.items() if layer.static}
 
-    def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
+    def run(self, x, timesteps: int, record: bool = False, device=None, horizons: tuple[int, ...] = ()) -> RunResult:
         check_device(self.target, device, torch.device("cpu"))
         x = check_input(self.graph, x)
         timesteps = g.check_timesteps(timesteps)
+        horizons = g.check_horizons(horizons, timesteps)
         largest = max((math.prod(layer.shape) for layer in self.network.layers.values()), default=1)
         chunk = max(1, self.max_elements // (timesteps * largest))
-        results = [self._run(x[i:i + chunk], timesteps, record) for i in range(0, len(x), chunk)]
+        results = [self._run(x[i:i + chunk], timesteps, record, horizons) for i in range(0, len(x), chunk)]
         counts = {k: sum(r.spike_counts[k] for r in results) for k in results[0].spike_counts}
         spikes = {k: np.concatenate([r.spikes[k] for r in results], axis=1) for k in counts} if record else None
-        return RunResult(np.concatenate([r.output for r in results]), counts, spikes)
+        readouts = {h: np.concatenate([r.readouts[h] for r in results]) for h in horizons} if horizons else None
+        return RunResult(np.concatenate([r.output for r in results]), counts, spikes, readouts)
 
-    def _run(self, x: torch.Tensor, timesteps: int, record: bool) -> RunResult:
+    def _run(self, x: torch.Tensor, timesteps: int, record: bool, horizons: tuple[int, ...]) -> RunResult:
         network = self.network
         batch = len(x)
         currents = self._static_currents(x)
@@ -692,10 +694,14 @@ class Loihi2Backend:
         accumulators = np.zeros((timesteps * batch, classes), np.int64)
         for group in output.groups:
             _accumulate(group, spikes[group.source], accumulators)
-        total = accumulators.reshape(timesteps, batch, classes).sum(0)
-        current = total / timesteps / output.vth + output.bias
-        if output.static:
-            current = current + sum(currents[s] for s in output.static) / output.scale
+        running = accumulators.reshape(timesteps, batch, classes).cumsum(0)  # int64: exact in any order
+
+        def readout(h: int) -> np.ndarray:
+            current = running[h - 1] / h / output.vth + output.bias
+            if output.static:
+                current = current + sum(currents[s] for s in output.static) / output.scale
+            return current.astype(np.float32)
+
         counts = {name: int(np.count_nonzero(s)) for name, s in spikes.items()}
         recorded = {name: s.reshape(timesteps, batch, *s.shape[1:]) for name, s in spikes.items()} if record else None
-        return RunResult(current.astype(np.float32), counts, recorded)
+        return RunResult(readout(timesteps), counts, recorded, {h: readout(h) for h in horizons})

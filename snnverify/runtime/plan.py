@@ -248,13 +248,15 @@ class Signal:
     channels_last: bool = False  # a spike map [T·B, H·W·C], as fused kernels read and write them
 
 
-def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record: bool):
-    """Run the plan on a batch; returns (output [B, K] float, spike counts, recorded spikes)."""
+def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record: bool,
+            horizons: tuple[int, ...] = ()):
+    """Run the plan on a batch; returns (output [B, K] float, spike counts, recorded spikes,
+    readouts {h: output of the first h steps} for each h in ``horizons``)."""
     batch = x.shape[0]
     values: dict[str, Signal] = {}
     remaining = dict(plan.users)
     counts, spikes = {}, ({} if record else None)
-    output = None
+    output, readouts = None, {}
 
     converted = {}  # channels-last spike maps in channels-first order, for the readers that need it
 
@@ -283,16 +285,20 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             kernels.add_into(total, array.reshape(array.shape[0], -1), temporal, batch)
         return total.reshape(rows, *shape)
 
-    def mean_over_time(name: str, temporal: bool) -> np.ndarray:
-        """Σ_t x[t] in ascending t, then / T (float64 for integer graphs)."""
+    def means_over_time(name: str, temporal: bool, steps: set[int]) -> dict[int, np.ndarray]:
+        """For each h in ``steps``: Σ_{t<h} x[t] in ascending t, then / h (float64 for integer
+        graphs) — the sum a run of h steps makes, as its first h steps are this run's."""
         array = analog(name)
-        if temporal:
-            array = add([(array[t * batch : (t + 1) * batch], True) for t in range(timesteps)], batch,
-                        array.shape[1:])
-        total = kernels.to_host(array).reshape(batch, -1)
-        if total.dtype.kind == "i":
-            return total / timesteps if temporal else total.astype(np.float64)
-        return total / np.float32(timesteps) if temporal else total
+        if not temporal:
+            total = kernels.to_host(array).reshape(batch, -1)
+            return dict.fromkeys(steps, total.astype(np.float64) if total.dtype.kind == "i" else total)
+        total, means = kernels.zeros((batch, math.prod(array.shape[1:])), plan.dtype), {}
+        for t in range(1, timesteps + 1):
+            kernels.add_into(total, array[(t - 1) * batch : t * batch].reshape(batch, -1), True, batch)
+            if t in steps:
+                host = kernels.to_host(total).reshape(batch, -1)
+                means[t] = host / t if host.dtype.kind == "i" else host / np.float32(t)  # a copy: total goes on
+        return means
 
     fusions = plan.fusions if kernels.conv2d_if is not None else {}
     absorbed = {name for fusion in fusions.values() for name in fusion.absorbed}
@@ -375,14 +381,15 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             terms = [(analog(name), values[name].temporal) for name in op.inputs]
             values[op.name] = Signal(add(terms, rows, plan.shapes[op.name]), temporal)
         elif isinstance(node, g.Output):
-            mean = mean_over_time(op.inputs[0], temporal)
-            output = mean if node.scale == 1 else mean / node.scale
+            means = {h: mean if node.scale == 1 else mean / node.scale
+                     for h, mean in means_over_time(op.inputs[0], temporal, {timesteps, *horizons}).items()}
+            output, readouts = means[timesteps], {h: means[h] for h in horizons}
         for source in reads:
             remaining[source] -= 1
             if remaining[source] == 0:
                 del values[source]
                 converted.pop(source, None)
-    return output, counts, spikes
+    return output, counts, spikes, readouts
 
 
 class KernelBackend:
@@ -396,12 +403,14 @@ class KernelBackend:
         self.plan = build_plan(graph)
         self.exact_range = ExactRange(graph) if graph.integer else None
 
-    def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
+    def run(self, x, timesteps: int, record: bool = False, device=None, horizons: tuple[int, ...] = ()) -> RunResult:
         check_device(self.target, device, self.kernels.device())
         x, timesteps = check_run(self.graph, x, timesteps, self.exact_range)
+        horizons = g.check_horizons(horizons, timesteps)
         with self.kernels.running():
-            output, counts, spikes = execute(self.plan, self.kernels, x.numpy(), timesteps, record)
-        return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes)
+            output, counts, spikes, readouts = execute(self.plan, self.kernels, x.numpy(), timesteps, record, horizons)
+        return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes,
+                         readouts={h: np.asarray(r, np.float32) for h, r in readouts.items()} if horizons else None)
 
 
 def register_kernels(target: str, kernels: Kernels) -> None:

@@ -126,8 +126,8 @@ class TorchExecutor(nn.Module):
 
         With ``horizons`` (each ≤ T), the output is [len(horizons), batch, K]: the current
         averaged over the first h steps for each h, what a run stopped at T = h returns."""
-        if horizons is not None and not all(1 <= h <= timesteps for h in horizons):
-            raise ValueError(f"horizons must lie in 1..{timesteps} (the steps run), got {list(horizons)}")
+        if horizons is not None:
+            g.check_horizons(horizons, timesteps)
         graph = self.graph
         remaining_users = {name: len(graph.users(name)) for name in graph.nodes}
         signals: dict[str, tuple[torch.Tensor, bool]] = {}  # name -> (tensor, temporal?)
@@ -163,9 +163,8 @@ class TorchExecutor(nn.Module):
                 (current, temporal) = args[0]
                 if horizons is None:
                     output = (current.sum(0) / timesteps if temporal else current) / node.scale
-                elif temporal:
-                    running = current.cumsum(0)
-                    output = torch.stack([running[h - 1] / h for h in horizons]) / node.scale
+                elif temporal:  # each readout sums the first h steps as a run of h steps does
+                    output = torch.stack([current[:h].sum(0) / h for h in horizons]) / node.scale
                 else:
                     output = current.expand(len(horizons), *current.shape) / node.scale
             else:
@@ -217,14 +216,18 @@ class TorchBackend:
         self.exact_range = ExactRange(graph) if graph.integer else None
 
     @torch.no_grad()
-    def run(self, x, timesteps: int, record: bool = False, device=None) -> RunResult:
+    def run(self, x, timesteps: int, record: bool = False, device=None, horizons: tuple[int, ...] = ()) -> RunResult:
         # the reference executor runs on any torch device
         x, timesteps = check_run(self.graph, x, timesteps, self.exact_range)
+        horizons = g.check_horizons(horizons, timesteps)
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.executor.to(device)
-        output, counts, spikes = self.executor(x.to(device), timesteps, record)
+        steps = tuple(sorted({*horizons, timesteps}))  # the full run's output is its readout at T
+        readouts, counts, spikes = self.executor(x.to(device), timesteps, record, horizons=steps)
+        readouts = dict(zip(steps, readouts.cpu().numpy().astype(np.float32)))
         return RunResult(
-            output=output.cpu().numpy().astype(np.float32),
+            output=readouts[timesteps],
             spike_counts={k: int(v) for k, v in counts.items()},
             spikes=None if spikes is None else {k: v.cpu().numpy() for k, v in spikes.items()},
+            readouts={h: readouts[h] for h in horizons} if horizons else None,
         )

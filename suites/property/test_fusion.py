@@ -60,8 +60,8 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
     for op in plan.ops:
         if op.sparse and not op.events:
             note("conv fed by a pooled spike map")
-    out_fused, _, spikes_fused = execute(plan, CPU_KERNELS, x, steps, record=True)
-    out_plain, _, spikes_plain = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
+    out_fused, _, spikes_fused, _ = execute(plan, CPU_KERNELS, x, steps, record=True)
+    out_plain, _, spikes_plain, _ = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
     mismatches = sum(int((spikes_fused[k] != spikes_plain[k]).sum()) for k in spikes_plain)
     comparison_log.record(check, sum(s.size for s in spikes_plain.values()), mismatches)
     assert list(spikes_fused) == list(spikes_plain)

@@ -84,7 +84,7 @@ def test_horizons_readouts_are_the_runs_stopped_at_each_T():
     assert readouts.shape == (3, len(x), 10)
     for h, readout in zip((1, 3, 7), readouts):
         torch.testing.assert_close(readout, executor(x, h)[0], rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match=r"horizons must lie in 1..7 \(the steps run\), got \[8\]"):
+    with pytest.raises(ValueError, match=r"horizons must be integers in 1..7 \(the steps run\), got \(8,\)"):
         executor(x, 7, horizons=(8,))
 
 
