@@ -64,6 +64,8 @@ OUT = Path("reports/budget")
 #: peer converters with a certification adapter (snnverify.certify.adapters)
 PEERS = ("spikingjelly", "sinabs", "neurocuda")
 TARGETS_PP = {4: 2.0, 8: 0.5, 32: 0.1}  # gap to the equal-budget ANN control, at most
+#: a recipe's score: its mean SNN accuracy over these T (one conversion serves every T)
+SCORED_T = (4, 8, 16, 32)
 
 
 def commit() -> str:
@@ -208,6 +210,20 @@ def sweep(args) -> Path:
     return path
 
 
+def winners(rows: list[dict]) -> dict[int, dict]:
+    """Per budget, our row with the highest mean accuracy over :data:`SCORED_T`, among the rows
+    of the largest training set that has every T scored (the recipe ``convert`` should default to)."""
+    scored = [r for r in rows if _converter(r) == "snnverify" and r["recipe"] != "default"
+              and all(str(t) in r.get("snn_accuracy", {}) for t in SCORED_T)]
+    best: dict[int, dict] = {}
+    for budget in sorted({r["budget_epochs"] for r in scored}):
+        at_budget = [r for r in scored if r["budget_epochs"] == budget]
+        largest = max((r["train_images"], r["test_images"]) for r in at_budget)
+        best[budget] = max((r for r in at_budget if (r["train_images"], r["test_images"]) == largest),
+                           key=lambda r: sum(r["snn_accuracy"][str(t)] for t in SCORED_T))
+    return best
+
+
 def _describe(recipe) -> str:
     bptt = (f"{recipe.finetune_epochs} BPTT epoch(s) at Adam lr {recipe.finetune_lr:g}, horizons "
             f"{','.join(map(str, recipe.finetune_horizons)) if recipe.finetune_horizons else 'T'}"
@@ -296,7 +312,11 @@ def render() -> Path:
                 f"{r['train_images']} / {r['test_images']} | "
                 f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | {qcfs} | {results}"
                 f" | {r['date']} | {r['commit']} | `{r['command']}` |")
-        lines += ["", *_peers_side_by_side(rows, ts)]
+        lines += ["", f"Winner at each budget (highest mean accuracy over T = {', '.join(map(str, SCORED_T))}, "
+                  "largest data): " + "; ".join(
+                      f"E = {b}: {r['recipe']} ({r['train_images']} / {r['test_images']} images, mean "
+                      f"{100 * sum(r['snn_accuracy'][str(t)] for t in SCORED_T) / len(SCORED_T):.2f})"
+                      for b, r in winners(rows).items()), "", *_peers_side_by_side(rows, ts)]
     return atomic_write(OUT / "README.md", "\n".join(lines))
 
 

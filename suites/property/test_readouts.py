@@ -12,7 +12,7 @@ from snnverify.api import SNN
 from snnverify.strategies import spiking_graphs
 from suites.property.test_backends import quantized
 
-SIMULATOR_WORK = 50_000  # multiply-accumulates per run for the CUDA simulator (see test_backends)
+SIMULATOR_WORK = 30_000  # multiply-accumulates per run for the CUDA simulator (see test_backends)
 
 
 def check_readouts(graph, target, x, timesteps, horizons):
@@ -30,13 +30,13 @@ def horizons_of(data, timesteps):
     return data.draw(st.lists(st.sampled_from([1, timesteps]) | st.integers(1, timesteps), min_size=1, max_size=4))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(spiking_graphs(dyadic=False, max_size=8, max_timesteps=12), st.data())
 def test_readouts_equal_shorter_runs_float32(case, data):
     check_readouts(case.graph, "cpu", case.x, case.timesteps, horizons_of(data, case.timesteps))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(spiking_graphs(dyadic=True, max_size=8, max_timesteps=12), st.data())
 def test_readouts_equal_shorter_runs_torch_where_sums_are_exact(case, data):
     """torch sums float32 in its own order, which may change with the number of rows (T·B): on
@@ -45,7 +45,7 @@ def test_readouts_equal_shorter_runs_torch_where_sums_are_exact(case, data):
     check_readouts(case.graph, "torch", case.x, case.timesteps, horizons_of(data, case.timesteps))
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(spiking_graphs(dyadic=False, max_timesteps=6, max_work=SIMULATOR_WORK), st.data())
 def test_readouts_equal_shorter_runs_gpu(case, data):
     check_readouts(case.graph, "gpu", case.x, case.timesteps, horizons_of(data, case.timesteps))
@@ -60,7 +60,7 @@ def test_readouts_equal_shorter_runs_integer(case, data):
         check_readouts(graph, target, case.x, case.timesteps, horizons)
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(st.integers(1, 12), st.data())
 def test_readouts_equal_shorter_runs_loihi2(digits_case, timesteps, data):
     """On the chip simulator, with the converted digits network (the graphs it maps)."""
