@@ -28,10 +28,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import fx
 from torch.utils.data import DataLoader, Subset
 
 from snnverify import api, data, models
-from snnverify.certify.clauses import ConverterFailure
+from snnverify.certify.clauses import ConverterFailure, modular_relus
 from snnverify.certify.protocol import load_adapter
 from snnverify.certify.runner import TIME_LIMIT_S, Harness
 from snnverify.graph import check_timesteps
@@ -125,6 +127,9 @@ def peer_accuracy(name: str, budget: int, ann, cal, train, test, timesteps: list
         return None
     if trains:
         adapter.options = {**adapter.options, "qcfs_epochs": budget}
+    if "functional_relu" not in adapter.capabilities and any(
+            n.op == "call_function" and n.target in (F.relu, torch.relu) for n in fx.symbolic_trace(ann).graph.nodes):
+        ann = modular_relus(ann)  # as certification does: such a peer leaves F.relu calls unconverted
     harness = Harness(adapter, None, time_limit_s)
     try:
         converted = harness.convert("budget", ann, cal, max(timesteps), train_loader=train if budget else None)
@@ -132,7 +137,9 @@ def peer_accuracy(name: str, budget: int, ann, cal, train, test, timesteps: list
         for t in progress(timesteps, desc=f"{name} E={budget}"):
             correct = total = 0
             for x, y in test:
-                output, _ = harness.run(converted, x, t)
+                output, spikes = harness.run(converted, x, t)
+                if not spikes:  # an ANN left as it was would score the ANN's accuracy at every T
+                    raise ConverterFailure(f"{adapter.name}: the converted network has no spiking layer")
                 correct += int((torch.from_numpy(output).argmax(1) == y).sum())
                 total += len(y)
             accuracy[str(t)] = correct / total

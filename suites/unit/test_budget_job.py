@@ -110,3 +110,39 @@ def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_pa
     assert "| 1 | free 1.0 (no labels) | 75.00 | **87.00** |" in side
     assert "| 1 | broken: FAIL, convert hung (no answer within 60 s) |" in side
     assert np.isclose(float(text.split("| free 1.0 | peer |")[1].split("|")[6]), 15.0)  # gap@4
+
+
+class ModulesOnly(GuessesZero):
+    """Declares no ``functional_relu``; records the ReLU call sites of the model it is given."""
+
+    name = "modules-only"
+    capabilities = {"residual", "batchnorm"}
+    seen: dict = {}
+
+    def convert(self, model, cal_loader, timesteps, train_loader=None):
+        graph = torch.fx.symbolic_trace(model).graph
+        ModulesOnly.seen = {"functional": sum(n.op == "call_function" and "relu" in str(n.target) for n in graph.nodes),
+                            "modules": sum(isinstance(m, torch.nn.ReLU) for m in model.modules())}
+        return super().convert(model, cal_loader, timesteps, train_loader)
+
+
+class NoSpikes(GuessesZero):
+    name = "no-spikes"
+
+    def convert(self, model, cal_loader, timesteps, train_loader=None):
+        converted = super().convert(model, cal_loader, timesteps, train_loader)
+        inner = converted.run
+        converted.run = lambda x, t: (inner(x, t)[0], {})
+        return converted
+
+
+def test_a_peer_without_functional_relu_gets_every_relu_as_a_module(setting):
+    model, loader, _ = setting
+    budget_job.peer_accuracy(f"{__name__}:ModulesOnly", 1, model, loader, loader, loader, [2], 60)
+    assert ModulesOnly.seen["functional"] == 0 and ModulesOnly.seen["modules"] == 7  # small_resnet's 7 call sites
+
+
+def test_a_peer_that_leaves_the_network_unconverted_fails(setting):
+    model, loader, _ = setting
+    with pytest.raises(ConverterFailure, match="no-spikes: the converted network has no spiking layer"):
+        budget_job.peer_accuracy(f"{__file__}:NoSpikes", 1, model, loader, loader, loader, [2], 60)
