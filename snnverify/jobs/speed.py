@@ -61,7 +61,10 @@ def interleaved_best_times(functions: dict, repeats: int, calls: int = 2) -> dic
     return best
 
 
-def measure(model: str, targets: list[str], timesteps: list[int], batch: int, repeats: int = 3) -> dict:
+def measure(model: str, targets: list[str], timesteps: list[int], batch: int, repeats: int = 3,
+            integer: bool = False) -> dict:
+    """Images/s per target and T beside the ANN forward; with ``integer``, every target also
+    runs the network's integer mode (``snnverify.quantize``), as target ``<target> integer``."""
     ann, graph = converted(model)
     x = torch.randn(batch, *SHAPES[model])
     macs = multiply_accumulates(graph)
@@ -69,6 +72,8 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
                "snn": []}
     neurons = sum(math.prod(graph.shapes[layer.name]) for layer in graph.neuron_layers)
     snns = {target: SNN(graph, 1, target=target) for target in targets}
+    if integer:
+        snns.update({f"{target} integer": snnverify.quantize(SNN(graph, 1, target=target)) for target in targets})
 
     def ann_forward():
         with torch.no_grad():
@@ -83,7 +88,7 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
         for target, snn in snns.items():
             _, spikes = snnverify.simulate(snn, x, timesteps=t, record=True)
             fired = sum(int(s.sum()) for s in spikes.values())
-            events = synaptic_events(graph, spikes) / batch
+            events = synaptic_events(snn.graph, spikes) / batch
             results["snn"].append({
                 "target": target, "timesteps": t, "seconds": seconds[target],
                 "images_per_s": batch / seconds[target], "ann_seconds_same_rounds": seconds["ann"],
@@ -103,6 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timesteps", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--integer", action="store_true", help="also time each target on the integer-mode network")
     parser.add_argument("--out", help="write the results as JSON here")
 
 
@@ -115,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     for name in ("batch", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    results = [measure(m, args.targets, args.timesteps, args.batch, args.repeats) for m in args.models]
+    results = [measure(m, args.targets, args.timesteps, args.batch, args.repeats, args.integer) for m in args.models]
     for result in results:
         print(f"{result['model']}: ANN forward {result['ann_images_per_s']:.0f} images/s (batch {result['batch']})")
         for row in result["snn"]:

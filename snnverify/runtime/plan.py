@@ -122,9 +122,13 @@ class Plan:
         return self.device_arrays[key]
 
 
-def build_plan(graph: g.SpikingGraph) -> Plan:
+def build_plan(graph: g.SpikingGraph, dtype: np.dtype | None = None) -> Plan:
+    """The plan of ``graph`` in ``dtype`` (default :func:`graph_dtype`; an integer graph may run
+    in a narrower integer type where its values are known to fit, see :class:`KernelBackend`)."""
     g.require_normative(graph, "the Numba cpu and gpu backends")
-    dtype = graph_dtype(graph)
+    dtype = graph_dtype(graph) if dtype is None else np.dtype(dtype)
+    if dtype.kind != graph_dtype(graph).kind:
+        raise ValueError(f"a {'quantised' if graph.integer else 'float'} graph cannot run in {dtype}")
     shapes = graph.shapes
     ops = []
     for name, node in graph.nodes.items():
@@ -235,6 +239,8 @@ class Kernels:
     require: Callable[[], None] = lambda: None
     #: the context a run executes in (the place to silence a launcher's routine warnings)
     running: Callable = contextlib.nullcontext
+    #: the integer types the kernels run quantised graphs in, narrowest first
+    integer_dtypes: tuple = (np.dtype(np.int64),)
 
 
 @dataclass
@@ -395,20 +401,32 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
 class KernelBackend:
     """The ``cpu`` and ``gpu`` backends: the graph's plan executed over a kernel table. An
     integer graph's runs are checked to stay where integer arithmetic is exact
-    (:class:`~snnverify.runtime.quantize.ExactRange`)."""
+    (:class:`~snnverify.runtime.quantize.ExactRange`), and run in the narrowest of the table's
+    integer types that holds the run's bound on every value: integer sums are exact in any
+    width they fit, so the spikes are the same, and a narrower type fits more lanes in a
+    vector register."""
 
     def __init__(self, graph: g.SpikingGraph, target: str, kernels: Kernels):
         kernels.require()
         self.graph, self.target, self.kernels = graph, target, kernels
         self.plan = build_plan(graph)
+        self.plans = {self.plan.dtype: self.plan}
         self.exact_range = ExactRange(graph) if graph.integer else None
+
+    def plan_for(self, bound: float) -> Plan:
+        """The plan in the narrowest integer type whose range holds ``bound`` (the widest else)."""
+        dtype = next((d for d in self.kernels.integer_dtypes if bound < np.iinfo(d).max), self.plan.dtype)
+        if dtype not in self.plans:
+            self.plans[dtype] = build_plan(self.graph, dtype)
+        return self.plans[dtype]
 
     def run(self, x, timesteps: int, record: bool = False, device=None, horizons: tuple[int, ...] = ()) -> RunResult:
         check_device(self.target, device, self.kernels.device())
-        x, timesteps = check_run(self.graph, x, timesteps, self.exact_range)
+        x, timesteps = check_run(self.graph, x, timesteps)
         horizons = g.check_horizons(horizons, timesteps)
+        plan = self.plan if self.exact_range is None else self.plan_for(self.exact_range.check(x.numpy(), timesteps))
         with self.kernels.running():
-            output, counts, spikes, readouts = execute(self.plan, self.kernels, x.numpy(), timesteps, record, horizons)
+            output, counts, spikes, readouts = execute(plan, self.kernels, x.numpy(), timesteps, record, horizons)
         return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes,
                          readouts={h: np.asarray(r, np.float32) for h, r in readouts.items()} if horizons else None)
 

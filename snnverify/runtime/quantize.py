@@ -169,9 +169,9 @@ def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float
         scale, weight_scale, moved = _scales(graph, weight_limit, input_scale, amplitude_scale)
         if not moved:
             return (scale, weight_scale, amplitude_scale), ever_moved
+        ever_moved |= set(moved)  # a layer that would run away is one to split too
         if not all(value < SCALE_LIMIT for value in moved.values()):
             break  # a scale running away: a merge that cannot settle at a scale the arithmetic holds
-        ever_moved |= set(moved)
         amplitude_scale.update(moved)
     return None, ever_moved
 
@@ -249,14 +249,27 @@ class ExactRange:
     def __init__(self, graph: g.SpikingGraph):
         self.graph = graph
         self.gains = {}  # conv/linear: (max_o Σ|W[o, ·]|, max |bias|)
+        #: the largest parameter a backend stores: a weight (times the amplitude of the spikes it
+        #: reads, where it is folded), a bias, a threshold, an amplitude, an initial membrane
+        self.parameter_peak = 0.0
         for name, node in graph.nodes.items():
             if isinstance(node, (g.Conv2d, g.Linear)):
                 weight = np.abs(node.weight.astype(np.float64)).reshape(len(node.weight), -1)
                 self.gains[name] = (float(weight.sum(axis=1).max()),
                                     0.0 if node.bias is None else float(np.abs(node.bias).max()))
+                source = graph.nodes[graph.inputs[name][0]]
+                amplitude = float(np.abs(source.output_amplitude).max()) if isinstance(source, g.IF) else 1.0
+                self.parameter_peak = max(self.parameter_peak, float(weight.max(initial=0)) * max(amplitude, 1.0),
+                                          self.gains[name][1])
+            elif isinstance(node, g.IF):
+                values = [node.threshold, node.output_amplitude] + ([] if node.v_init is None else [node.v_init])
+                self.parameter_peak = max(self.parameter_peak, *(float(np.abs(v).max()) for v in values))
 
-    def check(self, x: np.ndarray, timesteps: int):
+    def check(self, x: np.ndarray, timesteps: int) -> float:
+        """The largest value the run may hold: the bounds over the nodes and the parameters (a
+        ValueError naming the node where a bound reaches 2^53)."""
         bound: dict[str, float] = {}
+        largest = self.parameter_peak
         for name, node in self.graph.nodes.items():
             inputs = [bound[source] for source in self.graph.inputs[name]]
             what = "value"
@@ -286,3 +299,5 @@ class ExactRange:
                     f"(largest |x| {float(np.abs(x).max(initial=0)):g}) and T = {timesteps}, beyond 2^53, where the "
                     f"backends' integer arithmetic stops being exact; lower quantize's input_scale or scale the input"
                 )
+            largest = max(largest, peak, bound[name])
+        return largest

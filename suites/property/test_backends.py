@@ -10,10 +10,13 @@ Every test records how many neuron-timestep comparisons it made.
 """
 
 import numpy as np
+import pytest
 from hypothesis import event, given, settings
 
 import snnverify
 from snnverify.api import SNN
+from snnverify.runtime.cpu.kernels import CPU_KERNELS
+from snnverify.runtime.plan import build_plan, execute
 from snnverify.strategies import spiking_graphs
 
 #: Multiply-accumulates per run of a generated graph that the cpu-vs-gpu tests allow: the CUDA
@@ -128,3 +131,33 @@ def test_torch_and_cpu_spikes_identical_integer_wide_layers(comparison_log, case
 def test_torch_and_cpu_identical_when_every_sum_is_exact_wide_layers(comparison_log, case):
     compare(comparison_log, "torch vs cpu, float32 (dyadic: exact sums, wide layers)",
             spikes_on(case.graph, "torch", case.x, case.timesteps), spikes_on(case.graph, "cpu", case.x, case.timesteps))
+
+
+@settings(max_examples=40)
+@given(spiking_graphs(dyadic=False, max_size=8, max_timesteps=12))
+def test_cpu_integer_runs_alike_in_int32_and_int64(comparison_log, case):
+    """The cpu backend runs an integer graph in int32 where the run's bound fits (ExactRange):
+    its spikes and output are those of the int64 plan, every layer and step."""
+    graph = quantized(case)
+    backend = SNN(graph, case.timesteps, target="cpu").backend
+    x = np.asarray(case.x)
+    bound = backend.exact_range.check(x, case.timesteps)
+    narrow = bound < np.iinfo(np.int32).max
+    assert backend.plan_for(bound).dtype == (np.int32 if narrow else np.int64)
+    if not narrow:  # int32 cannot hold this run: the choice above is the check
+        event("bound beyond int32")
+        return
+    out32, _, spikes32, _ = execute(build_plan(graph, np.int32), CPU_KERNELS, x, case.timesteps, True)
+    out64, _, spikes64, _ = execute(build_plan(graph, np.int64), CPU_KERNELS, x, case.timesteps, True)
+    compare(comparison_log, "cpu integer, int32 vs int64", (out32, spikes32), (out64, spikes64))
+
+
+def test_an_integer_run_beyond_int32_runs_in_int64(digits_case):
+    """The bound of a run picks the plan: int32 below 2^31 − 1, int64 from there; a float
+    graph cannot be planned in an integer type."""
+    backend = snnverify.quantize(SNN(digits_case.snn.graph, 8, target="cpu")).backend
+    assert backend.plan_for(2.0**31 - 2).dtype == np.int32
+    assert backend.plan_for(2.0**31 - 1).dtype == np.int64
+    assert backend.plan_for(2.0**52).dtype == np.int64
+    with pytest.raises(ValueError, match="a float graph cannot run in int32"):
+        build_plan(digits_case.snn.graph, np.int32)

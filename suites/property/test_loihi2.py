@@ -511,14 +511,19 @@ def test_subtractive_chip_matches_integer_backends_spike_for_spike(comparison_lo
     """Where the fixed-point mapping is exact (every weight, bias and input current represented
     without rounding, no wrap or saturation reachable), loihi2_sim with subtractive reset fires
     exactly as the integer-mode cpu backend on snnverify.quantize(...) of the same graph —
-    every layer, every step — provided that quantize(...) is itself exact (it agrees with the
-    float reference, which is exact on dyadic graphs)."""
+    every layer, every step. On these graphs (dyadic, power-of-two thresholds) quantize is exact
+    too: its spikes must equal the float reference's, which is exact on dyadic graphs.
+
+    Draws whose chip mapping rounds (an input current with more significant bits than the bias
+    register holds, about 4 in 10 draws) are left out: there the chip is not expected to match,
+    and its rounding is measured per layer by ``snnverify loihi2`` instead."""
     chip = fixed_point_mapping(case)
     assume(chip is not None)
     integer = snnverify.quantize(SNN(case.graph, case.timesteps, target="cpu"))
     _, reference = snnverify.simulate(SNN(case.graph, case.timesteps, target="torch"), case.x, record=True)
     _, integer_spikes = snnverify.simulate(integer, case.x, record=True)
-    assume(all(np.array_equal(reference[k], integer_spikes[k]) for k in reference))
+    differ = {k: int((reference[k] != integer_spikes[k]).sum()) for k in reference}
+    assert not any(differ.values()), f"quantize is not exact on a dyadic graph: spikes differ per layer {differ}"
     _, chip_spikes = snnverify.simulate(chip, case.x, record=True)
     where = {k: int((chip_spikes[k] != integer_spikes[k]).sum()) for k in integer_spikes}
     comparison_log.record("loihi2_sim (subtract) vs cpu integer, exact mappings",

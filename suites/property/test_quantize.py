@@ -85,3 +85,19 @@ def test_integer_spikes_agree_with_the_float_network(comparison_log, case):
     integer_run = snnverify.simulate(SNN(integer, case.timesteps, target="cpu"), case.x, record=True)
     # the split amplitude nodes are no IF layers: both runs record the same layers
     compare(comparison_log, "float vs integer, cpu (non-dyadic, measured)", float_run, integer_run, exact=False)
+
+
+def test_resnet18_whose_first_merge_would_run_away_quantises(comparison_log):
+    """cifar_resnet18, calibrated with random weights: at its first strided merge the IF input
+    would have to move beyond SCALE_LIMIT at once. That layer is split (its amplitude read
+    through ``<layer>.amplitude``), not the graph refused, and the integer network fires alike
+    on torch and cpu."""
+    from snnverify.jobs.speed import SHAPES, converted
+
+    _, graph = converted("cifar_resnet18")
+    integer = snnverify.quantize(SNN(graph, 2, target="cpu"))
+    assert any(name.endswith(".amplitude") for name in integer.graph.nodes)
+    x = np.random.default_rng(0).standard_normal((1, *SHAPES["cifar_resnet18"])).astype(np.float32)
+    compare(comparison_log, "torch vs cpu, integer (cifar_resnet18)",
+            snnverify.simulate(SNN(integer.graph, 2, target="torch"), x, record=True),
+            snnverify.simulate(integer, x, record=True))

@@ -66,7 +66,7 @@ def test_unknown_optimizer_lists_the_known_ones():
 def test_training_record_counts_the_labelled_samples_spent(qcfs, finetune):
     loader = tiny_loader(n=10, batch_size=4)  # batches of 4, 4, 2
     snn = snnverify.convert(small_resnet(10, 1), loader, timesteps=2, budget_epochs=qcfs + finetune,
-                            finetune_epochs=finetune)
+                            finetune_epochs=finetune, finetune_horizons=(2,))
     assert snn.training["epochs"] == qcfs + finetune
     assert snn.training["samples"] == 10 * (qcfs + finetune)
     assert snn.training["qcfs"] == {"epochs": qcfs, "samples": 10 * qcfs}

@@ -2,6 +2,7 @@
 a crashing peer, and the side-by-side table rendered from the rows."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from snnverify.certify.adapters.reference import ReferenceAdapter
+from snnverify.convert.budget import recipe
 from snnverify.certify.clauses import ConverterFailure
 from snnverify.jobs import budget as budget_job
 from snnverify.models import small_resnet
@@ -146,3 +148,19 @@ def test_a_peer_that_leaves_the_network_unconverted_fails(setting):
     model, loader, _ = setting
     with pytest.raises(ConverterFailure, match="no-spikes: the converted network has no spiking layer"):
         budget_job.peer_accuracy(f"{__file__}:NoSpikes", 1, model, loader, loader, loader, [2], 60)
+
+
+def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
+    """At every budget the committed Fashion-MNIST sweep measured, ``convert``'s recipe is the
+    winner's (highest mean accuracy over T = 4…32 on the largest data)."""
+    sweep = Path(__file__).resolve().parents[2] / "reports" / "budget" / "fashion-mnist.json"
+    winners = budget_job.winners(json.loads(sweep.read_text())["rows"])
+    assert {0, 1, 5} <= set(winners)
+    for budget, row in winners.items():
+        chosen, options = recipe(budget), row["options"]
+        fields = ["finetune_epochs", "qcfs_optimizer", "qcfs_lr", "threshold_lr", "finetune_lr"]
+        if options["qcfs_epochs"]:  # L matters only where QCFS trains
+            fields.append("levels")
+        assert {f: getattr(chosen, f) for f in fields} == {f: options[f] for f in fields}, f"budget {budget}"
+        if options["finetune_epochs"]:
+            assert list(chosen.finetune_horizons) == options["finetune_horizons"], f"budget {budget}"
