@@ -13,6 +13,10 @@ Known datasets (see :data:`DATASETS`):
     Read from the four IDX files, found in ``root``, ``$SNNVERIFY_DATA``,
     the Debian package ``dataset-fashion-mnist``, the user cache, or
     downloaded with torchvision.
+``"fashion-mnist-rgb32"``
+    Fashion-MNIST in CIFAR-10's input shape: each image padded with 2 pixels
+    of background to 32x32 and repeated over 3 channels, so that CIFAR
+    architectures run on data that is on disk without a download.
 ``"cifar10"``
     torchvision's CIFAR-10, with the usual crop/flip augmentation on the
     training split only.
@@ -294,6 +298,27 @@ def _load_fashion_mnist(root, download: bool, cal_size: int | None, seed: int) -
     )
 
 
+def _load_fashion_mnist_rgb32(root, download: bool, cal_size: int | None, seed: int) -> DataSplits:
+    """Fashion-MNIST as 3x32x32 images: 2 pixels of background (a standardised 0) on every
+    side, the grey image repeated over 3 channels; the same splits as ``"fashion-mnist"``."""
+    splits = _load_fashion_mnist(root, download, cal_size, seed)
+    background = -FASHION_MNIST_MEAN / FASHION_MNIST_STD
+
+    def reshape(part: TensorDataset) -> TensorDataset:
+        x, y = part.tensors
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=background).expand(-1, 3, -1, -1)
+        return TensorDataset(x, y)  # a view: the 3 channels share one copy of the pixels
+
+    return DataSplits(
+        name="fashion-mnist-rgb32",
+        train=reshape(splits.train),
+        cal=reshape(splits.cal),
+        test=reshape(splits.test),
+        num_classes=10,
+        input_shape=(3, 32, 32),
+    )
+
+
 # --------------------------------------------------------------------------
 # CIFAR-10
 
@@ -349,6 +374,7 @@ def _load_cifar10(root, download: bool, cal_size: int | None, seed: int) -> Data
 DATASETS: dict[str, Callable[..., DataSplits]] = {
     "digits": _load_digits,
     "fashion-mnist": _load_fashion_mnist,
+    "fashion-mnist-rgb32": _load_fashion_mnist_rgb32,
     "cifar10": _load_cifar10,
 }
 

@@ -25,8 +25,11 @@ def fit(
     desc: str,
     optimizer: str = "sgd",
     after_step: Callable[[], None] | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
 ) -> list[float]:
-    """Minimise cross-entropy of ``forward(x)`` against the labels; returns the mean loss per epoch.
+    """Minimise cross-entropy of ``forward(x)`` against the labels, plus ``extra_loss()`` (called
+    after each forward pass, e.g. a penalty on what hooks recorded during it) when given; returns
+    the mean loss per epoch.
 
     ``forward`` returns logits [batch, K], or [H, batch, K] for H readouts of the same batch
     (an SNN stopped at several T): the loss is then the mean of the H cross-entropies.
@@ -60,6 +63,8 @@ def fit(
             if logits.dim() == 3:  # [H, batch, K]: every readout against the same labels
                 logits, labels = logits.flatten(0, 1), labels.repeat(logits.shape[0])
             loss = nn.functional.cross_entropy(logits, labels)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
             opt.zero_grad()
             loss.backward()
             opt.step()

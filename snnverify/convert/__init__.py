@@ -32,7 +32,10 @@ class ConversionOptions:
     ``budget_epochs`` E: labelled epochs over the training set, QCFS training and BPTT
     fine-tuning together (:mod:`snnverify.convert.budget`). Options left at None take the
     measured recipe for E; explicit stage epochs must add up to E (else a ValueError).
-    ``threshold_lr`` defaults to ``qcfs_lr`` when that is given.
+    ``threshold_lr`` defaults to ``qcfs_lr`` when that is given. ``rate_penalty`` ρ ≥ 0 trades
+    accuracy for sparsity: QCFS training adds ρ · r̄ to the loss, r̄ = Σ a/λ / (neurons · batch)
+    the mean firing rate of the IF neurons the activations become
+    (:func:`~snnverify.convert.qcfs.train_qcfs`); 0 leaves the training unchanged.
     """
 
     budget_epochs: int | None = None  # labelled epochs, all stages; None: the stages' sum
@@ -45,6 +48,7 @@ class ConversionOptions:
     finetune_epochs: int | None = None  # epochs of BPTT fine-tuning of the SNN (0 disables it)
     finetune_lr: float | None = None  # Adam learning rate for BPTT fine-tuning
     finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: the recipe's
+    rate_penalty: float = 0.0  # ρ: QCFS training minimises cross-entropy + ρ · (mean firing rate)
 
     def __post_init__(self):
         for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs"):
@@ -65,6 +69,9 @@ class ConversionOptions:
                 raise ValueError("conversion option finetune_horizons must be a non-empty sequence of integers "
                                  f">= 1, got {self.finetune_horizons!r}")
             object.__setattr__(self, "finetune_horizons", tuple(sorted(set(self.finetune_horizons))))
+        if (isinstance(self.rate_penalty, bool) or not isinstance(self.rate_penalty, (int, float))
+                or not 0 <= self.rate_penalty < float("inf")):
+            raise ValueError(f"conversion option rate_penalty must be a finite number >= 0, got {self.rate_penalty!r}")
         budget.split(self.budget_epochs, self.qcfs_epochs, self.finetune_epochs)  # contradictions raise here
 
     def resolved(self) -> ConversionOptions:
@@ -76,6 +83,9 @@ class ConversionOptions:
                 if getattr(self, name) is None}
         if "threshold_lr" in fill and self.qcfs_lr is not None:
             fill["threshold_lr"] = self.qcfs_lr  # a learning rate given by hand applies to λ too
+        if self.rate_penalty and not qcfs:
+            raise ValueError(f"conversion option rate_penalty={self.rate_penalty!r} acts in QCFS training, "
+                             "which qcfs_epochs=0 leaves out")
         return replace(self, budget_epochs=qcfs + finetune, qcfs_epochs=qcfs, finetune_epochs=finetune, **fill)
 
 
@@ -128,7 +138,7 @@ def convert_model(
     qcfs = insert_qcfs(folded, cal_loader, options.levels, options.percentile, device)
     qcfs_data, finetune_data = _Counted(train_loader or cal_loader), _Counted(train_loader or cal_loader)
     qcfs = train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device, options.qcfs_optimizer,
-                      options.threshold_lr)
+                      options.threshold_lr, options.rate_penalty)
     graph = to_spiking_graph(qcfs.cpu())
     horizons = options.finetune_horizons or (timesteps,)  # the recipe's, else convert's T
     graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device)

@@ -8,11 +8,17 @@ count, which is why the converted network matches this ANN (see ``snnverify.grap
 λ starts at a high percentile of each channel's pre-activations on the calibration data
 (a few thousand sampled positions per batch); channels that never activate get the layer's
 largest λ, so every threshold is positive.
+
+The output over its threshold, a/λ ∈ [0, 1], is the firing rate of the IF neuron the
+activation becomes (spikes per step), so training can trade accuracy for fewer spikes by
+penalising its mean over all neurons (``rate_penalty`` of :func:`train_qcfs`).
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -95,10 +101,53 @@ def insert_qcfs(gm: fx.GraphModule, loader, levels: int, percentile: float, devi
     return gm
 
 
+@contextmanager
+def recording_rates(gm: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While active, every QCFS call in a forward pass of ``gm`` appends its rates a/λ (one
+    tensor [batch, C, ...], differentiable) to the list it yields."""
+    rates: list[torch.Tensor] = []
+
+    def record(module, args, output):
+        rates.append(output / module.lam.view(-1, *[1] * (output.dim() - 2)))
+
+    handles = [m.register_forward_hook(record) for m in gm.modules() if isinstance(m, QCFS)]
+    try:
+        yield rates
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def mean_rate(rates: list[torch.Tensor]) -> torch.Tensor:
+    """The mean rate over all neurons recorded, Σ a/λ / (number of neurons · samples): every
+    neuron weighs the same, as in ``snnverify.measure_sparsity`` (sparsity = 1 − rate)."""
+    return sum(r.sum() for r in rates) / sum(r.numel() for r in rates)
+
+
+@torch.no_grad()
+def qcfs_rate(gm: nn.Module, loader, device) -> float:
+    """The mean rate a/λ of the QCFS network's neurons over the loader's samples."""
+    total, count = 0.0, 0
+    gm.to(device).eval()
+    with recording_rates(gm) as rates:
+        for batch in progress(loader, desc="QCFS rates"):
+            gm(split_batch(batch)[0].to(device))
+            total += float(sum(r.sum() for r in rates))
+            count += sum(r.numel() for r in rates)
+            rates.clear()
+    if count == 0:
+        raise ValueError("qcfs_rate: the loader yielded no samples or the network has no QCFS activation")
+    return total / count
+
+
 def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device, optimizer: str = "sgd",
-               threshold_lr: float | None = None) -> fx.GraphModule:
+               threshold_lr: float | None = None, rate_penalty: float = 0.0) -> fx.GraphModule:
     """Train a copy of the QCFS network with labels (cosine schedule): weights and biases at
     ``lr``, the thresholds λ at ``threshold_lr`` (default ``lr``) without weight decay.
+
+    With ``rate_penalty`` ρ > 0 the loss per batch is cross-entropy + ρ · r̄, where
+    r̄ = Σ a/λ / (number of neurons · batch) is the mean firing rate the SNN will have
+    (:func:`mean_rate`); ρ = 0 trains exactly as without the penalty.
 
     λ is kept ≥ 1e-4 after every step so that the thresholds it becomes stay positive.
     """
@@ -114,5 +163,13 @@ def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device, optim
             for lam in lams:
                 lam.clamp_(min=1e-4)
 
-    fit(gm, groups, loader, epochs, lr, device, desc="QCFS training", optimizer=optimizer, after_step=keep_positive)
+    def penalty() -> torch.Tensor:
+        rate = mean_rate(rates)
+        rates.clear()  # the next forward pass records afresh
+        return rate_penalty * rate
+
+    # without a penalty no hook is registered and no term added: the default trains as before
+    with recording_rates(gm) if rate_penalty else nullcontext([]) as rates:
+        fit(gm, groups, loader, epochs, lr, device, desc="QCFS training", optimizer=optimizer,
+            after_step=keep_positive, extra_loss=penalty if rate_penalty else None)
     return gm.eval()

@@ -12,6 +12,7 @@ JOBS = {
     "speed": ("snnverify.jobs.speed", "time the backends side by side on converted networks"),
     "loihi2": ("snnverify.jobs.loihi2", "measure a converted network on the Loihi 2 simulator"),
     "budget": ("snnverify.jobs.budget", "sweep conversion recipes at equal training budget"),
+    "sparsity": ("snnverify.jobs.sparsity", "sweep the rate penalty: accuracy gap, spike rate and CPU time"),
     "certify": ("snnverify.jobs.certify", "certify converters clause by clause, side by side"),
     "bench": ("snnverify.jobs.bench", "run a published protocol (train, convert, T sweep) over several seeds"),
     "nightly": ("snnverify.jobs.nightly", "asv on this commit, the dashboard published, regressions over 10 % fail"),

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import time
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -43,21 +44,24 @@ def converted(model: str, seed: int = 0):
     return ann, snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0).graph
 
 
-def interleaved_best_times(functions: dict, repeats: int, calls: int = 2) -> dict[str, float]:
+def interleaved_best_times(functions: dict, repeats: int, calls: int = 2,
+                           clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Fastest call of each function over ``repeats`` rounds, every round calling each function
     ``calls`` times back to back, one function after the other (after a warm-up round). The
     rounds spread a slow phase of a shared machine over all of them; the back-to-back calls let
     a short function (an ANN forward pass of a few ms) be timed warm, not right after another
-    function has evicted its caches (a cold first call is several times slower)."""
+    function has evicted its caches (a cold first call is several times slower). ``clock``:
+    wall time by default; ``time.process_time`` gives the CPU time of all the process's threads,
+    which other processes on the cores inflate far less."""
     for function in functions.values():
         function()
     best = dict.fromkeys(functions, math.inf)
     for _ in range(repeats):
         for name, function in functions.items():
             for _ in range(calls):
-                start = time.perf_counter()
+                start = clock()
                 function()
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], clock() - start)
     return best
 
 

@@ -201,6 +201,21 @@ def test_fmnist_from_system_dir(tmp_path):
     _check_fmnist(load_dataset("fashion-mnist", download=False, cal_size=3), arrays)
 
 
+def test_fmnist_rgb32_is_fmnist_padded_with_background_in_three_channels(tmp_path):
+    _write_fmnist(tmp_path, gz=False, n_train=20)
+    grey = load_dataset("fashion-mnist", root=tmp_path, download=False, cal_size=4, seed=2)
+    rgb = load_dataset("fashion-mnist-rgb32", root=tmp_path, download=False, cal_size=4, seed=2)
+    assert rgb.name == "fashion-mnist-rgb32" and rgb.input_shape == (3, 32, 32) and rgb.num_classes == 10
+    for part in ("train", "cal", "test"):
+        (x, y), (x28, y28) = getattr(rgb, part).tensors, getattr(grey, part).tensors
+        assert x.shape == (len(x28), 3, 32, 32) and torch.equal(y, y28)
+        assert torch.equal(x[:, :, 2:30, 2:30], x28.expand(-1, 3, -1, -1))
+        border = torch.ones(32, 32, dtype=torch.bool)
+        border[2:30, 2:30] = False
+        raw = (x.double() * FASHION_MNIST_STD + FASHION_MNIST_MEAN) * 255
+        assert raw[..., border].abs().max() < 1e-3  # the padding is pixel value 0
+
+
 def test_fmnist_cal_split_deterministic(tmp_path):
     _write_fmnist(tmp_path, gz=False, n_train=50)
     a = load_dataset("fashion-mnist", root=tmp_path, download=False, cal_size=10, seed=7)
@@ -437,9 +452,9 @@ def test_unknown_name_lists_known():
         load_dataset("mnist-ish", download=False)
     msg = str(info.value)
     assert "mnist-ish" in msg
-    for name in ("digits", "fashion-mnist", "cifar10"):
+    for name in ("digits", "fashion-mnist", "fashion-mnist-rgb32", "cifar10"):
         assert name in msg
-    assert set(data.DATASETS) == {"digits", "fashion-mnist", "cifar10"}
+    assert set(data.DATASETS) == {"digits", "fashion-mnist", "fashion-mnist-rgb32", "cifar10"}
 
 
 @pytest.mark.parametrize("bad", [0, -3, 1437, 10_000, 2.5])

@@ -1,5 +1,7 @@
 """The work counts that ``snnverify speed`` reports beside its timings."""
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -70,3 +72,10 @@ def test_interleaved_timing_runs_every_function_each_round():
     times = interleaved_best_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2  # a warm-up round, then two rounds of two calls
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_interleaved_times_on_the_cpu_clock_leave_out_waiting():
+    """A call that sleeps takes wall time but no CPU time: the clock chosen is the one read."""
+    nap = {"sleep": lambda: time.sleep(0.02)}
+    assert interleaved_best_times(nap, 1, calls=1)["sleep"] >= 0.02
+    assert interleaved_best_times(nap, 1, calls=1, clock=time.process_time)["sleep"] < 0.01

@@ -1,0 +1,309 @@
+"""``snnverify sparsity``: the rate penalty's trade-off between accuracy, spikes and CPU time.
+
+For each penalty ρ, converts the same ReLU ANN with the same budget and the default recipe plus
+``rate_penalty=ρ`` (QCFS training minimises cross-entropy + ρ · mean firing rate), and at every
+T measures on the ``cpu`` backend:
+
+- the SNN's accuracy on the test images and its gap to the ReLU ANN, ANN − SNN in pp;
+- the spike rate r = spikes / (IF neurons · T · images) over every IF neuron of the network,
+  and the sparsity 1 − r (as ``snnverify.measure_sparsity``);
+- the SNN's time per image over the ANN's forward time per image, both on the same batch of
+  test images in one process, timed interleaved (``snnverify speed``), on ``--threads`` threads;
+  beside it the synaptic events per image, the adds that event-driven simulation does.
+
+    snnverify sparsity --dataset fashion-mnist --penalties 0 0.3 1 3
+    snnverify sparsity --dataset fashion-mnist-rgb32 --model cifar_resnet18 --ann-epochs 3 \\
+        --train-subset 5000 --test-subset 1000
+    snnverify sparsity --render          # reports/sparsity/README.md and plots from the JSON
+
+Rows go to ``reports/sparsity/<dataset>-<model>.json`` as each finishes (a row with the same
+penalty, ANN, budget and data sizes is replaced), each with its command, date and the commit
+it started from. A row is Pareto-optimal at T when no row of its group (same ANN, budget and
+data) has a gap and a rate both at most its own, one of them lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numba
+import torch
+
+from snnverify import api, data, models
+from snnverify.convert import ConversionOptions
+from snnverify.convert.qcfs import qcfs_rate
+from snnverify.graph import check_timesteps, multiply_accumulates, synaptic_events
+from snnverify.jobs.budget import ANNS, commit, loaders, reseed
+from snnverify.jobs.speed import interleaved_best_times
+from snnverify.report import load_reference
+from snnverify.train import fit
+from snnverify.util import atomic_write
+
+OUT = Path("reports/sparsity")
+#: the T of the figure of merit, the tutorial's sparsity claim
+FIGURE_T = 32
+#: rows of one group: measured on the same ANN, budget and data
+GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed")
+
+
+def targets() -> tuple[float, float]:
+    """(sparsity at least, gap in pp at most) at :data:`FIGURE_T`: the tutorial's sparsity claim,
+    reached within this project's gap to the ReLU ANN."""
+    sparsity = load_reference("neurocuda_tutorial_resnet18")["models"]["torchvision_resnet18"]["sparsity"]
+    return sparsity[str(FIGURE_T)], load_reference("sparsity_targets")["max_gap_pp"][str(FIGURE_T)]
+
+
+def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
+    """For (gap, rate) points: True where no other point has both at most as large, one smaller."""
+    return [not any(g <= gap and r <= rate and (g < gap or r < rate) for g, r in points) for gap, rate in points]
+
+
+def the_ann(args, splits, train) -> tuple[torch.nn.Module, str]:
+    """The ReLU ANN and how it was made: the checkpoint, else ``--ann-epochs`` of SGD at 0.1
+    (momentum 0.9, cosine schedule, as ``snnverify run``) on the training images used here."""
+    model = models.build_model(args.model, splits.num_classes, splits.input_shape[0])
+    if args.checkpoint is not None:
+        return models.load_checkpoint(model, args.checkpoint).eval(), args.checkpoint
+    reseed(args.seed, train)
+    fit(model.train(), list(model.parameters()), train, args.ann_epochs, 0.1, "cpu", desc="ANN training")
+    return model.eval(), f"trained here: {args.ann_epochs} epochs of SGD at 0.1, seed {args.seed}"
+
+
+def timing(snn: api.SNN, ann: torch.nn.Module, x: torch.Tensor, timesteps: int, repeats: int) -> dict:
+    """Seconds per image of the SNN and of the ANN's forward pass on batch ``x``, timed
+    interleaved (fastest of ``repeats`` rounds each), in wall time and in CPU time (all threads);
+    and the SNN's synaptic events per image."""
+    def ann_forward():
+        with torch.no_grad():
+            ann(x)
+
+    functions = {"ann": ann_forward, "snn": lambda: api.simulate(snn, x, timesteps)}
+    load = os.getloadavg()[0]  # other processes on the cores inflate the times, wall time most
+    wall = interleaved_best_times(functions, repeats)
+    cpu = interleaved_best_times(functions, repeats, clock=time.process_time)
+    _, spikes = api.simulate(snn, x, timesteps, record=True)
+    return {"snn_s_per_image": wall["snn"] / len(x), "ann_s_per_image": wall["ann"] / len(x),
+            "time_ratio": wall["snn"] / wall["ann"], "snn_cpu_s_per_image": cpu["snn"] / len(x),
+            "ann_cpu_s_per_image": cpu["ann"] / len(x), "cpu_time_ratio": cpu["snn"] / cpu["ann"],
+            "load_average": round(max(load, os.getloadavg()[0]), 2),
+            "synaptic_events_per_image": synaptic_events(snn.graph, spikes) / len(x)}
+
+
+def sweep(args) -> Path:
+    made_by = {"command": " ".join(["snnverify", *sys.argv[1:]]), "commit": commit()}
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    splits, train, cal, test, n_train, n_test = loaders(args.dataset, args.train_subset, args.test_subset, args.seed)
+    ann, ann_source = the_ann(args, splits, train)
+    ann_accuracy = api.evaluate(ann, test)
+    timing_batch = next(iter(torch.utils.data.DataLoader(test.dataset, batch_size=args.timing_batch)))[0]
+    path = args.out_dir / f"{args.dataset}-{args.model}.json"
+    for penalty in args.penalties:
+        reseed(args.seed, train, cal)
+        start = time.perf_counter()
+        snn = api.convert(ann, cal, timesteps=max(args.timesteps), train_loader=train, budget_epochs=args.budget,
+                          rate_penalty=penalty)
+        convert_s = time.perf_counter() - start
+        api.compile(snn, "cpu")
+        by_t = {}
+        for t in args.timesteps:
+            statistics = api.snn_statistics(snn, test, timesteps=t)
+            by_t[str(t)] = {"snn_accuracy": statistics["accuracy"],
+                            "gap_pp": round(100 * (ann_accuracy - statistics["accuracy"]), 4),
+                            "spike_rate": 1 - statistics["sparsity"], "sparsity": statistics["sparsity"],
+                            **timing(snn, ann, timing_batch, t, args.repeats)}
+        qcfs_ann = snn.conversion.qcfs_ann
+        row = {
+            "dataset": args.dataset, "model": args.model, "penalty": penalty, "ann": ann_source,
+            "budget_epochs": args.budget, "options": asdict(snn.conversion.options), "training": snn.training,
+            "train_images": n_train, "test_images": n_test, "ann_accuracy": ann_accuracy,
+            "qcfs_ann_accuracy": api.evaluate(qcfs_ann, test), "qcfs_ann_rate": qcfs_rate(qcfs_ann, test, "cpu"),
+            "ann_macs_per_image": multiply_accumulates(snn.graph), "timing_batch": len(timing_batch),
+            "threads": args.threads, "by_timesteps": by_t, "convert_s": round(convert_s, 1),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by,
+        }
+        rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other runs' rows kept
+        rows = [r for r in rows if any(r[k] != row[k] for k in ("penalty", *GROUP))] + [row]
+        atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
+        print(f"{args.dataset} {args.model} ρ={penalty:g}: ANN {100 * ann_accuracy:.2f} "
+              + " ".join(f"T{t} {100 * m['snn_accuracy']:.2f} rate {m['spike_rate']:.4f} "
+                         f"CPU time x{m['cpu_time_ratio']:.1f}" for t, m in by_t.items()), flush=True)
+    return path
+
+
+def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows by :data:`GROUP`, each group sorted by penalty."""
+    found: dict[tuple, list[dict]] = {}
+    for row in rows:
+        found.setdefault(tuple(row[k] for k in GROUP), []).append(row)
+    return {key: sorted(members, key=lambda r: r["penalty"]) for key, members in sorted(found.items(), key=str)}
+
+
+def trend(members: list[dict], t: str) -> list[str]:
+    """How spikes, events and time change at T = ``t`` from the smallest penalty to the sparsest row."""
+    measured = [r for r in members if t in r["by_timesteps"]]
+    if len(measured) < 2:
+        return []
+    low = measured[0]["by_timesteps"][t]
+    sparsest = min(measured, key=lambda r: r["by_timesteps"][t]["spike_rate"])
+    high = sparsest["by_timesteps"][t]
+    return [f"From ρ = {measured[0]['penalty']:g} to the sparsest row (ρ = {sparsest['penalty']:g}) at T = {t}: "
+            f"spike rate × {high['spike_rate'] / low['spike_rate']:.2f}, synaptic events × "
+            f"{high['synaptic_events_per_image'] / low['synaptic_events_per_image']:.2f}, SNN CPU time per image × "
+            f"{high['snn_cpu_s_per_image'] / low['snn_cpu_s_per_image']:.2f} (SNN / ANN CPU time "
+            f"{low['cpu_time_ratio']:.1f}× → {high['cpu_time_ratio']:.1f}×), gap {low['gap_pp']:+.2f} → "
+            f"{high['gap_pp']:+.2f} pp.", ""]
+
+
+def plot(path: Path, grouped: dict[tuple, list[dict]], t: str, min_sparsity: float, max_gap: float) -> None:
+    """Gap against spike rate at T = ``t``, one point per penalty (labelled ρ), coloured by the
+    SNN/ANN time ratio; the Pareto front joined, the target region shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for members in grouped.values() for r in members if t in r["by_timesteps"]]
+    ratios = [r["by_timesteps"][t]["cpu_time_ratio"] for r in measured]
+    norm = matplotlib.colors.Normalize(min(ratios), max(ratios))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.fill_between([0, 1 - min_sparsity], -100, max_gap, color="tab:green", alpha=0.12,
+                    label=f"target: sparsity ≥ {100 * min_sparsity:.1f} %, gap ≤ {max_gap:g} pp")
+    for marker, (key, members) in zip("os^Dv", grouped.items()):
+        members = [r for r in members if t in r["by_timesteps"]]
+        points = [(r["by_timesteps"][t]["gap_pp"], r["by_timesteps"][t]["spike_rate"]) for r in members]
+        front = sorted((rate, gap) for (gap, rate), best in zip(points, pareto_optimal(points)) if best)
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="grey", lw=1, zorder=1)
+        scatter = ax.scatter([p[1] for p in points], [p[0] for p in points], c=[r["by_timesteps"][t]["cpu_time_ratio"]
+                             for r in members], cmap="viridis", norm=norm, marker=marker, s=50, zorder=2,
+                             label=f"{members[0]['train_images']} / {members[0]['test_images']} images")
+        for (gap, rate), r in zip(points, members):
+            ax.annotate(f"ρ={r['penalty']:g}", (rate, gap), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig.colorbar(scatter, ax=ax, label="SNN CPU time / ANN CPU time (per image)")
+    gaps = [r["by_timesteps"][t]["gap_pp"] for r in measured]
+    rates = [r["by_timesteps"][t]["spike_rate"] for r in measured]
+    ax.set_xlim(0, max(max(rates), 1 - min_sparsity) * 1.1)
+    ax.set_ylim(min(min(gaps), 0) - 0.2, max(max(gaps), max_gap) + 0.3)
+    ax.set_xlabel(f"spike rate at T = {t} (spikes per IF neuron per step)")
+    ax.set_ylabel("accuracy gap to the ReLU ANN (pp)")
+    ax.set_title(path.stem.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(out_dir: Path = OUT) -> Path:
+    """``out_dir``/README.md and one plot per JSON file, from every ``out_dir``/*.json."""
+    min_sparsity, max_gap = targets()
+    lines = ["# Rate penalty: accuracy, spikes and CPU time", "",
+             "Generated by `snnverify sparsity --render` from the JSON files beside it; do not edit.",
+             "Each row converts the same ReLU ANN with the same budget and the default recipe of `convert`, "
+             "plus `rate_penalty` ρ: QCFS training minimises cross-entropy + ρ · r̄, r̄ the mean of a/λ over "
+             "every QCFS neuron (the firing rate of the IF neuron it becomes). Spike rate: spikes / (IF neurons "
+             "· T · test images) over every IF neuron; sparsity = 1 − rate. Gap = ReLU ANN − SNN in pp on the "
+             "same test images. Time: SNN simulation on the `cpu` backend against the ANN's forward pass, per "
+             "image, on one batch of test images, timed interleaved in one process (fastest round of each), as "
+             "CPU time of all threads and as wall time. Load: the 1-minute load average while timing; above the "
+             "number of cores, other processes share them and inflate the times, wall time and the ANN's short "
+             "forward pass most, so the CPU-time ratio is the figure to read. "
+             "Events: synaptic events per image (the adds of event-driven simulation). Pareto: no row of the "
+             "table has a gap and a rate both at most this row's, one lower. `fashion-mnist-rgb32`: Fashion-MNIST "
+             "in CIFAR-10's input shape (padded to 32 × 32, 3 channels; `snnverify.data`), where CIFAR-10 itself "
+             "is not on the machine.", "",
+             f"Target at T = {FIGURE_T}: sparsity ≥ {100 * min_sparsity:.1f} % (the NeuroCUDA tutorial's claim, "
+             f"references/neurocuda_tutorial_resnet18.json) with a gap ≤ {max_gap:g} pp "
+             "(references/sparsity_targets.json).", ""]
+    for path in sorted(out_dir.glob("*.json")):
+        grouped = groups(json.loads(path.read_text())["rows"])
+        ts = sorted({t for members in grouped.values() for r in members for t in r["by_timesteps"]}, key=int)
+        figure_t = str(FIGURE_T) if str(FIGURE_T) in ts else ts[-1]
+        lines += [f"## {path.stem}", "", f"![gap against spike rate at T = {figure_t}]({path.stem}.png)", ""]
+        plot(out_dir / f"{path.stem}.png", grouped, figure_t, min_sparsity, max_gap)
+        for (ann, budget_epochs, train_images, test_images, seed), members in grouped.items():
+            first = members[0]
+            lines += [f"ANN: {first['model']}, {ann}, {100 * first['ann_accuracy']:.2f} % on {test_images} "
+                      f"test images; QCFS training: budget {budget_epochs} epoch(s) over {train_images} training "
+                      f"images, seed {seed}; timing on a batch of {first['timing_batch']}, {first['threads']} "
+                      "threads.", ""]
+            for t in ts:
+                measured = [r for r in members if t in r["by_timesteps"]]
+                best = pareto_optimal([(r["by_timesteps"][t]["gap_pp"], r["by_timesteps"][t]["spike_rate"])
+                                       for r in measured])
+                lines += [f"T = {t}:", "",
+                          "| ρ | Pareto | SNN % | gap pp | spike rate | sparsity % | events / image | "
+                          "SNN CPU ms / image | ANN CPU ms / image | SNN / ANN CPU time | SNN / ANN wall time | "
+                          "load | QCFS ANN % | QCFS rate"
+                          + (" | target met" if t == str(FIGURE_T) else "") + " | date | commit |",
+                          "|" + "---|" * (16 + (t == str(FIGURE_T)))]
+                for r, optimal in zip(measured, best):
+                    m = r["by_timesteps"][t]
+                    met = m["sparsity"] >= min_sparsity and m["gap_pp"] <= max_gap
+                    lines.append(
+                        f"| {r['penalty']:g} | {'**yes**' if optimal else ''} | {100 * m['snn_accuracy']:.2f} | "
+                        f"{m['gap_pp']:.2f} | {m['spike_rate']:.4f} | {100 * m['sparsity']:.2f} | "
+                        f"{m['synaptic_events_per_image'] / 1e6:.2f} M | {1e3 * m['snn_cpu_s_per_image']:.2f} | "
+                        f"{1e3 * m['ann_cpu_s_per_image']:.3f} | {m['cpu_time_ratio']:.1f}× | "
+                        f"{m['time_ratio']:.1f}× | {m['load_average']:.1f} | "
+                        f"{100 * r['qcfs_ann_accuracy']:.2f} | {r['qcfs_ann_rate']:.4f}"
+                        + (f" | {'yes' if met else 'no'}" if t == str(FIGURE_T) else "")
+                        + f" | {r['date']} | {r['commit']} |")
+                lines.append("")
+            lines += trend(members, figure_t)
+            lines += ["Commands:", ""] + [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in members)] + [""]
+    return atomic_write(out_dir / "README.md", "\n".join(lines))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(sorted(data.DATASETS))}")
+    parser.add_argument("--model", default="small_resnet", help=f"one of {', '.join(models.MODELS)}")
+    parser.add_argument("--checkpoint", help="the ReLU ANN's state dict (default: the committed Fashion-MNIST "
+                                             "small ResNet for that pair, else trained here for --ann-epochs)")
+    parser.add_argument("--ann-epochs", type=int, default=30, help="epochs of ANN training when there is no checkpoint")
+    parser.add_argument("--penalties", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0], help="rate penalties ρ")
+    parser.add_argument("--budget", type=int, default=1, help="labelled epochs of the conversion (budget_epochs)")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[FIGURE_T])
+    parser.add_argument("--train-subset", type=int, help="train on this many training images (fixed seed)")
+    parser.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
+    parser.add_argument("--timing-batch", type=int, default=32, help="test images in the timed batch")
+    parser.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds (the fastest counts)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and Numba threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path, default=OUT)
+    parser.add_argument("--render", action="store_true", help="only regenerate README.md and plots from the JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.dataset not in data.DATASETS:
+        raise ValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(sorted(data.DATASETS))}")
+    if args.model not in models.MODELS:
+        raise ValueError(f"unknown model {args.model!r}; known models: {', '.join(models.MODELS)}")
+    for t in args.timesteps:
+        check_timesteps(t)
+    for penalty in args.penalties:  # the conversion's own checks, with its messages
+        ConversionOptions(budget_epochs=args.budget, rate_penalty=penalty).resolved()
+    for name in ("train_subset", "test_subset", "timing_batch", "repeats", "ann_epochs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (the cores Numba may use), "
+                         f"got {args.threads}")
+    if args.checkpoint is None and args.model == "small_resnet":
+        args.checkpoint = ANNS.get(args.dataset)
+    if args.checkpoint is not None:
+        models.read_state_dict(args.checkpoint)
+    if not args.render:
+        print(sweep(args))
+    print(render(args.out_dir))
+    return 0

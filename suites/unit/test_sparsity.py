@@ -1,0 +1,134 @@
+"""The rate penalty of QCFS training (``rate_penalty``): what it refuses, that it lowers the
+firing rate, that the rate it penalises is the SNN's, and that without it nothing changes; and
+the Pareto marking of ``snnverify sparsity``."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import snnverify
+from snnverify import ConversionOptions
+from snnverify.cli import main
+from snnverify.convert import fold_batchnorm, insert_qcfs, trace, train_qcfs
+from snnverify.convert.qcfs import QCFS, qcfs_rate
+from snnverify.jobs.sparsity import pareto_optimal
+from snnverify.models import small_resnet
+from snnverify.train import fit
+
+
+def tiny_loader(n=32, batch_size=8, shape=(1, 8, 8)):
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, *shape, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def qcfs_network(loader, levels=8):
+    model = small_resnet(10, 1).eval()
+    return insert_qcfs(fold_batchnorm(trace(model, next(iter(loader))[0])), loader, levels, 99.9, "cpu")
+
+
+@pytest.mark.parametrize("value", [-0.1, math.nan, math.inf, True, "0.1", None])
+def test_rate_penalty_must_be_a_finite_non_negative_number(value):
+    with pytest.raises(ValueError, match=r"rate_penalty must be a finite number >= 0, got "):
+        ConversionOptions(rate_penalty=value)
+
+
+def test_a_rate_penalty_without_qcfs_training_is_refused():
+    with pytest.raises(ValueError, match=r"rate_penalty=0.5 acts in QCFS training, which qcfs_epochs=0 leaves out"):
+        snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=2, budget_epochs=0, rate_penalty=0.5)
+
+
+def test_a_large_rate_penalty_lowers_the_mean_rate_on_the_training_data():
+    loader = tiny_loader()
+    qcfs = qcfs_network(loader)
+    rates = {}
+    for penalty in (0.0, 10.0):
+        torch.manual_seed(0)
+        trained = train_qcfs(qcfs, loader, 3, 1e-3, "cpu", "adamw", 5e-2, rate_penalty=penalty)
+        rates[penalty] = qcfs_rate(trained, loader, "cpu")
+    assert 0 < rates[10.0] < 0.5 * rates[0.0], rates
+
+
+def test_zero_penalty_trains_bitwise_as_plain_cross_entropy_training():
+    """ρ = 0 is the default and must leave QCFS training as it was: the same weights, bit for
+    bit, as ``fit`` on cross-entropy alone with the same parameter groups and seed."""
+    loader = tiny_loader()
+    qcfs = qcfs_network(loader)
+    torch.manual_seed(0)
+    penalised = train_qcfs(qcfs, loader, 2, 1e-3, "cpu", "adamw", 5e-2, rate_penalty=0.0)
+    plain = copy.deepcopy(qcfs)
+    lams = [m.lam for m in plain.modules() if isinstance(m, QCFS)]
+    weights = [p for p in plain.parameters() if all(p is not lam for lam in lams)]
+
+    def keep_positive():
+        with torch.no_grad():
+            for lam in lams:
+                lam.clamp_(min=1e-4)
+
+    torch.manual_seed(0)
+    fit(plain.train(), [{"params": weights}, {"params": lams, "lr": 5e-2, "weight_decay": 0.0}], loader, 2, 1e-3,
+        "cpu", "plain", optimizer="adamw", after_step=keep_positive)
+    expected, got = plain.state_dict(), penalised.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_convert_records_the_penalty_and_its_default_changes_nothing():
+    loader = tiny_loader()
+    snns = {}
+    for options in ({}, {"rate_penalty": 0.0}, {"rate_penalty": 1.0}):
+        torch.manual_seed(0)
+        snns[str(options)] = snnverify.convert(small_resnet(10, 1), loader, timesteps=2, budget_epochs=1, **options)
+    default, zero, one = snns.values()
+    assert default.conversion.info["options"]["rate_penalty"] == 0.0
+    assert one.conversion.info["options"]["rate_penalty"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(default.conversion.qcfs_ann.state_dict().values(),
+                                                  zero.conversion.qcfs_ann.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(default.conversion.qcfs_ann.state_dict().values(),
+                                                      one.conversion.qcfs_ann.state_dict().values()))
+
+
+def test_the_rate_penalised_is_the_spike_rate_of_the_snn():
+    """One neuron layer driven by the input: at T = L its IF neurons spike exactly as many
+    times as the QCFS levels, so the QCFS rate a/λ is 1 − the SNN's measured sparsity."""
+    loader = tiny_loader(n=40)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    snn = snnverify.convert(model, loader, timesteps=8, levels=8, budget_epochs=0)
+    rate = qcfs_rate(snn.conversion.qcfs_ann, loader, "cpu")
+    assert 0.05 < rate < 0.95
+    assert rate == pytest.approx(1 - snnverify.measure_sparsity(snn, loader, timesteps=8), abs=1e-3)
+
+
+def test_pareto_optimal_rows_have_no_row_at_least_as_good_in_gap_and_rate_and_better_in_one():
+    rows = [(0.1, 0.12), (0.3, 0.08), (0.2, 0.10), (0.4, 0.09), (0.1, 0.13), (1.5, 0.05)]
+    assert pareto_optimal(rows) == [True, True, True, False, False, True]
+
+
+def test_sparsity_job_writes_rows_a_pareto_table_and_a_plot(tmp_path):
+    out = tmp_path / "sparsity"
+    arguments = ["sparsity", "--dataset", "digits", "--ann-epochs", "1", "--train-subset", "128", "--test-subset",
+                 "64", "--penalties", "0", "3", "--timesteps", "4", "8", "--timing-batch", "8", "--repeats", "1",
+                 "--out-dir", str(out)]
+    assert main(arguments) == 0
+    rows = json.loads((out / "digits-small_resnet.json").read_text())["rows"]
+    assert [r["penalty"] for r in rows] == [0.0, 3.0]
+    assert [r["options"]["rate_penalty"] for r in rows] == [0.0, 3.0]
+    for r in rows:
+        assert (r["train_images"], r["test_images"], r["timing_batch"]) == (128, 64, 8)
+        assert r["command"].startswith("snnverify ") and r["commit"] and r["date"]
+        for t in ("4", "8"):
+            m = r["by_timesteps"][t]
+            assert m["spike_rate"] == pytest.approx(1 - m["sparsity"])
+            assert m["gap_pp"] == pytest.approx(100 * (r["ann_accuracy"] - m["snn_accuracy"]), abs=1e-3)
+            assert m["time_ratio"] == pytest.approx(m["snn_s_per_image"] / m["ann_s_per_image"])
+    readme = (out / "README.md").read_text()
+    assert "## digits-small_resnet" in readme and "T = 4:" in readme and "| ρ | Pareto |" in readme
+    assert readme.count("**yes**") >= 2  # at least one Pareto-optimal row at each T
+    assert (out / "digits-small_resnet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["sparsity", "--render", "--out-dir", str(out)]) == 0  # again, from the JSON alone
+    assert (out / "README.md").read_text() == readme
