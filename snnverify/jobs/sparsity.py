@@ -109,8 +109,9 @@ def sweep(args) -> Path:
     for penalty in args.penalties:
         reseed(args.seed, train, cal)
         start = time.perf_counter()
-        snn = api.convert(ann, cal, timesteps=max(args.timesteps), train_loader=train, budget_epochs=args.budget,
-                          rate_penalty=penalty)
+        # the penalty acts in QCFS training: the budget goes to it whole (no BPTT)
+        snn = api.convert(ann, cal, timesteps=max(args.timesteps), train_loader=train, qcfs_epochs=args.budget,
+                          finetune_epochs=0, rate_penalty=penalty)
         convert_s = time.perf_counter() - start
         api.compile(snn, "cpu")
         by_t = {}
@@ -271,7 +272,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "small ResNet for that pair, else trained here for --ann-epochs)")
     parser.add_argument("--ann-epochs", type=int, default=30, help="epochs of ANN training when there is no checkpoint")
     parser.add_argument("--penalties", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0], help="rate penalties ρ")
-    parser.add_argument("--budget", type=int, default=1, help="labelled epochs of the conversion (budget_epochs)")
+    parser.add_argument("--budget", type=int, default=1, help="labelled epochs of the conversion, all QCFS training")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[FIGURE_T])
     parser.add_argument("--train-subset", type=int, help="train on this many training images (fixed seed)")
     parser.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
@@ -291,7 +292,7 @@ def main(args: argparse.Namespace) -> int:
     for t in args.timesteps:
         check_timesteps(t)
     for penalty in args.penalties:  # the conversion's own checks, with its messages
-        ConversionOptions(budget_epochs=args.budget, rate_penalty=penalty).resolved()
+        ConversionOptions(qcfs_epochs=args.budget, finetune_epochs=0, rate_penalty=penalty).resolved()
     for name in ("train_subset", "test_subset", "timing_batch", "repeats", "ann_epochs"):
         value = getattr(args, name)
         if value is not None and value < 1:

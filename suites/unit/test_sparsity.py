@@ -83,7 +83,8 @@ def test_convert_records_the_penalty_and_its_default_changes_nothing():
     snns = {}
     for options in ({}, {"rate_penalty": 0.0}, {"rate_penalty": 1.0}):
         torch.manual_seed(0)
-        snns[str(options)] = snnverify.convert(small_resnet(10, 1), loader, timesteps=2, budget_epochs=1, **options)
+        snns[str(options)] = snnverify.convert(small_resnet(10, 1), loader, timesteps=2, qcfs_epochs=1,
+                                               finetune_epochs=0, **options)
     default, zero, one = snns.values()
     assert default.conversion.info["options"]["rate_penalty"] == 0.0
     assert one.conversion.info["options"]["rate_penalty"] == 1.0
