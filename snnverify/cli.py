@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # the command line as typed, recorded beside results (argv when called from Python)
+    args.invocation = " ".join(["snnverify", *(sys.argv[1:] if argv is None else argv)])
     job = importlib.import_module(JOBS[args.command][0])
     try:
         return job.main(args)

@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -150,7 +149,7 @@ def peer_accuracy(name: str, budget: int, ann, cal, train, test, timesteps: list
 
 
 def sweep(args) -> Path:
-    made_by = {"command": " ".join(["snnverify", *sys.argv[1:]]), "commit": commit()}
+    made_by = {"command": args.invocation, "commit": commit()}
     torch.manual_seed(args.seed)
     splits, train, cal, test, n_train, n_test = loaders(args.dataset, args.train_subset, args.test_subset, args.seed)
     ann = trained_ann(args.dataset, splits, args.seed)
