@@ -253,11 +253,12 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
         peers = [r for r in same if _converter(r) != "snnverify"]
         label_free = {_converter(r) for r in peers if r["budget_epochs"] == 0} - {
             _converter(r) for r in peers if r["budget_epochs"] > 0}
+        measured = [t for t in ts if any(str(t) in r.get("snn_accuracy", {}) for r in same)]
         lines += [f"### Beside the peers: {n_train} training / {n_test} test images", "",
-                  "| E | converter | " + " | ".join(f"T={t}" for t in ts) + " |", "|" + "---|" * (2 + len(ts))]
+                  "| E | converter | " + " | ".join(f"T={t}" for t in measured) + " |", "|" + "---|" * (2 + len(measured))]
         for budget in sorted({r["budget_epochs"] for r in ours}):
             best = {t: max((r["snn_accuracy"].get(str(t), float("nan")) for r in ours
-                            if r["budget_epochs"] == budget), default=float("nan")) for t in ts}
+                            if r["budget_epochs"] == budget), default=float("nan")) for t in measured}
             entries = [("snnverify (best recipe at each T)", best)]
             for r in sorted(peers, key=_converter):
                 stands = r["budget_epochs"] == budget or (r["budget_epochs"] == 0 and _converter(r) in label_free)
@@ -268,12 +269,12 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
                 if "failure" in r:
                     entries.append((f"{name}: FAIL, {r['failure']}", {}))
                 else:
-                    entries.append((name, {t: r["snn_accuracy"].get(str(t), float("nan")) for t in ts}))
-            lead = {t: max(a.get(t, float("nan")) for _, a in entries) for t in ts}
+                    entries.append((name, {t: r["snn_accuracy"].get(str(t), float("nan")) for t in measured}))
+            lead = {t: max(a.get(t, float("nan")) for _, a in entries) for t in measured}
             for name, accuracy in entries:
                 lines.append(f"| {budget} | {name} | " + " | ".join(
                     "" if t not in accuracy else (f"**{100 * accuracy[t]:.2f}**" if accuracy[t] == lead[t]
-                                                  else f"{100 * accuracy[t]:.2f}") for t in ts) + " |")
+                                                  else f"{100 * accuracy[t]:.2f}") for t in measured) + " |")
         lines.append("")
     return lines
 
