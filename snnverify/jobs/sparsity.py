@@ -8,12 +8,13 @@ cross-entropy + ρ · mean firing rate), and at every T measures on the ``cpu`` 
 - the spike rate r = spikes / (IF neurons · T · images) over every IF neuron of the network,
   and the sparsity 1 − r (as ``snnverify.measure_sparsity``);
 - the SNN's time per image over the ANN's forward time per image, both on the same batch of
-  test images in one process, timed interleaved (``snnverify speed``), on ``--threads`` threads;
-  beside it the synaptic events per image, the adds that event-driven simulation does.
+  test images in one process, timed interleaved (``snnverify speed``) in CPU time and in wall
+  time, on ``--threads`` threads; beside it the synaptic events per image, the adds that
+  event-driven simulation does.
 
-    snnverify sparsity --dataset fashion-mnist --penalties 0 0.3 1 3
+    snnverify sparsity --dataset fashion-mnist --penalties 0 0.3 1 3 10 30
     snnverify sparsity --dataset fashion-mnist-rgb32 --model cifar_resnet18 --ann-epochs 3 \\
-        --train-subset 5000 --test-subset 1000
+        --train-subset 2500 --test-subset 500 --penalties 0 3 30
     snnverify sparsity --render          # reports/sparsity/README.md and plots from the JSON
 
 Rows go to ``reports/sparsity/<dataset>-<model>.json`` as each finishes (a row with the same
