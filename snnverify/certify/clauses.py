@@ -477,6 +477,15 @@ def modular_relus(model: nn.Module) -> fx.GraphModule:
     return traced
 
 
+def as_the_adapter_reads_it(model: nn.Module, adapter) -> nn.Module:
+    """``model`` with its functional ReLUs made modules (:func:`modular_relus`) for an adapter
+    that does not declare ``functional_relu`` (it would leave them unconverted), else ``model``."""
+    if "functional_relu" in adapter.capabilities or not any(
+            n.op == "call_function" and n.target in (F.relu, torch.relu) for n in fx.symbolic_trace(model).graph.nodes):
+        return model
+    return modular_relus(model)
+
+
 def relu_sites(model: nn.Module) -> int:
     """Number of ReLU call sites in the ANN (functional calls and module calls)."""
     traced = fx.symbolic_trace(model)
@@ -491,10 +500,8 @@ def check_accuracy(harness, timesteps: int) -> Verdict:
     clause = f"accuracy.gap.T{timesteps}"
     data = harness.data
     limit = float(POLICY["max_gap_pp"][str(timesteps)])
-    model, rewritten = data.model, False
-    if "functional_relu" not in harness.adapter.capabilities and relu_sites(model) and any(
-            n.op == "call_function" and n.target in (F.relu, torch.relu) for n in fx.symbolic_trace(model).graph.nodes):
-        model, rewritten = modular_relus(model), True
+    model = as_the_adapter_reads_it(data.model, harness.adapter)
+    rewritten = model is not data.model
     converted = harness.convert("accuracy", model, data.cal_loader, max(data.timesteps), data.train_loader)
     correct, total, spikes, neuron_steps, elapsed = 0, 0, 0.0, 0, 0.0
     layers = 0

@@ -27,12 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import fx
 from torch.utils.data import DataLoader, Subset
 
 from snnverify import api, data, models
-from snnverify.certify.clauses import ConverterFailure, modular_relus
+from snnverify.certify.clauses import ConverterFailure, as_the_adapter_reads_it
 from snnverify.certify.protocol import load_adapter
 from snnverify.certify.runner import TIME_LIMIT_S, Harness
 from snnverify.graph import check_timesteps
@@ -126,9 +124,7 @@ def peer_accuracy(name: str, budget: int, ann, cal, train, test, timesteps: list
         return None
     if trains:
         adapter.options = {**adapter.options, "qcfs_epochs": budget}
-    if "functional_relu" not in adapter.capabilities and any(
-            n.op == "call_function" and n.target in (F.relu, torch.relu) for n in fx.symbolic_trace(ann).graph.nodes):
-        ann = modular_relus(ann)  # as certification does: such a peer leaves F.relu calls unconverted
+    ann = as_the_adapter_reads_it(ann, adapter)  # as certification does
     harness = Harness(adapter, None, time_limit_s)
     try:
         converted = harness.convert("budget", ann, cal, max(timesteps), train_loader=train if budget else None)

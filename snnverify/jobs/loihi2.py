@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
     splits = data.load_dataset(args.dataset, seed=args.seed)
     test = data.make_loaders(splits, batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=args.seed)[2]
     report = {
-        "command": " ".join(["snnverify", *sys.argv[1:]]),
+        "command": args.invocation,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": args.dataset, "model": args.model, "timesteps": args.timesteps,
         "settings": {k: getattr(args, k) for k in ("checkpoint", "levels", "qcfs_epochs", "percentile", "seed",
