@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -225,8 +226,10 @@ def main(args: argparse.Namespace) -> int:
 
     asv("machine", "--yes", "--machine", args.machine, config=config_path)
     selection = ["--bench", args.bench] if args.bench else []
+    start = time.perf_counter()
     run_status = asv("run", "--python=same", "--set-commit-hash", commit, "--machine", args.machine, *selection,
                      config=config_path, check=False)  # non-zero when a benchmark failed: reported below
+    run_seconds = time.perf_counter() - start  # the grid's budget is 15 minutes on 2 cores
     asv("publish", config=config_path)
     html = root / config.get("html_dir", "html")
     vendor(html, libs)
@@ -235,6 +238,7 @@ def main(args: argparse.Namespace) -> int:
     result = gate(root / config.get("results_dir", "results"), args.machine, commit, args.threshold / 100)
     origin = provenance()
     result.update(created=origin["created"], hardware=origin["machine"], asv_run_status=run_status,
+                  asv_run_seconds=round(run_seconds, 1),
                   dashboard=os.path.relpath(html / "index.html", root),
                   dashboard_loads=external, full_grid=os.environ.get("SNNVERIFY_BENCH_FULL") == "1")
     atomic_write(root / args.out, json.dumps(result, indent=2) + "\n")

@@ -331,7 +331,11 @@ class Index:
         page.heading("Nightly benchmarks (asv)")
         page.text(f"Source {self.rel(path)}: commit {gate['commit'][:10]} against {str(gate['previous_commit'])[:10]} "
                   f"on machine {gate['machine']} ({gate.get('hardware', '')}), {gate.get('created', '')}; "
-                  f"{gate['regressions']} benchmarks worse by more than {gate['threshold_percent']:g} %.")
+                  f"{gate['regressions']} benchmarks worse by more than {gate['threshold_percent']:g} %."
+                  + (f" The {'full' if gate.get('full_grid') else 'default'} grid ran in {gate['asv_run_seconds']:.0f} s."
+                     if "asv_run_seconds" in gate else "")
+                  + (f" The dashboard loads {len(gate['dashboard_loads'])} resources from the network."
+                     if "dashboard_loads" in gate else ""))
         if gate["rows"]:
             page.table(pd.DataFrame([{"benchmark": r["benchmark"], "parameters": r["params"], "previous": f"{r['old']:.4g}",
                                       "this commit": f"{r['new']:.4g}", "worse by (%)": 100 * r["worse_by"],
