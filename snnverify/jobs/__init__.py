@@ -15,5 +15,5 @@ JOBS = {
     "sparsity": ("snnverify.jobs.sparsity", "sweep the rate penalty: accuracy gap, spike rate and CPU time"),
     "certify": ("snnverify.jobs.certify", "certify converters clause by clause, side by side"),
     "bench": ("snnverify.jobs.bench", "run a published protocol (train, convert, T sweep) over several seeds"),
-    "nightly": ("snnverify.jobs.nightly", "asv on this commit, the dashboard published, regressions over 10 % fail"),
+    "nightly": ("snnverify.jobs.nightly", "asv on this commit, the dashboard published, regressions beyond a threshold fail"),
 }

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from snnverify.cli import main
+from snnverify.jobs import JOBS
 from snnverify.report import load_reference
 
 FAST = ["--epochs", "2", "--qcfs-epochs", "1", "--finetune-epochs", "1", "--convert-timesteps", "2",
@@ -103,6 +104,16 @@ def test_every_job_checks_its_arguments_before_any_work(tmp_path, capsys, monkey
     assert main([job, *arguments]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [[], *([job] for job in JOBS)], ids=lambda c: " ".join(["snnverify", *c]))
+def test_every_help_page_prints(command, capsys):
+    """``--help`` of the command and of every job prints its options (argparse formats help with
+    %-expansion: a bare '%' in any help text turns the page into a traceback)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: snnverify" in capsys.readouterr().out
 
 
 def test_every_reference_names_its_source():
