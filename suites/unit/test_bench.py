@@ -39,5 +39,10 @@ def test_a_tiny_protocol_writes_every_seed_and_their_mean_and_std(tmp_path, monk
             layers = s["counts"][t]["layers"]
             assert sum(c["spikes"] for c in layers.values()) == s["counts"][t]["spikes"]
             assert 0 <= s["sparsity"][t] <= 100
+    for s in seeds:  # convert ran the protocol's recipe, not the budget's defaults where it is silent
+        options = s["conversion"]["options"]
+        assert {k: options[k] for k in ("levels", "qcfs_epochs", "qcfs_optimizer", "qcfs_lr", "finetune_epochs")} == \
+            {"levels": tiny.levels, "qcfs_epochs": 0, "qcfs_optimizer": tiny.qcfs_optimizer, "qcfs_lr": tiny.qcfs_lr,
+             "finetune_epochs": 0}
     assert seeds[0]["wall_time_s"]["compile_s"] >= 0
     assert result["commit"] and result["machine"] and result["command"].startswith("snnverify bench tiny --seeds 0 1 --device cpu --target torch")
