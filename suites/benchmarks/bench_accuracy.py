@@ -43,6 +43,7 @@ class FashionMNISTCheckpoint:
     timeout = 1800
     number = 1
     repeat = 3
+    rounds = 1
 
     def setup_cache(self):
         splits = _splits()

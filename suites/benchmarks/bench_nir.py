@@ -20,6 +20,7 @@ class NIRResNet18:
     timeout = 600
     number = 1
     repeat = 3
+    rounds = 1
 
     def setup_cache(self):
         return converted("cifar_resnet18")[1]

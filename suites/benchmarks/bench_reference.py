@@ -26,6 +26,7 @@ class DigitsSmallResNet:
     params = [TIMESTEPS]
     param_names = ["timesteps"]
     timeout = 900
+    rounds = 1
 
     def setup_cache(self):
         torch.manual_seed(0)
