@@ -54,18 +54,28 @@ def repository_relative(argument: str) -> str:
     return argument
 
 
-def provenance() -> dict[str, str]:
-    """Where a result comes from: UTC time, the repository's commit, and the machine."""
-    import platform
+def commit() -> str:
+    """HEAD's short hash, ``+dirty`` when a tracked file outside reports/ differs from it (a job
+    writing its results does not make the code that produced them dirty); ``unknown`` outside a
+    git checkout."""
     import subprocess
-    from datetime import datetime, timezone
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPOSITORY, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPOSITORY,
-                                capture_output=True, text=True, check=True).stdout.strip()
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)reports")
+        return git("rev-parse", "--short=10", "HEAD") + ("+dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+        return "unknown"
+
+
+def provenance() -> dict[str, str]:
+    """Where a result comes from: UTC time, the repository's commit (:func:`commit`), and the machine."""
+    import platform
+    from datetime import datetime, timezone
+
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU threads"
     if torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name(0)}"
-    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "machine": machine}
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit(), "machine": machine}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -36,7 +35,7 @@ from snnverify.certify.runner import TIME_LIMIT_S, Harness
 from snnverify.graph import check_timesteps
 from snnverify.convert.budget import DEFAULT_BUDGET, RECIPES
 from snnverify.train import fit
-from snnverify.util import atomic_write, progress
+from snnverify.util import atomic_write, commit, progress
 
 #: candidate recipes: convert options besides the budget
 CANDIDATES: dict[str, dict] = {
@@ -65,13 +64,6 @@ PEERS = ("spikingjelly", "sinabs", "neurocuda")
 TARGETS_PP = {4: 2.0, 8: 0.5, 32: 0.1}  # gap to the equal-budget ANN control, at most
 #: a recipe's score: its mean SNN accuracy over these T (one conversion serves every T)
 SCORED_T = (4, 8, 16, 32)
-
-
-def commit() -> str:
-    """HEAD's short hash, with ``+dirty`` when the worktree has uncommitted changes."""
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def loaders(dataset: str, train_subset: int | None, test_subset: int | None, seed: int):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from snnverify.certify.runner import CHECKPOINTS
+from snnverify.util import commit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,14 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=900.0, help="seconds one convert or run call may take")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=None, help="default reports/certification (…/quick with --quick)")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _validated(args: argparse.Namespace) -> argparse.Namespace:
@@ -78,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
 
     data = certification_data(args.dataset, args.checkpoint, args.test_images, args.cal_images, args.train_images,
                               args.seed)
-    meta = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
+    meta = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
             "command": "snnverify certify " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["certify"] else sys.argv[1:]),
             "data": data.info}
     failed = False

@@ -40,11 +40,11 @@ from snnverify import api, data, models
 from snnverify.convert import ConversionOptions
 from snnverify.convert.qcfs import qcfs_rate
 from snnverify.graph import check_timesteps, multiply_accumulates, synaptic_events
-from snnverify.jobs.budget import ANNS, commit, loaders, reseed
+from snnverify.jobs.budget import ANNS, loaders, reseed
 from snnverify.jobs.speed import interleaved_best_times
 from snnverify.report import load_reference
 from snnverify.train import fit
-from snnverify.util import atomic_write
+from snnverify.util import atomic_write, commit
 
 OUT = Path("reports/sparsity")
 #: the T of the figure of merit, the tutorial's sparsity claim
