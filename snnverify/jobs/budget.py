@@ -35,7 +35,7 @@ from snnverify.certify.runner import TIME_LIMIT_S, Harness
 from snnverify.graph import check_timesteps
 from snnverify.convert.budget import DEFAULT_BUDGET, RECIPES
 from snnverify.train import fit
-from snnverify.util import atomic_write, commit, progress
+from snnverify.util import atomic_write, commit, progress, provenance
 
 #: candidate recipes: convert options besides the budget
 CANDIDATES: dict[str, dict] = {
@@ -137,7 +137,7 @@ def peer_accuracy(name: str, budget: int, ann, cal, train, test, timesteps: list
 
 
 def sweep(args) -> Path:
-    made_by = {"command": args.invocation, "commit": commit()}
+    made_by = {"command": args.invocation, "commit": commit(), "machine": provenance()["machine"]}
     torch.manual_seed(args.seed)
     splits, train, cal, test, n_train, n_test = loaders(args.dataset, args.train_subset, args.test_subset, args.seed)
     ann = trained_ann(args.dataset, splits, args.seed)

@@ -317,10 +317,19 @@ class Index:
             return
         self.page.heading("Accuracy per training budget")
         for path in paths:
-            data = _read(path)
-            self.page.text(f"{self.rel(path)}; machine {data.get('machine', 'not recorded')}; "
-                           f"commit {data.get('commit') or _last_commit(path)}.")
-            self.page.table(_flat_table(data))
+            rows = _read(path)["rows"]
+            ts = sorted({int(t) for row in rows for t in row.get("snn_accuracy", {})})
+            table = [{"E": row["budget_epochs"], "converter": " ".join([row.get("converter", "snnverify"), row.get("version", "")]).strip(),
+                      "recipe": row["recipe"], "train / test images": f"{row['train_images']} / {row['test_images']}",
+                      "control (%)": 100 * row["control_accuracy"],
+                      **{f"T={t}": (100 * row["snn_accuracy"][str(t)] if str(t) in row.get("snn_accuracy", {})
+                                    else ("FAIL" if "failure" in row else "")) for t in ts},
+                      "date": row["date"][:10], "commit": row.get("commit", ""),
+                      "machine": row.get("machine", "not recorded")} for row in rows]
+            commands = "; ".join(f"`{command}`" for command in dict.fromkeys(row["command"] for row in rows))
+            self.page.text(f"{self.rel(path)}: accuracy in % on the test images listed (the gaps to the control and "
+                           f"the recipes: reports/budget/README.md). Commands: {commands}.")
+            self.page.table(pd.DataFrame(table), digits=2)
 
     def asv(self) -> None:
         path = self.reports / "asv" / "nightly.json"
