@@ -364,16 +364,6 @@ def _pm(value: dict) -> str:
     return f"{value['mean']:.2f} ± {value['std']:.2f}"
 
 
-def _flat_table(data) -> pd.DataFrame:
-    """A table of a result file of unknown layout: a list of records, or nested dicts flattened."""
-    if isinstance(data, dict):
-        records = next((v for v in data.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
-        if records is not None:
-            return pd.json_normalize(records)
-        return pd.json_normalize(data).T.reset_index(names="field").rename(columns={0: "value"})
-    return pd.json_normalize(data)
-
-
 def write_index(reports: str | Path = "reports", references: str | Path | None = None) -> Path:
     """Build ``<reports>/index.md``, ``index.html`` and their figures; returns the Markdown path."""
     reports = Path(reports)
