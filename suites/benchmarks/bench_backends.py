@@ -167,27 +167,6 @@ class EventGather:
 _DOUBLEWIDE = 2 * WIDE  # a global, so that Numba sees a constant
 
 
-class AnnForward:
-    """The ANN's forward pass on the batch :class:`Simulation` runs (it depends on the model only)."""
-
-    params = [MODELS]
-    param_names = ["model"]
-    number = 1
-    repeat = 5
-    rounds = 1
-
-    def setup_cache(self):
-        return {model: converted(model)[0] for model in MODELS}
-
-    def setup(self, cache, model):
-        self.ann = cache[model]
-        self.x = torch.randn(BATCH, *SHAPES[model], generator=torch.Generator().manual_seed(1))
-
-    def time_forward(self, cache, model):
-        with torch.no_grad():
-            self.ann(self.x)
-
-
 @njit  # not cached, as _gather_rows
 def _add_one_row(row, adds, wide):
     """Σ of ``adds`` copies of ``row``'s first 64 (4 accumulator registers) or, with ``wide``,
