@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
+import threading
 import warnings
 
 import numba
 import numpy as np
 import torch
 from numba import config, cuda
+from numba.np import numpy_support
 from numba.cuda import libdevice
 
 from snnverify import graph as g
@@ -29,6 +32,39 @@ from snnverify.runtime.plan import Kernels, register_kernels
 
 _THREADS = 128
 SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+
+def _serialise_simulator_shared_arrays() -> None:
+    """Make the simulator's shared arrays one per block, as on a GPU.
+
+    numba-cuda's simulator (0.30.4) keys a shared array by the source line that declares it;
+    the first thread of a block to reach the line finds no array, creates one and stores it,
+    with no lock between the lookup and the store. Two threads that both miss get two arrays,
+    each stages only its part of the tile, and the block sums uninitialised memory (outputs of
+    7e7 where 0 was due, on a rerun of the same draw). Under the short switch interval of
+    :func:`_launches` that miss is common, so the lookup and the store are made atomic here,
+    with the same key (the declaring line) and the same array.
+    """
+    from numba.cuda.simulator import kernelapi
+
+    lock, simulators_own = threading.Lock(), kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:  # not keyed by line (dynamic, or refused): as before
+            return simulators_own(self, shape, dtype, alignment)
+        declared_at = sys._getframe(1)
+        key = (declared_at.f_code.co_filename, declared_at.f_lineno)
+        with lock:
+            allocated = self._allocations.get(key)
+            if allocated is None:
+                dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, numba.types.Type) else dtype
+                allocated = self._allocations[key] = np.empty(shape, dtype)
+        return allocated
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+_serialise_simulator_shared_arrays()  # inert unless the simulator runs kernels; applied always, one behaviour
 
 
 def _launch(kernel, count: int, *args):
@@ -57,10 +93,13 @@ def _output_position(index, channels, height, width):
 # Tiles of the conv kernel: a block of _SIDE × _SIDE threads computes _TILE output positions ×
 # _TILE output channels, each thread _MICRO × _MICRO of them, reading the inputs and weights
 # _DEPTH input channels at a time through shared memory. The simulator runs one Python thread
-# per CUDA thread, so it gets the same kernel with small tiles, and deep chunks: each chunk
-# costs it two barriers over all threads of a block, its largest cost, so fewer, deeper chunks
-# are faster (24 input channels still leave a padded last chunk).
-_SIDE, _MICRO, _DEPTH = (4, 2, 16) if SIMULATOR else (16, 4, 8)
+# per CUDA thread, so it gets the same kernel with small tiles of the same structure: several
+# outputs per thread, several staging passes per chunk (_STAGE_ROWS > 1) and two tile rows
+# staged by each thread (_DEPTH / _STAGE_ROWS = 2), as on the GPU. Shallow chunks waste the
+# least on padding, and with the short switch interval of _launches the barriers they add are
+# cheap: 8 generated graphs took 139 s with 16-channel chunks under the default interval, 46 s
+# under the short one, and 24 s with 4-channel chunks under it.
+_SIDE, _MICRO, _DEPTH = (4, 2, 4) if SIMULATOR else (16, 4, 8)
 _TILE = _SIDE * _MICRO
 _STAGE_ROWS = _SIDE * _SIDE // _TILE  # tile rows one pass of the block's threads stages
 assert _DEPTH % _STAGE_ROWS == 0
@@ -141,8 +180,15 @@ def gemm_layout(weight: np.ndarray, node) -> np.ndarray:
     return np.ascontiguousarray(grouped.transpose(0, 3, 4, 2, 1))
 
 
-_SYNAPSES = {"f": _synapse_kernel(_float_product, np.float32, numba.float32),
-             "i": _synapse_kernel(_int_product, np.int64, numba.int64)}
+def _inner(device_function):
+    """A device function as the conv kernel's inner loop calls it: the compiled function on a
+    GPU; its Python body under the simulator, which otherwise swaps module globals around every
+    call (one per multiply-accumulate), and runs the same body."""
+    return device_function.py_func if SIMULATOR else device_function
+
+
+_SYNAPSES = {"f": _synapse_kernel(_inner(_float_product), np.float32, numba.float32),
+             "i": _synapse_kernel(_inner(_int_product), np.int64, numba.int64)}
 
 
 @cuda.jit
@@ -292,13 +338,27 @@ def _require_gpu() -> None:
         )
 
 
+#: The interpreter's thread switch interval while the simulator runs a plan. The simulator polls
+#: its threads for barriers from the main thread, and every thread of a block must take the GIL
+#: to pass one; under the default 5 ms interval each handoff could wait that long, and the
+#: barriers, not the arithmetic, set the simulator's time.
+_SIMULATOR_SWITCH_INTERVAL_S = 5e-5
+
+
 @contextlib.contextmanager
-def _quiet_launches():
-    """numba-cuda warns at every launch of fewer than 128 blocks; late layers of a small batch
-    (a 4×4 map) launch that few by nature, and a warning per layer per call is only noise."""
+def _launches():
+    """While a plan runs: numba-cuda warns at every launch of fewer than 128 blocks, and late
+    layers of a small batch (a 4×4 map) launch that few by nature, so a warning per layer per
+    call is only noise; under the simulator, the short switch interval above (restored after)."""
+    interval = sys.getswitchinterval()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
-        yield
+        if SIMULATOR:
+            sys.setswitchinterval(_SIMULATOR_SWITCH_INTERVAL_S)
+        try:
+            yield
+        finally:
+            sys.setswitchinterval(interval)
 
 
 def _current_device() -> torch.device:
@@ -322,6 +382,6 @@ GPU_KERNELS = Kernels(
     count=_count,
     weight_layout=lambda weight, node, sparse: gemm_layout(weight, node),
     require=_require_gpu,
-    running=_quiet_launches,
+    running=_launches,
 )
 register_kernels("gpu", GPU_KERNELS)
