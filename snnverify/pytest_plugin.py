@@ -110,7 +110,8 @@ def pytest_configure(config):
     # a worker keeps its counts in memory: the controller writes the report of all of them
     worker = hasattr(config, "workerinput")
     _LOG.report_path = None if worker else config.getoption("--comparison-report")
-    _import_every_snnverify_module()
+    if worker or not config.getoption("numprocesses", None):  # a process that runs tests, not -n's controller
+        _import_every_snnverify_module()
 
 
 def _import_every_snnverify_module() -> None:

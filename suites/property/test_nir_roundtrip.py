@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -218,9 +218,9 @@ def test_converted_small_resnet_round_trips(comparison_log, workdir, digits_case
     for target in ("torch", "cpu"):
         assert_same_spikes(comparison_log, f"NIR lossless round trip, small_resnet, {target}",
                            spikes(graph, target, x[:16], 8), spikes(back.graph, target, x[:16], 8))
-    quantized = snnverify.quantize(digits_case.snn).graph
-    assert_same_graph(comparison_log, "NIR lossless round trip, small_resnet integer", quantized,
-                      round_trip(quantized, workdir).graph)
+    integer = snnverify.quantize(digits_case.snn).graph
+    assert_same_graph(comparison_log, "NIR lossless round trip, small_resnet integer", integer,
+                      round_trip(integer, workdir).graph)
 
 
 def test_converted_torchvision_resnet18_round_trips(comparison_log, workdir):
