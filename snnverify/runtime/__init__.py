@@ -8,7 +8,8 @@ registration, not another branch in the API. ``cpu`` and ``gpu`` are one backend
 
 Layout: ``torch_ref`` (the reference executor, which defines the semantics), ``plan`` (the
 graph walked once for the kernel backends), ``cpu/`` (Numba CPU kernels, one file per job),
-``cuda`` (Numba CUDA kernels), ``quantize`` (integer mode), ``loihi2`` (the Loihi 2 simulator).
+``cuda`` (Numba CUDA kernels), ``quantize`` (integer mode), ``loihi2`` (the Loihi 2 simulator),
+``kernel_cache`` (where the compiled Numba kernels are kept).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import numpy as np
 import torch
 
 from snnverify.graph import SpikingGraph, check_timesteps
+from snnverify.runtime import kernel_cache
+
+# before any kernel module is imported: their compiled kernels are cached per user, by content
+kernel_cache.install()
 
 #: target name -> module that registers it (imported on first use, so optional backends
 #: cost nothing until asked for).
