@@ -9,7 +9,9 @@ arbitrary weights (where a changed summation order would show) and in integer mo
 """
 
 import dataclasses
+from unittest import mock
 
+import numba
 import numpy as np
 from hypothesis import Phase, event, find, given, settings
 from hypothesis import strategies as st
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from snnverify import graph as g
 from snnverify.api import SNN
 from snnverify.runtime.cpu import CPU_KERNELS
+from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.plan import build_plan, execute
 from snnverify.strategies import spiking_graphs
@@ -88,6 +91,33 @@ def test_fused_kernel_matches_the_unfused_kernels_at_exact_ties(comparison_log, 
 def test_fused_kernel_matches_the_unfused_kernels_integer(comparison_log, case):
     graph = quantized(case)
     fused_and_unfused(comparison_log, "cpu fused vs unfused, integer", graph, case.x, case.timesteps)
+
+
+@settings(max_examples=30)
+@given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12), st.booleans())
+def test_cpu_spikes_do_not_depend_on_threads_or_tiles(comparison_log, case, integer):
+    """The event kernels split their jobs (samples per tile, groups) over one worker per Numba
+    thread, each with its own scratch; the generated graphs' small maps fit a whole batch in one
+    tile, so elsewhere one worker does all. One thread with the default tiles against all of
+    Numba's threads with one sample per job (every sample its own job), spike for spike."""
+    most = numba.config.NUMBA_NUM_THREADS
+    assert most > 1, "Numba has one thread here (NUMBA_NUM_THREADS=1): nothing to compare"
+    graph = quantized(case) if integer else case.graph
+    x = np.concatenate([case.x, case.x[::-1] / 2])  # more samples, hence jobs, each different
+    runs, before = [], numba.get_num_threads()
+    try:
+        for threads, tile_entries in ((1, cpu_kernels.TILE_ENTRIES), (most, 1)):
+            numba.set_num_threads(threads)
+            with mock.patch.object(cpu_kernels, "TILE_ENTRIES", tile_entries):
+                runs.append(execute(build_plan(graph), CPU_KERNELS, x, case.timesteps, record=True))
+    finally:
+        numba.set_num_threads(before)
+    (out_one, _, spikes_one, _), (out_most, _, spikes_most, _) = runs
+    mismatches = sum(int((spikes_one[k] != spikes_most[k]).sum()) for k in spikes_one)
+    comparison_log.record(f"cpu 1 thread vs {most}, one sample per job, {'integer' if integer else 'float32'}",
+                          sum(s.size for s in spikes_one.values()), mismatches)
+    assert mismatches == 0
+    np.testing.assert_array_equal(out_one, out_most)
 
 
 @settings(max_examples=30)
