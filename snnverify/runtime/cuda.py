@@ -380,7 +380,7 @@ GPU_KERNELS = Kernels(
     if_layer=_if_layer,
     graded=_graded,
     count=_count,
-    weight_layout=lambda weight, node, sparse: gemm_layout(weight, node),
+    weight_layout=lambda op: gemm_layout(op.weight, op.node),
     require=_require_gpu,
     running=_launches,
 )

@@ -59,7 +59,9 @@ class Op:
     weight: np.ndarray | None = None  # W' (event-driven) or W, in the plan's dtype
     bias: np.ndarray | None = None
     threshold: np.ndarray | None = None  # IF: θ per neuron of one sample, flattened
-    amplitude: np.ndarray | None = None  # IF: graded output a per neuron, flattened
+    #: IF: graded output a per neuron, flattened; a conv that scales each channel of a spike
+    #: map (:func:`_channel_scaling`): W'_c per neuron, its output being a graded spike map
+    amplitude: np.ndarray | None = None
     initial: np.ndarray | None = None  # IF: v[0] = θ/2 per neuron
 
 
@@ -122,13 +124,11 @@ class Plan:
         return self.device_arrays[key]
 
 
-def build_plan(graph: g.SpikingGraph, dtype: np.dtype | None = None) -> Plan:
-    """The plan of ``graph`` in ``dtype`` (default :func:`graph_dtype`; an integer graph may run
-    in a narrower integer type where its values are known to fit, see :class:`KernelBackend`)."""
+def build_plan(graph: g.SpikingGraph) -> Plan:
+    """The plan of ``graph`` in :func:`graph_dtype` (a kernel table may lay out some weights
+    narrower, where every sum they make is known to fit: see ``Kernels.weight_layout``)."""
     g.require_normative(graph, "the Numba cpu and gpu backends")
-    dtype = graph_dtype(graph) if dtype is None else np.dtype(dtype)
-    if dtype.kind != graph_dtype(graph).kind:
-        raise ValueError(f"a {'quantised' if graph.integer else 'float'} graph cannot run in {dtype}")
+    dtype = graph_dtype(graph)
     shapes = graph.shapes
     ops = []
     for name, node in graph.nodes.items():
@@ -143,6 +143,8 @@ def build_plan(graph: g.SpikingGraph, dtype: np.dtype | None = None) -> Plan:
             op.sparse = op.sparse or (isinstance(node, g.Conv2d) and _pooled_spikes(graph, source.name))
             op.weight = np.ascontiguousarray(weight, dtype=dtype)
             op.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
+            if op.events and _channel_scaling(node):
+                op.amplitude = np.repeat(op.weight.reshape(-1), math.prod(shapes[name][1:]))
         elif isinstance(node, g.IF):
             per_channel = math.prod(shapes[name]) // len(node.threshold)
             op.threshold = np.repeat(node.threshold.astype(dtype), per_channel)
@@ -151,6 +153,14 @@ def build_plan(graph: g.SpikingGraph, dtype: np.dtype | None = None) -> Plan:
         ops.append(op)
     users = {name: len(graph.users(name)) for name in graph.nodes}
     return Plan(graph, dtype, ops, shapes, users, fusions=_fusions(ops, users))
+
+
+def _channel_scaling(node: g.Conv2d | g.Linear) -> bool:
+    """Whether a conv only scales each channel: depthwise, 1×1, stride 1, no padding, no bias
+    (quantize's amplitude nodes). Fed by spikes s, its output is W'_c·s, a graded spike map
+    (each sum is one term from +0, and a·0 = ±0 adds to a current as +0 does)."""
+    return (isinstance(node, g.Conv2d) and node.weight.shape == (node.groups, 1, 1, 1) and node.stride == (1, 1)
+            and node.padding == (0, 0) and (node.bias is None or not np.any(node.bias)))
 
 
 def _pooled_spikes(graph: g.SpikingGraph, name: str) -> bool:
@@ -222,9 +232,9 @@ class Kernels:
     if_layer: Callable  # (current, temporal, threshold, initial membrane, timesteps, batch) -> spikes
     graded: Callable  # (spikes, amplitude) -> a·s
     count: Callable  # (spikes) -> int
-    #: host-side layout of a conv's or linear layer's weights (weight, node, sparse) -> array,
+    #: host-side layout of a conv's or linear layer's weights (op) -> array, from ``op.weight``,
     #: applied once per plan
-    weight_layout: Callable = lambda weight, node, events: weight
+    weight_layout: Callable = lambda op: op.weight
     #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`): (EventConv, residual
     #: kind, residual (None, a Signal or an EventConv), IF shape, threshold, initial membrane,
     #: timesteps, batch) -> spikes; tables without it run the ops one by one. The spike maps it
@@ -239,8 +249,6 @@ class Kernels:
     require: Callable[[], None] = lambda: None
     #: the context a run executes in (the place to silence a launcher's routine warnings)
     running: Callable = contextlib.nullcontext
-    #: the integer types the kernels run quantised graphs in, narrowest first
-    integer_dtypes: tuple = (np.dtype(np.int64),)
 
 
 @dataclass
@@ -311,7 +319,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
     by_name = {op.name: op for op in plan.ops}
 
     def weights(op: Op):
-        weight = plan.parameter(op.weight, lambda w: kernels.to_device(kernels.weight_layout(w, op.node, op.sparse)))
+        weight = plan.parameter(op.weight, lambda _: kernels.to_device(kernels.weight_layout(op)))
         return weight, plan.parameter(op.bias, kernels.to_device)
 
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
@@ -321,6 +329,11 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
 
     def fused_residual(fusion: Fusion, rows: int) -> tuple[ResidualKind, Any]:
         if fusion.shortcut_input:
+            scaling = by_name[fusion.residual].amplitude
+            if scaling is not None:  # a per-channel scaling of spikes: their graded map, not a conv
+                spike_map = values[fusion.shortcut_input]
+                return ResidualKind.GRADED, Signal(spike_map.array, True, plan.parameter(scaling, kernels.to_device),
+                                                   spike_map.channels_last)
             return ResidualKind.SHORTCUT, event_conv(fusion.residual, fusion.shortcut_input, rows)
         if fusion.residual is None:
             return ResidualKind.NONE, None
@@ -401,32 +414,20 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
 class KernelBackend:
     """The ``cpu`` and ``gpu`` backends: the graph's plan executed over a kernel table. An
     integer graph's runs are checked to stay where integer arithmetic is exact
-    (:class:`~snnverify.runtime.quantize.ExactRange`), and run in the narrowest of the table's
-    integer types that holds the run's bound on every value: integer sums are exact in any
-    width they fit, so the spikes are the same, and a narrower type fits more lanes in a
-    vector register."""
+    (:class:`~snnverify.runtime.quantize.ExactRange`)."""
 
     def __init__(self, graph: g.SpikingGraph, target: str, kernels: Kernels):
         kernels.require()
         self.graph, self.target, self.kernels = graph, target, kernels
         self.plan = build_plan(graph)
-        self.plans = {self.plan.dtype: self.plan}
         self.exact_range = ExactRange(graph) if graph.integer else None
-
-    def plan_for(self, bound: float) -> Plan:
-        """The plan in the narrowest integer type whose range holds ``bound`` (the widest else)."""
-        dtype = next((d for d in self.kernels.integer_dtypes if bound < np.iinfo(d).max), self.plan.dtype)
-        if dtype not in self.plans:
-            self.plans[dtype] = build_plan(self.graph, dtype)
-        return self.plans[dtype]
 
     def run(self, x, timesteps: int, record: bool = False, device=None, horizons: tuple[int, ...] = ()) -> RunResult:
         check_device(self.target, device, self.kernels.device())
-        x, timesteps = check_run(self.graph, x, timesteps)
+        x, timesteps = check_run(self.graph, x, timesteps, self.exact_range)
         horizons = g.check_horizons(horizons, timesteps)
-        plan = self.plan if self.exact_range is None else self.plan_for(self.exact_range.check(x.numpy(), timesteps))
         with self.kernels.running():
-            output, counts, spikes, readouts = execute(plan, self.kernels, x.numpy(), timesteps, record, horizons)
+            output, counts, spikes, readouts = execute(self.plan, self.kernels, x.numpy(), timesteps, record, horizons)
         return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes,
                          readouts={h: np.asarray(r, np.float32) for h, r in readouts.items()} if horizons else None)
 

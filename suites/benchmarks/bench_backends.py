@@ -5,7 +5,7 @@
 backend's predictions with the torch reference), on the same batch, and beside two ratios
 timed side by side in one call (so machine noise cancels): the backend's speed over the torch
 reference executor, and its time over the ANN forward time (targets: cpu ≥ 2× torch; at
-T = 32, SNN ≤ 8× the ANN) — and the work behind the time, synaptic events per ANN MAC. The gpu target is
+T = 32, the integer mode's SNN ≤ 8× the float ANN) — and the work behind the time, synaptic events per ANN MAC. The gpu target is
 skipped in ``setup`` when no CUDA GPU is visible (asv style: params do not depend on what is
 installed). Run: ``asv run --python=same -E existing --bench bench_backends``.
 """
@@ -30,8 +30,11 @@ BATCH = 16
 
 
 class Simulation:
-    params = [MODELS, ["torch", "cpu", "gpu"], grid([32], [8, 32])]
-    param_names = ["model", "target", "timesteps"]
+    """``arithmetic``: the converted network in float32, or its integer mode
+    (``snnverify.quantize``), timed against the same float ANN."""
+
+    params = [MODELS, ["torch", "cpu", "gpu"], grid([32], [8, 32]), ["float32", "integer"]]
+    param_names = ["model", "target", "timesteps", "arithmetic"]
     timeout = 1800
     number = 1
     repeat = 3
@@ -40,7 +43,7 @@ class Simulation:
     def setup_cache(self):
         return {model: converted(model) for model in self.params[0]}
 
-    def setup(self, cache, model, target, timesteps):
+    def setup(self, cache, model, target, timesteps, arithmetic):
         if target == "gpu":
             from numba import cuda
 
@@ -49,41 +52,43 @@ class Simulation:
         ann, graph = cache[model]
         self.ann = ann
         self.snn = SNN(graph, timesteps, target=target)
-        self.reference = SNN(graph, timesteps, target="torch")
+        if arithmetic == "integer":
+            self.snn = snnverify.quantize(self.snn)
+        self.reference = SNN(self.snn.graph, timesteps, target="torch")
         self.x = torch.randn(BATCH, *SHAPES[model], generator=torch.Generator().manual_seed(1))
         snnverify.simulate(self.snn, self.x[:1])  # compile the kernels outside the timing
 
-    def time_simulate(self, cache, model, target, timesteps):
+    def time_simulate(self, cache, model, target, timesteps, arithmetic):
         snnverify.simulate(self.snn, self.x)
 
-    def track_sparsity(self, cache, model, target, timesteps):
+    def track_sparsity(self, cache, model, target, timesteps, arithmetic):
         _, spikes = snnverify.simulate(self.snn, self.x, record=True)
         return 100 * (1 - sum(s.sum() for s in spikes.values()) / sum(s.size for s in spikes.values()))
 
     track_sparsity.unit = "%"
 
-    def track_agreement_with_torch(self, cache, model, target, timesteps):
+    def track_agreement_with_torch(self, cache, model, target, timesteps, arithmetic):
         ours = snnverify.simulate(self.snn, self.x).argmax(1)
         reference = snnverify.simulate(self.reference, self.x).argmax(1)
         return 100 * float(np.mean(ours == reference))
 
     track_agreement_with_torch.unit = "%"
 
-    def track_events_per_ann_mac(self, cache, model, target, timesteps):
+    def track_events_per_ann_mac(self, cache, model, target, timesteps, arithmetic):
         """The event-driven work beside the time: synaptic events (adds) per ANN multiply-accumulate."""
         _, spikes = snnverify.simulate(self.snn, self.x, record=True)
         return synaptic_events(self.snn.graph, spikes) / (len(self.x) * multiply_accumulates(self.snn.graph))
 
     track_events_per_ann_mac.unit = "events/MAC"
 
-    def track_speedup_over_torch(self, cache, model, target, timesteps):
+    def track_speedup_over_torch(self, cache, model, target, timesteps, arithmetic):
         seconds = interleaved_best_times({"torch": lambda: snnverify.simulate(self.reference, self.x),
                                           "backend": lambda: snnverify.simulate(self.snn, self.x)}, 2)
         return seconds["torch"] / seconds["backend"]
 
     track_speedup_over_torch.unit = "x"
 
-    def track_time_over_ann_forward(self, cache, model, target, timesteps):
+    def track_time_over_ann_forward(self, cache, model, target, timesteps, arithmetic):
         def ann_forward():
             with torch.no_grad():
                 self.ann(self.x)

@@ -9,20 +9,30 @@
 Every test records how many neuron-timestep comparisons it made.
 """
 
+import dataclasses
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 import snnverify
+from snnverify import graph as g
 from snnverify.api import SNN
+from snnverify.runtime.cpu import layouts
 from snnverify.runtime.cpu.kernels import CPU_KERNELS
 from snnverify.runtime.plan import build_plan, execute
+from snnverify.runtime.quantize import ExactRange
 from snnverify.strategies import spiking_graphs
 
 #: Multiply-accumulates per run of a generated graph that the cpu-vs-gpu tests allow: the CUDA
 #: simulator takes ~15 µs for one, so a case stays within a few seconds (the wide-layer test
 #: allows 4×). Without the bound, a rare draw of a few 80-channel convs ran for over ten minutes.
 SIMULATOR_WORK = 100_000
+
+#: the cpu kernels without the fused IF(conv) kernel: every conv, then every IF layer, on its own
+UNFUSED = dataclasses.replace(CPU_KERNELS, conv2d_if=None)
 
 
 def spikes_on(graph, target, x, steps):
@@ -133,31 +143,61 @@ def test_torch_and_cpu_identical_when_every_sum_is_exact_wide_layers(comparison_
             spikes_on(case.graph, "torch", case.x, case.timesteps), spikes_on(case.graph, "cpu", case.x, case.timesteps))
 
 
+def narrowed_layers(plan) -> dict[str, bool]:
+    """Per event-driven conv of an integer plan: whether the cpu backend gathers it in int32."""
+    return {op.name: CPU_KERNELS.weight_layout(op).blocks.dtype == np.int32 for op in plan.ops
+            if op.events and isinstance(op.node, g.Conv2d)}
+
+
 @settings(max_examples=40)
-@given(spiking_graphs(dyadic=False, max_size=8, max_timesteps=12))
-def test_cpu_integer_runs_alike_in_int32_and_int64(comparison_log, case):
-    """The cpu backend runs an integer graph in int32 where the run's bound fits (ExactRange):
-    its spikes and output are those of the int64 plan, every layer and step."""
-    graph = quantized(case)
-    backend = SNN(graph, case.timesteps, target="cpu").backend
-    x = np.asarray(case.x)
-    bound = backend.exact_range.check(x, case.timesteps)
-    narrow = bound < np.iinfo(np.int32).max
-    assert backend.plan_for(bound).dtype == (np.int32 if narrow else np.int64)
-    if not narrow:  # int32 cannot hold this run: the choice above is the check
-        event("bound beyond int32")
-        return
-    out32, _, spikes32, _ = execute(build_plan(graph, np.int32), CPU_KERNELS, x, case.timesteps, True)
-    out64, _, spikes64, _ = execute(build_plan(graph, np.int64), CPU_KERNELS, x, case.timesteps, True)
-    compare(comparison_log, "cpu integer, int32 vs int64", (out32, spikes32), (out64, spikes64))
+@given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12), st.data())
+def test_cpu_integer_spikes_alike_with_narrow_and_wide_accumulators(comparison_log, case, data):
+    """The cpu backend gathers an integer conv of spikes in int32 where every output's Σ|W'|
+    fits (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`): spikes and output are
+    those of the same plan gathered in int64 throughout, every layer and step, fused and not.
+    The int32 limit is drawn among the layers' bounds, so any mix of narrow and wide layers
+    runs (a fused conv and its shortcut in different types included), not only the mix the
+    default limit makes."""
+    graph, x = quantized(case), np.asarray(case.x)
+    ExactRange(graph).check(x, case.timesteps)  # (the run is one the backends take)
+    bounds = sorted({layouts.gather_bound(op.weight) for op in build_plan(graph).ops
+                     if op.events and isinstance(op.node, g.Conv2d)})
+    limit = data.draw(st.sampled_from([np.iinfo(np.int32).max, *(b for b in bounds if b < 2**31)]), label="limit")
+    accumulator_dtype = layouts.accumulator_dtype
+    with mock.patch.object(layouts, "accumulator_dtype", lambda weight: accumulator_dtype(weight, limit)):
+        plan = build_plan(graph)
+        narrowed = narrowed_layers(plan)
+        event(f"event-driven convs gathered in int32: {sum(narrowed.values())} of {len(narrowed)}"
+              if narrowed else "no event-driven conv")
+        narrow = execute(plan, CPU_KERNELS, x, case.timesteps, True)
+    with mock.patch.object(layouts, "accumulator_dtype", lambda weight: weight.dtype):
+        plan = build_plan(graph)
+        assert not any(narrowed_layers(plan).values())
+        wide = execute(plan, CPU_KERNELS, x, case.timesteps, True)
+    compare(comparison_log, "cpu integer, int32 vs int64 accumulators", narrow[::2], wide[::2])
 
 
-def test_an_integer_run_beyond_int32_runs_in_int64(digits_case):
-    """The bound of a run picks the plan: int32 below 2^31 − 1, int64 from there; a float
-    graph cannot be planned in an integer type."""
-    backend = snnverify.quantize(SNN(digits_case.snn.graph, 8, target="cpu")).backend
-    assert backend.plan_for(2.0**31 - 2).dtype == np.int32
-    assert backend.plan_for(2.0**31 - 1).dtype == np.int64
-    assert backend.plan_for(2.0**52).dtype == np.int64
-    with pytest.raises(ValueError, match="a float graph cannot run in int32"):
-        build_plan(digits_case.snn.graph, np.int32)
+@pytest.mark.parametrize("gain, narrow", [(2**31 - 1, True), (2**31, False)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_gather_at_the_edge_of_int32_fires_as_torch_does(gain, narrow, fused):
+    """All of a layer's inputs spike at once, so its gather reaches Σ|W'| exactly: at 2^31 − 1
+    the cpu backend sums in int32, at 2^31 (which int32 would wrap to −2^31, and the neuron
+    would stay silent) in int64. Either way the neuron fires at the first step, as in torch's
+    reference, in the fused kernel and in the sparse conv that feeds a separate IF layer."""
+    ints = lambda *values: np.array(values, np.int64)  # noqa: E731
+    nodes = [g.Input("input", shape=(1, 1, 1)), g.Conv2d("conv0", weight=ints(2, 2).reshape(2, 1, 1, 1)),
+             g.IF("if0", threshold=ints(2, 2), amplitude=ints(1, 1)),
+             g.Conv2d("conv1", weight=ints(2**30, gain - 2**30).reshape(1, 2, 1, 1)),
+             g.IF("if1", threshold=ints(2**31 - 2)), g.Flatten("flat"), g.Output("output")]
+    inputs = {"input": [], "conv0": ["input"], "if0": ["conv0"], "conv1": ["if0"], "if1": ["conv1"],
+              "flat": ["if1"], "output": ["flat"]}
+    graph = g.SpikingGraph({node.name: node for node in nodes}, inputs)
+    plan = build_plan(graph)
+    assert narrowed_layers(plan) == {"conv1": narrow}
+    x = np.ones((1, 1, 1, 1), np.float32)
+    assert "if1" in plan.fusions  # run by the fused kernel, unless the table has none
+    _, _, spikes, _ = execute(plan, CPU_KERNELS if fused else UNFUSED, x, 2, True)
+    expected = spikes_on(graph, "torch", x, 2)[1]
+    assert spikes["if1"][0].all() and expected["if1"][0].all()
+    for name in spikes:
+        np.testing.assert_array_equal(spikes[name], expected[name])

@@ -8,7 +8,6 @@ unfused dense ones, every spike and the output must be bit-identical — in floa
 arbitrary weights (where a changed summation order would show) and in integer mode.
 """
 
-import dataclasses
 from unittest import mock
 
 import numba
@@ -16,6 +15,7 @@ import numpy as np
 from hypothesis import Phase, event, find, given, settings
 from hypothesis import strategies as st
 
+import snnverify
 from snnverify import graph as g
 from snnverify.api import SNN
 from snnverify.runtime.cpu import CPU_KERNELS
@@ -24,14 +24,14 @@ from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.plan import build_plan, execute
 from snnverify.strategies import spiking_graphs
 
-from .test_backends import quantized
-
-UNFUSED = dataclasses.replace(CPU_KERNELS, conv2d_if=None)
+from .test_backends import UNFUSED, quantized
 
 
 def residual_kind(plan, fusion) -> str:
     if fusion.residual is None:
         return "no residual"
+    if fusion.shortcut_input and by_name(plan, fusion.residual).amplitude is not None:
+        return "channel-scaling shortcut read as graded spikes"
     if fusion.shortcut_input:
         strides = {plan.graph.nodes[conv].stride for conv in (fusion.conv, fusion.residual)}
         return "projection shortcut absorbed" + (", strided" if strides != {(1, 1)} else "")
@@ -161,6 +161,46 @@ def test_a_static_residual_is_fused_and_exact(comparison_log):
     fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (static residual)", graph, x, 9, note=print)
     spikes = execute(plan, CPU_KERNELS, x, 9, record=True)[2]
     assert 0 < spikes["if2"].mean() < 1  # the case is not vacuous: if2 neither silent nor saturated
+
+
+@settings(max_examples=25, deadline=None)
+@given(channels=st.integers(1, 20), timesteps=st.integers(1, 8), bias=st.sampled_from(["none", "zero", "nonzero"]),
+       integer=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_a_channel_scaling_shortcut_is_read_as_graded_spikes(comparison_log, channels, timesteps, bias, integer,
+                                                            seed):
+    """Add(conv(spikes), depthwise 1×1 conv(spikes)): without a bias the depthwise conv only
+    scales each channel (quantize's amplitude nodes), so the fused kernel reads it as the graded
+    spike map W'_c·s; with a bias it stays a conv, computed first. Scales of either sign and
+    zero (a·0 = −0 for a < 0 must add like +0), in float32 and, quantised, in integers: the
+    same spikes and output as the unfused dense kernels."""
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    scale = normal(channels, 1, 1, 1) * (rng.random((channels, 1, 1, 1)) < 0.8)
+    nodes = {
+        "in": g.Input("in", shape=(2, 5, 5)),
+        "stem": g.Conv2d("stem", weight=normal(channels, 2, 3, 3), padding=1),
+        "if1": g.IF("if1", threshold=np.abs(normal(channels)) + 0.1),
+        "conv": g.Conv2d("conv", weight=normal(channels, channels, 3, 3), padding=1, bias=normal(channels)),
+        "scale": g.Conv2d("scale", weight=scale, groups=channels,
+                          bias={"none": None, "zero": np.zeros(channels, np.float32), "nonzero": normal(channels)}[bias]),
+        "add": g.Add("add"),
+        "if2": g.IF("if2", threshold=np.abs(normal(channels)) + 0.1),
+        "flat": g.Flatten("flat"),
+        "out": g.Output("out"),
+    }
+    graph = g.SpikingGraph(nodes, {"stem": ["in"], "if1": ["stem"], "conv": ["if1"], "scale": ["if1"],
+                                   "add": ["conv", "scale"], "if2": ["add"], "flat": ["if2"], "out": ["flat"]})
+    if integer:
+        graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
+    plan = build_plan(graph)
+    scaling = graph.nodes["scale"].bias is None or not graph.nodes["scale"].bias.any()
+    kind = residual_kind(plan, plan.fusions["if2"])
+    event(kind)
+    assert kind == ("channel-scaling shortcut read as graded spikes" if scaling else "projection shortcut absorbed")
+    x = normal(3, 2, 5, 5)
+    fused_and_unfused(comparison_log, "cpu fused vs unfused (channel-scaling shortcut)", graph, x, timesteps,
+                      note=lambda _: None)
+    event(f"if2 fires: {0 < execute(plan, CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
 
 
 def test_a_grouped_conv_with_a_projection_shortcut_is_fused_and_exact(comparison_log):

@@ -86,7 +86,7 @@ def conv2d_sparse_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     all_starts = np.empty((workers, in_h * in_w + 1), np.int64)
     for worker in prange(workers):
         for job in range(worker, rows * groups, workers):
-            acc = stack_buffer(bias, WIDE)  # in the worker's stack frame
+            acc = stack_buffer(weights, WIDE)  # in the worker's stack frame, in W's type
             entries, values, starts = all_entries[worker], all_values[worker], all_starts[worker]
             n, group = job // groups, job % groups
             nonzero_entries(x[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, values, starts)
@@ -202,8 +202,10 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     tiles = -(-batch // tile)
     for worker in prange(workers):
         for job in range(worker, tiles * groups, workers):
-            acc = stack_buffer(bias, WIDE)  # in the worker's stack frame
-            shortcut_acc = stack_buffer(bias, WIDE)
+            # in the worker's stack frame, in the type of W' (narrower than the membranes where
+            # it holds every sum, see accumulator_dtype)
+            acc = stack_buffer(weights, WIDE)
+            shortcut_acc = stack_buffer(shortcut_weights, WIDE)
             values, shortcut_values = carray(acc, WIDE), carray(shortcut_acc, WIDE)
             entries, starts, v = all_entries[worker], all_starts[worker], all_v[worker]
             shortcut_entries, shortcut_starts = all_shortcut_entries[worker], all_shortcut_starts[worker]

@@ -16,7 +16,7 @@ from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, F
                                           conv2d_events_if_kernel, conv2d_sparse_kernel)
 from snnverify.runtime.cpu.layouts import EventWeights, event_weights
 from snnverify.runtime.cpu.transpose import neurons_channels_last, to_channels_first, to_channels_last
-from snnverify.runtime.plan import EventConv, Kernels, ResidualKind, Signal
+from snnverify.runtime.plan import EventConv, Kernels, Op, ResidualKind, Signal
 
 
 def _workers() -> int:
@@ -32,8 +32,8 @@ def _geometry(node: g.Conv2d) -> tuple[int, ...]:
 
 def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse):
     """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``."""
-    if sparse:
-        out = np.empty(out_shape, weight.blocks.dtype)
+    if sparse:  # the sums in the plan's type (W' may be narrower, see accumulator_dtype)
+        out = np.empty(out_shape, bias.dtype)
         conv2d_sparse_kernel(x, weight.blocks, node.weight.shape[2:], bias, _geometry(node), _workers(), out)
     else:
         out = np.empty(out_shape, weight.dtype)
@@ -48,25 +48,29 @@ def _fused_conv(conv: EventConv) -> FusedConv:
                      conv.weight.blocks, conv.weight.packed, conv.node.weight.shape[2:], _geometry(conv.node), conv.bias)
 
 
-def _no_shortcut(dtype) -> FusedConv:
+def _no_shortcut(weight_dtype, dtype) -> FusedConv:
     """A placeholder of the same types as a real shortcut (the kernel reads none of it)."""
-    none = np.zeros((1, 1), dtype)
+    none = np.zeros((1, 1), weight_dtype)
     return FusedConv(np.zeros((1, 1), np.bool_), (1, 1, 1), none, none, (1, 1), (1,) * 6, np.zeros(1, dtype))
 
 
 def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, threshold, initial, timesteps, batch):
     """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`). A
-    SHORTCUT conv is computed inside when both convs have one group, else beforehand by
+    SHORTCUT conv is computed inside when both convs have one group and gather in one type
+    (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`), else beforehand by
     :func:`_conv2d` and added as a CURRENT. Spike maps, read and written, are channels-last
     [T·B, H·W·C]."""
     rows = timesteps * batch
-    dtype = conv.weight.blocks.dtype
-    if kind == ResidualKind.SHORTCUT and (residual.node.groups > 1 or conv.node.groups > 1):
+    dtype = conv.bias.dtype  # the plan's: currents and membranes (W' may be narrower)
+    # (one accumulator type for both convs: a kernel compiled per mix would cost a minute each)
+    if kind == ResidualKind.SHORTCUT and (residual.node.groups > 1 or conv.node.groups > 1
+                                          or residual.weight.blocks.dtype != conv.weight.blocks.dtype):
         height, width, channels = residual.spikes.shape[1:]
         spikes = to_channels_first(residual.spikes, (channels, height, width)).reshape(rows, channels, height, width)
         kind = ResidualKind.CURRENT
         residual = Signal(_conv2d(spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True), True)
-    shortcut, values, residual_spikes = _no_shortcut(dtype), np.zeros((1, 1), dtype), np.zeros((1, 1), np.bool_)
+    shortcut = _no_shortcut(conv.weight.blocks.dtype, dtype)
+    values, residual_spikes = np.zeros((1, 1), dtype), np.zeros((1, 1), np.bool_)
     if kind == ResidualKind.SHORTCUT:
         shortcut = _fused_conv(residual)
     elif kind == ResidualKind.GRADED:
@@ -118,10 +122,10 @@ def _add_into(total, x, temporal, batch):
     add_into_kernel(total, np.ascontiguousarray(x), temporal, batch)
 
 
-def _weight_layout(weight: np.ndarray, node, sparse: bool) -> np.ndarray | EventWeights:
+def _weight_layout(op: Op) -> np.ndarray | EventWeights:
     """Weights as the CPU kernels read them: a sparse conv's
     :func:`~snnverify.runtime.cpu.layouts.event_weights`, else as stored."""
-    return event_weights(weight, node) if sparse and isinstance(node, g.Conv2d) else weight
+    return event_weights(op.weight, op.node, op.events) if op.sparse and isinstance(op.node, g.Conv2d) else op.weight
 
 
 CPU_KERNELS = Kernels(
@@ -141,6 +145,4 @@ CPU_KERNELS = Kernels(
     conv2d_if=_conv2d_if,
     channels_last=to_channels_last,
     channels_first=to_channels_first,
-    # int32 where a run's values fit: 16 lanes per AVX-512 register, as float32, against int64's 8
-    integer_dtypes=(np.dtype(np.int32), np.dtype(np.int64)),
 )

@@ -51,9 +51,30 @@ class EventWeights(NamedTuple):
     pack: int  #: output positions gathered at once (:func:`~snnverify.runtime.cpu.gather.gather_packed`), 1 = none
 
 
-def event_weights(weight: np.ndarray, node: g.Conv2d) -> EventWeights:
-    """Both layouts of W'. Positions are packed when C_out is 16 or 32 (so 4 or 2 positions fill
-    a block), with one group and unit column dilation."""
+def gather_bound(weight: np.ndarray) -> float:
+    """max_o Σ|W'[o, ·]|: no gather of unit spikes through ``weight`` leaves [−bound, bound]
+    (each partial sum adds some of one output's terms, once each). In float64, exact below
+    2^53 (and far beyond 2^31 above it)."""
+    return float(np.abs(weight.reshape(len(weight), -1).astype(np.float64)).sum(axis=1).max(initial=0))
+
+
+def accumulator_dtype(weight: np.ndarray, limit: int = np.iinfo(np.int32).max) -> np.dtype:
+    """The type a gather of unit spikes through ``weight`` accumulates in: int32 for an integer
+    W' with :func:`gather_bound` ≤ ``limit`` (at most 2^31 − 1), else W's own type. Integer sums
+    are exact in any type that holds them, so the spikes are those of int64; int32 fits twice
+    the lanes in a vector register and reads half the weight bytes per spike."""
+    if weight.dtype.kind != "i":
+        return weight.dtype
+    return np.dtype(np.int32) if gather_bound(weight) <= min(limit, np.iinfo(np.int32).max) else weight.dtype
+
+
+def event_weights(weight: np.ndarray, node: g.Conv2d, spikes: bool) -> EventWeights:
+    """Both layouts of W', in :func:`accumulator_dtype` when the input is a spike map
+    (``spikes``; a pooled map's values are not unit, so its conv keeps W's type). Positions are
+    packed when C_out is 16 or 32 (so 4 or 2 positions fill a block), with one group and unit
+    column dilation."""
+    if spikes:
+        weight = weight.astype(accumulator_dtype(weight), copy=False)
     out_channels = weight.shape[0]
     pack = WIDE // out_channels if out_channels in (16, 32) and node.groups == 1 and node.dilation[1] == 1 else 1
     packed = packed_layout(weight, node.stride[1], pack) if pack > 1 else np.zeros((1, 1), weight.dtype)
