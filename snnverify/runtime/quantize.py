@@ -230,6 +230,12 @@ def quantize_graph(
     return g.SpikingGraph(nodes, {k: list(v) for k, v in graph.inputs.items()})
 
 
+def gain(weight: np.ndarray) -> float:
+    """max_o Σ|W[o, ·]|: no sum of some of an output's terms, each times an input in [−1, 1],
+    leaves [−gain, gain]. In float64: exact below 2^53."""
+    return float(np.abs(weight.astype(np.float64)).reshape(len(weight), -1).sum(axis=1).max(initial=0))
+
+
 #: Magnitudes below which every backend computes an integer graph exactly: the torch executor
 #: runs it in float64 (a 53-bit significand), the Numba kernels in int64.
 EXACT_LIMIT = 2.0**53
@@ -248,28 +254,13 @@ class ExactRange:
 
     def __init__(self, graph: g.SpikingGraph):
         self.graph = graph
-        self.gains = {}  # conv/linear: (max_o Σ|W[o, ·]|, max |bias|)
-        #: the largest parameter a backend stores: a weight (times the amplitude of the spikes it
-        #: reads, where it is folded), a bias, a threshold, an amplitude, an initial membrane
-        self.parameter_peak = 0.0
-        for name, node in graph.nodes.items():
-            if isinstance(node, (g.Conv2d, g.Linear)):
-                weight = np.abs(node.weight.astype(np.float64)).reshape(len(node.weight), -1)
-                self.gains[name] = (float(weight.sum(axis=1).max()),
-                                    0.0 if node.bias is None else float(np.abs(node.bias).max()))
-                source = graph.nodes[graph.inputs[name][0]]
-                amplitude = float(np.abs(source.output_amplitude).max()) if isinstance(source, g.IF) else 1.0
-                self.parameter_peak = max(self.parameter_peak, float(weight.max(initial=0)) * max(amplitude, 1.0),
-                                          self.gains[name][1])
-            elif isinstance(node, g.IF):
-                values = [node.threshold, node.output_amplitude] + ([] if node.v_init is None else [node.v_init])
-                self.parameter_peak = max(self.parameter_peak, *(float(np.abs(v).max()) for v in values))
+        self.gains = {  # conv/linear: (max_o Σ|W[o, ·]|, max |bias|)
+            name: (gain(node.weight), 0.0 if node.bias is None else float(np.abs(node.bias).max()))
+            for name, node in graph.nodes.items() if isinstance(node, (g.Conv2d, g.Linear))}
 
-    def check(self, x: np.ndarray, timesteps: int) -> float:
-        """The largest value the run may hold: the bounds over the nodes and the parameters (a
-        ValueError naming the node where a bound reaches 2^53)."""
+    def check(self, x: np.ndarray, timesteps: int) -> None:
+        """A ValueError naming the node where a bound reaches 2^53."""
         bound: dict[str, float] = {}
-        largest = self.parameter_peak
         for name, node in self.graph.nodes.items():
             inputs = [bound[source] for source in self.graph.inputs[name]]
             what = "value"
@@ -299,5 +290,3 @@ class ExactRange:
                     f"(largest |x| {float(np.abs(x).max(initial=0)):g}) and T = {timesteps}, beyond 2^53, where the "
                     f"backends' integer arithmetic stops being exact; lower quantize's input_scale or scale the input"
                 )
-            largest = max(largest, peak, bound[name])
-        return largest

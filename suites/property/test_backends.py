@@ -23,7 +23,7 @@ from snnverify.api import SNN
 from snnverify.runtime.cpu import layouts
 from snnverify.runtime.cpu.kernels import CPU_KERNELS
 from snnverify.runtime.plan import build_plan, execute
-from snnverify.runtime.quantize import ExactRange
+from snnverify.runtime.quantize import ExactRange, gain
 from snnverify.strategies import spiking_graphs
 
 #: Multiply-accumulates per run of a generated graph that the cpu-vs-gpu tests allow: the CUDA
@@ -160,7 +160,7 @@ def test_cpu_integer_spikes_alike_with_narrow_and_wide_accumulators(comparison_l
     default limit makes."""
     graph, x = quantized(case), np.asarray(case.x)
     ExactRange(graph).check(x, case.timesteps)  # (the run is one the backends take)
-    bounds = sorted({layouts.gather_bound(op.weight) for op in build_plan(graph).ops
+    bounds = sorted({gain(op.weight) for op in build_plan(graph).ops
                      if op.events and isinstance(op.node, g.Conv2d)})
     limit = data.draw(st.sampled_from([np.iinfo(np.int32).max, *(b for b in bounds if b < 2**31)]), label="limit")
     accumulator_dtype = layouts.accumulator_dtype

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from snnverify import graph as g
+from snnverify.runtime.quantize import gain
 
 #: Output channels one gather accumulates at once (constants, so that the accumulators stay in
 #: registers): 64 float32 are 8 AVX registers; a group's last channels go in blocks of 16.
@@ -51,21 +52,16 @@ class EventWeights(NamedTuple):
     pack: int  #: output positions gathered at once (:func:`~snnverify.runtime.cpu.gather.gather_packed`), 1 = none
 
 
-def gather_bound(weight: np.ndarray) -> float:
-    """max_o Σ|W'[o, ·]|: no gather of unit spikes through ``weight`` leaves [−bound, bound]
-    (each partial sum adds some of one output's terms, once each). In float64, exact below
-    2^53 (and far beyond 2^31 above it)."""
-    return float(np.abs(weight.reshape(len(weight), -1).astype(np.float64)).sum(axis=1).max(initial=0))
-
-
 def accumulator_dtype(weight: np.ndarray, limit: int = np.iinfo(np.int32).max) -> np.dtype:
     """The type a gather of unit spikes through ``weight`` accumulates in: int32 for an integer
-    W' with :func:`gather_bound` ≤ ``limit`` (at most 2^31 − 1), else W's own type. Integer sums
-    are exact in any type that holds them, so the spikes are those of int64; int32 fits twice
-    the lanes in a vector register and reads half the weight bytes per spike."""
+    W' whose :func:`~snnverify.runtime.quantize.gain` is ≤ ``limit`` (at most 2^31 − 1), else W's
+    own type. A gather adds some of one output's terms, once each, so no partial sum leaves
+    ±gain; integer sums are exact in any type that holds them, so the spikes are those of
+    int64. int32 fits twice the lanes in a vector register and reads half the weight bytes per
+    spike."""
     if weight.dtype.kind != "i":
         return weight.dtype
-    return np.dtype(np.int32) if gather_bound(weight) <= min(limit, np.iinfo(np.int32).max) else weight.dtype
+    return np.dtype(np.int32) if gain(weight) <= min(limit, np.iinfo(np.int32).max) else weight.dtype
 
 
 def event_weights(weight: np.ndarray, node: g.Conv2d, spikes: bool) -> EventWeights:
