@@ -177,9 +177,9 @@ def test_cpu_integer_spikes_alike_with_narrow_and_wide_accumulators(comparison_l
     compare(comparison_log, "cpu integer, int32 vs int64 accumulators", narrow[::2], wide[::2])
 
 
-@pytest.mark.parametrize("gain, narrow", [(2**31 - 1, True), (2**31, False)])
+@pytest.mark.parametrize("bound, narrow", [(2**31 - 1, True), (2**31, False)])
 @pytest.mark.parametrize("fused", [True, False])
-def test_a_gather_at_the_edge_of_int32_fires_as_torch_does(gain, narrow, fused):
+def test_a_gather_at_the_edge_of_int32_fires_as_torch_does(bound, narrow, fused):
     """All of a layer's inputs spike at once, so its gather reaches Σ|W'| exactly: at 2^31 − 1
     the cpu backend sums in int32, at 2^31 (which int32 would wrap to −2^31, and the neuron
     would stay silent) in int64. Either way the neuron fires at the first step, as in torch's
@@ -187,7 +187,7 @@ def test_a_gather_at_the_edge_of_int32_fires_as_torch_does(gain, narrow, fused):
     ints = lambda *values: np.array(values, np.int64)  # noqa: E731
     nodes = [g.Input("input", shape=(1, 1, 1)), g.Conv2d("conv0", weight=ints(2, 2).reshape(2, 1, 1, 1)),
              g.IF("if0", threshold=ints(2, 2), amplitude=ints(1, 1)),
-             g.Conv2d("conv1", weight=ints(2**30, gain - 2**30).reshape(1, 2, 1, 1)),
+             g.Conv2d("conv1", weight=ints(2**30, bound - 2**30).reshape(1, 2, 1, 1)),
              g.IF("if1", threshold=ints(2**31 - 2)), g.Flatten("flat"), g.Output("output")]
     inputs = {"input": [], "conv0": ["input"], "if0": ["conv0"], "conv1": ["if0"], "if1": ["conv1"],
               "flat": ["if1"], "output": ["flat"]}
