@@ -49,13 +49,17 @@ def initial_membrane(threshold: np.ndarray) -> np.ndarray:
 class Op:
     """One node of the plan. ``events``: the input is the spike map of an IF node (and the
     weights are W' = W·θ_in). ``sparse``: the input is mostly zero — a spike map, or one pooled
-    by average or sum pools — so a kernel may skip its zeros (the sums are unchanged)."""
+    by average or sum pools — so a kernel may skip its zeros (the sums are unchanged);
+    ``input_peak`` then bounds its values' magnitude."""
 
     name: str
     node: g.Node
     inputs: list[str]
     events: bool = False
     sparse: bool = False
+    #: sparse: no input value's magnitude exceeds it (1 for unit spikes, W' holding the
+    #: amplitude; a pooled map: :func:`_pooled_spike_peak`)
+    input_peak: float = 1.0
     weight: np.ndarray | None = None  # W' (event-driven) or W, in the plan's dtype
     bias: np.ndarray | None = None
     threshold: np.ndarray | None = None  # IF: θ per neuron of one sample, flattened
@@ -140,7 +144,9 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             if isinstance(source, g.IF):
                 op.events = op.sparse = True
                 weight = g.folded_weight(node, source.output_amplitude, shapes[source.name], dtype)
-            op.sparse = op.sparse or (isinstance(node, g.Conv2d) and _pooled_spikes(graph, source.name))
+            pooled_peak = _pooled_spike_peak(graph, source.name) if isinstance(node, g.Conv2d) else None
+            if pooled_peak is not None:
+                op.sparse, op.input_peak = True, pooled_peak
             op.weight = np.ascontiguousarray(weight, dtype=dtype)
             op.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
             if op.events and _channel_scaling(node):
@@ -163,13 +169,20 @@ def _channel_scaling(node: g.Conv2d | g.Linear) -> bool:
             and node.padding == (0, 0) and (node.bias is None or not np.any(node.bias)))
 
 
-def _pooled_spikes(graph: g.SpikingGraph, name: str) -> bool:
-    """Whether ``name`` is a spike map pooled by one or more average or sum pools."""
+def _pooled_spike_peak(graph: g.SpikingGraph, name: str) -> float | None:
+    """When ``name`` is a spike map pooled by one or more average or sum pools: a bound on its
+    values' magnitude, max|a| of the IF layer times the window area kH·kW of each sum pool (an
+    average is no larger than its inputs). None for any other node."""
     if not isinstance(graph.nodes[name], g.AvgPool2d):  # SumPool2d too
-        return False
-    while isinstance(graph.nodes[name], g.AvgPool2d):
+        return None
+    peak = 1.0
+    while isinstance(node := graph.nodes[name], g.AvgPool2d):
+        if isinstance(node, g.SumPool2d):
+            peak *= node.kernel_size[0] * node.kernel_size[1]
         name = graph.inputs[name][0]
-    return isinstance(graph.nodes[name], g.IF)
+    if not isinstance(node, g.IF):
+        return None
+    return peak * float(np.abs(node.output_amplitude).max(initial=0))
 
 
 def _fusions(ops: list[Op], users: dict[str, int]) -> dict[str, Fusion]:

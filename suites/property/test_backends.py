@@ -144,33 +144,35 @@ def test_torch_and_cpu_identical_when_every_sum_is_exact_wide_layers(comparison_
 
 
 def narrowed_layers(plan) -> dict[str, bool]:
-    """Per event-driven conv of an integer plan: whether the cpu backend gathers it in int32."""
+    """Per conv of an integer plan fed by spikes or pooled spikes: whether the cpu backend
+    gathers it in int32."""
     return {op.name: CPU_KERNELS.weight_layout(op).blocks.dtype == np.int32 for op in plan.ops
-            if op.events and isinstance(op.node, g.Conv2d)}
+            if op.sparse and isinstance(op.node, g.Conv2d)}
 
 
 @settings(max_examples=40)
 @given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12), st.data())
 def test_cpu_integer_spikes_alike_with_narrow_and_wide_accumulators(comparison_log, case, data):
-    """The cpu backend gathers an integer conv of spikes in int32 where every output's Σ|W'|
-    fits (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`): spikes and output are
-    those of the same plan gathered in int64 throughout, every layer and step, fused and not.
-    The int32 limit is drawn among the layers' bounds, so any mix of narrow and wide layers
-    runs (a fused conv and its shortcut in different types included), not only the mix the
-    default limit makes."""
+    """The cpu backend gathers an integer conv of spikes or pooled spikes in int32 where every
+    output's Σ|W'| times the input's peak fits (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`):
+    spikes and output are those of the same plan gathered in int64 throughout, every layer and
+    step, fused and not. The int32 limit is drawn among the layers' bounds, so any mix of
+    narrow and wide layers runs (a fused conv and its shortcut in different types included),
+    not only the mix the default limit makes."""
     graph, x = quantized(case), np.asarray(case.x)
     ExactRange(graph).check(x, case.timesteps)  # (the run is one the backends take)
-    bounds = sorted({gain(op.weight) for op in build_plan(graph).ops
-                     if op.events and isinstance(op.node, g.Conv2d)})
+    bounds = sorted({gain(op.weight) * op.input_peak for op in build_plan(graph).ops
+                     if op.sparse and isinstance(op.node, g.Conv2d)})
     limit = data.draw(st.sampled_from([np.iinfo(np.int32).max, *(b for b in bounds if b < 2**31)]), label="limit")
     accumulator_dtype = layouts.accumulator_dtype
-    with mock.patch.object(layouts, "accumulator_dtype", lambda weight: accumulator_dtype(weight, limit)):
+    with mock.patch.object(layouts, "accumulator_dtype",
+                           lambda weight, peak: accumulator_dtype(weight, peak, limit)):
         plan = build_plan(graph)
         narrowed = narrowed_layers(plan)
         event(f"event-driven convs gathered in int32: {sum(narrowed.values())} of {len(narrowed)}"
               if narrowed else "no event-driven conv")
         narrow = execute(plan, CPU_KERNELS, x, case.timesteps, True)
-    with mock.patch.object(layouts, "accumulator_dtype", lambda weight: weight.dtype):
+    with mock.patch.object(layouts, "accumulator_dtype", lambda weight, peak: weight.dtype):
         plan = build_plan(graph)
         assert not any(narrowed_layers(plan).values())
         wide = execute(plan, CPU_KERNELS, x, case.timesteps, True)
@@ -197,6 +199,30 @@ def test_a_gather_at_the_edge_of_int32_fires_as_torch_does(bound, narrow, fused)
     x = np.ones((1, 1, 1, 1), np.float32)
     assert "if1" in plan.fusions  # run by the fused kernel, unless the table has none
     _, _, spikes, _ = execute(plan, CPU_KERNELS if fused else UNFUSED, x, 2, True)
+    expected = spikes_on(graph, "torch", x, 2)[1]
+    assert spikes["if1"][0].all() and expected["if1"][0].all()
+    for name in spikes:
+        np.testing.assert_array_equal(spikes[name], expected[name])
+
+
+@pytest.mark.parametrize("bound, narrow", [(2**31 - 4, True), (2**31, False)])
+def test_a_gather_of_pooled_spikes_at_the_edge_of_int32_fires_as_torch_does(bound, narrow):
+    """All four inputs of a 2×2 sum pool spike at once, so each pooled value is 4 and the conv
+    that reads them reaches 4·Σ|W| exactly: at 2^31 − 4 the cpu backend gathers in int32, at
+    2^31 (which int32 would wrap to −2^31) in int64, the pool's window area counted in the
+    bound. Either way the neuron fires at the first step, as in torch's reference."""
+    ints = lambda *values: np.array(values, np.int64)  # noqa: E731
+    nodes = [g.Input("input", shape=(1, 2, 2)), g.Conv2d("conv0", weight=ints(2, 2).reshape(2, 1, 1, 1)),
+             g.IF("if0", threshold=ints(2, 2), amplitude=ints(1, 1)), g.SumPool2d("pool", kernel_size=2, stride=2),
+             g.Conv2d("conv1", weight=ints(2**28, bound // 4 - 2**28).reshape(1, 2, 1, 1)),
+             g.IF("if1", threshold=ints(2**31 - 4)), g.Flatten("flat"), g.Output("output")]
+    inputs = {"input": [], "conv0": ["input"], "if0": ["conv0"], "pool": ["if0"], "conv1": ["pool"],
+              "if1": ["conv1"], "flat": ["if1"], "output": ["flat"]}
+    graph = g.SpikingGraph({node.name: node for node in nodes}, inputs)
+    plan = build_plan(graph)
+    assert narrowed_layers(plan) == {"conv1": narrow}
+    x = np.ones((1, 1, 2, 2), np.float32)
+    _, _, spikes, _ = execute(plan, CPU_KERNELS, x, 2, True)
     expected = spikes_on(graph, "torch", x, 2)[1]
     assert spikes["if1"][0].all() and expected["if1"][0].all()
     for name in spikes:

@@ -165,7 +165,30 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     sample and step of the chunk is gathered before the next position: the weights of a block
     (up to 9·C_in·64 values) are then read from memory once per chunk and tile, and from the
     caches for the rest."""
-    # (tuples are unpacked before the parallel loop: Numba passes only arrays and scalars into it)
+    # The parallel loop only hands each worker its jobs: Numba's parfor passes take a time that
+    # grows with the loop's body, and a call to a plain function they do not enter (compiling a
+    # signature took ~60 s with the body inside, ~40 s so). (Numba passes only arrays and scalars into a parallel
+    # loop: the tuples are unpacked before it and built again inside. The worker goes as int64,
+    # the type the function is typed with outside the loop; inside it is unsigned, and a second
+    # type would compile the function twice.)
+    spikes, in_shape, weights, packed, kernel_hw, geometry, bias = conv
+    (shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel, shortcut_geometry,
+     shortcut_bias) = shortcut
+    kind, residual_values, residual_spikes = residual
+    threshold, v0, out_hw = neurons
+    timesteps, batch, tile, workers, pack = schedule
+    for worker in prange(workers):
+        fused_worker(FusedConv(spikes, in_shape, weights, packed, kernel_hw, geometry, bias),
+                     FusedConv(shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel,
+                               shortcut_geometry, shortcut_bias),
+                     FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
+                     Schedule(timesteps, batch, tile, workers, pack), np.int64(worker), out_spikes)
+
+
+@njit
+def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes):
+    """The jobs of :func:`conv2d_events_if_kernel` that fall to parallel worker ``worker``:
+    jobs ``worker``, ``worker`` + workers, … (a job: ``schedule.tile`` samples of one group)."""
     spikes, (channels, in_h, in_w), weights, packed, kernel_hw, geometry, bias = conv
     (shortcut_spikes, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights, shortcut_packed, shortcut_kernel,
      shortcut_geometry, shortcut_bias) = shortcut
@@ -191,104 +214,100 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
         lane_bias[k] = bias[k % out_channels]
         shortcut_lane_bias[k] = shortcut_bias[k % shortcut_bias.shape[0]]
     rows = tile * STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
-    # scratch per worker (one per thread), allocated once per call: fresh pages per job cost
-    # more than the adds
-    all_entries = np.zeros((workers, rows, in_h * in_w * group_in), np.int32)
-    all_starts = np.empty((workers, rows, in_h * in_w + 1), np.int64)
+    # scratch, allocated once per worker and call: fresh pages per job cost more than the adds
+    entries = np.zeros((rows, in_h * in_w * group_in), np.int32)
+    starts = np.empty((rows, in_h * in_w + 1), np.int64)
     shortcut_size = shortcut_h * shortcut_w if projection else 0
-    all_shortcut_entries = np.zeros((workers, rows, shortcut_size * shortcut_channels), np.int32)
-    all_shortcut_starts = np.empty((workers, rows, shortcut_size + 1), np.int64)
-    all_v = np.empty((workers, tile, positions, padded), v0.dtype)
+    shortcut_entries = np.zeros((rows, shortcut_size * shortcut_channels), np.int32)
+    shortcut_starts = np.empty((rows, shortcut_size + 1), np.int64)
+    v = np.empty((tile, positions, padded), v0.dtype)
     tiles = -(-batch // tile)
-    for worker in prange(workers):
-        for job in range(worker, tiles * groups, workers):
-            # in the worker's stack frame, in the type of W' (narrower than the membranes where
-            # it holds every sum, see accumulator_dtype)
-            acc = stack_buffer(weights, WIDE)
-            shortcut_acc = stack_buffer(shortcut_weights, WIDE)
-            values, shortcut_values = carray(acc, WIDE), carray(shortcut_acc, WIDE)
-            entries, starts, v = all_entries[worker], all_starts[worker], all_v[worker]
-            shortcut_entries, shortcut_starts = all_shortcut_entries[worker], all_shortcut_starts[worker]
-            part = carray(stack_buffer(bias, WIDE), WIDE)  # residual currents of a gather's lanes
-            first_sample, group = (job // groups) * tile, job % groups
-            samples = min(tile, batch - first_sample)
+    for job in range(worker, tiles * groups, workers):
+        # in the worker's stack frame, in the type of W' (narrower than the membranes where
+        # it holds every sum, see accumulator_dtype)
+        acc = stack_buffer(weights, WIDE)
+        shortcut_acc = stack_buffer(shortcut_weights, WIDE)
+        values, shortcut_values = carray(acc, WIDE), carray(shortcut_acc, WIDE)
+        part = carray(stack_buffer(bias, WIDE), WIDE)  # residual currents of a gather's lanes
+        first_sample, group = (job // groups) * tile, job % groups
+        samples = min(tile, batch - first_sample)
+        for s in range(samples):
+            v[s, :, :group_out] = v0[:, group * group_out : (group + 1) * group_out]
+        for t0 in range(0, timesteps, STEP_CHUNK):
+            chunk = min(STEP_CHUNK, timesteps - t0)
             for s in range(samples):
-                v[s, :, :group_out] = v0[:, group * group_out : (group + 1) * group_out]
-            for t0 in range(0, timesteps, STEP_CHUNK):
-                chunk = min(STEP_CHUNK, timesteps - t0)
-                for s in range(samples):
-                    for c in range(chunk):
-                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                        spike_entries(spikes[n].reshape(-1, channels), True, group * group_in, group_in, in_w,
-                                      entries[r], starts[r])
-                        if projection:
-                            spike_entries(shortcut_spikes[n].reshape(-1, shortcut_channels), True, 0,
-                                          shortcut_channels, shortcut_w, shortcut_entries[r], shortcut_starts[r])
-                for index in range(1 if pack > 1 else block_count(padded)):
-                    if pack > 1:  # one block of all channels
-                        start, wide, lanes = 0, True, group_out
-                    else:
-                        start, wide, lanes = block(index, padded, group_out)
-                    first = group * group_out + start
-                    if pack > 1:
-                        for oy in range(out_h):
-                            for ox0 in range(0, out_w, pack):
-                                base = (oy * out_w + ox0) * lanes
-                                count = min(pack, out_w - ox0) * lanes  # the lanes of positions inside the map
-                                theta = thresholds[base : base + count]
-                                for s in range(samples):
-                                    membrane = v[s].reshape(-1)[base : base + count]
-                                    for c in range(chunk):
-                                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                                        gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r],
-                                                      starts[r], oy, ox0 * geometry[1] - geometry[3], geometry,
-                                                      (in_h, in_w))
-                                        if projection:
-                                            gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
-                                                          shortcut_span, shortcut_channels, shortcut_entries[r],
-                                                          shortcut_starts[r], oy,
-                                                          ox0 * shortcut_geometry[1] - shortcut_geometry[3],
-                                                          shortcut_geometry, (shortcut_h, shortcut_w))
-                                        # lane j·C_out + o is channel o of position p + j: channels-last
-                                        fired = out_spikes[n, base : base + count]
-                                        if projection:
-                                            integrate(kind, values, lane_bias, shortcut_values, shortcut_lane_bias,
-                                                      membrane, theta, fired)
-                                        elif kind == ResidualKind.GRADED:
-                                            integrate(kind, values, lane_bias, residual_values[0, base : base + count],
-                                                      residual_spikes[n, base : base + count], membrane, theta, fired)
-                                        else:
-                                            if currents:
-                                                residual_currents(kind, residual_values, n, first_sample + s,
-                                                                  oy * out_w + ox0, 0, lanes, count, positions, part)
-                                            integrate(kind, values, lane_bias, part, part, membrane, theta, fired)
-                    else:
-                        for oy in range(out_h):
-                            for ox in range(out_w):
-                                p = oy * out_w + ox
-                                base = p * lanes
-                                theta = threshold[p, first : first + lanes]
-                                out = p * out_channels + first
-                                for s in range(samples):
-                                    membrane = v[s, p, start : start + lanes]
-                                    for c in range(chunk):
-                                        n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                                        gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in,
-                                               entries[r], starts[r], oy, ox, geometry, (in_h, in_w), wide, None)
-                                        if projection:
-                                            gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
-                                                   shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
-                                                   shortcut_geometry, (shortcut_h, shortcut_w), wide, None)
-                                        fired = out_spikes[n, out : out + lanes]
-                                        block_bias = bias[first : first + lanes]
-                                        if projection:
-                                            integrate(kind, values, block_bias, shortcut_values,
-                                                      shortcut_bias[first : first + lanes], membrane, theta, fired)
-                                        elif kind == ResidualKind.GRADED:
-                                            integrate(kind, values, block_bias, residual_values[0, out : out + lanes],
-                                                      residual_spikes[n, out : out + lanes], membrane, theta, fired)
-                                        else:
-                                            if currents:
-                                                residual_currents(kind, residual_values, n, first_sample + s, p,
-                                                                  first, out_channels, lanes, positions, part)
-                                            integrate(kind, values, block_bias, part, part, membrane, theta, fired)
+                for c in range(chunk):
+                    n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                    spike_entries(spikes[n].reshape(-1, channels), True, group * group_in, group_in, in_w,
+                                  entries[r], starts[r])
+                    if projection:
+                        spike_entries(shortcut_spikes[n].reshape(-1, shortcut_channels), True, 0,
+                                      shortcut_channels, shortcut_w, shortcut_entries[r], shortcut_starts[r])
+            for index in range(1 if pack > 1 else block_count(padded)):
+                if pack > 1:  # one block of all channels
+                    start, wide, lanes = 0, True, group_out
+                else:
+                    start, wide, lanes = block(index, padded, group_out)
+                first = group * group_out + start
+                if pack > 1:
+                    for oy in range(out_h):
+                        for ox0 in range(0, out_w, pack):
+                            base = (oy * out_w + ox0) * lanes
+                            count = min(pack, out_w - ox0) * lanes  # the lanes of positions inside the map
+                            theta = thresholds[base : base + count]
+                            for s in range(samples):
+                                membrane = v[s].reshape(-1)[base : base + count]
+                                for c in range(chunk):
+                                    n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                                    gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r],
+                                                  starts[r], oy, ox0 * geometry[1] - geometry[3], geometry,
+                                                  (in_h, in_w))
+                                    if projection:
+                                        gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
+                                                      shortcut_span, shortcut_channels, shortcut_entries[r],
+                                                      shortcut_starts[r], oy,
+                                                      ox0 * shortcut_geometry[1] - shortcut_geometry[3],
+                                                      shortcut_geometry, (shortcut_h, shortcut_w))
+                                    # lane j·C_out + o is channel o of position p + j: channels-last
+                                    fired = out_spikes[n, base : base + count]
+                                    if projection:
+                                        integrate(kind, values, lane_bias, shortcut_values, shortcut_lane_bias,
+                                                  membrane, theta, fired)
+                                    elif kind == ResidualKind.GRADED:
+                                        integrate(kind, values, lane_bias, residual_values[0, base : base + count],
+                                                  residual_spikes[n, base : base + count], membrane, theta, fired)
+                                    else:
+                                        if currents:
+                                            residual_currents(kind, residual_values, n, first_sample + s,
+                                                              oy * out_w + ox0, 0, lanes, count, positions, part)
+                                        integrate(kind, values, lane_bias, part, part, membrane, theta, fired)
+                else:
+                    for oy in range(out_h):
+                        for ox in range(out_w):
+                            p = oy * out_w + ox
+                            base = p * lanes
+                            theta = threshold[p, first : first + lanes]
+                            out = p * out_channels + first
+                            for s in range(samples):
+                                membrane = v[s, p, start : start + lanes]
+                                for c in range(chunk):
+                                    n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                                    gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in,
+                                           entries[r], starts[r], oy, ox, geometry, (in_h, in_w), wide, None)
+                                    if projection:
+                                        gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
+                                               shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
+                                               shortcut_geometry, (shortcut_h, shortcut_w), wide, None)
+                                    fired = out_spikes[n, out : out + lanes]
+                                    block_bias = bias[first : first + lanes]
+                                    if projection:
+                                        integrate(kind, values, block_bias, shortcut_values,
+                                                  shortcut_bias[first : first + lanes], membrane, theta, fired)
+                                    elif kind == ResidualKind.GRADED:
+                                        integrate(kind, values, block_bias, residual_values[0, out : out + lanes],
+                                                  residual_spikes[n, out : out + lanes], membrane, theta, fired)
+                                    else:
+                                        if currents:
+                                            residual_currents(kind, residual_values, n, first_sample + s, p,
+                                                              first, out_channels, lanes, positions, part)
+                                        integrate(kind, values, block_bias, part, part, membrane, theta, fired)

@@ -52,25 +52,26 @@ class EventWeights(NamedTuple):
     pack: int  #: output positions gathered at once (:func:`~snnverify.runtime.cpu.gather.gather_packed`), 1 = none
 
 
-def accumulator_dtype(weight: np.ndarray, limit: int = np.iinfo(np.int32).max) -> np.dtype:
-    """The type a gather of unit spikes through ``weight`` accumulates in: int32 for an integer
-    W' whose :func:`~snnverify.runtime.quantize.gain` is ≤ ``limit`` (at most 2^31 − 1), else W's
-    own type. A gather adds some of one output's terms, once each, so no partial sum leaves
-    ±gain; integer sums are exact in any type that holds them, so the spikes are those of
-    int64. int32 fits twice the lanes in a vector register and reads half the weight bytes per
-    spike."""
+def accumulator_dtype(weight: np.ndarray, input_peak: float = 1.0, limit: int = np.iinfo(np.int32).max) -> np.dtype:
+    """The type a gather through ``weight`` of inputs no larger than ``input_peak`` in magnitude
+    (1: unit spikes) accumulates in: int32 for an integer W' whose
+    :func:`~snnverify.runtime.quantize.gain` times ``input_peak`` is ≤ ``limit`` (at most
+    2^31 − 1), else W's own type. A gather adds some of one output's terms w·x, once each, so no
+    partial sum (nor product) leaves ±gain·peak; integer sums are exact in any type that holds
+    them, so the spikes are those of int64. int32 fits twice the lanes in a vector register,
+    reads half the weight bytes per spike, and multiplies a pooled input in one instruction
+    (AVX2 has no 64-bit vector multiply)."""
     if weight.dtype.kind != "i":
         return weight.dtype
-    return np.dtype(np.int32) if gain(weight) <= min(limit, np.iinfo(np.int32).max) else weight.dtype
+    fits = gain(weight) * input_peak <= min(limit, np.iinfo(np.int32).max)
+    return np.dtype(np.int32) if fits else weight.dtype
 
 
-def event_weights(weight: np.ndarray, node: g.Conv2d, spikes: bool) -> EventWeights:
-    """Both layouts of W', in :func:`accumulator_dtype` when the input is a spike map
-    (``spikes``; a pooled map's values are not unit, so its conv keeps W's type). Positions are
-    packed when C_out is 16 or 32 (so 4 or 2 positions fill a block), with one group and unit
-    column dilation."""
-    if spikes:
-        weight = weight.astype(accumulator_dtype(weight), copy=False)
+def event_weights(weight: np.ndarray, node: g.Conv2d, input_peak: float) -> EventWeights:
+    """Both layouts of W', in :func:`accumulator_dtype` for inputs no larger than
+    ``input_peak``. Positions are packed when C_out is 16 or 32 (so 4 or 2 positions fill a
+    block), with one group and unit column dilation."""
+    weight = weight.astype(accumulator_dtype(weight, input_peak), copy=False)
     out_channels = weight.shape[0]
     pack = WIDE // out_channels if out_channels in (16, 32) and node.groups == 1 and node.dilation[1] == 1 else 1
     packed = packed_layout(weight, node.stride[1], pack) if pack > 1 else np.zeros((1, 1), weight.dtype)
