@@ -277,7 +277,9 @@ def _linear(x, weight, bias, events):
     return out.reshape(rows, weight.shape[4])
 
 
-def _sum_pool2d(x, node: g.AvgPool2d, out_shape):
+def _sum_pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
+    if amplitude is not None:  # (the graded map first: on a GPU its memory traffic costs little)
+        x = _graded(x.reshape(x.shape[0], -1), amplitude).reshape(x.shape)
     sums = cuda.device_array(out_shape, x.dtype)
     geometry = (tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))  # tuples: no host arrays to copy
     _launch(_sum_pool2d_kernel, math.prod(out_shape), x, *geometry, x.dtype.type(0), sums)

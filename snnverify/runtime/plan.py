@@ -239,7 +239,9 @@ class Kernels:
     #: map or a pooled one, see :class:`Op`), which a kernel may skip
     conv2d: Callable
     linear: Callable  # (x, weight, bias, events) -> out; ``events``: x is a spike map
-    sum_pool2d: Callable  # (x, node, out_shape) -> window sums
+    #: (x, node, out_shape, amplitude) -> window sums: of x, or with an amplitude per flattened
+    #: neuron (x a spike map), of its graded spikes a·s
+    sum_pool2d: Callable
     divide: Callable  # (x, float32 divisor) -> x / divisor, correctly rounded
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
     if_layer: Callable  # (current, temporal, threshold, initial membrane, timesteps, batch) -> spikes
@@ -403,7 +405,9 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
                 out = kernels.linear(source.reshape(rows, -1), weight, bias, op.events)
             values[op.name] = Signal(out, temporal)
         elif isinstance(node, g.AvgPool2d):  # SumPool2d too
-            out = kernels.sum_pool2d(analog(op.inputs[0]).reshape(shape_in), node, (rows, *plan.shapes[op.name]))
+            source = values[op.inputs[0]]
+            x = analog(op.inputs[0]) if source.amplitude is None else channels_first(op.inputs[0])
+            out = kernels.sum_pool2d(x.reshape(shape_in), node, (rows, *plan.shapes[op.name]), source.amplitude)
             if not isinstance(node, g.SumPool2d):
                 out = kernels.divide(out, np.float32(node.kernel_size[0] * node.kernel_size[1]))
             values[op.name] = Signal(out, temporal)

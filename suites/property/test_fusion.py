@@ -284,6 +284,33 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
         np.testing.assert_array_equal(first_entries[first_starts[p] : first_starts[p + 1]], expected)
 
 
+@settings(max_examples=60, deadline=None)
+@given(channels=st.integers(1, 4), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), rate=st.sampled_from([0.0, 0.3, 1.0]),
+       integer=st.booleans(), data=st.data())
+def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel, stride, rate, integer, data):
+    """The CPU pools a spike map with its amplitudes directly, skipping silent inputs: every
+    window sum is the one of the stored graded map a·s, bit for bit (the sign of a zero
+    included), for amplitudes of either sign and zero in float32 (where the order of the adds
+    would show) and int64, padded and overlapping windows, silent and saturated maps."""
+    padding = data.draw(st.tuples(st.integers(0, kernel[0] // 2), st.integers(0, kernel[1] // 2)), label="padding")
+    size = data.draw(st.tuples(*(st.integers(max(1, k - 2 * p), 7) for k, p in zip(kernel, padding))), label="size")
+    node = g.SumPool2d("pool", kernel_size=kernel, stride=stride, padding=padding)
+    out_hw = node.output_shape([(channels, *size)])[1:]
+    rows, neurons = 2, channels * size[0] * size[1]
+    values = (st.integers(-(2**20), 2**20) if integer
+              else st.floats(-1e3, 1e3, width=32, allow_subnormal=True) | st.sampled_from([0.0, -0.0]))
+    amplitude = np.array(data.draw(st.lists(values, min_size=neurons, max_size=neurons), label="amplitude"),
+                         np.int64 if integer else np.float32)
+    spikes = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")).random((rows, neurons)) < rate
+    shape = (rows, channels, *size)
+    direct = cpu_kernels._sum_pool2d(spikes.reshape(shape), node, (rows, channels, *out_hw), amplitude)
+    graded = CPU_KERNELS.graded(spikes, amplitude).reshape(shape)
+    stored = cpu_kernels._sum_pool2d(graded, node, (rows, channels, *out_hw))
+    assert direct.dtype == stored.dtype == amplitude.dtype
+    np.testing.assert_array_equal(direct.view(f"i{direct.itemsize}"), stored.view(f"i{stored.itemsize}"))
+
+
 def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():
     """conv1 reads pooled spikes (sparse, weights unfolded); conv2 reads the pooled input
     current (dense); conv0 reads the input (dense); fc reads flattened spikes (a linear layer:

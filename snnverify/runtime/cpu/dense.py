@@ -70,8 +70,10 @@ def linear_events_kernel(spikes, w, bias, out):
 
 
 @njit(parallel=True, cache=True)
-def sum_pool2d_kernel(x, kernel, stride, padding, zero, out):
-    """Window sums in (ky, kx) order over a zero-padded input."""
+def sum_pool2d_kernel(x, amplitude, kernel, stride, padding, zero, out):
+    """Window sums in (ky, kx) order over a zero-padded input: of ``x``, or, with ``amplitude``
+    [C, H, W] (``x`` then a spike map), of its graded spikes a·s (+0 where silent) without
+    storing them — the same adds, with a spike map read as bytes, not as 4- or 8-byte values."""
     rows, channels, out_h, out_w = out.shape
     height, width = x.shape[2], x.shape[3]
     for job in prange(rows * channels):
@@ -86,7 +88,10 @@ def sum_pool2d_kernel(x, kernel, stride, padding, zero, out):
                     for kx in range(kernel[1]):
                         xi = xo * stride[1] - padding[1] + kx
                         if 0 <= xi < width:
-                            acc += x[n, c, yi, xi]
+                            if amplitude is None:
+                                acc += x[n, c, yi, xi]
+                            else:  # a select, no branch: spikes are irregular
+                                acc += amplitude[c, yi, xi] if x[n, c, yi, xi] else zero
                 out[n, c, y, xo] = acc
 
 

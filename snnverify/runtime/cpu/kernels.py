@@ -99,10 +99,13 @@ def _linear(x, weight, bias, events):
     return out
 
 
-def _sum_pool2d(x, node: g.AvgPool2d, out_shape):
-    out = np.empty(out_shape, x.dtype)
-    sum_pool2d_kernel(x, np.array(node.kernel_size), np.array(node.stride), np.array(node.padding), x.dtype.type(0),
-                      out)
+def _sum_pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
+    dtype = x.dtype if amplitude is None else amplitude.dtype
+    out = np.empty(out_shape, dtype)
+    if amplitude is not None:
+        amplitude = amplitude.reshape(x.shape[1:])
+    sum_pool2d_kernel(x, amplitude, np.array(node.kernel_size), np.array(node.stride), np.array(node.padding),
+                      dtype.type(0), out)
     return out
 
 
