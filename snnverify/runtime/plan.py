@@ -405,9 +405,10 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
                 out = kernels.linear(source.reshape(rows, -1), weight, bias, op.events)
             values[op.name] = Signal(out, temporal)
         elif isinstance(node, g.AvgPool2d):  # SumPool2d too
-            source = values[op.inputs[0]]
-            x = analog(op.inputs[0]) if source.amplitude is None else channels_first(op.inputs[0])
-            out = kernels.sum_pool2d(x.reshape(shape_in), node, (rows, *plan.shapes[op.name]), source.amplitude)
+            # a spike map is pooled with its amplitudes, its graded map a·s never stored
+            amplitude = values[op.inputs[0]].amplitude
+            pooled = analog(op.inputs[0]) if amplitude is None else channels_first(op.inputs[0])
+            out = kernels.sum_pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), amplitude)
             if not isinstance(node, g.SumPool2d):
                 out = kernels.divide(out, np.float32(node.kernel_size[0] * node.kernel_size[1]))
             values[op.name] = Signal(out, temporal)
