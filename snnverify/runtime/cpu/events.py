@@ -165,12 +165,12 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     sample and step of the chunk is gathered before the next position: the weights of a block
     (up to 9·C_in·64 values) are then read from memory once per chunk and tile, and from the
     caches for the rest."""
-    # The parallel loop only hands each worker its jobs: Numba's parfor passes take a time that
-    # grows with the loop's body, and a call to a plain function they do not enter (compiling a
-    # signature took ~60 s with the body inside, ~40 s so). (Numba passes only arrays and scalars into a parallel
-    # loop: the tuples are unpacked before it and built again inside. The worker goes as int64,
-    # the type the function is typed with outside the loop; inside it is unsigned, and a second
-    # type would compile the function twice.)
+    # The parallel loop only hands each worker its jobs (fused_worker): Numba's parfor passes
+    # take a time that grows with the loop's body, and they do not enter a called function
+    # (~40 s a signature to compile, against ~60 s with the body inside the loop).
+    # Numba passes only arrays and scalars into a parallel loop, so the tuples are unpacked
+    # before it and built again inside. The loop's index is unsigned; it goes as int64, the type
+    # fused_worker is first typed with, or the function would compile a second time.
     spikes, in_shape, weights, packed, kernel_hw, geometry, bias = conv
     (shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel, shortcut_geometry,
      shortcut_bias) = shortcut

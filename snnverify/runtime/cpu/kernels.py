@@ -128,7 +128,9 @@ def _add_into(total, x, temporal, batch):
 def _weight_layout(op: Op) -> np.ndarray | EventWeights:
     """Weights as the CPU kernels read them: a sparse conv's
     :func:`~snnverify.runtime.cpu.layouts.event_weights`, else as stored."""
-    return event_weights(op.weight, op.node, op.input_peak) if op.sparse and isinstance(op.node, g.Conv2d) else op.weight
+    if op.sparse and isinstance(op.node, g.Conv2d):
+        return event_weights(op.weight, op.node, op.input_peak)
+    return op.weight
 
 
 CPU_KERNELS = Kernels(
