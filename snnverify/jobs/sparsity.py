@@ -49,8 +49,13 @@ from snnverify.util import atomic_write, commit
 OUT = Path("reports/sparsity")
 #: the T of the figure of merit, the tutorial's sparsity claim
 FIGURE_T = 32
-#: rows of one group: measured on the same ANN, budget and data
-GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed")
+#: rows of one group: measured on the same ANN, budget and data, at the same QCFS L
+GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed", "levels")
+
+
+def group_of(row: dict) -> tuple:
+    """The row's :data:`GROUP` values (L from its conversion options)."""
+    return tuple(row["options"]["levels"] if key == "levels" else row[key] for key in GROUP)
 
 
 def targets() -> tuple[float, float]:
@@ -111,7 +116,7 @@ def sweep(args) -> Path:
         start = time.perf_counter()
         # the penalty acts in QCFS training: the budget goes to it whole (no BPTT)
         snn = api.convert(ann, cal, timesteps=max(args.timesteps), train_loader=train, qcfs_epochs=args.budget,
-                          finetune_epochs=0, rate_penalty=penalty)
+                          finetune_epochs=0, rate_penalty=penalty, levels=args.levels)
         convert_s = time.perf_counter() - start
         api.compile(snn, "cpu")
         by_t = {}
@@ -132,7 +137,7 @@ def sweep(args) -> Path:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by,
         }
         rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other runs' rows kept
-        rows = [r for r in rows if any(r[k] != row[k] for k in ("penalty", *GROUP))] + [row]
+        rows = [r for r in rows if (r["penalty"], *group_of(r)) != (penalty, *group_of(row))] + [row]
         atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
         print(f"{args.dataset} {args.model} ρ={penalty:g}: ANN {100 * ann_accuracy:.2f} "
               + " ".join(f"T{t} {100 * m['snn_accuracy']:.2f} rate {m['spike_rate']:.4f} "
@@ -144,7 +149,7 @@ def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     """Rows by :data:`GROUP`, each group sorted by penalty."""
     found: dict[tuple, list[dict]] = {}
     for row in rows:
-        found.setdefault(tuple(row[k] for k in GROUP), []).append(row)
+        found.setdefault(group_of(row), []).append(row)
     return {key: sorted(members, key=lambda r: r["penalty"]) for key, members in sorted(found.items(), key=str)}
 
 
@@ -232,11 +237,11 @@ def render(out_dir: Path = OUT) -> Path:
         figure_t = str(FIGURE_T) if str(FIGURE_T) in ts else ts[-1]
         lines += [f"## {path.stem}", "", f"![gap against spike rate at T = {figure_t}]({path.stem}.png)", ""]
         plot(out_dir / f"{path.stem}.png", grouped, figure_t, min_sparsity, max_gap)
-        for (ann, budget_epochs, train_images, test_images, seed), members in grouped.items():
+        for (ann, budget_epochs, train_images, test_images, seed, levels), members in grouped.items():
             first = members[0]
             lines += [f"ANN: {first['model']}, {ann}, {100 * first['ann_accuracy']:.2f} % on {test_images} "
-                      f"test images; QCFS training: budget {budget_epochs} epoch(s) over {train_images} training "
-                      f"images, seed {seed}; timing on a batch of {first['timing_batch']}, {first['threads']} "
+                      f"test images; QCFS training at L = {levels}: budget {budget_epochs} epoch(s) over "
+                      f"{train_images} training images, seed {seed}; timing on a batch of {first['timing_batch']}, {first['threads']} "
                       "threads.", ""]
             for t in ts:
                 measured = [r for r in members if t in r["by_timesteps"]]
@@ -274,6 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann-epochs", type=int, default=30, help="epochs of ANN training when there is no checkpoint")
     parser.add_argument("--penalties", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0], help="rate penalties ρ")
     parser.add_argument("--budget", type=int, default=1, help="labelled epochs of the conversion, all QCFS training")
+    parser.add_argument("--levels", type=int, help="QCFS L of the conversion (default: the budget's recipe)")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[FIGURE_T])
     parser.add_argument("--train-subset", type=int, help="train on this many training images (fixed seed)")
     parser.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
@@ -293,7 +299,8 @@ def main(args: argparse.Namespace) -> int:
     for t in args.timesteps:
         check_timesteps(t)
     for penalty in args.penalties:  # the conversion's own checks, with its messages
-        ConversionOptions(qcfs_epochs=args.budget, finetune_epochs=0, rate_penalty=penalty).resolved()
+        ConversionOptions(qcfs_epochs=args.budget, finetune_epochs=0, rate_penalty=penalty,
+                          levels=args.levels).resolved()
     for name in ("train_subset", "test_subset", "timing_batch", "repeats", "ann_epochs"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -10,17 +10,25 @@ Every signal gets a scale σ (integer value = real value · σ). Per layer:
 * IF: θ becomes an even integer round(θ·σ_in/2)·2 (so v[0] = θ/2 stays exact); the graded
   output θ·s is re-expressed at its own power-of-two scale 2^a with amplitudes
   round(θ·2^a) ≤ 2^amplitude_bits − 1 (16 bits by default: amplitudes are integers of the
-  int64 arithmetic, not chip registers), so scales do not grow from layer to layer.
-* Add: its inputs must share one scale (see :func:`_scales`): an identity input from an IF
-  layer is re-expressed at the scale of the other branch (its amplitudes re-rounded); of two
-  conv/linear inputs, the finer one lowers its weight scale to the coarser one. Where an IF
-  layer feeds both a merge and a conv or linear layer whose output reaches that merge again
-  (``c = IF(conv(b) + a + b)``, ``b = IF(conv(a))``), one amplitude cannot serve both readers
-  and the scales do not settle: the IF layers that kept moving are split
-  (:func:`split_amplitude`) — their conv and linear readers take the amplitudes into their
-  weights, W·a, and read unit spikes; a merge reads them through an amplitude node (a
-  depthwise 1×1 conv, or a diagonal linear layer, of weights a), which it can rescale like
-  any conv.
+  int64 arithmetic, not chip registers), so scales do not grow from layer to layer. Where a
+  conv reading the spikes could otherwise not sum in int32, the amplitudes take fewer bits,
+  never fewer than 12 (:func:`_narrow_gather_scale`).
+* Add: its inputs must share one scale (see :func:`_scales`). A merge reads an IF layer's spike
+  map through a rescale node ``<layer>.rescale.<merge>`` (:func:`rescale_merge_inputs`: a
+  depthwise 1×1 conv, or a diagonal linear layer, of weights 1) whose integer weight is the
+  exact power of two 2^m ≥ 1 that takes the layer's scale to the merge's. The layer keeps its
+  own amplitudes for its other readers, so a conv reading it gathers 16-bit amplitudes, not
+  amplitudes at the merge's (often 2^16 times finer) scale, and its sums stay narrow. Only
+  where the merge is coarser than the layer are the amplitudes re-rounded at the coarser
+  scale. An IF layer that a merge reads through pools or flattening takes the merge's scale
+  instead (its amplitudes re-rounded): a rescale node there would scale a pooled map, which
+  runs as a conv, not as graded spikes. Of two conv/linear inputs, the finer one lowers its
+  weight scale to the coarser one. Where a layer would have to become ever coarser — its merge
+  is reached again through a conv of weights above the weight limit, whose scale 2^k < 1
+  follows the layer's down — the scales do not settle, and the layers that kept moving are
+  split (:func:`split_amplitude`): their conv and linear readers take the amplitudes into their
+  weights, W·a, and read unit spikes, and the rescale node becomes an amplitude node of
+  weights a, which the merge can rescale like any conv.
 * Output: the averaged output current is divided by its σ.
 
 After quantisation all membrane arithmetic is exact integer arithmetic, so every backend gives
@@ -45,21 +53,26 @@ def _power_of_two_scale(max_abs: float, limit: int) -> float:
     return 2.0 ** math.floor(math.log2(limit / max_abs if max_abs else limit))
 
 
-def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplitude_scale: dict[str, float]):
+def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplitude_scale: dict[str, float],
+            rescalers: dict[str, str]):
     """σ of every node and the weight scale of every conv/linear, aligning each merge's inputs.
 
-    At a merge, inputs that come (through pooling or flattening) from an IF layer can take any
-    scale — their amplitudes are re-rounded — while conv/linear inputs can only become coarser
-    (finer weights would overflow). The merge settles on the coarsest of the latter (or the
-    finest IF-fed scale when there are none); IF layers that must move are returned in
-    ``moved`` so the caller recomputes from the start, and finer conv/linear inputs lower their
-    weight scale."""
+    At a merge, a rescale node (``rescalers``: its name -> the IF layer it reads) takes any
+    scale at least its input's exactly (a weight 2^m ≥ 1), and a coarser one by moving its IF
+    layer's scale (re-rounding the amplitudes); an input that comes (through pooling or
+    flattening) from an IF layer directly takes any scale by moving it; conv/linear inputs can
+    only become coarser (finer weights would overflow). The merge settles on the coarsest of
+    the latter (or the finest of the others when there are none); IF layers that must move are
+    returned in ``moved`` so the caller recomputes from the start, and finer conv/linear inputs
+    lower their weight scale."""
     scale: dict[str, float] = {}
     weight_scale: dict[str, float] = {}
     for name, node in graph.nodes.items():
         sources = graph.inputs[name]
         if isinstance(node, g.Input):
             scale[name] = input_scale
+        elif name in rescalers:  # 2^0 until its merge chooses the power of two
+            weight_scale[name], scale[name] = 1.0, scale[sources[0]]
         elif isinstance(node, (g.Conv2d, g.Linear)):
             # the finest scale the weights allow, but no finer than SCALE_LIMIT (nor the bias beyond it)
             bias = 1.0 if node.bias is None else max(1.0, float(np.abs(node.bias.astype(np.float64)).max()))
@@ -72,16 +85,19 @@ def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplit
         elif isinstance(node, g.IF):
             scale[name] = amplitude_scale[name]
         elif isinstance(node, g.Add):
-            origins = {source: _if_origin(graph, source) for source in sources}
+            origins = {source: rescalers.get(source) or _if_origin(graph, source) for source in sources}
             fixed = [scale[s] for s in sources if origins[s] is None]
-            # conv/linear inputs can only become coarser; IF-fed inputs can take any scale
+            # conv/linear inputs can only become coarser; the others can take any scale
             target = min(fixed) if fixed else max(scale[s] for s in sources)
-            moved = {origins[s]: amplitude_scale[origins[s]] * target / scale[s]
-                     for s in sources if origins[s] is not None and scale[s] != target}
+            moved = {origins[s]: amplitude_scale[origins[s]] * target / scale[s] for s in sources
+                     if origins[s] is not None and (target < scale[s] if s in rescalers else target != scale[s])}
             if moved:
                 return scale, weight_scale, moved
             for source in sources:
                 if scale[source] == target:
+                    continue
+                if source in rescalers:  # finer by 2^m: an exact integer weight
+                    weight_scale[source], scale[source] = target / scale[source], target
                     continue
                 if not isinstance(graph.nodes[source], (g.Conv2d, g.Linear)) or len(graph.users(source)) != 1:
                     raise ValueError(
@@ -123,6 +139,35 @@ def _if_origin(graph: g.SpikingGraph, name: str) -> str | None:
     return name if isinstance(graph.nodes[name], g.IF) else None
 
 
+def _channel_scaler(name: str, factors: np.ndarray, shape: tuple[int, ...]) -> g.Conv2d | g.Linear:
+    """A node multiplying each channel of a signal of ``shape`` by its factor: a depthwise 1×1
+    conv, or a diagonal linear layer on a flat signal (each channel's features in a run)."""
+    if len(shape) == 3:
+        return g.Conv2d(name, weight=factors.reshape(-1, 1, 1, 1), groups=len(factors))
+    return g.Linear(name, weight=np.diag(np.repeat(factors, shape[0] // len(factors))))
+
+
+def rescale_merge_inputs(graph: g.SpikingGraph) -> tuple[g.SpikingGraph, dict[str, str]]:
+    """The same network with every merge input that is an IF layer's spike map read through a
+    rescale node ``<layer>.rescale.<merge>`` of weights 1, placed just before the merge; and
+    {rescale node: the IF layer it reads}. A spike map the merge reads through pools or
+    flattening is left as it was (its IF layer takes the merge's scale): a rescale node there
+    would scale a pooled map, which no kernel reads as graded spikes, and run as a conv."""
+    nodes, inputs, rescalers = {}, {}, {}
+    for name, node in graph.nodes.items():
+        sources = list(graph.inputs[name])
+        if isinstance(node, g.Add):
+            for k, source in enumerate(sources):
+                if not isinstance(graph.nodes[source], g.IF):
+                    continue
+                rescaler = f"{source}.rescale.{name}"
+                channels = len(graph.nodes[source].threshold)
+                nodes[rescaler] = _channel_scaler(rescaler, np.ones(channels, np.float32), graph.shapes[source])
+                inputs[rescaler], sources[k], rescalers[rescaler] = [source], rescaler, source
+        nodes[name], inputs[name] = node, sources
+    return g.SpikingGraph(nodes, inputs), rescalers
+
+
 def split_amplitude(graph: g.SpikingGraph, names: set[str]) -> g.SpikingGraph:
     """The same network with each IF layer in ``names`` emitting unit spikes. Its amplitudes a
     move to where its output is read, past any average pools and flattening (both per channel):
@@ -144,11 +189,8 @@ def split_amplitude(graph: g.SpikingGraph, names: set[str]) -> g.SpikingGraph:
                 if source not in carries:
                     continue
                 reader = f"{source}.amplitude"
-                amplitude, shape = graph.nodes[carries[source]].output_amplitude, graph.shapes[source]
-                if len(shape) == 3:
-                    nodes[reader] = g.Conv2d(reader, weight=amplitude.reshape(-1, 1, 1, 1), groups=len(amplitude))
-                else:
-                    nodes[reader] = g.Linear(reader, weight=np.diag(np.repeat(amplitude, shape[0] // len(amplitude))))
+                amplitude = graph.nodes[carries[source]].output_amplitude
+                nodes[reader] = _channel_scaler(reader, amplitude, graph.shapes[source])
                 inputs[reader], sources[k] = [source], reader
         if name in names:
             carries[name] = name
@@ -157,29 +199,60 @@ def split_amplitude(graph: g.SpikingGraph, names: set[str]) -> g.SpikingGraph:
     return g.SpikingGraph(nodes, inputs)
 
 
-def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplitude_bits: int):
+#: amplitudes keep at least this many bits when :func:`_narrow_gather_scale` trims them: still
+#: finer than the weights' 8, so the product W·a stays as precise as W
+NARROW_AMPLITUDE_BITS = 12
+
+
+def _narrow_gather_scale(graph: g.SpikingGraph, name: str, weight_limit: int, amplitude_bits: int,
+                         rescalers: dict[str, str]) -> float:
+    """The largest power-of-two scale of IF layer ``name``'s amplitudes at which every conv
+    reading its spikes (directly or through pools) provably sums in int32 — gain(W_int) · max
+    amplitude · the sum pools' areas ≤ 2^31 − 1 (W_int at the finest scale the weights allow,
+    which bounds any coarser one) — so the backends' kernels may gather in int32; or +inf when
+    that would leave the amplitudes fewer than :data:`NARROW_AMPLITUDE_BITS` bits (such a conv
+    gathers in int64 instead)."""
+    peak = float(np.abs(graph.nodes[name].output_amplitude).max(initial=0))
+    scale, readers = math.inf, [(user, 1) for user in graph.users(name)]
+    while readers:
+        reader, area = readers.pop()
+        node = graph.nodes[reader]
+        if isinstance(node, (g.AvgPool2d, g.Flatten)):
+            area *= node.kernel_size[0] * node.kernel_size[1] if isinstance(node, g.AvgPool2d) else 1
+            readers += [(user, area) for user in graph.users(reader)]
+        elif isinstance(node, g.Conv2d) and reader not in rescalers and peak:
+            largest = float(np.abs(node.weight).max(initial=0))
+            weight = np.rint(node.weight.astype(np.float64) * _power_of_two_scale(largest, weight_limit))
+            if gain(weight):
+                scale = min(scale, _power_of_two_scale(gain(weight) * peak * area, np.iinfo(np.int32).max))
+    floor = 2.0 ** (min(amplitude_bits, NARROW_AMPLITUDE_BITS) - 1) / peak if peak else 0.0
+    return scale if scale >= floor else math.inf
+
+
+def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplitude_bits: int,
+                    rescalers: dict[str, str]):
     """(σ per node, weight scales, IF output scales) once every merge's inputs share a scale,
     or (None, the IF layers that moved) when they do not settle."""
-    amplitude_scale = {  # the IF layers' output scales; merges may raise them
-        name: _power_of_two_scale(float(node.output_amplitude.max()), 2**amplitude_bits - 1)
+    amplitude_scale = {  # the IF layers' output scales; merges may move them
+        name: min(_power_of_two_scale(float(node.output_amplitude.max()), 2**amplitude_bits - 1),
+                  _narrow_gather_scale(graph, name, weight_limit, amplitude_bits, rescalers))
         for name, node in graph.nodes.items() if isinstance(node, g.IF)
     }
     ever_moved = set()
     for _ in range(10 * len(graph.nodes)):  # moving an IF's scale changes what follows: recompute
-        scale, weight_scale, moved = _scales(graph, weight_limit, input_scale, amplitude_scale)
+        scale, weight_scale, moved = _scales(graph, weight_limit, input_scale, amplitude_scale, rescalers)
         if not moved:
             return (scale, weight_scale, amplitude_scale), ever_moved
         ever_moved |= set(moved)  # a layer that would run away is one to split too
-        if not all(value < SCALE_LIMIT for value in moved.values()):
+        if not all(1 / SCALE_LIMIT < value < SCALE_LIMIT for value in moved.values()):
             break  # a scale running away: a merge that cannot settle at a scale the arithmetic holds
         amplitude_scale.update(moved)
     return None, ever_moved
 
 
-def quantize_graph(
-    graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6
-) -> g.SpikingGraph:
-    """The integer version of a float graph (see the module docstring)."""
+def laid_out(graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6):
+    """(the float graph as quantize lays it out — rescale nodes, split layers — and its scales:
+    σ per node, weight scales, IF output scales). Computes the same function as ``graph``."""
     if graph.integer:
         raise ValueError("the graph is already quantised")
     g.require_normative(graph, "quantize")
@@ -188,17 +261,26 @@ def quantize_graph(
     if not (input_scale > 0 and math.log2(input_scale).is_integer()):
         raise ValueError(f"input_scale must be a power of two, got {input_scale}")
     weight_limit = 2 ** (weight_bits - 1) - 1
+    graph, rescalers = rescale_merge_inputs(graph)
     split: set[str] = set()
     while True:
-        settled, moved = _settled_scales(graph, weight_limit, input_scale, amplitude_bits)
+        settled, moved = _settled_scales(graph, weight_limit, input_scale, amplitude_bits, rescalers)
         if settled:
-            break
+            return graph, settled
         # the IF layers the merges kept moving: a split layer is no merge's input any more
         if not moved or moved & split:
             raise ValueError("cannot quantise: the scales of the residual merges do not settle")
         split |= moved
         graph = split_amplitude(graph, moved)
-    scale, weight_scale, amplitude_scale = settled
+        # their rescale nodes now hold the amplitudes: convs like any other, which a merge coarsens
+        rescalers = {name: origin for name, origin in rescalers.items() if origin not in split}
+
+
+def quantize_graph(
+    graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6
+) -> g.SpikingGraph:
+    """The integer version of a float graph (see the module docstring)."""
+    graph, (scale, weight_scale, _) = laid_out(graph, weight_bits, amplitude_bits, input_scale)
 
     nodes = {}
     for name, node in graph.nodes.items():
@@ -206,7 +288,8 @@ def quantize_graph(
         if isinstance(node, g.Input):
             nodes[name] = g.replace(node, scale=input_scale)
         elif isinstance(node, (g.Conv2d, g.Linear)):
-            weight = np.rint(node.weight.astype(np.float64) * weight_scale[name]).astype(np.int64)  # ≤ weight_limit
+            # ≤ the weight limit, but for a rescale node's power of two
+            weight = _rounded(node.weight.astype(np.float64) * weight_scale[name], "weights", name, weight_scale[name])
             bias = np.zeros(weight.shape[0]) if node.bias is None else node.bias.astype(np.float64)
             nodes[name] = g.replace(node, weight=weight, bias=_rounded(bias * scale[name], "bias", name, scale[name]))
         elif isinstance(node, g.AvgPool2d):

@@ -44,19 +44,21 @@ def spikes_on(graph, target, x, steps):
 WIDER_BUDGET = {"weight_bits": 16, "amplitude_bits": 24}
 
 
-def quantized(case):
-    """The integer-mode graph of a generated case. quantize takes every generated graph; one
-    whose threshold is finer than the resolution of its input current at 8 weight bits is
-    refused, by name, with the advice to raise the bit budget (the limitation pinned in
-    suites/unit/test_api.py): such a case is quantised with that wider budget, never dropped."""
-    snn = SNN(case.graph, case.timesteps)
+def quantized(case, with_budget: bool = False):
+    """The integer-mode graph of a generated case (and, ``with_budget``, the bit budget it took).
+    quantize takes every generated graph; one whose threshold is finer than the resolution of
+    its input current at 8 weight bits is refused, by name, with the advice to raise the bit
+    budget (the limitation pinned in suites/unit/test_api.py): such a case is quantised with
+    that wider budget, never dropped."""
+    snn, budget = SNN(case.graph, case.timesteps), {}
     try:
-        return snnverify.quantize(snn).graph
+        integer = snnverify.quantize(snn).graph
     except ValueError as error:
         if "rounds to below 2; raise input_scale or weight_bits" not in str(error):
             raise
-    event("quantised with the wider bit budget")
-    return snnverify.quantize(snn, **WIDER_BUDGET).graph
+        event("quantised with the wider bit budget")
+        integer, budget = snnverify.quantize(snn, **WIDER_BUDGET).graph, WIDER_BUDGET
+    return (integer, budget) if with_budget else integer
 
 
 def compare(comparison_log, check, a, b, exact=True):

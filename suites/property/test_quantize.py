@@ -10,7 +10,7 @@ import snnverify
 from snnverify import graph as g
 from snnverify.api import SNN
 from snnverify.runtime.plan import build_plan
-from snnverify.runtime.quantize import split_amplitude
+from snnverify.runtime.quantize import laid_out
 from snnverify.strategies import spiking_graphs
 
 from .test_backends import compare, quantized
@@ -29,19 +29,15 @@ def within_half_a_last_bit(integer: np.ndarray, real: np.ndarray, what: str) -> 
     assert low <= high * (1 + 1e-12), f"{what}: no one scale rounds every value to its integer (s in [{low}, {high}])"
 
 
-def float_reference(float_graph: g.SpikingGraph, integer_graph: g.SpikingGraph) -> g.SpikingGraph:
-    """The float graph as quantize laid it out: split IF layers' amplitudes taken into the
-    weights of their conv and linear readers."""
-    split = {name.removesuffix(".amplitude") for name in integer_graph.nodes if name.endswith(".amplitude")}
-    return split_amplitude(float_graph, split) if split else float_graph
-
-
 @settings(max_examples=100)
 @given(spiking_graphs(dyadic=False, max_size=12, max_timesteps=4))
 def test_every_weight_and_amplitude_is_the_float_one_rounded_to_nearest(case):
-    integer = quantized(case)
-    reference = float_reference(case.graph, integer)
-    if reference is not case.graph:
+    integer, budget = quantized(case, with_budget=True)
+    # the float graph as quantize laid it out: merges read IF layers through rescale nodes
+    # (weights 1), split layers' amplitudes are in their readers' weights
+    reference, _ = laid_out(case.graph, **budget)
+    if any(name.endswith(".amplitude") or (".rescale." in name and np.any(node.weight != 1))
+           for name, node in reference.nodes.items()):
         event("an IF layer's amplitude split")
     assert set(integer.nodes) == set(reference.nodes)
     for name, node in integer.nodes.items():
@@ -52,28 +48,56 @@ def test_every_weight_and_amplitude_is_the_float_one_rounded_to_nearest(case):
                                    f"{name} amplitudes")
 
 
-def test_a_merge_reading_an_if_layer_directly_and_through_a_conv_quantises():
-    """c = IF(conv2(b) + a + b), b = IF(conv1(a)): one amplitude per IF layer cannot serve the
-    merge and the conv that reaches it again. Integer mode splits both a and b and runs, with
-    the same spikes on the torch reference and the cpu backend."""
+def nested_merge(conv2_gain: float) -> g.SpikingGraph:
+    """c = IF(conv2(b) + a + b), b = IF(conv1(a)): the merge reads a and b both directly and
+    through convs, so one amplitude per IF layer cannot serve it at its own scale."""
     rng = np.random.default_rng(0)
     weight = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731
     threshold = lambda: (rng.random(3) + 0.5).astype(np.float32)  # noqa: E731
     nodes = [g.Input("input", shape=(2, 4, 4)), g.Conv2d("conv0", weight=weight(3, 2, 3, 3), padding=1),
              g.IF("a", threshold=threshold()), g.Conv2d("conv1", weight=weight(3, 3, 3, 3), padding=1),
-             g.IF("b", threshold=threshold()), g.Conv2d("conv2", weight=weight(3, 3, 3, 3), padding=1),
+             g.IF("b", threshold=threshold()), g.Conv2d("conv2", weight=conv2_gain * weight(3, 3, 3, 3), padding=1),
              g.Add("add"), g.IF("c", threshold=threshold()), g.Flatten("flat"), g.Linear("fc", weight=weight(4, 48)),
              g.Output("output")]
     inputs = {"input": [], "conv0": ["input"], "a": ["conv0"], "conv1": ["a"], "b": ["conv1"], "conv2": ["b"],
               "add": ["conv2", "a", "b"], "c": ["add"], "flat": ["c"], "fc": ["flat"], "output": ["fc"]}
-    graph = g.SpikingGraph({node.name: node for node in nodes}, inputs)
-    integer = snnverify.quantize(SNN(graph, 8)).graph
-    assert {"a.amplitude", "b.amplitude"} <= set(integer.nodes)
-    assert integer.inputs["add"] == ["conv2", "a.amplitude", "b.amplitude"] and integer.inputs["conv2"] == ["b"]
-    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    return g.SpikingGraph({node.name: node for node in nodes}, inputs)
+
+
+def fires_alike_on_torch_and_cpu(integer: g.SpikingGraph) -> None:
+    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4)).astype(np.float32)
     runs = [snnverify.simulate(SNN(integer, 8, target=target), x, record=True) for target in ("torch", "cpu")]
     for name in runs[0][1]:
         np.testing.assert_array_equal(runs[0][1][name], runs[1][1][name])
+
+
+def test_a_merge_reading_an_if_layer_directly_and_through_a_conv_quantises():
+    """The nested merge quantises with no layer split: the merge reads a and b through rescale
+    nodes whose integer weights are powers of two (exact), while conv1 and conv2 read a's and
+    b's own 16-bit amplitudes; torch and cpu fire alike."""
+    integer = snnverify.quantize(SNN(nested_merge(1.0), 8)).graph
+    assert integer.inputs["add"] == ["conv2", "a.rescale.add", "b.rescale.add"] and integer.inputs["conv2"] == ["b"]
+    assert not any(name.endswith(".amplitude") for name in integer.nodes)
+    for layer in ("a", "b"):
+        factor = integer.nodes[f"{layer}.rescale.add"].weight.ravel()
+        assert np.all(factor == factor[0]) and factor[0] >= 1 and np.log2(factor[0]).is_integer()
+        amplitude = integer.nodes[layer].output_amplitude
+        assert amplitude.max() < 2**16 and len(np.unique(amplitude)) == 3  # per channel, not unit spikes
+    fires_alike_on_torch_and_cpu(integer)
+
+
+def test_a_merge_whose_conv_would_drag_its_input_ever_coarser_splits_that_input():
+    """With conv2's weights beyond the 8-bit limit (scale 2^k < 1), each step coarser of b makes
+    the merge coarser than b again: the scales never settle. b is split — conv2 reads unit
+    spikes with b's amplitudes in its weights, the merge reads b through a node holding them —
+    and the graph still quantises and fires alike on torch and cpu."""
+    graph = nested_merge(1000.0)
+    assert float(np.abs(graph.nodes["conv2"].weight).max()) > 127
+    integer = snnverify.quantize(SNN(graph, 8)).graph
+    assert len(np.unique(integer.nodes["b"].output_amplitude)) == 1  # unit spikes, at b's scale
+    reference, _ = laid_out(graph)
+    np.testing.assert_allclose(reference.nodes["b.rescale.add"].weight.ravel(), graph.nodes["b"].output_amplitude)
+    fires_alike_on_torch_and_cpu(integer)
 
 
 @settings(max_examples=50)
@@ -88,22 +112,24 @@ def test_integer_spikes_agree_with_the_float_network(comparison_log, case):
     compare(comparison_log, "float vs integer, cpu (non-dyadic, measured)", float_run, integer_run, exact=False)
 
 
-def test_resnet18_whose_first_merge_would_run_away_quantises(comparison_log):
+def test_resnet18_merges_read_their_if_inputs_through_fused_rescale_nodes(comparison_log):
     """cifar_resnet18, calibrated with random weights: at its first strided merge the IF input
-    would have to move beyond SCALE_LIMIT at once. That layer is split (its amplitude read
-    through ``<layer>.amplitude``), not the graph refused, and the integer network fires alike
-    on torch and cpu. The merges that read an amplitude node are fused, the node read as the
-    graded spike map it is, so this comparison covers that path of the cpu kernel."""
+    would have had to move beyond SCALE_LIMIT at once, were it re-expressed at the merge's
+    scale. Every merge reads its IF input through a rescale node instead; those merges are
+    fused, the node read as the graded spike map it is (this comparison covers that path of
+    the cpu kernel), and the integer network fires alike on torch and cpu."""
     from snnverify.jobs.speed import SHAPES, converted
 
     _, graph = converted("cifar_resnet18")
     integer = snnverify.quantize(SNN(graph, 2, target="cpu"))
-    amplitude_nodes = {name for name in integer.graph.nodes if name.endswith(".amplitude")}
-    assert amplitude_nodes
+    rescale_nodes = {name for name in integer.graph.nodes if ".rescale." in name}
+    identity_shortcuts = {f"{source}.rescale.{name}" for name, node in graph.nodes.items() if isinstance(node, g.Add)
+                          for source in graph.inputs[name] if isinstance(graph.nodes[source], g.IF)}
+    assert rescale_nodes == identity_shortcuts and len(identity_shortcuts) == 5
     plan = build_plan(integer.graph)
     graded = {op.name for op in plan.ops if op.amplitude is not None and not isinstance(op.node, g.IF)}
     fused_shortcuts = {f.residual for f in plan.fusions.values() if f.shortcut_input}
-    assert graded == amplitude_nodes and amplitude_nodes <= fused_shortcuts
+    assert graded == rescale_nodes and rescale_nodes <= fused_shortcuts
     x = np.random.default_rng(0).standard_normal((1, *SHAPES["cifar_resnet18"])).astype(np.float32)
     compare(comparison_log, "torch vs cpu, integer (cifar_resnet18)",
             snnverify.simulate(SNN(integer.graph, 2, target="torch"), x, record=True),

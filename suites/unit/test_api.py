@@ -227,8 +227,9 @@ def test_one_device_rule_for_every_target(target, runs_on, other):
 
 
 def _merge_with_tiny_weights():
-    """if2's spikes, of amplitude 10^25, merge with fc3, whose scale (input 2^6 times weight
-    scale 2^6) is where they must be re-expressed: about 4·10^28, beyond 2^62."""
+    """if2's spikes, of amplitude 10^25 (2^15.05 at its scale 2^-68), merge with fc3, whose scale
+    (input 2^6 times weight scale 2^6) is where its rescale node must take them: a factor of
+    2^80, beyond 2^62."""
     nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.ones((1, 1), np.float32)),
              "if2": g.IF("if2", threshold=[1.0], amplitude=[1e25]),
              "fc3": g.Linear("fc3", weight=np.full((1, 1), 1.5, np.float32)), "add": g.Add("add"),
@@ -239,7 +240,8 @@ def _merge_with_tiny_weights():
 
 def test_quantize_refuses_amplitudes_beyond_the_integer_range():
     """Never cast: numpy turns a float beyond int64 into an arbitrary integer, with a warning at most."""
-    with pytest.raises(ValueError, match=r"cannot quantise 'if2': its amplitudes at scale .* beyond the integer range"):
+    with pytest.raises(ValueError, match=r"cannot quantise 'if2.rescale.add': its weights at scale 1.2\d*e\+24 "
+                                         r"reach 1.2\d*e\+24, beyond the integer range"):
         snnverify.quantize(snnverify.SNN(_merge_with_tiny_weights(), 4))
 
 

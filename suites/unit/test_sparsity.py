@@ -133,3 +133,10 @@ def test_sparsity_job_writes_rows_a_pareto_table_and_a_plot(tmp_path):
     assert (out / "digits-small_resnet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["sparsity", "--render", "--out-dir", str(out)]) == 0  # again, from the JSON alone
     assert (out / "README.md").read_text() == readme
+    # another L is another group: its row replaces neither of the recipe's L = 8
+    assert main([*arguments[:arguments.index("--penalties")], "--penalties", "0", "--levels", "4",
+                 *arguments[arguments.index("--timesteps"):]]) == 0
+    rows = json.loads((out / "digits-small_resnet.json").read_text())["rows"]
+    assert [(r["penalty"], r["options"]["levels"]) for r in rows] == [(0.0, 8), (3.0, 8), (0.0, 4)]
+    readme = (out / "README.md").read_text()
+    assert "QCFS training at L = 4:" in readme and "QCFS training at L = 8:" in readme
