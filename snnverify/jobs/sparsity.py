@@ -190,7 +190,8 @@ def plot(path: Path, grouped: dict[tuple, list[dict]], t: str, min_sparsity: flo
         ax.plot([p[0] for p in front], [p[1] for p in front], color="grey", lw=1, zorder=1)
         scatter = ax.scatter([p[1] for p in points], [p[0] for p in points], c=[r["by_timesteps"][t]["cpu_time_ratio"]
                              for r in members], cmap="viridis", norm=norm, marker=marker, s=50, zorder=2,
-                             label=f"{members[0]['train_images']} / {members[0]['test_images']} images")
+                             label=f"L = {members[0]['options']['levels']}, budget {members[0]['budget_epochs']}, "
+                             f"{members[0]['train_images']} / {members[0]['test_images']} images")
         for (gap, rate), r in zip(points, members):
             ax.annotate(f"ρ={r['penalty']:g}", (rate, gap), textcoords="offset points", xytext=(5, 4), fontsize=8)
     fig.colorbar(scatter, ax=ax, label="SNN CPU time / ANN CPU time (per image)")

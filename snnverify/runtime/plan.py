@@ -163,8 +163,9 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
 
 def _channel_scaling(node: g.Conv2d | g.Linear) -> bool:
     """Whether a conv only scales each channel: depthwise, 1×1, stride 1, no padding, no bias
-    (quantize's amplitude nodes). Fed by spikes s, its output is W'_c·s, a graded spike map
-    (each sum is one term from +0, and a·0 = ±0 adds to a current as +0 does)."""
+    (quantize's rescale and amplitude nodes). Fed by spikes s, its output is W'_c·s, a graded
+    spike map, and it runs as one, nothing computed (each sum is one term from +0, and a·0 = ±0
+    adds to a current, or into a pool's or a readout's sum, as +0 does)."""
     return (isinstance(node, g.Conv2d) and node.weight.shape == (node.groups, 1, 1, 1) and node.stride == (1, 1)
             and node.padding == (0, 0) and (node.bias is None or not np.any(node.bias)))
 
@@ -395,6 +396,10 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             if record:
                 spikes[op.name] = kernels.to_host(channels_first(op.name)).reshape(timesteps, batch,
                                                                                    *plan.shapes[op.name])
+        elif op.amplitude is not None:  # a per-channel scaling of spikes: their graded map W'_c·s, nothing to compute
+            spike_map = values[op.inputs[0]]
+            values[op.name] = Signal(spike_map.array, True, plan.parameter(op.amplitude, kernels.to_device),
+                                     spike_map.channels_last)
         elif isinstance(node, (g.Conv2d, g.Linear)):
             source = channels_first(op.inputs[0]) if op.events else analog(op.inputs[0])
             weight, bias = weights(op)
