@@ -309,6 +309,22 @@ def _if_layer(current, temporal, threshold, initial, timesteps, batch):
     return spikes
 
 
+@cuda.jit
+def _scale_channels_kernel(x, factors, out):
+    """out[n, f] = x[n, f]·c_f."""
+    index = cuda.grid(1)
+    neurons = factors.shape[0]
+    if index < x.shape[0] * neurons:
+        n, f = index // neurons, index % neurons
+        out[n, f] = x[n, f] * factors[f]
+
+
+def _scale_channels(x, factors):
+    out = cuda.device_array(x.shape, factors.dtype)
+    _launch(_scale_channels_kernel, x.shape[0] * factors.shape[0], x, factors, out)
+    return out
+
+
 def _graded(spikes, amplitude):
     out = cuda.device_array(spikes.shape, amplitude.dtype)
     _launch(_graded_kernel, spikes.shape[0] * amplitude.shape[0], spikes, amplitude, out)
@@ -381,6 +397,7 @@ GPU_KERNELS = Kernels(
     add_into=_add_into,
     if_layer=_if_layer,
     graded=_graded,
+    scale_channels=_scale_channels,
     count=_count,
     weight_layout=lambda op: gemm_layout(op.weight, op.node),
     require=_require_gpu,

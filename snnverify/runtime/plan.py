@@ -63,8 +63,8 @@ class Op:
     weight: np.ndarray | None = None  # W' (event-driven) or W, in the plan's dtype
     bias: np.ndarray | None = None
     threshold: np.ndarray | None = None  # IF: θ per neuron of one sample, flattened
-    #: IF: graded output a per neuron, flattened; a conv that scales each channel of a spike
-    #: map (:func:`_channel_scaling`): W'_c per neuron, its output being a graded spike map
+    #: IF: graded output a per neuron, flattened; a conv that only scales each channel
+    #: (:func:`_channel_scaling`): W'_c per neuron — of a spike map, its output is a graded one
     amplitude: np.ndarray | None = None
     initial: np.ndarray | None = None  # IF: v[0] = θ/2 per neuron
 
@@ -149,7 +149,7 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
                 op.sparse, op.input_peak = True, pooled_peak
             op.weight = np.ascontiguousarray(weight, dtype=dtype)
             op.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
-            if op.events and _channel_scaling(node):
+            if _channel_scaling(node):
                 op.amplitude = np.repeat(op.weight.reshape(-1), math.prod(shapes[name][1:]))
         elif isinstance(node, g.IF):
             per_channel = math.prod(shapes[name]) // len(node.threshold)
@@ -163,9 +163,10 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
 
 def _channel_scaling(node: g.Conv2d | g.Linear) -> bool:
     """Whether a conv only scales each channel: depthwise, 1×1, stride 1, no padding, no bias
-    (quantize's rescale and amplitude nodes). Fed by spikes s, its output is W'_c·s, a graded
-    spike map, and it runs as one, nothing computed (each sum is one term from +0, and a·0 = ±0
-    adds to a current, or into a pool's or a readout's sum, as +0 does)."""
+    (quantize's rescale and amplitude nodes). Each of its sums is one term from +0, so it runs as
+    the products W'_c·x (``Kernels.scale_channels``); fed by spikes s, as the graded spike map
+    W'_c·s, nothing computed (a·0 = ±0 adds to a current, or into a pool's or a readout's sum,
+    as +0 does)."""
     return (isinstance(node, g.Conv2d) and node.weight.shape == (node.groups, 1, 1, 1) and node.stride == (1, 1)
             and node.padding == (0, 0) and (node.bias is None or not np.any(node.bias)))
 
@@ -247,6 +248,7 @@ class Kernels:
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
     if_layer: Callable  # (current, temporal, threshold, initial membrane, timesteps, batch) -> spikes
     graded: Callable  # (spikes, amplitude) -> a·s
+    scale_channels: Callable  # (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product
     count: Callable  # (spikes) -> int
     #: host-side layout of a conv's or linear layer's weights (op) -> array, from ``op.weight``,
     #: applied once per plan
@@ -396,10 +398,14 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             if record:
                 spikes[op.name] = kernels.to_host(channels_first(op.name)).reshape(timesteps, batch,
                                                                                    *plan.shapes[op.name])
-        elif op.amplitude is not None:  # a per-channel scaling of spikes: their graded map W'_c·s, nothing to compute
+        elif op.amplitude is not None and op.events:  # a channel scaling of spikes: their graded map W'_c·s
             spike_map = values[op.inputs[0]]
             values[op.name] = Signal(spike_map.array, True, plan.parameter(op.amplitude, kernels.to_device),
                                      spike_map.channels_last)
+        elif op.amplitude is not None:  # a channel scaling of currents or a pooled map: one product each
+            factors = plan.parameter(op.amplitude, kernels.to_device)
+            out = kernels.scale_channels(analog(op.inputs[0]).reshape(rows, -1), factors)
+            values[op.name] = Signal(out.reshape(rows, *plan.shapes[op.name]), temporal)
         elif isinstance(node, (g.Conv2d, g.Linear)):
             source = channels_first(op.inputs[0]) if op.events else analog(op.inputs[0])
             weight, bias = weights(op)

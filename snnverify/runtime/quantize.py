@@ -13,16 +13,15 @@ Every signal gets a scale σ (integer value = real value · σ). Per layer:
   int64 arithmetic, not chip registers), so scales do not grow from layer to layer. Where a
   conv reading the spikes could otherwise not sum in int32, the amplitudes take fewer bits,
   never fewer than 12 (:func:`_narrow_gather_scale`).
-* Add: its inputs must share one scale (see :func:`_scales`). A merge reads an IF layer's spike
-  map through a rescale node ``<layer>.rescale.<merge>`` (:func:`rescale_merge_inputs`: a
-  depthwise 1×1 conv, or a diagonal linear layer, of weights 1) whose integer weight is the
+* Add: its inputs must share one scale (see :func:`_scales`). A merge reads an IF layer
+  (directly, or through pools) through a rescale node ``<input>.rescale.<merge>``
+  (:func:`rescale_merge_inputs`: a depthwise 1×1 conv, or a diagonal linear layer, of weights 1) whose integer weight is the
   exact power of two 2^m ≥ 1 that takes the layer's scale to the merge's. The layer keeps its
   own amplitudes for its other readers, so a conv reading it gathers 16-bit amplitudes, not
   amplitudes at the merge's (often 2^16 times finer) scale, and its sums stay narrow. Only where
-  the merge is coarser than the layer are the amplitudes re-rounded at the coarser scale. Where
-  a merge reads the layer through pools or flattening, the rescale node reads the spikes and
-  copies of the pools follow it (a scaling of spikes is a graded spike map, which no kernel
-  computes; a scaling of a pooled map would run as a conv). Of two conv/linear inputs, the finer
+  the merge is coarser than the layer are the amplitudes re-rounded at the coarser scale. A
+  rescale node runs as the graded spike map it is, or, after a pool, as one product per value
+  (``Kernels.scale_channels``), never as a conv. Of two conv/linear inputs, the finer
   one lowers its weight scale to the coarser one. Where a layer would have to become ever
   coarser — its merge is reached again through a conv of weights above the weight limit, whose
   scale 2^k < 1 follows the layer's down — the scales do not settle, and the layers that kept
@@ -85,21 +84,19 @@ def _scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplit
         elif isinstance(node, g.IF):
             scale[name] = amplitude_scale[name]
         elif isinstance(node, g.Add):
-            rescaled = {source: _rescaler_of(graph, source, rescalers) for source in sources}
-            origins = {s: rescalers[rescaled[s]] if rescaled[s] else _if_origin(graph, s) for s in sources}
+            origins = {source: rescalers.get(source) or _if_origin(graph, source) for source in sources}
             fixed = [scale[s] for s in sources if origins[s] is None]
             # conv/linear inputs can only become coarser; the others can take any scale
             target = min(fixed) if fixed else max(scale[s] for s in sources)
             moved = {origins[s]: amplitude_scale[origins[s]] * target / scale[s] for s in sources
-                     if origins[s] is not None and (target < scale[s] if rescaled[s] else target != scale[s])}
+                     if origins[s] is not None and (target < scale[s] if s in rescalers else target != scale[s])}
             if moved:
                 return scale, weight_scale, moved
             for source in sources:
                 if scale[source] == target:
                     continue
-                if rescaled[source]:  # finer by 2^m: an exact integer weight
-                    weight_scale[rescaled[source]] *= target / scale[source]
-                    scale[source] = target
+                if source in rescalers:  # finer by 2^m: an exact integer weight
+                    weight_scale[source], scale[source] = target / scale[source], target
                     continue
                 if not isinstance(graph.nodes[source], (g.Conv2d, g.Linear)) or len(graph.users(source)) != 1:
                     raise ValueError(
@@ -150,12 +147,9 @@ def _channel_scaler(name: str, factors: np.ndarray, shape: tuple[int, ...]) -> g
 
 
 def rescale_merge_inputs(graph: g.SpikingGraph) -> tuple[g.SpikingGraph, dict[str, str]]:
-    """The same network with every merge input that comes from an IF layer read through a
-    rescale node ``<layer>.rescale.<merge>`` of weights 1, placed just before the merge; and
-    {rescale node: the IF layer it reads}. Where the merge reads the layer through pools or
-    flattening, the rescale node reads the spikes and copies of those nodes
-    (``<node>.rescale.<merge>``) follow it: a channel scaling of spikes is a graded spike map
-    that no kernel computes, a channel scaling of a pooled map would run as a conv."""
+    """The same network with every merge input that comes from an IF layer (directly, or
+    through pools and flattening) read through a rescale node ``<input>.rescale.<merge>`` of
+    weights 1, placed just before the merge; and {rescale node: the IF layer it reads}."""
     nodes, inputs, rescalers = {}, {}, {}
     for name, node in graph.nodes.items():
         sources = list(graph.inputs[name])
@@ -164,27 +158,12 @@ def rescale_merge_inputs(graph: g.SpikingGraph) -> tuple[g.SpikingGraph, dict[st
                 origin = _if_origin(graph, source)
                 if origin is None:
                     continue
-                chain = []  # the pools and flattening between the layer and the merge, merge side first
-                while source != origin:
-                    chain.append(source)
-                    source = graph.inputs[source][0]
-                rescaler = f"{origin}.rescale.{name}"
-                nodes[rescaler] = _channel_scaler(rescaler, np.ones(len(graph.nodes[origin].threshold), np.float32),
-                                                  graph.shapes[origin])
-                inputs[rescaler], rescalers[rescaler], last = [origin], origin, rescaler
-                for step in reversed(chain):
-                    copy = f"{step}.rescale.{name}"
-                    nodes[copy], inputs[copy], last = g.replace(graph.nodes[step], name=copy), [last], copy
-                sources[k] = last
+                rescaler = f"{source}.rescale.{name}"
+                channels = len(graph.nodes[origin].threshold)
+                nodes[rescaler] = _channel_scaler(rescaler, np.ones(channels, np.float32), graph.shapes[source])
+                inputs[rescaler], sources[k], rescalers[rescaler] = [source], rescaler, origin
         nodes[name], inputs[name] = node, sources
     return g.SpikingGraph(nodes, inputs), rescalers
-
-
-def _rescaler_of(graph: g.SpikingGraph, name: str, rescalers: dict[str, str]) -> str | None:
-    """The rescale node whose output reaches ``name`` through pooling and flattening only, if any."""
-    while isinstance(graph.nodes[name], (g.AvgPool2d, g.Flatten)):
-        name = graph.inputs[name][0]
-    return name if name in rescalers else None
 
 
 def split_amplitude(graph: g.SpikingGraph, names: set[str]) -> g.SpikingGraph:

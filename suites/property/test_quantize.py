@@ -67,8 +67,8 @@ def nested_merge(conv2_gain: float) -> g.SpikingGraph:
     return g.SpikingGraph({node.name: node for node in nodes}, inputs)
 
 
-def fires_alike_on_torch_and_cpu(integer: g.SpikingGraph, x: np.ndarray | None = None) -> None:
-    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4)).astype(np.float32) if x is None else x
+def fires_alike_on_torch_and_cpu(integer: g.SpikingGraph) -> None:
+    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4)).astype(np.float32)
     runs = [snnverify.simulate(SNN(integer, 8, target=target), x, record=True) for target in ("torch", "cpu")]
     for name in runs[0][1]:
         np.testing.assert_array_equal(runs[0][1][name], runs[1][1][name])
@@ -103,11 +103,12 @@ def test_a_merge_whose_conv_would_drag_its_input_ever_coarser_splits_that_input(
     fires_alike_on_torch_and_cpu(integer)
 
 
-def test_a_merge_reading_a_pooled_if_layer_rescales_the_spikes_before_a_copy_of_the_pool():
-    """a → pool → conv1 → b → conv2 → add(conv2, pool): the merge reads a through its pool. The
-    rescale node reads a's spikes and a copy of the pool follows it, so the rescale is a graded
-    spike map that no kernel computes (the cpu backend runs no conv for it), the original pool
-    still feeds conv1, and torch and cpu fire alike."""
+def test_a_merge_reading_a_pooled_if_layer_rescales_the_pooled_map_without_a_conv():
+    """a → pool → conv1 → b → conv2 → add(conv2, pool): the merge reads a through its pool, so its
+    rescale node scales the pooled map by 2^m. The kernel backends run it as one product per
+    value (``scale_channels``), no conv (with that path removed the cpu backend runs a conv and
+    this fails); conv1 reads the pool itself, a's 16-bit amplitudes gathered in int32; torch, cpu
+    and gpu fire alike."""
     rng = np.random.default_rng(2)
     weight = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731
     threshold = lambda: (rng.random(3) + 0.5).astype(np.float32)  # noqa: E731
@@ -120,10 +121,13 @@ def test_a_merge_reading_a_pooled_if_layer_rescales_the_spikes_before_a_copy_of_
               "conv2": ["b"], "add": ["conv2", "pool"], "c": ["add"], "flat": ["c"], "fc": ["flat"],
               "output": ["fc"]}
     integer = snnverify.quantize(SNN(g.SpikingGraph({n.name: n for n in nodes}, inputs), 8)).graph
-    assert integer.inputs["a.rescale.add"] == ["a"] and integer.inputs["pool.rescale.add"] == ["a.rescale.add"]
-    assert integer.inputs["add"] == ["conv2", "pool.rescale.add"] and integer.inputs["conv1"] == ["pool"]
-    factor = integer.nodes["a.rescale.add"].weight.ravel()
+    assert integer.inputs["pool.rescale.add"] == ["pool"] and integer.inputs["conv1"] == ["pool"]
+    assert integer.inputs["add"] == ["conv2", "pool.rescale.add"]
+    factor = integer.nodes["pool.rescale.add"].weight.ravel()
     assert np.all(factor == factor[0]) and factor[0] >= 1 and np.log2(factor[0]).is_integer()
+    assert integer.nodes["a"].output_amplitude.max() < 2**16
+    conv1 = next(op for op in build_plan(integer).ops if op.name == "conv1")
+    assert CPU_KERNELS.weight_layout(conv1).blocks.dtype == np.int32
     convs_run = []
 
     def recording_conv2d(x, weight, bias, node, out_shape, sparse):
@@ -131,13 +135,13 @@ def test_a_merge_reading_a_pooled_if_layer_rescales_the_spikes_before_a_copy_of_
         return CPU_KERNELS.conv2d(x, weight, bias, node, out_shape, sparse)
 
     x = rng.standard_normal((3, 2, 8, 8)).astype(np.float32)
-    recording = dataclasses.replace(CPU_KERNELS, conv2d=recording_conv2d, conv2d_if=None)
+    recording = dataclasses.replace(CPU_KERNELS, conv2d=recording_conv2d)
     _, _, spikes, _ = execute(build_plan(integer), recording, x, 8, True)
-    assert "conv0" in convs_run and "a.rescale.add" not in convs_run
-    torch_spikes = snnverify.simulate(SNN(integer, 8, target="torch"), x, record=True)[1]
-    for name in torch_spikes:
-        np.testing.assert_array_equal(torch_spikes[name], spikes[name])
-    fires_alike_on_torch_and_cpu(integer, x)
+    assert "conv0" in convs_run and "pool.rescale.add" not in convs_run
+    runs = [snnverify.simulate(SNN(integer, 8, target=target), x, record=True)[1] for target in ("torch", "gpu")]
+    for name in spikes:
+        for run in runs:
+            np.testing.assert_array_equal(run[name], spikes[name])
 
 
 @settings(max_examples=50)

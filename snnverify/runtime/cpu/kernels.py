@@ -145,6 +145,7 @@ CPU_KERNELS = Kernels(
     add_into=_add_into,
     if_layer=_if_layer,
     graded=_graded,
+    scale_channels=lambda x, factors: np.multiply(x, factors, dtype=factors.dtype),
     count=lambda s: int(np.count_nonzero(s)),
     weight_layout=_weight_layout,
     conv2d_if=_conv2d_if,
