@@ -236,15 +236,6 @@ def _if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, spikes)
 
 
 @cuda.jit
-def _graded_kernel(spikes, amplitude, out):
-    index = cuda.grid(1)
-    neurons = amplitude.shape[0]
-    if index < spikes.shape[0] * neurons:
-        n, f = index // neurons, index % neurons
-        out[n, f] = amplitude[f] if spikes[n, f] else amplitude[f] * 0
-
-
-@cuda.jit
 def _add_into_kernel(total, x, temporal_x, batch_rows):
     """total[r] += x[r] (x temporal) or x[r mod B] (x static, broadcast over T)."""
     index = cuda.grid(1)
@@ -279,7 +270,7 @@ def _linear(x, weight, bias, events):
 
 def _sum_pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
     if amplitude is not None:  # (the graded map first: on a GPU its memory traffic costs little)
-        x = _graded(x.reshape(x.shape[0], -1), amplitude).reshape(x.shape)
+        x = _scale_channels(x.reshape(x.shape[0], -1), amplitude).reshape(x.shape)
     sums = cuda.device_array(out_shape, x.dtype)
     geometry = (tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))  # tuples: no host arrays to copy
     _launch(_sum_pool2d_kernel, math.prod(out_shape), x, *geometry, x.dtype.type(0), sums)
@@ -311,7 +302,7 @@ def _if_layer(current, temporal, threshold, initial, timesteps, batch):
 
 @cuda.jit
 def _scale_channels_kernel(x, factors, out):
-    """out[n, f] = x[n, f]·c_f."""
+    """out[n, f] = x[n, f]·c_f; of spikes, the graded map a_f·s (1·a = a exactly, 0·a = ±0)."""
     index = cuda.grid(1)
     neurons = factors.shape[0]
     if index < x.shape[0] * neurons:
@@ -322,12 +313,6 @@ def _scale_channels_kernel(x, factors, out):
 def _scale_channels(x, factors):
     out = cuda.device_array(x.shape, factors.dtype)
     _launch(_scale_channels_kernel, x.shape[0] * factors.shape[0], x, factors, out)
-    return out
-
-
-def _graded(spikes, amplitude):
-    out = cuda.device_array(spikes.shape, amplitude.dtype)
-    _launch(_graded_kernel, spikes.shape[0] * amplitude.shape[0], spikes, amplitude, out)
     return out
 
 
@@ -396,7 +381,7 @@ GPU_KERNELS = Kernels(
     divide=_divide,
     add_into=_add_into,
     if_layer=_if_layer,
-    graded=_graded,
+    graded=_scale_channels,
     scale_channels=_scale_channels,
     count=_count,
     weight_layout=lambda op: gemm_layout(op.weight, op.node),
