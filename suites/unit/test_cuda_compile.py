@@ -33,7 +33,9 @@ COMPILE_EVERY_KERNEL = textwrap.dedent("""
             (backend._sum_pool2d_kernel, (array(dtype, 4), pair, pair, pair, dtype, array(dtype, 4))),
             (backend._if_layer_kernel, (array(dtype, 2), t.boolean, array(dtype, 1), array(dtype, 1), t.int64,
                                         t.int64, array(t.boolean, 2))),
-            (backend._graded_kernel, (array(t.boolean, 2), array(dtype, 1), array(dtype, 2))),
+            # graded spikes (a boolean map) and a scaling of values: one kernel
+            (backend._scale_channels_kernel, (array(t.boolean, 2), array(dtype, 1), array(dtype, 2))),
+            (backend._scale_channels_kernel, (array(dtype, 2), array(dtype, 1), array(dtype, 2))),
             (backend._add_into_kernel, (array(dtype, 2), array(dtype, 2), t.boolean, t.int64)),
         ]
     signatures += [(backend._divide_kernel, (array(t.float32, 1), t.float32, array(t.float32, 1))),
@@ -54,4 +56,4 @@ def test_every_cuda_kernel_compiles_to_sm90_ptx():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     compiled = result.stdout.split("\n")
-    assert compiled.count("conv2d ok") == 4 and len([line for line in compiled if line.endswith(" ok")]) == 14
+    assert compiled.count("conv2d ok") == 4 and len([line for line in compiled if line.endswith(" ok")]) == 16
