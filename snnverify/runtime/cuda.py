@@ -381,7 +381,6 @@ GPU_KERNELS = Kernels(
     divide=_divide,
     add_into=_add_into,
     if_layer=_if_layer,
-    graded=_scale_channels,
     scale_channels=_scale_channels,
     count=_count,
     weight_layout=lambda op: gemm_layout(op.weight, op.node),

@@ -230,7 +230,8 @@ class Kernels:
     """What a backend provides to :func:`execute`. Arrays are the backend's (numpy or device).
 
     Temporal signals are [T·B, ...]; static ones [B, ...]. ``if_layer`` returns the boolean
-    spikes [T·B, F] of neurons with θ per flattened neuron; ``graded`` turns spikes into θ·s.
+    spikes [T·B, F] of neurons with θ per flattened neuron; ``scale_channels`` turns spikes into
+    their graded map a·s.
     """
 
     device: Callable[[], torch.device]  # the device the kernels run on
@@ -247,8 +248,9 @@ class Kernels:
     divide: Callable  # (x, float32 divisor) -> x / divisor, correctly rounded
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
     if_layer: Callable  # (current, temporal, threshold, initial membrane, timesteps, batch) -> spikes
-    graded: Callable  # (spikes, amplitude) -> a·s
-    scale_channels: Callable  # (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product
+    #: (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product; of spikes s and
+    #: amplitudes a, the graded map a·s
+    scale_channels: Callable
     count: Callable  # (spikes) -> int
     #: host-side layout of a conv's or linear layer's weights (op) -> array, from ``op.weight``,
     #: applied once per plan
@@ -308,7 +310,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
         if signal.amplitude is None:
             return array
         rows = array.shape[0]
-        return kernels.graded(array.reshape(rows, -1), signal.amplitude).reshape(array.shape)
+        return kernels.scale_channels(array.reshape(rows, -1), signal.amplitude).reshape(array.shape)
 
     def add(terms: list[tuple[Any, bool]], rows: int, shape):
         """Σ of the terms left to right, from zero: a static term is broadcast over the steps."""

@@ -229,7 +229,7 @@ def _narrow_gather_scale(graph: g.SpikingGraph, name: str, weight_limit: int, am
 
 def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float, amplitude_bits: int,
                     rescalers: dict[str, str]):
-    """(σ per node, weight scales, IF output scales) once every merge's inputs share a scale,
+    """(σ per node, weight scales) once every merge's inputs share a scale,
     or (None, the IF layers that moved) when they do not settle."""
     amplitude_scale = {  # the IF layers' output scales; merges may move them
         name: min(_power_of_two_scale(float(node.output_amplitude.max()), 2**amplitude_bits - 1),
@@ -240,7 +240,7 @@ def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float
     for _ in range(10 * len(graph.nodes)):  # moving an IF's scale changes what follows: recompute
         scale, weight_scale, moved = _scales(graph, weight_limit, input_scale, amplitude_scale, rescalers)
         if not moved:
-            return (scale, weight_scale, amplitude_scale), ever_moved
+            return (scale, weight_scale), ever_moved
         ever_moved |= set(moved)  # a layer that would run away is one to split too
         if not all(1 / SCALE_LIMIT < value < SCALE_LIMIT for value in moved.values()):
             break  # a scale running away: a merge that cannot settle at a scale the arithmetic holds
@@ -250,7 +250,7 @@ def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float
 
 def laid_out(graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6):
     """(the float graph as quantize lays it out — rescale nodes, split layers — and its scales:
-    σ per node, weight scales, IF output scales). Computes the same function as ``graph``."""
+    σ per node, weight scales). Computes the same function as ``graph``."""
     if graph.integer:
         raise ValueError("the graph is already quantised")
     g.require_normative(graph, "quantize")
@@ -278,7 +278,7 @@ def quantize_graph(
     graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6
 ) -> g.SpikingGraph:
     """The integer version of a float graph (see the module docstring)."""
-    graph, (scale, weight_scale, _) = laid_out(graph, weight_bits, amplitude_bits, input_scale)
+    graph, (scale, weight_scale) = laid_out(graph, weight_bits, amplitude_bits, input_scale)
 
     nodes = {}
     for name, node in graph.nodes.items():

@@ -305,7 +305,7 @@ def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel,
     spikes = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")).random((rows, neurons)) < rate
     shape = (rows, channels, *size)
     direct = cpu_kernels._sum_pool2d(spikes.reshape(shape), node, (rows, channels, *out_hw), amplitude)
-    graded = CPU_KERNELS.graded(spikes, amplitude).reshape(shape)
+    graded = CPU_KERNELS.scale_channels(spikes, amplitude).reshape(shape)
     stored = cpu_kernels._sum_pool2d(graded, node, (rows, channels, *out_hw))
     assert direct.dtype == stored.dtype == amplitude.dtype
     np.testing.assert_array_equal(direct.view(f"i{direct.itemsize}"), stored.view(f"i{stored.itemsize}"))

@@ -36,7 +36,7 @@ def test_the_digest_follows_every_runtime_source_by_content(tmp_path):
 
 def test_runtime_kernels_are_cached_under_the_root_by_digest(tmp_path, monkeypatch):
     monkeypatch.setenv("SNNVERIFY_KERNEL_CACHE", str(tmp_path))
-    py_func = dense.graded_kernel.py_func
+    py_func = dense.scale_channels_kernel.py_func
     locator = RuntimeCacheLocator.from_function(py_func, dense.__file__)
     digest = sources_digest(PACKAGE / "runtime")
     assert Path(locator.get_cache_path()) == tmp_path / digest / "cpu"
@@ -53,7 +53,7 @@ def test_functions_outside_the_runtime_and_unwritable_roots_fall_back_to_numba(t
     blocker = tmp_path / "a file"
     blocker.write_text("")
     monkeypatch.setenv("SNNVERIFY_KERNEL_CACHE", str(blocker))  # a root that cannot be a directory
-    assert RuntimeCacheLocator.from_function(dense.graded_kernel.py_func, dense.__file__) is None
+    assert RuntimeCacheLocator.from_function(dense.scale_channels_kernel.py_func, dense.__file__) is None
 
 
 def test_numba_cache_dir_still_wins_and_install_is_idempotent():
@@ -80,11 +80,12 @@ def test_a_second_checkout_of_the_same_code_loads_the_kernels_without_compiling(
     kernel in the cache (Numba counts a cache hit and no miss)."""
     script = textwrap.dedent("""
         import numpy as np
-        from snnverify.runtime.cpu.dense import graded_kernel
+        from snnverify.runtime.cpu.dense import scale_channels_kernel
         out = np.empty((3, 5), np.float32)
-        graded_kernel(np.ones((3, 5), bool), np.arange(5, dtype=np.float32), out)
+        scale_channels_kernel(np.ones((3, 5), bool), np.arange(5, dtype=np.float32), out)
         assert (out == np.arange(5)).all()
-        print(sum(graded_kernel.stats.cache_hits.values()), sum(graded_kernel.stats.cache_misses.values()))
+        stats = scale_channels_kernel.stats
+        print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
     """)
     environment = {**os.environ, "SNNVERIFY_KERNEL_CACHE": str(tmp_path / "cache")}
     environment.pop("NUMBA_CACHE_DIR", None)

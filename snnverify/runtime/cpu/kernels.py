@@ -10,7 +10,7 @@ import torch
 from numba import get_num_threads
 
 from snnverify import graph as g
-from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, graded_kernel, if_layer_kernel,
+from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, scale_channels_kernel, if_layer_kernel,
                                          linear_dense_kernel, linear_events_kernel, sum_pool2d_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
                                           conv2d_events_if_kernel, conv2d_sparse_kernel)
@@ -115,9 +115,9 @@ def _if_layer(current, temporal, threshold, initial, timesteps, batch):
     return spikes
 
 
-def _graded(spikes, amplitude):
-    out = np.empty(spikes.shape, amplitude.dtype)
-    graded_kernel(spikes, amplitude, out)
+def _scale_channels(x, factors):
+    out = np.empty(x.shape, factors.dtype)
+    scale_channels_kernel(x, factors, out)
     return out
 
 
@@ -144,8 +144,7 @@ CPU_KERNELS = Kernels(
     divide=lambda x, divisor: x / divisor,
     add_into=_add_into,
     if_layer=_if_layer,
-    graded=_graded,
-    scale_channels=lambda x, factors: np.multiply(x, factors, dtype=factors.dtype),
+    scale_channels=_scale_channels,
     count=lambda s: int(np.count_nonzero(s)),
     weight_layout=_weight_layout,
     conv2d_if=_conv2d_if,
