@@ -1,8 +1,10 @@
 """``snnverify sparsity``: the rate penalty's trade-off between accuracy, spikes and CPU time.
 
-For each penalty ρ, converts the same ReLU ANN with the same budget, all of it QCFS training
-(the recipe's optimizer and rates), plus ``rate_penalty=ρ`` (QCFS training minimises
-cross-entropy + ρ · mean firing rate), and at every T measures on the ``cpu`` backend:
+For each penalty ρ, converts the same ReLU ANN with the same budget: QCFS training (the
+recipe's optimizer and rates) with ``rate_penalty=ρ`` (it minimises cross-entropy + ρ · mean
+firing rate), then, with ``--finetune-epochs F``, F of the budget's epochs of BPTT fine-tuning
+of the SNN at ``--finetune-horizons`` (the penalty acts in QCFS training only). At every T it
+measures on the ``cpu`` backend:
 
 - the SNN's accuracy on the test images and its gap to the ReLU ANN, ANN − SNN in pp;
 - the spike rate r = spikes / (IF neurons · T · images) over every IF neuron of the network,
@@ -15,10 +17,11 @@ cross-entropy + ρ · mean firing rate), and at every T measures on the ``cpu`` 
     snnverify sparsity --dataset fashion-mnist --penalties 0 0.3 1 3 10 30
     snnverify sparsity --dataset fashion-mnist-rgb32 --model cifar_resnet18 --ann-epochs 3 \\
         --train-subset 2500 --test-subset 500 --penalties 0 3 30
+    snnverify sparsity --levels 16 --penalties 0.5 --budget 2 --finetune-epochs 1 --finetune-horizons 32
     snnverify sparsity --render          # reports/sparsity/README.md and plots from the JSON
 
 Rows go to ``reports/sparsity/<dataset>-<model>.json`` as each finishes (a row with the same
-penalty, ANN, budget and data sizes is replaced), each with its command, date and the commit
+penalty, ANN, budget, stages and data sizes is replaced), each with its command, date and the commit
 it started from. A row is Pareto-optimal at T when no row of its group (same ANN, budget and
 data) has a gap and a rate both at most its own, one of them lower.
 """
@@ -49,13 +52,21 @@ from snnverify.util import atomic_write, commit
 OUT = Path("reports/sparsity")
 #: the T of the figure of merit, the tutorial's sparsity claim
 FIGURE_T = 32
-#: rows of one group: measured on the same ANN, budget and data, at the same QCFS L
-GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed", "levels")
+#: rows of one group: measured on the same ANN, budget and data, at the same QCFS L and BPTT
+#: stage (its epochs and horizons)
+GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed", "levels", "finetune")
+
+
+def finetune_stage(options: dict) -> tuple[int, tuple[int, ...]]:
+    """(BPTT epochs, horizons) of resolved conversion options; no horizons without BPTT."""
+    epochs = options["finetune_epochs"]
+    return epochs, tuple(options["finetune_horizons"]) if epochs else ()
 
 
 def group_of(row: dict) -> tuple:
-    """The row's :data:`GROUP` values (L from its conversion options)."""
-    return tuple(row["options"]["levels"] if key == "levels" else row[key] for key in GROUP)
+    """The row's :data:`GROUP` values (L and the BPTT stage from its conversion options)."""
+    from_options = {"levels": row["options"]["levels"], "finetune": finetune_stage(row["options"])}
+    return tuple(from_options[key] if key in from_options else row[key] for key in GROUP)
 
 
 def targets() -> tuple[float, float]:
@@ -114,9 +125,8 @@ def sweep(args) -> Path:
     for penalty in args.penalties:
         reseed(args.seed, train, cal)
         start = time.perf_counter()
-        # the penalty acts in QCFS training: the budget goes to it whole (no BPTT)
-        snn = api.convert(ann, cal, timesteps=max(args.timesteps), train_loader=train, qcfs_epochs=args.budget,
-                          finetune_epochs=0, rate_penalty=penalty, levels=args.levels)
+        snn = api.convert(ann, cal, timesteps=max(args.timesteps), train_loader=train, **conversion_options(args),
+                          rate_penalty=penalty)
         convert_s = time.perf_counter() - start
         api.compile(snn, "cpu")
         by_t = {}
@@ -188,10 +198,11 @@ def plot(path: Path, grouped: dict[tuple, list[dict]], t: str, min_sparsity: flo
         points = [(r["by_timesteps"][t]["gap_pp"], r["by_timesteps"][t]["spike_rate"]) for r in members]
         front = sorted((rate, gap) for (gap, rate), best in zip(points, pareto_optimal(points)) if best)
         ax.plot([p[0] for p in front], [p[1] for p in front], color="grey", lw=1, zorder=1)
+        first, bptt = members[0], finetune_stage(members[0]["options"])[0]
+        label = (f"L = {first['options']['levels']}, budget {first['budget_epochs']}"
+                 f"{f' ({bptt} BPTT)' if bptt else ''}, {first['train_images']} / {first['test_images']} images")
         scatter = ax.scatter([p[1] for p in points], [p[0] for p in points], c=[r["by_timesteps"][t]["cpu_time_ratio"]
-                             for r in members], cmap="viridis", norm=norm, marker=marker, s=50, zorder=2,
-                             label=f"L = {members[0]['options']['levels']}, budget {members[0]['budget_epochs']}, "
-                             f"{members[0]['train_images']} / {members[0]['test_images']} images")
+                             for r in members], cmap="viridis", norm=norm, marker=marker, s=50, zorder=2, label=label)
         for (gap, rate), r in zip(points, members):
             ax.annotate(f"ρ={r['penalty']:g}", (rate, gap), textcoords="offset points", xytext=(5, 4), fontsize=8)
     fig.colorbar(scatter, ax=ax, label="SNN CPU time / ANN CPU time (per image)")
@@ -215,9 +226,9 @@ def render(out_dir: Path = OUT) -> Path:
     min_sparsity, max_gap = targets()
     lines = ["# Rate penalty: accuracy, spikes and CPU time", "",
              "Generated by `snnverify sparsity --render` from the JSON files beside it; do not edit.",
-             "Each row converts the same ReLU ANN with the same budget, all of it QCFS training (the recipe's "
-             "optimizer and rates), "
-             "plus `rate_penalty` ρ: QCFS training minimises cross-entropy + ρ · r̄, r̄ the mean of a/λ over "
+             "Each row converts the same ReLU ANN with the same budget: QCFS training (the recipe's optimizer and "
+             "rates), where a group says so followed by BPTT fine-tuning of the SNN, with `rate_penalty` ρ in "
+             "QCFS training: it minimises cross-entropy + ρ · r̄, r̄ the mean of a/λ over "
              "every QCFS neuron (the firing rate of the IF neuron it becomes). Spike rate: spikes / (IF neurons "
              "· T · test images) over every IF neuron; sparsity = 1 − rate. Gap = ReLU ANN − SNN in pp on the "
              "same test images. Time: SNN simulation on the `cpu` backend against the ANN's forward pass, per "
@@ -238,10 +249,14 @@ def render(out_dir: Path = OUT) -> Path:
         figure_t = str(FIGURE_T) if str(FIGURE_T) in ts else ts[-1]
         lines += [f"## {path.stem}", "", f"![gap against spike rate at T = {figure_t}]({path.stem}.png)", ""]
         plot(out_dir / f"{path.stem}.png", grouped, figure_t, min_sparsity, max_gap)
-        for (ann, budget_epochs, train_images, test_images, seed, levels), members in grouped.items():
+        for (ann, budget_epochs, train_images, test_images, seed, levels, (bptt, horizons)), members \
+                in grouped.items():
             first = members[0]
+            stages = (f"QCFS training at L = {levels}" if not bptt else
+                      f"QCFS training at L = {levels}, then {bptt} epoch(s) of BPTT at T = "
+                      f"{', '.join(map(str, horizons))} (Adam at {first['options']['finetune_lr']:g})")
             lines += [f"ANN: {first['model']}, {ann}, {100 * first['ann_accuracy']:.2f} % on {test_images} "
-                      f"test images; QCFS training at L = {levels}: budget {budget_epochs} epoch(s) over "
+                      f"test images; {stages}: budget {budget_epochs} epoch(s) over "
                       f"{train_images} training images, seed {seed}; timing on a batch of {first['timing_batch']}, {first['threads']} "
                       "threads.", ""]
             for t in ts:
@@ -279,7 +294,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "small ResNet for that pair, else trained here for --ann-epochs)")
     parser.add_argument("--ann-epochs", type=int, default=30, help="epochs of ANN training when there is no checkpoint")
     parser.add_argument("--penalties", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0], help="rate penalties ρ")
-    parser.add_argument("--budget", type=int, default=1, help="labelled epochs of the conversion, all QCFS training")
+    parser.add_argument("--budget", type=int, default=1, help="labelled epochs of the conversion, all stages")
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="of the budget's epochs, those of BPTT fine-tuning after QCFS training")
+    parser.add_argument("--finetune-horizons", type=int, nargs="+",
+                        help="the T's whose readouts BPTT trains (default: the largest --timesteps)")
     parser.add_argument("--levels", type=int, help="QCFS L of the conversion (default: the budget's recipe)")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[FIGURE_T])
     parser.add_argument("--train-subset", type=int, help="train on this many training images (fixed seed)")
@@ -292,6 +311,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render", action="store_true", help="only regenerate README.md and plots from the JSON")
 
 
+def conversion_options(args: argparse.Namespace) -> dict:
+    """``convert``'s options from the job's: the budget split into QCFS training and BPTT."""
+    return {"budget_epochs": args.budget, "finetune_epochs": args.finetune_epochs, "levels": args.levels,
+            "finetune_horizons": args.finetune_horizons or (max(args.timesteps),)}
+
+
 def main(args: argparse.Namespace) -> int:
     if args.dataset not in data.DATASETS:
         raise ValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(sorted(data.DATASETS))}")
@@ -300,8 +325,7 @@ def main(args: argparse.Namespace) -> int:
     for t in args.timesteps:
         check_timesteps(t)
     for penalty in args.penalties:  # the conversion's own checks, with its messages
-        ConversionOptions(qcfs_epochs=args.budget, finetune_epochs=0, rate_penalty=penalty,
-                          levels=args.levels).resolved()
+        ConversionOptions(**conversion_options(args), rate_penalty=penalty).resolved()
     for name in ("train_subset", "test_subset", "timing_batch", "repeats", "ann_epochs"):
         value = getattr(args, name)
         if value is not None and value < 1:
