@@ -5,7 +5,7 @@ over the horizons h ∈ H (one run of max H steps; H = {T} by default). Several 
 SNN for every T at once: a loss at T = 4 alone raises accuracy at T = 4 and lowers it at large T,
 where the rate of each neuron no longer matches the weights it was tuned with. Gradients flow back
 through all steps of every IF layer (reset included) via
-:class:`snnverify.runtime.torch_ref.AtanSpike`. Weights and biases train; thresholds stay
+:class:`snnverify.runtime.torch_ref.IFNeurons`. Weights and biases train; thresholds stay
 at the QCFS λ. Training runs on the reference executor itself, so what is fine-tuned is
 exactly what is executed (this is the one place where ``convert`` imports ``runtime``).
 """

@@ -22,31 +22,75 @@ from snnverify.runtime import RunResult, check_run, register_backend
 from snnverify.runtime.quantize import ExactRange
 
 
-class AtanSpike(torch.autograd.Function):
-    """s = H(v − θ) (fires on v ≥ θ exactly, or on v > θ when ``strict``) with the atan surrogate
-    gradient.
+def atan_surrogate(v: torch.Tensor, theta: torch.Tensor, alpha: float) -> torch.Tensor:
+    """∂s/∂v ≈ (α/2) / (1 + (π/2 · α · (v − θ)/θ)²) / θ — SpikingJelly's ATan surrogate on the
+    threshold-normalised membrane, so its width scales with θ."""
+    x = (v - theta) / theta
+    return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2) / theta
 
-    ∂s/∂v ≈ (α/2) / (1 + (π/2 · α · (v − θ)/θ)²) / θ — SpikingJelly's ATan surrogate on the
-    threshold-normalised membrane, so its width scales with θ.
+
+class IFNeurons(torch.autograd.Function):
+    """IF neurons over T steps as one autograd node: the forward pass of :func:`if_neurons`,
+    and a backward pass through time that the chain rule gives directly, a few fused tensor
+    operations per step instead of the autograd graph of every step's operations (the graph's
+    elementwise backward passes held most of BPTT's time).
+
+    Forward, per step t: v⁻_t = β·v⁺_{t−1} + γ·I_t; s_t = H(v⁻_t − θ) (v⁻ ≥ θ, or > θ when
+    strict); v⁺_t = v⁻_t − θ·s_t, or v_reset where s_t (zero reset). With σ′ the surrogate
+    :func:`atan_surrogate` and a_t = ∂L/∂v⁺_t (a_T = 0), backward from t = T:
+
+        subtractive reset: ∂L/∂s_t = g_t − θ·a_t,  ∂L/∂v⁻_t = a_t + σ′(v⁻_t)·∂L/∂s_t
+        zero reset:        ∂L/∂s_t = g_t,          ∂L/∂v⁻_t = a_t·(1 − s_t) + σ′(v⁻_t)·∂L/∂s_t
+        ∂L/∂I_t = γ·∂L/∂v⁻_t,  a_{t−1} = β·∂L/∂v⁻_t
+
+    (g_t = ∂L/∂s_t from the readers; a static current's gradient is the sum over t). θ, β, γ,
+    v_reset and the initial membrane are constants: fine-tuning trains weights and biases only.
     """
 
     @staticmethod
-    def forward(ctx, v, theta, alpha: float, strict: bool = False):
-        ctx.save_for_backward(v, theta)
-        ctx.alpha = alpha
-        return (v > theta if strict else v >= theta).to(v.dtype)
+    def forward(ctx, current, theta, v_init, leak, gain, v_reset, timesteps: int, static: bool, strict: bool,
+                alpha: float):
+        v = v_init.expand(current.shape if static else current.shape[1:])
+        spikes, membranes = [], []
+        keep = ctx.needs_input_grad[0]  # the membranes serve only the backward pass
+        for t in range(timesteps):
+            step = current if static else current[t]
+            if gain is not None:
+                step = gain * step
+            v = (v if leak is None else leak * v) + step
+            s = (v > theta if strict else v >= theta).to(v.dtype)
+            if keep:
+                membranes.append(v)
+            spikes.append(s)
+            v = v - theta * s if v_reset is None else torch.where(s.bool(), v_reset.expand_as(v), v)
+        spikes = torch.stack(spikes)
+        if keep:
+            ctx.save_for_backward(torch.stack(membranes), spikes, theta, leak, gain)
+        ctx.zero_reset, ctx.static, ctx.alpha = v_reset is not None, static, alpha
+        return spikes
 
     @staticmethod
-    def backward(ctx, grad_spike):
-        v, theta = ctx.saved_tensors
-        x = (v - theta) / theta
-        surrogate = (ctx.alpha / 2) / (1 + (math.pi / 2 * ctx.alpha * x) ** 2) / theta
-        return grad_spike * surrogate, None, None, None
+    def backward(ctx, grad_spikes):
+        membranes, spikes, theta, leak, gain = ctx.saved_tensors
+        carried = torch.zeros_like(membranes[0])  # a_t = ∂L/∂v⁺_t
+        grad_current = []
+        for t in range(membranes.shape[0] - 1, -1, -1):
+            if ctx.zero_reset:
+                grad_v = carried * (1 - spikes[t]) + grad_spikes[t] * atan_surrogate(membranes[t], theta, ctx.alpha)
+            else:
+                grad_v = carried + (grad_spikes[t] - theta * carried) * atan_surrogate(membranes[t], theta, ctx.alpha)
+            grad_current.append(grad_v if gain is None else gain * grad_v)
+            carried = grad_v if leak is None else leak * grad_v
+        grad_current = torch.stack(grad_current[::-1])
+        if ctx.static:
+            grad_current = grad_current.sum(0)
+        return grad_current, None, None, None, None, None, None, None, None, None
 
 
 def if_neurons(current: torch.Tensor, theta: torch.Tensor, timesteps: int, static: bool, alpha: float = 2.0,
                foreign: dict[str, torch.Tensor] | None = None):
-    """Run IF neurons over T steps; returns spikes [T, batch, ...] as 0/1 floats.
+    """Run IF neurons over T steps; returns spikes [T, batch, ...] as 0/1 floats, differentiable
+    with the atan surrogate (:class:`IFNeurons`).
 
     ``current`` is [batch, ...] when ``static`` (the same current at every step) else
     [T, batch, ...]; ``theta`` broadcasts against one step. One step:
@@ -57,20 +101,10 @@ def if_neurons(current: torch.Tensor, theta: torch.Tensor, timesteps: int, stati
     v ← β·v + γ·I[t];  s = (v ≥ θ) or (v > θ);  v ← v − θ·s  or  v ← v_reset where s;  v[0] = v_init.
     """
     foreign = foreign or {}
-    v_init, v_reset = foreign.get("v_init"), foreign.get("v_reset")
-    leak, gain = foreign.get("leak"), foreign.get("gain")
-    strict = bool(foreign.get("strict", False))
-    v = (theta / 2 if v_init is None else v_init).expand(current.shape if static else current.shape[1:])
-    spikes = []
-    for t in range(timesteps):
-        step = current if static else current[t]
-        if gain is not None:
-            step = gain * step
-        v = (v if leak is None else leak * v) + step
-        s = AtanSpike.apply(v, theta.expand_as(v), alpha, strict)
-        v = v - theta * s if v_reset is None else torch.where(s.bool(), v_reset.expand_as(v), v)
-        spikes.append(s)
-    return torch.stack(spikes)
+    v_init = foreign.get("v_init")
+    return IFNeurons.apply(current, theta, theta / 2 if v_init is None else v_init, foreign.get("leak"),
+                           foreign.get("gain"), foreign.get("v_reset"), timesteps, static,
+                           bool(foreign.get("strict", False)), alpha)
 
 
 class TorchExecutor(nn.Module):
