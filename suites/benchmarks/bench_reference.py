@@ -1,15 +1,18 @@
 """asv benchmarks of the reference converter and torch executor on the embedded default.
 
 Speed (``time_``) beside accuracy and sparsity (``track_``) for the same converted network:
-small_resnet trained on digits, converted once in ``setup_cache``. Run:
+small_resnet trained on digits, converted once in ``setup_cache``; and one step of BPTT
+fine-tuning on it (forward over T steps, backward through time), the cost of ``finetune_epochs``. Run:
 ``asv run --python=same -E existing --bench bench_reference``.
 """
 
 import torch
+import torch.nn.functional as F
 
 import snnverify
 from snnverify import data, models
 from snnverify.api import SNN
+from snnverify.runtime.torch_ref import TorchExecutor
 from snnverify.train import fit
 
 from . import grid
@@ -41,13 +44,19 @@ class DigitsSmallResNet:
         torch.set_num_threads(torch.get_num_threads())
         self.snn = SNN(cache["graph"], timesteps)
         self.test = _loaders()[2]
-        self.x, _ = next(iter(self.test))
+        self.x, self.y = next(iter(self.test))
+        self.executor = TorchExecutor(cache["graph"]).train()
         self.ann = models.small_resnet(10, 1)
         self.ann.load_state_dict(cache["ann_state"])
         self.ann.eval()
 
     def time_simulate_test_set(self, cache, timesteps):
         snnverify.simulate(self.snn, self.x, timesteps=timesteps)
+
+    def time_bptt_step(self, cache, timesteps):
+        """Forward over T steps and the backward pass through time, on a training batch of 64."""
+        output = self.executor(self.x[:64], timesteps)[0]
+        F.cross_entropy(output, self.y[:64]).backward()
 
     def time_ann_forward_test_set(self, cache, timesteps):
         with torch.no_grad():
