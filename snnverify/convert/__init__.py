@@ -33,9 +33,10 @@ class ConversionOptions:
     fine-tuning together (:mod:`snnverify.convert.budget`). Options left at None take the
     measured recipe for E; explicit stage epochs must add up to E (else a ValueError).
     ``threshold_lr`` defaults to ``qcfs_lr`` when that is given. ``rate_penalty`` ρ ≥ 0 trades
-    accuracy for sparsity: QCFS training adds ρ · r̄ to the loss, r̄ = Σ a/λ / (neurons · batch)
-    the mean firing rate of the IF neurons the activations become
-    (:func:`~snnverify.convert.qcfs.train_qcfs`); 0 leaves the training unchanged.
+    accuracy for sparsity in every training stage: QCFS training adds ρ · r̄ to the loss,
+    r̄ = Σ a/λ / (neurons · batch) the mean firing rate of the IF neurons the activations become
+    (:func:`~snnverify.convert.qcfs.train_qcfs`), and BPTT fine-tuning ρ · the SNN's spike rate
+    (:func:`~snnverify.convert.finetune.finetune`); 0 leaves the training unchanged.
     """
 
     budget_epochs: int | None = None  # labelled epochs, all stages; None: the stages' sum
@@ -48,7 +49,7 @@ class ConversionOptions:
     finetune_epochs: int | None = None  # epochs of BPTT fine-tuning of the SNN (0 disables it)
     finetune_lr: float | None = None  # Adam learning rate for BPTT fine-tuning
     finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: the recipe's
-    rate_penalty: float = 0.0  # ρ: QCFS training minimises cross-entropy + ρ · (mean firing rate)
+    rate_penalty: float = 0.0  # ρ: every training stage minimises cross-entropy + ρ · (mean firing rate)
 
     def __post_init__(self):
         for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs"):
@@ -83,9 +84,9 @@ class ConversionOptions:
                 if getattr(self, name) is None}
         if "threshold_lr" in fill and self.qcfs_lr is not None:
             fill["threshold_lr"] = self.qcfs_lr  # a learning rate given by hand applies to λ too
-        if self.rate_penalty and not qcfs:
-            raise ValueError(f"conversion option rate_penalty={self.rate_penalty!r} acts in QCFS training, "
-                             "which qcfs_epochs=0 leaves out")
+        if self.rate_penalty and not qcfs + finetune:
+            raise ValueError(f"conversion option rate_penalty={self.rate_penalty!r} acts in training, and this "
+                             "conversion trains nothing (qcfs_epochs=0, finetune_epochs=0)")
         return replace(self, budget_epochs=qcfs + finetune, qcfs_epochs=qcfs, finetune_epochs=finetune, **fill)
 
 
@@ -141,12 +142,13 @@ def convert_model(
                       options.threshold_lr, options.rate_penalty)
     graph = to_spiking_graph(qcfs.cpu())
     horizons = options.finetune_horizons or (timesteps,)  # the recipe's, else convert's T
-    graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device)
+    graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device,
+                     options.rate_penalty)
     training = {"epochs": options.qcfs_epochs + options.finetune_epochs,
                 "samples": qcfs_data.samples + finetune_data.samples,
                 "qcfs": {"epochs": options.qcfs_epochs, "samples": qcfs_data.samples},
                 "finetune": {"epochs": options.finetune_epochs, "samples": finetune_data.samples,
-                             "horizons": list(horizons)}}
+                             "horizons": list(horizons), "rate_penalty": options.rate_penalty}}
     return Conversion(graph=graph, traced_ann=traced, qcfs_ann=qcfs, options=options, training=training)
 
 

@@ -12,20 +12,39 @@ exactly what is executed (this is the one place where ``convert`` imports ``runt
 
 from __future__ import annotations
 
+import math
+
 from snnverify import graph as g
 from snnverify.runtime.torch_ref import TorchExecutor
 from snnverify.train import fit
 
 
 def finetune(graph: g.SpikingGraph, loader, horizons: tuple[int, ...], epochs: int, lr: float,
-             device) -> g.SpikingGraph:
-    """A new graph with weights and biases trained by BPTT over ``max(horizons)`` steps (Adam)."""
+             device, rate_penalty: float = 0.0) -> g.SpikingGraph:
+    """A new graph with weights and biases trained by BPTT over ``max(horizons)`` steps (Adam).
+
+    With ``rate_penalty`` ρ > 0 the loss per batch adds ρ · r, r = spikes / (IF neurons · T ·
+    batch) over the run's T = max(horizons) steps: the spike rate that ``measure_sparsity``
+    reports, its gradient through the surrogate. ρ = 0 trains exactly as without it."""
     horizons = tuple(g.check_timesteps(h) for h in horizons)
     if epochs == 0:
         return graph
     executor = TorchExecutor(graph).to(device).train()
+    timesteps = max(horizons)
+    neurons = sum(math.prod(graph.shapes[layer.name]) for layer in graph.neuron_layers)
+    rates = []
+
+    def forward(x):
+        output, counts, _ = executor(x, timesteps, horizons=horizons)
+        if rate_penalty:
+            rates.append(sum(counts.values()) / (neurons * timesteps * len(x)))
+        return output
+
+    def penalty():
+        return rate_penalty * rates.pop()
+
     fit(
-        lambda x: executor(x, max(horizons), horizons=horizons)[0],
+        forward,
         [p for p in executor.parameters() if p.requires_grad],
         loader,
         epochs,
@@ -33,5 +52,6 @@ def finetune(graph: g.SpikingGraph, loader, horizons: tuple[int, ...], epochs: i
         device,
         desc=f"BPTT fine-tuning (T={','.join(map(str, horizons))})",
         optimizer="adam",
+        extra_loss=penalty if rate_penalty else None,
     )
     return executor.to_graph()

@@ -189,7 +189,7 @@ class TorchExecutor(nn.Module):
                 foreign["strict"] = node.fire_on == ">"
                 s = if_neurons(current, theta, timesteps, static=not temporal, alpha=self.surrogate_alpha,
                                foreign=foreign)
-                counts[name] = s.detach().sum()
+                counts[name] = s.sum()  # differentiable when gradients are on: BPTT's rate penalty
                 if record:
                     spikes[name] = s.detach().bool()
                 signals[name] = (s * self.amplitudes[key].view(per_channel), True)

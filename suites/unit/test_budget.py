@@ -70,7 +70,7 @@ def test_training_record_counts_the_labelled_samples_spent(qcfs, finetune):
     assert snn.training["epochs"] == qcfs + finetune
     assert snn.training["samples"] == 10 * (qcfs + finetune)
     assert snn.training["qcfs"] == {"epochs": qcfs, "samples": 10 * qcfs}
-    assert snn.training["finetune"] == {"epochs": finetune, "samples": 10 * finetune, "horizons": [2]}
+    assert snn.training["finetune"] == {"epochs": finetune, "samples": 10 * finetune, "horizons": [2], "rate_penalty": 0.0}
     assert snn.conversion.info["training"] == snn.training
 
 

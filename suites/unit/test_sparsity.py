@@ -38,9 +38,24 @@ def test_rate_penalty_must_be_a_finite_non_negative_number(value):
         ConversionOptions(rate_penalty=value)
 
 
-def test_a_rate_penalty_without_qcfs_training_is_refused():
-    with pytest.raises(ValueError, match=r"rate_penalty=0.5 acts in QCFS training, which qcfs_epochs=0 leaves out"):
+def test_a_rate_penalty_without_training_is_refused():
+    with pytest.raises(ValueError, match=r"rate_penalty=0.5 acts in training, and this conversion trains nothing "
+                                         r"\(qcfs_epochs=0, finetune_epochs=0\)"):
         snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=2, budget_epochs=0, rate_penalty=0.5)
+
+
+def test_a_rate_penalty_in_bptt_alone_lowers_the_snns_spike_rate():
+    """No QCFS training, one BPTT epoch: the penalty on the SNN's own spike rate lowers the rate
+    that ``measure_sparsity`` reports, and ρ = 0 records no penalty."""
+    loader = tiny_loader(n=48)
+    rates = {}
+    for penalty in (0.0, 20.0):
+        torch.manual_seed(0)
+        snn = snnverify.convert(small_resnet(10, 1), loader, timesteps=4, qcfs_epochs=0, finetune_epochs=1,
+                                finetune_lr=1e-2, rate_penalty=penalty)
+        assert snn.training["finetune"]["rate_penalty"] == penalty
+        rates[penalty] = 1 - snnverify.measure_sparsity(snn, loader, timesteps=4)
+    assert 0 <= rates[20.0] < 0.5 * rates[0.0], rates
 
 
 def test_a_large_rate_penalty_lowers_the_mean_rate_on_the_training_data():
