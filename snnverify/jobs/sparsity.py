@@ -53,7 +53,7 @@ OUT = Path("reports/sparsity")
 #: the T of the figure of merit, the tutorial's sparsity claim
 FIGURE_T = 32
 #: rows of one group: measured on the same ANN, budget and data, at the same QCFS L and BPTT
-#: stage (its epochs and horizons)
+#: stage (its epochs, horizons and rate penalty)
 GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed", "levels", "finetune")
 
 
@@ -253,17 +253,16 @@ def render(out_dir: Path = OUT) -> Path:
         figure_t = str(FIGURE_T) if str(FIGURE_T) in ts else ts[-1]
         lines += [f"## {path.stem}", "", f"![gap against spike rate at T = {figure_t}]({path.stem}.png)", ""]
         plot(out_dir / f"{path.stem}.png", grouped, figure_t, min_sparsity, max_gap)
-        for (ann, budget_epochs, train_images, test_images, seed, levels, (bptt, horizons, bptt_penalty)), members \
-                in grouped.items():
-            first = members[0]
+        for (ann, budget_epochs, train_images, test_images, seed, levels, stage), members in grouped.items():
+            first, (bptt, horizons, bptt_penalty) = members[0], stage
             stages = (f"QCFS training at L = {levels}" if not bptt else
                       f"QCFS training at L = {levels}, then {bptt} epoch(s) of BPTT at T = "
                       f"{', '.join(map(str, horizons))} (Adam at {first['options']['finetune_lr']:g}, "
                       + ("ρ in BPTT too" if bptt_penalty else "no rate penalty in BPTT") + ")")
             lines += [f"ANN: {first['model']}, {ann}, {100 * first['ann_accuracy']:.2f} % on {test_images} "
                       f"test images; {stages}: budget {budget_epochs} epoch(s) over "
-                      f"{train_images} training images, seed {seed}; timing on a batch of {first['timing_batch']}, {first['threads']} "
-                      "threads.", ""]
+                      f"{train_images} training images, seed {seed}; timing on a batch of {first['timing_batch']}, "
+                      f"{first['threads']} threads.", ""]
             for t in ts:
                 measured = [r for r in members if t in r["by_timesteps"]]
                 best = pareto_optimal([(r["by_timesteps"][t]["gap_pp"], r["by_timesteps"][t]["spike_rate"])

@@ -157,7 +157,8 @@ def test_sparsity_job_writes_rows_a_pareto_table_and_a_plot(tmp_path):
     assert "QCFS training at L = 4:" in readme and "QCFS training at L = 8:" in readme
     # a budget that ends in BPTT is another group too, its stages recorded and named
     assert main([*arguments[:arguments.index("--penalties")], "--penalties", "3", "--budget", "2",
-                 "--finetune-epochs", "1", "--finetune-horizons", "4", *arguments[arguments.index("--timesteps"):]]) == 0
+                 "--finetune-epochs", "1", "--finetune-horizons", "4",
+                 *arguments[arguments.index("--timesteps"):]]) == 0
     rows = json.loads((out / "digits-small_resnet.json").read_text())["rows"]
     assert len(rows) == 4 and rows[-1]["penalty"] == 3.0
     assert (rows[-1]["training"]["qcfs"]["epochs"], rows[-1]["training"]["finetune"]["epochs"]) == (1, 1)

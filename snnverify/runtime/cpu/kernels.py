@@ -10,8 +10,8 @@ import torch
 from numba import get_num_threads
 
 from snnverify import graph as g
-from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, scale_channels_kernel, if_layer_kernel,
-                                         linear_dense_kernel, linear_events_kernel, sum_pool2d_kernel)
+from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, if_layer_kernel, linear_dense_kernel,
+                                         linear_events_kernel, scale_channels_kernel, sum_pool2d_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
                                           conv2d_events_if_kernel, conv2d_sparse_kernel)
 from snnverify.runtime.cpu.layouts import EventWeights, event_weights
