@@ -1,10 +1,10 @@
 """ANN → spiking graph, one pure pass per module.
 
 ``trace`` (torch.fx, canonical form; BatchNorm statistics re-estimated when max-pools were
-swapped for average pools) → ``fold_bn`` (BatchNorm into conv/linear) → ``qcfs``
-(ReLU → QCFS, λ calibrated, then trained) → ``to_if`` (QCFS → IF, add → merge node) →
-``finetune`` (BPTT with the atan surrogate). Each pass returns a new object. The labelled
-training the stages spend is a budget in epochs (``budget``).
+swapped for average pools) → ``qcfs`` (ReLU → QCFS, λ calibrated, then trained with the
+BatchNorm layers in place) → ``fold_bn`` (BatchNorm into conv/linear) → ``to_if`` (QCFS → IF,
+add → merge node) → ``finetune`` (BPTT with the atan surrogate). Each pass returns a new
+object. The labelled training the stages spend is a budget in epochs (``budget``).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Conversion:
 
     graph: g.SpikingGraph
     traced_ann: fx.GraphModule  # canonical ANN (max-pools swapped for average pools, BN recalibrated)
-    qcfs_ann: fx.GraphModule  # BN folded, QCFS activations, trained
+    qcfs_ann: fx.GraphModule  # QCFS activations, trained, then BN folded
     options: ConversionOptions  # resolved: every field set
     training: dict  # labelled training spent: {"epochs", "samples", "qcfs": {...}, "finetune": {...}}
 
@@ -135,11 +135,11 @@ def convert_model(
     traced = trace(model, example)
     if traced.meta["max_pools_replaced"]:
         traced = recalibrate_batchnorm(traced, cal_loader, device).cpu()
-    folded = fold_batchnorm(traced)
-    qcfs = insert_qcfs(folded, cal_loader, options.levels, options.percentile, device)
+    qcfs = insert_qcfs(traced, cal_loader, options.levels, options.percentile, device)
     qcfs_data, finetune_data = _Counted(train_loader or cal_loader), _Counted(train_loader or cal_loader)
-    qcfs = train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device, options.qcfs_optimizer,
-                      options.threshold_lr, options.rate_penalty)
+    # trained before folding: in the ANN's own parametrisation (see train_qcfs), then folded
+    qcfs = fold_batchnorm(train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device,
+                                     options.qcfs_optimizer, options.threshold_lr, options.rate_penalty).cpu())
     graph = to_spiking_graph(qcfs.cpu())
     horizons = options.finetune_horizons or (timesteps,)  # the recipe's, else convert's T
     graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device,

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
-import threading
 import warnings
 
 import numba
 import numpy as np
 import torch
 from numba import config, cuda
-from numba.np import numpy_support
 from numba.cuda import libdevice
 
 from snnverify import graph as g
@@ -34,37 +31,66 @@ _THREADS = 128
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
 
-def _serialise_simulator_shared_arrays() -> None:
-    """Make the simulator's shared arrays one per block, as on a GPU.
+def _run_simulated_blocks_in_one_thread() -> None:
+    """Run each block of a simulated launch as greenlets in the calling thread.
 
-    numba-cuda's simulator (0.30.4) keys a shared array by the source line that declares it;
-    the first thread of a block to reach the line finds no array, creates one and stores it,
-    with no lock between the lookup and the store. Two threads that both miss get two arrays,
-    each stages only its part of the tile, and the block sums uninitialised memory (outputs of
-    7e7 where 0 was due, on a rerun of the same draw). Under the short switch interval of
-    :func:`_launches` that miss is common, so the lookup and the store are made atomic here,
-    with the same key (the declaring line) and the same array.
+    numba-cuda's simulator (0.30.4) runs every CUDA thread as an OS thread, and the launching
+    thread releases a barrier by polling the block's threads in a loop. Every ``syncthreads``
+    is then a round of GIL handoffs and OS wake-ups, which set the simulator's time, not the
+    kernels' arithmetic (a cpu-vs-gpu property test used under a third of its wall time on a
+    CPU), and under load each wake-up waits for a core. Here a block's threads are greenlets:
+    each runs in thread order until it reaches ``syncthreads`` or returns, and once all have,
+    those at the barrier run on to the next one. A thread that returns leaves the block, as on a
+    GPU. The kernel API finds the running thread's indices through its greenlet. With no
+    preemption, a shared array is also created once per block (the simulator's threads could
+    each create their own, and the block then summed uninitialised memory).
     """
+    import types
+
+    import greenlet
+    from numba.cuda.simulator import kernel as simulator
     from numba.cuda.simulator import kernelapi
 
-    lock, simulators_own = threading.Lock(), kernelapi.FakeCUDAShared.array
+    at_barrier = object()  # what a thread hands back to its block when it reaches syncthreads
 
-    def array(self, shape, dtype, alignment=None):
-        if alignment is not None or shape == 0:  # not keyed by line (dynamic, or refused): as before
-            return simulators_own(self, shape, dtype, alignment)
-        declared_at = sys._getframe(1)
-        key = (declared_at.f_code.co_filename, declared_at.f_lineno)
-        with lock:
-            allocated = self._allocations.get(key)
-            if allocated is None:
-                dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, numba.types.Type) else dtype
-                allocated = self._allocations[key] = np.empty(shape, dtype)
-        return allocated
+    class SimulatedThread(greenlet.greenlet):
+        """One CUDA thread: its indices, and the barrier methods the kernel API calls."""
 
-    kernelapi.FakeCUDAShared.array = array
+        def __init__(self, block, grid_point, thread_point, body):
+            super().__init__(body)
+            self._manager = block
+            self.blockIdx, self.threadIdx = simulator.Dim3(*grid_point), simulator.Dim3(*thread_point)
+            x, y, _ = block._block_dim
+            self.thread_id = self.threadIdx.x + x * (self.threadIdx.y + y * self.threadIdx.z)
+
+        def syncthreads(self):
+            self.parent.switch(at_barrier)
+
+        # the simulator's own: they store into the block's state around two barriers
+        syncthreads_count = simulator.BlockThread.syncthreads_count
+        syncthreads_and = simulator.BlockThread.syncthreads_and
+        syncthreads_or = simulator.BlockThread.syncthreads_or
+
+    def run(self, grid_point, *args):
+        running = [SimulatedThread(self, grid_point, point, lambda: self._f(*args))
+                   for point in np.ndindex(*self._block_dim)]
+        with np.errstate(divide="raise") if self._debug else contextlib.nullcontext():
+            while running:
+                arrived = []
+                for thread in running:
+                    try:
+                        if thread.switch() is at_barrier:
+                            arrived.append(thread)
+                    except Exception as error:
+                        error.add_note(f"in CUDA thread {list(thread.threadIdx)} of block {list(thread.blockIdx)}")
+                        raise
+                running = arrived
+
+    simulator.BlockManager.run = run
+    kernelapi.threading = types.SimpleNamespace(current_thread=greenlet.getcurrent)
 
 
-_serialise_simulator_shared_arrays()  # inert unless the simulator runs kernels; applied always, one behaviour
+_run_simulated_blocks_in_one_thread()  # inert unless the simulator runs kernels; applied always, one behaviour
 
 
 def _launch(kernel, count: int, *args):
@@ -92,13 +118,11 @@ def _output_position(index, channels, height, width):
 
 # Tiles of the conv kernel: a block of _SIDE × _SIDE threads computes _TILE output positions ×
 # _TILE output channels, each thread _MICRO × _MICRO of them, reading the inputs and weights
-# _DEPTH input channels at a time through shared memory. The simulator runs one Python thread
-# per CUDA thread, so it gets the same kernel with small tiles of the same structure: several
-# outputs per thread, several staging passes per chunk (_STAGE_ROWS > 1) and two tile rows
-# staged by each thread (_DEPTH / _STAGE_ROWS = 2), as on the GPU. Shallow chunks waste the
-# least on padding, and with the short switch interval of _launches the barriers they add are
-# cheap: 8 generated graphs took 139 s with 16-channel chunks under the default interval, 46 s
-# under the short one, and 24 s with 4-channel chunks under it.
+# _DEPTH input channels at a time through shared memory. The simulator interprets every CUDA
+# thread in Python, padding included, so it gets the same kernel with small tiles of the same
+# structure: several outputs per thread, several staging passes per chunk (_STAGE_ROWS > 1) and
+# two tile rows staged by each thread (_DEPTH / _STAGE_ROWS = 2), as on the GPU. Shallow chunks
+# waste the least on padding.
 _SIDE, _MICRO, _DEPTH = (4, 2, 4) if SIMULATOR else (16, 4, 8)
 _TILE = _SIDE * _MICRO
 _STAGE_ROWS = _SIDE * _SIDE // _TILE  # tile rows one pass of the block's threads stages
@@ -341,27 +365,14 @@ def _require_gpu() -> None:
         )
 
 
-#: The interpreter's thread switch interval while the simulator runs a plan. The simulator polls
-#: its threads for barriers from the main thread, and every thread of a block must take the GIL
-#: to pass one; under the default 5 ms interval each handoff could wait that long, and the
-#: barriers, not the arithmetic, set the simulator's time.
-_SIMULATOR_SWITCH_INTERVAL_S = 5e-5
-
-
 @contextlib.contextmanager
 def _launches():
     """While a plan runs: numba-cuda warns at every launch of fewer than 128 blocks, and late
     layers of a small batch (a 4×4 map) launch that few by nature, so a warning per layer per
-    call is only noise; under the simulator, the short switch interval above (restored after)."""
-    interval = sys.getswitchinterval()
+    call is only noise."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
-        if SIMULATOR:
-            sys.setswitchinterval(_SIMULATOR_SWITCH_INTERVAL_S)
-        try:
-            yield
-        finally:
-            sys.setswitchinterval(interval)
+        yield
 
 
 def _current_device() -> torch.device:

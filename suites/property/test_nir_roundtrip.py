@@ -114,9 +114,9 @@ def assert_same_spikes(comparison_log, check, a, b):
     np.testing.assert_array_equal(out_a, out_b)
 
 
-@pytest.mark.parametrize("target, count", [("torch", 30), ("cpu", 30), ("gpu", 6)])
+@pytest.mark.parametrize("target, count", [("torch", 30), ("cpu", 30), ("gpu", 12)])
 def test_round_tripped_network_spikes_identically(comparison_log, workdir, target, count):
-    tiny = target == "gpu"  # the CUDA simulator is slow
+    tiny = target == "gpu"  # the CUDA simulator interprets every multiply-accumulate
 
     @examples(count)
     @given(spiking_graphs(dyadic=False, max_size=5 if tiny else 6, max_timesteps=4 if tiny else 8), st.booleans())

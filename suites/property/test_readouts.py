@@ -45,7 +45,7 @@ def test_readouts_equal_shorter_runs_torch_where_sums_are_exact(case, data):
     check_readouts(case.graph, "torch", case.x, case.timesteps, horizons_of(data, case.timesteps))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(spiking_graphs(dyadic=False, max_timesteps=6, max_work=SIMULATOR_WORK), st.data())
 def test_readouts_equal_shorter_runs_gpu(case, data):
     check_readouts(case.graph, "gpu", case.x, case.timesteps, horizons_of(data, case.timesteps))

@@ -133,7 +133,7 @@ def test_thresholds_train_at_their_own_learning_rate(optimizer):
         after = dict(trained.named_parameters())
         change = {}
         for n, p in qcfs.named_parameters():
-            delta = (after[n] - p).abs()
+            delta = (after[n] - p).detach().abs()
             if n.rsplit(".", 1)[0] in lams:
                 delta = delta[p > 2e-4]
             change[n] = float(delta.max()) if delta.numel() else 0.0
@@ -144,3 +144,25 @@ def test_thresholds_train_at_their_own_learning_rate(optimizer):
     assert lam_change > 1e-4 and weight_change < 1e-8
     lam_change, weight_change = moved(train_qcfs(qcfs, loader, 1, 0.1, "cpu", optimizer, threshold_lr=1e-12))
     assert lam_change < 1e-8 and weight_change > 1e-4
+
+
+def test_qcfs_training_normalises_with_the_anns_batchnorm_statistics_and_trains_gamma_and_beta():
+    """QCFS training runs before folding, in the ANN's own parametrisation: every BatchNorm keeps
+    the ANN's running statistics (a batch's statistics would replace them in train mode), while
+    γ, β and the weights train."""
+    loader = tiny_loader()
+    model = small_resnet(10, 1).eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():  # statistics no batch of the loader has
+        for bn in norms:
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    qcfs = insert_qcfs(trace(model, next(iter(loader))[0]), loader, 8, 99.9, "cpu")
+    trained = train_qcfs(qcfs, loader, 1, 0.05, "cpu", "sgd")
+    before = {n: m for n, m in qcfs.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    after = dict(trained.named_modules())
+    assert len(before) == len(norms)
+    for name, bn in before.items():
+        for statistic in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(after[name], statistic), getattr(bn, statistic)), (name, statistic)
+        assert not torch.equal(after[name].weight, bn.weight) and not torch.equal(after[name].bias, bn.bias), name
