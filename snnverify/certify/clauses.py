@@ -393,7 +393,9 @@ def check_timesteps(harness) -> Verdict:
 def _nir_file(harness):
     converted, x = _mlp(harness)
     if "nir" not in harness.cache:
-        path = Path(tempfile.mkdtemp(prefix="snnverify-certify-")) / "mlp.nir"
+        # removed with the harness (or at exit): one folder per certification, none left behind
+        harness.cache["nir folder"] = tempfile.TemporaryDirectory(prefix="snnverify-certify-")
+        path = Path(harness.cache["nir folder"].name) / "mlp.nir"
         harness.cache["nir"] = harness.call(f"{harness.adapter.name}.to_nir", converted.to_nir, path) or path
     return converted, x, Path(harness.cache["nir"])
 
