@@ -140,7 +140,7 @@ def convert_model(
     # trained before folding: in the ANN's own parametrisation (see train_qcfs), then folded
     qcfs = fold_batchnorm(train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device,
                                      options.qcfs_optimizer, options.threshold_lr, options.rate_penalty).cpu())
-    graph = to_spiking_graph(qcfs.cpu())
+    graph = to_spiking_graph(qcfs)
     horizons = options.finetune_horizons or (timesteps,)  # the recipe's, else convert's T
     graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device,
                      options.rate_penalty)

@@ -16,7 +16,7 @@ from snnverify.convert.trace import sole_caller, unique_module_name
 from snnverify.util import progress, split_batch
 
 _FOLDABLE = (nn.Conv2d, nn.Linear)
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
@@ -27,7 +27,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
     """
     gm = copy.deepcopy(gm)
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), _BATCHNORMS):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), BATCHNORMS):
             continue
         bn = gm.get_submodule(node.target)
         source = node.args[0]
@@ -65,7 +65,7 @@ def recalibrate_batchnorm(gm: fx.GraphModule, loader, device) -> fx.GraphModule:
     before QCFS training ever sees it. Layers are re-estimated one at a time, in order, so
     each sees inputs normalised with its predecessors' new statistics."""
     gm = copy.deepcopy(gm).to(device).eval()
-    for bn in [m for m in gm.modules() if isinstance(m, _BATCHNORMS)]:
+    for bn in [m for m in gm.modules() if isinstance(m, BATCHNORMS)]:
         total, squares, count = 0.0, 0.0, 0
 
         def accumulate(module, args):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from snnverify.convert.fold_bn import BATCHNORMS
 from snnverify.train import fit
 from snnverify.util import progress, split_batch
 
@@ -160,7 +161,7 @@ def train_qcfs(gm: fx.GraphModule, loader, epochs: int, lr: float, device, optim
     """
     gm = copy.deepcopy(gm).to(device).train()
     for module in gm.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, BATCHNORMS):
             module.eval()  # normalise with the ANN's statistics, never update them
     lams = [m.lam for m in gm.modules() if isinstance(m, QCFS)]
     chosen = {id(lam) for lam in lams}
