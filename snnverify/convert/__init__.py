@@ -37,6 +37,8 @@ class ConversionOptions:
     r̄ = Σ a/λ / (neurons · batch) the mean firing rate of the IF neurons the activations become
     (:func:`~snnverify.convert.qcfs.train_qcfs`), and BPTT fine-tuning ρ · the SNN's spike rate
     (:func:`~snnverify.convert.finetune.finetune`); 0 leaves the training unchanged.
+    ``finetune_rate_penalty`` sets BPTT's ρ apart from QCFS training's (None: the same ρ): BPTT
+    raises the rate the QCFS stage reached unless its own ρ holds it down.
     """
 
     budget_epochs: int | None = None  # labelled epochs, all stages; None: the stages' sum
@@ -50,6 +52,7 @@ class ConversionOptions:
     finetune_lr: float | None = None  # Adam learning rate for BPTT fine-tuning
     finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: the recipe's
     rate_penalty: float = 0.0  # ρ: every training stage minimises cross-entropy + ρ · (mean firing rate)
+    finetune_rate_penalty: float | None = None  # ρ of BPTT fine-tuning alone; None: rate_penalty
 
     def __post_init__(self):
         for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs"):
@@ -70,9 +73,12 @@ class ConversionOptions:
                 raise ValueError("conversion option finetune_horizons must be a non-empty sequence of integers "
                                  f">= 1, got {self.finetune_horizons!r}")
             object.__setattr__(self, "finetune_horizons", tuple(sorted(set(self.finetune_horizons))))
-        if (isinstance(self.rate_penalty, bool) or not isinstance(self.rate_penalty, (int, float))
-                or not 0 <= self.rate_penalty < float("inf")):
-            raise ValueError(f"conversion option rate_penalty must be a finite number >= 0, got {self.rate_penalty!r}")
+        for name in ("rate_penalty", "finetune_rate_penalty"):
+            value = getattr(self, name)
+            if name == "finetune_rate_penalty" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"conversion option {name} must be a finite number >= 0, got {value!r}")
         budget.split(self.budget_epochs, self.qcfs_epochs, self.finetune_epochs)  # contradictions raise here
 
     def resolved(self) -> ConversionOptions:
@@ -87,6 +93,11 @@ class ConversionOptions:
         if self.rate_penalty and not qcfs + finetune:
             raise ValueError(f"conversion option rate_penalty={self.rate_penalty!r} acts in training, and this "
                              "conversion trains nothing (qcfs_epochs=0, finetune_epochs=0)")
+        if self.finetune_rate_penalty and not finetune:
+            raise ValueError(f"conversion option finetune_rate_penalty={self.finetune_rate_penalty!r} acts in BPTT "
+                             "fine-tuning, and this conversion has finetune_epochs=0")
+        if self.finetune_rate_penalty is None:
+            fill["finetune_rate_penalty"] = self.rate_penalty
         return replace(self, budget_epochs=qcfs + finetune, qcfs_epochs=qcfs, finetune_epochs=finetune, **fill)
 
 
@@ -143,12 +154,12 @@ def convert_model(
     graph = to_spiking_graph(qcfs)
     horizons = options.finetune_horizons or (timesteps,)  # the recipe's, else convert's T
     graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device,
-                     options.rate_penalty)
+                     options.finetune_rate_penalty)
     training = {"epochs": options.qcfs_epochs + options.finetune_epochs,
                 "samples": qcfs_data.samples + finetune_data.samples,
                 "qcfs": {"epochs": options.qcfs_epochs, "samples": qcfs_data.samples},
                 "finetune": {"epochs": options.finetune_epochs, "samples": finetune_data.samples,
-                             "horizons": list(horizons), "rate_penalty": options.rate_penalty}}
+                             "horizons": list(horizons), "rate_penalty": options.finetune_rate_penalty}}
     return Conversion(graph=graph, traced_ann=traced, qcfs_ann=qcfs, options=options, training=training)
 
 

@@ -3,7 +3,8 @@
 For each penalty ρ, converts the same ReLU ANN with the same budget: QCFS training (the
 recipe's optimizer and rates) with ``rate_penalty=ρ`` (it minimises cross-entropy + ρ · mean
 firing rate), then, with ``--finetune-epochs F``, F of the budget's epochs of BPTT fine-tuning
-of the SNN at ``--finetune-horizons`` (the penalty acts in both stages). At every T it
+of the SNN at ``--finetune-horizons`` (the penalty acts in both stages, or BPTT applies its own
+``--finetune-penalty``). At every T it
 measures on the ``cpu`` backend:
 
 - the SNN's accuracy on the test images and its gap to the ReLU ANN, ANN − SNN in pp;
@@ -18,6 +19,7 @@ measures on the ``cpu`` backend:
     snnverify sparsity --dataset fashion-mnist-rgb32 --model cifar_resnet18 --ann-epochs 3 \\
         --train-subset 2500 --test-subset 500 --penalties 0 3 30
     snnverify sparsity --levels 16 --penalties 0.5 --budget 2 --finetune-epochs 1 --finetune-horizons 32
+    snnverify sparsity --levels 32 --penalties 0.3 --finetune-penalty 1 --budget 2 --finetune-epochs 1
     snnverify sparsity --render          # reports/sparsity/README.md and plots from the JSON
 
 Rows go to ``reports/sparsity/<dataset>-<model>.json`` as each finishes (a row with the same
@@ -57,13 +59,15 @@ FIGURE_T = 32
 GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed", "levels", "finetune")
 
 
-def finetune_stage(row: dict) -> tuple[int, tuple[int, ...], float]:
-    """(BPTT epochs, horizons, the rate penalty BPTT applied) of a row; nothing but 0 epochs
-    without BPTT. (Rows from before the penalty acted in BPTT record none there: 0.)"""
+def finetune_stage(row: dict) -> tuple[int, tuple[int, ...], float | str]:
+    """(BPTT epochs, horizons, the rate penalty BPTT applied) of a row, the penalty "ρ" where
+    BPTT applied the row's own ρ (rows of one sweep over ρ share their group); nothing but 0
+    epochs without BPTT. (Rows from before the penalty acted in BPTT record none there: 0.)"""
     epochs = row["options"]["finetune_epochs"]
     if not epochs:
         return 0, (), 0.0
-    return epochs, tuple(row["options"]["finetune_horizons"]), row["training"]["finetune"].get("rate_penalty", 0.0)
+    applied = row["training"]["finetune"].get("rate_penalty", 0.0)
+    return epochs, tuple(row["options"]["finetune_horizons"]), "ρ" if applied and applied == row["penalty"] else applied
 
 
 def group_of(row: dict) -> tuple:
@@ -258,7 +262,8 @@ def render(out_dir: Path = OUT) -> Path:
             stages = (f"QCFS training at L = {levels}" if not bptt else
                       f"QCFS training at L = {levels}, then {bptt} epoch(s) of BPTT at T = "
                       f"{', '.join(map(str, horizons))} (Adam at {first['options']['finetune_lr']:g}, "
-                      + ("ρ in BPTT too" if bptt_penalty else "no rate penalty in BPTT") + ")")
+                      + ("ρ in BPTT too" if bptt_penalty == "ρ" else f"ρ = {bptt_penalty:g} in BPTT"
+                         if bptt_penalty else "no rate penalty in BPTT") + ")")
             lines += [f"ANN: {first['model']}, {ann}, {100 * first['ann_accuracy']:.2f} % on {test_images} "
                       f"test images; {stages}: budget {budget_epochs} epoch(s) over "
                       f"{train_images} training images, seed {seed}; timing on a batch of {first['timing_batch']}, "
@@ -301,6 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=int, default=1, help="labelled epochs of the conversion, all stages")
     parser.add_argument("--finetune-epochs", type=int, default=0,
                         help="of the budget's epochs, those of BPTT fine-tuning after QCFS training")
+    parser.add_argument("--finetune-penalty", type=float,
+                        help="BPTT's own rate penalty (default: each --penalties ρ in BPTT too)")
     parser.add_argument("--finetune-horizons", type=int, nargs="+",
                         help="the T's whose readouts BPTT trains (default: the largest --timesteps)")
     parser.add_argument("--levels", type=int, help="QCFS L of the conversion (default: the budget's recipe)")
@@ -318,7 +325,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def conversion_options(args: argparse.Namespace) -> dict:
     """``convert``'s options from the job's: the budget split into QCFS training and BPTT."""
     return {"budget_epochs": args.budget, "finetune_epochs": args.finetune_epochs, "levels": args.levels,
-            "finetune_horizons": args.finetune_horizons or (max(args.timesteps),)}
+            "finetune_horizons": args.finetune_horizons or (max(args.timesteps),),
+            "finetune_rate_penalty": args.finetune_penalty}
 
 
 def main(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -32,16 +33,44 @@ def qcfs_network(loader, levels=8):
     return insert_qcfs(fold_batchnorm(trace(model, next(iter(loader))[0])), loader, levels, 99.9, "cpu")
 
 
+@pytest.mark.parametrize("name", ["rate_penalty", "finetune_rate_penalty"])
 @pytest.mark.parametrize("value", [-0.1, math.nan, math.inf, True, "0.1", None])
-def test_rate_penalty_must_be_a_finite_non_negative_number(value):
-    with pytest.raises(ValueError, match=r"rate_penalty must be a finite number >= 0, got "):
-        ConversionOptions(rate_penalty=value)
+def test_rate_penalty_must_be_a_finite_non_negative_number(name, value):
+    if name == "finetune_rate_penalty" and value is None:
+        assert ConversionOptions(rate_penalty=0.5, finetune_epochs=1).resolved().finetune_rate_penalty == 0.5
+        return
+    with pytest.raises(ValueError, match=rf"conversion option {name} must be a finite number >= 0, got "):
+        ConversionOptions(**{name: value})
 
 
 def test_a_rate_penalty_without_training_is_refused():
     with pytest.raises(ValueError, match=r"rate_penalty=0.5 acts in training, and this conversion trains nothing "
                                          r"\(qcfs_epochs=0, finetune_epochs=0\)"):
         snnverify.convert(small_resnet(10, 1), tiny_loader(), timesteps=2, budget_epochs=0, rate_penalty=0.5)
+
+
+def test_a_bptt_rate_penalty_without_bptt_is_refused():
+    with pytest.raises(ValueError, match=r"finetune_rate_penalty=0.5 acts in BPTT fine-tuning, and this conversion "
+                                         r"has finetune_epochs=0"):
+        ConversionOptions(qcfs_epochs=1, finetune_epochs=0, finetune_rate_penalty=0.5).resolved()
+
+
+def test_the_bptt_rate_penalty_acts_in_bptt_alone():
+    """``finetune_rate_penalty`` leaves QCFS training as ρ has it (bit for bit) and changes BPTT,
+    which records the penalty it applied."""
+    loader = tiny_loader()
+    snns = {}
+    for bptt_penalty in (None, 5.0):
+        torch.manual_seed(0)
+        snns[bptt_penalty] = snnverify.convert(small_resnet(10, 1), loader, timesteps=2, qcfs_epochs=1,
+                                               finetune_epochs=1, rate_penalty=0.5,
+                                               finetune_rate_penalty=bptt_penalty)
+    same, own = snns[None], snns[5.0]
+    assert same.training["finetune"]["rate_penalty"] == 0.5 and own.training["finetune"]["rate_penalty"] == 5.0
+    assert all(torch.equal(a, b) for a, b in zip(same.conversion.qcfs_ann.state_dict().values(),
+                                                  own.conversion.qcfs_ann.state_dict().values()))
+    assert any(not np.array_equal(a, b) for name, node in same.graph.nodes.items()
+               for a, b in zip(node.parameters(), own.graph.nodes[name].parameters()))
 
 
 def test_a_rate_penalty_in_bptt_alone_lowers_the_snns_spike_rate():
