@@ -49,7 +49,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import h5py
 import nir
@@ -479,12 +479,12 @@ def _load(path: Path) -> dict:
         raise NIRFormatError(f"{path}: no such file") from None
     except OSError as error:
         raise NIRFormatError(f"{path}: not a NIR file (not readable as HDF5: {error})") from None
-    with handle:
+    with handle, open(path, "rb") as raw_file:
+        raw = _RawBytes(raw_file, raw_file.seek(0, 2))
         try:
             if not isinstance(handle.get("node"), h5py.Group):
                 raise NIRFormatError(f"{path}: not a NIR file (no 'node' group at the root)")
-            _check_string_heaps(handle, path)
-            data = _read_group(handle["node"], f"{path}: graph")
+            data = _read_group(handle["node"], f"{path}: graph", raw)
         except NIRFormatError:
             raise
         except Exception as error:  # h5py raises OSError, KeyError, ValueError, TypeError on corrupt files
@@ -513,81 +513,82 @@ def _load(path: Path) -> dict:
     return data
 
 
-def _check_string_heaps(handle: h5py.File, path: Path) -> None:
-    """Check the HDF5 global heap collections that hold the file's variable-length strings
-    before h5py reads them: libhdf5 loops forever on a collection whose objects do not tile it
-    (a flipped size byte), so the layout is verified here from the raw bytes. A collection is
-    "GCOL", version 1, reserved 3 bytes, its size (u64); then objects (index u16, references u16,
-    reserved u32, size u64, data padded to 8 bytes) up to an index-0 object that holds exactly the
-    free space left (absent when under 16 bytes are left). A contiguous string dataset stores per
-    element (length u32, collection address u64, object index u32)."""
-    addresses: dict[int, str] = {}
+@dataclass
+class _RawBytes:
+    """The file read as bytes beside h5py, to check what libhdf5 would trust (its size, and the
+    global heap collections already found intact)."""
 
-    def collect(name: str, item) -> None:
-        if isinstance(item, h5py.Dataset) and item.dtype.kind == "O":
-            offset = item.id.get_offset()
-            if offset is not None:
-                count = min(item.size, handle.id.get_filesize() // 16)  # a header may claim more
-                addresses.update({address: name for address in _heap_addresses(handle, offset, count)})
-
-    handle.visititems(collect)
-    with open(path, "rb") as raw:
-        size = raw.seek(0, 2)
-        for address, name in addresses.items():
-            raw.seek(address)
-            header = raw.read(16)
-            where = f"{path}: the strings of {name!r}"
-            if len(header) < 16 or header[:4] != b"GCOL" or header[4] != 1:
-                raise NIRFormatError(f"{where} point to {address}, where no global heap collection starts")
-            end = address + struct.unpack_from("<Q", header, 8)[0]
-            if end > size:
-                raise NIRFormatError(f"{where}: the global heap at {address} runs past the end of the file")
-            position = address + 16
-            while position + 16 <= end:
-                raw.seek(position)
-                index, _, _, length = struct.unpack("<HHIQ", raw.read(16))
-                if index == 0:
-                    if length != end - position:
-                        raise NIRFormatError(f"{where}: the global heap at {address} is corrupt (free space "
-                                             f"{length} bytes, {end - position} left)")
-                    break
-                position += 16 + (length + 7) // 8 * 8
-            else:  # full: under 16 bytes left, no room for a free-space object
-                if position > end:
-                    raise NIRFormatError(f"{where}: the global heap at {address} is corrupt (objects overrun it)")
+    file: BinaryIO
+    size: int
+    intact_heaps: set[int] = dataclasses.field(default_factory=set)
 
 
-def _heap_addresses(handle: h5py.File, offset: int, count: int) -> set[int]:
-    with open(handle.filename, "rb") as raw:
-        raw.seek(offset)
-        data = raw.read(16 * count)
-    return {struct.unpack_from("<IQI", data, 16 * i)[1] for i in range(len(data) // 16)}
+def _check_string_heaps(item: h5py.Dataset, where: str, key: str, raw: _RawBytes) -> None:
+    """Check the HDF5 global heap collections that hold a string dataset's variable-length
+    strings before h5py reads them: libhdf5 loops forever on a collection whose objects do not
+    tile it (a flipped size byte), so the layout is verified here from the file's raw bytes. A
+    collection is "GCOL", version 1, reserved 3 bytes, its size (u64); then objects (index u16,
+    references u16, reserved u32, size u64, data padded to 8 bytes) up to an index-0 object that
+    holds exactly the free space left (absent when under 16 bytes are left). A contiguous string
+    dataset stores per element (length u32, collection address u64, object index u32)."""
+    offset = item.id.get_offset()
+    if offset is None:
+        return
+    raw.file.seek(offset)
+    elements = raw.file.read(16 * min(item.size, raw.size // 16))  # a header may claim more than the file holds
+    addresses = {struct.unpack_from("<IQI", elements, 16 * i)[1] for i in range(len(elements) // 16)}
+    for address in sorted(addresses - raw.intact_heaps):
+        raw.file.seek(address)
+        header = raw.file.read(16)
+        strings = f"{where}: the strings of field {key!r}"
+        if len(header) < 16 or header[:4] != b"GCOL" or header[4] != 1:
+            raise NIRFormatError(f"{strings} point to {address}, where no global heap collection starts")
+        end = address + struct.unpack_from("<Q", header, 8)[0]
+        if end > raw.size:
+            raise NIRFormatError(f"{strings}: the global heap at {address} runs past the end of the file")
+        position = address + 16
+        while position + 16 <= end:
+            raw.file.seek(position)
+            index, _, _, length = struct.unpack("<HHIQ", raw.file.read(16))
+            if index == 0:
+                if length != end - position:
+                    raise NIRFormatError(f"{strings}: the global heap at {address} is corrupt (free space "
+                                         f"{length} bytes, {end - position} left)")
+                break
+            position += 16 + (length + 7) // 8 * 8
+        else:  # full: under 16 bytes left, no room for a free-space object
+            if position > end:
+                raise NIRFormatError(f"{strings}: the global heap at {address} is corrupt (objects overrun it)")
+        raw.intact_heaps.add(address)
 
 
 #: deflate never compresses by more than this factor
 _DEFLATE_MAX_RATIO = 1032
 
 
-def _check_size(item: h5py.Dataset, where: str, key: str) -> None:
+def _check_size(item: h5py.Dataset, where: str, key: str, raw: _RawBytes) -> None:
     """A corrupt header can claim a dataset far larger than the file holds (reading it would
     exhaust memory or time): its size must fit in what is stored."""
     stored = item.id.get_storage_size()
-    limit = Path(item.file.filename).stat().st_size if item.compression is None else _DEFLATE_MAX_RATIO * stored
+    limit = raw.size if item.compression is None else _DEFLATE_MAX_RATIO * stored
     if item.size * item.dtype.itemsize > max(limit, 1024):
         raise NIRFormatError(f"{where}: field {key!r} claims {item.size} values of {item.dtype} "
                              f"({item.size * item.dtype.itemsize} bytes) but the file stores {stored} bytes for it")
 
 
-def _read_group(group: h5py.Group, where: str) -> dict:
-    """Every dataset of ``group`` (recursively); strings decoded. A corrupt chunk fails here,
+def _read_group(group: h5py.Group, where: str, raw: _RawBytes) -> dict:
+    """Every dataset of ``group`` (recursively); strings decoded. Each dataset is checked
+    against the file's raw bytes (``raw``) before h5py reads it; a corrupt chunk fails here,
     with its name."""
     data = {}
     for key, item in group.items():
         if isinstance(item, h5py.Group):
-            data[key] = _read_group(item, f"{where}/{key}")
+            data[key] = _read_group(item, f"{where}/{key}", raw)
             continue
         try:
-            _check_size(item, where, key)
+            _check_size(item, where, key, raw)
+            if item.dtype.kind == "O":
+                _check_string_heaps(item, where, key, raw)
             value = item[()]
         except NIRFormatError:
             raise

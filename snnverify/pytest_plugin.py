@@ -112,6 +112,21 @@ def pytest_configure(config):
     _LOG.report_path = None if worker else config.getoption("--comparison-report")
     if worker or not config.getoption("numprocesses", None):  # a process that runs tests, not -n's controller
         _import_every_snnverify_module()
+    if worker:
+        _share_the_cores(int(config.workerinput["workercount"]))
+
+
+def _share_the_cores(workers: int) -> None:
+    """Give each of ``workers`` xdist workers its share of the cores for torch's and Numba's
+    thread pools. Each pool otherwise starts one thread per core in every worker: more threads
+    than cores, which wait on each other at every parallel region. (Tests that compare thread
+    counts set their own.)"""
+    import numba
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _import_every_snnverify_module() -> None:

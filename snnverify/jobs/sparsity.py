@@ -31,6 +31,7 @@ data) has a gap and a rate both at most its own, one of them lower.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -48,15 +49,19 @@ from snnverify.graph import check_timesteps, multiply_accumulates, synaptic_even
 from snnverify.jobs.budget import ANNS, loaders, reseed
 from snnverify.jobs.speed import interleaved_best_times
 from snnverify.report import load_reference
-from snnverify.train import fit
+from snnverify.train import OPTIMIZERS, fit
 from snnverify.util import atomic_write, commit
 
 OUT = Path("reports/sparsity")
+#: the plot's gap axis stops here (rows beyond it are counted in its title)
+PLOTTED_GAP_PP = 4.0
+#: how the report names the optimizers
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 #: the T of the figure of merit, the tutorial's sparsity claim
 FIGURE_T = 32
-#: rows of one group: measured on the same ANN, budget and data, at the same QCFS L and BPTT
-#: stage (its epochs, horizons and rate penalty)
-GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed", "levels", "finetune")
+#: rows of one group: measured on the same ANN, budget and data, with the same QCFS stage (L,
+#: optimizer, learning rates) and BPTT stage (its epochs, horizons and rate penalty)
+GROUP = ("ann", "budget_epochs", "train_images", "test_images", "seed", "qcfs", "finetune")
 
 
 def finetune_stage(row: dict) -> tuple[int, tuple[int, ...], float | str]:
@@ -70,9 +75,19 @@ def finetune_stage(row: dict) -> tuple[int, tuple[int, ...], float | str]:
     return epochs, tuple(row["options"]["finetune_horizons"]), "ρ" if applied and applied == row["penalty"] else applied
 
 
+def qcfs_stage(row: dict) -> tuple[int, str, float, float]:
+    """(L, optimizer, learning rate of weights, of thresholds) of a row's QCFS training."""
+    return tuple(row["options"][key] for key in ("levels", "qcfs_optimizer", "qcfs_lr", "threshold_lr"))
+
+
+def bptt_penalty_name(penalty: float | str) -> str:
+    """How the report names the rate penalty of a BPTT stage (:func:`finetune_stage`)."""
+    return "ρ in BPTT too" if penalty == "ρ" else f"ρ = {penalty:g} in BPTT" if penalty else "no rate penalty in BPTT"
+
+
 def group_of(row: dict) -> tuple:
-    """The row's :data:`GROUP` values (L and the BPTT stage from its conversion options)."""
-    from_options = {"levels": row["options"]["levels"], "finetune": finetune_stage(row)}
+    """The row's :data:`GROUP` values (the QCFS and BPTT stages from its conversion options)."""
+    from_options = {"qcfs": qcfs_stage(row), "finetune": finetune_stage(row)}
     return tuple(from_options[key] if key in from_options else row[key] for key in GROUP)
 
 
@@ -197,17 +212,18 @@ def plot(path: Path, grouped: dict[tuple, list[dict]], t: str, min_sparsity: flo
     measured = [r for members in grouped.values() for r in members if t in r["by_timesteps"]]
     ratios = [r["by_timesteps"][t]["cpu_time_ratio"] for r in measured]
     norm = matplotlib.colors.Normalize(min(ratios), max(ratios))
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(7.2, 4.4 + 0.16 * len(grouped)))
     ax.fill_between([0, 1 - min_sparsity], -100, max_gap, color="tab:green", alpha=0.12,
                     label=f"target: sparsity ≥ {100 * min_sparsity:.1f} %, gap ≤ {max_gap:g} pp")
-    for marker, (key, members) in zip("os^Dv", grouped.items()):
+    for marker, (key, members) in zip(itertools.cycle("os^Dv<>ph"), grouped.items()):
         members = [r for r in members if t in r["by_timesteps"]]
         points = [(r["by_timesteps"][t]["gap_pp"], r["by_timesteps"][t]["spike_rate"]) for r in members]
         front = sorted((rate, gap) for (gap, rate), best in zip(points, pareto_optimal(points)) if best)
         ax.plot([p[0] for p in front], [p[1] for p in front], color="grey", lw=1, zorder=1)
-        first, bptt = members[0], finetune_stage(members[0])[0]
+        first, (bptt, _, bptt_penalty) = members[0], finetune_stage(members[0])
         label = (f"L = {first['options']['levels']}, budget {first['budget_epochs']}"
-                 f"{f' ({bptt} BPTT)' if bptt else ''}, {first['train_images']} / {first['test_images']} images")
+                 f"{f' ({bptt} BPTT, {bptt_penalty_name(bptt_penalty)})' if bptt else ''}, "
+                 f"{first['train_images']} / {first['test_images']} images")
         scatter = ax.scatter([p[1] for p in points], [p[0] for p in points], c=[r["by_timesteps"][t]["cpu_time_ratio"]
                              for r in members], cmap="viridis", norm=norm, marker=marker, s=50, zorder=2, label=label)
         for (gap, rate), r in zip(points, members):
@@ -216,12 +232,15 @@ def plot(path: Path, grouped: dict[tuple, list[dict]], t: str, min_sparsity: flo
     gaps = [r["by_timesteps"][t]["gap_pp"] for r in measured]
     rates = [r["by_timesteps"][t]["spike_rate"] for r in measured]
     ax.set_xlim(0, max(max(rates), 1 - min_sparsity) * 1.1)
-    ax.set_ylim(min(min(gaps), 0) - 0.2, max(max(gaps), max_gap) + 0.3)
+    top = max(min(max(gaps), PLOTTED_GAP_PP), max_gap) + 0.3  # the trade-off near the target stays legible
+    ax.set_ylim(min(min(gaps), 0) - 0.2, top)
+    off_plot = sum(gap > top for gap in gaps)
     ax.set_xlabel(f"spike rate at T = {t} (spikes per IF neuron per step)")
     ax.set_ylabel("accuracy gap to the ReLU ANN (pp)")
-    ax.set_title(path.stem.replace("_", " "))
+    ax.set_title(path.stem.replace("_", " ")
+                 + (f" ({off_plot} row(s) with a gap above {top:.1f} pp off the plot)" if off_plot else ""), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -257,13 +276,14 @@ def render(out_dir: Path = OUT) -> Path:
         figure_t = str(FIGURE_T) if str(FIGURE_T) in ts else ts[-1]
         lines += [f"## {path.stem}", "", f"![gap against spike rate at T = {figure_t}]({path.stem}.png)", ""]
         plot(out_dir / f"{path.stem}.png", grouped, figure_t, min_sparsity, max_gap)
-        for (ann, budget_epochs, train_images, test_images, seed, levels, stage), members in grouped.items():
-            first, (bptt, horizons, bptt_penalty) = members[0], stage
-            stages = (f"QCFS training at L = {levels}" if not bptt else
-                      f"QCFS training at L = {levels}, then {bptt} epoch(s) of BPTT at T = "
+        for (ann, budget_epochs, train_images, test_images, seed, qcfs, stage), members in grouped.items():
+            first, (levels, optimizer, qcfs_lr, threshold_lr), (bptt, horizons, bptt_penalty) = members[0], qcfs, stage
+            qcfs_training = (f"QCFS training at L = {levels} ({OPTIMIZER_NAMES[optimizer]} at {qcfs_lr:g}, "
+                             f"λ at {threshold_lr:g})")
+            stages = (qcfs_training if not bptt else
+                      f"{qcfs_training}, then {bptt} epoch(s) of BPTT at T = "
                       f"{', '.join(map(str, horizons))} (Adam at {first['options']['finetune_lr']:g}, "
-                      + ("ρ in BPTT too" if bptt_penalty == "ρ" else f"ρ = {bptt_penalty:g} in BPTT"
-                         if bptt_penalty else "no rate penalty in BPTT") + ")")
+                      + bptt_penalty_name(bptt_penalty) + ")")
             lines += [f"ANN: {first['model']}, {ann}, {100 * first['ann_accuracy']:.2f} % on {test_images} "
                       f"test images; {stages}: budget {budget_epochs} epoch(s) over "
                       f"{train_images} training images, seed {seed}; timing on a batch of {first['timing_batch']}, "
@@ -311,6 +331,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-horizons", type=int, nargs="+",
                         help="the T's whose readouts BPTT trains (default: the largest --timesteps)")
     parser.add_argument("--levels", type=int, help="QCFS L of the conversion (default: the budget's recipe)")
+    parser.add_argument("--qcfs-optimizer", choices=OPTIMIZERS, help="QCFS training's (default: the budget's recipe)")
+    parser.add_argument("--qcfs-lr", type=float, help="QCFS training's learning rate of weights and biases "
+                                                      "(default: the budget's recipe)")
+    parser.add_argument("--threshold-lr", type=float, help="QCFS training's learning rate of the thresholds λ "
+                                                           "(default: --qcfs-lr if given, else the budget's recipe)")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[FIGURE_T])
     parser.add_argument("--train-subset", type=int, help="train on this many training images (fixed seed)")
     parser.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
@@ -325,6 +350,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def conversion_options(args: argparse.Namespace) -> dict:
     """``convert``'s options from the job's: the budget split into QCFS training and BPTT."""
     return {"budget_epochs": args.budget, "finetune_epochs": args.finetune_epochs, "levels": args.levels,
+            "qcfs_optimizer": args.qcfs_optimizer, "qcfs_lr": args.qcfs_lr, "threshold_lr": args.threshold_lr,
             "finetune_horizons": args.finetune_horizons or (max(args.timesteps),),
             "finetune_rate_penalty": args.finetune_penalty}
 

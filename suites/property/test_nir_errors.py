@@ -10,6 +10,10 @@ graph read is then identical to the original. Plain files have no digest (NIR ha
 fuzz test asserts only that they raise NIRFormatError or import as a valid network.
 """
 
+import json
+import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -223,6 +227,61 @@ def test_foreign_semantics_are_refused_by_cpu_and_quantize(workdir):
         snnverify.compile(snn, target="cpu")
     with pytest.raises(ValueError, match="quantize executes only the normative IF neuron"):
         snnverify.quantize(snn)
+
+
+def free_space_object(data: bytes, collection: int) -> int:
+    """Where the index-0 (free space) object of the global heap collection at ``collection``
+    starts: after the objects, each a 16-byte header and its data padded to 8 bytes."""
+    position = collection + 16
+    while struct.unpack_from("<H", data, position)[0] != 0:
+        position += 16 + (struct.unpack_from("<Q", data, position + 8)[0] + 7) // 8 * 8
+    return position
+
+
+#: damage to the global heap collection of the file's strings -> what the error says
+HEAP_DAMAGE = {
+    "free space size 0": "is corrupt (free space 0 bytes",
+    "object size": "is corrupt",
+    "collection version": "where no global heap collection starts",
+    "collection size": "runs past the end of the file",
+}
+
+
+def test_a_damaged_string_heap_is_an_error_not_a_hang(workdir, valid):
+    """Damage the global heap collection that holds the file's strings (the nodes' types and the
+    edges). libhdf5 reports most damage itself, but on a free-space object of size 0 it loops
+    forever, holding the GIL (it steps to the object's end: no step). The reader checks each
+    collection before h5py reads a string: every case is a NIRFormatError naming the field and
+    the collection. Read in a subprocess, so that a hang fails the test instead of freezing it."""
+    collection = valid["lossless"].index(b"GCOL")
+    paths = {}
+    for damage in HEAP_DAMAGE:
+        data = bytearray(valid["lossless"])
+        if damage == "free space size 0":
+            struct.pack_into("<Q", data, free_space_object(data, collection) + 8, 0)
+        elif damage == "object size":  # the first object's size, 8 bytes more: the objects after it shift
+            size = struct.unpack_from("<Q", data, collection + 16 + 8)[0]
+            struct.pack_into("<Q", data, collection + 16 + 8, size + 8)
+        elif damage == "collection version":
+            data[collection + 4] = 2
+        else:
+            struct.pack_into("<Q", data, collection + 8, 2 * len(data))
+        paths[damage] = str(write_bytes(workdir, bytes(data), f"heap-{damage.replace(' ', '-')}.nir"))
+    read_each = ("import json, sys\nfrom snnverify import nir_io\nerrors = {}\n"
+                 "for damage, path in json.loads(sys.argv[1]).items():\n"
+                 "    try:\n        nir_io.read(path)\n    except nir_io.NIRFormatError as error:\n"
+                 "        errors[damage] = str(error)\nprint(json.dumps(errors))")
+    try:
+        done = subprocess.run([sys.executable, "-c", read_each, json.dumps(paths)], capture_output=True, text=True,
+                              timeout=120, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading files with a damaged string heap did not finish in 120 s")
+    errors = json.loads(done.stdout)
+    for damage, message in HEAP_DAMAGE.items():
+        assert damage in errors, f"{damage}: read without an error"
+        error = errors[damage]
+        assert paths[damage] in error and str(collection) in error and message in error, (damage, error)
+        assert "the strings of field '" in error, (damage, error)
 
 
 # --- fuzzing ------------------------------------------------------------------------------

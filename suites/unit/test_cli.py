@@ -89,6 +89,7 @@ def test_bad_inputs_exit_with_a_message_not_a_traceback(tmp_path, capsys):
     ("sparsity", ["--budget", "0", "--penalties", "1"], "rate_penalty=1.0 acts in training, and this conversion trains nothing"),
     ("sparsity", ["--finetune-penalty", "1"], "finetune_rate_penalty=1.0 acts in BPTT fine-tuning, and this "
                                               "conversion has finetune_epochs=0"),
+    ("sparsity", ["--qcfs-lr", "0"], "conversion option qcfs_lr must be > 0, got 0.0"),
     ("sparsity", ["--model", "vgg99"], "unknown model 'vgg99'"),
     ("sparsity", ["--threads", "0"], "--threads must be in 1.."),
     ("sparsity", ["--checkpoint", "no/such/file.pt"], "does not exist"),

@@ -17,7 +17,7 @@ from snnverify import ConversionOptions
 from snnverify.cli import main
 from snnverify.convert import fold_batchnorm, insert_qcfs, trace, train_qcfs
 from snnverify.convert.qcfs import QCFS, qcfs_rate
-from snnverify.jobs.sparsity import pareto_optimal
+from snnverify.jobs.sparsity import bptt_penalty_name, finetune_stage, group_of, pareto_optimal
 from snnverify.models import small_resnet
 from snnverify.train import fit
 
@@ -154,6 +154,25 @@ def test_pareto_optimal_rows_have_no_row_at_least_as_good_in_gap_and_rate_and_be
     assert pareto_optimal(rows) == [True, True, True, False, False, True]
 
 
+def test_rows_group_by_their_training_stages():
+    """A row's group is its ANN, data and both stages' settings: another QCFS learning rate or a
+    BPTT penalty of its own is another group; a sweep over ρ applied in both stages is one."""
+    def row(penalty, qcfs_lr=1e-3, bptt_penalty=None):
+        options = {"levels": 8, "qcfs_optimizer": "adamw", "qcfs_lr": qcfs_lr, "threshold_lr": 5e-2,
+                   "finetune_epochs": 1, "finetune_horizons": [32]}
+        return {"ann": "a.pt", "budget_epochs": 2, "train_images": 10, "test_images": 10, "seed": 0, "penalty": penalty,
+                "options": options, "training": {"finetune": {"rate_penalty": penalty if bptt_penalty is None
+                                                              else bptt_penalty}}}
+
+    assert group_of(row(0.3)) == group_of(row(1.0))  # ρ in BPTT too
+    assert group_of(row(0.3)) != group_of(row(0.3, qcfs_lr=1e-4))
+    assert group_of(row(0.3, bptt_penalty=1.0)) == group_of(row(0.5, bptt_penalty=1.0)) != group_of(row(0.3))
+    assert group_of(row(0.3, bptt_penalty=0.0)) != group_of(row(0.3))
+    assert [bptt_penalty_name(finetune_stage(r)[2]) for r in (row(0.3), row(0.3, bptt_penalty=1.0),
+                                                               row(0.3, bptt_penalty=0.0))] == [
+        "ρ in BPTT too", "ρ = 1 in BPTT", "no rate penalty in BPTT"]
+
+
 def test_sparsity_job_writes_rows_a_pareto_table_and_a_plot(tmp_path):
     out = tmp_path / "sparsity"
     arguments = ["sparsity", "--dataset", "digits", "--ann-epochs", "1", "--train-subset", "128", "--test-subset",
@@ -183,7 +202,7 @@ def test_sparsity_job_writes_rows_a_pareto_table_and_a_plot(tmp_path):
     rows = json.loads((out / "digits-small_resnet.json").read_text())["rows"]
     assert [(r["penalty"], r["options"]["levels"]) for r in rows] == [(0.0, 8), (3.0, 8), (0.0, 4)]
     readme = (out / "README.md").read_text()
-    assert "QCFS training at L = 4:" in readme and "QCFS training at L = 8:" in readme
+    assert all(f"QCFS training at L = {levels} (AdamW at 0.001, λ at 0.05):" in readme for levels in (4, 8))
     # a budget that ends in BPTT is another group too, its stages recorded and named
     assert main([*arguments[:arguments.index("--penalties")], "--penalties", "3", "--budget", "2",
                  "--finetune-epochs", "1", "--finetune-horizons", "4",
