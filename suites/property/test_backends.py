@@ -153,7 +153,7 @@ def narrowed_layers(plan) -> dict[str, bool]:
             if op.sparse and isinstance(op.node, g.Conv2d)}
 
 
-@settings(max_examples=40)
+@settings(max_examples=60)
 @given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12), st.data())
 def test_cpu_integer_spikes_alike_with_narrow_and_wide_accumulators(comparison_log, case, data):
     """The cpu backend gathers an integer conv of spikes or pooled spikes in int32 where every

@@ -89,7 +89,7 @@ def test_fused_kernel_matches_the_unfused_kernels_integer(comparison_log, case):
     fused_and_unfused(comparison_log, "cpu fused vs unfused, integer", graph, case.x, case.timesteps)
 
 
-@settings(max_examples=30)
+@settings(max_examples=50)
 @given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12), st.booleans())
 def test_cpu_spikes_do_not_depend_on_threads_or_tiles(comparison_log, case, integer):
     """The event kernels split their jobs (samples per tile, groups) over one worker per Numba
