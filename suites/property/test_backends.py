@@ -81,7 +81,7 @@ def test_cpu_and_gpu_spikes_identical_float32(comparison_log, case):
             spikes_on(case.graph, "gpu", case.x, case.timesteps))
 
 
-@settings(max_examples=50)
+@settings(max_examples=120)
 @given(spiking_graphs(dyadic=False, max_work=SIMULATOR_WORK))
 def test_cpu_and_gpu_spikes_identical_float32_arbitrary_weights(comparison_log, case):
     compare(comparison_log, "cpu vs gpu, float32 (non-dyadic)", spikes_on(case.graph, "cpu", case.x, case.timesteps),
@@ -123,7 +123,7 @@ def test_torch_vs_cpu_float32_deviation_is_measured(comparison_log, case):
 # Wide layers: 16–80 output channels, where the CPU kernels gather 4 or 2 positions at once
 # (16, 32 channels) or use blocks of 16 and 64 channels; the narrow graphs above never reach them.
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=24, deadline=None)
 @given(spiking_graphs(dyadic=False, wide=True, max_size=3, max_timesteps=3, max_blocks=1,
                      max_work=4 * SIMULATOR_WORK))
 def test_cpu_and_gpu_spikes_identical_float32_wide_layers(comparison_log, case):
