@@ -52,6 +52,8 @@ CANDIDATES: dict[str, dict] = {
                            "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4, 8)},
     "adamw-L8-bptt1-h48": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
                            "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4, 8)},
+    "adamw-L8-bptt1-h4832": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
+                             "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4, 8, 32)},
     "p99.99": {"percentile": 99.99, "finetune_epochs": 0},
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
