@@ -8,11 +8,16 @@ and the SNN's synaptic events per image (the adds an event-driven simulator must
 the spikes), so that the time ratio can be read against the work ratio. Conversion uses random
 weights and calibration data (speed does not depend on training); a warm-up round compiles
 the kernels first.
+
+A target may name a torch device, ``torch:cuda``: the reference executor dense on the GPU
+(cuDNN, its fastest algorithm per shape; float32, no TF32), beside the ``gpu`` backend's
+bit-exact kernels. Where a target runs on a GPU, the ANN's forward pass is timed there too.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -65,78 +70,133 @@ def interleaved_best_times(functions: dict, repeats: int, calls: int = 2,
     return best
 
 
+#: the spike statistics (rate, synaptic events) are read from at most this many images of the
+#: batch: recording every spike of a large batch costs more than timing it
+STATISTICS_IMAGES = 32
+
+
+def parse_target(spelling: str) -> tuple[str, str | None]:
+    """``"cpu"`` -> ("cpu", None); ``"torch:cuda"`` -> ("torch", "cuda"): a target and the torch
+    device it runs on. Unknown targets, devices that are no torch device, and a CUDA device
+    without a GPU are errors naming the spelling."""
+    target, _, device = spelling.partition(":")
+    if target not in known_targets():
+        raise ValueError(f"unknown target {target!r} in {spelling!r}; known targets: {', '.join(known_targets())}")
+    if not device:
+        return target, None
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"target {spelling!r}: {device!r} is not a torch device ({error})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"target {spelling!r} needs a CUDA GPU and torch sees none (torch.cuda.is_available() "
+                         "is False)")
+    return target, device
+
+
+def _on_gpu(spelling: str) -> bool:
+    target, device = parse_target(spelling)
+    return target == "gpu" or (device is not None and torch.device(device).type == "cuda")
+
+
 def measure(model: str, targets: list[str], timesteps: list[int], batch: int, repeats: int = 3,
             integer: bool = False) -> dict:
     """Images/s per target and T beside the ANN forward; with ``integer``, every target also
-    runs the network's integer mode (``snnverify.quantize``), as target ``<target> integer``."""
+    runs the network's integer mode (``snnverify.quantize``), as target ``<target> integer``.
+    ``targets`` are spelled as :func:`parse_target` reads them."""
     ann, graph = converted(model)
     x = torch.randn(batch, *SHAPES[model])
     macs = multiply_accumulates(graph)
     results = {"model": model, "batch": batch, "threads": torch.get_num_threads(), "ann_macs_per_image": macs,
                "snn": []}
     neurons = sum(math.prod(graph.shapes[layer.name]) for layer in graph.neuron_layers)
-    snns = {target: SNN(graph, 1, target=target) for target in targets}
+    devices = {spelling: parse_target(spelling)[1] for spelling in targets}
+    snns = {spelling: SNN(graph, 1, target=parse_target(spelling)[0]) for spelling in targets}
     if integer:
-        snns.update({f"{target} integer": snnverify.quantize(SNN(graph, 1, target=target)) for target in targets})
+        for spelling in targets:
+            devices[f"{spelling} integer"] = devices[spelling]
+            snns[f"{spelling} integer"] = snnverify.quantize(SNN(graph, 1, target=parse_target(spelling)[0]))
+    gpu = any(_on_gpu(spelling) for spelling in targets)
+    if gpu:  # dense torch at its best: cuDNN times its algorithms once per shape and keeps the fastest
+        torch.backends.cudnn.benchmark = True
+    anns = {"ann": (ann, x)}
+    if gpu:
+        anns["ann:cuda"] = (copy.deepcopy(ann).cuda(), x.cuda())
 
-    def ann_forward():
+    def forward(network, inputs):
         with torch.no_grad():
-            ann(x)
+            network(inputs)
+        if inputs.is_cuda:
+            torch.cuda.synchronize()
 
-    ann_seconds = math.inf
+    ann_seconds = dict.fromkeys(anns, math.inf)
+    sample = x[:STATISTICS_IMAGES]
     for t in timesteps:
-        simulations = {target: (lambda snn=snn, t=t: snnverify.simulate(snn, x, timesteps=t))
-                       for target, snn in snns.items()}
-        seconds = interleaved_best_times({"ann": ann_forward, **simulations}, repeats)
-        ann_seconds = min(ann_seconds, seconds["ann"])
-        for target, snn in snns.items():
-            _, spikes = snnverify.simulate(snn, x, timesteps=t, record=True)
+        simulations = {name: (lambda snn=snn, t=t, device=devices[name]: snnverify.simulate(snn, x, t, device=device))
+                       for name, snn in snns.items()}
+        passes = {name: (lambda pair=pair: forward(*pair)) for name, pair in anns.items()}
+        seconds = interleaved_best_times({**passes, **simulations}, repeats)
+        for name in anns:
+            ann_seconds[name] = min(ann_seconds[name], seconds[name])
+        for name, snn in snns.items():
+            _, spikes = snnverify.simulate(snn, sample, timesteps=t, record=True, device=devices[name])
             fired = sum(int(s.sum()) for s in spikes.values())
-            events = synaptic_events(snn.graph, spikes) / batch
-            results["snn"].append({
-                "target": target, "timesteps": t, "seconds": seconds[target],
-                "images_per_s": batch / seconds[target], "ann_seconds_same_rounds": seconds["ann"],
-                "ratio_to_ann": seconds[target] / seconds["ann"],
+            events = synaptic_events(snn.graph, spikes) / len(sample)
+            row = {
+                "target": name, "timesteps": t, "seconds": seconds[name],
+                "images_per_s": batch / seconds[name], "ann_seconds_same_rounds": seconds["ann"],
+                "ratio_to_ann": seconds[name] / seconds["ann"],
                 # event-driven cost grows with the spikes, so the rate belongs beside the speed
-                "spike_rate": fired / (neurons * t * batch),
+                "spike_rate": fired / (neurons * t * len(sample)),
                 "synaptic_events_per_image": events, "events_per_ann_mac": events / macs,
-                "synaptic_events_per_s": events * batch / seconds[target]})
-    results["ann_seconds"] = ann_seconds
-    results["ann_images_per_s"] = batch / ann_seconds
+                "synaptic_events_per_s": events * batch / seconds[name]}
+            if gpu:
+                row["ratio_to_ann_cuda"] = seconds[name] / seconds["ann:cuda"]
+            results["snn"].append(row)
+    results["ann_seconds"] = ann_seconds["ann"]
+    results["ann_images_per_s"] = batch / ann_seconds["ann"]
+    if gpu:
+        results["ann_cuda_images_per_s"] = batch / ann_seconds["ann:cuda"]
     return results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--targets", nargs="+", default=["torch", "cpu"])
+    parser.add_argument("--targets", nargs="+", default=["torch", "cpu"],
+                        help="backends to time; torch:cuda runs the reference executor on the GPU")
     parser.add_argument("--timesteps", nargs="+", type=int, default=[8, 32])
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", nargs="+", type=int, default=[32], help="batch sizes, each measured on its own")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--integer", action="store_true", help="also time each target on the integer-mode network")
     parser.add_argument("--out", help="write the results as JSON here")
 
 
 def main(args: argparse.Namespace) -> int:
-    unknown = sorted(set(args.targets) - set(known_targets()))
-    if unknown:
-        raise ValueError(f"unknown target(s) {', '.join(unknown)}; known targets: {', '.join(known_targets())}")
+    for spelling in args.targets:
+        parse_target(spelling)
     for t in args.timesteps:
         check_timesteps(t)
-    for name in ("batch", "repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    results = [measure(m, args.targets, args.timesteps, args.batch, args.repeats, args.integer) for m in args.models]
+    for name, value in [*(("batch", b) for b in args.batch), ("repeats", args.repeats)]:
+        if value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    results = [measure(m, args.targets, args.timesteps, batch, args.repeats, args.integer)
+               for m in args.models for batch in args.batch]
     for result in results:
-        print(f"{result['model']}: ANN forward {result['ann_images_per_s']:.0f} images/s (batch {result['batch']})")
+        on_gpu = f", on the GPU {result['ann_cuda_images_per_s']:.0f}" if "ann_cuda_images_per_s" in result else ""
+        print(f"{result['model']}: ANN forward {result['ann_images_per_s']:.0f} images/s{on_gpu} "
+              f"(batch {result['batch']})")
         for row in result["snn"]:
-            print(f"  {row['target']:>5} T={row['timesteps']:<3} {row['images_per_s']:8.1f} images/s, "
-                  f"{row['ratio_to_ann']:6.1f}x the ANN forward time, spike rate {row['spike_rate']:.3f}, "
+            gpu_ratio = f" ({row['ratio_to_ann_cuda']:.1f}x on the GPU)" if "ratio_to_ann_cuda" in row else ""
+            print(f"  {row['target']:>10} T={row['timesteps']:<3} {row['images_per_s']:8.1f} images/s, "
+                  f"{row['ratio_to_ann']:6.1f}x the ANN forward time{gpu_ratio}, spike rate {row['spike_rate']:.3f}, "
                   f"{row['events_per_ann_mac']:.2f} synaptic events per ANN MAC, "
                   f"{row['synaptic_events_per_s'] / 1e9:.1f} G events/s")
         by_key = {(row["target"], row["timesteps"]): row["images_per_s"] for row in result["snn"]}
         for (target, timesteps), rate in by_key.items():
-            if target != "torch" and ("torch", timesteps) in by_key:
-                print(f"  {target} / torch at T={timesteps}: {rate / by_key['torch', timesteps]:.2f}x")
+            # each backend beside the reference executor on the same kind of device
+            reference = "torch:cuda" if _on_gpu(target.removesuffix(" integer")) else "torch"
+            if target != reference and (reference, timesteps) in by_key:
+                print(f"  {target} / {reference} at T={timesteps}: {rate / by_key[reference, timesteps]:.2f}x")
     if args.out:
         atomic_write(args.out, json.dumps(results, indent=2) + "\n")
     return 0

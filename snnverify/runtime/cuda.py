@@ -1,11 +1,13 @@
 """Numba CUDA backend (``compile(snn, target="gpu")``).
 
-Convs and linear layers run as one tiled implicit-GEMM kernel (:func:`_synapse_kernel`): each
-thread owns a few outputs and sums each of them in exactly the order of the CPU kernels —
-kernel row, kernel column, input channel, bias last — with products rounded on their own
-(``fmul_rn``: never contracted into a fused multiply-add), so float32 spikes are bit-identical
-to the CPU backend's. The other kernels take one thread per output element (or per neuron for
-IF layers, looping over T). Activations stay on the device from the input to the output;
+Convs and linear layers fed by spike maps run event-driven (:func:`_event_kernel`): a warp
+shares an output position, walks the spikes of its input window, packed 32 channels to a word,
+and adds one weight per spike and output channel. The others (the input layer, pooled maps)
+run as one tiled implicit-GEMM kernel (:func:`_synapse_kernel`) with products rounded on their
+own (``fmul_rn``: never contracted into a fused multiply-add). Each output is summed in exactly
+the order of the CPU kernels — kernel row, kernel column, input channel, bias last — so float32
+spikes are bit-identical to the CPU backend's. The other kernels take one thread per output
+element (or per neuron for IF layers, looping over T). Activations stay on the device from the input to the output;
 weights are laid out and copied there once per plan. Without a CUDA GPU the target is an
 error, never a silent CPU run; the kernels also run under the CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``, with smaller tiles), which is how CPU-only machines test them,
@@ -215,6 +217,84 @@ _SYNAPSES = {"f": _synapse_kernel(_inner(_float_product), np.float32, numba.floa
              "i": _synapse_kernel(_inner(_int_product), np.int64, numba.int64)}
 
 
+# The event kernel: a warp's _LANES threads share one output position at a time, each thread
+# summing _PER_LANE output channels (a lane's channels _LANES apart: each weight row is one
+# coalesced load), so every branch on the input's spikes is taken by the whole warp alike.
+# A block has _WARPS warps, each walking _WARP_POSITIONS consecutive output positions. The
+# simulator gets the same structure with fewer threads (it interprets each one in Python).
+_LANES, _PER_LANE, _WARPS, _WARP_POSITIONS = (4, 2, 1, 8) if SIMULATOR else (32, 4, 4, 1)
+_EVENT_CHANNELS = _LANES * _PER_LANE  # output channels of one block column
+_WORD = 32  # channels per packed spike word
+
+
+@cuda.jit
+def _pack_spikes_kernel(x, groups, out):
+    """out[n, k, y, x, w] = the spikes of channels k·C/G + 32·w … + 31 of group k at (y, x), bit
+    b for channel 32·w + b; one thread per word."""
+    rows, _, height, width, words = out.shape
+    group_in = x.shape[1] // groups
+    index = cuda.grid(1)
+    if index >= rows * groups * words * height * width:
+        return
+    xo, y = index % width, (index // width) % height  # threads next to each other read along a row
+    word, group, n = (index // (width * height)) % words, (index // (width * height * words)) % groups, \
+        index // (width * height * words * groups)
+    bits = 0
+    for b in range(min(_WORD, group_in - word * _WORD)):
+        if x[n, group * group_in + word * _WORD + b, y, xo]:
+            bits |= 1 << b
+    out[n, group, y, xo, word] = bits
+
+
+def _event_kernel(dtype):
+    """The conv kernel of a spike map, event-driven: out[n, g·O + o, y, x] = Σ W'[g, ky, kx, c, o]
+    over the taps (ky, kx) inside the input and the channels c that spiked there, in the dense
+    kernel's order (kernel row, kernel column, input channel; bias last), the silent inputs
+    skipped: their products w·0 = ±0 leave a sum unchanged, and a spike's product w·1 = w is
+    exact — the same sums, bit for bit, as :func:`_synapse_kernel` and the CPU's. The spikes
+    come packed (:func:`_pack_spikes_kernel`): each set bit, lowest first, is one add per lane
+    channel; a word without spikes costs one load."""
+
+    @cuda.jit
+    def conv2d_events(packed, w, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, zero, out):
+        rows, _, out_h, out_w = out.shape
+        kernel_h, kernel_w, group_out = w.shape[1], w.shape[2], w.shape[4]
+        height, width, words = packed.shape[2], packed.shape[3], packed.shape[4]
+        group = cuda.blockIdx.z
+        lane_channel = cuda.blockIdx.y * _EVENT_CHANNELS + cuda.threadIdx.x
+        acc = cuda.local.array(_PER_LANE, dtype)
+        first = (cuda.blockIdx.x * _WARPS + cuda.threadIdx.y) * _WARP_POSITIONS
+        for position in range(first, min(first + _WARP_POSITIONS, rows * out_h * out_w)):
+            n, y, xo = position // (out_h * out_w), (position // out_w) % out_h, position % out_w
+            for j in range(_PER_LANE):
+                acc[j] = zero
+            for ky in range(kernel_h):
+                yi = y * stride_h - pad_h + ky * dilation_h
+                if 0 <= yi < height:
+                    for kx in range(kernel_w):
+                        xi = xo * stride_w - pad_w + kx * dilation_w
+                        if 0 <= xi < width:
+                            for word in range(words):
+                                bits = np.int64(packed[n, group, yi, xi, word])
+                                while bits != 0:
+                                    c = word * _WORD + cuda.ffs(bits) - 1
+                                    bits &= bits - 1
+                                    for j in range(_PER_LANE):
+                                        o = lane_channel + j * _LANES
+                                        if o < group_out:
+                                            acc[j] += w[group, ky, kx, c, o]
+            for j in range(_PER_LANE):
+                o = lane_channel + j * _LANES
+                if o < group_out:
+                    o += group * group_out
+                    out[n, o, y, xo] = acc[j] + bias[o]
+
+    return conv2d_events
+
+
+_EVENT_SYNAPSES = {"f": _event_kernel(numba.float32), "i": _event_kernel(numba.int64)}
+
+
 @cuda.jit
 def _sum_pool2d_kernel(x, kernel, stride, padding, zero, out):
     rows, channels, out_h, out_w = out.shape
@@ -270,18 +350,26 @@ def _add_into_kernel(total, x, temporal_x, batch_rows):
 
 
 def _synapses(x, weight, bias, geometry, out_shape):
-    """Launch the conv kernel; ``geometry``: (stride, padding, dilation) as (h, w) pairs."""
+    """Launch the conv kernel: event-driven where a spike map feeds it, dense (an implicit
+    GEMM) otherwise; ``geometry``: (stride, padding, dilation) as (h, w) pairs."""
     out = cuda.device_array(out_shape, weight.dtype)
     rows, _, out_h, out_w = out_shape
     groups, group_out = weight.shape[0], weight.shape[4]
-    grid = (math.ceil(rows * out_h * out_w / _TILE), math.ceil(group_out / _TILE), groups)
-    _SYNAPSES[weight.dtype.kind][grid, (_SIDE, _SIDE)](x, weight, bias, *(v for pair in geometry for v in pair),
-                                                       weight.dtype.type(0), out)
+    scalars = (*(v for pair in geometry for v in pair), weight.dtype.type(0), out)
+    if x.dtype == np.bool_:
+        packed = cuda.device_array((rows, groups, *x.shape[2:], math.ceil(weight.shape[3] / _WORD)), np.uint32)
+        _launch(_pack_spikes_kernel, packed.size, x, groups, packed)
+        grid = (math.ceil(rows * out_h * out_w / (_WARPS * _WARP_POSITIONS)), math.ceil(group_out / _EVENT_CHANNELS),
+                groups)
+        _EVENT_SYNAPSES[weight.dtype.kind][grid, (_LANES, _WARPS)](packed, weight, bias, *scalars)
+    else:
+        grid = (math.ceil(rows * out_h * out_w / _TILE), math.ceil(group_out / _TILE), groups)
+        _SYNAPSES[weight.dtype.kind][grid, (_SIDE, _SIDE)](x, weight, bias, *scalars)
     return out
 
 
 def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse):
-    # a sparse input needs no path of its own: a zero input adds w·0 = ±0 (see _synapse_kernel)
+    # a pooled spike map (sparse, graded) runs dense: a zero input adds w·0 = ±0 (see _synapse_kernel)
     return _synapses(x, weight, bias, (node.stride, node.padding, node.dilation), out_shape)
 
 

@@ -11,6 +11,7 @@ carries the atan surrogate gradient, so training and inference share one impleme
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -240,6 +241,19 @@ def _load(module: nn.Module, node) -> nn.Module:
     return module
 
 
+@contextlib.contextmanager
+def float32_convolutions():
+    """cuDNN convolutions (and CUDA matrix products) in float32 while the reference runs: torch
+    lets cuDNN round a float32 convolution's inputs to TF32 (10 mantissa bits) by default, which
+    would make the reference on a GPU another network than the graph."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @register_backend("torch")
 class TorchBackend:
     """The reference backend: :class:`TorchExecutor` on a torch device (CPU by default)."""
@@ -257,7 +271,8 @@ class TorchBackend:
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.executor.to(device)
         steps = tuple(sorted({*horizons, timesteps}))  # the full run's output is its readout at T
-        readouts, counts, spikes = self.executor(x.to(device), timesteps, record, horizons=steps)
+        with float32_convolutions():
+            readouts, counts, spikes = self.executor(x.to(device), timesteps, record, horizons=steps)
         readouts = dict(zip(steps, readouts.cpu().numpy().astype(np.float32)))
         return RunResult(
             output=readouts[timesteps],

@@ -26,9 +26,10 @@ COMPILE_EVERY_KERNEL = textwrap.dedent("""
     pair = t.UniTuple(t.int64, 2)
     signatures = []
     for kind, dtype in (("f", t.float32), ("i", t.int64)):
-        for source in (t.boolean, dtype):  # spike maps, and currents
-            signatures.append((backend._SYNAPSES[kind], (array(source, 4), array(dtype, 5), array(dtype, 1))
-                               + (t.int64,) * 6 + (dtype, array(dtype, 4))))
+        scalars = (t.int64,) * 6 + (dtype, array(dtype, 4))
+        signatures += [  # currents and pooled maps run dense, spike maps event-driven
+            (backend._SYNAPSES[kind], (array(dtype, 4), array(dtype, 5), array(dtype, 1)) + scalars),
+            (backend._EVENT_SYNAPSES[kind], (array(t.uint32, 5), array(dtype, 5), array(dtype, 1)) + scalars)]
         signatures += [
             (backend._sum_pool2d_kernel, (array(dtype, 4), pair, pair, pair, dtype, array(dtype, 4))),
             (backend._if_layer_kernel, (array(dtype, 2), t.boolean, array(dtype, 1), array(dtype, 1), t.int64,
@@ -39,13 +40,15 @@ COMPILE_EVERY_KERNEL = textwrap.dedent("""
             (backend._add_into_kernel, (array(dtype, 2), array(dtype, 2), t.boolean, t.int64)),
         ]
     signatures += [(backend._divide_kernel, (array(t.float32, 1), t.float32, array(t.float32, 1))),
+                   (backend._pack_spikes_kernel, (array(t.boolean, 4), t.int64, array(t.uint32, 5))),
                    (backend._count_kernel, (array(t.boolean, 1), array(t.int64, 1)))]
     for kernel, signature in signatures:
         ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
         name = kernel.py_func.__name__
         assert ".entry" in ptx, name
-        # the conv kernel's accumulators and staged tiles must live in registers and shared memory
-        assert name != "conv2d" or "ld.local" not in ptx, f"{name}{signature}: accumulators spill to local memory"
+        # the conv kernels' accumulators and staged tiles must live in registers and shared memory
+        assert not name.startswith("conv2d") or "ld.local" not in ptx, \
+            f"{name}{signature}: accumulators spill to local memory"
         print(name, "ok")
 """)
 
@@ -56,4 +59,5 @@ def test_every_cuda_kernel_compiles_to_sm90_ptx():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     compiled = result.stdout.split("\n")
-    assert compiled.count("conv2d ok") == 4 and len([line for line in compiled if line.endswith(" ok")]) == 16
+    assert compiled.count("conv2d ok") == 2 and compiled.count("conv2d_events ok") == 2
+    assert len([line for line in compiled if line.endswith(" ok")]) == 17

@@ -1,8 +1,10 @@
-"""The work counts that ``snnverify speed`` reports beside its timings."""
+"""The work counts that ``snnverify speed`` reports beside its timings, the targets it reads, and
+the reference executor's float32 arithmetic on a GPU."""
 
 import time
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -10,7 +12,8 @@ from hypothesis import strategies as st
 
 from snnverify import graph as g
 from snnverify.graph import multiply_accumulates, synaptic_events
-from snnverify.jobs.speed import interleaved_best_times
+from snnverify.jobs.speed import interleaved_best_times, parse_target
+from snnverify.runtime.torch_ref import TorchBackend
 
 
 def conv_graph(conv: g.Conv2d, in_shape) -> g.SpikingGraph:
@@ -79,3 +82,37 @@ def test_interleaved_times_on_the_cpu_clock_leave_out_waiting():
     nap = {"sleep": lambda: time.sleep(0.02)}
     assert interleaved_best_times(nap, 1, calls=1)["sleep"] >= 0.02
     assert interleaved_best_times(nap, 1, calls=1, clock=time.process_time)["sleep"] < 0.01
+
+
+def test_speed_targets_name_a_backend_and_a_torch_device():
+    assert parse_target("cpu") == ("cpu", None)
+    with pytest.raises(ValueError, match="unknown target 'tensorrt' in 'tensorrt:cuda'"):
+        parse_target("tensorrt:cuda")
+    with pytest.raises(ValueError, match="'torch:abacus'.*'abacus' is not a torch device"):
+        parse_target("torch:abacus")
+    if torch.cuda.is_available():
+        assert parse_target("torch:cuda") == ("torch", "cuda")
+    else:  # never a quiet run on the CPU in place of the GPU asked for
+        with pytest.raises(ValueError, match="'torch:cuda' needs a CUDA GPU"):
+            parse_target("torch:cuda")
+
+
+def test_the_reference_runs_float32_convolutions_whatever_torch_allows(monkeypatch):
+    """cuDNN may round float32 convolutions to TF32 by default; the reference must not."""
+    nodes = {"in": g.Input("in", shape=(2,)), "fc": g.Linear("fc", weight=np.ones((2, 2))),
+             "if": g.IF("if", threshold=np.ones(2)), "out": g.Output("out")}
+    backend = TorchBackend(g.SpikingGraph(nodes, {"fc": ["in"], "if": ["fc"], "out": ["if"]}))
+    seen = []
+    forward = backend.executor.forward
+    monkeypatch.setattr(backend.executor, "forward", lambda *args, **kwargs: (
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)),
+        forward(*args, **kwargs))[1])
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        backend.run(torch.ones(1, 2), 2)
+        restored = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert seen == [(False, False)]
+    assert restored == (True, True)  # what the caller allowed, back after the run
