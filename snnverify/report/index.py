@@ -223,7 +223,8 @@ class Index:
         page = self.page
         page.heading("Speed per backend")
         page.text("Images/s per backend, and ratios only between backends of the same file (one machine, "
-                  "timed interleaved): speed-up over the torch reference, SNN time over the ANN forward time.")
+                  "timed interleaved): speed-up over the torch reference on the same kind of device (torch:cuda "
+                  "for the GPU's rows where it ran), SNN time over the ANN forward time on the CPU.")
         plt = _plt()
         for path in files:
             entries = _read(path)
@@ -235,19 +236,22 @@ class Index:
             commit = commit_file.read_text().split()[0] if commit_file.is_file() else _last_commit(path)
             rows = []
             for entry in entries:
-                torch_speed = {s["timesteps"]: s["images_per_s"] for s in entry["snn"] if s["target"] == "torch"}
+                speeds = {(s["target"], s["timesteps"]): s["images_per_s"] for s in entry["snn"]}
                 for s in entry["snn"]:
-                    rows.append({"model": entry["model"], "T": s["timesteps"], "target": s["target"],
-                                 "images/s": s["images_per_s"],
-                                 "× torch": s["images_per_s"] / torch_speed[s["timesteps"]]
-                                 if s["timesteps"] in torch_speed else float("nan"),
-                                 "SNN/ANN time": s["ratio_to_ann"]})
-            machine = f"{device}, {entries[0]['threads']} threads, batch {entries[0]['batch']}"
+                    on_gpu = s["target"] == "gpu" or s["target"].startswith("torch:cuda")
+                    reference = speeds.get(("torch:cuda" if on_gpu else "torch", s["timesteps"]),
+                                           speeds.get(("torch", s["timesteps"]), float("nan")))
+                    rows.append({"model": entry["model"], "batch": entry["batch"], "T": s["timesteps"],
+                                 "target": s["target"], "images/s": s["images_per_s"],
+                                 "× torch": s["images_per_s"] / reference, "SNN/ANN time": s["ratio_to_ann"]})
+            batches = ", ".join(str(b) for b in sorted({entry["batch"] for entry in entries}))
+            machine = f"{device}, {entries[0]['threads']} threads, batch {batches}"
             page.text(f"{self.rel(path)} — machine: {machine}; commit {commit}.")
             frame = pd.DataFrame(rows)
             page.table(frame)
             figure, axis = plt.subplots(figsize=(7, 3.2))
-            frame.pivot_table(index=["model", "T"], columns="target", values="images/s").plot.bar(ax=axis, rot=0, logy=True)
+            frame.pivot_table(index=["model", "batch", "T"], columns="target", values="images/s").plot.bar(
+                ax=axis, rot=0, logy=True)
             axis.set_ylabel("images/s (log)")
             axis.set_title(f"{self.rel(path)} ({machine})", fontsize=8)
             figure.tight_layout(rect=(0, 0.04, 1, 1))
