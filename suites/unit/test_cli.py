@@ -82,7 +82,7 @@ def test_bad_inputs_exit_with_a_message_not_a_traceback(tmp_path, capsys):
     ("run", ["--qcfs-optimizer", "rmsprop"], "qcfs_optimizer"),
     ("run", ["--checkpoint", "no/such/file.pt"], "does not exist"),
     ("run", ["--convert-timesteps", "0"], "timesteps must be an integer >= 1"),
-    ("speed", ["--targets", "cpu", "tpu"], "unknown target(s) tpu"),
+    ("speed", ["--targets", "cpu", "tpu"], "unknown target 'tpu'"),
     ("speed", ["--batch", "0"], "--batch must be >= 1"),
     ("loihi2", ["--model", "vgg99"], "unknown model 'vgg99'"),
     ("sparsity", ["--penalties", "0", "-1"], "rate_penalty must be a finite number >= 0, got -1.0"),
