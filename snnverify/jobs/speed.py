@@ -94,9 +94,11 @@ def parse_target(spelling: str) -> tuple[str, str | None]:
     return target, device
 
 
-def _on_gpu(spelling: str) -> bool:
-    target, device = parse_target(spelling)
-    return target == "gpu" or (device is not None and torch.device(device).type == "cuda")
+def runs_on_gpu(spelling: str) -> bool:
+    """Whether a result row's target (``gpu``, ``torch:cuda``, either with `` integer``) ran on a
+    GPU, read from its spelling alone (reports are rendered on machines without one)."""
+    target, _, device = spelling.removesuffix(" integer").partition(":")
+    return target == "gpu" or device.startswith("cuda")
 
 
 def measure(model: str, targets: list[str], timesteps: list[int], batch: int, repeats: int = 3,
@@ -110,13 +112,14 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
     results = {"model": model, "batch": batch, "threads": torch.get_num_threads(), "ann_macs_per_image": macs,
                "snn": []}
     neurons = sum(math.prod(graph.shapes[layer.name]) for layer in graph.neuron_layers)
-    devices = {spelling: parse_target(spelling)[1] for spelling in targets}
-    snns = {spelling: SNN(graph, 1, target=parse_target(spelling)[0]) for spelling in targets}
+    parsed = {spelling: parse_target(spelling) for spelling in targets}
+    devices = {spelling: device for spelling, (_, device) in parsed.items()}
+    snns = {spelling: SNN(graph, 1, target=target) for spelling, (target, _) in parsed.items()}
     if integer:
-        for spelling in targets:
-            devices[f"{spelling} integer"] = devices[spelling]
-            snns[f"{spelling} integer"] = snnverify.quantize(SNN(graph, 1, target=parse_target(spelling)[0]))
-    gpu = any(_on_gpu(spelling) for spelling in targets)
+        for spelling, (target, device) in parsed.items():
+            devices[f"{spelling} integer"] = device
+            snns[f"{spelling} integer"] = snnverify.quantize(SNN(graph, 1, target=target))
+    gpu = any(runs_on_gpu(spelling) for spelling in targets)
     if gpu:  # dense torch at its best: cuDNN times its algorithms once per shape and keeps the fastest
         torch.backends.cudnn.benchmark = True
     anns = {"ann": (ann, x)}
@@ -194,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
         by_key = {(row["target"], row["timesteps"]): row["images_per_s"] for row in result["snn"]}
         for (target, timesteps), rate in by_key.items():
             # each backend beside the reference executor on the same kind of device
-            reference = "torch:cuda" if _on_gpu(target.removesuffix(" integer")) else "torch"
+            reference = "torch:cuda" if runs_on_gpu(target) else "torch"
             if target != reference and (reference, timesteps) in by_key:
                 print(f"  {target} / {reference} at T={timesteps}: {rate / by_key[reference, timesteps]:.2f}x")
     if args.out:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from snnverify.jobs.speed import runs_on_gpu
 from snnverify.report import REFERENCES_DIR, markdown_table
 from snnverify.util import atomic_write, provenance
 
@@ -238,8 +239,7 @@ class Index:
             for entry in entries:
                 speeds = {(s["target"], s["timesteps"]): s["images_per_s"] for s in entry["snn"]}
                 for s in entry["snn"]:
-                    on_gpu = s["target"] == "gpu" or s["target"].startswith("torch:cuda")
-                    reference = speeds.get(("torch:cuda" if on_gpu else "torch", s["timesteps"]),
+                    reference = speeds.get(("torch:cuda" if runs_on_gpu(s["target"]) else "torch", s["timesteps"]),
                                            speeds.get(("torch", s["timesteps"]), float("nan")))
                     rows.append({"model": entry["model"], "batch": entry["batch"], "T": s["timesteps"],
                                  "target": s["target"], "images/s": s["images_per_s"],

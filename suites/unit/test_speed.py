@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from snnverify import graph as g
 from snnverify.graph import multiply_accumulates, synaptic_events
-from snnverify.jobs.speed import interleaved_best_times, parse_target
+from snnverify.jobs.speed import interleaved_best_times, parse_target, runs_on_gpu
 from snnverify.runtime.torch_ref import TorchBackend
 
 
@@ -116,3 +116,10 @@ def test_the_reference_runs_float32_convolutions_whatever_torch_allows(monkeypat
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     assert seen == [(False, False)]
     assert restored == (True, True)  # what the caller allowed, back after the run
+
+
+def test_a_row_runs_on_the_gpu_by_its_spelling_alone():
+    """Reports are rendered on machines without a GPU: no device check, the spelling decides."""
+    assert runs_on_gpu("gpu") and runs_on_gpu("gpu integer") and runs_on_gpu("torch:cuda")
+    assert runs_on_gpu("torch:cuda:1 integer")
+    assert not runs_on_gpu("torch") and not runs_on_gpu("cpu integer") and not runs_on_gpu("torch:cpu")
