@@ -30,6 +30,7 @@ import snnverify
 from snnverify.api import SNN
 from snnverify.graph import check_timesteps, multiply_accumulates, synaptic_events
 from snnverify.models import build_model
+from snnverify.report import runs_on_gpu
 from snnverify.runtime import known_targets
 from snnverify.util import atomic_write
 
@@ -92,13 +93,6 @@ def parse_target(spelling: str) -> tuple[str, str | None]:
         raise ValueError(f"target {spelling!r} needs a CUDA GPU and torch sees none (torch.cuda.is_available() "
                          "is False)")
     return target, device
-
-
-def runs_on_gpu(spelling: str) -> bool:
-    """Whether a result row's target (``gpu``, ``torch:cuda``, either with `` integer``) ran on a
-    GPU, read from its spelling alone (reports are rendered on machines without one)."""
-    target, _, device = spelling.removesuffix(" integer").partition(":")
-    return target == "gpu" or device.startswith("cuda")
 
 
 def measure(model: str, targets: list[str], timesteps: list[int], batch: int, repeats: int = 3,

@@ -27,6 +27,14 @@ def load_reference(name: str) -> dict:
     return reference
 
 
+def runs_on_gpu(spelling: str) -> bool:
+    """Whether a speed row's target (``gpu``, or a target on a torch device such as ``torch:cuda``,
+    either with `` integer`` after it, as ``snnverify speed`` names its rows) ran on a GPU, read
+    from its spelling alone: reports are rendered on machines without one."""
+    target, _, device = spelling.removesuffix(" integer").partition(":")
+    return target == "gpu" or device.startswith("cuda")
+
+
 def markdown_table(table: pd.DataFrame, digits: int = 2) -> str:
     """``table`` as Markdown, floats with ``digits`` decimals; a missing value prints nothing."""
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from snnverify.jobs.speed import runs_on_gpu
-from snnverify.report import REFERENCES_DIR, markdown_table
+from snnverify.report import REFERENCES_DIR, markdown_table, runs_on_gpu
 from snnverify.util import atomic_write, provenance
 
 FIGURES = "index_files"  # folder of the PNGs, beside index.md

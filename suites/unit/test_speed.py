@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from snnverify import graph as g
 from snnverify.graph import multiply_accumulates, synaptic_events
-from snnverify.jobs.speed import interleaved_best_times, parse_target, runs_on_gpu
+from snnverify.jobs.speed import interleaved_best_times, parse_target
+from snnverify.report import runs_on_gpu
 from snnverify.runtime.torch_ref import TorchBackend
 
 
