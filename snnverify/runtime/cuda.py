@@ -380,19 +380,18 @@ def _linear(x, weight, bias, events):
     return out.reshape(rows, weight.shape[4])
 
 
-def _sum_pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
+def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
     if amplitude is not None:  # (the graded map first: on a GPU its memory traffic costs little)
         x = _scale_channels(x.reshape(x.shape[0], -1), amplitude).reshape(x.shape)
     sums = cuda.device_array(out_shape, x.dtype)
     geometry = (tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))  # tuples: no host arrays to copy
     _launch(_sum_pool2d_kernel, math.prod(out_shape), x, *geometry, x.dtype.type(0), sums)
-    return sums
-
-
-def _divide(x, divisor):
-    out = cuda.device_array(x.size, x.dtype)
-    _launch(_divide_kernel, x.size, x.reshape(x.size), divisor, out)
-    return out.reshape(x.shape)
+    if isinstance(node, g.SumPool2d):
+        return sums
+    divisor = np.float32(node.kernel_size[0] * node.kernel_size[1])
+    out = cuda.device_array(sums.size, np.result_type(sums.dtype, divisor))
+    _launch(_divide_kernel, sums.size, sums.reshape(sums.size), divisor, out)
+    return out.reshape(sums.shape)
 
 
 def _zeros(shape, dtype):
@@ -476,8 +475,7 @@ GPU_KERNELS = Kernels(
     zeros=_zeros,
     conv2d=_conv2d,
     linear=_linear,
-    sum_pool2d=_sum_pool2d,
-    divide=_divide,
+    pool2d=_pool2d,
     add_into=_add_into,
     if_layer=_if_layer,
     scale_channels=_scale_channels,

@@ -242,10 +242,10 @@ class Kernels:
     #: map or a pooled one, see :class:`Op`), which a kernel may skip
     conv2d: Callable
     linear: Callable  # (x, weight, bias, events) -> out; ``events``: x is a spike map
-    #: (x, node, out_shape, amplitude) -> window sums: of x, or with an amplitude per flattened
-    #: neuron (x a spike map), of its graded spikes a·s
-    sum_pool2d: Callable
-    divide: Callable  # (x, float32 divisor) -> x / divisor, correctly rounded
+    #: (x, node, out_shape, amplitude) -> the pool's output: window sums of x, or with an
+    #: amplitude per flattened neuron (x a spike map) of its graded spikes a·s, divided by the
+    #: window area kH·kW (correctly rounded) unless the node is a SumPool2d
+    pool2d: Callable
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
     if_layer: Callable  # (current, temporal, threshold, initial membrane, timesteps, batch) -> spikes
     #: (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product; of spikes s and
@@ -421,9 +421,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             # a spike map is pooled with its amplitudes, its graded map a·s never stored
             amplitude = values[op.inputs[0]].amplitude
             pooled = analog(op.inputs[0]) if amplitude is None else channels_first(op.inputs[0])
-            out = kernels.sum_pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), amplitude)
-            if not isinstance(node, g.SumPool2d):
-                out = kernels.divide(out, np.float32(node.kernel_size[0] * node.kernel_size[1]))
+            out = kernels.pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), amplitude)
             values[op.name] = Signal(out, temporal)
         elif isinstance(node, g.Flatten):
             values[op.name] = Signal(analog(op.inputs[0]).reshape(rows, -1), temporal)

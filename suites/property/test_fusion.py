@@ -21,6 +21,7 @@ from snnverify.api import SNN
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu.gather import spike_entries
+from snnverify.runtime.cpu.layouts import event_weights
 from snnverify.runtime.plan import build_plan, execute
 from snnverify.strategies import spiking_graphs
 
@@ -304,11 +305,52 @@ def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel,
                          np.int64 if integer else np.float32)
     spikes = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")).random((rows, neurons)) < rate
     shape = (rows, channels, *size)
-    direct = cpu_kernels._sum_pool2d(spikes.reshape(shape), node, (rows, channels, *out_hw), amplitude)
+    direct = cpu_kernels._pool2d(spikes.reshape(shape), node, (rows, channels, *out_hw), amplitude)
     graded = CPU_KERNELS.scale_channels(spikes, amplitude).reshape(shape)
-    stored = cpu_kernels._sum_pool2d(graded, node, (rows, channels, *out_hw))
+    stored = cpu_kernels._pool2d(graded, node, (rows, channels, *out_hw))
     assert direct.dtype == stored.dtype == amplitude.dtype
     np.testing.assert_array_equal(direct.view(f"i{direct.itemsize}"), stored.view(f"i{stored.itemsize}"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(out_channels=st.sampled_from([16, 32, 16, 32, 8]), in_channels=st.integers(1, 3),
+       kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       padding=st.tuples(st.integers(0, 1), st.integers(0, 1)), size=st.tuples(st.integers(3, 9), st.integers(3, 9)),
+       rate=st.sampled_from([0.0, 0.2, 0.6, 1.0]), special=st.sampled_from(["none", "inf", "nan", "-0"]),
+       integer=st.booleans(), data=st.data())
+def test_a_conv_of_pooled_spikes_packs_positions_and_sums_as_the_dense_kernel(
+        out_channels, in_channels, kernel, stride, padding, size, rate, special, integer, data):
+    """The sparse conv of a graded map (pooled spikes) gathers Q = 64 / C_out adjacent positions
+    at once for 16 and 32 output channels: every output is the dense kernel's, bit for bit —
+    float32 weights of either sign and zero (where the order of the adds would show), integer
+    ones, silent and saturated maps, −0 inputs, and maps holding ±∞ or NaN (0·∞ = NaN in a lane
+    that is no tap: such a sample-step takes the one-position gathers). 8 channels: no packing."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    node = g.Conv2d("conv", weight=np.zeros((out_channels, in_channels, *kernel), np.float32), stride=stride,
+                    padding=padding)
+    out_hw = node.output_shape([(in_channels, *size)])[1:]
+    rows = 3
+    if integer:
+        weight = rng.integers(-(2**12), 2**12, (out_channels, in_channels, *kernel))
+        x = rng.integers(1, 5, (rows, in_channels, *size)) * (rng.random((rows, in_channels, *size)) < rate)
+        bias = rng.integers(-(2**12), 2**12, out_channels)
+    else:
+        weight = (rng.standard_normal((out_channels, in_channels, *kernel)) * (rng.random(kernel) < 0.8)).astype(
+            np.float32)
+        levels = np.float32(0.25) * rng.integers(1, 5, (rows, in_channels, *size))  # a 2x2 average of spikes
+        x = (levels * rng.standard_normal(in_channels)[:, None, None]).astype(np.float32)
+        x[rng.random(x.shape) >= rate] = 0
+        bias = rng.standard_normal(out_channels).astype(np.float32)
+        if special != "none":
+            x[1].flat[rng.integers(x[1].size)] = {"inf": -np.inf, "nan": np.nan, "-0": -0.0}[special]
+    layout = event_weights(weight, node, float(np.abs(x[np.isfinite(x)]).max(initial=1)))
+    assert layout.pack == (64 // out_channels if out_channels in (16, 32) else 1)
+    shape = (rows, out_channels, *out_hw)
+    sparse = cpu_kernels._conv2d(x, layout, bias, node, shape, True)
+    dense = cpu_kernels._conv2d(x, weight.astype(bias.dtype), bias, node, shape, False)
+    np.testing.assert_array_equal(np.isnan(sparse), np.isnan(dense))
+    finite = ~np.isnan(dense)
+    np.testing.assert_array_equal(sparse[finite].view(f"i{sparse.itemsize}"), dense[finite].view(f"i{dense.itemsize}"))
 
 
 def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():

@@ -70,10 +70,12 @@ def linear_events_kernel(spikes, w, bias, out):
 
 
 @njit(parallel=True, cache=True)
-def sum_pool2d_kernel(x, amplitude, kernel, stride, padding, zero, out):
-    """Window sums in (ky, kx) order over a zero-padded input: of ``x``, or, with ``amplitude``
-    [C, H, W] (``x`` then a spike map), of its graded spikes a·s (+0 where silent) without
-    storing them — the same adds, with a spike map read as bytes, not as 4- or 8-byte values."""
+def pool2d_kernel(x, amplitude, kernel, stride, padding, divisor, zero, out):
+    """Window sums in (ky, kx) order over a zero-padded input, then / ``divisor`` (correctly
+    rounded; 1 for a sum pool, whose sums are left as they are): of ``x``, or, with
+    ``amplitude`` [C, H, W] (``x`` then a spike map), of its graded spikes a·s (+0 where silent)
+    without storing them — the same adds, with a spike map read as bytes, not as 4- or 8-byte
+    values."""
     rows, channels, out_h, out_w = out.shape
     height, width = x.shape[2], x.shape[3]
     for job in prange(rows * channels):
@@ -92,7 +94,7 @@ def sum_pool2d_kernel(x, amplitude, kernel, stride, padding, zero, out):
                                 acc += x[n, c, yi, xi]
                             else:  # a select, no branch: spikes are irregular
                                 acc += amplitude[c, yi, xi] if x[n, c, yi, xi] else zero
-                out[n, c, y, xo] = acc
+                out[n, c, y, xo] = acc if divisor == 1 else acc / divisor
 
 
 @njit(parallel=True, cache=True)

@@ -67,19 +67,24 @@ class Schedule(NamedTuple):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_sparse_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
+def conv2d_sparse_kernel(x, weights, packed, pack, kernel_hw, bias, geometry, workers, out):
     """The same sums as :func:`~snnverify.runtime.cpu.dense.conv2d_dense_kernel`, from the
     nonzero inputs only (:func:`~snnverify.runtime.cpu.gather.gather` with their values); bias
     last. ``x`` [N, C, H, W] is a spike map (bool) or a graded, mostly zero one (a pooled spike
     map): a zero input adds w·0 = ±0 to a sum from +0, which leaves it unchanged, so skipping
-    it is exact."""
+    it is exact. With ``pack`` = Q > 1 (C_out = 64 / Q, one group), Q adjacent output positions
+    are gathered at once through ``packed``
+    (:func:`~snnverify.runtime.cpu.gather.gather_packed`): Q independent chains of adds in
+    flight instead of one, for every row of ``x`` whose values are all finite (a lane that is
+    no tap adds 0·x, NaN for an infinite x; such a row takes the one-position gathers)."""
     rows, out_channels, out_h, out_w = out.shape
     groups, channels, in_h, in_w = weights.shape[0], x.shape[1], x.shape[2], x.shape[3]
     group_out, group_in = out_channels // groups, channels // groups
     kernel_h, kernel_w = kernel_hw
     taps = kernel_h * kernel_w * group_in  # rows of a block
     padded = weights.shape[1] // taps
-    flat = weights.reshape(-1)
+    flat, packed_flat = weights.reshape(-1), packed.reshape(-1)
+    span = packed.shape[0] // (kernel_h * group_in)  # input columns a packed row set covers
     # scratch per worker (one per thread), allocated once per call
     all_entries = np.empty((workers, in_h * in_w * group_in), np.int32)
     all_values = np.empty((workers, in_h * in_w * group_in), weights.dtype)
@@ -87,9 +92,20 @@ def conv2d_sparse_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     for worker in prange(workers):
         for job in range(worker, rows * groups, workers):
             acc = stack_buffer(weights, WIDE)  # in the worker's stack frame, in W's type
+            sums = carray(acc, WIDE)
             entries, values, starts = all_entries[worker], all_values[worker], all_starts[worker]
             n, group = job // groups, job % groups
-            nonzero_entries(x[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, values, starts)
+            finite = nonzero_entries(x[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, values,
+                                     starts)
+            if pack > 1 and finite:  # lane j·C_out + o is channel o of position ox0 + j
+                for oy in range(out_h):
+                    for ox0 in range(0, out_w, pack):
+                        gather_packed(acc, packed_flat, kernel_h, span, group_in, entries, starts, oy,
+                                      ox0 * geometry[1] - geometry[3], geometry, (in_h, in_w), values)
+                        for j in range(min(pack, out_w - ox0)):
+                            for o in range(out_channels):
+                                out[n, o, oy, ox0 + j] = sums[j * out_channels + o] + bias[o]
+                continue
             for index in range(block_count(padded)):
                 start, wide, lanes = block(index, padded, group_out)
                 first = group * group_out + start
@@ -97,7 +113,6 @@ def conv2d_sparse_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
                     for ox in range(out_w):
                         gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
                                geometry, (in_h, in_w), wide, values)
-                        sums = carray(acc, WIDE)
                         for k in range(lanes):
                             out[n, first + k, oy, ox] = sums[k] + bias[first + k]
 
@@ -261,13 +276,13 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                     n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                     gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r],
                                                   starts[r], oy, ox0 * geometry[1] - geometry[3], geometry,
-                                                  (in_h, in_w))
+                                                  (in_h, in_w), None)
                                     if projection:
                                         gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
                                                       shortcut_span, shortcut_channels, shortcut_entries[r],
                                                       shortcut_starts[r], oy,
                                                       ox0 * shortcut_geometry[1] - shortcut_geometry[3],
-                                                      shortcut_geometry, (shortcut_h, shortcut_w))
+                                                      shortcut_geometry, (shortcut_h, shortcut_w), None)
                                     # lane j·C_out + o is channel o of position p + j: channels-last
                                     fired = out_spikes[n, base : base + count]
                                     if projection:

@@ -47,8 +47,10 @@ def spike_entries(planes, channels_last, first, group_in, in_w, entries, starts)
 @njit(inline="always")
 def nonzero_entries(planes, first, group_in, in_w, entries, values, starts):
     """:func:`spike_entries` of a graded map [C, H·W] (a pooled spike map, mostly zero, or a
-    spike map): the rows of the nonzero inputs, and values[e] the input of entries[e]."""
+    spike map): the rows of the nonzero inputs, and values[e] the input of entries[e]. Returns
+    whether every value is finite (x − x = 0 fails only for ±∞ and NaN)."""
     count = 0
+    finite = True
     positions = starts.shape[0] - 1
     for p in range(positions):
         starts[p] = count
@@ -57,8 +59,10 @@ def nonzero_entries(planes, first, group_in, in_w, entries, values, starts):
             value = planes[first + c, p]
             entries[count] = column + c
             values[count] = value
+            finite &= values[count] - values[count] == 0
             count += value != 0
     starts[positions] = count
+    return finite
 
 
 @njit(inline="always")
@@ -122,7 +126,7 @@ def gather(acc, weights, block, kernel_hw, group_in, entries, starts, oy, ox, ge
 
 
 @njit(inline="always")
-def gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, x0, geometry, in_hw):
+def gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, x0, geometry, in_hw, values):
     """The gathers of Q adjacent output positions (oy, ox0 + j) at once, for a layer with
     Q·C_out = :data:`WIDE`: acc[j·C_out + o] = Σ_{ky, kx} Σ_c W'[o, c, ky, kx] in the order of
     :func:`gather`. ``weights`` is the packed layout
@@ -131,7 +135,10 @@ def gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, x
     reaches all Q positions through one row. Each neuron gets its terms in the same order as
     from :func:`gather`, and +0 for the rows that are not its taps; a sum that starts at +0
     never becomes −0 (round to nearest), so adding +0 changes nothing, and the result is
-    bit-identical. Far fewer, longer vector adds for narrow layers."""
+    bit-identical. Far fewer, longer vector adds for narrow layers. With ``values`` (from
+    :func:`nonzero_entries`), each row is scaled by its input: a lane that is no tap then adds
+    0·x = ±0, which changes no sum from +0 either, as long as x is finite (0·∞ is NaN; see
+    :func:`~snnverify.runtime.cpu.layouts.event_weights`)."""
     sums = carray(acc, WIDE)
     for k in range(WIDE):
         sums[k] = 0
@@ -144,4 +151,4 @@ def gather_packed(acc, weights, kernel_h, span, group_in, entries, starts, oy, x
         iy = oy * stride_y - pad_y + ky * dilation_y
         if 0 <= iy < in_h:
             add_entries(acc, weights, 0, (ky * span - x0) * group_in, entries, starts[iy * in_w + lo],
-                        starts[iy * in_w + hi], True, None)
+                        starts[iy * in_w + hi], True, values)

@@ -11,7 +11,7 @@ from numba import get_num_threads
 
 from snnverify import graph as g
 from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, if_layer_kernel, linear_dense_kernel,
-                                         linear_events_kernel, scale_channels_kernel, sum_pool2d_kernel)
+                                         linear_events_kernel, pool2d_kernel, scale_channels_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
                                           conv2d_events_if_kernel, conv2d_sparse_kernel)
 from snnverify.runtime.cpu.layouts import EventWeights, event_weights
@@ -34,7 +34,8 @@ def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse):
     """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``."""
     if sparse:  # the sums in the plan's type (W' may be narrower, see accumulator_dtype)
         out = np.empty(out_shape, bias.dtype)
-        conv2d_sparse_kernel(x, weight.blocks, node.weight.shape[2:], bias, _geometry(node), _workers(), out)
+        conv2d_sparse_kernel(x, weight.blocks, weight.packed, weight.pack, node.weight.shape[2:], bias, _geometry(node),
+                             _workers(), out)
     else:
         out = np.empty(out_shape, weight.dtype)
         conv2d_dense_kernel(x, weight, bias, np.array(node.stride), np.array(node.padding), np.array(node.dilation),
@@ -99,13 +100,19 @@ def _linear(x, weight, bias, events):
     return out
 
 
-def _sum_pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
+def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
     dtype = x.dtype if amplitude is None else amplitude.dtype
     out = np.empty(out_shape, dtype)
     if amplitude is not None:
         amplitude = amplitude.reshape(x.shape[1:])
-    sum_pool2d_kernel(x, amplitude, np.array(node.kernel_size), np.array(node.stride), np.array(node.padding),
-                      dtype.type(0), out)
+    area = node.kernel_size[0] * node.kernel_size[1]
+    # a float average divides in the kernel; an integer graph's (quantize makes them sum
+    # pools) is a float mean of integer sums
+    divisor = area if dtype.kind == "f" and not isinstance(node, g.SumPool2d) else 1
+    pool2d_kernel(x, amplitude, np.array(node.kernel_size), np.array(node.stride), np.array(node.padding),
+                  dtype.type(divisor), dtype.type(0), out)
+    if divisor == 1 and not isinstance(node, g.SumPool2d):
+        return out / np.float32(area)
     return out
 
 
@@ -140,8 +147,7 @@ CPU_KERNELS = Kernels(
     zeros=np.zeros,
     conv2d=_conv2d,
     linear=_linear,
-    sum_pool2d=_sum_pool2d,
-    divide=lambda x, divisor: x / divisor,
+    pool2d=_pool2d,
     add_into=_add_into,
     if_layer=_if_layer,
     scale_channels=_scale_channels,
