@@ -239,7 +239,9 @@ class Kernels:
     to_host: Callable[[Any], np.ndarray]
     zeros: Callable  # (shape, dtype) -> a zero array
     #: (x, weight, bias, node, out_shape, sparse) -> out; ``sparse``: x is mostly zero (a spike
-    #: map or a pooled one, see :class:`Op`), which a kernel may skip
+    #: map or a pooled one, see :class:`Op`), which a kernel may skip. A table with
+    #: ``conv2d_if`` also takes, for a sparse conv, the keyword ``channels_last=True``: out
+    #: [N, H·W·C], the order of the currents of an IF layer that a fused kernel reads
     conv2d: Callable
     linear: Callable  # (x, weight, bias, events) -> out; ``events``: x is a spike map
     #: (x, node, out_shape, amplitude) -> the pool's output: window sums of x, or with an
@@ -279,7 +281,8 @@ class Signal:
     array: Any
     temporal: bool
     amplitude: Any = None  # device array a per flattened neuron when this is a spike map
-    channels_last: bool = False  # a spike map [T·B, H·W·C], as fused kernels read and write them
+    #: a spike map [T·B, H·W·C], as fused kernels read and write them (or such a layer's currents)
+    channels_last: bool = False
 
 
 def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record: bool,
@@ -366,6 +369,10 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
     # converts its output once, not each of its fused readers)
     fused_reads = {name for fusion in fusions.values() for name in fusion.reads
                    if isinstance(plan.graph.nodes[name], g.IF)}
+    # the sparse convs whose one reader is such an IF layer: their currents written channels-last
+    currents_last = {op.inputs[0] for op in plan.ops if op.name in fused_reads and op.name not in fusions
+                     and by_name[op.inputs[0]].sparse and isinstance(by_name[op.inputs[0]].node, g.Conv2d)
+                     and plan.users[op.inputs[0]] == 1}
 
     for op in plan.ops:
         if op.name in absorbed:
@@ -386,10 +393,14 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
                 s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), kind, residual,
                                       plan.shapes[op.name], threshold, initial, timesteps, batch)
             else:
-                current = analog(op.inputs[0]).reshape(rows, -1)
+                if op.inputs[0] in currents_last:
+                    current = values[op.inputs[0]].array
+                else:
+                    current = analog(op.inputs[0]).reshape(rows, -1)
                 if op.name in fused_reads:  # IF is per neuron: its inputs in that order, its spikes too
                     shape = plan.shapes[op.name]
-                    current = kernels.channels_last(current, shape)
+                    if op.inputs[0] not in currents_last:
+                        current = kernels.channels_last(current, shape)
                     threshold, initial = (kernels.channels_last(a.reshape(1, -1), shape).reshape(-1)
                                           for a in (threshold, initial))
                 s = kernels.if_layer(current, temporal, threshold, initial, timesteps, batch)
@@ -411,12 +422,13 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
         elif isinstance(node, (g.Conv2d, g.Linear)):
             source = channels_first(op.inputs[0]) if op.events else analog(op.inputs[0])
             weight, bias = weights(op)
+            last = op.name in currents_last
             if isinstance(node, g.Conv2d):
-                out = kernels.conv2d(source.reshape(shape_in), weight, bias, node,
-                                     (rows, *plan.shapes[op.name]), op.sparse)
+                out = kernels.conv2d(source.reshape(shape_in), weight, bias, node, (rows, *plan.shapes[op.name]),
+                                     op.sparse, **({"channels_last": True} if last else {}))
             else:
                 out = kernels.linear(source.reshape(rows, -1), weight, bias, op.events)
-            values[op.name] = Signal(out, temporal)
+            values[op.name] = Signal(out, temporal, channels_last=last)
         elif isinstance(node, g.AvgPool2d):  # SumPool2d too
             # a spike map is pooled with its amplitudes, its graded map a·s never stored
             amplitude = values[op.inputs[0]].amplitude

@@ -21,6 +21,7 @@ from snnverify.api import SNN
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu.gather import spike_entries
+from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
 from snnverify.runtime.cpu.layouts import event_weights
 from snnverify.runtime.plan import build_plan, execute
 from snnverify.strategies import spiking_graphs
@@ -285,19 +286,34 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
         np.testing.assert_array_equal(first_entries[first_starts[p] : first_starts[p + 1]], expected)
 
 
-@settings(max_examples=60, deadline=None)
+def window_sums(values: np.ndarray, kernel, stride, padding, out_hw) -> np.ndarray:
+    """Σ over each window of ``values`` [N, C, H, W], the taps in (ky, kx) order from +0, the
+    padding read as +0 (which changes no sum from +0): numpy's elementwise adds, one per tap."""
+    padded = np.pad(values, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    total = np.zeros((*values.shape[:2], *out_hw), values.dtype)
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            total += padded[:, :, ky : ky + stride[0] * out_hw[0] : stride[0], kx : kx + stride[1] * out_hw[1] : stride[1]]
+    return total
+
+
+@settings(max_examples=80, deadline=None)
 @given(channels=st.integers(1, 4), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), rate=st.sampled_from([0.0, 0.3, 1.0]),
-       integer=st.booleans(), data=st.data())
-def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel, stride, rate, integer, data):
+       integer=st.booleans(), average=st.booleans(), data=st.data())
+def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel, stride, rate, integer, average, data):
     """The CPU pools a spike map with its amplitudes directly, skipping silent inputs: every
-    window sum is the one of the stored graded map a·s, bit for bit (the sign of a zero
-    included), for amplitudes of either sign and zero in float32 (where the order of the adds
-    would show) and int64, padded and overlapping windows, silent and saturated maps."""
+    window sum is the one of the stored graded map a·s, and both are numpy's sums of that map in
+    (ky, kx) order, bit for bit (the sign of a zero included), for amplitudes of either sign and
+    zero in float32 (where the order of the adds would show) and int64, padded and overlapping
+    windows, outputs narrower and wider than a row at a time (ROW_POOL_WIDTH), silent and
+    saturated maps; an average pool's output is the sum / kH·kW correctly rounded (an integer
+    graph's, a float mean)."""
     padding = data.draw(st.tuples(st.integers(0, kernel[0] // 2), st.integers(0, kernel[1] // 2)), label="padding")
-    size = data.draw(st.tuples(*(st.integers(max(1, k - 2 * p), 7) for k, p in zip(kernel, padding))), label="size")
-    node = g.SumPool2d("pool", kernel_size=kernel, stride=stride, padding=padding)
+    size = data.draw(st.tuples(*(st.integers(max(1, k - 2 * p), 14) for k, p in zip(kernel, padding))), label="size")
+    node = (g.AvgPool2d if average else g.SumPool2d)("pool", kernel_size=kernel, stride=stride, padding=padding)
     out_hw = node.output_shape([(channels, *size)])[1:]
+    event("output columns " + ("below" if out_hw[1] < ROW_POOL_WIDTH else "from") + " ROW_POOL_WIDTH")
     rows, neurons = 2, channels * size[0] * size[1]
     values = (st.integers(-(2**20), 2**20) if integer
               else st.floats(-1e3, 1e3, width=32, allow_subnormal=True) | st.sampled_from([0.0, -0.0]))
@@ -308,8 +324,12 @@ def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel,
     direct = cpu_kernels._pool2d(spikes.reshape(shape), node, (rows, channels, *out_hw), amplitude)
     graded = CPU_KERNELS.scale_channels(spikes, amplitude).reshape(shape)
     stored = cpu_kernels._pool2d(graded, node, (rows, channels, *out_hw))
-    assert direct.dtype == stored.dtype == amplitude.dtype
-    np.testing.assert_array_equal(direct.view(f"i{direct.itemsize}"), stored.view(f"i{stored.itemsize}"))
+    expected = window_sums(graded, kernel, stride, padding, out_hw)
+    if average:
+        expected = expected / np.float32(kernel[0] * kernel[1])
+    assert direct.dtype == stored.dtype == expected.dtype
+    for pooled in (direct, stored):
+        np.testing.assert_array_equal(pooled.view(f"i{pooled.itemsize}"), expected.view(f"i{expected.itemsize}"))
 
 
 @settings(max_examples=60, deadline=None)

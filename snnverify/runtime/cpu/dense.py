@@ -69,32 +69,74 @@ def linear_events_kernel(spikes, w, bias, out):
             out[n, o] += bias[o]
 
 
+#: output columns from which a pool sums whole output rows at once (below, window by window)
+ROW_POOL_WIDTH = 4
+
+
 @njit(parallel=True, cache=True)
 def pool2d_kernel(x, amplitude, kernel, stride, padding, divisor, zero, out):
     """Window sums in (ky, kx) order over a zero-padded input, then / ``divisor`` (correctly
     rounded; 1 for a sum pool, whose sums are left as they are): of ``x``, or, with
     ``amplitude`` [C, H, W] (``x`` then a spike map), of its graded spikes a·s (+0 where silent)
     without storing them — the same adds, with a spike map read as bytes, not as 4- or 8-byte
-    values."""
+    values.
+
+    Maps with at least :data:`ROW_POOL_WIDTH` output columns are summed a whole output row at a
+    time: per input row a window reads, its values go to a contiguous row first (the graded
+    ones by a select, no branch), then each tap adds that row to the output row's sums over the
+    columns where it lands inside the input (bounds computed once per call, no test per term).
+    Narrower outputs (a global pool) sum window by window, where a loop per tap and row would
+    cost more than its few terms."""
     rows, channels, out_h, out_w = out.shape
     height, width = x.shape[2], x.shape[3]
-    for job in prange(rows * channels):
-        n, c = job // channels, job % channels
-        for y in range(out_h):
-            for xo in range(out_w):
-                acc = zero
-                for ky in range(kernel[0]):
-                    yi = y * stride[0] - padding[0] + ky
-                    if yi < 0 or yi >= height:
-                        continue
-                    for kx in range(kernel[1]):
-                        xi = xo * stride[1] - padding[1] + kx
-                        if 0 <= xi < width:
+    firsts, lasts = np.empty(kernel[1], np.int64), np.empty(kernel[1], np.int64)
+    for kx in range(kernel[1]):
+        shift = kx - padding[1]  # xi = xo·s + shift
+        firsts[kx] = max(0, -(shift // stride[1]))  # smallest xo with xi ≥ 0
+        lasts[kx] = min(out_w, (width - 1 - shift) // stride[1] + 1)  # xi ≤ W − 1 below it
+    for n in prange(rows):
+        acc, row = np.empty(out_w, out.dtype), np.empty(width, out.dtype)
+        for c in range(channels):
+            plane, dest = x[n, c], out[n, c]
+            for y in range(out_h):
+                if out_w < ROW_POOL_WIDTH:
+                    for xo in range(out_w):
+                        acc[xo] = window_sum(plane, amplitude, c, y, xo, kernel, stride, padding, zero)
+                else:
+                    for xo in range(out_w):
+                        acc[xo] = zero
+                    for ky in range(kernel[0]):
+                        yi = y * stride[0] - padding[0] + ky
+                        if yi < 0 or yi >= height:
+                            continue
+                        for xi in range(width):
                             if amplitude is None:
-                                acc += x[n, c, yi, xi]
-                            else:  # a select, no branch: spikes are irregular
-                                acc += amplitude[c, yi, xi] if x[n, c, yi, xi] else zero
-                out[n, c, y, xo] = acc if divisor == 1 else acc / divisor
+                                row[xi] = plane[yi, xi]
+                            else:
+                                row[xi] = amplitude[c, yi, xi] if plane[yi, xi] else zero
+                        for kx in range(kernel[1]):
+                            for xo in range(firsts[kx], lasts[kx]):
+                                acc[xo] += row[xo * stride[1] + kx - padding[1]]
+                for xo in range(out_w):
+                    dest[y, xo] = acc[xo] if divisor == 1 else acc[xo] / divisor
+
+
+@njit(inline="always")
+def window_sum(plane, amplitude, c, y, xo, kernel, stride, padding, zero):
+    """One window's sum of :func:`pool2d_kernel`, its taps in (ky, kx) order."""
+    acc = zero
+    for ky in range(kernel[0]):
+        yi = y * stride[0] - padding[0] + ky
+        if yi < 0 or yi >= plane.shape[0]:
+            continue
+        for kx in range(kernel[1]):
+            xi = xo * stride[1] - padding[1] + kx
+            if 0 <= xi < plane.shape[1]:
+                if amplitude is None:
+                    acc += plane[yi, xi]
+                else:  # a select, no branch: spikes are irregular
+                    acc += amplitude[c, yi, xi] if plane[yi, xi] else zero
+    return acc
 
 
 @njit(parallel=True, cache=True)

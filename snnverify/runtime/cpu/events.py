@@ -67,7 +67,7 @@ class Schedule(NamedTuple):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_sparse_kernel(x, weights, packed, pack, kernel_hw, bias, geometry, workers, out):
+def conv2d_sparse_kernel(x, weights, packed, pack, kernel_hw, bias, geometry, workers, channels_last, out):
     """The same sums as :func:`~snnverify.runtime.cpu.dense.conv2d_dense_kernel`, from the
     nonzero inputs only (:func:`~snnverify.runtime.cpu.gather.gather` with their values); bias
     last. ``x`` [N, C, H, W] is a spike map (bool) or a graded, mostly zero one (a pooled spike
@@ -76,8 +76,13 @@ def conv2d_sparse_kernel(x, weights, packed, pack, kernel_hw, bias, geometry, wo
     are gathered at once through ``packed``
     (:func:`~snnverify.runtime.cpu.gather.gather_packed`): Q independent chains of adds in
     flight instead of one, for every row of ``x`` whose values are all finite (a lane that is
-    no tap adds 0·x, NaN for an infinite x; such a row takes the one-position gathers)."""
-    rows, out_channels, out_h, out_w = out.shape
+    no tap adds 0·x, NaN for an infinite x; such a row takes the one-position gathers).
+    ``out`` is [N, C_out, H, W], or with ``channels_last`` [N, H, W, C_out] (the order in which
+    an IF layer read by a fused kernel takes its currents: no transposed copy of them)."""
+    if channels_last:
+        rows, out_h, out_w, out_channels = out.shape
+    else:
+        rows, out_channels, out_h, out_w = out.shape
     groups, channels, in_h, in_w = weights.shape[0], x.shape[1], x.shape[2], x.shape[3]
     group_out, group_in = out_channels // groups, channels // groups
     kernel_h, kernel_w = kernel_hw
@@ -104,7 +109,7 @@ def conv2d_sparse_kernel(x, weights, packed, pack, kernel_hw, bias, geometry, wo
                                       ox0 * geometry[1] - geometry[3], geometry, (in_h, in_w), values)
                         for j in range(min(pack, out_w - ox0)):
                             for o in range(out_channels):
-                                out[n, o, oy, ox0 + j] = sums[j * out_channels + o] + bias[o]
+                                store(out, channels_last, n, o, oy, ox0 + j, sums[j * out_channels + o] + bias[o])
                 continue
             for index in range(block_count(padded)):
                 start, wide, lanes = block(index, padded, group_out)
@@ -114,7 +119,16 @@ def conv2d_sparse_kernel(x, weights, packed, pack, kernel_hw, bias, geometry, wo
                         gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
                                geometry, (in_h, in_w), wide, values)
                         for k in range(lanes):
-                            out[n, first + k, oy, ox] = sums[k] + bias[first + k]
+                            store(out, channels_last, n, first + k, oy, ox, sums[k] + bias[first + k])
+
+
+@njit(inline="always")
+def store(out, channels_last, n, o, oy, ox, value):
+    """out[n, o, oy, ox] = value, or out[n, oy, ox, o] when ``channels_last``."""
+    if channels_last:
+        out[n, oy, ox, o] = value
+    else:
+        out[n, o, oy, ox] = value
 
 
 @njit(inline="always")

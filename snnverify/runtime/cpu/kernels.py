@@ -30,12 +30,16 @@ def _geometry(node: g.Conv2d) -> tuple[int, ...]:
     return (*node.stride, *node.padding, *node.dilation)
 
 
-def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse):
-    """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``."""
+def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse, channels_last=False):
+    """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``;
+    ``channels_last`` (a sparse conv only): out [N, H·W·C]."""
     if sparse:  # the sums in the plan's type (W' may be narrower, see accumulator_dtype)
-        out = np.empty(out_shape, bias.dtype)
+        rows, channels, height, width = out_shape
+        out = np.empty((rows, height, width, channels) if channels_last else out_shape, bias.dtype)
         conv2d_sparse_kernel(x, weight.blocks, weight.packed, weight.pack, node.weight.shape[2:], bias, _geometry(node),
-                             _workers(), out)
+                             _workers(), channels_last, out)
+        if channels_last:
+            return out.reshape(rows, -1)
     else:
         out = np.empty(out_shape, weight.dtype)
         conv2d_dense_kernel(x, weight, bias, np.array(node.stride), np.array(node.padding), np.array(node.dilation),
