@@ -64,6 +64,15 @@ CANDIDATES: dict[str, dict] = {
                            "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (32,)},
     "adamw-L8-bptt1-h32-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
                                   "finetune_epochs": 1, "finetune_lr": 1e-4, "finetune_horizons": (32,)},
+    # QCFS training at a tenth of the rate: on a few thousand images, AdamW at 1e-3 costs the
+    # trained ANN accuracy (its own control falls), and the SNN's high-T readout with it
+    "adamw1e-4-L8": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2, "levels": 8,
+                     "finetune_epochs": 0},
+    "adamw1e-4-L8-bptt1-h48-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2, "levels": 8,
+                                      "finetune_epochs": 1, "finetune_lr": 1e-4, "finetune_horizons": (4, 8)},
+    "adamw1e-4-L8-bptt1-h4832-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2,
+                                        "levels": 8, "finetune_epochs": 1, "finetune_lr": 1e-4,
+                                        "finetune_horizons": (4, 8, 32)},
     "p99.99": {"percentile": 99.99, "finetune_epochs": 0},
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
