@@ -73,6 +73,13 @@ CANDIDATES: dict[str, dict] = {
     "adamw1e-4-L8-bptt1-h4832-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2,
                                         "levels": 8, "finetune_epochs": 1, "finetune_lr": 1e-4,
                                         "finetune_horizons": (4, 8, 32)},
+    # BPTT that costs the QCFS network's T = 32 readout less: a third of the rate, or no T = 4
+    "adamw1e-4-L8-bptt1-h4832-lr3e-5": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2,
+                                        "levels": 8, "finetune_epochs": 1, "finetune_lr": 3e-5,
+                                        "finetune_horizons": (4, 8, 32)},
+    "adamw1e-4-L8-bptt1-h832-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2,
+                                       "levels": 8, "finetune_epochs": 1, "finetune_lr": 1e-4,
+                                       "finetune_horizons": (8, 32)},
     "p99.99": {"percentile": 99.99, "finetune_epochs": 0},
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
