@@ -233,17 +233,39 @@ def sweep(args) -> Path:
 
 
 def winners(rows: list[dict]) -> dict[int, dict]:
-    """Per budget, our row with the highest mean accuracy over :data:`SCORED_T`, among the rows
-    of the largest training set that has every T scored (the recipe ``convert`` should default to)."""
+    """Per budget, the recipe ``convert`` should default to, among our rows of the largest data
+    (training, test images) that has every T of :data:`SCORED_T` scored: of the recipes at or
+    above every peer measured on that data at every such T (:func:`standing_peers`), the one
+    with the highest mean accuracy over them; where none is (or no peer was measured there),
+    the highest mean of all."""
     scored = [r for r in rows if _converter(r) == "snnverify" and r["recipe"] != "default"
               and all(str(t) in r.get("snn_accuracy", {}) for t in SCORED_T)]
     best: dict[int, dict] = {}
     for budget in sorted({r["budget_epochs"] for r in scored}):
         at_budget = [r for r in scored if r["budget_epochs"] == budget]
         largest = max((r["train_images"], r["test_images"]) for r in at_budget)
-        best[budget] = max((r for r in at_budget if (r["train_images"], r["test_images"]) == largest),
-                           key=lambda r: sum(r["snn_accuracy"][str(t)] for t in SCORED_T))
+        candidates = [r for r in at_budget if (r["train_images"], r["test_images"]) == largest]
+        peers = [r for r in standing_peers(rows, budget, largest) if "snn_accuracy" in r]
+        leaders = [r for r in candidates if leads(r, peers)]
+        best[budget] = max(leaders or candidates, key=lambda r: sum(r["snn_accuracy"][str(t)] for t in SCORED_T))
     return best
+
+
+def leads(row: dict, peers: list[dict]) -> bool:
+    """Whether ``row`` is at or above every peer at every T of :data:`SCORED_T` the peer has."""
+    return all(row["snn_accuracy"][str(t)] >= peer["snn_accuracy"][str(t)]
+               for peer in peers for t in SCORED_T if str(t) in peer["snn_accuracy"])
+
+
+def standing_peers(rows: list[dict], budget: int, data: tuple[int, int]) -> list[dict]:
+    """The peer rows (failures included) that stand at ``budget`` on ``data`` (training, test
+    images): the peers measured at that budget, and a label-free peer's E = 0 result, which
+    stands at every budget."""
+    peers = [r for r in rows if _converter(r) != "snnverify" and (r["train_images"], r["test_images"]) == data]
+    label_free = {_converter(r) for r in peers if r["budget_epochs"] == 0} - {
+        _converter(r) for r in peers if r["budget_epochs"] > 0}
+    return [r for r in peers
+            if r["budget_epochs"] == budget or (r["budget_epochs"] == 0 and _converter(r) in label_free)]
 
 
 def _describe(recipe) -> str:
@@ -276,10 +298,7 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
             best = {t: max((r["snn_accuracy"].get(str(t), float("nan")) for r in ours
                             if r["budget_epochs"] == budget), default=float("nan")) for t in measured}
             entries = [("snnverify (best recipe at each T)", best)]
-            for r in sorted(peers, key=_converter):
-                stands = r["budget_epochs"] == budget or (r["budget_epochs"] == 0 and _converter(r) in label_free)
-                if not stands:
-                    continue
+            for r in sorted(standing_peers(rows, budget, (n_train, n_test)), key=_converter):
                 name = f"{_converter(r)} {r.get('version', '')}".strip() + (
                     " (no labels)" if _converter(r) in label_free else "")
                 if "failure" in r:
@@ -335,8 +354,9 @@ def render() -> Path:
                 f"{r['train_images']} / {r['test_images']} | "
                 f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | {qcfs} | {results}"
                 f" | {r['date']} | {r['commit']} | `{r['command']}` |")
-        lines += ["", f"Winner at each budget (highest mean accuracy over T = {', '.join(map(str, SCORED_T))}, "
-                  "largest data): " + "; ".join(
+        lines += ["", f"Winner at each budget (on the largest data: of the recipes at or above every peer "
+                  f"measured there at every T = {', '.join(map(str, SCORED_T))}, else of all, the highest mean "
+                  "accuracy over them): " + "; ".join(
                       f"E = {b}: {r['recipe']} ({r['train_images']} / {r['test_images']} images, mean "
                       f"{100 * sum(r['snn_accuracy'][str(t)] for t in SCORED_T) / len(SCORED_T):.2f})"
                       for b, r in winners(rows).items()), "", *_peers_side_by_side(rows, ts)]

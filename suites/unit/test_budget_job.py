@@ -114,6 +114,30 @@ def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_pa
     assert np.isclose(float(text.split("| free 1.0 | peer |")[1].split("|")[6]), 15.0)  # gap@4
 
 
+def scored_row(converter: str, budget: int, accuracy: list[float], recipe: str = "peer", data=(100, 50)) -> dict:
+    return {"budget_epochs": budget, "converter": converter, "recipe": recipe, "train_images": data[0],
+            "test_images": data[1], "snn_accuracy": dict(zip(map(str, budget_job.SCORED_T), accuracy))}
+
+
+def test_the_winner_is_the_best_mean_among_the_recipes_that_lead_every_peer_at_every_T():
+    """``high-mean`` has the best mean but trails the label-free peer (whose E = 0 result
+    stands at E = 5) at T = 32; ``leader`` is at or above every peer at every T (a tie counts),
+    so it wins E = 5. At E = 1 no recipe leads the training peer everywhere: the best mean wins.
+    Rows on smaller data, and a failed peer, are not compared."""
+    rows = [scored_row("snnverify", 5, [0.90, 0.92, 0.93, 0.92], "high-mean"),
+            scored_row("snnverify", 5, [0.80, 0.91, 0.92, 0.93], "leader"),
+            scored_row("snnverify", 5, [0.70, 0.90, 0.91, 0.94], "worse-leader"),
+            scored_row("snnverify", 5, [0.99, 0.99, 0.99, 0.99], "smaller-data", data=(10, 50)),
+            scored_row("free", 0, [0.20, 0.40, 0.80, 0.93]),
+            scored_row("trainer", 5, [0.79, 0.90, 0.91, 0.93]),
+            scored_row("snnverify", 1, [0.85, 0.90, 0.90, 0.90], "a"),
+            scored_row("snnverify", 1, [0.80, 0.88, 0.92, 0.91], "b"),
+            scored_row("trainer", 1, [0.90, 0.89, 0.89, 0.89]),
+            {**scored_row("crasher", 1, []), "failure": "convert raised"}]
+    winners = budget_job.winners(rows)
+    assert {b: r["recipe"] for b, r in winners.items()} == {5: "leader", 1: "a"}
+
+
 class ModulesOnly(GuessesZero):
     """Declares no ``functional_relu``; records the ReLU call sites of the model it is given."""
 
