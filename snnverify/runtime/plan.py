@@ -285,6 +285,22 @@ class Signal:
     channels_last: bool = False
 
 
+def spike_maps_read_fused(plan: Plan) -> set[str]:
+    """The IF layers whose spikes a fused op reads (:attr:`Fusion.reads`), with a fused kernel."""
+    return {name for fusion in plan.fusions.values() for name in fusion.reads
+            if isinstance(plan.graph.nodes[name], g.IF)}
+
+
+def channels_last_currents(plan: Plan) -> set[str]:
+    """With a fused kernel: the sparse convs whose one reader is an unfused IF layer of
+    :func:`spike_maps_read_fused` (a conv of pooled spikes, say). They write their currents
+    channels-last, the order in which that IF layer must write its spikes."""
+    by_name = {op.name: op for op in plan.ops}
+    return {op.inputs[0] for op in plan.ops if op.name in spike_maps_read_fused(plan) and op.name not in plan.fusions
+            and isinstance(by_name[op.inputs[0]].node, g.Conv2d) and by_name[op.inputs[0]].sparse
+            and plan.users[op.inputs[0]] == 1}
+
+
 def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record: bool,
             horizons: tuple[int, ...] = ()):
     """Run the plan on a batch; returns (output [B, K] float, spike counts, recorded spikes,
@@ -367,12 +383,8 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
 
     # the spike maps fused kernels read: kept channels-last (an IF layer that is not fused
     # converts its output once, not each of its fused readers)
-    fused_reads = {name for fusion in fusions.values() for name in fusion.reads
-                   if isinstance(plan.graph.nodes[name], g.IF)}
-    # the sparse convs whose one reader is such an IF layer: their currents written channels-last
-    currents_last = {op.inputs[0] for op in plan.ops if op.name in fused_reads and op.name not in fusions
-                     and by_name[op.inputs[0]].sparse and isinstance(by_name[op.inputs[0]].node, g.Conv2d)
-                     and plan.users[op.inputs[0]] == 1}
+    fused_reads = spike_maps_read_fused(plan) if fusions else set()
+    currents_last = channels_last_currents(plan) if fusions else set()
 
     for op in plan.ops:
         if op.name in absorbed:

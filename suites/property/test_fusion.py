@@ -12,18 +12,21 @@ from unittest import mock
 
 import numba
 import numpy as np
+import torch
 from hypothesis import Phase, event, find, given, settings
 from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
 
 import snnverify
 from snnverify import graph as g
 from snnverify.api import SNN
+from snnverify.models import small_resnet_pooled
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
 from snnverify.runtime.cpu.layouts import event_weights
-from snnverify.runtime.plan import build_plan, execute
+from snnverify.runtime.plan import build_plan, channels_last_currents, execute
 from snnverify.strategies import spiking_graphs
 
 from .test_backends import UNFUSED, compare, quantized
@@ -65,6 +68,8 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
     for op in plan.ops:
         if op.sparse and not op.events:
             note("conv fed by a pooled spike map")
+    for _ in channels_last_currents(plan):
+        note("conv of a pooled spike map writing channels-last currents")
     fused = execute(plan, CPU_KERNELS, x, steps, record=True)
     plain = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
     compare(comparison_log, check, fused[::2], plain[::2])
@@ -243,6 +248,23 @@ def test_every_block_of_a_resnet_is_fused(digits_case):
     assert [c for c in convs if c not in absorbed] == convs[:1]  # the stem, fed by the static input
 
 
+def test_the_pooled_small_resnet_runs_its_pooled_conv_channels_last_and_exact(comparison_log):
+    """small_resnet_pooled: the conv of the stem's pooled spikes (16 channels: positions packed)
+    writes its currents channels-last for the IF layer whose spikes the next fused conv reads;
+    every layer's spikes and the output are those of the unfused dense kernels, bit for bit
+    (arbitrary float32 weights: torch's own conv sums in another order, see test_backends)."""
+    torch.manual_seed(0)
+    ann = small_resnet_pooled().eval()
+    loader = DataLoader(TensorDataset(torch.rand(64, 1, 28, 28), torch.zeros(64).long()), batch_size=32)
+    graph = snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0).graph
+    plan = build_plan(graph)
+    assert channels_last_currents(plan) == {"layers.0.0.conv1"}
+    assert CPU_KERNELS.weight_layout(next(op for op in plan.ops if op.name == "layers.0.0.conv1")).pack == 4
+    x = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (small_resnet_pooled)", graph, x, 12,
+                      note=lambda _: None)
+
+
 def test_three_way_merges_are_not_fused():
     """(a + b) + c is not a + (b + c) in float32, so only two-input merges are absorbed."""
     ones = np.ones((1, 1, 1, 1), np.float32)
@@ -394,6 +416,12 @@ def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():
 
 def by_name(plan, name):
     return next(op for op in plan.ops if op.name == name)
+
+
+def test_generated_graphs_reach_convs_of_pooled_spikes_that_write_channels_last_currents():
+    find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
+         lambda case: bool(channels_last_currents(build_plan(case.graph))),
+         settings=settings(max_examples=1000, database=None, phases=[Phase.generate]))
 
 
 def test_generated_graphs_reach_convs_fed_by_pooled_spikes():

@@ -130,9 +130,9 @@ def test_a_merge_reading_a_pooled_if_layer_rescales_the_pooled_map_without_a_con
     assert CPU_KERNELS.weight_layout(conv1).blocks.dtype == np.int32
     convs_run = []
 
-    def recording_conv2d(x, weight, bias, node, out_shape, sparse):
+    def recording_conv2d(x, weight, bias, node, out_shape, sparse, **layout):
         convs_run.append(node.name)
-        return CPU_KERNELS.conv2d(x, weight, bias, node, out_shape, sparse)
+        return CPU_KERNELS.conv2d(x, weight, bias, node, out_shape, sparse, **layout)
 
     x = rng.standard_normal((3, 2, 8, 8)).astype(np.float32)
     recording = dataclasses.replace(CPU_KERNELS, conv2d=recording_conv2d)
