@@ -294,11 +294,18 @@ def spike_maps_read_fused(plan: Plan) -> set[str]:
 def channels_last_currents(plan: Plan) -> set[str]:
     """With a fused kernel: the sparse convs whose one reader is an unfused IF layer of
     :func:`spike_maps_read_fused` (a conv of pooled spikes, say). They write their currents
-    channels-last, the order in which that IF layer must write its spikes."""
-    by_name = {op.name: op for op in plan.ops}
-    return {op.inputs[0] for op in plan.ops if op.name in spike_maps_read_fused(plan) and op.name not in plan.fusions
-            and isinstance(by_name[op.inputs[0]].node, g.Conv2d) and by_name[op.inputs[0]].sparse
-            and plan.users[op.inputs[0]] == 1}
+    channels-last, the order in which that IF layer must write its spikes. A conv that only
+    scales each channel is not one of them: it runs as products (``Kernels.scale_channels``),
+    not as a conv."""
+    by_name, read_fused = {op.name: op for op in plan.ops}, spike_maps_read_fused(plan)
+
+    def writes_them(name: str) -> bool:
+        conv = by_name[name]
+        return (isinstance(conv.node, g.Conv2d) and conv.sparse and conv.amplitude is None
+                and plan.users[name] == 1)
+
+    return {op.inputs[0] for op in plan.ops
+            if op.name in read_fused and op.name not in plan.fusions and writes_them(op.inputs[0])}
 
 
 def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record: bool,
@@ -405,14 +412,14 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
                 s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), kind, residual,
                                       plan.shapes[op.name], threshold, initial, timesteps, batch)
             else:
-                if op.inputs[0] in currents_last:
+                shape = plan.shapes[op.name]
+                if op.inputs[0] in currents_last:  # its conv wrote them in the order of its spikes
                     current = values[op.inputs[0]].array
                 else:
                     current = analog(op.inputs[0]).reshape(rows, -1)
-                if op.name in fused_reads:  # IF is per neuron: its inputs in that order, its spikes too
-                    shape = plan.shapes[op.name]
-                    if op.inputs[0] not in currents_last:
+                    if op.name in fused_reads:  # IF is per neuron: its inputs in that order, its spikes too
                         current = kernels.channels_last(current, shape)
+                if op.name in fused_reads:
                     threshold, initial = (kernels.channels_last(a.reshape(1, -1), shape).reshape(-1)
                                           for a in (threshold, initial))
                 s = kernels.if_layer(current, temporal, threshold, initial, timesteps, batch)

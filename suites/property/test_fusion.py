@@ -265,6 +265,29 @@ def test_the_pooled_small_resnet_runs_its_pooled_conv_channels_last_and_exact(co
                       note=lambda _: None)
 
 
+def test_a_channel_scaling_of_pooled_spikes_keeps_its_currents_channels_first(comparison_log):
+    """A depthwise 1×1 conv of pooled spikes only scales each channel: it runs as products, not
+    as a conv, so it does not write channels-last currents even where its IF layer's spikes feed
+    a fused conv; the run is the unfused one, spike for spike (it once handed the IF layer its
+    [T·B, C, H, W] products as if they were channels-last currents)."""
+    rng = np.random.default_rng(0)
+    weights = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    nodes = [g.Input("input", shape=(1, 6, 6)), g.Conv2d("conv0", weight=weights(2, 1, 3, 3), padding=1),
+             g.IF("if0", threshold=np.ones(2, np.float32)), g.AvgPool2d("pool", kernel_size=2, stride=2),
+             g.Conv2d("scale", weight=weights(2, 1, 1, 1), groups=2), g.IF("if1", threshold=np.ones(2, np.float32)),
+             g.Conv2d("conv2", weight=weights(2, 2, 3, 3), padding=1), g.IF("if2", threshold=np.ones(2, np.float32)),
+             g.Flatten("flat"), g.Linear("fc", weight=weights(3, 18)), g.Output("output")]
+    order = [node.name for node in nodes]
+    graph = g.SpikingGraph({node.name: node for node in nodes},
+                           {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
+    plan = build_plan(graph)
+    assert "if2" in plan.fusions and by_name(plan, "scale").amplitude is not None and by_name(plan, "scale").sparse
+    assert channels_last_currents(plan) == set()
+    x = rng.random((2, 1, 6, 6)).astype(np.float32) * 4
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (channel scaling of pooled spikes)", graph, x, 8,
+                      note=lambda _: None)
+
+
 def test_three_way_merges_are_not_fused():
     """(a + b) + c is not a + (b + c) in float32, so only two-input merges are absorbed."""
     ones = np.ones((1, 1, 1, 1), np.float32)
