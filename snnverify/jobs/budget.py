@@ -37,49 +37,42 @@ from snnverify.convert.budget import DEFAULT_BUDGET, RECIPES
 from snnverify.train import fit
 from snnverify.util import atomic_write, commit, progress, provenance
 
+def adamw(levels: int = 8, qcfs_lr: float = 1e-3, threshold_lr: float = 5e-2, bptt_lr: float | None = None,
+          horizons: tuple[int, ...] = ()) -> dict:
+    """convert options of a candidate: QCFS training with AdamW, then one epoch of BPTT at
+    ``bptt_lr`` over the readouts at ``horizons`` when a rate is given, else none."""
+    options = {"qcfs_optimizer": "adamw", "qcfs_lr": qcfs_lr, "threshold_lr": threshold_lr, "levels": levels,
+               "finetune_epochs": 0 if bptt_lr is None else 1}
+    if bptt_lr is not None:
+        options.update(finetune_lr=bptt_lr, finetune_horizons=horizons)
+    return options
+
+
 #: candidate recipes: convert options besides the budget
 CANDIDATES: dict[str, dict] = {
     "sgd-L8": {"qcfs_optimizer": "sgd", "qcfs_lr": 0.01, "threshold_lr": 0.01, "levels": 8, "finetune_epochs": 0},
-    "adamw-L8": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8, "finetune_epochs": 0},
-    "adamw-L4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 4, "finetune_epochs": 0},
-    "adamw-L16": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 16,
-                  "finetune_epochs": 0},
-    "adamw-L8-lam1e-2": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 1e-2, "levels": 8,
-                         "finetune_epochs": 0},
-    "adamw-L4-bptt1-h4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 4,
-                          "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4,)},
-    "adamw-L4-bptt1-h48": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 4,
-                           "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4, 8)},
-    "adamw-L8-bptt1-h48": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
-                           "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4, 8)},
-    "adamw-L8-bptt1-h4832": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
-                             "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (4, 8, 32)},
+    "adamw-L8": adamw(),
+    "adamw-L4": adamw(levels=4),
+    "adamw-L16": adamw(levels=16),
+    "adamw-L8-lam1e-2": adamw(threshold_lr=1e-2),
+    "adamw-L4-bptt1-h4": adamw(levels=4, bptt_lr=1e-3, horizons=(4,)),
+    "adamw-L4-bptt1-h48": adamw(levels=4, bptt_lr=1e-3, horizons=(4, 8)),
+    "adamw-L8-bptt1-h48": adamw(bptt_lr=1e-3, horizons=(4, 8)),
+    "adamw-L8-bptt1-h4832": adamw(bptt_lr=1e-3, horizons=(4, 8, 32)),
     # BPTT at a tenth of the rate: low T gains while the QCFS network's high-T accuracy stays
-    "adamw-L8-bptt1-h48-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
-                                  "finetune_epochs": 1, "finetune_lr": 1e-4, "finetune_horizons": (4, 8)},
-    "adamw-L8-bptt1-h4832-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
-                                    "finetune_epochs": 1, "finetune_lr": 1e-4, "finetune_horizons": (4, 8, 32)},
+    "adamw-L8-bptt1-h48-lr1e-4": adamw(bptt_lr=1e-4, horizons=(4, 8)),
+    "adamw-L8-bptt1-h4832-lr1e-4": adamw(bptt_lr=1e-4, horizons=(4, 8, 32)),
     # BPTT at T = 32 alone: the QCFS network's strongest readout, fine-tuned where it is read
-    "adamw-L8-bptt1-h32": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
-                           "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_horizons": (32,)},
-    "adamw-L8-bptt1-h32-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-3, "threshold_lr": 5e-2, "levels": 8,
-                                  "finetune_epochs": 1, "finetune_lr": 1e-4, "finetune_horizons": (32,)},
+    "adamw-L8-bptt1-h32": adamw(bptt_lr=1e-3, horizons=(32,)),
+    "adamw-L8-bptt1-h32-lr1e-4": adamw(bptt_lr=1e-4, horizons=(32,)),
     # QCFS training at a tenth of the rate: on a few thousand images, AdamW at 1e-3 costs the
     # trained ANN accuracy (its own control falls), and the SNN's high-T readout with it
-    "adamw1e-4-L8": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2, "levels": 8,
-                     "finetune_epochs": 0},
-    "adamw1e-4-L8-bptt1-h48-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2, "levels": 8,
-                                      "finetune_epochs": 1, "finetune_lr": 1e-4, "finetune_horizons": (4, 8)},
-    "adamw1e-4-L8-bptt1-h4832-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2,
-                                        "levels": 8, "finetune_epochs": 1, "finetune_lr": 1e-4,
-                                        "finetune_horizons": (4, 8, 32)},
+    "adamw1e-4-L8": adamw(qcfs_lr=1e-4),
+    "adamw1e-4-L8-bptt1-h48-lr1e-4": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(4, 8)),
+    "adamw1e-4-L8-bptt1-h4832-lr1e-4": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(4, 8, 32)),
     # BPTT that costs the QCFS network's T = 32 readout less: a third of the rate, or no T = 4
-    "adamw1e-4-L8-bptt1-h4832-lr3e-5": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2,
-                                        "levels": 8, "finetune_epochs": 1, "finetune_lr": 3e-5,
-                                        "finetune_horizons": (4, 8, 32)},
-    "adamw1e-4-L8-bptt1-h832-lr1e-4": {"qcfs_optimizer": "adamw", "qcfs_lr": 1e-4, "threshold_lr": 5e-2,
-                                       "levels": 8, "finetune_epochs": 1, "finetune_lr": 1e-4,
-                                       "finetune_horizons": (8, 32)},
+    "adamw1e-4-L8-bptt1-h4832-lr3e-5": adamw(qcfs_lr=1e-4, bptt_lr=3e-5, horizons=(4, 8, 32)),
+    "adamw1e-4-L8-bptt1-h832-lr1e-4": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(8, 32)),
     "p99.99": {"percentile": 99.99, "finetune_epochs": 0},
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
@@ -262,10 +255,14 @@ def standing_peers(rows: list[dict], budget: int, data: tuple[int, int]) -> list
     images): the peers measured at that budget, and a label-free peer's E = 0 result, which
     stands at every budget."""
     peers = [r for r in rows if _converter(r) != "snnverify" and (r["train_images"], r["test_images"]) == data]
-    label_free = {_converter(r) for r in peers if r["budget_epochs"] == 0} - {
+    free = label_free(peers)
+    return [r for r in peers if r["budget_epochs"] == budget or (r["budget_epochs"] == 0 and _converter(r) in free)]
+
+
+def label_free(peers: list[dict]) -> set[str]:
+    """The peers among these rows measured at E = 0 only (they take no labels)."""
+    return {_converter(r) for r in peers if r["budget_epochs"] == 0} - {
         _converter(r) for r in peers if r["budget_epochs"] > 0}
-    return [r for r in peers
-            if r["budget_epochs"] == budget or (r["budget_epochs"] == 0 and _converter(r) in label_free)]
 
 
 def _describe(recipe) -> str:
@@ -288,9 +285,7 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
     for n_train, n_test in groups:
         same = [r for r in rows if (r["train_images"], r["test_images"]) == (n_train, n_test)]
         ours = [r for r in same if _converter(r) == "snnverify" and "snn_accuracy" in r]
-        peers = [r for r in same if _converter(r) != "snnverify"]
-        label_free = {_converter(r) for r in peers if r["budget_epochs"] == 0} - {
-            _converter(r) for r in peers if r["budget_epochs"] > 0}
+        free = label_free([r for r in same if _converter(r) != "snnverify"])
         measured = [t for t in ts if any(str(t) in r.get("snn_accuracy", {}) for r in same)]
         lines += [f"### Beside the peers: {n_train} training / {n_test} test images", "",
                   "| E | converter | " + " | ".join(f"T={t}" for t in measured) + " |", "|" + "---|" * (2 + len(measured))]
@@ -300,7 +295,7 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
             entries = [("snnverify (best recipe at each T)", best)]
             for r in sorted(standing_peers(rows, budget, (n_train, n_test)), key=_converter):
                 name = f"{_converter(r)} {r.get('version', '')}".strip() + (
-                    " (no labels)" if _converter(r) in label_free else "")
+                    " (no labels)" if _converter(r) in free else "")
                 if "failure" in r:
                     entries.append((f"{name}: FAIL, {r['failure']}", {}))
                 else:

@@ -110,14 +110,13 @@ def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
     if amplitude is not None:
         amplitude = amplitude.reshape(x.shape[1:])
     area = node.kernel_size[0] * node.kernel_size[1]
+    average = not isinstance(node, g.SumPool2d)
     # a float average divides in the kernel; an integer graph's (quantize makes them sum
-    # pools) is a float mean of integer sums
-    divisor = area if dtype.kind == "f" and not isinstance(node, g.SumPool2d) else 1
+    # pools) is a float mean of the integer sums
+    divides = average and dtype.kind == "f"
     pool2d_kernel(x, amplitude, np.array(node.kernel_size), np.array(node.stride), np.array(node.padding),
-                  dtype.type(divisor), dtype.type(0), out)
-    if divisor == 1 and not isinstance(node, g.SumPool2d):
-        return out / np.float32(area)
-    return out
+                  dtype.type(area if divides else 1), dtype.type(0), out)
+    return out / np.float32(area) if average and not divides else out
 
 
 def _if_layer(current, temporal, threshold, initial, timesteps, batch):
