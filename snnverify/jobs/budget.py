@@ -77,9 +77,12 @@ CANDIDATES: dict[str, dict] = {
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
 }
-#: per dataset: the ANN (a committed checkpoint, or trained here as ``snnverify run`` does)
-ANNS = {"fashion-mnist": "reports/runs/fashion-mnist-small_resnet/ann.pt", "digits": None}
+DATASETS = ("digits", "fashion-mnist")
+#: committed ANN checkpoints by (dataset, model); any other pair is trained here as
+#: ``snnverify run`` trains it (SGD at 0.1, ``--ann-epochs`` epochs, fixed seed)
+ANNS = {("fashion-mnist", "small_resnet"): "reports/runs/fashion-mnist-small_resnet/ann.pt"}
 OUT = Path("reports/budget")
+DEFAULT_MODEL = "small_resnet"
 #: peer converters with a certification adapter (snnverify.certify.adapters)
 PEERS = ("spikingjelly", "sinabs", "neurocuda")
 TARGETS_PP = {4: 2.0, 8: 0.5, 32: 0.1}  # gap to the equal-budget ANN control, at most
@@ -106,14 +109,19 @@ def reseed(seed: int, *loaders) -> None:
         loader.generator.manual_seed(seed)
 
 
-def trained_ann(dataset: str, splits, seed: int):
-    model = models.build_model("small_resnet", splits.num_classes, splits.input_shape[0])
-    if ANNS[dataset] is not None:
-        return models.load_checkpoint(model, ANNS[dataset]).eval()
+def trained_ann(dataset: str, model_name: str, splits, epochs: int, seed: int):
+    model = models.build_model(model_name, splits.num_classes, splits.input_shape[0])
+    if (dataset, model_name) in ANNS:
+        return models.load_checkpoint(model, ANNS[dataset, model_name]).eval()
     torch.manual_seed(seed)
-    train, _, _ = data.make_loaders(splits, batch_size=64, seed=seed)  # as `snnverify run`: SGD 0.1, 30 epochs
-    fit(model.train(), list(model.parameters()), train, 30, 0.1, "cpu", desc="ANN training")
+    train, _, _ = data.make_loaders(splits, batch_size=64, seed=seed)  # as `snnverify run`: SGD 0.1
+    fit(model.train(), list(model.parameters()), train, epochs, 0.1, "cpu", desc="ANN training")
     return model.eval()
+
+
+def results_path(dataset: str, model: str) -> Path:
+    """reports/budget/<dataset>.json for the default model, else <dataset>-<model>.json."""
+    return OUT / (f"{dataset}.json" if model == DEFAULT_MODEL else f"{dataset}-{model}.json")
 
 
 def control(ann, train, test, epochs: int, optimizer: str, lr: float, seed: int) -> float:
@@ -161,9 +169,9 @@ def sweep(args) -> Path:
     made_by = {"command": args.invocation, "commit": commit(), "machine": provenance()["machine"]}
     torch.manual_seed(args.seed)
     splits, train, cal, test, n_train, n_test = loaders(args.dataset, args.train_subset, args.test_subset, args.seed)
-    ann = trained_ann(args.dataset, splits, args.seed)
+    ann = trained_ann(args.dataset, args.model, splits, args.ann_epochs, args.seed)
     ann_accuracy = api.evaluate(ann, test)
-    path = OUT / f"{args.dataset}.json"
+    path = results_path(args.dataset, args.model)
     controls: dict[tuple, float] = {}
 
     def control_for(budget: int, optimizer: str, lr: float) -> float:
@@ -174,7 +182,7 @@ def sweep(args) -> Path:
 
     def record(row: dict) -> None:
         """Add a row to the JSON (a row of the same converter, recipe, budget and data sizes is replaced)."""
-        row = {"dataset": args.dataset, "train_images": n_train, "test_images": n_test,
+        row = {"dataset": args.dataset, "model": args.model, "train_images": n_train, "test_images": n_test,
                "convert_timesteps": args.convert_timesteps, "ann_accuracy": ann_accuracy, **row,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by}
         if "snn_accuracy" in row:
@@ -359,7 +367,11 @@ def render() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="digits", choices=sorted(ANNS))
+    parser.add_argument("--dataset", default="digits", choices=DATASETS)
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(models.MODELS),
+                        help="the ANN's architecture (results go to reports/budget/<dataset>-<model>.json)")
+    parser.add_argument("--ann-epochs", type=int, default=30,
+                        help="ANN training epochs where no checkpoint of the dataset and model is committed")
     parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 5])
     parser.add_argument("--recipes", nargs="+", default=["default"], choices=sorted(CANDIDATES))
     parser.add_argument("--timesteps", type=int, nargs="+", default=[4, 8, 16, 32, 64])
@@ -383,6 +395,8 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--budgets: a budget is a number of epochs >= 0, got {budget}")
     if not args.time_limit > 0:
         raise ValueError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
+    if args.ann_epochs < 1:
+        raise ValueError(f"--ann-epochs must be >= 1, got {args.ann_epochs}")
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -371,8 +371,8 @@ def main(args: argparse.Namespace) -> int:
     if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (the cores Numba may use), "
                          f"got {args.threads}")
-    if args.checkpoint is None and args.model == "small_resnet":
-        args.checkpoint = ANNS.get(args.dataset)
+    if args.checkpoint is None:
+        args.checkpoint = ANNS.get((args.dataset, args.model))
     if args.checkpoint is not None:
         models.read_state_dict(args.checkpoint)
     if not args.render:
