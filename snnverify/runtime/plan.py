@@ -32,6 +32,7 @@ import torch
 
 from snnverify import graph as g
 from snnverify.runtime import RunResult, check_device, check_run, register_backend
+from snnverify.runtime.buffers import BufferPool
 from snnverify.runtime.quantize import ExactRange
 
 
@@ -474,19 +475,21 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
 class KernelBackend:
     """The ``cpu`` and ``gpu`` backends: the graph's plan executed over a kernel table. An
     integer graph's runs are checked to stay where integer arithmetic is exact
-    (:class:`~snnverify.runtime.quantize.ExactRange`)."""
+    (:class:`~snnverify.runtime.quantize.ExactRange`). Host arrays a run allocates come from the
+    backend's :class:`~snnverify.runtime.buffers.BufferPool`, memory a former run no longer needs."""
 
     def __init__(self, graph: g.SpikingGraph, target: str, kernels: Kernels):
         kernels.require()
         self.graph, self.target, self.kernels = graph, target, kernels
         self.plan = build_plan(graph)
         self.exact_range = ExactRange(graph) if graph.integer else None
+        self.buffers = BufferPool()
 
     def run(self, x, timesteps: int, record: bool = False, device=None, horizons: tuple[int, ...] = ()) -> RunResult:
         check_device(self.target, device, self.kernels.device())
         x, timesteps = check_run(self.graph, x, timesteps, self.exact_range)
         horizons = g.check_horizons(horizons, timesteps)
-        with self.kernels.running():
+        with self.buffers.active(), self.kernels.running():
             output, counts, spikes, readouts = execute(self.plan, self.kernels, x.numpy(), timesteps, record, horizons)
         return RunResult(output=np.asarray(output, np.float32), spike_counts=counts, spikes=spikes,
                          readouts={h: np.asarray(r, np.float32) for h, r in readouts.items()} if horizons else None)

@@ -1,5 +1,6 @@
-"""The CPU kernel table (:data:`CPU_KERNELS`): host functions that allocate outputs, lay out
-arguments and launch the compiled ``*_kernel`` functions of this package."""
+"""The CPU kernel table (:data:`CPU_KERNELS`): host functions that allocate outputs (from the
+run's :class:`~snnverify.runtime.buffers.BufferPool`), lay out arguments and launch the compiled
+``*_kernel`` functions of this package."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from numba import get_num_threads
 
 from snnverify import graph as g
+from snnverify.runtime import buffers
 from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, if_layer_kernel, linear_dense_kernel,
                                          linear_events_kernel, pool2d_kernel, scale_channels_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
@@ -35,13 +37,13 @@ def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse, channels_last=Fa
     ``channels_last`` (a sparse conv only): out [N, H·W·C]."""
     if sparse:  # the sums in the plan's type (W' may be narrower, see accumulator_dtype)
         rows, channels, height, width = out_shape
-        out = np.empty((rows, height, width, channels) if channels_last else out_shape, bias.dtype)
+        out = buffers.empty((rows, height, width, channels) if channels_last else out_shape, bias.dtype)
         conv2d_sparse_kernel(x, weight.blocks, weight.packed, weight.pack, node.weight.shape[2:], bias, _geometry(node),
                              _workers(), channels_last, out)
         if channels_last:
             return out.reshape(rows, -1)
     else:
-        out = np.empty(out_shape, weight.dtype)
+        out = buffers.empty(out_shape, weight.dtype)
         conv2d_dense_kernel(x, weight, bias, np.array(node.stride), np.array(node.padding), np.array(node.dilation),
                             node.groups, weight.dtype.type(0), out)
     return out
@@ -87,7 +89,7 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
     tile = max(1, min(batch, TILE_ENTRIES // (STEP_CHUNK * map_size)))
     # adjacent positions packed into one block when both convs allow it
     pack = conv.weight.pack if kind != ResidualKind.SHORTCUT or residual.weight.pack == conv.weight.pack else 1
-    out = np.empty((rows, threshold.shape[0]), np.bool_)
+    out = buffers.empty((rows, threshold.shape[0]), np.bool_)
     neurons = FusedNeurons(neurons_channels_last(threshold, out_shape), neurons_channels_last(initial, out_shape),
                            tuple(out_shape[1:]))
     conv2d_events_if_kernel(_fused_conv(conv), shortcut, FusedResidual(int(kind), values, residual_spikes), neurons,
@@ -96,7 +98,7 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
 
 
 def _linear(x, weight, bias, events):
-    out = np.empty((x.shape[0], weight.shape[0]), weight.dtype)
+    out = buffers.empty((x.shape[0], weight.shape[0]), weight.dtype)
     if events:
         linear_events_kernel(x, weight, bias, out)
     else:
@@ -106,7 +108,7 @@ def _linear(x, weight, bias, events):
 
 def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
     dtype = x.dtype if amplitude is None else amplitude.dtype
-    out = np.empty(out_shape, dtype)
+    out = buffers.empty(out_shape, dtype)
     if amplitude is not None:
         amplitude = amplitude.reshape(x.shape[1:])
     area = node.kernel_size[0] * node.kernel_size[1]
@@ -120,13 +122,13 @@ def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
 
 
 def _if_layer(current, temporal, threshold, initial, timesteps, batch):
-    spikes = np.empty((timesteps * batch, threshold.shape[0]), np.bool_)
+    spikes = buffers.empty((timesteps * batch, threshold.shape[0]), np.bool_)
     if_layer_kernel(np.ascontiguousarray(current), temporal, threshold, initial, timesteps, batch, spikes)
     return spikes
 
 
 def _scale_channels(x, factors):
-    out = np.empty(x.shape, factors.dtype)
+    out = buffers.empty(x.shape, factors.dtype)
     scale_channels_kernel(x, factors, out)
     return out
 
@@ -147,7 +149,7 @@ CPU_KERNELS = Kernels(
     device=lambda: torch.device("cpu"),
     to_device=lambda a: a,
     to_host=lambda a: a,
-    zeros=np.zeros,
+    zeros=buffers.zeros,
     conv2d=_conv2d,
     linear=_linear,
     pool2d=_pool2d,

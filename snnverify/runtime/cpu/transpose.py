@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from snnverify.runtime import buffers
+
 
 @njit(parallel=True, cache=True)
 def transpose_rows_kernel(source, out):
@@ -19,7 +21,7 @@ def transpose_rows_kernel(source, out):
 def transposed(array, height: int, width: int):
     """Each row of ``array`` [N, height·width], read as a height × width matrix, transposed."""
     rows = array.shape[0]
-    out = np.empty((rows, width, height), array.dtype)
+    out = buffers.empty((rows, width, height), array.dtype)
     transpose_rows_kernel(np.ascontiguousarray(array).reshape(rows, height, width), out)
     return out.reshape(rows, -1)
 
