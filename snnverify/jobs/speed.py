@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import ctypes.util
+import functools
 import json
 import math
 import time
@@ -50,6 +53,28 @@ def converted(model: str, seed: int = 0):
     return ann, snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0).graph
 
 
+#: glibc ``mallopt`` parameters (malloc.h) and the values :func:`steady_heap` sets
+_TRIM_THRESHOLD, _TOP_PAD, _MMAP_THRESHOLD = -1, -2, -3
+_STEADY = {_TRIM_THRESHOLD: 1 << 30, _TOP_PAD: 256 << 20, _MMAP_THRESHOLD: 32 << 20}  # 32 MiB: glibc's maximum
+
+
+@functools.cache
+def steady_heap() -> bool:
+    """Have glibc's malloc keep the memory a process frees (for the rest of the process), so that
+    no timed function pays page faults for memory it had a moment ago. By default glibc returns
+    a freed block of a few MB to the system and the next call faults it in again: a torch forward
+    pass of small_resnet at batch 32 runs at half its speed that way on a VM, and how often it
+    does depends on what else the process freed (a numpy array of the SNN's, say). The SNN's own
+    arrays come from its backend's buffer pool either way. Returns False, changing nothing,
+    where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(parameter, value) == 1 for parameter, value in _STEADY.items())
+
+
 def interleaved_best_times(functions: dict, repeats: int, calls: int = 2,
                            clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Fastest call of each function over ``repeats`` rounds, every round calling each function
@@ -58,7 +83,8 @@ def interleaved_best_times(functions: dict, repeats: int, calls: int = 2,
     a short function (an ANN forward pass of a few ms) be timed warm, not right after another
     function has evicted its caches (a cold first call is several times slower). ``clock``:
     wall time by default; ``time.process_time`` gives the CPU time of all the process's threads,
-    which other processes on the cores inflate far less."""
+    which other processes on the cores inflate far less. Timed on a :func:`steady_heap`."""
+    steady_heap()
     for function in functions.values():
         function()
     best = dict.fromkeys(functions, math.inf)
@@ -104,7 +130,7 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
     x = torch.randn(batch, *SHAPES[model])
     macs = multiply_accumulates(graph)
     results = {"model": model, "batch": batch, "threads": torch.get_num_threads(), "ann_macs_per_image": macs,
-               "snn": []}
+               "steady_heap": steady_heap(), "snn": []}
     neurons = sum(math.prod(graph.shapes[layer.name]) for layer in graph.neuron_layers)
     parsed = {spelling: parse_target(spelling) for spelling in targets}
     devices = {spelling: device for spelling, (_, device) in parsed.items()}

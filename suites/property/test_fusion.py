@@ -353,7 +353,8 @@ def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel,
     zero in float32 (where the order of the adds would show) and int64, padded and overlapping
     windows, outputs narrower and wider than a row at a time (ROW_POOL_WIDTH), silent and
     saturated maps; an average pool's output is the sum / kH·kW correctly rounded (an integer
-    graph's, a float mean)."""
+    graph's, a float mean). Amplitudes one per channel, as the plan's are, take the lookup of
+    spike counts; one per neuron, the sums."""
     padding = data.draw(st.tuples(st.integers(0, kernel[0] // 2), st.integers(0, kernel[1] // 2)), label="padding")
     size = data.draw(st.tuples(*(st.integers(max(1, k - 2 * p), 14) for k, p in zip(kernel, padding))), label="size")
     node = (g.AvgPool2d if average else g.SumPool2d)("pool", kernel_size=kernel, stride=stride, padding=padding)
@@ -362,8 +363,12 @@ def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel,
     rows, neurons = 2, channels * size[0] * size[1]
     values = (st.integers(-(2**20), 2**20) if integer
               else st.floats(-1e3, 1e3, width=32, allow_subnormal=True) | st.sampled_from([0.0, -0.0]))
-    amplitude = np.array(data.draw(st.lists(values, min_size=neurons, max_size=neurons), label="amplitude"),
+    per_channel = data.draw(st.booleans(), label="one amplitude per channel")
+    drawn = channels if per_channel else neurons
+    amplitude = np.array(data.draw(st.lists(values, min_size=drawn, max_size=drawn), label="amplitude"),
                          np.int64 if integer else np.float32)
+    if per_channel:
+        amplitude = np.repeat(amplitude, neurons // channels)
     spikes = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")).random((rows, neurons)) < rate
     shape = (rows, channels, *size)
     direct = cpu_kernels._pool2d(spikes.reshape(shape), node, (rows, channels, *out_hw), amplitude)

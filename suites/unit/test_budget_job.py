@@ -114,6 +114,15 @@ def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_pa
     assert np.isclose(float(text.split("| free 1.0 | peer |")[1].split("|")[6]), 15.0)  # gap@4
 
 
+def test_each_architecture_has_a_results_file_of_its_own(tmp_path, monkeypatch):
+    """The default model keeps reports/budget/<dataset>.json; another model's rows go to a file
+    of their own, so winners are never chosen across architectures."""
+    monkeypatch.setattr(budget_job, "OUT", tmp_path)
+    assert budget_job.results_path("fashion-mnist", "small_resnet") == tmp_path / "fashion-mnist.json"
+    assert budget_job.results_path("fashion-mnist", "small_resnet_pooled") == \
+        tmp_path / "fashion-mnist-small_resnet_pooled.json"
+
+
 def scored_row(converter: str, budget: int, accuracy: list[float], recipe: str = "peer", data=(100, 50)) -> dict:
     return {"budget_epochs": budget, "converter": converter, "recipe": recipe, "train_images": data[0],
             "test_images": data[1], "snn_accuracy": dict(zip(map(str, budget_job.SCORED_T), accuracy))}

@@ -94,6 +94,7 @@ def test_bad_inputs_exit_with_a_message_not_a_traceback(tmp_path, capsys):
     ("sparsity", ["--threads", "0"], "--threads must be in 1.."),
     ("sparsity", ["--checkpoint", "no/such/file.pt"], "does not exist"),
     ("loihi2", ["--checkpoint", "no/such/file.pt"], "does not exist"),
+    ("budget", ["--ann-epochs", "0"], "--ann-epochs must be >= 1, got 0"),
 ])
 def test_every_job_checks_its_arguments_before_any_work(tmp_path, capsys, monkeypatch, job, arguments, message):
     """A bad argument fails at once, with nothing trained, loaded or written: data loading is

@@ -89,11 +89,7 @@ def pool2d_kernel(x, amplitude, kernel, stride, padding, divisor, zero, out):
     cost more than its few terms."""
     rows, channels, out_h, out_w = out.shape
     height, width = x.shape[2], x.shape[3]
-    firsts, lasts = np.empty(kernel[1], np.int64), np.empty(kernel[1], np.int64)
-    for kx in range(kernel[1]):
-        shift = kx - padding[1]  # xi = xo·s + shift
-        firsts[kx] = max(0, -(shift // stride[1]))  # smallest xo with xi ≥ 0
-        lasts[kx] = min(out_w, (width - 1 - shift) // stride[1] + 1)  # xi ≤ W − 1 below it
+    firsts, lasts = inside_columns(kernel, stride, padding, width, out_w)
     for n in prange(rows):
         acc, row = np.empty(out_w, out.dtype), np.empty(width, out.dtype)
         for c in range(channels):
@@ -119,6 +115,46 @@ def pool2d_kernel(x, amplitude, kernel, stride, padding, divisor, zero, out):
                                 acc[xo] += row[xo * stride[1] + kx - padding[1]]
                 for xo in range(out_w):
                     dest[y, xo] = acc[xo] if divisor == 1 else acc[xo] / divisor
+
+
+@njit(parallel=True, cache=True)
+def spike_pool2d_kernel(spikes, table, kernel, stride, padding, out):
+    """:func:`pool2d_kernel` of a spike map whose amplitude is one a_c per channel, as a lookup:
+    a window with n spikes sums, its taps in (ky, kx) order from +0, to a_c added n times in
+    sequence (a silent tap adds +0, which leaves every such partial sum as it is: none is −0), so
+    out[.., c, y, x] = ``table[c, n]``, those sums already divided. The counts n are made a whole
+    output row at a time, as :func:`pool2d_kernel` makes its sums."""
+    rows, channels, out_h, out_w = out.shape
+    height, width = spikes.shape[2], spikes.shape[3]
+    firsts, lasts = inside_columns(kernel, stride, padding, width, out_w)
+    for n in prange(rows):
+        counts = np.empty(out_w, np.int64)
+        for c in range(channels):
+            plane, dest, sums = spikes[n, c], out[n, c], table[c]
+            for y in range(out_h):
+                for xo in range(out_w):
+                    counts[xo] = 0
+                for ky in range(kernel[0]):
+                    yi = y * stride[0] - padding[0] + ky
+                    if yi < 0 or yi >= height:
+                        continue
+                    for kx in range(kernel[1]):
+                        for xo in range(firsts[kx], lasts[kx]):
+                            counts[xo] += plane[yi, xo * stride[1] + kx - padding[1]]
+                for xo in range(out_w):
+                    dest[y, xo] = sums[counts[xo]]
+
+
+@njit
+def inside_columns(kernel, stride, padding, width, out_w):
+    """Per kernel column kx, the output columns [first, last) whose tap xi = xo·s − p + kx lies
+    inside the input (bounds computed once per call, so the loops over them test nothing)."""
+    firsts, lasts = np.empty(kernel[1], np.int64), np.empty(kernel[1], np.int64)
+    for kx in range(kernel[1]):
+        shift = kx - padding[1]  # xi = xo·s + shift
+        firsts[kx] = max(0, -(shift // stride[1]))  # smallest xo with xi ≥ 0
+        lasts[kx] = min(out_w, (width - 1 - shift) // stride[1] + 1)  # xi ≤ W − 1 below it
+    return firsts, lasts
 
 
 @njit(inline="always")

@@ -13,7 +13,8 @@ from numba import get_num_threads
 from snnverify import graph as g
 from snnverify.runtime import buffers
 from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, if_layer_kernel, linear_dense_kernel,
-                                         linear_events_kernel, pool2d_kernel, scale_channels_kernel)
+                                         linear_events_kernel, pool2d_kernel, scale_channels_kernel,
+                                         spike_pool2d_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
                                           conv2d_events_if_kernel, conv2d_sparse_kernel)
 from snnverify.runtime.cpu.layouts import EventWeights, event_weights
@@ -109,16 +110,29 @@ def _linear(x, weight, bias, events):
 def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
     dtype = x.dtype if amplitude is None else amplitude.dtype
     out = buffers.empty(out_shape, dtype)
-    if amplitude is not None:
-        amplitude = amplitude.reshape(x.shape[1:])
     area = node.kernel_size[0] * node.kernel_size[1]
     average = not isinstance(node, g.SumPool2d)
     # a float average divides in the kernel; an integer graph's (quantize makes them sum
     # pools) is a float mean of the integer sums
     divides = average and dtype.kind == "f"
-    pool2d_kernel(x, amplitude, np.array(node.kernel_size), np.array(node.stride), np.array(node.padding),
-                  dtype.type(area if divides else 1), dtype.type(0), out)
+    geometry = (np.array(node.kernel_size), np.array(node.stride), np.array(node.padding))
+    channel_amplitude = None if amplitude is None else _per_channel(amplitude, x.shape[1])
+    if channel_amplitude is not None:  # (the plan's are: an IF layer's a, repeated per neuron)
+        sums = np.zeros((len(channel_amplitude), area + 1), dtype)  # a_c added n times, in sequence
+        for count in range(1, area + 1):
+            sums[:, count] = sums[:, count - 1] + channel_amplitude
+        spike_pool2d_kernel(x, sums / dtype.type(area) if divides else sums, *geometry, out)
+    else:
+        pool2d_kernel(x, None if amplitude is None else amplitude.reshape(x.shape[1:]), *geometry,
+                      dtype.type(area if divides else 1), dtype.type(0), out)
     return out / np.float32(area) if average and not divides else out
+
+
+def _per_channel(amplitude: np.ndarray, channels: int) -> np.ndarray | None:
+    """The amplitude per channel [C] when each channel's neurons share one (bit for bit), else None."""
+    planes = amplitude.reshape(channels, -1)
+    bits = planes.view(f"i{planes.itemsize}")
+    return planes[:, 0] if np.array_equal(bits, np.broadcast_to(bits[:, :1], bits.shape)) else None
 
 
 def _if_layer(current, temporal, threshold, initial, timesteps, batch):
