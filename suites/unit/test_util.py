@@ -1,4 +1,5 @@
-"""The provenance every result carries: which commit made it, and whether the code differed."""
+"""The provenance every result carries (which commit made it, and whether the code differed), and
+how results are written."""
 
 import subprocess
 
@@ -32,3 +33,15 @@ def test_commit_outside_a_checkout_is_unknown(tmp_path, monkeypatch):
     monkeypatch.setattr(util, "REPOSITORY", tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert util.commit() == "unknown"
+
+
+def test_a_report_written_atomically_is_as_readable_as_an_ordinary_file(tmp_path):
+    """A new file gets what ``open`` would give it (the temporary file it starts as is private);
+    a file replaced keeps its own permissions."""
+    ordinary = tmp_path / "ordinary.json"
+    ordinary.write_text("{}")
+    written = util.atomic_write(tmp_path / "report.json", "{}")
+    assert written.stat().st_mode & 0o777 == ordinary.stat().st_mode & 0o777
+    written.chmod(0o640)
+    util.atomic_write(written, '{"new": 1}')
+    assert written.stat().st_mode & 0o777 == 0o640 and written.read_text() == '{"new": 1}'
