@@ -9,7 +9,8 @@ registration, not another branch in the API. ``cpu`` and ``gpu`` are one backend
 Layout: ``torch_ref`` (the reference executor, which defines the semantics), ``plan`` (the
 graph walked once for the kernel backends), ``cpu/`` (Numba CPU kernels, one file per job),
 ``cuda`` (Numba CUDA kernels), ``quantize`` (integer mode), ``loihi2`` (the Loihi 2 simulator),
-``kernel_cache`` (where the compiled Numba kernels are kept).
+``kernel_cache`` (where the compiled Numba kernels are kept), ``buffers`` (host arrays reused
+from one run to the next).
 """
 
 from __future__ import annotations
