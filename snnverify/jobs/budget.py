@@ -357,12 +357,15 @@ def render() -> Path:
                 f"{r['train_images']} / {r['test_images']} | "
                 f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | {qcfs} | {results}"
                 f" | {r['date']} | {r['commit']} | `{r['command']}` |")
-        lines += ["", f"Winner at each budget (on the largest data: of the recipes at or above every peer "
-                  f"measured there at every T = {', '.join(map(str, SCORED_T))}, else of all, the highest mean "
-                  "accuracy over them): " + "; ".join(
-                      f"E = {b}: {r['recipe']} ({r['train_images']} / {r['test_images']} images, mean "
-                      f"{100 * sum(r['snn_accuracy'][str(t)] for t in SCORED_T) / len(SCORED_T):.2f})"
-                      for b, r in winners(rows).items()), "", *_peers_side_by_side(rows, ts)]
+        best = winners(rows)
+        lines += ["", (f"Winner at each budget (on the largest data: of the recipes at or above every peer "
+                       f"measured there at every T = {', '.join(map(str, SCORED_T))}, else of all, the highest mean "
+                       "accuracy over them): " + "; ".join(
+                           f"E = {b}: {r['recipe']} ({r['train_images']} / {r['test_images']} images, mean "
+                           f"{100 * sum(r['snn_accuracy'][str(t)] for t in SCORED_T) / len(SCORED_T):.2f})"
+                           for b, r in best.items())) if best else
+                  "Only `convert`'s defaults were run here (recipe `default`: at each budget, the recipe above).",
+                  "", *_peers_side_by_side(rows, ts)]
     return atomic_write(OUT / "README.md", "\n".join(lines))
 
 

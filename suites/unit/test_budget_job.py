@@ -114,6 +114,23 @@ def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_pa
     assert np.isclose(float(text.split("| free 1.0 | peer |")[1].split("|")[6]), 15.0)  # gap@4
 
 
+def test_a_file_of_default_rows_only_renders_without_a_winner(tmp_path, monkeypatch):
+    """Rows of the recipe ``default`` (what ``convert`` does at each budget) choose no winner:
+    the page says that only the defaults were run, beside the peers."""
+    common = {"dataset": "toy", "train_images": 100, "test_images": 50, "convert_timesteps": 4, "ann_accuracy": 0.9,
+              "date": "2026-01-01T00:00:00+00:00", "commit": "abc1234", "command": "snnverify budget", "seed": 0,
+              "control_accuracy": 0.9}
+    rows = [{**common, "budget_epochs": 0, "converter": "snnverify", "recipe": "default", "qcfs_ann_accuracy": 0.9,
+             "snn_accuracy": {"4": 0.8}, "gap_pp": {"4": 10.0}},
+            {**common, "budget_epochs": 0, "converter": "peer", "recipe": "peer", "snn_accuracy": {"4": 0.7},
+             "gap_pp": {"4": 20.0}}]
+    (tmp_path / "toy-pooled.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(budget_job, "OUT", tmp_path)
+    text = budget_job.render().read_text()
+    assert "Only `convert`'s defaults were run here" in text and "Winner at each budget" not in text
+    assert "| 0 | snnverify (best recipe at each T) | **80.00** |" in text
+
+
 def test_each_architecture_has_a_results_file_of_its_own(tmp_path, monkeypatch):
     """The default model keeps reports/budget/<dataset>.json; another model's rows go to a file
     of their own, so winners are never chosen across architectures."""
