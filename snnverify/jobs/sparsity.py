@@ -47,7 +47,7 @@ from snnverify.convert import ConversionOptions
 from snnverify.convert.qcfs import qcfs_rate
 from snnverify.graph import check_timesteps, multiply_accumulates, synaptic_events
 from snnverify.jobs.budget import ANNS, loaders, reseed
-from snnverify.jobs.speed import interleaved_best_times
+from snnverify.jobs.speed import interleaved_best_times, steady_heap
 from snnverify.report import load_reference
 from snnverify.train import OPTIMIZERS, fit
 from snnverify.util import atomic_write, commit
@@ -116,8 +116,8 @@ def the_ann(args, splits, train) -> tuple[torch.nn.Module, str]:
 
 def timing(snn: api.SNN, ann: torch.nn.Module, x: torch.Tensor, timesteps: int, repeats: int) -> dict:
     """Seconds per image of the SNN and of the ANN's forward pass on batch ``x``, timed
-    interleaved (fastest of ``repeats`` rounds each), in wall time and in CPU time (all threads);
-    and the SNN's synaptic events per image."""
+    interleaved (fastest of ``repeats`` rounds each, on a steady heap), in wall time and in CPU
+    time (all threads); and the SNN's synaptic events per image."""
     def ann_forward():
         with torch.no_grad():
             ann(x)
@@ -130,7 +130,7 @@ def timing(snn: api.SNN, ann: torch.nn.Module, x: torch.Tensor, timesteps: int, 
     return {"snn_s_per_image": wall["snn"] / len(x), "ann_s_per_image": wall["ann"] / len(x),
             "time_ratio": wall["snn"] / wall["ann"], "snn_cpu_s_per_image": cpu["snn"] / len(x),
             "ann_cpu_s_per_image": cpu["ann"] / len(x), "cpu_time_ratio": cpu["snn"] / cpu["ann"],
-            "load_average": round(max(load, os.getloadavg()[0]), 2),
+            "load_average": round(max(load, os.getloadavg()[0]), 2), "steady_heap": steady_heap(),
             "synaptic_events_per_image": synaptic_events(snn.graph, spikes) / len(x)}
 
 
