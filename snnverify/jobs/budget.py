@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import time
 from dataclasses import asdict
@@ -78,8 +79,8 @@ CANDIDATES: dict[str, dict] = {
     "default": {},
 }
 DATASETS = ("digits", "fashion-mnist")
-#: committed ANN checkpoints by (dataset, model); any other pair is trained here as
-#: ``snnverify run`` trains it (SGD at 0.1, ``--ann-epochs`` epochs, fixed seed)
+#: committed ANN checkpoints by (dataset, model); any other pair's is trained by the first sweep
+#: (:func:`trained_ann`)
 ANNS = {("fashion-mnist", "small_resnet"): "reports/runs/fashion-mnist-small_resnet/ann.pt"}
 OUT = Path("reports/budget")
 DEFAULT_MODEL = "small_resnet"
@@ -109,14 +110,22 @@ def reseed(seed: int, *loaders) -> None:
         loader.generator.manual_seed(seed)
 
 
-def trained_ann(dataset: str, model_name: str, splits, epochs: int, seed: int):
+def trained_ann(dataset: str, model_name: str, splits, epochs: int, seed: int) -> tuple[torch.nn.Module, str]:
+    """The ReLU ANN every conversion and peer of a sweep starts from, and its checkpoint: the
+    committed one of the pair, else one trained as ``snnverify run`` trains (SGD at 0.1,
+    ``epochs`` epochs, fixed seed) and kept under reports/budget/anns/, so that every later
+    sweep of the same pair, epochs and seed starts from the same network."""
     model = models.build_model(model_name, splits.num_classes, splits.input_shape[0])
-    if (dataset, model_name) in ANNS:
-        return models.load_checkpoint(model, ANNS[dataset, model_name]).eval()
+    path = ANNS.get((dataset, model_name)) or str(OUT / "anns" / f"{dataset}-{model_name}-{epochs}ep-seed{seed}.pt")
+    if Path(path).exists():
+        return models.load_checkpoint(model, path).eval(), path
     torch.manual_seed(seed)
-    train, _, _ = data.make_loaders(splits, batch_size=64, seed=seed)  # as `snnverify run`: SGD 0.1
+    train, _, _ = data.make_loaders(splits, batch_size=64, seed=seed)
     fit(model.train(), list(model.parameters()), train, epochs, 0.1, "cpu", desc="ANN training")
-    return model.eval()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write(path, buffer.getvalue())
+    return model.eval(), path
 
 
 def results_path(dataset: str, model: str) -> Path:
@@ -169,7 +178,7 @@ def sweep(args) -> Path:
     made_by = {"command": args.invocation, "commit": commit(), "machine": provenance()["machine"]}
     torch.manual_seed(args.seed)
     splits, train, cal, test, n_train, n_test = loaders(args.dataset, args.train_subset, args.test_subset, args.seed)
-    ann = trained_ann(args.dataset, args.model, splits, args.ann_epochs, args.seed)
+    ann, ann_checkpoint = trained_ann(args.dataset, args.model, splits, args.ann_epochs, args.seed)
     ann_accuracy = api.evaluate(ann, test)
     path = results_path(args.dataset, args.model)
     controls: dict[tuple, float] = {}
@@ -182,8 +191,8 @@ def sweep(args) -> Path:
 
     def record(row: dict) -> None:
         """Add a row to the JSON (a row of the same converter, recipe, budget and data sizes is replaced)."""
-        row = {"dataset": args.dataset, "model": args.model, "train_images": n_train, "test_images": n_test,
-               "convert_timesteps": args.convert_timesteps, "ann_accuracy": ann_accuracy, **row,
+        row = {"dataset": args.dataset, "model": args.model, "ann": ann_checkpoint, "train_images": n_train,
+               "test_images": n_test, "convert_timesteps": args.convert_timesteps, "ann_accuracy": ann_accuracy, **row,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by}
         if "snn_accuracy" in row:
             row["gap_pp"] = {t: round(100 * (row["control_accuracy"] - a), 4) for t, a in row["snn_accuracy"].items()}
@@ -374,7 +383,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(models.MODELS),
                         help="the ANN's architecture (results go to reports/budget/<dataset>-<model>.json)")
     parser.add_argument("--ann-epochs", type=int, default=30,
-                        help="ANN training epochs where no checkpoint of the dataset and model is committed")
+                        help="ANN training epochs where no checkpoint of the dataset and model is committed "
+                             "(the ANN trained is kept in reports/budget/anns/ for later sweeps)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 5])
     parser.add_argument("--recipes", nargs="+", default=["default"], choices=sorted(CANDIDATES))
     parser.add_argument("--timesteps", type=int, nargs="+", default=[4, 8, 16, 32, 64])
