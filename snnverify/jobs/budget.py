@@ -243,13 +243,14 @@ def sweep(args) -> Path:
 
 
 def winners(rows: list[dict]) -> dict[int, dict]:
-    """Per budget, the recipe ``convert`` should default to, among our rows of the largest data
+    """Per budget, the recipe ``convert`` should default to, among our rows (``default`` ones too:
+    each records the options it resolved to) of the largest data
     (training, test images) that has every T of :data:`SCORED_T` scored: of the recipes at or
     above every peer measured on that data at every such T (:func:`standing_peers`), the one
     with the highest mean accuracy over them; where none is (or no peer was measured there),
     the highest mean of all."""
-    scored = [r for r in rows if _converter(r) == "snnverify" and r["recipe"] != "default"
-              and all(str(t) in r.get("snn_accuracy", {}) for t in SCORED_T)]
+    scored = [r for r in rows if _converter(r) == "snnverify" and all(str(t) in r.get("snn_accuracy", {})
+                                                                     for t in SCORED_T)]
     best: dict[int, dict] = {}
     for budget in sorted({r["budget_epochs"] for r in scored}):
         at_budget = [r for r in scored if r["budget_epochs"] == budget]
@@ -366,14 +367,12 @@ def render() -> Path:
                 f"{r['train_images']} / {r['test_images']} | "
                 f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | {qcfs} | {results}"
                 f" | {r['date']} | {r['commit']} | `{r['command']}` |")
-        best = winners(rows)
-        lines += ["", (f"Winner at each budget (on the largest data: of the recipes at or above every peer "
-                       f"measured there at every T = {', '.join(map(str, SCORED_T))}, else of all, the highest mean "
-                       "accuracy over them): " + "; ".join(
-                           f"E = {b}: {r['recipe']} ({r['train_images']} / {r['test_images']} images, mean "
-                           f"{100 * sum(r['snn_accuracy'][str(t)] for t in SCORED_T) / len(SCORED_T):.2f})"
-                           for b, r in best.items())) if best else
-                  "Only `convert`'s defaults were run here (recipe `default`: at each budget, the recipe above).",
+        lines += ["", f"Winner at each budget (on the largest data: of the recipes at or above every peer "
+                  f"measured there at every T = {', '.join(map(str, SCORED_T))}, else of all, the highest mean "
+                  "accuracy over them): " + "; ".join(
+                      f"E = {b}: {r['recipe']} ({r['train_images']} / {r['test_images']} images, mean "
+                      f"{100 * sum(r['snn_accuracy'][str(t)] for t in SCORED_T) / len(SCORED_T):.2f})"
+                      for b, r in winners(rows).items()),
                   "", *_peers_side_by_side(rows, ts)]
     return atomic_write(OUT / "README.md", "\n".join(lines))
 
