@@ -427,6 +427,21 @@ class SpikingGraph:
         """The nodes that read ``name``'s output."""
         return [dst for src, dst in self.edges if src == name]
 
+    def prefix(self, name: str) -> "SpikingGraph":
+        """The part of the graph ``name`` depends on, read out at ``name``: its output averaged
+        over T is the new graph's output (for an IF layer, its mean graded spike per neuron)."""
+        if name not in self.nodes or isinstance(self.nodes[name], Output):
+            raise ValueError(f"no node {name!r} to read out (an Output node is already a readout)")
+        needed, stack = set(), [name]
+        while stack:
+            node = stack.pop()
+            if node not in needed:
+                needed.add(node)
+                stack.extend(self.inputs[node])
+        readout = Output(f"{name}:readout")
+        nodes = {k: n for k, n in self.nodes.items() if k in needed} | {readout.name: readout}
+        return SpikingGraph(nodes, {k: list(self.inputs[k]) for k in needed} | {readout.name: [name]})
+
     def with_nodes(self, replacements: dict[str, Node]) -> "SpikingGraph":
         """A new graph with some nodes replaced (same names, same edges)."""
         return SpikingGraph({k: replacements.get(k, n) for k, n in self.nodes.items()}, dict(self.inputs))

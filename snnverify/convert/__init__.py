@@ -3,7 +3,8 @@
 ``trace`` (torch.fx, canonical form; BatchNorm statistics re-estimated when max-pools were
 swapped for average pools) → ``qcfs`` (ReLU → QCFS, λ calibrated, then trained with the
 BatchNorm layers in place) → ``fold_bn`` (BatchNorm into conv/linear) → ``to_if`` (QCFS → IF,
-add → merge node) → ``finetune`` (BPTT with the atan surrogate). Each pass returns a new
+add → merge node) → ``bias_correction`` (each layer's mean error against the QCFS ANN into its
+bias, label-free) → ``finetune`` (BPTT with the atan surrogate). Each pass returns a new
 object. The labelled training the stages spend is a budget in epochs (``budget``).
 """
 
@@ -16,6 +17,7 @@ from torch import fx, nn
 
 from snnverify import graph as g
 from snnverify.convert import budget
+from snnverify.convert.bias_correction import correct_biases
 from snnverify.convert.finetune import finetune
 from snnverify.convert.fold_bn import fold_batchnorm, recalibrate_batchnorm
 from snnverify.convert.qcfs import QCFS, insert_qcfs, train_qcfs
@@ -39,6 +41,10 @@ class ConversionOptions:
     (:func:`~snnverify.convert.finetune.finetune`); 0 leaves the training unchanged.
     ``finetune_rate_penalty`` sets BPTT's ρ apart from QCFS training's (None: the same ρ): BPTT
     raises the rate the QCFS stage reached unless its own ρ holds it down.
+    ``correction_horizons`` H: after conversion and before BPTT, each IF layer's mean error
+    against the QCFS ANN, averaged over the readouts at the T's in H, moves into the bias that
+    feeds it (:mod:`~snnverify.convert.bias_correction`, on ``correction_images`` unlabelled
+    calibration images; () skips it; None takes the recipe's).
     """
 
     budget_epochs: int | None = None  # labelled epochs, all stages; None: the stages' sum
@@ -51,6 +57,8 @@ class ConversionOptions:
     finetune_epochs: int | None = None  # epochs of BPTT fine-tuning of the SNN (0 disables it)
     finetune_lr: float | None = None  # Adam learning rate for BPTT fine-tuning
     finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: the recipe's
+    correction_horizons: tuple[int, ...] | None = None  # T's whose mean error bias correction removes; (): none
+    correction_images: int = 256  # calibration images bias correction reads
     rate_penalty: float = 0.0  # ρ: every training stage minimises cross-entropy + ρ · (mean firing rate)
     finetune_rate_penalty: float | None = None  # ρ of BPTT fine-tuning alone; None: rate_penalty
 
@@ -66,13 +74,18 @@ class ConversionOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"conversion option {name} must be > 0, got {value!r}")
-        if self.finetune_horizons is not None:
-            if (isinstance(self.finetune_horizons, (str, bytes)) or not self.finetune_horizons
-                    or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
-                               for h in self.finetune_horizons)):
-                raise ValueError("conversion option finetune_horizons must be a non-empty sequence of integers "
-                                 f">= 1, got {self.finetune_horizons!r}")
-            object.__setattr__(self, "finetune_horizons", tuple(sorted(set(self.finetune_horizons))))
+        for name, may_be_empty in (("finetune_horizons", False), ("correction_horizons", True)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (isinstance(value, (str, bytes)) or not (value or may_be_empty)
+                    or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in value)):
+                raise ValueError(f"conversion option {name} must be a {'' if may_be_empty else 'non-empty '}"
+                                 f"sequence of integers >= 1, got {value!r}")
+            object.__setattr__(self, name, tuple(sorted(set(value))))
+        if isinstance(self.correction_images, bool) or not isinstance(self.correction_images, int) \
+                or self.correction_images < 1:
+            raise ValueError(f"conversion option correction_images must be an integer >= 1, got {self.correction_images!r}")
         for name in ("rate_penalty", "finetune_rate_penalty"):
             value = getattr(self, name)
             if name == "finetune_rate_penalty" and value is None:
@@ -86,7 +99,7 @@ class ConversionOptions:
         qcfs, finetune = budget.split(self.budget_epochs, self.qcfs_epochs, self.finetune_epochs)
         chosen = budget.recipe(qcfs + finetune)
         fill = {name: getattr(chosen, name) for name in ("levels", "qcfs_optimizer", "qcfs_lr", "threshold_lr",
-                                                          "finetune_lr", "finetune_horizons")
+                                                          "finetune_lr", "finetune_horizons", "correction_horizons")
                 if getattr(self, name) is None}
         if "threshold_lr" in fill and self.qcfs_lr is not None:
             fill["threshold_lr"] = self.qcfs_lr  # a learning rate given by hand applies to λ too
@@ -110,10 +123,11 @@ class Conversion:
     qcfs_ann: fx.GraphModule  # QCFS activations, trained, then BN folded
     options: ConversionOptions  # resolved: every field set
     training: dict  # labelled training spent: {"epochs", "samples", "qcfs": {...}, "finetune": {...}}
+    bias_correction: dict | None = None  # {"horizons", "images", "corrected", "uncorrected"}; None: not run
 
     @property
     def info(self) -> dict:
-        return {"options": asdict(self.options), "training": self.training,
+        return {"options": asdict(self.options), "training": self.training, "bias_correction": self.bias_correction,
                 "neuron_layers": len(self.graph.neuron_layers)}
 
 
@@ -151,7 +165,10 @@ def convert_model(
     # trained before folding: in the ANN's own parametrisation (see train_qcfs), then folded
     qcfs = fold_batchnorm(train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device,
                                      options.qcfs_optimizer, options.threshold_lr, options.rate_penalty).cpu())
-    graph = to_spiking_graph(qcfs)
+    graph, correction = to_spiking_graph(qcfs), None
+    if options.correction_horizons:
+        graph, correction = correct_biases(graph, qcfs, cal_loader, options.correction_horizons,
+                                           options.correction_images, device)
     horizons = options.finetune_horizons or (timesteps,)  # the recipe's, else convert's T
     graph = finetune(graph, finetune_data, horizons, options.finetune_epochs, options.finetune_lr, device,
                      options.finetune_rate_penalty)
@@ -160,8 +177,9 @@ def convert_model(
                 "qcfs": {"epochs": options.qcfs_epochs, "samples": qcfs_data.samples},
                 "finetune": {"epochs": options.finetune_epochs, "samples": finetune_data.samples,
                              "horizons": list(horizons), "rate_penalty": options.finetune_rate_penalty}}
-    return Conversion(graph=graph, traced_ann=traced, qcfs_ann=qcfs, options=options, training=training)
+    return Conversion(graph=graph, traced_ann=traced, qcfs_ann=qcfs, options=options, training=training,
+                      bias_correction=correction)
 
 
-__all__ = ["QCFS", "budget", "Conversion", "ConversionOptions", "convert_model", "finetune", "fold_batchnorm", "insert_qcfs",
+__all__ = ["QCFS", "budget", "correct_biases", "Conversion", "ConversionOptions", "convert_model", "finetune", "fold_batchnorm", "insert_qcfs",
            "to_spiking_graph", "recalibrate_batchnorm", "trace", "train_qcfs"]

@@ -27,6 +27,7 @@ class Recipe:
     threshold_lr: float  # learning rate of the thresholds λ
     finetune_lr: float = 1e-4  # Adam learning rate of BPTT
     finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: convert's T
+    correction_horizons: tuple[int, ...] = ()  # T's whose mean error bias correction removes; (): none
 
 
 #: measured winners, keyed by the smallest budget they apply to (reports/budget/README.md; a test

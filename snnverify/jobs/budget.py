@@ -39,11 +39,12 @@ from snnverify.train import fit
 from snnverify.util import atomic_write, commit, progress, provenance
 
 def adamw(levels: int = 8, qcfs_lr: float = 1e-3, threshold_lr: float = 5e-2, bptt_lr: float | None = None,
-          horizons: tuple[int, ...] = ()) -> dict:
-    """convert options of a candidate: QCFS training with AdamW, then one epoch of BPTT at
-    ``bptt_lr`` over the readouts at ``horizons`` when a rate is given, else none."""
+          horizons: tuple[int, ...] = (), correction: tuple[int, ...] = ()) -> dict:
+    """convert options of a candidate: QCFS training with AdamW, bias correction at the
+    horizons ``correction`` (none when empty), then one epoch of BPTT at ``bptt_lr`` over the
+    readouts at ``horizons`` when a rate is given, else none."""
     options = {"qcfs_optimizer": "adamw", "qcfs_lr": qcfs_lr, "threshold_lr": threshold_lr, "levels": levels,
-               "finetune_epochs": 0 if bptt_lr is None else 1}
+               "finetune_epochs": 0 if bptt_lr is None else 1, "correction_horizons": correction}
     if bptt_lr is not None:
         options.update(finetune_lr=bptt_lr, finetune_horizons=horizons)
     return options
@@ -74,6 +75,14 @@ CANDIDATES: dict[str, dict] = {
     # BPTT that costs the QCFS network's T = 32 readout less: a third of the rate, or no T = 4
     "adamw1e-4-L8-bptt1-h4832-lr3e-5": adamw(qcfs_lr=1e-4, bptt_lr=3e-5, horizons=(4, 8, 32)),
     "adamw1e-4-L8-bptt1-h832-lr1e-4": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(8, 32)),
+    # bias correction (label-free, so at E = 0 too) of the mean error at these T's
+    "adamw-L8-bc4.8.16.32": adamw(correction=(4, 8, 16, 32)),
+    "adamw-L8-bc4.8": adamw(correction=(4, 8)),
+    "adamw-L8-bc8": adamw(correction=(8,)),
+    "adamw-L8-bc8.16": adamw(correction=(8, 16)),
+    "adamw-L8-bptt1-h32-bc4.8.16.32": adamw(bptt_lr=1e-3, horizons=(32,), correction=(4, 8, 16, 32)),
+    "adamw1e-4-L8-bptt1-h832-lr1e-4-bc4.8.16.32": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(8, 32),
+                                                       correction=(4, 8, 16, 32)),
     "p99.99": {"percentile": 99.99, "finetune_epochs": 0},
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
