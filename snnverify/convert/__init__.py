@@ -44,7 +44,9 @@ class ConversionOptions:
     ``correction_horizons`` H: after conversion and before BPTT, each IF layer's mean error
     against the QCFS ANN, averaged over the readouts at the T's in H, moves into the bias that
     feeds it (:mod:`~snnverify.convert.bias_correction`, on ``correction_images`` unlabelled
-    calibration images; () skips it; None takes the recipe's).
+    calibration images; () skips it; None takes the recipe's). It runs each IF layer's prefix
+    of the graph on the reference executor for max(H) steps: seconds on the small ResNets,
+    minutes on ResNet-18 on a CPU (``device`` moves it to a GPU).
     """
 
     budget_epochs: int | None = None  # labelled epochs, all stages; None: the stages' sum

@@ -1,6 +1,7 @@
 """Pass 5 — bias correction: each IF layer's mean conversion error per channel moved into the
-bias that feeds it (Li et al., ICML 2021, "A Free Lunch From ANN", its bias correction step;
-references/README.md). Label-free: it reads calibration images only.
+bias that feeds it (the bias calibration of Li et al., ICML 2021, "A Free Lunch From ANN";
+references/README.md), averaged here over several read-out T's. Label-free: it reads
+calibration images only.
 
 For every IF layer l in topological order, the layers before it already corrected, on the
 calibration images x:

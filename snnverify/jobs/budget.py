@@ -296,8 +296,10 @@ def _describe(recipe) -> str:
     bptt = (f"{recipe.finetune_epochs} BPTT epoch(s) at Adam lr {recipe.finetune_lr:g}, horizons "
             f"{','.join(map(str, recipe.finetune_horizons)) if recipe.finetune_horizons else 'T'}"
             if recipe.finetune_epochs else "no BPTT")
+    correction = (f"bias correction at T = {','.join(map(str, recipe.correction_horizons))}"
+                  if recipe.correction_horizons else "no bias correction")
     return (f"{recipe.qcfs_optimizer} lr {recipe.qcfs_lr:g}, λ lr {recipe.threshold_lr:g}, L = {recipe.levels}, "
-            + bptt)
+            f"{correction}, {bptt}")
 
 
 def _converter(row: dict) -> str:

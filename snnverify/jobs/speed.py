@@ -44,13 +44,16 @@ SHAPES = {"small_resnet": (1, 28, 28), "small_resnet_pooled": (1, 28, 28), "cifa
 
 
 def converted(model: str, seed: int = 0):
-    """(ANN, spiking graph) of ``model`` with random weights, calibrated on random inputs."""
+    """(ANN, spiking graph) of ``model`` with random weights, calibrated on random inputs; no
+    bias correction: a random network has no accuracy to correct, and on ResNet-18 the
+    correction's layer-by-layer runs would take minutes."""
     torch.manual_seed(seed)
     shape = SHAPES[model]
     ann = build_model(model, 10, shape[0]).eval()
     x = torch.randn(64, *shape)
     loader = DataLoader(TensorDataset(x, torch.zeros(64).long()), batch_size=32)
-    return ann, snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0).graph
+    return ann, snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0,
+                                  correction_horizons=()).graph
 
 
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`steady_heap` sets
