@@ -80,6 +80,7 @@ CANDIDATES: dict[str, dict] = {
     "adamw-L8-bc4.8": adamw(correction=(4, 8)),
     "adamw-L8-bc8": adamw(correction=(8,)),
     "adamw-L8-bc8.16": adamw(correction=(8, 16)),
+    "adamw-L8-bc16.32": adamw(correction=(16, 32)),
     "adamw-L8-bptt1-h32-bc4.8.16.32": adamw(bptt_lr=1e-3, horizons=(32,), correction=(4, 8, 16, 32)),
     "adamw1e-4-L8-bptt1-h832-lr1e-4-bc4.8.16.32": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(8, 32),
                                                        correction=(4, 8, 16, 32)),
