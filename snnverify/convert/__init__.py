@@ -65,9 +65,11 @@ class ConversionOptions:
     finetune_rate_penalty: float | None = None  # ρ of BPTT fine-tuning alone; None: rate_penalty
 
     def __post_init__(self):
-        for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs"):
-            value, low = getattr(self, name), 1 if name == "levels" else 0
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs", "correction_images"):
+            value, low = getattr(self, name), 1 if name in ("levels", "correction_images") else 0
+            required = name == "correction_images"  # the others' None means "the recipe's"
+            if (value is not None or required) and (isinstance(value, bool) or not isinstance(value, int)
+                                                    or value < low):
                 raise ValueError(f"conversion option {name} must be an integer >= {low}, got {value!r}")
         if self.qcfs_optimizer not in (None, *OPTIMIZERS):
             raise ValueError(f"conversion option qcfs_optimizer must be one of {', '.join(OPTIMIZERS)}, "
@@ -85,9 +87,6 @@ class ConversionOptions:
                 raise ValueError(f"conversion option {name} must be a {'' if may_be_empty else 'non-empty '}"
                                  f"sequence of integers >= 1, got {value!r}")
             object.__setattr__(self, name, tuple(sorted(set(value))))
-        if isinstance(self.correction_images, bool) or not isinstance(self.correction_images, int) \
-                or self.correction_images < 1:
-            raise ValueError(f"conversion option correction_images must be an integer >= 1, got {self.correction_images!r}")
         for name in ("rate_penalty", "finetune_rate_penalty"):
             value = getattr(self, name)
             if name == "finetune_rate_penalty" and value is None:

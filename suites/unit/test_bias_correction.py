@@ -127,6 +127,7 @@ def test_a_prefix_needs_a_node_before_the_output():
     ("correction_horizons", (2.5,), "correction_horizons must be a sequence of integers >= 1, got "),
     ("correction_images", 0, "correction_images must be an integer >= 1, got 0"),
     ("correction_images", True, "correction_images must be an integer >= 1, got True"),
+    ("correction_images", None, "correction_images must be an integer >= 1, got None"),
 ])
 def test_bad_correction_options_are_refused_with_the_value(option, value, message):
     with pytest.raises(ValueError, match=message):
