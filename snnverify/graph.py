@@ -207,6 +207,10 @@ class Add(Node):
         return input_shapes[0]
 
 
+#: the largest burst an IF layer may fire in one step (spike counts fit a byte on every backend)
+MAX_BURST = 255
+
+
 @dataclass(frozen=True, eq=False)
 class IF(Node):
     """Integrate-and-fire neurons with reset by subtraction, one threshold per channel.
@@ -215,6 +219,13 @@ class IF(Node):
     Output: graded spikes a·s[t] with amplitude a = θ unless given (a quantised graph gives
     its own, at the next layer's scale). Channel = first axis of the (no-batch) shape.
     Under a constant current z the neuron fires exactly clip(floor(z·T/θ + 1/2), 0, T) times.
+
+    Burst neurons (``max_spikes`` B > 1, every backend): up to B spikes per step, by B
+    comparisons in turn —  s[t] = 0, then B times: if v ≥ θ: v ← v − θ, s[t] ← s[t] + 1  —
+    and the output is a·s[t] (s[t] ∈ {0, …, B}). The subtractions are the binary neuron's, one
+    after another, so float32 backends agree bit for bit as for B = 1. Under a constant current
+    z the neuron fires exactly clip(floor(z·T/θ + 1/2), 0, B·T) times: a layer converted with
+    θ = λ/B and a = λ/B resolves λ/(B·T) in T steps, as a binary one does in B·T.
 
     Foreign semantics (networks imported from NIR files of other frameworks; the defaults give
     the normative neuron above, and only the torch reference executes the others):
@@ -232,6 +243,7 @@ class IF(Node):
     fire_on: str = ">="  # ">=" (normative) or ">" (NIR's strict rule)
     leak: np.ndarray | None = None  # β, membrane decay per step, shape [C]; None: 1 (no leak)
     gain: np.ndarray | None = None  # γ, input gain, shape [C]; None: 1
+    max_spikes: int = 1  # B: spikes per step at most (1: the binary neuron; > 1: a burst neuron)
 
     #: the fields that leave the normative neuron when set (cpu, gpu and quantize reject them)
     EXTENSIONS: ClassVar[tuple[str, ...]] = ("v_init", "v_reset", "fire_on", "leak", "gain")
@@ -252,6 +264,10 @@ class IF(Node):
                 object.__setattr__(self, name, value)
         if self.fire_on not in (">=", ">"):
             raise self._error(f"fire_on must be '>=' or '>', got {self.fire_on!r}")
+        if (isinstance(self.max_spikes, bool) or not isinstance(self.max_spikes, (int, np.integer))
+                or not 1 <= self.max_spikes <= MAX_BURST):
+            raise self._error(f"max_spikes must be an integer in [1, {MAX_BURST}], got {self.max_spikes!r}")
+        object.__setattr__(self, "max_spikes", int(self.max_spikes))
 
     @property
     def output_amplitude(self) -> np.ndarray:
@@ -270,10 +286,19 @@ class IF(Node):
         return shape
 
 
+def spike_dtype(layer: IF) -> np.dtype:
+    """The dtype every backend records an IF layer's spikes in: bool for the binary neuron,
+    the counts as uint8 for a burst neuron (``max_spikes`` > 1; at most :data:`MAX_BURST`)."""
+    return np.dtype(np.bool_ if layer.max_spikes == 1 else np.uint8)
+
+
 def require_normative(graph: "SpikingGraph", executor: str) -> None:
     """Raise ValueError naming the first IF layer with foreign semantics, for executors that
     implement only the normative neuron."""
     for layer in graph.neuron_layers:
+        if layer.max_spikes > 1:
+            raise ValueError(f"{executor} does not run burst neurons yet; IF layer {layer.name!r} has "
+                             f"max_spikes={layer.max_spikes}: use target='torch'")
         if layer.extensions:
             raise ValueError(
                 f"{executor} executes only the normative IF neuron (v[0] = θ/2, fire on ≥, reset by subtraction, "

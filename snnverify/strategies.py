@@ -3,7 +3,8 @@
 The values are dyadic rationals (k·2^-e with few significant bits), so float32 arithmetic on
 them is exact and a test can demand exact equality with an oracle computed in float64. The
 strategies are built to reach the hard cases on purpose: exact threshold ties (v = θ exactly),
-saturation (a current above θ at every step), T = 1, silent layers, nested residual merges.
+saturation (a current above θ at every step — above B·θ for a burst neuron), T = 1, silent
+layers, nested residual merges, burst neurons (up to B spikes per step).
 """
 
 from __future__ import annotations
@@ -29,20 +30,29 @@ def timesteps(max_value: int = 64) -> st.SearchStrategy[int]:
     return st.one_of(st.just(1), *([st.sampled_from(powers)] if powers else []), st.integers(1, max_value))
 
 
+def bursts() -> st.SearchStrategy[int]:
+    """``max_spikes`` B of an IF layer: the binary neuron (1) half the time, else a burst of 2…8."""
+    return st.one_of(st.just(1), st.integers(2, 8))
+
+
 @dataclass
 class IFDrive:
-    """Constant currents ``z`` [N] into IF neurons with thresholds ``theta`` [N] for ``timesteps`` steps."""
+    """Constant currents ``z`` [N] into IF neurons with thresholds ``theta`` [N] for ``timesteps``
+    steps, firing up to ``max_spikes`` spikes per step."""
 
     z: np.ndarray
     theta: np.ndarray
     timesteps: int
+    max_spikes: int = 1
 
 
 @st.composite
 def if_drives(draw, max_neurons: int = 32, max_timesteps: int = 64) -> IFDrive:
-    """Drives that include, per neuron, exact ties z·T/θ + 1/2 ∈ ℤ, saturation z > θ,
-    negative and zero currents (silence), and arbitrary dyadic currents."""
+    """Drives that include, per neuron, exact ties z·T/θ + 1/2 ∈ ℤ (up to B·T + 1), saturation
+    z ≥ B·θ, negative and zero currents (silence), and arbitrary dyadic currents; B from
+    :func:`bursts`."""
     steps = draw(timesteps(max_timesteps))
+    burst = draw(bursts())
     n = draw(st.integers(1, max_neurons))
     # θ = m·2^-e; ties need z = (k − 1/2)·θ/T, dyadic when θ carries the factor T
     theta = np.array([draw(st.integers(1, 64)) * 2.0 ** -draw(st.integers(0, 4)) for _ in range(n)])
@@ -50,16 +60,16 @@ def if_drives(draw, max_neurons: int = 32, max_timesteps: int = 64) -> IFDrive:
     for i in range(n):
         kind = draw(st.sampled_from(["tie", "tie", "any", "saturate", "silent"]))
         if kind == "tie":
-            k = draw(st.integers(0, steps + 1))
+            k = draw(st.integers(0, burst * steps + 1))
             theta[i] *= steps  # keeps z dyadic
             z[i] = (k - 0.5) * theta[i] / steps
         elif kind == "saturate":
-            z[i] = theta[i] * draw(st.sampled_from([1.0, 1.5, 2.0, 8.0]))
+            z[i] = burst * theta[i] * draw(st.sampled_from([1.0, 1.5, 2.0, 8.0]))
         elif kind == "silent":
             z[i] = -draw(dyadics(0, 4))
         else:
-            z[i] = draw(dyadics(-2, 2)) * theta[i]
-    return IFDrive(z=z, theta=theta, timesteps=steps)
+            z[i] = draw(dyadics(-2, 2)) * burst * theta[i]
+    return IFDrive(z=z, theta=theta, timesteps=steps, max_spikes=burst)
 
 
 @dataclass
@@ -157,8 +167,8 @@ _MAX_DRAWN_VALUES = 1024
 @st.composite
 def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: int = 6, max_timesteps: int = 8,
                    max_blocks: int = 3, wide: bool = False, max_work: int | None = None) -> GraphCase:
-    """Random graphs of Conv2d, AvgPool2d, Flatten, Linear, Add and IF nodes, small enough for
-    the CUDA simulator.
+    """Random graphs of Conv2d, AvgPool2d, Flatten, Linear, Add and IF nodes (binary or burst,
+    :func:`bursts`), small enough for the CUDA simulator.
 
     Reaches on purpose: nested residual merges with identity and projection skips (strided or
     not) and 2- or 3-way sums, and merges that read an IF layer both directly and through one
@@ -213,7 +223,7 @@ def spiking_graphs(draw, dyadic: bool = True, max_channels: int = 4, max_size: i
                                            max_size=channels)), np.float32)
         else:
             theta = values((channels,), 0.125, 2.0)
-        return add(g.IF(f"if{len(nodes)}", threshold=theta), [source])
+        return add(g.IF(f"if{len(nodes)}", threshold=theta, max_spikes=draw(bursts())), [source])
 
     def conv(source: str, out_channels: int | None = None, same_shape: bool = False, stride: int | None = None) -> str:
         """A conv; ``same_shape``: one group and stride 1 (or ``stride``), as in a residual block."""

@@ -47,6 +47,9 @@ class ConversionOptions:
     calibration images; () skips it; None takes the recipe's). It runs each IF layer's prefix
     of the graph on the reference executor for max(H) steps: seconds on the small ResNets,
     minutes on ResNet-18 on a CPU (``device`` moves it to a GPU).
+    ``max_spikes`` B: each QCFS activation becomes a burst IF layer with θ = a = λ/B that fires
+    up to B spikes per step (:class:`~snnverify.graph.IF`), resolving λ/(B·T) in T steps as a
+    binary layer does in B·T; 1 gives the binary neuron (None: the recipe's).
     """
 
     budget_epochs: int | None = None  # labelled epochs, all stages; None: the stages' sum
@@ -61,12 +64,13 @@ class ConversionOptions:
     finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: the recipe's
     correction_horizons: tuple[int, ...] | None = None  # T's whose mean error bias correction removes; (): none
     correction_images: int = 256  # calibration images bias correction reads
+    max_spikes: int | None = None  # B: spikes per step at most of every IF layer (θ = λ/B); None: the recipe's
     rate_penalty: float = 0.0  # ρ: every training stage minimises cross-entropy + ρ · (mean firing rate)
     finetune_rate_penalty: float | None = None  # ρ of BPTT fine-tuning alone; None: rate_penalty
 
     def __post_init__(self):
-        for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs", "correction_images"):
-            value, low = getattr(self, name), 1 if name in ("levels", "correction_images") else 0
+        for name in ("budget_epochs", "levels", "qcfs_epochs", "finetune_epochs", "correction_images", "max_spikes"):
+            value, low = getattr(self, name), 1 if name in ("levels", "correction_images", "max_spikes") else 0
             required = name == "correction_images"  # the others' None means "the recipe's"
             if (value is not None or required) and (isinstance(value, bool) or not isinstance(value, int)
                                                     or value < low):
@@ -100,7 +104,8 @@ class ConversionOptions:
         qcfs, finetune = budget.split(self.budget_epochs, self.qcfs_epochs, self.finetune_epochs)
         chosen = budget.recipe(qcfs + finetune)
         fill = {name: getattr(chosen, name) for name in ("levels", "qcfs_optimizer", "qcfs_lr", "threshold_lr",
-                                                          "finetune_lr", "finetune_horizons", "correction_horizons")
+                                                          "finetune_lr", "finetune_horizons", "correction_horizons",
+                                                          "max_spikes")
                 if getattr(self, name) is None}
         if "threshold_lr" in fill and self.qcfs_lr is not None:
             fill["threshold_lr"] = self.qcfs_lr  # a learning rate given by hand applies to λ too
@@ -166,7 +171,7 @@ def convert_model(
     # trained before folding: in the ANN's own parametrisation (see train_qcfs), then folded
     qcfs = fold_batchnorm(train_qcfs(qcfs, qcfs_data, options.qcfs_epochs, options.qcfs_lr, device,
                                      options.qcfs_optimizer, options.threshold_lr, options.rate_penalty).cpu())
-    graph, correction = to_spiking_graph(qcfs), None
+    graph, correction = to_spiking_graph(qcfs, options.max_spikes), None
     if options.correction_horizons:
         graph, correction = correct_biases(graph, qcfs, cal_loader, options.correction_horizons,
                                            options.correction_images, device)

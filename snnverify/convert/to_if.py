@@ -1,7 +1,8 @@
 """Pass 4 — turn a traced, BN-folded QCFS network into a :class:`~snnverify.graph.SpikingGraph`.
 
 Each QCFS activation becomes an IF layer with θ = λ (per channel), v[0] = θ/2, firing on
-v ≥ θ with reset by subtraction (the semantics of ``snnverify.graph.IF``); each residual
+v ≥ θ with reset by subtraction (the semantics of ``snnverify.graph.IF``) — or, with bursts of
+up to B spikes per step, θ = λ/B (the output a = θ, so B·T steps' worth of levels in T); each residual
 ``add`` becomes an :class:`~snnverify.graph.Add` that sums currents; conv, linear, average
 pool and flatten carry over with their parameters. Node names are module paths.
 """
@@ -16,8 +17,9 @@ from snnverify import graph as g
 from snnverify.convert.qcfs import QCFS
 
 
-def to_spiking_graph(gm: fx.GraphModule) -> g.SpikingGraph:
-    """Build the spiking graph of ``gm`` (canonical, folded, QCFS; shapes in ``tensor_meta``)."""
+def to_spiking_graph(gm: fx.GraphModule, max_spikes: int = 1) -> g.SpikingGraph:
+    """Build the spiking graph of ``gm`` (canonical, folded, QCFS; shapes in ``tensor_meta``),
+    its IF layers firing up to ``max_spikes`` spikes per step."""
     nodes: dict[str, g.Node] = {}
     inputs: dict[str, list[str]] = {}
     names: dict[fx.Node, str] = {}  # fx node -> spiking graph node name
@@ -38,7 +40,7 @@ def to_spiking_graph(gm: fx.GraphModule) -> g.SpikingGraph:
             spiking = g.Add(name)
         elif node.op == "call_module":
             name = node.target
-            spiking = _layer(name, gm.get_submodule(node.target))
+            spiking = _layer(name, gm.get_submodule(node.target), max_spikes)
         else:  # trace() leaves nothing else
             raise ValueError(f"traced node {node.name!r} ({node.op} {node.target}) is not in canonical form")
         if name in nodes:  # a module called twice (a reused conv, say) gives two graph nodes
@@ -53,9 +55,9 @@ def to_spiking_graph(gm: fx.GraphModule) -> g.SpikingGraph:
     return g.SpikingGraph(nodes, inputs)
 
 
-def _layer(name: str, module: nn.Module) -> g.Node:
+def _layer(name: str, module: nn.Module, max_spikes: int) -> g.Node:
     if isinstance(module, QCFS):
-        return g.IF(name, threshold=module.lam.detach().cpu().numpy())
+        return g.IF(name, threshold=module.lam.detach().cpu().numpy() / max_spikes, max_spikes=max_spikes)
     if isinstance(module, nn.Conv2d):
         return g.Conv2d(
             name,

@@ -39,12 +39,13 @@ from snnverify.train import fit
 from snnverify.util import atomic_write, commit, progress, provenance
 
 def adamw(levels: int = 8, qcfs_lr: float = 1e-3, threshold_lr: float = 5e-2, bptt_lr: float | None = None,
-          horizons: tuple[int, ...] = (), correction: tuple[int, ...] = ()) -> dict:
-    """convert options of a candidate: QCFS training with AdamW, bias correction at the
-    horizons ``correction`` (none when empty), then one epoch of BPTT at ``bptt_lr`` over the
-    readouts at ``horizons`` when a rate is given, else none."""
+          horizons: tuple[int, ...] = (), correction: tuple[int, ...] = (), burst: int = 1) -> dict:
+    """convert options of a candidate: QCFS training with AdamW, IF layers of up to ``burst``
+    spikes per step, bias correction at the horizons ``correction`` (none when empty), then one
+    epoch of BPTT at ``bptt_lr`` over the readouts at ``horizons`` when a rate is given, else none."""
     options = {"qcfs_optimizer": "adamw", "qcfs_lr": qcfs_lr, "threshold_lr": threshold_lr, "levels": levels,
-               "finetune_epochs": 0 if bptt_lr is None else 1, "correction_horizons": correction}
+               "finetune_epochs": 0 if bptt_lr is None else 1, "correction_horizons": correction,
+               "max_spikes": burst}
     if bptt_lr is not None:
         options.update(finetune_lr=bptt_lr, finetune_horizons=horizons)
     return options
@@ -84,6 +85,9 @@ CANDIDATES: dict[str, dict] = {
     "adamw-L8-bptt1-h32-bc4.8.16.32": adamw(bptt_lr=1e-3, horizons=(32,), correction=(4, 8, 16, 32)),
     "adamw1e-4-L8-bptt1-h832-lr1e-4-bc4.8.16.32": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(8, 32),
                                                        correction=(4, 8, 16, 32)),
+    # burst neurons (up to B spikes per step, θ = λ/B): B·T steps' worth of levels in T
+    **{f"adamw-L8-B{b}{'-bc' + '.'.join(map(str, h)) if h else ''}": adamw(burst=b, correction=h)
+       for b in (2, 4, 8) for h in ((), (4,), (4, 8), (4, 8, 16, 32))},
     "p99.99": {"percentile": 99.99, "finetune_epochs": 0},
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
@@ -299,8 +303,9 @@ def _describe(recipe) -> str:
             if recipe.finetune_epochs else "no BPTT")
     correction = (f"bias correction at T = {','.join(map(str, recipe.correction_horizons))}"
                   if recipe.correction_horizons else "no bias correction")
+    neurons = f"bursts of up to {recipe.max_spikes} spikes per step" if recipe.max_spikes > 1 else "binary spikes"
     return (f"{recipe.qcfs_optimizer} lr {recipe.qcfs_lr:g}, λ lr {recipe.threshold_lr:g}, L = {recipe.levels}, "
-            f"{correction}, {bptt}")
+            f"{neurons}, {correction}, {bptt}")
 
 
 def _converter(row: dict) -> str:

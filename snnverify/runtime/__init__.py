@@ -45,7 +45,8 @@ class RunResult:
 
     ``output``: the output current averaged over T, [batch, classes] float32.
     ``spike_counts``: total number of spikes per IF layer over the batch and all T steps.
-    ``spikes``: with ``record=True``, every IF layer's spikes [T, batch, ...] as bool arrays.
+    ``spikes``: with ``record=True``, every IF layer's spikes [T, batch, ...]: bool arrays, or
+    a burst layer's counts as uint8 (:func:`snnverify.graph.spike_dtype`).
     ``readouts``: with ``horizons``, {h: the output current averaged over the first h steps},
     what a run of h steps returns as ``output`` — bit for bit, but on the torch backend in
     float32, whose sums follow torch's order for T·B rows (there, to the last bit).

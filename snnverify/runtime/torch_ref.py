@@ -23,6 +23,10 @@ from snnverify.runtime import RunResult, check_run, register_backend
 from snnverify.runtime.quantize import ExactRange
 
 
+#: recorded spikes: the torch dtype of :func:`snnverify.graph.spike_dtype`
+_TORCH_SPIKES = {np.dtype(np.bool_): torch.bool, np.dtype(np.uint8): torch.uint8}
+
+
 def atan_surrogate(v: torch.Tensor, theta: torch.Tensor, alpha: float) -> torch.Tensor:
     """∂s/∂v ≈ (α/2) / (1 + (π/2 · α · (v − θ)/θ)²) / θ — SpikingJelly's ATan surrogate on the
     threshold-normalised membrane, so its width scales with θ."""
@@ -37,7 +41,10 @@ class IFNeurons(torch.autograd.Function):
     elementwise backward passes held most of BPTT's time).
 
     Forward, per step t: v⁻_t = β·v⁺_{t−1} + γ·I_t; s_t = H(v⁻_t − θ) (v⁻ ≥ θ, or > θ when
-    strict); v⁺_t = v⁻_t − θ·s_t, or v_reset where s_t (zero reset). With σ′ the surrogate
+    strict); v⁺_t = v⁻_t − θ·s_t, or v_reset where s_t (zero reset). A burst neuron (B > 1)
+    repeats the comparison and the reset B times within the step, s_t counting the spikes
+    (:class:`~snnverify.graph.IF`); its k-th comparison tests v⁻_t − (k−1)·θ, so its σ′ is the
+    sum Σ_k σ′(v⁻_t − (k−1)·θ). With σ′ the surrogate
     :func:`atan_surrogate` and a_t = ∂L/∂v⁺_t (a_T = 0), backward from t = T:
 
         subtractive reset: ∂L/∂s_t = g_t − θ·a_t,  ∂L/∂v⁻_t = a_t + σ′(v⁻_t)·∂L/∂s_t
@@ -50,7 +57,7 @@ class IFNeurons(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, theta, v_init, leak, gain, v_reset, timesteps: int, static: bool, strict: bool,
-                alpha: float):
+                alpha: float, max_spikes: int):
         v = v_init.expand(current.shape if static else current.shape[1:])
         spikes, membranes = [], []
         keep = ctx.needs_input_grad[0]  # the membranes serve only the backward pass
@@ -59,15 +66,18 @@ class IFNeurons(torch.autograd.Function):
             if gain is not None:
                 step = gain * step
             v = (v if leak is None else leak * v) + step
-            s = (v > theta if strict else v >= theta).to(v.dtype)
             if keep:
                 membranes.append(v)
+            s = torch.zeros_like(v)
+            for _ in range(max_spikes):  # a burst: the binary neuron's comparison and reset, B times
+                fired = (v > theta if strict else v >= theta).to(v.dtype)
+                v = v - theta * fired if v_reset is None else torch.where(fired.bool(), v_reset.expand_as(v), v)
+                s = s + fired
             spikes.append(s)
-            v = v - theta * s if v_reset is None else torch.where(s.bool(), v_reset.expand_as(v), v)
         spikes = torch.stack(spikes)
         if keep:
             ctx.save_for_backward(torch.stack(membranes), spikes, theta, leak, gain)
-        ctx.zero_reset, ctx.static, ctx.alpha = v_reset is not None, static, alpha
+        ctx.zero_reset, ctx.static, ctx.alpha, ctx.max_spikes = v_reset is not None, static, alpha, max_spikes
         return spikes
 
     @staticmethod
@@ -76,22 +86,24 @@ class IFNeurons(torch.autograd.Function):
         carried = torch.zeros_like(membranes[0])  # a_t = ∂L/∂v⁺_t
         grad_current = []
         for t in range(membranes.shape[0] - 1, -1, -1):
+            surrogate = sum(atan_surrogate(membranes[t] - k * theta, theta, ctx.alpha) for k in range(ctx.max_spikes))
             if ctx.zero_reset:
-                grad_v = carried * (1 - spikes[t]) + grad_spikes[t] * atan_surrogate(membranes[t], theta, ctx.alpha)
+                grad_v = carried * (1 - spikes[t].clamp(max=1)) + grad_spikes[t] * surrogate
             else:
-                grad_v = carried + (grad_spikes[t] - theta * carried) * atan_surrogate(membranes[t], theta, ctx.alpha)
+                grad_v = carried + (grad_spikes[t] - theta * carried) * surrogate
             grad_current.append(grad_v if gain is None else gain * grad_v)
             carried = grad_v if leak is None else leak * grad_v
         grad_current = torch.stack(grad_current[::-1])
         if ctx.static:
             grad_current = grad_current.sum(0)
-        return grad_current, None, None, None, None, None, None, None, None, None
+        return grad_current, None, None, None, None, None, None, None, None, None, None
 
 
 def if_neurons(current: torch.Tensor, theta: torch.Tensor, timesteps: int, static: bool, alpha: float = 2.0,
-               foreign: dict[str, torch.Tensor] | None = None):
-    """Run IF neurons over T steps; returns spikes [T, batch, ...] as 0/1 floats, differentiable
-    with the atan surrogate (:class:`IFNeurons`).
+               foreign: dict[str, torch.Tensor] | None = None, max_spikes: int = 1):
+    """Run IF neurons over T steps; returns spikes [T, batch, ...] as floats (0/1, or the counts
+    0…B of a burst neuron with ``max_spikes`` B), differentiable with the atan surrogate
+    (:class:`IFNeurons`).
 
     ``current`` is [batch, ...] when ``static`` (the same current at every step) else
     [T, batch, ...]; ``theta`` broadcasts against one step. One step:
@@ -105,7 +117,7 @@ def if_neurons(current: torch.Tensor, theta: torch.Tensor, timesteps: int, stati
     v_init = foreign.get("v_init")
     return IFNeurons.apply(current, theta, theta / 2 if v_init is None else v_init, foreign.get("leak"),
                            foreign.get("gain"), foreign.get("v_reset"), timesteps, static,
-                           bool(foreign.get("strict", False)), alpha)
+                           bool(foreign.get("strict", False)), alpha, max_spikes)
 
 
 class TorchExecutor(nn.Module):
@@ -189,10 +201,10 @@ class TorchExecutor(nn.Module):
                            for field in node.extensions if field != "fire_on"}
                 foreign["strict"] = node.fire_on == ">"
                 s = if_neurons(current, theta, timesteps, static=not temporal, alpha=self.surrogate_alpha,
-                               foreign=foreign)
+                               foreign=foreign, max_spikes=node.max_spikes)
                 counts[name] = s.sum()  # differentiable when gradients are on: BPTT's rate penalty
                 if record:
-                    spikes[name] = s.detach().bool()
+                    spikes[name] = s.detach().to(_TORCH_SPIKES[g.spike_dtype(node)])
                 signals[name] = (s * self.amplitudes[key].view(per_channel), True)
             elif isinstance(node, g.Output):
                 (current, temporal) = args[0]

@@ -1,5 +1,6 @@
 """The single-layer identity: an IF layer driven by a constant current z for T steps emits
-exactly clip(floor(z·T/θ + 1/2), 0, T) spikes — the QCFS activation with L = T."""
+exactly clip(floor(z·T/θ + 1/2), 0, T) spikes — the QCFS activation with L = T — and a burst
+layer of up to B spikes per step clip(floor(z·T/θ + 1/2), 0, B·T)."""
 
 from fractions import Fraction
 
@@ -15,18 +16,18 @@ from snnverify.convert.qcfs import QCFS
 from snnverify.strategies import if_drives
 
 
-def expected_count(z: float, theta: float, steps: int) -> int:
-    """clip(floor(z·T/θ + 1/2), 0, T) in exact rational arithmetic."""
+def expected_count(z: float, theta: float, steps: int, burst: int = 1) -> int:
+    """clip(floor(z·T/θ + 1/2), 0, B·T) in exact rational arithmetic."""
     value = Fraction(z) * steps / Fraction(theta) + Fraction(1, 2)
-    return min(max(value.numerator // value.denominator, 0), steps)
+    return min(max(value.numerator // value.denominator, 0), burst * steps)
 
 
-def single_if_layer(theta: np.ndarray, steps: int) -> SNN:
+def single_if_layer(theta: np.ndarray, steps: int, burst: int = 1) -> SNN:
     """Input (n,) → IF → Output: the input current drives the IF layer directly."""
     n = len(theta)
     nodes = {
         "input": g.Input("input", shape=(n,)),
-        "if": g.IF("if", threshold=theta),
+        "if": g.IF("if", threshold=theta, max_spikes=burst),
         "output": g.Output("output"),
     }
     return SNN(g.SpikingGraph(nodes, {"if": ["input"], "output": ["if"]}), steps)
@@ -34,10 +35,12 @@ def single_if_layer(theta: np.ndarray, steps: int) -> SNN:
 
 @given(if_drives())
 def test_if_layer_spike_count_is_exact(drive):
-    snn = single_if_layer(drive.theta, drive.timesteps)
+    snn = single_if_layer(drive.theta, drive.timesteps, drive.max_spikes)
     _, spikes = simulate(snn, drive.z[None].astype(np.float32), record=True)
-    counts = spikes["if"].sum(axis=0)[0]
-    expected = [expected_count(z, t, drive.timesteps) for z, t in zip(drive.z, drive.theta)]
+    assert spikes["if"].dtype == (bool if drive.max_spikes == 1 else np.uint8)
+    assert spikes["if"].max(initial=0) <= drive.max_spikes
+    counts = spikes["if"].sum(axis=0, dtype=np.int64)[0]
+    expected = [expected_count(z, t, drive.timesteps, drive.max_spikes) for z, t in zip(drive.z, drive.theta)]
     np.testing.assert_array_equal(counts, expected)
 
 
@@ -49,23 +52,28 @@ def test_drives_reach_exact_ties(drive):
     # every drawn drive is dyadic, so a tie is exact in float32 as well
     assert all(np.float32(z) == z for z in drive.z)
     if any(ties):
-        snn = single_if_layer(drive.theta, drive.timesteps)
+        snn = single_if_layer(drive.theta, drive.timesteps, drive.max_spikes)
         _, spikes = simulate(snn, drive.z[None].astype(np.float32), record=True)
         for i in np.flatnonzero(ties):
-            assert spikes["if"][:, 0, i].sum() == expected_count(drive.z[i], drive.theta[i], drive.timesteps)
+            assert spikes["if"][:, 0, i].sum(dtype=np.int64) == expected_count(drive.z[i], drive.theta[i],
+                                                                                drive.timesteps, drive.max_spikes)
 
 
 def test_strategy_reaches_ties_saturation_silence_and_t1():
-    seen = {"tie": False, "saturate": False, "silent": False, "t1": False}
+    seen = {"tie": False, "saturate": False, "silent": False, "t1": False, "burst tie": False,
+            "burst saturate": False}
 
     @settings(max_examples=200, derandomize=True, database=None)
     @given(if_drives())
     def collect(drive):
         for z, t in zip(drive.z, drive.theta):
             value = Fraction(z) * drive.timesteps / Fraction(t) + Fraction(1, 2)
-            seen["tie"] |= value.denominator == 1 and 0 < value < drive.timesteps + 1
-            seen["saturate"] |= z > t
+            tie = value.denominator == 1 and 0 < value < drive.max_spikes * drive.timesteps + 1
+            seen["tie"] |= tie
+            seen["saturate"] |= z > drive.max_spikes * t
             seen["silent"] |= z <= 0
+            seen["burst tie"] |= tie and drive.max_spikes > 1 and value > drive.timesteps
+            seen["burst saturate"] |= drive.max_spikes > 1 and z > drive.max_spikes * t
         seen["t1"] |= drive.timesteps == 1
 
     collect()
@@ -74,10 +82,13 @@ def test_strategy_reaches_ties_saturation_silence_and_t1():
 
 @given(if_drives())
 def test_qcfs_activation_equals_if_rate_with_l_equal_t(drive):
-    """QCFS(λ = θ, L = T)(z) = θ·(spike count)/T: the ANN the converter trains is the SNN's rate."""
-    qcfs = QCFS(torch.tensor(drive.theta, dtype=torch.float64), drive.timesteps).double()
+    """QCFS(λ = B·θ, L = B·T)(z) = θ·(spike count)/T: the ANN the converter trains is the SNN's
+    rate (a burst layer converted with θ = λ/B resolves B·T levels in T steps)."""
+    burst = drive.max_spikes
+    qcfs = QCFS(torch.tensor(burst * drive.theta, dtype=torch.float64), burst * drive.timesteps).double()
     activation = qcfs(torch.tensor(drive.z[None], dtype=torch.float64))[0].detach().numpy()
-    expected = [t * expected_count(z, t, drive.timesteps) / drive.timesteps for z, t in zip(drive.z, drive.theta)]
+    expected = [t * expected_count(z, t, drive.timesteps, burst) / drive.timesteps
+                for z, t in zip(drive.z, drive.theta)]
     np.testing.assert_allclose(activation, expected, rtol=1e-12, atol=1e-12)
 
 
