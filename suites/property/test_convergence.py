@@ -53,10 +53,11 @@ def test_snn_accuracy_approaches_the_qcfs_ann(digits_case):
 
 
 @settings(max_examples=25)
-@given(st.integers(0, 2**31), st.integers(1, 3))
-def test_t1_identity_holds_for_random_residual_networks(seed, depth):
+@given(st.integers(0, 2**31), st.integers(1, 3), st.sampled_from([1, 2, 3, 8]))
+def test_t1_identity_holds_for_random_residual_networks(seed, depth, burst):
     """Random (untrained) ResNets: at T = 1 the SNN's output equals the L = 1 QCFS network's
-    (the conversion's identity, so without the bias correction that moves away from it)."""
+    (the conversion's identity, so without the bias correction that moves away from it) — and
+    with bursts of up to B spikes per step (θ = λ/B), the L = B QCFS network's."""
     from snnverify.models import ResNet
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -68,7 +69,7 @@ def test_t1_identity_holds_for_random_residual_networks(seed, depth):
             module.running_var.uniform_(0.5, 2)
     x = torch.randn(6, 2, 8, 8)
     snn = snnverify.convert(model, DataLoader(TensorDataset(x, torch.zeros(6).long()), batch_size=3),
-                            timesteps=1, qcfs_epochs=0, finetune_epochs=0, correction_horizons=())
+                            timesteps=1, qcfs_epochs=0, finetune_epochs=0, correction_horizons=(), max_spikes=burst)
     with torch.no_grad():
-        expected = qcfs_with_levels(snn.conversion.qcfs_ann, 1)(x).numpy()
+        expected = qcfs_with_levels(snn.conversion.qcfs_ann, burst)(x).numpy()
     np.testing.assert_allclose(snnverify.simulate(snn, x), expected, rtol=1e-4, atol=1e-5)
