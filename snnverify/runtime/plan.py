@@ -454,7 +454,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             spike_map = values[op.inputs[0]]
             values[op.name] = Signal(spike_map.array, True, plan.parameter(op.amplitude, kernels.to_device),
                                      spike_map.channels_last)
-        elif op.amplitude is not None:  # a channel scaling of currents or a pooled map: one product each
+        elif op.amplitude is not None:  # a channel scaling of currents or a graded map: one product each
             factors = plan.parameter(op.amplitude, kernels.to_device)
             out = kernels.scale_channels(analog(op.inputs[0]).reshape(rows, -1), factors)
             values[op.name] = Signal(out.reshape(rows, *plan.shapes[op.name]), temporal)
