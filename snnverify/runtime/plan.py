@@ -6,8 +6,9 @@ or int64 for quantised graphs), which synaptic layers are *event-driven* (fed by
 binary IF layer, so their input is a spike map and each spike adds a column of pre-scaled
 weights W'[o, c, ...] = W[o, c, ...]·θ_c), and the accumulation order. A burst IF layer
 (``max_spikes`` B > 1) emits counts s ∈ {0, …, B}; its readers take its graded map a·s, each
-value one product of the count and the amplitude (``Kernels.scale_channels``: exact in both
-types, so every backend makes the same map), as they take a pooled spike map. Both backends
+value one product of the count and the amplitude (``Kernels.scale_channels``: the count
+converts exactly and the product rounds once, so every backend makes the same map), as they
+take a pooled spike map. Both backends
 accumulate every neuron's input in the same order — kernel row, then kernel column, then
 input channel ascending (the order in which a gather per output position meets its spiking
 inputs), bias last — so that float32 spikes are bit-identical between CPU and GPU. Products are never fused into a
@@ -264,8 +265,8 @@ class Kernels:
     #: (current, temporal, threshold, initial membrane, timesteps, batch, IF node) -> spikes, in
     #: the node's spike dtype; a burst node's B comparisons and subtractions in turn, per step
     if_layer: Callable
-    #: (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product; of spikes s and
-    #: amplitudes a, the graded map a·s
+    #: (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product; of spikes s
+    #: (booleans or a burst layer's counts) and amplitudes a, the graded map a·s
     scale_channels: Callable
     count: Callable  # (spikes) -> int: the number of spikes (a burst layer's counts summed)
     #: host-side layout of a conv's or linear layer's weights (op) -> array, from ``op.weight``,
@@ -309,7 +310,7 @@ def spike_maps_read_fused(plan: Plan) -> set[str]:
 
 def channels_last_currents(plan: Plan) -> set[str]:
     """With a fused kernel: the sparse convs whose one reader is an unfused IF layer of
-    :func:`spike_maps_read_fused` (a conv of pooled spikes, say). They write their currents
+    :func:`spike_maps_read_fused` (a conv of pooled spikes, or of a burst layer's graded map). They write their currents
     channels-last, the order in which that IF layer must write its spikes. A conv that only
     scales each channel is not one of them: it runs as products (``Kernels.scale_channels``),
     not as a conv."""

@@ -17,8 +17,7 @@ from hypothesis import event, given, settings
 import snnverify
 from snnverify import graph as g
 from snnverify.api import SNN
-from snnverify.runtime.cpu import CPU_KERNELS
-from snnverify.runtime.plan import build_plan, execute, spike_maps_read_fused
+from snnverify.runtime.plan import build_plan, channels_last_currents, execute, spike_maps_read_fused
 from snnverify.strategies import if_drives, spiking_graphs
 
 from .test_backends import SIMULATOR_WORK, UNFUSED, compare, quantized
@@ -155,7 +154,8 @@ def reader_graph(integer: bool, head: str, seed: int = 0) -> g.SpikingGraph:
 def test_burst_layers_feed_a_conv_a_pool_a_merge_a_linear_layer_and_the_output(comparison_log, integer, head):
     """:func:`reader_graph` on torch, cpu and gpu, and on the cpu's unfused dense kernels:
     bit-identical spikes, counts and output; the plan reads each burst layer as a graded map
-    (no events, never fused, bounded by B·max|a|) and fuses the merge that adds one."""
+    (no events, never fused, bounded by B·max|a|), fuses the merge that adds one, and has the
+    conv of one write its currents channels-last for the binary layer a fused conv reads."""
     graph = reader_graph(integer, head)
     plan = build_plan(graph)
     amplitude = {layer.name: float(np.abs(layer.output_amplitude).max()) for layer in graph.neuron_layers}
@@ -166,6 +166,7 @@ def test_burst_layers_feed_a_conv_a_pool_a_merge_a_linear_layer_and_the_output(c
     assert by_name(plan, "conv_b").events  # a binary layer's reader stays event-driven
     assert set(plan.fusions) == {"if2"} and plan.fusions["if2"].residual == "if0"
     assert spike_maps_read_fused(plan) == {"if1"}
+    assert channels_last_currents(plan) == {"conv_a"}  # the sums of a burst map, in the order if1 writes
     x = np.random.default_rng(1).integers(-8, 17, (2, 2, 6, 6)).astype(np.float32) / (1 if integer else 8)
     steps = 6
     results = runs(graph, x, steps)
