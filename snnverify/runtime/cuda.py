@@ -322,8 +322,9 @@ def _divide_kernel(x, divisor, out):
 
 
 @cuda.jit
-def _if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, spikes):
-    """v[0] = θ/2; per step v += I[t]; s = v ≥ θ; v −= θ·s: one thread per (sample, neuron)."""
+def _if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, max_spikes, spikes):
+    """v[0] = θ/2; per step v += I[t], then B = ``max_spikes`` times: if v ≥ θ, v −= θ and
+    s += 1 (spikes: bool for B = 1, else the counts, uint8): one thread per (sample, neuron)."""
     neurons = threshold.shape[0]
     index = cuda.grid(1)
     if index >= batch * neurons:
@@ -333,10 +334,12 @@ def _if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, spikes)
     v = v0[f]
     for t in range(timesteps):
         v += current[t * batch + b, f] if temporal else current[b, f]
-        fired = v >= theta
-        spikes[t * batch + b, f] = fired
-        if fired:
+        count = 0
+        # the comparisons in turn; once one fails v no longer changes, nor would the rest
+        while count < max_spikes and v >= theta:
             v -= theta
+            count += 1
+        spikes[t * batch + b, f] = count
 
 
 @cuda.jit
@@ -404,10 +407,10 @@ def _add_into(total, x, temporal, batch):
     _launch(_add_into_kernel, total.size, total, x, temporal, batch)
 
 
-def _if_layer(current, temporal, threshold, initial, timesteps, batch):
-    spikes = cuda.device_array((timesteps * batch, threshold.shape[0]), np.bool_)
+def _if_layer(current, temporal, threshold, initial, timesteps, batch, layer: g.IF):
+    spikes = cuda.device_array((timesteps * batch, threshold.shape[0]), g.spike_dtype(layer))
     _launch(_if_layer_kernel, batch * threshold.shape[0], current, temporal, threshold, initial, timesteps, batch,
-            spikes)
+            layer.max_spikes, spikes)
     return spikes
 
 
@@ -429,7 +432,8 @@ def _scale_channels(x, factors):
 
 @cuda.jit
 def _count_kernel(spikes, total):
-    """total[0] += the number of true entries of the flat ``spikes`` (a grid-stride loop)."""
+    """total[0] += the spikes of the flat ``spikes`` (a grid-stride loop): its true entries, or
+    the sum of a burst layer's counts."""
     count = 0
     for index in range(cuda.grid(1), spikes.shape[0], cuda.gridsize(1)):
         count += spikes[index]

@@ -3,8 +3,12 @@ that runs it over either kernel table.
 
 The plan fixes, once per graph, everything that decides the arithmetic: the dtype (float32,
 or int64 for quantised graphs), which synaptic layers are *event-driven* (fed by exactly one
-IF layer, so their input is a binary spike map and each spike adds a column of pre-scaled
-weights W'[o, c, ...] = W[o, c, ...]·θ_c), and the accumulation order. Both backends
+binary IF layer, so their input is a spike map and each spike adds a column of pre-scaled
+weights W'[o, c, ...] = W[o, c, ...]·θ_c), and the accumulation order. A burst IF layer
+(``max_spikes`` B > 1) emits counts s ∈ {0, …, B}; its readers take its graded map a·s, each
+value one product of the count and the amplitude (``Kernels.scale_channels``: the count
+converts exactly and the product rounds once, so every backend makes the same map), as they
+take a pooled spike map. Both backends
 accumulate every neuron's input in the same order — kernel row, then kernel column, then
 input channel ascending (the order in which a gather per output position meets its spiking
 inputs), bias last — so that float32 spikes are bit-identical between CPU and GPU. Products are never fused into a
@@ -48,10 +52,10 @@ def initial_membrane(threshold: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Op:
-    """One node of the plan. ``events``: the input is the spike map of an IF node (and the
-    weights are W' = W·θ_in). ``sparse``: the input is mostly zero — a spike map, or one pooled
-    by average or sum pools — so a kernel may skip its zeros (the sums are unchanged);
-    ``input_peak`` then bounds its values' magnitude."""
+    """One node of the plan. ``events``: the input is the spike map of a binary IF node (and
+    the weights are W' = W·θ_in). ``sparse``: the input is mostly zero — a spike map, a burst
+    layer's graded map, or either pooled by average or sum pools — so a kernel may skip its
+    zeros (the sums are unchanged); ``input_peak`` then bounds its values' magnitude."""
 
     name: str
     node: g.Node
@@ -59,7 +63,7 @@ class Op:
     events: bool = False
     sparse: bool = False
     #: sparse: no input value's magnitude exceeds it (1 for unit spikes, W' holding the
-    #: amplitude; a pooled map: :func:`_pooled_spike_peak`)
+    #: amplitude; a graded map: :func:`_graded_spike_peak`)
     input_peak: float = 1.0
     weight: np.ndarray | None = None  # W' (event-driven) or W, in the plan's dtype
     bias: np.ndarray | None = None
@@ -132,7 +136,7 @@ class Plan:
 def build_plan(graph: g.SpikingGraph) -> Plan:
     """The plan of ``graph`` in :func:`graph_dtype` (a kernel table may lay out some weights
     narrower, where every sum they make is known to fit: see ``Kernels.weight_layout``)."""
-    g.require_normative(graph, "the Numba cpu and gpu backends")
+    g.require_normative(graph, "the Numba cpu and gpu backends", bursts=True)
     dtype = graph_dtype(graph)
     shapes = graph.shapes
     ops = []
@@ -142,12 +146,11 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
         if isinstance(node, (g.Conv2d, g.Linear)):
             source = graph.nodes[sources[0]]
             weight = node.weight.astype(dtype)
-            if isinstance(source, g.IF):
+            if binary_spikes(source):
                 op.events = op.sparse = True
                 weight = g.folded_weight(node, source.output_amplitude, shapes[source.name], dtype)
-            pooled_peak = _pooled_spike_peak(graph, source.name) if isinstance(node, g.Conv2d) else None
-            if pooled_peak is not None:
-                op.sparse, op.input_peak = True, pooled_peak
+            elif (graded_peak := _graded_spike_peak(graph, source.name)) is not None:
+                op.sparse, op.input_peak = True, graded_peak
             op.weight = np.ascontiguousarray(weight, dtype=dtype)
             op.bias = np.zeros(weight.shape[0], dtype) if node.bias is None else node.bias.astype(dtype)
             if _channel_scaling(node):
@@ -172,24 +175,32 @@ def _channel_scaling(node: g.Conv2d | g.Linear) -> bool:
             and node.padding == (0, 0) and (node.bias is None or not np.any(node.bias)))
 
 
-def _pooled_spike_peak(graph: g.SpikingGraph, name: str) -> float | None:
-    """When ``name`` is a spike map pooled by one or more average or sum pools: a bound on its
-    values' magnitude, max|a| of the IF layer times the window area kH·kW of each sum pool (an
-    average is no larger than its inputs). None for any other node."""
-    if not isinstance(graph.nodes[name], g.AvgPool2d):  # SumPool2d too
-        return None
-    peak = 1.0
-    while isinstance(node := graph.nodes[name], g.AvgPool2d):
+def binary_spikes(node: g.Node) -> bool:
+    """Whether ``node`` outputs a binary spike map (an IF layer of one spike per step at most),
+    which its readers take as events."""
+    return isinstance(node, g.IF) and node.max_spikes == 1
+
+
+def _graded_spike_peak(graph: g.SpikingGraph, name: str) -> float | None:
+    """When ``name`` is a graded spike map — a burst IF layer's a·s, or the spike map of any IF
+    layer pooled by one or more average or sum pools: a bound on its values' magnitude,
+    B·max|a| of the IF layer (B = ``max_spikes``) times the window area kH·kW of each sum pool
+    (an average is no larger than its inputs). None for any other node, a binary IF layer
+    included (its readers take its spikes as events)."""
+    peak, pooled = 1.0, False
+    while isinstance(node := graph.nodes[name], g.AvgPool2d):  # SumPool2d too
         if isinstance(node, g.SumPool2d):
             peak *= node.kernel_size[0] * node.kernel_size[1]
-        name = graph.inputs[name][0]
-    if not isinstance(node, g.IF):
+        name, pooled = graph.inputs[name][0], True
+    if not isinstance(node, g.IF) or not (pooled or node.max_spikes > 1):
         return None
-    return peak * float(np.abs(node.output_amplitude).max(initial=0))
+    return peak * node.max_spikes * float(np.abs(node.output_amplitude).max(initial=0))
 
 
 def _fusions(ops: list[Op], users: dict[str, int]) -> dict[str, Fusion]:
-    """The IF layers that can absorb the event-driven conv (and two-input Add) feeding them."""
+    """The binary IF layers that can absorb the event-driven conv (and two-input Add) feeding
+    them. A burst layer is never fused (its counts are not the spikes a fused kernel writes);
+    as a residual, its graded map is a current."""
     by_name = {op.name: op for op in ops}
 
     def sole_event_conv(name: str) -> bool:
@@ -198,7 +209,7 @@ def _fusions(ops: list[Op], users: dict[str, int]) -> dict[str, Fusion]:
 
     fusions = {}
     for op in ops:
-        if not isinstance(op.node, g.IF):
+        if not binary_spikes(op.node):
             continue
         (source,) = op.inputs
         if sole_event_conv(source):
@@ -230,9 +241,10 @@ class ResidualKind(IntEnum):
 class Kernels:
     """What a backend provides to :func:`execute`. Arrays are the backend's (numpy or device).
 
-    Temporal signals are [T·B, ...]; static ones [B, ...]. ``if_layer`` returns the boolean
-    spikes [T·B, F] of neurons with θ per flattened neuron; ``scale_channels`` turns spikes into
-    their graded map a·s.
+    Temporal signals are [T·B, ...]; static ones [B, ...]. ``if_layer`` returns the spikes
+    [T·B, F] of neurons with θ per flattened neuron, booleans or a burst layer's counts
+    (:func:`~snnverify.graph.spike_dtype`); ``scale_channels`` turns either into their graded
+    map a·s.
     """
 
     device: Callable[[], torch.device]  # the device the kernels run on
@@ -250,11 +262,13 @@ class Kernels:
     #: window area kH·kW (correctly rounded) unless the node is a SumPool2d
     pool2d: Callable
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
-    if_layer: Callable  # (current, temporal, threshold, initial membrane, timesteps, batch) -> spikes
-    #: (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product; of spikes s and
-    #: amplitudes a, the graded map a·s
+    #: (current, temporal, threshold, initial membrane, timesteps, batch, IF node) -> spikes, in
+    #: the node's spike dtype; a burst node's B comparisons and subtractions in turn, per step
+    if_layer: Callable
+    #: (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product; of spikes s
+    #: (booleans or a burst layer's counts) and amplitudes a, the graded map a·s
     scale_channels: Callable
-    count: Callable  # (spikes) -> int
+    count: Callable  # (spikes) -> int: the number of spikes (a burst layer's counts summed)
     #: host-side layout of a conv's or linear layer's weights (op) -> array, from ``op.weight``,
     #: applied once per plan
     weight_layout: Callable = lambda op: op.weight
@@ -277,7 +291,8 @@ class Kernels:
 @dataclass
 class Signal:
     """A node's output on a backend: [T·B, ...] when temporal else [B, ...]. A spike map (the
-    output of an IF layer) is kept as booleans with its amplitudes, for event-driven consumers."""
+    output of a binary IF layer) is kept as booleans with its amplitudes, for event-driven
+    consumers; a burst layer's output is its graded map a·s, like a current."""
 
     array: Any
     temporal: bool
@@ -287,14 +302,15 @@ class Signal:
 
 
 def spike_maps_read_fused(plan: Plan) -> set[str]:
-    """The IF layers whose spikes a fused op reads (:attr:`Fusion.reads`), with a fused kernel."""
+    """The binary IF layers whose spikes a fused op reads (:attr:`Fusion.reads`), with a fused
+    kernel (a burst layer's graded map is read as a current, in the graph's order)."""
     return {name for fusion in plan.fusions.values() for name in fusion.reads
-            if isinstance(plan.graph.nodes[name], g.IF)}
+            if binary_spikes(plan.graph.nodes[name])}
 
 
 def channels_last_currents(plan: Plan) -> set[str]:
     """With a fused kernel: the sparse convs whose one reader is an unfused IF layer of
-    :func:`spike_maps_read_fused` (a conv of pooled spikes, say). They write their currents
+    :func:`spike_maps_read_fused` (a conv of pooled spikes, or of a burst layer's graded map). They write their currents
     channels-last, the order in which that IF layer must write its spikes. A conv that only
     scales each channel is not one of them: it runs as products (``Kernels.scale_channels``),
     not as a conv."""
@@ -423,19 +439,23 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
                 if op.name in fused_reads:
                     threshold, initial = (kernels.channels_last(a.reshape(1, -1), shape).reshape(-1)
                                           for a in (threshold, initial))
-                s = kernels.if_layer(current, temporal, threshold, initial, timesteps, batch)
+                s = kernels.if_layer(current, temporal, threshold, initial, timesteps, batch, node)
             counts[op.name] = kernels.count(s)
-            channels_last = fusion is not None or op.name in fused_reads
             amplitude = plan.parameter(op.amplitude, kernels.to_device)
-            values[op.name] = Signal(s, True, amplitude, channels_last=channels_last)
+            binary = binary_spikes(node)
+            if binary:
+                channels_last = fusion is not None or op.name in fused_reads
+                values[op.name] = Signal(s, True, amplitude, channels_last=channels_last)
+            else:  # the graded map a·s, made once for all readers (a burst layer is never fused)
+                values[op.name] = Signal(kernels.scale_channels(s, amplitude), True)
             if record:
-                spikes[op.name] = kernels.to_host(channels_first(op.name)).reshape(timesteps, batch,
-                                                                                   *plan.shapes[op.name])
+                recorded = channels_first(op.name) if binary else s
+                spikes[op.name] = kernels.to_host(recorded).reshape(timesteps, batch, *plan.shapes[op.name])
         elif op.amplitude is not None and op.events:  # a channel scaling of spikes: their graded map W'_c·s
             spike_map = values[op.inputs[0]]
             values[op.name] = Signal(spike_map.array, True, plan.parameter(op.amplitude, kernels.to_device),
                                      spike_map.channels_last)
-        elif op.amplitude is not None:  # a channel scaling of currents or a pooled map: one product each
+        elif op.amplitude is not None:  # a channel scaling of currents or a graded map: one product each
             factors = plan.parameter(op.amplitude, kernels.to_device)
             out = kernels.scale_channels(analog(op.inputs[0]).reshape(rows, -1), factors)
             values[op.name] = Signal(out.reshape(rows, *plan.shapes[op.name]), temporal)

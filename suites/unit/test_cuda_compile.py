@@ -32,16 +32,18 @@ COMPILE_EVERY_KERNEL = textwrap.dedent("""
             (backend._EVENT_SYNAPSES[kind], (array(t.uint32, 5), array(dtype, 5), array(dtype, 1)) + scalars)]
         signatures += [
             (backend._sum_pool2d_kernel, (array(dtype, 4), pair, pair, pair, dtype, array(dtype, 4))),
-            (backend._if_layer_kernel, (array(dtype, 2), t.boolean, array(dtype, 1), array(dtype, 1), t.int64,
-                                        t.int64, array(t.boolean, 2))),
-            # graded spikes (a boolean map) and a scaling of values: one kernel
-            (backend._scale_channels_kernel, (array(t.boolean, 2), array(dtype, 1), array(dtype, 2))),
+            # binary spikes and a burst layer's counts: one kernel
+            *((backend._if_layer_kernel, (array(dtype, 2), t.boolean, array(dtype, 1), array(dtype, 1), t.int64,
+                                          t.int64, t.int64, array(spikes, 2))) for spikes in (t.boolean, t.uint8)),
+            # graded spikes (of a boolean map or of counts) and a scaling of values: one kernel
+            *((backend._scale_channels_kernel, (array(spikes, 2), array(dtype, 1), array(dtype, 2)))
+              for spikes in (t.boolean, t.uint8)),
             (backend._scale_channels_kernel, (array(dtype, 2), array(dtype, 1), array(dtype, 2))),
             (backend._add_into_kernel, (array(dtype, 2), array(dtype, 2), t.boolean, t.int64)),
         ]
     signatures += [(backend._divide_kernel, (array(t.float32, 1), t.float32, array(t.float32, 1))),
                    (backend._pack_spikes_kernel, (array(t.boolean, 4), t.int64, array(t.uint32, 5))),
-                   (backend._count_kernel, (array(t.boolean, 1), array(t.int64, 1)))]
+                   *((backend._count_kernel, (array(spikes, 1), array(t.int64, 1))) for spikes in (t.boolean, t.uint8))]
     for kernel, signature in signatures:
         ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
         name = kernel.py_func.__name__
@@ -60,4 +62,4 @@ def test_every_cuda_kernel_compiles_to_sm90_ptx():
     assert result.returncode == 0, result.stderr[-4000:]
     compiled = result.stdout.split("\n")
     assert compiled.count("conv2d ok") == 2 and compiled.count("conv2d_events ok") == 2
-    assert len([line for line in compiled if line.endswith(" ok")]) == 17
+    assert len([line for line in compiled if line.endswith(" ok")]) == 22

@@ -176,12 +176,14 @@ def window_sum(plane, amplitude, c, y, xo, kernel, stride, padding, zero):
 
 
 @njit(parallel=True, cache=True)
-def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, spikes):
-    """v[0] = θ/2; per step v += I[t]; s = v ≥ θ; v −= θ·s. current: [T·B, F] or [B, F].
+def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, max_spikes, spikes):
+    """v[0] = θ/2; per step v += I[t], then B = ``max_spikes`` times: if v ≥ θ, v −= θ and
+    s += 1. current: [T·B, F] or [B, F]; spikes: bool for B = 1, else the counts (uint8).
 
     Parallel over (sample, block of neurons); the inner loop runs over contiguous neurons, of
     slices indexed from 0 (with indices like f − start, which Numba cannot prove non-negative,
-    it keeps a wraparound check per access and the loop stays scalar)."""
+    it keeps a wraparound check per access and the loop stays scalar). The binary neuron keeps
+    a loop of its own, without the burst's inner loop."""
     neurons = threshold.shape[0]
     block = 1024
     blocks = (neurons + block - 1) // block
@@ -193,10 +195,20 @@ def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, spikes):
         for t in range(timesteps):
             inputs = current[t * batch + b if temporal else b, start:stop]
             fired = spikes[t * batch + b, start:stop]
-            for k in range(stop - start):
-                value = v[k] + inputs[k]
-                fired[k] = value >= theta[k]
-                v[k] = value - theta[k] if fired[k] else value
+            if max_spikes == 1:
+                for k in range(stop - start):
+                    value = v[k] + inputs[k]
+                    fired[k] = value >= theta[k]
+                    v[k] = value - theta[k] if fired[k] else value
+            else:
+                for k in range(stop - start):
+                    value, count = v[k] + inputs[k], 0
+                    # the comparisons in turn; once one fails v no longer changes, nor would the rest
+                    while count < max_spikes and value >= theta[k]:
+                        value -= theta[k]
+                        count += 1
+                    fired[k] = count
+                    v[k] = value
 
 
 @njit(parallel=True, cache=True)

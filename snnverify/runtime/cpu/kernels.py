@@ -135,10 +135,16 @@ def _per_channel(amplitude: np.ndarray, channels: int) -> np.ndarray | None:
     return planes[:, 0] if np.array_equal(bits, np.broadcast_to(bits[:, :1], bits.shape)) else None
 
 
-def _if_layer(current, temporal, threshold, initial, timesteps, batch):
-    spikes = buffers.empty((timesteps * batch, threshold.shape[0]), np.bool_)
-    if_layer_kernel(np.ascontiguousarray(current), temporal, threshold, initial, timesteps, batch, spikes)
+def _if_layer(current, temporal, threshold, initial, timesteps, batch, layer: g.IF):
+    spikes = buffers.empty((timesteps * batch, threshold.shape[0]), g.spike_dtype(layer))
+    if_layer_kernel(np.ascontiguousarray(current), temporal, threshold, initial, timesteps, batch, layer.max_spikes,
+                    spikes)
     return spikes
+
+
+def _count(spikes) -> int:
+    """The number of spikes: of booleans, the true ones; of a burst layer's counts, their sum."""
+    return int(np.count_nonzero(spikes) if spikes.dtype == np.bool_ else spikes.sum(dtype=np.int64))
 
 
 def _scale_channels(x, factors):
@@ -170,7 +176,7 @@ CPU_KERNELS = Kernels(
     add_into=_add_into,
     if_layer=_if_layer,
     scale_channels=_scale_channels,
-    count=lambda s: int(np.count_nonzero(s)),
+    count=_count,
     weight_layout=_weight_layout,
     conv2d_if=_conv2d_if,
     channels_last=to_channels_last,
