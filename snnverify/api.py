@@ -97,7 +97,8 @@ def quantize(snn: SNN, weight_bits: int = 8, amplitude_bits: int = 16, input_sca
 
 def simulate(snn: SNN, x, timesteps: int | None = None, record: bool = False, device=None):
     """Simulate one batch. Returns the output current averaged over T ([batch, classes] numpy);
-    with ``record=True`` also ``{IF layer name: bool array [T, batch, ...]}``."""
+    with ``record=True`` also ``{IF layer name: [T, batch, ...]}``, bool, or a burst layer's
+    spike counts as uint8 (:func:`snnverify.graph.spike_dtype`)."""
     result = snn.run(x, timesteps, record, device)
     return (result.output, result.spikes) if record else result.output
 
@@ -181,8 +182,11 @@ def accuracy_over_time(snn: SNN, loader, timesteps, device=None) -> dict[int, fl
 
 
 def measure_sparsity(snn: SNN, loader, device=None, timesteps: int | None = None) -> float:
-    """Fraction of neuron-timesteps without a spike, over all IF neurons, all T steps and all samples:
-    1 − (number of spikes) / (number of IF neurons · T · number of samples)."""
+    """1 − (number of spikes) / (number of IF neurons · T · number of samples), over all IF
+    neurons, all T steps and all samples: for binary neurons the fraction of neuron-timesteps
+    without a spike. A burst step (``max_spikes`` B > 1) carries up to B spikes, all counted, so
+    with burst layers the value lies below that fraction, and below 0 where layers average more
+    than one spike per step (down to 1 − B)."""
     return snn_statistics(snn, loader, device, timesteps)["sparsity"]
 
 

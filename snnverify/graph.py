@@ -480,16 +480,18 @@ def _reach(size: int, out_size: int, kernel: int, stride: int, padding: int, dil
 
 
 def synaptic_events(graph: SpikingGraph, spikes: dict[str, np.ndarray]) -> int:
-    """Adds that event-driven layers (conv and linear layers fed by an IF layer) must do for the
-    recorded ``spikes`` ([T, B, ...] per IF layer): each spike adds one weight to every output it
-    reaches — for a conv, its taps that land inside the output, times C_out / groups."""
+    """Synaptic operations that event-driven layers (conv and linear layers fed by an IF layer)
+    must do for the recorded ``spikes`` ([T, B, ...] per IF layer): each event — a neuron that
+    fires at a step, one spike or a burst of several, carried as one graded value a·s — adds
+    one weighted value to every output it reaches — for a conv, its taps that land inside the
+    output, times C_out / groups. A burst costs one operation per output, not one per spike."""
     shapes, total = graph.shapes, 0
     for name, node in graph.nodes.items():
         sources = graph.inputs[name]
         if not sources or not isinstance(graph.nodes[sources[0]], IF):
             continue
         source = sources[0]
-        counts = spikes[source].sum(axis=(0, 1), dtype=np.int64)
+        counts = np.count_nonzero(spikes[source], axis=(0, 1))
         if isinstance(node, Linear):
             total += int(counts.sum()) * node.weight.shape[0]
         elif isinstance(node, Conv2d):
