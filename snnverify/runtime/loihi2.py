@@ -196,7 +196,8 @@ def lif_run(a_in, du, dv, bias_mant, bias_exp, vth, reset: str = "zero", max_spi
     parameter outside its register is a ValueError naming it and the value.
     """
     subtract = _check_reset(reset)
-    if isinstance(max_spikes, bool) or not isinstance(max_spikes, (int, np.integer)) or not 1 <= max_spikes <= g.MAX_BURST:
+    if (isinstance(max_spikes, bool) or not isinstance(max_spikes, (int, np.integer))
+            or not 1 <= max_spikes <= g.MAX_BURST):
         raise ValueError(f"max_spikes must be an integer in [1, {g.MAX_BURST}], got {max_spikes!r}")
     _check_burst(max_spikes, subtract, "")
     a_in = _check_range("a_in", a_in, -A_IN_LIMIT + 1, A_IN_LIMIT - 1)
@@ -565,10 +566,11 @@ def map_to_loihi2(graph: g.SpikingGraph, vth: int = 2**10) -> Loihi2Network:
 
     for name, node in graph.nodes.items():
         if isinstance(node, g.IF):
-            if node.max_spikes * (vth << VTH_SHIFT) > UV_LIMIT - 1:
-                raise ValueError(f"loihi2_sim: IF layer {name!r} has max_spikes={node.max_spikes}: {node.max_spikes} "
-                                 f"thresholds of vth {vth} ({node.max_spikes * (vth << VTH_SHIFT)}) exceed the 24-bit "
-                                 f"membrane's {UV_LIMIT - 1}; use vth <= {(UV_LIMIT - 1) // node.max_spikes >> VTH_SHIFT}")
+            burst = node.max_spikes
+            if burst * (vth << VTH_SHIFT) > UV_LIMIT - 1:
+                raise ValueError(f"loihi2_sim: IF layer {name!r} has max_spikes={burst}: {burst} thresholds of vth "
+                                 f"{vth} ({burst * (vth << VTH_SHIFT)}) exceed the 24-bit membrane's {UV_LIMIT - 1}; "
+                                 f"use vth <= {(UV_LIMIT - 1) // burst >> VTH_SHIFT}")
             theta = _amplitude_per_element(node.threshold.astype(np.float64), shapes[name])
             groups, static, bias, depth = groups_into(name, name, theta)
             latency[name] = depth
@@ -697,7 +699,8 @@ class Loihi2Backend:
             bursts_saturate = layer.max_spikes * layer.vth <= register
             reason = "" if bursts_saturate else (
                 f"; it may not saturate: burst layer (max_spikes={layer.max_spikes}) would fire at most "
-                f"{register // layer.vth} spikes per step at vth {layer.vth} (use vth <= {register // layer.max_spikes})")
+                f"{register // layer.vth} spikes per step at vth {layer.vth} "
+                f"(use vth <= {register // layer.max_spikes})")
             fields[name] = encode_bias(layer.bias + sum(currents[s] for s in layer.static) / layer.theta * layer.vth,
                                        saturate=not layer.groups and bursts_saturate, layer=name, reason=reason)
         return fields

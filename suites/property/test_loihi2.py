@@ -597,8 +597,8 @@ def driven_graph(theta: float, burst: int = 1) -> g.SpikingGraph:
     """Input (2) → identity Linear → IF(θ, B) → Linear → Output: the IF layer's current is the
     image itself, written as its bias by the host."""
     nodes = {"input": g.Input("input", shape=(2,)), "fc": g.Linear("fc", weight=np.eye(2)),
-             "if": g.IF("if", threshold=np.full(2, theta), max_spikes=burst), "head": g.Linear("head", weight=np.eye(2)),
-             "output": g.Output("output")}
+             "if": g.IF("if", threshold=np.full(2, theta), max_spikes=burst),
+             "head": g.Linear("head", weight=np.eye(2)), "output": g.Output("output")}
     return g.SpikingGraph(nodes, {"fc": ["input"], "if": ["fc"], "head": ["if"], "output": ["head"]})
 
 
