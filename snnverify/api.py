@@ -97,7 +97,7 @@ def quantize(snn: SNN, weight_bits: int = 8, amplitude_bits: int = 16, input_sca
 
 def simulate(snn: SNN, x, timesteps: int | None = None, record: bool = False, device=None):
     """Simulate one batch. Returns the output current averaged over T ([batch, classes] numpy);
-    with ``record=True`` also ``{IF layer name: [T, batch, ...]}``, bool, or a burst layer's
+    with ``record=True`` also ``{IF layer name: array [T, batch, ...]}``: bool, or a burst layer's
     spike counts as uint8 (:func:`snnverify.graph.spike_dtype`)."""
     result = snn.run(x, timesteps, record, device)
     return (result.output, result.spikes) if record else result.output
