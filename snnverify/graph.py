@@ -264,10 +264,10 @@ class IF(Node):
                 object.__setattr__(self, name, value)
         if self.fire_on not in (">=", ">"):
             raise self._error(f"fire_on must be '>=' or '>', got {self.fire_on!r}")
-        if (isinstance(self.max_spikes, bool) or not isinstance(self.max_spikes, (int, np.integer))
-                or not 1 <= self.max_spikes <= MAX_BURST):
-            raise self._error(f"max_spikes must be an integer in [1, {MAX_BURST}], got {self.max_spikes!r}")
-        object.__setattr__(self, "max_spikes", int(self.max_spikes))
+        try:
+            object.__setattr__(self, "max_spikes", check_max_spikes(self.max_spikes))
+        except ValueError as error:
+            raise self._error(str(error)) from None
 
     @property
     def output_amplitude(self) -> np.ndarray:
@@ -284,6 +284,14 @@ class IF(Node):
         if shape[0] != self.threshold.shape[0]:
             raise self._error(f"has {self.threshold.shape[0]} thresholds for {shape[0]} channels (input {shape})")
         return shape
+
+
+def check_max_spikes(max_spikes) -> int:
+    """A burst size B must be an integer in 1..:data:`MAX_BURST`."""
+    if (isinstance(max_spikes, bool) or not isinstance(max_spikes, (int, np.integer))
+            or not 1 <= max_spikes <= MAX_BURST):
+        raise ValueError(f"max_spikes must be an integer in [1, {MAX_BURST}], got {max_spikes!r}")
+    return int(max_spikes)
 
 
 def spike_dtype(layer: IF) -> np.dtype:

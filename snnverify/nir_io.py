@@ -9,10 +9,9 @@ Two export modes:
   node metadata under the key ``"snnverify"``: the per-channel IF threshold, graded amplitude,
   v[0] = θ/2, the ≥ rule, reset by subtraction (and any foreign-semantics field), the burst size
   ``max_spikes`` of every IF layer, Input/Output scales, whether a layer has a bias, and the Add
-  nodes. The graph's metadata holds the format
-  version, the node order, the default T and a SHA-256 digest of the whole graph, so that a
-  file whose content was changed (or corrupted into another valid file) is rejected instead of
-  read as a different network. ``from_nir(to_nir(g)) == g`` exactly: same names, edges in the
+  nodes. The graph's metadata holds the format version, the node order, the default T and a
+  SHA-256 digest of the whole graph, so that a file whose content was changed (or corrupted
+  into another valid file) is rejected instead of read as a different network. ``from_nir(to_nir(g)) == g`` exactly: same names, edges in the
   same order, every array bit for bit.
 
   NIR's IF fires at most once per step and has no burst. Another framework reading a lossless
@@ -176,16 +175,16 @@ EXPORTERS: dict[type, Callable[[Any, _Export], tuple[nir.NIRNode, dict]]] = {
 }
 
 
-#: fields added to the graph after format 1 was defined, with the value that leaves them out of
-#: the digest: a binary IF layer digests as it did before bursts existed, so files written then
-#: still verify
+#: fields added to the graph after format 1 was defined, with the value they had implicitly
+#: before, which leaves them out of the digest: a binary IF layer digests as it did before
+#: bursts existed, so files written then still verify
 _LATER_FIELDS = {"max_spikes": 1}
 
 
 def graph_digest(graph: g.SpikingGraph, timesteps: int) -> str:
     """SHA-256 of everything that defines ``graph`` (node order, names, types, every field with
     its dtype and bytes, edges in order; :data:`_LATER_FIELDS` only where they differ from
-    their old meaning) and the default T."""
+    their implicit older value) and the default T."""
     digest = hashlib.sha256(f"T={timesteps};".encode())
     for name, node in graph.nodes.items():
         digest.update(f"{type(node).__name__}:{name}<-{json.dumps(graph.inputs[name])};".encode())

@@ -196,9 +196,7 @@ def lif_run(a_in, du, dv, bias_mant, bias_exp, vth, reset: str = "zero", max_spi
     parameter outside its register is a ValueError naming it and the value.
     """
     subtract = _check_reset(reset)
-    if (isinstance(max_spikes, bool) or not isinstance(max_spikes, (int, np.integer))
-            or not 1 <= max_spikes <= g.MAX_BURST):
-        raise ValueError(f"max_spikes must be an integer in [1, {g.MAX_BURST}], got {max_spikes!r}")
+    max_spikes = g.check_max_spikes(max_spikes)
     _check_burst(max_spikes, subtract, "")
     a_in = _check_range("a_in", a_in, -A_IN_LIMIT + 1, A_IN_LIMIT - 1)
     if a_in.ndim != 2:
@@ -212,7 +210,7 @@ def lif_run(a_in, du, dv, bias_mant, bias_exp, vth, reset: str = "zero", max_spi
                                                       bias_exp=bias_exp, vth=vth)
     u, v = np.empty((steps, neurons), np.int64), np.empty((steps, neurons), np.int64)
     s = np.empty((steps, neurons), np.uint8)
-    _lif_kernel(np.ascontiguousarray(a_in), du, dv, bias_mant << bias_exp, vth << VTH_SHIFT, subtract, int(max_spikes),
+    _lif_kernel(np.ascontiguousarray(a_in), du, dv, bias_mant << bias_exp, vth << VTH_SHIFT, subtract, max_spikes,
                 u, v, s)
     return u, v, (s.view(np.bool_) if max_spikes == 1 else s)
 
