@@ -107,11 +107,13 @@ def to_nir(snn: SNN, path, mode: str = "lossless"):
     """Write ``snn`` as a NIR file (``nir.write``); returns the path.
 
     ``mode="lossless"``: for snnverify — what NIR cannot express (reset by subtraction,
-    v[0] = θ/2, fire on ≥, graded amplitude, scales, integer dtypes, node names, T) is kept in
-    node metadata under the key ``"snnverify"``, and ``from_nir`` restores the network exactly.
+    v[0] = θ/2, fire on ≥, graded amplitude, burst size ``max_spikes``, scales, integer dtypes,
+    node names, T) is kept in node metadata under the key ``"snnverify"``, and ``from_nir``
+    restores the network exactly (another framework runs a burst layer as a NIR IF, one spike
+    per step at most, unless it reads that metadata).
     ``mode="plain"``: NIR only, for other frameworks; the meaning changes as documented in
     :mod:`snnverify.nir_io` (amplitude folded into the next weights, ≥ emulated by a threshold
-    one float32 step lower, v[0] = 0, reset to zero)."""
+    one float32 step lower, v[0] = 0, reset to zero); burst layers are refused."""
     if not isinstance(snn, SNN):
         raise TypeError(f"to_nir expects an SNN, got {type(snn).__name__}")
     return nir_io.write(snn.graph, path, mode, snn.timesteps)
@@ -180,8 +182,11 @@ def accuracy_over_time(snn: SNN, loader, timesteps, device=None) -> dict[int, fl
 
 
 def measure_sparsity(snn: SNN, loader, device=None, timesteps: int | None = None) -> float:
-    """Fraction of neuron-timesteps without a spike, over all IF neurons, all T steps and all samples:
-    1 − (number of spikes) / (number of IF neurons · T · number of samples)."""
+    """1 − (number of spikes) / (number of IF neurons · T · number of samples), over all IF
+    neurons, all T steps and all samples: for binary neurons the fraction of neuron-timesteps
+    without a spike. A burst step (``max_spikes`` B > 1) carries up to B spikes, all counted, so
+    with burst layers the value lies below that fraction, and below 0 where layers average more
+    than one spike per step (down to 1 − B)."""
     return snn_statistics(snn, loader, device, timesteps)["sparsity"]
 
 

@@ -264,10 +264,10 @@ class IF(Node):
                 object.__setattr__(self, name, value)
         if self.fire_on not in (">=", ">"):
             raise self._error(f"fire_on must be '>=' or '>', got {self.fire_on!r}")
-        if (isinstance(self.max_spikes, bool) or not isinstance(self.max_spikes, (int, np.integer))
-                or not 1 <= self.max_spikes <= MAX_BURST):
-            raise self._error(f"max_spikes must be an integer in [1, {MAX_BURST}], got {self.max_spikes!r}")
-        object.__setattr__(self, "max_spikes", int(self.max_spikes))
+        try:
+            object.__setattr__(self, "max_spikes", check_max_spikes(self.max_spikes))
+        except ValueError as error:
+            raise self._error(str(error)) from None
 
     @property
     def output_amplitude(self) -> np.ndarray:
@@ -284,6 +284,14 @@ class IF(Node):
         if shape[0] != self.threshold.shape[0]:
             raise self._error(f"has {self.threshold.shape[0]} thresholds for {shape[0]} channels (input {shape})")
         return shape
+
+
+def check_max_spikes(max_spikes) -> int:
+    """A burst size B must be an integer in 1..:data:`MAX_BURST`."""
+    if (isinstance(max_spikes, bool) or not isinstance(max_spikes, (int, np.integer))
+            or not 1 <= max_spikes <= MAX_BURST):
+        raise ValueError(f"max_spikes must be an integer in [1, {MAX_BURST}], got {max_spikes!r}")
+    return int(max_spikes)
 
 
 def spike_dtype(layer: IF) -> np.dtype:
@@ -480,16 +488,18 @@ def _reach(size: int, out_size: int, kernel: int, stride: int, padding: int, dil
 
 
 def synaptic_events(graph: SpikingGraph, spikes: dict[str, np.ndarray]) -> int:
-    """Adds that event-driven layers (conv and linear layers fed by an IF layer) must do for the
-    recorded ``spikes`` ([T, B, ...] per IF layer): each spike adds one weight to every output it
-    reaches — for a conv, its taps that land inside the output, times C_out / groups."""
+    """Synaptic operations that event-driven layers (conv and linear layers fed by an IF layer)
+    must do for the recorded ``spikes`` ([T, B, ...] per IF layer): each event — a neuron that
+    fires at a step, one spike or a burst of several, carried as one graded value a·s — adds
+    one weighted value to every output it reaches — for a conv, its taps that land inside the
+    output, times C_out / groups. A burst costs one operation per output, not one per spike."""
     shapes, total = graph.shapes, 0
     for name, node in graph.nodes.items():
         sources = graph.inputs[name]
         if not sources or not isinstance(graph.nodes[sources[0]], IF):
             continue
         source = sources[0]
-        counts = spikes[source].sum(axis=(0, 1), dtype=np.int64)
+        counts = np.count_nonzero(spikes[source], axis=(0, 1))
         if isinstance(node, Linear):
             total += int(counts.sum()) * node.weight.shape[0]
         elif isinstance(node, Conv2d):

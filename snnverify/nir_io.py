@@ -7,12 +7,16 @@ Two export modes:
   ``Scale`` node with several incoming edges, the NIR form of a sum), parameters are written in
   their own dtype (float32, or int64 in a quantised graph), and what NIR cannot say is kept in
   node metadata under the key ``"snnverify"``: the per-channel IF threshold, graded amplitude,
-  v[0] = θ/2, the ≥ rule, reset by subtraction (and any foreign-semantics field), Input/Output
-  scales, whether a layer has a bias, and the Add nodes. The graph's metadata holds the format
-  version, the node order, the default T and a SHA-256 digest of the whole graph, so that a
-  file whose content was changed (or corrupted into another valid file) is rejected instead of
-  read as a different network. ``from_nir(to_nir(g)) == g`` exactly: same names, edges in the
+  v[0] = θ/2, the ≥ rule, reset by subtraction (and any foreign-semantics field), the burst size
+  ``max_spikes`` of every IF layer, Input/Output scales, whether a layer has a bias, and the Add
+  nodes. The graph's metadata holds the format version, the node order, the default T and a
+  SHA-256 digest of the whole graph, so that a file whose content was changed (or corrupted
+  into another valid file) is rejected instead of read as a different network. ``from_nir(to_nir(g)) == g`` exactly: same names, edges in the
   same order, every array bit for bit.
+
+  NIR's IF fires at most once per step and has no burst. Another framework reading a lossless
+  file sees a burst layer (``max_spikes`` B > 1) as a plain NIR IF that fires at most once per
+  step, unless it reads the node's metadata, where ``"snnverify": {"max_spikes": B}`` names it.
 * ``"plain"`` — for other frameworks: NIR only, no metadata. What changes meaning (each measured
   by suites/property/test_nir_interop.py):
 
@@ -27,6 +31,10 @@ Two export modes:
     whenever v − θ ≠ 0 after a spike, measured);
   - residual Adds: several edges into the reader (an identity Scale stays only where that would
     duplicate an edge); Input and Output scales ≠ 1 become Scale nodes.
+
+  Burst layers are refused, by name and B: a NIR IF fires at most once per step, and no NIR
+  node sums several spikes of one neuron within a step, so a plain file could only change
+  every spike count above one silently.
 
 Import (:func:`read`) takes our lossless files and NIR graphs from other frameworks: IF
 (R ≠ 1 as an input gain, v_reset, strict >), LIF (needs dt: β = 1 − dt/τ, γ = R·dt/τ,
@@ -138,12 +146,15 @@ def _export_if(node: g.IF, ctx: _Export):
     if ctx.mode == "plain" and node.leak is not None:
         raise ValueError(f"IF layer {node.name!r} leaks (β = {node.leak[0]:g}, ...): plain NIR export writes IF "
                          f"neurons only; use mode='lossless'")
+    if ctx.mode == "plain" and node.max_spikes > 1:
+        raise ValueError(f"IF layer {node.name!r} is a burst layer (max_spikes={node.max_spikes}): NIR's IF fires at "
+                         f"most once per step, so plain NIR export cannot write it; use mode='lossless'")
     threshold = node.threshold if ctx.mode == "lossless" else _strict_threshold(node)
     v_reset = np.zeros_like(node.threshold) if node.v_reset is None else node.v_reset
     gain = np.ones_like(node.threshold) if node.gain is None else node.gain
     neuron = nir.IF(r=_channelwise(gain, shape), v_threshold=_channelwise(threshold, shape),
                     v_reset=_channelwise(v_reset, shape))
-    extra = {"fire_on": node.fire_on}
+    extra = {"fire_on": node.fire_on, "max_spikes": node.max_spikes}
     extra.update({name: getattr(node, name) for name in ("amplitude", *g.IF.EXTENSIONS)
                   if name != "fire_on" and getattr(node, name) is not None})
     return neuron, extra
@@ -164,14 +175,23 @@ EXPORTERS: dict[type, Callable[[Any, _Export], tuple[nir.NIRNode, dict]]] = {
 }
 
 
+#: fields added to the graph after format 1 was defined, with the value they had implicitly
+#: before, which leaves them out of the digest: a binary IF layer digests as it did before
+#: bursts existed, so files written then still verify
+_LATER_FIELDS = {"max_spikes": 1}
+
+
 def graph_digest(graph: g.SpikingGraph, timesteps: int) -> str:
     """SHA-256 of everything that defines ``graph`` (node order, names, types, every field with
-    its dtype and bytes, edges in order) and the default T."""
+    its dtype and bytes, edges in order; :data:`_LATER_FIELDS` only where they differ from
+    their implicit older value) and the default T."""
     digest = hashlib.sha256(f"T={timesteps};".encode())
     for name, node in graph.nodes.items():
         digest.update(f"{type(node).__name__}:{name}<-{json.dumps(graph.inputs[name])};".encode())
         for field in dataclasses.fields(node):
             value = getattr(node, field.name)
+            if field.name in _LATER_FIELDS and value == _LATER_FIELDS[field.name]:
+                continue
             if isinstance(value, np.ndarray):
                 digest.update(f"{field.name}={value.dtype.str}{value.shape}:".encode() + value.tobytes())
             else:
@@ -402,8 +422,8 @@ def _import_if(node: nir.IF, ctx: _Import):
     """NIR IF: v ← v + R·I; s = v > θ; v ← v_reset. Lossless files add our own fields."""
     shape = ctx.input_shape
     threshold = _per_channel(node.v_threshold, shape, ctx, "v_threshold")
-    if ctx.extra is not None:  # our own neuron, exactly as written
-        fields = {name: ctx.extra[name] for name in ("amplitude", *g.IF.EXTENSIONS) if name in ctx.extra}
+    if ctx.extra is not None:  # our own neuron, exactly as written (files without max_spikes predate bursts)
+        fields = {name: ctx.extra[name] for name in ("amplitude", *g.IF.EXTENSIONS, "max_spikes") if name in ctx.extra}
         return g.IF(ctx.name, threshold=threshold, **fields)
     gain = _per_channel(node.r, shape, ctx, "r")
     return _foreign_neuron(ctx, threshold, node.v_reset, shape, gain=None if np.all(gain == 1) else gain)

@@ -6,8 +6,10 @@ An adapter is any object with ``name``, ``version``, ``semantics``, ``capabiliti
 
 - ``output``: the decision scores ``[batch, classes]``, the output layer's value averaged over
   the T steps, so that it approximates the ANN's output;
-- ``spikes``: ``{spiking layer: [T, batch, ...]}`` in forward order, 0/1 (or bool) per neuron
-  and step; each ``run`` starts from fresh neuron state;
+- ``spikes``: ``{spiking layer: [T, batch, ...]}`` in forward order, the spikes per neuron and
+  step: 0/1 (or bool), or counts 0…B for a burst neuron that fires up to B per step (counted
+  as B spikes in the sparsity; the clause ``spikes.binary`` reports them); each ``run`` starts
+  from fresh neuron state;
 - ``training``: ``{"epochs": e, "samples": n}``, the labelled training conversion spent (zeros
   for post-training conversion);
 - with ``gpu``: ``run(x, timesteps, device="cuda")`` runs on the GPU.

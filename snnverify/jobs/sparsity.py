@@ -9,11 +9,12 @@ measures on the ``cpu`` backend:
 
 - the SNN's accuracy on the test images and its gap to the ReLU ANN, ANN − SNN in pp;
 - the spike rate r = spikes / (IF neurons · T · images) over every IF neuron of the network,
-  and the sparsity 1 − r (as ``snnverify.measure_sparsity``);
+  and the sparsity 1 − r (as ``snnverify.measure_sparsity``; a burst step counts all its
+  spikes, up to B, so with burst layers r may exceed 1);
 - the SNN's time per image over the ANN's forward time per image, both on the same batch of
   test images in one process, timed interleaved (``snnverify speed``) in CPU time and in wall
-  time, on ``--threads`` threads; beside it the synaptic events per image, the adds that
-  event-driven simulation does.
+  time, on ``--threads`` threads; beside it the synaptic events per image, the weighted adds
+  that event-driven simulation does (one per output a firing neuron reaches, a burst included).
 
     snnverify sparsity --dataset fashion-mnist --penalties 0 0.3 1 3 10 30
     snnverify sparsity --dataset fashion-mnist-rgb32 --model cifar_resnet18 --ann-epochs 3 \\
@@ -257,7 +258,8 @@ def render(out_dir: Path = OUT) -> Path:
              "QCFS training minimises cross-entropy + ρ · r̄, r̄ the mean of a/λ over "
              "every QCFS neuron (the firing rate of the IF neuron it becomes), and BPTT, where its group says "
              "so, cross-entropy + ρ · the SNN's spike rate. Spike rate: spikes / (IF neurons "
-             "· T · test images) over every IF neuron; sparsity = 1 − rate. Gap = ReLU ANN − SNN in pp on the "
+             "· T · test images) over every IF neuron, a burst step counting all its spikes; "
+             "sparsity = 1 − rate. Gap = ReLU ANN − SNN in pp on the "
              "same test images. Time: SNN simulation on the `cpu` backend against the ANN's forward pass, per "
              "image, on one batch of test images, timed interleaved in one process (fastest round of each), as "
              "CPU time of all threads and as wall time. Load: the 1-minute load average while timing; above the "

@@ -203,7 +203,8 @@ class Index:
                     layers[name] = (spikes + c["spikes"], steps + c["neuron_steps"])
             table[f"T={t}"] = {name: 100 * (1 - s / n) for name, (s, n) in layers.items()}
         frame = pd.DataFrame(table)
-        self.page.text(f"Sparsity per IF layer (% of neuron-steps without a spike, all seeds), {self.rel(path)}:")
+        self.page.text(f"Sparsity per IF layer (100·(1 − spikes / neuron-steps), all seeds: the % of neuron-steps "
+                       f"without a spike, less where a burst step carries several), {self.rel(path)}:")
         self.page.table(frame.reset_index(names="layer"), digits=1)
         plt = _plt()
         figure, axis = plt.subplots(figsize=(7, 3.5))

@@ -27,7 +27,7 @@ def render(report: dict) -> str:
         lines.append(f"| {label[name]} | {100 * r['accuracy']:.2f} | {100 * r['prediction_agreement_with_float']:.2f} "
                      f"| {100 * r['spike_mismatch_rate']:.3f} | {r['images_per_s']:.1f} |")
     lines += ["", "Spike mismatch: fraction of IF neuron-timesteps (each layer in its own window) whose spike "
-              "differs from the float SNN's. Speed: simulate() with spikes recorded, "
+              "(spike count, in a burst layer) differs from the float SNN's. Speed: simulate() with spikes recorded, "
               f"{report['versions']['cpu_threads']} CPU threads, shared machine.", "",
               "## Spike mismatch per layer (%)", "", "| layer | latency | subtractive reset | reset to zero |",
               "|---|---:|---:|---:|"]

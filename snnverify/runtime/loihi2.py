@@ -20,6 +20,20 @@ changes only what a Loihi 2 microcoded neuron is free to change — the comparis
 the initial state — so that it reproduces the converted network's IF semantics (v[0] = θ/2,
 v ≥ θ, subtraction) exactly in integers.
 
+Burst neurons (an IF layer's ``max_spikes`` B > 1; subtractive reset only): the comparison and
+the subtraction are repeated, up to B times within the step, and the neuron sends the count
+s ∈ {0, …, B} as one graded spike::
+
+    s = 0;  B times: if v > vth_eff − 1: v ← v − vth_eff, s ← s + 1
+
+Loihi 2 spikes may carry an integer payload, and the bit-accurate Dense multiplies each weight
+by it: Lava 0.10.0's ``Dense`` with ``num_message_bits`` > 0 computes a = W·s over the payloads
+(``lava/proc/dense/models.py``, ``PyDenseModelBitAcc``), the a = Σ w·s of LOIHI2_NIR_FACTS.md,
+so the synapse model is unchanged (B ≤ 255 is an 8-bit payload). What the hardware model
+cannot represent is refused, naming the layer and B: reset="zero" is the published CUBA-LIF,
+whose spikes are binary; and a B for which B thresholds, B·(vth << 6), exceed the 24-bit
+membrane's 2^23 − 1, where v could never hold the B-th spike (:func:`map_to_loihi2`).
+
 Synapse (:func:`dense_run`): weights clipped to 8 bits ([−256, 255] mixed sign, [0, 255]
 excitatory, [−255, 0] inhibitory), then truncated to ``num_weight_bits`` (w ← (w >> t) << t,
 t = 8 − num_weight_bits + mixed); a = Σ w·s, then a << weight_exp (arithmetic right shift,
@@ -96,9 +110,10 @@ FLOAT32_EXACT = 2**24
 
 
 @njit(parallel=True, cache=True)
-def _lif_kernel(a_in, du, dv, bias_eff, vth_eff, subtract, u_out, v_out, s_out):
+def _lif_kernel(a_in, du, dv, bias_eff, vth_eff, subtract, max_spikes, u_out, v_out, s_out):
     """The step equations of the module docstring over [T, M] inputs; parameters are [M].
-    Writes spikes, and u and v when ``u_out``/``v_out`` have T rows (else they are [0, M])."""
+    Writes spike counts (uint8: 0/1, or up to ``max_spikes`` for a subtractive burst neuron),
+    and u and v when ``u_out``/``v_out`` have T rows (else they are [0, M])."""
     steps, neurons = a_in.shape
     record = u_out.shape[0] == steps
     block = 1024
@@ -119,14 +134,14 @@ def _lif_kernel(a_in, du, dv, bias_eff, vth_eff, subtract, u_out, v_out, s_out):
                 y = v * decay_v
                 v = (y >> DECAY_SHIFT) if y >= 0 else -((-y) >> DECAY_SHIFT)
                 v = min(max(v + u + bias_eff[n], -(UV_LIMIT - 1)), UV_LIMIT - 1)
+                fired = 0
                 if subtract:
-                    fired = v > vth_eff[n] - 1
-                    if fired:
+                    while fired < max_spikes and v > vth_eff[n] - 1:
                         v -= vth_eff[n]
-                else:
-                    fired = v > vth_eff[n]
-                    if fired:
-                        v = 0
+                        fired += 1
+                elif v > vth_eff[n]:
+                    v = 0
+                    fired = 1
                 s_out[t, n] = fired
                 if record:
                     u_out[t, n] = u
@@ -153,6 +168,14 @@ def _check_reset(reset: str) -> bool:
     return reset == "subtract"
 
 
+def _check_burst(max_spikes: int, subtract: bool, where: str) -> None:
+    """A burst (max_spikes > 1) needs the subtractive neuron: the published CUBA-LIF resets v
+    to 0 at its first spike and sends binary spikes."""
+    if max_spikes > 1 and not subtract:
+        raise ValueError(f"{where}max_spikes={max_spikes}: reset='zero' is the published CUBA-LIF, whose spikes are "
+                         f"binary; burst neurons run with reset='subtract'")
+
+
 def _neuron_arrays(neurons: int, **parameters) -> list[np.ndarray]:
     arrays = []
     for name, value in parameters.items():
@@ -162,16 +185,19 @@ def _neuron_arrays(neurons: int, **parameters) -> list[np.ndarray]:
     return arrays
 
 
-def lif_run(a_in, du, dv, bias_mant, bias_exp, vth, reset: str = "zero"):
+def lif_run(a_in, du, dv, bias_mant, bias_exp, vth, reset: str = "zero", max_spikes: int = 1):
     """Run Loihi 2 CUBA-LIF neurons bit-accurately; returns (u, v, s), each [T, N], after every step.
 
     ``a_in``: integer input activations [T, N] (|a_in| < 2^24; not clipped). ``du``, ``dv``
     (0..4095), ``bias_mant`` (signed 13-bit), ``bias_exp`` (0..7), ``vth`` (unsigned 17-bit):
     scalars or one per neuron. ``reset="zero"`` is exactly Lava's ``PyLifModelBitAcc``;
-    ``"subtract"`` the programmable subtractive-reset variant (module docstring). A parameter
-    outside its register is a ValueError naming it and the value.
+    ``"subtract"`` the programmable subtractive-reset variant (module docstring), a burst
+    neuron with ``max_spikes`` > 1. s is bool, or the uint8 counts of a burst neuron. A
+    parameter outside its register is a ValueError naming it and the value.
     """
     subtract = _check_reset(reset)
+    max_spikes = g.check_max_spikes(max_spikes)
+    _check_burst(max_spikes, subtract, "")
     a_in = _check_range("a_in", a_in, -A_IN_LIMIT + 1, A_IN_LIMIT - 1)
     if a_in.ndim != 2:
         raise ValueError(f"a_in must be [T, N], got shape {a_in.shape}")
@@ -183,9 +209,10 @@ def lif_run(a_in, du, dv, bias_mant, bias_exp, vth, reset: str = "zero"):
     du, dv, bias_mant, bias_exp, vth = _neuron_arrays(neurons, du=du, dv=dv, bias_mant=bias_mant,
                                                       bias_exp=bias_exp, vth=vth)
     u, v = np.empty((steps, neurons), np.int64), np.empty((steps, neurons), np.int64)
-    s = np.empty((steps, neurons), np.bool_)
-    _lif_kernel(np.ascontiguousarray(a_in), du, dv, bias_mant << bias_exp, vth << VTH_SHIFT, subtract, u, v, s)
-    return u, v, s
+    s = np.empty((steps, neurons), np.uint8)
+    _lif_kernel(np.ascontiguousarray(a_in), du, dv, bias_mant << bias_exp, vth << VTH_SHIFT, subtract, max_spikes,
+                u, v, s)
+    return u, v, (s.view(np.bool_) if max_spikes == 1 else s)
 
 
 # ----------------------------------------------------------------------------- synapse
@@ -326,6 +353,7 @@ class NeuronGroup:
     static: list[str]
     latency: int = 0
     bias_error: float = 0.0  # max |encoded − exact| constant bias, in a_in units
+    max_spikes: int = 1  # B: the graded spike's largest payload (1: binary spikes)
 
 
 @dataclass
@@ -436,7 +464,8 @@ def _spike_group(graph: g.SpikingGraph, chain: list[str], theta: np.ndarray, vth
                          f"padding {bad.padding}) has overlapping windows; folded into the next synapse it would sum "
                          f"several weights into one 8-bit weight")
     area = math.prod(p.kernel_size[0] * p.kernel_size[1] for p in pools if not isinstance(p, g.SumPool2d))
-    window = math.prod(p.kernel_size[0] * p.kernel_size[1] for p in pools)  # most spikes one input can count
+    # most spikes one input can count: a window of B-spike bursts
+    window = source.max_spikes * math.prod(p.kernel_size[0] * p.kernel_size[1] for p in pools)
     pooled_shape = shapes[pools[-1].name] if pools else shapes[source.name]
     amplitude = source.output_amplitude.astype(np.float64)
     op = weighted[0] if weighted else None
@@ -476,11 +505,13 @@ def _spike_group(graph: g.SpikingGraph, chain: list[str], theta: np.ndarray, vth
     return group, bias
 
 
-def encode_bias(bias: np.ndarray, saturate: bool = False, layer: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_bias(bias: np.ndarray, saturate: bool = False, layer: str = "",
+                reason: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bias mantissa/exponent per neuron for a bias in a_in units: bias_eff = bias·2^6 =
     mant << exp with the smallest exp in 0..7 whose mantissa fits 13 bits (the finest
     resolution). Returns (mant, exp, |encoded − exact| in a_in units). Out of range: a
-    ValueError naming the layer and value, or with ``saturate`` the nearest representable."""
+    ValueError naming the layer and value (and ``reason``, why it may not saturate), or with
+    ``saturate`` the nearest representable."""
     target = np.asarray(bias, np.float64) * 2.0**ACT_SHIFT
     low, high = BIAS_MANT_RANGE
     exp = np.full(target.shape, BIAS_EXP_RANGE[1], np.int64)
@@ -492,7 +523,7 @@ def encode_bias(bias: np.ndarray, saturate: bool = False, layer: str = "") -> tu
     if np.any(over) and not saturate:
         raise ValueError(f"loihi2_sim: layer {layer!r}: bias {target[over].ravel()[0] / 2**ACT_SHIFT:.6g} a_in units "
                          f"(neuron {np.flatnonzero(over.ravel())[0]}) exceeds the 13-bit mantissa at exponent 7, "
-                         f"±{2**12 * 2**7 / 2**ACT_SHIFT:g}")
+                         f"±{2**12 * 2**7 / 2**ACT_SHIFT:g}{reason}")
     mant = np.clip(mant, low, high).astype(np.int64)
     return mant, exp, np.abs((mant << exp) - target) / 2.0**ACT_SHIFT
 
@@ -504,9 +535,10 @@ def map_to_loihi2(graph: g.SpikingGraph, vth: int = 2**10) -> Loihi2Network:
     threshold θ. 2^10 leaves 2^17/vth = 128 thresholds of headroom before v saturates and
     keeps bias resolution at θ/2^16. At most 8189: a saturated input bias (4095 << 7) must
     exceed vth << 6 strictly, so that a neuron driven above one threshold fires every step
-    under both resets (the reset-to-zero neuron fires on v > vth << 6). Raises ValueError
+    under both resets (the reset-to-zero neuron fires on v > vth << 6). A burst layer (B > 1)
+    needs B·(vth << 6) ≤ 2^23 − 1, or v could never hold its B-th spike. Raises ValueError
     naming the layer and the value for anything the chip cannot represent (weight exponent,
-    bias, vth, unsupported structure).
+    bias, vth, burst, unsupported structure).
     """
     if isinstance(vth, bool) or not isinstance(vth, (int, np.integer)) or not 1 <= vth <= MAX_VTH_FOR_INPUT:
         raise ValueError(f"vth must be an integer in [1, {MAX_VTH_FOR_INPUT}] (a saturated input bias "
@@ -532,12 +564,17 @@ def map_to_loihi2(graph: g.SpikingGraph, vth: int = 2**10) -> Loihi2Network:
 
     for name, node in graph.nodes.items():
         if isinstance(node, g.IF):
+            burst = node.max_spikes
+            if burst * (vth << VTH_SHIFT) > UV_LIMIT - 1:
+                raise ValueError(f"loihi2_sim: IF layer {name!r} has max_spikes={burst}: {burst} thresholds of vth "
+                                 f"{vth} ({burst * (vth << VTH_SHIFT)}) exceed the 24-bit membrane's {UV_LIMIT - 1}; "
+                                 f"use vth <= {(UV_LIMIT - 1) // burst >> VTH_SHIFT}")
             theta = _amplitude_per_element(node.threshold.astype(np.float64), shapes[name])
             groups, static, bias, depth = groups_into(name, name, theta)
             latency[name] = depth
             mant, exp, error = encode_bias(bias, layer=name)
             layers[name] = NeuronGroup(name, shapes[name], vth, theta, bias, mant, exp, groups, static, depth,
-                                       float(error.max(initial=0.0)))
+                                       float(error.max(initial=0.0)), node.max_spikes)
         elif isinstance(node, g.Output):
             # normalised by the output's scale (integer graphs), so the readout is in output units
             scale = np.full(math.prod(shapes[name]), float(node.scale))
@@ -619,6 +656,8 @@ class Loihi2Backend:
 
     def __init__(self, graph: g.SpikingGraph, reset: str = "subtract", vth: int = 2**10):
         self.subtract = _check_reset(reset)
+        for layer in graph.neuron_layers:
+            _check_burst(layer.max_spikes, self.subtract, f"loihi2_sim: IF layer {layer.name!r} has ")
         self.reset = reset
         self.graph = graph
         self.network = map_to_loihi2(graph, vth)
@@ -645,11 +684,24 @@ class Loihi2Backend:
         neuron groups that receive the input current. A current beyond the register saturates
         only in layers without synaptic input, whose spikes it cannot change: the register
         holds +8190 and −8192 a_in units, beyond ±vth (vth ≤ 8189), so a neuron driven by more
-        than one threshold fires every step, by less than minus one threshold never."""
+        than one threshold fires every step, by less than minus one threshold never. A burst
+        layer (B > 1) fires B spikes every step when driven by more than B thresholds: that
+        holds of the saturated register only while B·vth ≤ 8190; beyond, a current past the
+        register is a ValueError naming the layer and B."""
         currents = self._static_currents(x) if currents is None else currents
-        return {name: encode_bias(layer.bias + sum(currents[s] for s in layer.static) / layer.theta * layer.vth,
-                                  saturate=not layer.groups, layer=name)
-                for name, layer in self.network.layers.items() if layer.static}
+        register = MAX_BIAS_EFF >> ACT_SHIFT
+        fields = {}
+        for name, layer in self.network.layers.items():
+            if not layer.static:
+                continue
+            bursts_saturate = layer.max_spikes * layer.vth <= register
+            reason = "" if bursts_saturate else (
+                f"; it may not saturate: burst layer (max_spikes={layer.max_spikes}) would fire at most "
+                f"{register // layer.vth} spikes per step at vth {layer.vth} "
+                f"(use vth <= {register // layer.max_spikes})")
+            fields[name] = encode_bias(layer.bias + sum(currents[s] for s in layer.static) / layer.theta * layer.vth,
+                                       saturate=not layer.groups and bursts_saturate, layer=name, reason=reason)
+        return fields
 
     def run(self, x, timesteps: int, record: bool = False, device=None, horizons: tuple[int, ...] = ()) -> RunResult:
         check_device(self.target, device, torch.device("cpu"))
@@ -669,7 +721,7 @@ class Loihi2Backend:
         batch = len(x)
         currents = self._static_currents(x)
         fields = self.input_bias(x, currents)
-        spikes: dict[str, np.ndarray] = {}  # layer -> bool [T·B, *shape], rows t-major, in its window
+        spikes: dict[str, np.ndarray] = {}  # layer -> counts [T·B, *shape], rows t-major, in its window
         for name, layer in network.layers.items():
             neurons = math.prod(layer.shape)
             a_in = np.zeros((timesteps * batch, neurons), np.int64)
@@ -683,12 +735,13 @@ class Loihi2Backend:
             bias_eff = np.ascontiguousarray(mant << exp, np.int64).ravel()
             columns = batch * neurons
             vth_eff = np.full(columns, layer.vth << VTH_SHIFT, np.int64)
-            s = np.empty((timesteps, columns), np.bool_)
+            s = np.empty((timesteps, columns), np.uint8)
             empty = np.empty((0, columns), np.int64)
             # IF neurons: du = 4095 (u = a_in << 6 each step), dv = 0 (v integrates)
             _lif_kernel(a_in.reshape(timesteps, columns), np.full(columns, DECAY_MAX, np.int64),
-                        np.zeros(columns, np.int64), bias_eff, vth_eff, self.subtract, empty, empty, s)
-            spikes[name] = s.reshape(timesteps * batch, *layer.shape)
+                        np.zeros(columns, np.int64), bias_eff, vth_eff, self.subtract, layer.max_spikes, empty, empty,
+                        s)
+            spikes[name] = s.reshape(timesteps * batch, *layer.shape).view(g.spike_dtype(self.graph.nodes[name]))
         output = network.output
         classes = len(output.bias)
         accumulators = np.zeros((timesteps * batch, classes), np.int64)
@@ -702,6 +755,6 @@ class Loihi2Backend:
                 current = current + sum(currents[s] for s in output.static) / output.scale
             return current.astype(np.float32)
 
-        counts = {name: int(np.count_nonzero(s)) for name, s in spikes.items()}
+        counts = {name: int(s.sum(dtype=np.int64)) for name, s in spikes.items()}
         recorded = {name: s.reshape(timesteps, batch, *s.shape[1:]) for name, s in spikes.items()} if record else None
         return RunResult(readout(timesteps), counts, recorded, {h: readout(h) for h in horizons})

@@ -30,6 +30,12 @@ Every signal gets a scale σ (integer value = real value · σ). Per layer:
   of weights a, which the merge can rescale like any conv.
 * Output: the averaged output current is divided by its σ.
 
+Burst layers (``max_spikes`` B > 1) quantise as binary ones: the same even thresholds and
+amplitudes, the B comparisons and subtractions exact in integers as one is. What changes is
+the size of what they emit: a step's graded spike is a·s with s ≤ B, so every bound on a sum
+that reads it — the int32 gathers of :func:`_narrow_gather_scale` and :class:`ExactRange` —
+counts B·max|a| per spike map, not max|a|.
+
 After quantisation all membrane arithmetic is exact integer arithmetic, so every backend gives
 identical spikes by construction; only the rounding above changes the network, and its effect
 on accuracy is what ``snnverify run`` reports. Exact while every value stays below 2^53 (the
@@ -205,12 +211,15 @@ NARROW_AMPLITUDE_BITS = 12
 def _narrow_gather_scale(graph: g.SpikingGraph, name: str, weight_limit: int, amplitude_bits: int,
                          rescalers: dict[str, str]) -> float:
     """The largest power-of-two scale of IF layer ``name``'s amplitudes at which every conv
-    reading its spikes (directly or through pools) provably sums in int32 — gain(W_int) · max
-    amplitude · the sum pools' areas ≤ 2^31 − 1 (W_int at the finest scale the weights allow,
-    which bounds any coarser one) — so the backends' kernels may gather in int32; or +inf when
-    that would leave the amplitudes fewer than :data:`NARROW_AMPLITUDE_BITS` bits (such a conv
-    gathers in int64 instead)."""
-    peak = float(np.abs(graph.nodes[name].output_amplitude).max(initial=0))
+    reading its spikes (directly or through pools) provably sums in int32 — gain(W_int) · B ·
+    max amplitude · the sum pools' areas ≤ 2^31 − 1, B the layer's ``max_spikes`` (a burst's
+    graded spike is a·s, s ≤ B; W_int at the finest scale the weights allow, which bounds any
+    coarser one) — so the backends' kernels may gather in int32; or +inf when that would leave
+    the amplitudes fewer than :data:`NARROW_AMPLITUDE_BITS` bits (such a conv gathers in int64
+    instead)."""
+    layer = graph.nodes[name]
+    amplitude = float(np.abs(layer.output_amplitude).max(initial=0))
+    peak = layer.max_spikes * amplitude  # the largest graded spike a·s
     scale, readers = math.inf, [(user, 1) for user in graph.users(name)]
     while readers:
         reader, area = readers.pop()
@@ -223,7 +232,7 @@ def _narrow_gather_scale(graph: g.SpikingGraph, name: str, weight_limit: int, am
             weight = np.rint(node.weight.astype(np.float64) * _power_of_two_scale(largest, weight_limit))
             if gain(weight):
                 scale = min(scale, _power_of_two_scale(gain(weight) * peak * area, np.iinfo(np.int32).max))
-    floor = 2.0 ** (min(amplitude_bits, NARROW_AMPLITUDE_BITS) - 1) / peak if peak else 0.0
+    floor = 2.0 ** (min(amplitude_bits, NARROW_AMPLITUDE_BITS) - 1) / amplitude if amplitude else 0.0
     return scale if scale >= floor else math.inf
 
 
@@ -253,7 +262,7 @@ def laid_out(graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 
     σ per node, weight scales). Computes the same function as ``graph``."""
     if graph.integer:
         raise ValueError("the graph is already quantised")
-    g.require_normative(graph, "quantize")
+    g.require_normative(graph, "quantize", bursts=True)
     if not 2 <= weight_bits <= 32 or not 1 <= amplitude_bits <= 32:
         raise ValueError(f"weight_bits must be in 2..32 and amplitude_bits in 1..32, got {weight_bits}, {amplitude_bits}")
     if not (input_scale > 0 and math.log2(input_scale).is_integer()):
@@ -327,11 +336,13 @@ class ExactRange:
 
     Bounds on |value| per node, for a batch x and T steps: the input current max|rint(x·σ)|; a
     conv or linear layer max_o Σ|W[o, ·]|·b_in + max|bias|; a sum pool kH·kW·b_in; a merge the
-    sum of its inputs' bounds; an IF layer's membrane |v[0]| + T·(b_in + max θ) (each step adds
-    its input and takes away at most θ), and its output max|amplitude|; the output layer's sum
-    over the steps T·b_in. Beyond :data:`EXACT_LIMIT` torch's float64 rounds where int64 does not
-    (and int64 wraps at 2^63), so backends could disagree, or all be wrong: such a run is an
-    error that names the node, never a silent result."""
+    sum of its inputs' bounds; an IF layer's membrane |v[0]| + T·(b_in + max θ), and its output
+    B·max|amplitude| (B = ``max_spikes``: a step emits a·s with s ≤ B spikes); the output
+    layer's sum over the steps T·b_in. The membrane bound holds for any B: each step adds its
+    input, and a subtraction, made only where v ≥ θ, leaves v − θ in [0, v), so no number of
+    them grows |v| (the T·θ term is margin). Beyond :data:`EXACT_LIMIT` torch's float64 rounds
+    where int64 does not (and int64 wraps at 2^63), so backends could disagree, or all be wrong:
+    such a run is an error that names the node, never a silent result."""
 
     def __init__(self, graph: g.SpikingGraph):
         self.graph = graph
@@ -356,7 +367,7 @@ class ExactRange:
             elif isinstance(node, g.IF):
                 start = node.threshold / 2 if node.v_init is None else node.v_init
                 peak = float(np.abs(start).max()) + timesteps * (inputs[0] + float(node.threshold.max()))
-                bound[name] = float(np.abs(node.output_amplitude).max())
+                bound[name] = node.max_spikes * float(np.abs(node.output_amplitude).max())
                 what = "membrane potential"
             elif isinstance(node, g.Add):
                 bound[name] = peak = sum(inputs)

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 import snnverify
 from snnverify import graph as g
 from snnverify.api import SNN
 from snnverify.runtime import loihi2
-from snnverify.strategies import spiking_graphs
+from snnverify.strategies import bursts, spiking_graphs
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "references" / "lava_lif_test_vectors.json").read_text())
@@ -31,8 +31,9 @@ def tz(x: int) -> int:
     return -((-x) >> 12) if x < 0 else x >> 12
 
 
-def oracle_step(u, v, a, du, dv, bias_eff, vth_eff, reset):
-    """One step of the facts file's equations for one neuron; returns (u, v, s, tie)."""
+def oracle_step(u, v, a, du, dv, bias_eff, vth_eff, reset, burst=1):
+    """One step of the facts file's equations for one neuron, the subtractive neuron firing up
+    to ``burst`` spikes (the module docstring's burst neuron); returns (u, v, s, tie)."""
     u_new = tz(u * (4096 - (du + 1))) + (a << 6)
     if u_new > HALF:
         u_new -= 2**24
@@ -46,19 +47,20 @@ def oracle_step(u, v, a, du, dv, bias_eff, vth_eff, reset):
         if s:
             v_new = 0
     else:
-        s = v_new >= vth_eff
-        if s:
+        s = 0
+        while s < burst and v_new >= vth_eff:
             v_new -= vth_eff
+            s += 1
     return u_new, v_new, s, tie
 
 
-def oracle_lif(a_in, du, dv, bias_mant, bias_exp, vth, reset):
+def oracle_lif(a_in, du, dv, bias_mant, bias_exp, vth, reset, burst=1):
     """One neuron over T steps: lists u, v, s after every step, and the number of exact ties."""
     bias_eff, vth_eff = bias_mant << bias_exp, vth << 6
     u, v = 0, (vth_eff // 2 if reset == "subtract" else 0)
     us, vs, ss, ties = [], [], [], 0
     for a in a_in:
-        u, v, s, tie = oracle_step(u, v, int(a), du, dv, bias_eff, vth_eff, reset)
+        u, v, s, tie = oracle_step(u, v, int(a), du, dv, bias_eff, vth_eff, reset, burst)
         us.append(u)
         vs.append(v)
         ss.append(s)
@@ -113,9 +115,9 @@ def test_facts_file_wrap_example():
         loihi2.lif_run(a_in, **p)
     one = lambda value: np.array([value], np.int64)  # noqa: E731
     u, v = np.empty(a_in.shape, np.int64), np.empty(a_in.shape, np.int64)
-    s = np.empty(a_in.shape, np.bool_)
+    s = np.empty(a_in.shape, np.uint8)
     loihi2._lif_kernel(a_in, one(p["du"]), one(p["dv"]), one(p["bias_mant"] << p["bias_exp"]), one(p["vth"] << 6),
-                       False, u, v, s)
+                       False, 1, u, v, s)
     assert u[:, 0].tolist() == example["expected"]["u"]
     assert oracle_lif(a_in[:, 0], reset="zero", **p)[0] == example["expected"]["u"]
 
@@ -178,10 +180,12 @@ EDGE_DECAYS = st.one_of(st.sampled_from([0, 1, 2047, 2048, 4094, 4095]), st.inte
 @st.composite
 def lif_cases(draw):
     """Neurons with parameters over their full registers and inputs that reach the hard cases:
-    u wrap (a_in << 6 near ±2^23), v saturation, exact threshold ties (v == vth << 6)."""
+    u wrap (a_in << 6 near ±2^23), v saturation, exact threshold ties (v == vth << 6), bursts
+    (the subtractive neuron, up to B spikes per step)."""
     steps = draw(st.integers(1, 40))
     n = draw(st.integers(1, 6))
     reset = draw(st.sampled_from(loihi2.RESETS))
+    burst = draw(bursts()) if reset == "subtract" else 1
     params = {k: [] for k in ("du", "dv", "bias_mant", "bias_exp", "vth")}
     columns = []
     for _ in range(n):
@@ -206,38 +210,40 @@ def lif_cases(draw):
         for key, val in zip(params, (du, dv, mant, exp, vth)):
             params[key].append(val)
         columns.append(column)
-    return np.array(columns, np.int64).T, params, reset
+    return np.array(columns, np.int64).T, params, reset, burst
 
 
 @settings(deadline=None, max_examples=200)
 @given(lif_cases())
 def test_lif_run_equals_scalar_oracle_every_step(case):
-    a_in, params, reset = case
-    u, v, s = loihi2.lif_run(a_in, reset=reset, **{k: np.array(val) for k, val in params.items()})
+    a_in, params, reset, burst = case
+    u, v, s = loihi2.lif_run(a_in, reset=reset, max_spikes=burst, **{k: np.array(val) for k, val in params.items()})
+    assert s.dtype == (np.bool_ if burst == 1 else np.uint8)
     for n in range(a_in.shape[1]):
-        expected = oracle_lif(a_in[:, n], reset=reset, **{k: val[n] for k, val in params.items()})
+        expected = oracle_lif(a_in[:, n], reset=reset, burst=burst, **{k: val[n] for k, val in params.items()})
         assert u[:, n].tolist() == expected[0]
         assert v[:, n].tolist() == expected[1]
         assert s[:, n].tolist() == expected[2]
 
 
 def test_lif_cases_reach_wrap_saturation_and_ties():
-    seen = {"wrap": False, "saturation": False, "tie_zero": False, "tie_subtract": False}
+    seen = {"wrap": False, "saturation": False, "tie_zero": False, "tie_subtract": False, "burst": False}
 
     @settings(max_examples=300, derandomize=True, database=None, deadline=None)
     @given(lif_cases())
     def collect(case):
-        a_in, params, reset = case
+        a_in, params, reset, burst = case
         for n in range(a_in.shape[1]):
             p = {k: val[n] for k, val in params.items()}
             u, v, pre = 0, (p["vth"] << 5 if reset == "subtract" else 0), []
             for a in a_in[:, n]:
                 raw = tz(u * (4096 - (p["du"] + 1))) + (int(a) << 6)
                 seen["wrap"] |= raw > HALF or raw <= -HALF
-                u, v, _, tie = oracle_step(u, v, int(a), p["du"], p["dv"], p["bias_mant"] << p["bias_exp"],
-                                           p["vth"] << 6, reset)
+                u, v, s, tie = oracle_step(u, v, int(a), p["du"], p["dv"], p["bias_mant"] << p["bias_exp"],
+                                           p["vth"] << 6, reset, burst)
                 seen["saturation"] |= abs(v) == HALF - 1
                 seen[f"tie_{reset}"] |= tie
+                seen["burst"] |= s > 1
 
     collect()
     assert all(seen.values()), seen
@@ -485,7 +491,8 @@ def cannot_saturate_or_wrap(network, steps) -> bool:
         a_max = 0.0
         for grp in layer.groups:
             per_output = np.abs(grp.weights).reshape(grp.weights.shape[0], -1).sum(1).max()
-            window = math.prod(k[0] * k[1] for k, _, _ in grp.pools)  # spikes one input can count
+            # spikes one input can count: a window of bursts of up to B
+            window = network.layers[grp.source].max_spikes * math.prod(k[0] * k[1] for k, _, _ in grp.pools)
             a_max += per_output * window * 2.0**grp.weight_exp
         bias_max = 2**12 * 2**7 if layer.static else float(np.abs(layer.bias_mant << layer.bias_exp).max())
         if 64 * a_max >= HALF or (layer.vth << 6) + steps * (64 * a_max + bias_max) >= HALF:
@@ -497,10 +504,11 @@ def fixed_point_mapping(case):
     """The loihi2_sim backend of the case, or None where the mapping is not exact."""
     try:
         snn = SNN(case.graph, case.timesteps, target="loihi2_sim")
-    except ValueError:  # overlapping pools before a conv, or a weight exponent off the chip
-        return None
+        fields = snn.backend.input_bias(case.x)
+    except ValueError:  # overlapping pools before a conv, a weight exponent off the chip, or an
+        return None  # input current past the bias register that may not saturate (pinned below)
     backend = snn.backend
-    inputs_exact = all(not error.any() for _, _, error in backend.input_bias(case.x).values())
+    inputs_exact = all(not error.any() for _, _, error in fields.values())
     exact = backend.network.exact and inputs_exact and cannot_saturate_or_wrap(backend.network, case.timesteps)
     return snn if exact else None
 
@@ -510,26 +518,31 @@ def fixed_point_mapping(case):
 def test_subtractive_chip_matches_integer_backends_spike_for_spike(comparison_log, case):
     """Where the fixed-point mapping is exact (every weight, bias and input current represented
     without rounding, no wrap or saturation reachable), loihi2_sim with subtractive reset fires
-    exactly as the integer-mode cpu backend on snnverify.quantize(...) of the same graph —
-    every layer, every step. On these graphs (dyadic, power-of-two thresholds) quantize is exact
-    too: its spikes must equal the float reference's, which is exact on dyadic graphs.
+    exactly as the integer-mode torch and cpu backends on snnverify.quantize(...) of the same
+    graph — every layer, every step, burst layers' counts included. On these graphs (dyadic,
+    power-of-two thresholds) quantize is exact too: its spikes must equal the float
+    reference's, which is exact on dyadic graphs.
 
     Draws whose chip mapping rounds (an input current with more significant bits than the bias
     register holds, about 4 in 10 draws) are left out: there the chip is not expected to match,
     and its rounding is measured per layer by ``snnverify loihi2`` instead."""
     chip = fixed_point_mapping(case)
     assume(chip is not None)
-    integer = snnverify.quantize(SNN(case.graph, case.timesteps, target="cpu"))
+    integer = snnverify.quantize(SNN(case.graph, case.timesteps)).graph
     _, reference = snnverify.simulate(SNN(case.graph, case.timesteps, target="torch"), case.x, record=True)
-    _, integer_spikes = snnverify.simulate(integer, case.x, record=True)
-    differ = {k: int((reference[k] != integer_spikes[k]).sum()) for k in reference}
-    assert not any(differ.values()), f"quantize is not exact on a dyadic graph: spikes differ per layer {differ}"
     _, chip_spikes = snnverify.simulate(chip, case.x, record=True)
-    where = {k: int((chip_spikes[k] != integer_spikes[k]).sum()) for k in integer_spikes}
-    comparison_log.record("loihi2_sim (subtract) vs cpu integer, exact mappings",
-                          sum(s.size for s in integer_spikes.values()), sum(where.values()),
-                          {k: v for k, v in where.items() if v})
-    assert sum(where.values()) == 0, where
+    if any(s.max(initial=0) > 1 for s in chip_spikes.values()):
+        event("a burst layer fired several spikes in one step")
+    for target in ("torch", "cpu"):
+        _, integer_spikes = snnverify.simulate(SNN(integer, case.timesteps, target=target), case.x, record=True)
+        differ = {k: int((reference[k] != integer_spikes[k]).sum()) for k in reference}
+        assert not any(differ.values()), f"quantize is not exact on a dyadic graph ({target}): {differ}"
+        assert all(chip_spikes[k].dtype == integer_spikes[k].dtype for k in integer_spikes)
+        where = {k: int((chip_spikes[k] != integer_spikes[k]).sum()) for k in integer_spikes}
+        comparison_log.record(f"loihi2_sim (subtract) vs {target} integer, exact mappings",
+                              sum(s.size for s in integer_spikes.values()), sum(where.values()),
+                              {k: v for k, v in where.items() if v})
+        assert sum(where.values()) == 0, where
 
 
 def test_exact_graph_strategy_is_not_vacuous():
@@ -580,12 +593,12 @@ def test_unrepresentable_parameters_name_the_layer_and_value():
         loihi2.map_to_loihi2(small_graph(pool=(3, 1, 1)))
 
 
-def driven_graph(theta: float) -> g.SpikingGraph:
-    """Input (2) → identity Linear → IF(θ) → Linear → Output: the IF layer's current is the
+def driven_graph(theta: float, burst: int = 1) -> g.SpikingGraph:
+    """Input (2) → identity Linear → IF(θ, B) → Linear → Output: the IF layer's current is the
     image itself, written as its bias by the host."""
     nodes = {"input": g.Input("input", shape=(2,)), "fc": g.Linear("fc", weight=np.eye(2)),
-             "if": g.IF("if", threshold=np.full(2, theta)), "head": g.Linear("head", weight=np.eye(2)),
-             "output": g.Output("output")}
+             "if": g.IF("if", threshold=np.full(2, theta), max_spikes=burst),
+             "head": g.Linear("head", weight=np.eye(2)), "output": g.Output("output")}
     return g.SpikingGraph(nodes, {"fc": ["input"], "if": ["fc"], "head": ["if"], "output": ["head"]})
 
 
@@ -654,3 +667,78 @@ def test_digits_resnet_accuracy_close_to_float(digits_case):
     assert abs(snnverify.evaluate(snn, digits_case.test_loader) - float_accuracy) <= 0.02
     snnverify.compile(snn, target="loihi2_sim", reset="zero")
     assert 0 <= snnverify.evaluate(snn, digits_case.test_loader) <= 1
+
+
+# ------------------------------------------------------------------ burst neurons
+
+
+def test_burst_neuron_by_hand():
+    """vth = 1 (vth_eff = 64), B = 3, v[0] = 32, a_in = 5, 0, 1, 3 (u = a_in·64): v = 352 fires
+    3 (352 → 160; a fourth would need B = 4), 160 fires 2 (→ 32), 96 fires 1, 224 fires 3 —
+    each count one graded spike; a step at its cap keeps the rest (160) for the next."""
+    a_in = np.array([[5], [0], [1], [3]], np.int64)
+    _, v, s = loihi2.lif_run(a_in, 4095, 0, 0, 0, 1, reset="subtract", max_spikes=3)
+    assert s.dtype == np.uint8 and s[:, 0].tolist() == [3, 2, 1, 3] and v[:, 0].tolist() == [160, 32, 32, 32]
+    _, v4, s4 = loihi2.lif_run(a_in, 4095, 0, 0, 0, 1, reset="subtract", max_spikes=4)
+    assert s4[:, 0].tolist() == [4, 1, 1, 3] and v4[:, 0].tolist() == [96, 32, 32, 32]
+
+
+def test_burst_refusals_name_the_layer_and_b():
+    """Exactly what the hardware model cannot represent is refused: a burst under reset="zero"
+    (the published CUBA-LIF sends binary spikes), and B thresholds beyond the 24-bit membrane
+    (B·(vth << 6) > 2^23 − 1: at vth 2^10, B ≥ 128; B = 127 maps)."""
+    with pytest.raises(ValueError, match=r"max_spikes=2: reset='zero' is the published CUBA-LIF"):
+        loihi2.lif_run(np.zeros((1, 1), np.int64), 4095, 0, 0, 0, 1, max_spikes=2)
+    with pytest.raises(ValueError, match=r"max_spikes must be an integer in \[1, 255\], got 256"):
+        loihi2.lif_run(np.zeros((1, 1), np.int64), 4095, 0, 0, 0, 1, reset="subtract", max_spikes=256)
+    with pytest.raises(ValueError, match=r"IF layer 'if' has max_spikes=3: reset='zero'"):
+        SNN(driven_graph(1.0, burst=3), 4, target="loihi2_sim", options={"reset": "zero"})
+    with pytest.raises(ValueError, match=r"IF layer 'if' has max_spikes=128: 128 thresholds of vth 1024 \(8388608\) "
+                                         r"exceed the 24-bit membrane's 8388607; use vth <= 1023"):
+        loihi2.map_to_loihi2(driven_graph(1.0, burst=128))
+    loihi2.map_to_loihi2(driven_graph(1.0, burst=127))
+    loihi2.map_to_loihi2(driven_graph(1.0, burst=128), vth=1023)
+
+
+@pytest.mark.parametrize("vth, saturates", [(1023, True), (1024, False)])
+def test_input_driven_burst_layer_saturates_only_where_b_spikes_still_fire(vth, saturates):
+    """A current of 20θ into a B = 8 layer is past the bias register (8190 a_in units) at either
+    vth. At vth 1023 the saturated register is 8190 ≥ 8·1023 and still fires 8 every step, as
+    the float SNN does; at vth 1024 it would fire 7 and is refused, naming the layer and B."""
+    x = torch.tensor([[20.0, 0.5]])
+    snn = SNN(driven_graph(1.0, burst=8), 4, target="loihi2_sim", options={"vth": vth})
+    if not saturates:
+        with pytest.raises(ValueError, match=r"layer 'if': bias 20480 .* may not saturate: burst layer "
+                                             r"\(max_spikes=8\) would fire at most 7 spikes per step at vth 1024 "
+                                             r"\(use vth <= 1023\)"):
+            snnverify.simulate(snn, x)
+        return
+    _, spikes = snnverify.simulate(snn, x, record=True)
+    _, expected = snnverify.simulate(SNN(driven_graph(1.0, burst=8), 4), x, record=True)
+    assert spikes["if"][:, 0, 0].tolist() == [8] * 4
+    np.testing.assert_array_equal(spikes["if"], expected["if"])
+
+
+def test_burst_chain_fires_as_the_integer_backends():
+    """Two burst layers (B = 4, 3) behind dyadic weights and power-of-two thresholds, an exact
+    mapping: the chip's graded spikes (payload = count) are the integer torch backend's and the
+    float reference's, count for count; spike_counts sum the counts."""
+    w = np.full((3, 3), 0.25, np.float32)
+    nodes = {"input": g.Input("input", shape=(3,)), "fc0": g.Linear("fc0", weight=np.eye(3, dtype=np.float32)),
+             "a": g.IF("a", threshold=np.full(3, 0.5, np.float32), max_spikes=4),
+             "fc1": g.Linear("fc1", weight=w), "b": g.IF("b", threshold=np.full(3, 0.25, np.float32), max_spikes=3),
+             "head": g.Linear("head", weight=np.eye(3, dtype=np.float32)), "output": g.Output("output")}
+    inputs = {"fc0": ["input"], "a": ["fc0"], "fc1": ["a"], "b": ["fc1"], "head": ["b"], "output": ["head"]}
+    graph = g.SpikingGraph(nodes, inputs)
+    x = np.array([[0.25, 1.0, 3.0], [0.0, 0.75, 1.25]], np.float32)
+    chip = SNN(graph, 8, target="loihi2_sim")
+    assert chip.backend.network.exact
+    result = chip.run(x, record=True)
+    integer = snnverify.quantize(SNN(graph, 8)).graph
+    for reference in (SNN(integer, 8).run(x, record=True), SNN(graph, 8).run(x, record=True)):
+        for name in ("a", "b"):
+            assert result.spikes[name].dtype == np.uint8
+            np.testing.assert_array_equal(result.spikes[name], reference.spikes[name])
+        assert result.spike_counts == reference.spike_counts
+    assert result.spikes["a"].max() == 4 and result.spikes["b"].max() == 3  # both layers burst to their cap
+    assert result.spike_counts["a"] == int(result.spikes["a"].sum())

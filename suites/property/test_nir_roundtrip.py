@@ -8,7 +8,8 @@
   Output, one source read twice) survive both modes;
 * plain: importing our plain file gives exactly the spikes of our network with the NIR
   semantics applied (v[0] = 0, reset to zero): the amplitude folding, the ≥ emulation and the
-  dissolved merges change nothing else;
+  dissolved merges change nothing else; burst layers, which NIR's IF cannot fire, are refused
+  by name (lossless files keep them, named in the node's metadata);
 * converted real models (small ResNet on digits, torchvision resnet18) round-trip exactly.
 Comparisons are counted in the comparison log like the backend equivalence tests.
 """
@@ -144,11 +145,20 @@ def nir_semantics(graph: g.SpikingGraph) -> g.SpikingGraph:
 @examples(40)
 @given(spiking_graphs(dyadic=True, max_timesteps=8))
 def test_plain_nir_changes_only_the_documented_semantics(comparison_log, workdir, case):
-    back = round_trip(case.graph, workdir, mode="plain")
-    assert [layer.name for layer in back.graph.neuron_layers] == [layer.name for layer in case.graph.neuron_layers]
+    """A graph with a burst layer is refused, naming the first one and its B (the documented
+    limitation: a NIR IF fires at most once per step); the same graph with binary neurons in
+    its place is exported and compared."""
+    bursts = [layer for layer in case.graph.neuron_layers if layer.max_spikes > 1]
+    graph = case.graph.with_nodes({layer.name: g.replace(layer, max_spikes=1) for layer in bursts})
+    if bursts:
+        with pytest.raises(ValueError, match=rf"IF layer '{bursts[0].name}' is a burst layer "
+                                             rf"\(max_spikes={bursts[0].max_spikes}\): NIR's IF fires at most once"):
+            round_trip(case.graph, workdir, mode="plain")
+    back = round_trip(graph, workdir, mode="plain")
+    assert [layer.name for layer in back.graph.neuron_layers] == [layer.name for layer in graph.neuron_layers]
     assert all(layer.fire_on == ">" for layer in back.graph.neuron_layers)
     assert_same_spikes(comparison_log, "NIR plain export vs our network under NIR semantics (torch)",
-                       spikes(nir_semantics(case.graph), "torch", case.x, case.timesteps),
+                       spikes(nir_semantics(graph), "torch", case.x, case.timesteps),
                        spikes(back.graph, "torch", case.x, case.timesteps))
 
 
@@ -234,3 +244,32 @@ def test_converted_torchvision_resnet18_round_trips(comparison_log, workdir):
     assert len(graph.neuron_layers) == 17
     assert_same_spikes(comparison_log, "NIR lossless round trip, torchvision resnet18, torch",
                        spikes(graph, "torch", x[:1], 2), spikes(back.graph, "torch", x[:1], 2))
+
+
+def test_lossless_file_names_the_burst_in_metadata_and_older_files_still_verify(workdir):
+    """A burst layer is a NIR IF (what a foreign reader executes: one spike per step at most)
+    whose snnverify metadata names max_spikes; from_nir restores it. A binary layer digests
+    as before bursts existed: a file without the max_spikes entry still verifies, while
+    removing it from a burst layer is caught by the digest."""
+    import nir
+
+    from snnverify import nir_io
+
+    burst = merge_graph("chain").with_nodes({"sb": g.replace(merge_graph("chain").nodes["sb"], max_spikes=5)})
+    path = workdir / "burst.nir"
+    snnverify.to_nir(SNN(burst, 4), path)
+    written = nir.read(str(path), type_check=False)
+    assert isinstance(written.nodes["sb"], nir.IF)
+    assert written.nodes["sb"].metadata["snnverify"]["max_spikes"] == 5
+    assert written.nodes["sa"].metadata["snnverify"]["max_spikes"] == 1
+    assert snnverify.from_nir(path).graph.nodes["sb"].max_spikes == 5
+    for graph, readable in ((merge_graph("chain"), True), (burst, False)):
+        older = nir_io.to_nir_graph(graph, timesteps=4)
+        for node in older.nodes.values():
+            node.metadata["snnverify"].pop("max_spikes", None)
+        nir.write(str(path), older, compression=None)
+        if readable:
+            assert [layer.max_spikes for layer in snnverify.from_nir(path).graph.neuron_layers] == [1, 1, 1]
+        else:
+            with pytest.raises(nir_io.NIRFormatError, match="does not match the SHA-256 digest"):
+                snnverify.from_nir(path)

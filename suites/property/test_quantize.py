@@ -6,17 +6,19 @@ through a conv included — and the spikes' agreement with the float network is 
 import dataclasses
 
 import numpy as np
-from hypothesis import event, given, settings
+import pytest
+from hypothesis import event, example, given, settings
 
 import snnverify
 from snnverify import graph as g
 from snnverify.api import SNN
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.plan import build_plan, execute
-from snnverify.runtime.quantize import laid_out
-from snnverify.strategies import spiking_graphs
+from snnverify.runtime.quantize import ExactRange, gain, laid_out
+from snnverify.strategies import IFDrive, if_drives, spiking_graphs
 
 from .test_backends import compare, quantized
+from .test_if_identity import expected_count, single_if_layer
 
 
 def within_half_a_last_bit(integer: np.ndarray, real: np.ndarray, what: str) -> None:
@@ -178,3 +180,78 @@ def test_resnet18_merges_read_their_if_inputs_through_fused_rescale_nodes(compar
     compare(comparison_log, "torch vs cpu, integer (cifar_resnet18)",
             snnverify.simulate(SNN(integer.graph, 2, target="torch"), x, record=True),
             snnverify.simulate(integer, x, record=True))
+
+
+# Burst layers (max_spikes B > 1): a step's graded spike is a·s with s ≤ B, and every bound on a
+# sum that reads it counts B·max|a|.
+
+
+@example(IFDrive(z=np.array([5.0, 0.5625, -1.0]), theta=np.array([0.5, 0.5, 0.5]), timesteps=4, max_spikes=3))
+@given(if_drives())
+def test_integer_burst_layer_count_is_the_identity_up_to_b_t(drive):
+    """Quantised at an input scale that holds every drawn current and threshold exactly
+    (dyadic, at most 8 fractional bits), an IF layer fires clip(floor(z·T/θ + 1/2), 0, B·T)
+    times in integers — ties and saturation at B·T included (the example: z = 10θ fires B = 3
+    every step; z = 1.125θ ties at 9/2 + 1/2 = 5 over T = 4; z < 0 stays silent)."""
+    snn = snnverify.quantize(single_if_layer(drive.theta, drive.timesteps, drive.max_spikes), input_scale=2.0**8)
+    layer = snn.graph.nodes["if"]
+    np.testing.assert_array_equal(layer.threshold, drive.theta * 2**8)  # exact: the integer run is the identity's
+    _, spikes = snnverify.simulate(snn, drive.z[None].astype(np.float32), record=True)
+    assert spikes["if"].dtype == g.spike_dtype(layer) and spikes["if"].max(initial=0) <= drive.max_spikes
+    expected = [expected_count(z, t, drive.timesteps, drive.max_spikes) for z, t in zip(drive.z, drive.theta)]
+    np.testing.assert_array_equal(spikes["if"].sum(axis=0, dtype=np.int64)[0], expected)
+
+
+def amplified(burst: int) -> g.SpikingGraph:
+    """Input → IF(θ = 2, a = 2^10, B) → Linear(2^40) → Output, in integers: the Linear layer's
+    sum reaches B·2^50, below 2^53 for B ≤ 7 only."""
+    ints = lambda *values: np.array(values, np.int64)  # noqa: E731
+    nodes = [g.Input("input", shape=(1,)), g.IF("if", threshold=ints(2), amplitude=ints(2**10), max_spikes=burst),
+             g.Linear("fc", weight=ints(2**40).reshape(1, 1)), g.Output("output")]
+    return g.SpikingGraph({node.name: node for node in nodes}, {"if": ["input"], "fc": ["if"], "output": ["fc"]})
+
+
+def test_exact_range_counts_b_spikes_per_step():
+    """With T = 1, B = 7 runs, every spike of the burst summed exactly (z = 14 = 7θ fires 7:
+    the output is 7·2^50); B = 8 may reach 8·2^50 = 2^53 and is refused, naming the Linear
+    layer, for any input — the bound is B·max|a|, not max|a| (2^50 for the binary neuron)."""
+    x = np.array([[14.0]], np.float32)
+    output, spikes = snnverify.simulate(SNN(amplified(7), 1), x, record=True)
+    assert spikes["if"][:, 0, 0].tolist() == [7] and output[0, 0] == 7 * 2.0**50
+    ExactRange(amplified(1)).check(x, 1)
+    for check in (lambda: ExactRange(amplified(8)).check(np.zeros((1, 1), np.float32), 1),
+                  lambda: snnverify.simulate(SNN(amplified(8), 1), x)):
+        with pytest.raises(ValueError, match=r"value of 'fc' \(Linear\) may reach 9\.01e\+15 .* beyond 2\^53"):
+            check()
+
+
+def gathered(burst: int) -> g.SpikingGraph:
+    """conv0 → IF a (B) → conv1 (16 input channels, 3×3, every weight 1) → IF b → fc: conv1's
+    integer weights sum to 64·9·16 = 9216 per output, and a's 16-bit amplitudes (46906 at
+    most) fit an int32 gather with B = 1 (4.3·10^8), not with B = 8 (3.5·10^9)."""
+    rng = np.random.default_rng(3)
+    nodes = [g.Input("input", shape=(2, 4, 4)),
+             g.Conv2d("conv0", weight=rng.standard_normal((16, 2, 1, 1)).astype(np.float32)),
+             g.IF("a", threshold=(rng.random(16) + 0.5).astype(np.float32), max_spikes=burst),
+             g.Conv2d("conv1", weight=np.ones((2, 16, 3, 3), np.float32), padding=1),
+             g.IF("b", threshold=np.ones(2, np.float32)), g.Flatten("flat"),
+             g.Linear("fc", weight=rng.standard_normal((3, 32)).astype(np.float32)), g.Output("output")]
+    inputs = {"conv0": ["input"], "a": ["conv0"], "conv1": ["a"], "b": ["conv1"], "flat": ["b"], "fc": ["flat"],
+              "output": ["fc"]}
+    return g.SpikingGraph({node.name: node for node in nodes}, inputs)
+
+
+def test_int32_gather_bound_counts_b_spikes():
+    """A conv reading a burst layer gathers at most gain(W)·B·max|a| per output: quantize keeps
+    that within int32 by coarsening the amplitudes (by 2 here, still above 12 bits) where B
+    spikes would overflow it; the binary layer keeps its 16-bit amplitudes."""
+    peaks = {}
+    for burst in (1, 8):
+        integer = snnverify.quantize(SNN(gathered(burst), 4)).graph
+        peaks[burst] = int(integer.nodes["a"].output_amplitude.max())
+        assert gain(integer.nodes["conv1"].weight) == 9216
+        assert 9216 * burst * peaks[burst] <= np.iinfo(np.int32).max
+        x = np.random.default_rng(4).standard_normal((2, 2, 4, 4)).astype(np.float32)
+        _, spikes = snnverify.simulate(SNN(integer, 4), x, record=True)
+        assert spikes["a"].dtype == g.spike_dtype(integer.nodes["a"]) and spikes["a"].max() <= burst
+    assert peaks[1] == 46906 and 2**11 <= peaks[8] < peaks[1] and abs(2 * peaks[8] - peaks[1]) <= 1

@@ -39,6 +39,22 @@ def test_measure_sparsity_is_the_fraction_of_silent_neuron_timesteps(digits_case
     assert snnverify.measure_sparsity(snn, loader, timesteps=5) == pytest.approx(silent / total, abs=1e-12)
 
 
+def test_measure_sparsity_counts_every_spike_of_a_burst():
+    """Input (2) → IF(θ = 1, B = 3) → Output, T = 4: currents 2.5 and 0.25 fire 3, 2, 3, 2 and
+    0, 1, 0, 0 (v = 0.5 + 2·0.25) — 11 spikes in 8 neuron-steps (counts as uint8), sparsity 1 − 11/8 = −0.375,
+    below 0: a burst step carries several spikes, all counted."""
+    nodes = {"in": g.Input("in", shape=(2,)), "if": g.IF("if", threshold=np.ones(2, np.float32), max_spikes=3),
+             "out": g.Output("out")}
+    snn = snnverify.SNN(g.SpikingGraph(nodes, {"if": ["in"], "out": ["if"]}), 4)
+    x = torch.tensor([[2.5, 0.25]])
+    result = snn.run(x, record=True)
+    assert result.spikes["if"].dtype == np.uint8
+    assert result.spikes["if"][:, 0].tolist() == [[3, 0], [2, 1], [3, 0], [2, 0]]
+    assert result.spike_counts == {"if": 11}
+    loader = DataLoader(TensorDataset(x, torch.zeros(1).long()), batch_size=1)
+    assert snnverify.measure_sparsity(snn, loader) == 1 - 11 / 8
+
+
 def test_evaluate_counts_every_sample_with_a_smaller_last_batch(digits_case):
     snn = digits_case.snn
     x, y = next(iter(digits_case.test_loader))

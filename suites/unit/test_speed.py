@@ -64,6 +64,18 @@ def test_synaptic_events_of_a_linear_layer_and_of_silence():
     assert synaptic_events(graph, {"if": spikes}) == 2 * 3  # fc1 reads the input, not spikes
 
 
+def test_synaptic_events_count_a_burst_as_one_event():
+    """A burst of 3 spikes is one graded value a·3 into each of fc2's 3 outputs: two firing
+    neuron-steps are 2·3 operations however many spikes they carry."""
+    nodes = {"in": g.Input("in", shape=(4,)), "fc1": g.Linear("fc1", weight=np.ones((4, 4))),
+             "if": g.IF("if", threshold=np.ones(4), max_spikes=3), "fc2": g.Linear("fc2", weight=np.ones((3, 4))),
+             "out": g.Output("out")}
+    graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if": ["fc1"], "fc2": ["if"], "out": ["fc2"]})
+    spikes = np.zeros((5, 2, 4), np.uint8)
+    spikes[0, 0, 1], spikes[3, 1, 2] = 3, 1
+    assert synaptic_events(graph, {"if": spikes}) == 2 * 3
+
+
 def test_multiply_accumulates_of_a_dense_pass():
     conv = g.Conv2d("conv", weight=np.ones((4, 3, 3, 3)), padding=1)
     graph = conv_graph(conv, (3, 5, 5))
