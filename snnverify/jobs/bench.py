@@ -52,6 +52,7 @@ class Protocol:
     qcfs_epochs: int = 1
     qcfs_optimizer: str = "sgd"  # QCFS's own recipe: SGD with momentum 0.9
     qcfs_lr: float = 0.01
+    max_spikes: int = 1  # binary IF neurons, as the published protocols convert
     convert_timesteps: int = 32
     timesteps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -107,7 +108,7 @@ def run_seed(protocol: Protocol, seed: int, device: torch.device, target: str) -
                                               generator=torch.Generator().manual_seed(seed + 2)),
                       levels=protocol.levels, qcfs_epochs=protocol.qcfs_epochs, qcfs_lr=protocol.qcfs_lr,
                       qcfs_optimizer=protocol.qcfs_optimizer,
-                      finetune_epochs=0)
+                      finetune_epochs=0, max_spikes=protocol.max_spikes)
     wall["conversion"] = time.perf_counter() - start
     qcfs = distributed.count(snn.conversion.qcfs_ann, test_loader, device=device)
 

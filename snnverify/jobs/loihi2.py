@@ -65,7 +65,8 @@ def converted_graph(args) -> tuple:
     ann.eval()
     ann_accuracy = api.evaluate(ann, test)
     snn = api.convert(ann, cal, timesteps=args.timesteps, train_loader=train, levels=args.levels,
-                      qcfs_epochs=args.qcfs_epochs, percentile=args.percentile, finetune_epochs=0)
+                      qcfs_epochs=args.qcfs_epochs, percentile=args.percentile, finetune_epochs=0,
+                      max_spikes=1)  # binary spikes: the published CUBA-LIF neuron's, zero reset included
     if cache:
         write_cache(cache, snn, settings, ann_accuracy)
     return snn.graph, ann_accuracy

@@ -354,7 +354,8 @@ def conversion_options(args: argparse.Namespace) -> dict:
     return {"budget_epochs": args.budget, "finetune_epochs": args.finetune_epochs, "levels": args.levels,
             "qcfs_optimizer": args.qcfs_optimizer, "qcfs_lr": args.qcfs_lr, "threshold_lr": args.threshold_lr,
             "finetune_horizons": args.finetune_horizons or (max(args.timesteps),),
-            "finetune_rate_penalty": args.finetune_penalty}
+            "finetune_rate_penalty": args.finetune_penalty,
+            "max_spikes": 1}  # the rate trade-off of binary spikes: a burst layer spends B per step
 
 
 def main(args: argparse.Namespace) -> int:

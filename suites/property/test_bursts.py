@@ -8,7 +8,6 @@ its graded map a·s, each value one product of the count and the amplitude. Reco
 the counts (uint8), and a run's spike count is their sum.
 """
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -202,13 +201,9 @@ def test_only_executors_that_run_bursts_take_them():
 @settings(max_examples=30, deadline=None)
 @given(spiking_graphs(dyadic=False, max_work=SIMULATOR_WORK))
 def test_integer_graphs_with_bursts_fire_alike_on_cpu_gpu_and_torch(comparison_log, case):
-    """Random integer graphs with burst layers: the drawn graph quantised with binary layers,
-    then each IF layer given back its drawn B (its integer θ and amplitude stay valid for any
-    B). Exact integer arithmetic: every backend's counts and output are torch's."""
-    binary = case.graph.with_nodes({layer.name: g.replace(layer, max_spikes=1) for layer in case.graph.neuron_layers})
-    integer = quantized(dataclasses.replace(case, graph=binary))
-    graph = integer.with_nodes({layer.name: g.replace(integer.nodes[layer.name], max_spikes=layer.max_spikes)
-                                for layer in case.graph.neuron_layers})
+    """Random integer graphs with burst layers (quantize bounds every sum with B·max|a| per
+    spike map). Exact integer arithmetic: every backend's counts and output are torch's."""
+    graph = quantized(case)
     event(f"burst layers: {sum(layer.max_spikes > 1 for layer in graph.neuron_layers)}")
     results = runs(graph, case.x, case.timesteps)
     assert_identical(results)
