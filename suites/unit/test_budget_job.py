@@ -195,7 +195,7 @@ def test_a_peer_that_leaves_the_network_unconverted_fails(setting):
 def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
     """At every budget of the committed sweep on the 19.7k-parameter network (peers on all
     10,000 test images), ``convert``'s recipe is the winner's: its optimizer, learning rates,
-    split, BPTT horizons and bias correction horizons. At E = 0 nothing trains; the calibration percentile is no part of a
+    split, BPTT horizons, bias correction horizons and spikes per step. At E = 0 nothing trains; the calibration percentile is no part of a
     recipe (the winner there may calibrate at another percentile, reported on the page)."""
     sweep = Path(__file__).resolve().parents[2] / "reports" / "budget" / "fashion-mnist-small_resnet_pooled.json"
     winners = budget_job.winners(json.loads(sweep.read_text())["rows"])
@@ -212,3 +212,5 @@ def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
             assert list(chosen.finetune_horizons) == options["finetune_horizons"], f"budget {budget}"
         # label-free, so part of the recipe at every budget (rows from before the option have none)
         assert list(chosen.correction_horizons) == options.get("correction_horizons", []), f"budget {budget}"
+        # the neuron too (rows from before burst neurons have binary ones)
+        assert chosen.max_spikes == options.get("max_spikes", 1), f"budget {budget}"
