@@ -45,8 +45,9 @@ def digits_case(tmp_path_factory) -> TrainedCase:
             os.replace(f"{shared}.partial", shared)
     ann.eval()
     torch.manual_seed(1)  # the same conversion in every worker, whether it trained the ANN or loaded it
-    # no bias correction: the QCFS identities the convergence tests check (T = L steps give the
-    # QCFS network) hold for the graph as converted, and correction moves its biases on purpose
+    # no bias correction, binary neurons: the QCFS identities the convergence tests check (T = L
+    # steps give the QCFS network) hold for the graph as converted, and correction moves its
+    # biases on purpose (burst neurons have their own identity, T = 1 gives L = B)
     snn = snnverify.convert(ann, cal, timesteps=8, train_loader=train, qcfs_epochs=1, finetune_epochs=0,
-                            correction_horizons=())
+                            correction_horizons=(), max_spikes=1)
     return TrainedCase(ann, snn, train, cal, test)

@@ -31,8 +31,9 @@ class ReferenceConverted:
 
 class ReferenceAdapter:
     """QCFS (L levels, λ per channel from calibration) → IF neurons: v[0] = θ/2, fire on ≥,
-    reset by subtraction. With a ``train_loader``, ``qcfs_epochs`` of QCFS training and
-    ``finetune_epochs`` of BPTT; without one, post-training conversion (no labels used).
+    reset by subtraction, binary spikes (``convert``'s burst neurons, several spikes per step,
+    are no part of the certified semantics). With a ``train_loader``, ``qcfs_epochs`` of QCFS
+    training and ``finetune_epochs`` of BPTT; without one, post-training conversion (no labels used).
     Max-pools are replaced by average pools, so ``maxpool`` is not declared."""
 
     name = "reference"
@@ -46,6 +47,6 @@ class ReferenceAdapter:
     def convert(self, model, cal_loader, timesteps, train_loader=None) -> ReferenceConverted:
         epochs = (self.qcfs_epochs, self.finetune_epochs) if train_loader is not None else (0, 0)
         snn = snnverify.convert(model, cal_loader, timesteps=timesteps, train_loader=train_loader, levels=self.levels,
-                                qcfs_epochs=epochs[0], finetune_epochs=epochs[1])
+                                qcfs_epochs=epochs[0], finetune_epochs=epochs[1], max_spikes=1)
         samples = sum(epochs) * labelled_samples(train_loader) if train_loader is not None else 0
         return ReferenceConverted(snn, {"epochs": sum(epochs), "samples": samples})
