@@ -37,7 +37,8 @@ class ConversionOptions:
     ``threshold_lr`` defaults to ``qcfs_lr`` when that is given. ``rate_penalty`` ρ ≥ 0 trades
     accuracy for sparsity in every training stage: QCFS training adds ρ · r̄ to the loss,
     r̄ = Σ a/λ / (neurons · batch) the mean firing rate of the IF neurons the activations become
-    (:func:`~snnverify.convert.qcfs.train_qcfs`), and BPTT fine-tuning ρ · the SNN's spike rate
+    (:func:`~snnverify.convert.qcfs.train_qcfs`; burst neurons fire B·r̄, θ being λ/B), and BPTT
+    fine-tuning ρ · the SNN's spike rate
     (:func:`~snnverify.convert.finetune.finetune`); 0 leaves the training unchanged.
     ``finetune_rate_penalty`` sets BPTT's ρ apart from QCFS training's (None: the same ρ): BPTT
     raises the rate the QCFS stage reached unless its own ρ holds it down.

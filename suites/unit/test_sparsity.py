@@ -177,15 +177,19 @@ def test_convert_records_the_penalty_and_its_default_changes_nothing():
                                                       one.conversion.qcfs_ann.state_dict().values()))
 
 
-def test_the_rate_penalised_is_the_spike_rate_of_the_snn():
+@pytest.mark.parametrize("burst", [1, 4])
+def test_the_rate_penalised_is_the_spike_rate_of_the_snn(burst):
     """One neuron layer driven by the input: at T = L its IF neurons spike exactly as many
-    times as the QCFS levels, so the QCFS rate a/λ is 1 − the SNN's measured sparsity."""
+    times as the QCFS levels, so the QCFS rate a/λ is 1 − the SNN's measured sparsity; burst
+    neurons of up to B spikes per step (θ = λ/B) do so at B·T = L, firing B times that rate."""
     loader = tiny_loader(n=40)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
-    snn = snnverify.convert(model, loader, timesteps=8, levels=8, budget_epochs=0)
+    snn = snnverify.convert(model, loader, timesteps=8, levels=8, budget_epochs=0, correction_horizons=(),
+                            max_spikes=burst)
     rate = qcfs_rate(snn.conversion.qcfs_ann, loader, "cpu")
     assert 0.05 < rate < 0.95
-    assert rate == pytest.approx(1 - snnverify.measure_sparsity(snn, loader, timesteps=8), abs=1e-3)
+    sparsity = snnverify.measure_sparsity(snn, loader, timesteps=8 // burst)
+    assert burst * rate == pytest.approx(1 - sparsity, abs=1e-3)
 
 
 def test_pareto_optimal_rows_have_no_row_at_least_as_good_in_gap_and_rate_and_better_in_one():
