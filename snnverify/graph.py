@@ -300,14 +300,10 @@ def spike_dtype(layer: IF) -> np.dtype:
     return np.dtype(np.bool_ if layer.max_spikes == 1 else np.uint8)
 
 
-def require_normative(graph: "SpikingGraph", executor: str, bursts: bool = False) -> None:
+def require_normative(graph: "SpikingGraph", executor: str) -> None:
     """Raise ValueError naming the first IF layer with foreign semantics, for executors that
-    implement only the normative neuron; and, unless ``bursts`` (the executor runs them), the
-    first burst layer (``max_spikes`` > 1)."""
+    implement only the normative neuron (burst layers are normative: every executor runs them)."""
     for layer in graph.neuron_layers:
-        if layer.max_spikes > 1 and not bursts:
-            raise ValueError(f"{executor} does not run burst neurons yet; IF layer {layer.name!r} has "
-                             f"max_spikes={layer.max_spikes}: use target='torch'")
         if layer.extensions:
             raise ValueError(
                 f"{executor} executes only the normative IF neuron (v[0] = θ/2, fire on ≥, reset by subtraction, "

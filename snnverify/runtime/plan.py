@@ -136,7 +136,7 @@ class Plan:
 def build_plan(graph: g.SpikingGraph) -> Plan:
     """The plan of ``graph`` in :func:`graph_dtype` (a kernel table may lay out some weights
     narrower, where every sum they make is known to fit: see ``Kernels.weight_layout``)."""
-    g.require_normative(graph, "the Numba cpu and gpu backends", bursts=True)
+    g.require_normative(graph, "the Numba cpu and gpu backends")
     dtype = graph_dtype(graph)
     shapes = graph.shapes
     ops = []

@@ -262,7 +262,7 @@ def laid_out(graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 
     σ per node, weight scales). Computes the same function as ``graph``."""
     if graph.integer:
         raise ValueError("the graph is already quantised")
-    g.require_normative(graph, "quantize", bursts=True)
+    g.require_normative(graph, "quantize")
     if not 2 <= weight_bits <= 32 or not 1 <= amplitude_bits <= 32:
         raise ValueError(f"weight_bits must be in 2..32 and amplitude_bits in 1..32, got {weight_bits}, {amplitude_bits}")
     if not (input_scale > 0 and math.log2(input_scale).is_integer()):

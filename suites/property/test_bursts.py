@@ -186,13 +186,12 @@ def test_a_burst_size_outside_one_to_max_burst_is_refused_by_name(value):
         g.IF("if0", threshold=[1.0], max_spikes=value)
 
 
-def test_only_executors_that_run_bursts_take_them():
-    """The plan takes burst layers; an executor that does not run them (``bursts`` False)
-    refuses the first by name, and either refuses foreign semantics in a burst layer."""
+def test_burst_layers_are_normative_and_foreign_semantics_in_one_are_refused():
+    """The plan and quantize take burst layers; foreign semantics in a burst layer are refused
+    by name as in a binary one."""
     graph = single_layer(np.ones(2, np.float32), 3)
-    g.require_normative(graph, "the plan", bursts=True)
-    with pytest.raises(ValueError, match="x does not run burst neurons yet; IF layer 'if' has max_spikes=3"):
-        g.require_normative(graph, "x")
+    g.require_normative(graph, "the plan")
+    build_plan(graph)
     leaky = graph.with_nodes({"if": g.replace(graph.nodes["if"], leak=np.full(2, 0.5, np.float32))})
     with pytest.raises(ValueError, match="IF layer 'if' sets leak"):
         build_plan(leaky)
