@@ -39,13 +39,15 @@ from snnverify.train import fit
 from snnverify.util import atomic_write, commit, progress, provenance
 
 def adamw(levels: int = 8, qcfs_lr: float = 1e-3, threshold_lr: float = 5e-2, bptt_lr: float | None = None,
-          horizons: tuple[int, ...] = (), correction: tuple[int, ...] = (), burst: int = 1) -> dict:
-    """convert options of a candidate: QCFS training with AdamW, IF layers of up to ``burst``
-    spikes per step, bias correction at the horizons ``correction`` (none when empty), then one
-    epoch of BPTT at ``bptt_lr`` over the readouts at ``horizons`` when a rate is given, else none."""
+          horizons: tuple[int, ...] = (), correction: tuple[int, ...] = (), burst: int = 1,
+          percentile: float = 99.9) -> dict:
+    """convert options of a candidate: λ from the ``percentile`` of each channel's calibration
+    activations, QCFS training with AdamW, IF layers of up to ``burst`` spikes per step, bias
+    correction at the horizons ``correction`` (none when empty), then one epoch of BPTT at
+    ``bptt_lr`` over the readouts at ``horizons`` when a rate is given, else none."""
     options = {"qcfs_optimizer": "adamw", "qcfs_lr": qcfs_lr, "threshold_lr": threshold_lr, "levels": levels,
                "finetune_epochs": 0 if bptt_lr is None else 1, "correction_horizons": correction,
-               "max_spikes": burst}
+               "max_spikes": burst, "percentile": percentile}
     if bptt_lr is not None:
         options.update(finetune_lr=bptt_lr, finetune_horizons=horizons)
     return options
@@ -91,6 +93,12 @@ CANDIDATES: dict[str, dict] = {
     "adamw1e-4-L8-B4-bc4": adamw(qcfs_lr=1e-4, burst=4, correction=(4,)),
     "adamw1e-4-L8-B4-bptt1-h48-lr1e-4-bc4": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(4, 8), burst=4,
                                                  correction=(4,)),
+    # BPTT of a burst network at the rate and T whose resolution binary T = 32 has (B·T = 32)
+    "adamw-L8-B4-bptt1-h8": adamw(bptt_lr=1e-3, horizons=(8,), burst=4),
+    "adamw-L8-B4-bptt1-h8-bc4": adamw(bptt_lr=1e-3, horizons=(8,), burst=4, correction=(4,)),
+    # a wider λ, which finer levels can afford: less clipped at high T, coarser steps at low T
+    **{f"adamw-L8-B{b}-p99.99{'-bc4' if h else ''}": adamw(burst=b, correction=h, percentile=99.99)
+       for b in (4, 8) for h in ((), (4,))},
     "p99.99": {"percentile": 99.99, "finetune_epochs": 0},
     "p100": {"percentile": 100.0, "finetune_epochs": 0},
     "default": {},
