@@ -26,12 +26,13 @@ import math
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import snnverify
 from snnverify.api import SNN
-from snnverify.graph import check_timesteps, multiply_accumulates, synaptic_events
+from snnverify.graph import check_max_spikes, check_timesteps, multiply_accumulates, synaptic_events
 from snnverify.models import build_model
 from snnverify.report import runs_on_gpu
 from snnverify.runtime import known_targets
@@ -43,19 +44,17 @@ SHAPES = {"small_resnet": (1, 28, 28), "small_resnet_pooled": (1, 28, 28), "cifa
           "torchvision_resnet18": (3, 32, 32)}
 
 
-def converted(model: str, seed: int = 0):
-    """(ANN, spiking graph) of ``model`` with random weights, calibrated on random inputs; no
-    bias correction: a random network has no accuracy to correct, and on ResNet-18 the
-    correction's layer-by-layer runs would take minutes."""
+def converted(model: str, max_spikes: int = 1, seed: int = 0):
+    """(ANN, spiking graph) of ``model`` with random weights, calibrated on random inputs, IF
+    layers of up to ``max_spikes`` spikes per step; no bias correction: a random network has no
+    accuracy to correct, and on ResNet-18 the correction's layer-by-layer runs would take minutes."""
     torch.manual_seed(seed)
     shape = SHAPES[model]
     ann = build_model(model, 10, shape[0]).eval()
     x = torch.randn(64, *shape)
     loader = DataLoader(TensorDataset(x, torch.zeros(64).long()), batch_size=32)
-    # binary spikes: the speed targets are the event-driven kernels' (a burst layer's readers
-    # take a graded map instead)
     return ann, snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0,
-                                  correction_horizons=(), max_spikes=1).graph
+                                  correction_horizons=(), max_spikes=max_spikes).graph
 
 
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`steady_heap` sets
@@ -127,23 +126,29 @@ def parse_target(spelling: str) -> tuple[str, str | None]:
 
 
 def measure(model: str, targets: list[str], timesteps: list[int], batch: int, repeats: int = 3,
-            integer: bool = False) -> dict:
+            integer: bool = False, bursts: tuple[int, ...] = (1,)) -> dict:
     """Images/s per target and T beside the ANN forward; with ``integer``, every target also
     runs the network's integer mode (``snnverify.quantize``), as target ``<target> integer``.
-    ``targets`` are spelled as :func:`parse_target` reads them."""
-    ann, graph = converted(model)
+    Each B of ``bursts`` converts the network with IF layers of up to B spikes per step (the
+    same weights and λ; B > 1 is named in the target, ``<target> B4``: its readers take graded
+    maps, not binary events). ``targets`` are spelled as :func:`parse_target` reads them."""
+    graphs = {}
+    for max_spikes in bursts:
+        ann, graphs[max_spikes] = converted(model, max_spikes)
     x = torch.randn(batch, *SHAPES[model])
-    macs = multiply_accumulates(graph)
+    macs = multiply_accumulates(graphs[bursts[0]])
     results = {"model": model, "batch": batch, "threads": torch.get_num_threads(), "ann_macs_per_image": macs,
                "steady_heap": steady_heap(), "snn": []}
-    neurons = sum(math.prod(graph.shapes[layer.name]) for layer in graph.neuron_layers)
     parsed = {spelling: parse_target(spelling) for spelling in targets}
-    devices = {spelling: device for spelling, (_, device) in parsed.items()}
-    snns = {spelling: SNN(graph, 1, target=target) for spelling, (target, _) in parsed.items()}
-    if integer:
+    devices, snns = {}, {}
+    for max_spikes, graph in graphs.items():
         for spelling, (target, device) in parsed.items():
-            devices[f"{spelling} integer"] = device
-            snns[f"{spelling} integer"] = snnverify.quantize(SNN(graph, 1, target=target))
+            name = spelling if max_spikes == 1 else f"{spelling} B{max_spikes}"
+            devices[name] = device
+            snns[name] = SNN(graph, 1, target=target)
+            if integer:
+                devices[f"{name} integer"] = device
+                snns[f"{name} integer"] = snnverify.quantize(SNN(graph, 1, target=target))
     gpu = any(runs_on_gpu(spelling) for spelling in targets)
     if gpu:  # dense torch at its best: cuDNN times its algorithms once per shape and keeps the fastest
         torch.backends.cudnn.benchmark = True
@@ -168,7 +173,8 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
             ann_seconds[name] = min(ann_seconds[name], seconds[name])
         for name, snn in snns.items():
             _, spikes = snnverify.simulate(snn, sample, timesteps=t, record=True, device=devices[name])
-            fired = sum(int(s.sum()) for s in spikes.values())
+            fired = sum(int(s.sum(dtype=np.int64)) for s in spikes.values())  # burst counts are uint8
+            neurons = sum(math.prod(snn.graph.shapes[layer.name]) for layer in snn.graph.neuron_layers)
             events = synaptic_events(snn.graph, spikes) / len(sample)
             row = {
                 "target": name, "timesteps": t, "seconds": seconds[name],
@@ -196,6 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[32], help="batch sizes, each measured on its own")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--integer", action="store_true", help="also time each target on the integer-mode network")
+    parser.add_argument("--max-spikes", nargs="+", type=int, default=[1],
+                        help="B: IF layers of up to B spikes per step, each B's conversion timed beside the others")
     parser.add_argument("--out", help="write the results as JSON here")
 
 
@@ -207,7 +215,9 @@ def main(args: argparse.Namespace) -> int:
     for name, value in [*(("batch", b) for b in args.batch), ("repeats", args.repeats)]:
         if value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
-    results = [measure(m, args.targets, args.timesteps, batch, args.repeats, args.integer)
+    for max_spikes in args.max_spikes:
+        check_max_spikes(max_spikes)
+    results = [measure(m, args.targets, args.timesteps, batch, args.repeats, args.integer, tuple(args.max_spikes))
                for m in args.models for batch in args.batch]
     for result in results:
         on_gpu = f", on the GPU {result['ann_cuda_images_per_s']:.0f}" if "ann_cuda_images_per_s" in result else ""

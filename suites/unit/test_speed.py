@@ -136,3 +136,20 @@ def test_a_row_runs_on_the_gpu_by_its_spelling_alone():
     assert runs_on_gpu("gpu") and runs_on_gpu("gpu integer") and runs_on_gpu("torch:cuda")
     assert runs_on_gpu("torch:cuda:1 integer")
     assert not runs_on_gpu("torch") and not runs_on_gpu("cpu integer") and not runs_on_gpu("torch:cpu")
+
+
+def test_speed_times_each_burst_size_on_its_own_conversion():
+    """``--max-spikes 1 3``: the same network converted twice, once with binary IF layers and once
+    with bursts of up to 3 (θ = λ/3), each timed and counted as its own target."""
+    from snnverify.jobs.speed import converted, measure
+
+    _, binary = converted("small_resnet")
+    _, burst = converted("small_resnet", max_spikes=3)
+    assert {layer.max_spikes for layer in binary.neuron_layers} == {1}
+    assert {layer.max_spikes for layer in burst.neuron_layers} == {3}
+    for layer in burst.neuron_layers:  # same λ = B·θ: the same calibration of the same weights
+        np.testing.assert_allclose(3 * layer.threshold, binary.nodes[layer.name].threshold, rtol=1e-6)
+    rows = {row["target"]: row for row in measure("small_resnet", ["torch"], [2], 2, 1, bursts=(1, 3))["snn"]}
+    assert set(rows) == {"torch", "torch B3"}
+    # up to 3 spikes a step: more spikes per neuron-step than the binary layers, never above 3
+    assert rows["torch"]["spike_rate"] < rows["torch B3"]["spike_rate"] <= 3
