@@ -202,13 +202,21 @@ def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, max_spik
                     v[k] = value - theta[k] if fired[k] else value
             else:
                 for k in range(stop - start):
-                    value, count = v[k] + inputs[k], 0
-                    # the comparisons in turn; once one fails v no longer changes, nor would the rest
-                    while count < max_spikes and value >= theta[k]:
-                        value -= theta[k]
-                        count += 1
-                    fired[k] = count
-                    v[k] = value
+                    v[k] += inputs[k]
+                    fired[k] = 0
+                # the comparisons in turn, each over the whole block (a loop that vectorises,
+                # where one neuron's while-loop stays scalar and mispredicts): once a neuron's
+                # comparison fails its v no longer changes, so the passes after it change
+                # nothing; the passes stop when none fired in one
+                for _ in range(max_spikes):
+                    more = False
+                    for k in range(stop - start):
+                        fire = v[k] >= theta[k]
+                        v[k] = v[k] - theta[k] if fire else v[k]
+                        fired[k] += fire
+                        more |= fire
+                    if not more:
+                        break
 
 
 @njit(parallel=True, cache=True)
