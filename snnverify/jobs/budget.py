@@ -96,6 +96,7 @@ CANDIDATES: dict[str, dict] = {
     # BPTT of a burst network at the rate and T whose resolution binary T = 32 has (B·T = 32)
     "adamw-L8-B4-bptt1-h8": adamw(bptt_lr=1e-3, horizons=(8,), burst=4),
     "adamw-L8-B4-bptt1-h8-bc4": adamw(bptt_lr=1e-3, horizons=(8,), burst=4, correction=(4,)),
+    "adamw-L8-B4-bptt1-h16": adamw(bptt_lr=1e-3, horizons=(16,), burst=4),
     # QCFS at L = 16, the levels of T = 4 bursts of 4: the staircase the SNN reads from T = 4 on
     "adamw-L16-B4-bptt1-h8": adamw(levels=16, bptt_lr=1e-3, horizons=(8,), burst=4),
     # a wider λ, which finer levels can afford: less clipped at high T, coarser steps at low T
