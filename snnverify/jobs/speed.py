@@ -36,7 +36,7 @@ from snnverify.graph import check_max_spikes, check_timesteps, multiply_accumula
 from snnverify.models import build_model
 from snnverify.report import runs_on_gpu
 from snnverify.runtime import known_targets
-from snnverify.util import atomic_write
+from snnverify.util import atomic_write, provenance
 
 #: model name -> input shape it is benchmarked on; in the pooled networks a stem's pool feeds
 #: the first convs with pooled spikes (torchvision_resnet18's max-pool swapped for an average pool)
@@ -138,7 +138,7 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
     x = torch.randn(batch, *SHAPES[model])
     macs = multiply_accumulates(graphs[bursts[0]])
     results = {"model": model, "batch": batch, "threads": torch.get_num_threads(), "ann_macs_per_image": macs,
-               "steady_heap": steady_heap(), "snn": []}
+               "steady_heap": steady_heap(), **provenance(), "snn": []}
     parsed = {spelling: parse_target(spelling) for spelling in targets}
     devices, snns = {}, {}
     for max_spikes, graph in graphs.items():

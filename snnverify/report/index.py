@@ -218,7 +218,7 @@ class Index:
 
     # -- speed per backend -----------------------------------------------------------------
     def speed(self) -> None:
-        files = sorted(self.reports.glob("speed/speed.json")) + sorted(self.reports.glob("gpu-check/*/gpu-speed.json"))
+        files = sorted(self.reports.glob("speed/*.json")) + sorted(self.reports.glob("gpu-check/*/gpu-speed.json"))
         if not files:
             return
         page = self.page
@@ -234,7 +234,8 @@ class Index:
             device = next((line.split(":", 1)[1].strip().split(" compute")[0] for line in
                            (info.read_text().splitlines() if info.is_file() else []) if line.startswith("device:")), device)
             commit_file = path.with_name("commit.txt")
-            commit = commit_file.read_text().split()[0] if commit_file.is_file() else _last_commit(path)
+            commit = (entries[0].get("commit") or (commit_file.read_text().split()[0] if commit_file.is_file()
+                                                   else _last_commit(path)))
             rows = []
             for entry in entries:
                 speeds = {(s["target"], s["timesteps"]): s["images_per_s"] for s in entry["snn"]}
@@ -255,7 +256,8 @@ class Index:
             axis.set_ylabel("images/s (log)")
             axis.set_title(f"{self.rel(path)} ({machine})", fontsize=8)
             figure.tight_layout(rect=(0, 0.04, 1, 1))
-            page.figure(f"speed_{path.parent.name}.png", figure)
+            # reports/speed/<name>.json: speed_<name>.png; a GPU check's run: speed_<run>.png
+            page.figure(f"speed_{path.stem if path.parent.name == 'speed' else path.parent.name}.png", figure)
             plt.close(figure)
 
     # -- Loihi 2, GPU check, certification, budget, asv -------------------------------------
@@ -293,7 +295,8 @@ class Index:
         self.page.heading("GPU check: cpu against gpu spikes")
         for path in paths:
             commit_file = path.with_name("commit.txt")
-            commit = commit_file.read_text().split()[0] if commit_file.is_file() else _last_commit(path)
+            commit = (entries[0].get("commit") or (commit_file.read_text().split()[0] if commit_file.is_file()
+                                                   else _last_commit(path)))
             self.page.text(f"{self.rel(path)}; commit {commit}.")
             self.page.table(pd.DataFrame([{"comparison": k, "neuron-steps compared": v["compared"],
                                            "mismatched": v["mismatched"], "cases": v["cases"]}
