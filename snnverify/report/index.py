@@ -295,8 +295,7 @@ class Index:
         self.page.heading("GPU check: cpu against gpu spikes")
         for path in paths:
             commit_file = path.with_name("commit.txt")
-            commit = (entries[0].get("commit") or (commit_file.read_text().split()[0] if commit_file.is_file()
-                                                   else _last_commit(path)))
+            commit = commit_file.read_text().split()[0] if commit_file.is_file() else _last_commit(path)
             self.page.text(f"{self.rel(path)}; commit {commit}.")
             self.page.table(pd.DataFrame([{"comparison": k, "neuron-steps compared": v["compared"],
                                            "mismatched": v["mismatched"], "cases": v["cases"]}

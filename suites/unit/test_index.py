@@ -68,6 +68,8 @@ def reports(tmp_path):
     write(root / "gpu-check" / "run" / "gpu-speed.json", [gpu_speed_entry(32, 300.0), gpu_speed_entry(256, 600.0)])
     (root / "gpu-check" / "run" / "gpu-info.txt").write_text("device: Test GPU compute capability 9\n")
     (root / "gpu-check" / "run" / "commit.txt").write_text("0123abc some commit\n")
+    write(root / "gpu-check" / "run" / "gpu-comparisons.json",
+          {"gpu: cpu vs gpu, tiny": {"compared": 4321, "mismatched": 0, "cases": 3, "where": {}, "rate": 0.0}})
     write(root / "asv" / "nightly.json", {
         "machine": "ci", "commit": "c" * 40, "previous_commit": "b" * 40, "threshold_percent": 10.0,
         "regressions": 1, "created": "2026-01-03", "hardware": "Linux x86_64, 2 CPU threads",
@@ -83,7 +85,8 @@ def test_index_from_fixture_results(reports):
     for text in ("reports/runs/tiny/report.json", "abc1234", "Linux-test, 2 threads",  # a run, its source
                  "reports/bench/tiny-cpu/bench.json", "80.00 ± 7.07", "def5678",     # the protocol, mean ± std
                  "published: qcfs_bu2022 resnet18", "Test GPU, 2 threads, batch 32, 256", "0123abc",
-                 "reports/speed/bursts.json", "fedcba9"):
+                 "reports/speed/bursts.json", "fedcba9",
+                 "reports/gpu-check/run/gpu-comparisons.json; commit 0123abc", "gpu: cpu vs gpu, tiny"):
         assert text in markdown, text
         assert text in page, text
     assert "nan" not in markdown and "Certification" not in markdown and "budget" not in markdown
