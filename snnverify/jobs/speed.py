@@ -137,6 +137,8 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
         ann, graphs[max_spikes] = converted(model, max_spikes)
     x = torch.randn(batch, *SHAPES[model])
     macs = multiply_accumulates(graphs[bursts[0]])
+    # the same layers whatever B: one count of neurons serves every conversion
+    neurons = sum(math.prod(graphs[bursts[0]].shapes[layer.name]) for layer in graphs[bursts[0]].neuron_layers)
     results = {"model": model, "batch": batch, "threads": torch.get_num_threads(), "ann_macs_per_image": macs,
                "steady_heap": steady_heap(), **provenance(), "snn": []}
     parsed = {spelling: parse_target(spelling) for spelling in targets}
@@ -174,7 +176,6 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
         for name, snn in snns.items():
             _, spikes = snnverify.simulate(snn, sample, timesteps=t, record=True, device=devices[name])
             fired = sum(int(s.sum(dtype=np.int64)) for s in spikes.values())  # burst counts are uint8
-            neurons = sum(math.prod(snn.graph.shapes[layer.name]) for layer in snn.graph.neuron_layers)
             events = synaptic_events(snn.graph, spikes) / len(sample)
             row = {
                 "target": name, "timesteps": t, "seconds": seconds[name],
