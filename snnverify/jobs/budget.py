@@ -11,17 +11,21 @@ the same ANN trained E more epochs with the recipe's optimizer and weight learni
     snnverify budget --render          # reports/budget/README.md from the JSON
 
 Rows go to ``reports/budget/<dataset>.json`` as each finishes (a row with the same dataset,
-budget, recipe and data sizes is replaced), each with its command, date and the commit
-it started from; the Markdown is generated from the JSON files only.
+budget, converter, recipe, data sizes and seed is replaced; sweeps may run side by side), each
+with its command, date and the commit it started from; the Markdown is generated from the JSON
+files only.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import io
 import json
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,6 +160,18 @@ def trained_ann(dataset: str, model_name: str, splits, epochs: int, seed: int) -
     return model.eval(), path
 
 
+@contextmanager
+def locked(folder: Path):
+    """An exclusive lock on ``folder`` (flock) for a read-modify-write of a file in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def results_path(dataset: str, model: str) -> Path:
     """reports/budget/<dataset>.json for the default model, else <dataset>-<model>.json."""
     return OUT / (f"{dataset}.json" if model == DEFAULT_MODEL else f"{dataset}-{model}.json")
@@ -218,16 +234,18 @@ def sweep(args) -> Path:
         return controls[key]
 
     def record(row: dict) -> None:
-        """Add a row to the JSON (a row of the same converter, recipe, budget and data sizes is replaced)."""
+        """Add a row to the JSON (a row of the same converter, recipe, budget, data sizes and seed is replaced)."""
         row = {"dataset": args.dataset, "model": args.model, "ann": ann_checkpoint, "train_images": n_train,
                "test_images": n_test, "convert_timesteps": args.convert_timesteps, "ann_accuracy": ann_accuracy, **row,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by}
         if "snn_accuracy" in row:
             row["gap_pp"] = {t: round(100 * (row["control_accuracy"] - a), 4) for t, a in row["snn_accuracy"].items()}
-        same = ("dataset", "budget_epochs", "converter", "recipe", "train_images", "test_images", "convert_timesteps")
-        rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other runs' rows kept
-        rows = [r for r in rows if any(r.get(k) != row.get(k) for k in same)] + [row]
-        atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
+        same = ("dataset", "budget_epochs", "converter", "recipe", "train_images", "test_images", "convert_timesteps",
+                "seed")
+        with locked(path.parent):  # sweeps run side by side write the same file: none loses another's row
+            rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other runs' rows kept
+            rows = [r for r in rows if any(r.get(k) != row.get(k) for k in same)] + [row]
+            atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
         print(f"{args.dataset} E={row['budget_epochs']} {row['converter']} {row['recipe']}: "
               f"control {100 * row['control_accuracy']:.2f} "
               + (" ".join(f"T{t} {100 * a:.2f}" for t, a in row["snn_accuracy"].items()) if "snn_accuracy" in row
@@ -416,7 +434,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ANN training epochs where no checkpoint of the dataset and model is committed "
                              "(the ANN trained is kept in reports/budget/anns/ for later sweeps)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 5])
-    parser.add_argument("--recipes", nargs="+", default=["default"], choices=sorted(CANDIDATES))
+    parser.add_argument("--recipes", nargs="*", default=["default"], choices=sorted(CANDIDATES),
+                        help="our candidate recipes (none: the peers alone)")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     parser.add_argument("--convert-timesteps", type=int, default=4,
                         help="convert's T (BPTT trains it when the recipe names no horizons)")
