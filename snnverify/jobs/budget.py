@@ -25,7 +25,6 @@ import io
 import json
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -160,14 +159,21 @@ def trained_ann(dataset: str, model_name: str, splits, epochs: int, seed: int) -
     return model.eval(), path
 
 
-@contextmanager
-def locked(folder: Path):
-    """An exclusive lock on ``folder`` (flock) for a read-modify-write of a file in it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
+#: the fields that identify a row: a new row replaces the one that agrees with it on all of them
+ROW_KEY = ("dataset", "budget_epochs", "converter", "recipe", "train_images", "test_images", "convert_timesteps", "seed")
+
+
+def add_row(path: Path, row: dict) -> None:
+    """Add ``row`` to the results file ``path``, replacing the row with its :data:`ROW_KEY`;
+    the other rows are kept. Sweeps run side by side write the same file, so the read and the
+    write happen under an exclusive lock (flock) on its folder: none loses another's row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        rows = json.loads(path.read_text())["rows"] if path.exists() else []
+        rows = [r for r in rows if any(r.get(k) != row.get(k) for k in ROW_KEY)] + [row]
+        atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -234,18 +240,13 @@ def sweep(args) -> Path:
         return controls[key]
 
     def record(row: dict) -> None:
-        """Add a row to the JSON (a row of the same converter, recipe, budget, data sizes and seed is replaced)."""
+        """The row with what every row of this sweep shares, added to the results file (:func:`add_row`)."""
         row = {"dataset": args.dataset, "model": args.model, "ann": ann_checkpoint, "train_images": n_train,
                "test_images": n_test, "convert_timesteps": args.convert_timesteps, "ann_accuracy": ann_accuracy, **row,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": args.seed, **made_by}
         if "snn_accuracy" in row:
             row["gap_pp"] = {t: round(100 * (row["control_accuracy"] - a), 4) for t, a in row["snn_accuracy"].items()}
-        same = ("dataset", "budget_epochs", "converter", "recipe", "train_images", "test_images", "convert_timesteps",
-                "seed")
-        with locked(path.parent):  # sweeps run side by side write the same file: none loses another's row
-            rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other runs' rows kept
-            rows = [r for r in rows if any(r.get(k) != row.get(k) for k in same)] + [row]
-            atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
+        add_row(path, row)
         print(f"{args.dataset} E={row['budget_epochs']} {row['converter']} {row['recipe']}: "
               f"control {100 * row['control_accuracy']:.2f} "
               + (" ".join(f"T{t} {100 * a:.2f}" for t, a in row["snn_accuracy"].items()) if "snn_accuracy" in row

@@ -2,6 +2,7 @@
 a crashing peer, and the side-by-side table rendered from the rows."""
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,32 @@ def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
         assert list(chosen.correction_horizons) == options.get("correction_horizons", []), f"budget {budget}"
         # the neuron too (rows from before burst neurons have binary ones)
         assert chosen.max_spikes == options.get("max_spikes", 1), f"budget {budget}"
+
+
+def _add_rows(path: str, seed: int, recipes: list[str]) -> None:
+    for recipe_name in recipes:
+        budget_job.add_row(Path(path), {"dataset": "digits", "budget_epochs": 0, "converter": "snnverify",
+                                        "recipe": recipe_name, "train_images": 10, "test_images": 5,
+                                        "convert_timesteps": 4, "seed": seed})
+
+
+def test_a_row_replaces_only_the_row_of_its_key_and_side_by_side_sweeps_lose_none(tmp_path):
+    """Rows differing only in seed are replicates and both stay; the same key replaces. Four
+    processes adding 25 rows each to one file at once keep all 100 (the read-modify-write is
+    under a lock; without it, a write that read the file before another's rename drops a row)."""
+    path = tmp_path / "digits.json"
+    _add_rows(str(path), 0, ["a"])
+    _add_rows(str(path), 1, ["a"])
+    budget_job.add_row(path, {**json.loads(path.read_text())["rows"][0], "note": "again"})
+    rows = json.loads(path.read_text())["rows"]
+    assert sorted((r["seed"], r.get("note")) for r in rows) == [(0, "again"), (1, None)]
+
+    context = multiprocessing.get_context("fork")  # the writers need nothing but this module
+    writers = [context.Process(target=_add_rows, args=(str(path), 2 + w, [f"r{i}" for i in range(25)]))
+               for w in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [writer.exitcode for writer in writers] == [0] * 4
+    assert len(json.loads(path.read_text())["rows"]) == 2 + 100
