@@ -120,6 +120,10 @@ PEERS = ("spikingjelly", "sinabs", "neurocuda")
 TARGETS_PP = {4: 2.0, 8: 0.5, 32: 0.1}  # gap to the equal-budget ANN control, at most
 #: a recipe's score: its mean SNN accuracy over these T (one conversion serves every T)
 SCORED_T = (4, 8, 16, 32)
+#: the seed of the reference sweep, whose rows choose the winners and fill the side-by-side
+#: tables; a row of another seed (its own ANN trained, its own split and shuffles, the same
+#: command otherwise) is a replicate, set against the peers of its seed (:func:`paired_differences`)
+REFERENCE_SEED = 0
 
 
 def loaders(dataset: str, train_subset: int | None, test_subset: int | None, seed: int):
@@ -290,12 +294,13 @@ def sweep(args) -> Path:
 
 
 def winners(rows: list[dict]) -> dict[int, dict]:
-    """Per budget, the recipe ``convert`` should default to, among our rows (``default`` ones too:
-    each records the options it resolved to) of the largest data
+    """Per budget, the recipe ``convert`` should default to, among our rows of the reference seed
+    (``default`` ones too: each records the options it resolved to) of the largest data
     (training, test images) that has every T of :data:`SCORED_T` scored: of the recipes at or
     above every peer measured on that data at every such T (:func:`standing_peers`), the one
     with the highest mean accuracy over them; where none is (or no peer was measured there),
     the highest mean of all."""
+    rows = [r for r in rows if r["seed"] == REFERENCE_SEED]
     scored = [r for r in rows if _converter(r) == "snnverify" and all(str(t) in r.get("snn_accuracy", {})
                                                                      for t in SCORED_T)]
     best: dict[int, dict] = {}
@@ -346,9 +351,10 @@ def _converter(row: dict) -> str:
 
 
 def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
-    """Per data sizes with peer rows: at each budget, the reference's best recipe at each T
-    against every peer (a label-free peer's E = 0 result stands at every budget)."""
+    """Per data sizes with peer rows of the reference seed: at each budget, our best recipe at
+    each T against every peer (a label-free peer's E = 0 result stands at every budget)."""
     lines = []
+    rows = [r for r in rows if r["seed"] == REFERENCE_SEED]
     groups = sorted({(r["train_images"], r["test_images"]) for r in rows if _converter(r) != "snnverify"})
     for n_train, n_test in groups:
         same = [r for r in rows if (r["train_images"], r["test_images"]) == (n_train, n_test)]
@@ -377,6 +383,62 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
     return lines
 
 
+def paired_differences(rows: list[dict]) -> list[dict]:
+    """Our conversions against a peer over the seeds both were measured on, where there are at
+    least two: per data sizes, budget, our resolved options (a ``default`` row pairs with the
+    named recipe of the same options) and peer, at each T the differences ours − peer, one per
+    seed. Each seed is its own ANN, shared by the pair, so each difference is a fair comparison
+    and their spread is what one training run varies by."""
+    def scored(r):
+        return "snn_accuracy" in r
+
+    ours: dict[tuple, dict[int, dict]] = {}
+    theirs: dict[tuple, dict[int, dict]] = {}
+    for r in filter(scored, rows):
+        data = (r["train_images"], r["test_images"], r["budget_epochs"])
+        if _converter(r) == "snnverify":
+            ours.setdefault((*data, json.dumps(r["options"], sort_keys=True)), {})[r["seed"]] = r
+        else:
+            theirs.setdefault((*data, _converter(r)), {})[r["seed"]] = r
+    pairs = []
+    for (n_train, n_test, budget, _), our_seeds in sorted(ours.items()):
+        for (*data, peer), peer_seeds in sorted(theirs.items()):
+            seeds = sorted(set(our_seeds) & set(peer_seeds))
+            if data != [n_train, n_test, budget] or len(seeds) < 2:
+                continue
+            ts = [t for t in peer_seeds[seeds[0]]["snn_accuracy"]
+                  if all(t in side[s]["snn_accuracy"] for side in (our_seeds, peer_seeds) for s in seeds)]
+            pairs.append({"train_images": n_train, "test_images": n_test, "budget_epochs": budget, "peer": peer,
+                          "recipes": sorted({our_seeds[s]["recipe"] for s in seeds}), "seeds": seeds,
+                          "ours": {t: [our_seeds[s]["snn_accuracy"][t] for s in seeds] for t in ts},
+                          "peer_accuracy": {t: [peer_seeds[s]["snn_accuracy"][t] for s in seeds] for t in ts}})
+    return pairs
+
+
+def _replicates(rows: list[dict]) -> list[str]:
+    """The table of :func:`paired_differences`: per T, the mean accuracies over the seeds and
+    the differences ours − peer (mean, and the smallest and largest), in pp."""
+    pairs = paired_differences(rows)
+    if not pairs:
+        return []
+    lines = ["### Replicates: the same comparison on other seeds", "",
+             "Each seed trains its own ANN and draws its own split and shuffles; ours and the peer share it. "
+             "Cells: mean accuracy over the seeds, ours / peer, then the difference ours − peer in pp: mean "
+             "(smallest … largest).", "",
+             "| E | recipe | peer | train / test images | seeds | T | ours | peer | ours − peer, pp |",
+             "|" + "---|" * 9]
+    for pair in pairs:
+        for t, accuracies in pair["ours"].items():
+            differences = [100 * (a - b) for a, b in zip(accuracies, pair["peer_accuracy"][t])]
+            lines.append(
+                f"| {pair['budget_epochs']} | {', '.join(pair['recipes'])} | {pair['peer']} | "
+                f"{pair['train_images']} / {pair['test_images']} | {', '.join(map(str, pair['seeds']))} | {t} | "
+                f"{100 * sum(accuracies) / len(accuracies):.2f} | "
+                f"{100 * sum(pair['peer_accuracy'][t]) / len(accuracies):.2f} | "
+                f"{sum(differences) / len(differences):+.2f} ({min(differences):+.2f} … {max(differences):+.2f}) |")
+    return lines + [""]
+
+
 def render() -> Path:
     """reports/budget/README.md from every reports/budget/*.json."""
     lines = ["# Reference converter at equal training budget", "",
@@ -393,13 +455,13 @@ def render() -> Path:
     for path in sorted(OUT.glob("*.json")):
         rows = sorted(json.loads(path.read_text())["rows"],
                       key=lambda r: (r["train_images"], r["test_images"], r["budget_epochs"], _converter(r) != "snnverify",
-                                     _converter(r), r["recipe"]))
+                                     _converter(r), r["recipe"], r["seed"]))
         ts = sorted({int(t) for r in rows for t in r.get("snn_accuracy", {})})
         lines += [f"## {path.stem}", "",
-                  "| E | converter | recipe | train / test images | ANN | control | QCFS ANN | "
+                  "| E | converter | recipe | seed | train / test images | ANN | control | QCFS ANN | "
                   + " | ".join(f"T={t}" for t in ts) + " | " + " | ".join(f"gap@{t}" for t in ts)
                   + " | targets met | date | commit | command |",
-                  "|" + "---|" * (11 + 2 * len(ts))]
+                  "|" + "---|" * (12 + 2 * len(ts))]
         for r in rows:
             if "failure" in r:
                 results = f"FAIL: {r['failure']}" + " |" * (2 * len(ts)) + " none"
@@ -413,17 +475,17 @@ def render() -> Path:
                            + f" | {'all' if met == checked and checked else ', '.join(f'T={t}' for t in met) or 'none'}")
             qcfs = f"{100 * r['qcfs_ann_accuracy']:.2f}" if "qcfs_ann_accuracy" in r else ""
             lines.append(
-                f"| {r['budget_epochs']} | {_converter(r)} {r.get('version', '')}".rstrip() + f" | {r['recipe']} | "
+                f"| {r['budget_epochs']} | {_converter(r)} {r.get('version', '')}".rstrip() + f" | {r['recipe']} | {r['seed']} | "
                 f"{r['train_images']} / {r['test_images']} | "
                 f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | {qcfs} | {results}"
                 f" | {r['date']} | {r['commit']} | `{r['command']}` |")
-        lines += ["", f"Winner at each budget (on the largest data: of the recipes at or above every peer "
+        lines += ["", f"Winner at each budget (seed {REFERENCE_SEED}, on the largest data: of the recipes at or above every peer "
                   f"measured there at every T = {', '.join(map(str, SCORED_T))}, else of all, the highest mean "
                   "accuracy over them): " + "; ".join(
                       f"E = {b}: {r['recipe']} ({r['train_images']} / {r['test_images']} images, mean "
                       f"{100 * sum(r['snn_accuracy'][str(t)] for t in SCORED_T) / len(SCORED_T):.2f})"
                       for b, r in winners(rows).items()),
-                  "", *_peers_side_by_side(rows, ts)]
+                  "", *_peers_side_by_side(rows, ts), *_replicates(rows)]
     return atomic_write(OUT / "README.md", "\n".join(lines))
 
 

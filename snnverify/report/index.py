@@ -326,7 +326,7 @@ class Index:
             rows = _read(path)["rows"]
             ts = sorted({int(t) for row in rows for t in row.get("snn_accuracy", {})})
             table = [{"E": row["budget_epochs"], "converter": " ".join([row.get("converter", "snnverify"), row.get("version", "")]).strip(),
-                      "recipe": row["recipe"], "train / test images": f"{row['train_images']} / {row['test_images']}",
+                      "recipe": row["recipe"], "seed": row["seed"], "train / test images": f"{row['train_images']} / {row['test_images']}",
                       "control (%)": 100 * row["control_accuracy"],
                       **{f"T={t}": (100 * row["snn_accuracy"][str(t)] if str(t) in row.get("snn_accuracy", {})
                                     else ("FAIL" if "failure" in row else "")) for t in ts},

@@ -97,7 +97,7 @@ def test_a_crashing_peer_is_a_failure_with_its_reason(setting):
 def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_path, monkeypatch):
     common = {"dataset": "toy", "train_images": 100, "test_images": 50, "convert_timesteps": 4, "ann_accuracy": 0.9,
               "date": "2026-01-01T00:00:00+00:00", "commit": "abc1234", "command": "snnverify budget", "seed": 0}
-    ours = [{**common, "budget_epochs": e, "converter": "snnverify", "recipe": r, "control_accuracy": 0.9,
+    ours = [{**common, "budget_epochs": e, "converter": "snnverify", "recipe": r, "options": {}, "control_accuracy": 0.9,
              "qcfs_ann_accuracy": 0.88, "snn_accuracy": acc, "gap_pp": {t: 100 * (0.9 - a) for t, a in acc.items()}}
             for e, r, acc in [(1, "a", {"4": 0.70, "8": 0.86}), (1, "b", {"4": 0.80, "8": 0.85})]]
     peers = [{**common, "budget_epochs": 0, "converter": "free", "version": "1.0", "recipe": "peer",
@@ -112,7 +112,7 @@ def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_pa
     assert "| 1 | snnverify (best recipe at each T) | **80.00** | 86.00 |" in side
     assert "| 1 | free 1.0 (no labels) | 75.00 | **87.00** |" in side
     assert "| 1 | broken: FAIL, convert hung (no answer within 60 s) |" in side
-    assert np.isclose(float(text.split("| free 1.0 | peer |")[1].split("|")[6]), 15.0)  # gap@4
+    assert np.isclose(float(text.split("| free 1.0 | peer | 0 |")[1].split("|")[6]), 15.0)  # gap@4
 
 
 def test_each_architecture_has_a_results_file_of_its_own(tmp_path, monkeypatch):
@@ -124,9 +124,11 @@ def test_each_architecture_has_a_results_file_of_its_own(tmp_path, monkeypatch):
         tmp_path / "fashion-mnist-small_resnet_pooled.json"
 
 
-def scored_row(converter: str, budget: int, accuracy: list[float], recipe: str = "peer", data=(100, 50)) -> dict:
+def scored_row(converter: str, budget: int, accuracy: list[float], recipe: str = "peer", data=(100, 50),
+               seed: int = 0) -> dict:
     return {"budget_epochs": budget, "converter": converter, "recipe": recipe, "train_images": data[0],
-            "test_images": data[1], "snn_accuracy": dict(zip(map(str, budget_job.SCORED_T), accuracy))}
+            "test_images": data[1], "snn_accuracy": dict(zip(map(str, budget_job.SCORED_T), accuracy)), "seed": seed,
+            "options": {"recipe": recipe}}
 
 
 def test_a_default_row_competes_as_the_options_it_resolved_to():
@@ -155,6 +157,32 @@ def test_the_winner_is_the_best_mean_among_the_recipes_that_lead_every_peer_at_e
             {**scored_row("crasher", 1, []), "failure": "convert raised"}]
     winners = budget_job.winners(rows)
     assert {b: r["recipe"] for b, r in winners.items()} == {5: "leader", 1: "a"}
+
+
+def test_replicates_never_choose_the_winner_and_pair_with_the_peer_of_their_seed(tmp_path, monkeypatch):
+    """A row of another seed is a replicate: it does not compete for the default (``lucky`` is
+    best only on seed 1), and each of our seeds is set against the peer's row of the same seed
+    (ours − peer: −2 pp on seed 0, +4 on seed 1: mean +1). A ``default`` row pairs with the
+    named recipe whose options it resolved to; a seed without the peer's row is left out."""
+    same = {"recipe": "named"}
+    rows = [{**scored_row("snnverify", 5, [0.90, 0.90, 0.90, 0.90], "named"), "options": same},
+            {**scored_row("snnverify", 5, [0.94, 0.94, 0.94, 0.94], "default", seed=1), "options": same},
+            {**scored_row("snnverify", 5, [0.99, 0.99, 0.99, 0.99], "default", seed=2), "options": same},
+            scored_row("snnverify", 5, [0.99, 0.99, 0.99, 0.99], "lucky", seed=1),
+            scored_row("trainer", 5, [0.92, 0.92, 0.92, 0.92]),
+            scored_row("trainer", 5, [0.90, 0.90, 0.90, 0.90], seed=1)]
+    assert budget_job.winners(rows)[5]["recipe"] == "named"
+    pairs = budget_job.paired_differences(rows)
+    assert [(p["recipes"], p["seeds"], p["peer"]) for p in pairs] == [(["default", "named"], [0, 1], "trainer")]
+    differences = [a - b for a, b in zip(pairs[0]["ours"]["32"], pairs[0]["peer_accuracy"]["32"])]
+    assert np.allclose(differences, [-0.02, 0.04])
+    for r in rows:
+        r.update(dataset="toy", convert_timesteps=4, ann_accuracy=0.9, control_accuracy=0.9, date="2026-01-01",
+                 commit="abc1234", command="snnverify budget", gap_pp={})
+    (tmp_path / "toy.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(budget_job, "OUT", tmp_path)
+    text = budget_job.render().read_text()
+    assert "| 5 | default, named | trainer | 100 / 50 | 0, 1 | 32 | 92.00 | 91.00 | +1.00 (-2.00 … +4.00) |" in text
 
 
 class ModulesOnly(GuessesZero):

@@ -2,6 +2,7 @@
 run report prints a skipped column as nothing."""
 
 import json
+import re
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_index_shows_certification_and_budget_when_present(reports):
         "converter": "conv", "version": "1.0", "environment": {"python": "3.11"}, "seed": 0,
         "clauses": [{"id": "C1", "verdict": "fail", "reason": "gap 3 pp", "measured": {"gap_pp": 3.0}}]})
     row = {"budget_epochs": 1, "recipe": "r1", "train_images": 500, "test_images": 200, "control_accuracy": 0.9,
-           "date": "2026-12-02T04:00:00+00:00", "command": "snnverify budget --budgets 1", "commit": "abc1234567"}
+           "date": "2026-12-02T04:00:00+00:00", "command": "snnverify budget --budgets 1", "commit": "abc1234567", "seed": 3}
     write(reports / "budget" / "digits.json", {"rows": [
         {**row, "converter": "snnverify", "snn_accuracy": {"8": 0.715}, "machine": "box, 2 CPU threads"},
         {**row, "converter": "peerlib", "version": "2.0", "recipe": "peer", "failure": "hung"}]})
@@ -120,6 +121,7 @@ def test_index_shows_certification_and_budget_when_present(reports):
     ours = next(line for line in lines if line.startswith("| 1 ") and "snnverify" in line)
     peer = next(line for line in lines if line.startswith("| 1 ") and "peerlib 2.0" in line)
     assert "training budget" in markdown and "`snnverify budget --budgets 1`" in markdown
+    assert re.search(r"\| r1 +\| 3 +\|", ours)  # the seed beside the recipe: a replicate is told from the reference row
     assert "| 71.50 " in ours and "abc1234567" in ours and "box, 2 CPU threads" in ours  # accuracy in percent
     assert "| FAIL " in peer and "not recorded" in peer  # a failed peer and a row without its machine
 
