@@ -226,10 +226,12 @@ def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
     10,000 test images), ``convert``'s recipe is the winner's: its optimizer, learning rates,
     split, BPTT horizons, bias correction horizons and spikes per step. At E = 0 nothing trains; the calibration percentile is no part of a
     recipe (the winner there may calibrate at another percentile, reported on the page)."""
-    sweep = Path(__file__).resolve().parents[2] / "reports" / "budget" / "fashion-mnist-small_resnet_pooled.json"
-    winners = budget_job.winners(json.loads(sweep.read_text())["rows"])
+    sweeps = Path(__file__).resolve().parents[2] / "reports" / "budget"
+    winners = budget_job.joint_winners({name: json.loads((sweeps / f"{name}.json").read_text())["rows"]
+                                        for name in budget_job.DEFAULTS_FROM})
     assert {0, 1, 5} <= set(winners)
-    for budget, row in winners.items():
+    for budget, rows in winners.items():
+        row = rows[budget_job.DEFAULTS_FROM[0]]
         chosen, options = recipe(budget), row["options"]
         fields = ["finetune_epochs", "qcfs_optimizer", "qcfs_lr", "threshold_lr"]
         if options["qcfs_epochs"]:  # L matters only where QCFS trains
