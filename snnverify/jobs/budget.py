@@ -394,6 +394,14 @@ def _describe(recipe) -> str:
             f"{neurons}, {correction}, {bptt}")
 
 
+def _recipe_cell(row: dict) -> str:
+    """The recipe, and for a ``default`` row the candidate it resolved to where one matches."""
+    if _converter(row) != "snnverify" or row["recipe"] != "default":
+        return row["recipe"]
+    named = recipe_of(row)
+    return f"default (= {named})" if named != "default" else "default (of its commit)"
+
+
 def _converter(row: dict) -> str:
     return row.get("converter", "snnverify")
 
@@ -539,7 +547,7 @@ def render() -> Path:
                            + f" | {'all' if met == checked and checked else ', '.join(f'T={t}' for t in met) or 'none'}")
             qcfs = f"{100 * r['qcfs_ann_accuracy']:.2f}" if "qcfs_ann_accuracy" in r else ""
             lines.append(
-                f"| {r['budget_epochs']} | {_converter(r)} {r.get('version', '')}".rstrip() + f" | {r['recipe']} | {r['seed']} | "
+                f"| {r['budget_epochs']} | {_converter(r)} {r.get('version', '')}".rstrip() + f" | {_recipe_cell(r)} | {r['seed']} | "
                 f"{r['train_images']} / {r['test_images']} | "
                 f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | {qcfs} | {results}"
                 f" | {r['date']} | {r['commit']} | `{r['command']}` |")

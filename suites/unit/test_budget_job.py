@@ -274,3 +274,18 @@ def test_a_row_replaces_only_the_row_of_its_key_and_side_by_side_sweeps_lose_non
         writer.join(60)
     assert [writer.exitcode for writer in writers] == [0] * 4
     assert len(json.loads(path.read_text())["rows"]) == 2 + 100
+
+
+def test_a_default_row_is_named_by_the_candidate_it_resolved_to():
+    """A ``default`` row whose recorded options are exactly a candidate's, resolved at its budget,
+    is that candidate (so it is compared with that candidate's rows on other networks); one
+    recorded by another version of the options (a field missing or changed) stays ``default``."""
+    from dataclasses import asdict
+    from snnverify.convert import ConversionOptions
+    options = json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=1, **budget_job.CANDIDATES["adamw-L8-B4"])
+                                           .resolved())))
+    row = {"recipe": "default", "budget_epochs": 1, "options": options}
+    assert budget_job.recipe_of(row) == "adamw-L8-B4"
+    assert budget_job.recipe_of({**row, "options": {**options, "max_spikes": 3}}) == "default"
+    assert budget_job.recipe_of({**row, "options": {k: v for k, v in options.items() if k != "percentile"}}) == "default"
+    assert budget_job.recipe_of({**row, "recipe": "adamw-L8"}) == "adamw-L8"
