@@ -55,7 +55,7 @@ class ConversionOptions:
 
     budget_epochs: int | None = None  # labelled epochs, all stages; None: the stages' sum
     levels: int | None = None  # QCFS quantisation levels L used while training the ANN
-    percentile: float = 99.9  # calibration percentile that initialises λ per channel
+    percentile: float | None = None  # calibration percentile that initialises λ per channel; None: the recipe's
     qcfs_epochs: int | None = None  # epochs of QCFS training with labels (0: calibration only)
     qcfs_lr: float | None = None  # learning rate of weights and biases in QCFS training
     threshold_lr: float | None = None  # learning rate of the thresholds λ in QCFS training
@@ -79,6 +79,10 @@ class ConversionOptions:
         if self.qcfs_optimizer not in (None, *OPTIMIZERS):
             raise ValueError(f"conversion option qcfs_optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.qcfs_optimizer!r}")
+        if self.percentile is not None and (isinstance(self.percentile, bool)
+                                            or not isinstance(self.percentile, (int, float))
+                                            or not 0 < self.percentile <= 100):
+            raise ValueError(f"conversion option percentile must be in (0, 100], got {self.percentile!r}")
         for name in ("qcfs_lr", "threshold_lr", "finetune_lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -106,7 +110,7 @@ class ConversionOptions:
         chosen = budget.recipe(qcfs + finetune)
         fill = {name: getattr(chosen, name) for name in ("levels", "qcfs_optimizer", "qcfs_lr", "threshold_lr",
                                                           "finetune_lr", "finetune_horizons", "correction_horizons",
-                                                          "max_spikes")
+                                                          "max_spikes", "percentile")
                 if getattr(self, name) is None}
         if "threshold_lr" in fill and self.qcfs_lr is not None:
             fill["threshold_lr"] = self.qcfs_lr  # a learning rate given by hand applies to λ too

@@ -29,6 +29,7 @@ class Recipe:
     finetune_horizons: tuple[int, ...] | None = None  # T's whose readouts BPTT trains; None: convert's T
     correction_horizons: tuple[int, ...] = ()  # T's whose mean error bias correction removes; (): none
     max_spikes: int = 1  # B: spikes per step at most (1: binary IF neurons; > 1: bursts)
+    percentile: float = 99.9  # calibration percentile that initialises λ per channel
 
 
 #: measured winners, keyed by the smallest budget they apply to (reports/budget/README.md; a test

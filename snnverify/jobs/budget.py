@@ -119,6 +119,8 @@ DEFAULT_MODEL = "small_resnet"
 #: peer converters with a certification adapter (snnverify.certify.adapters)
 PEERS = ("spikingjelly", "sinabs", "neurocuda")
 TARGETS_PP = {4: 2.0, 8: 0.5, 32: 0.1}  # gap to the equal-budget ANN control, at most
+#: test images per run call of a peer
+PEER_TEST_BATCH = 50
 #: a recipe's score: its mean SNN accuracy over these T (one conversion serves every T)
 SCORED_T = (4, 8, 16, 32)
 #: the seed of the reference sweep, whose rows choose the winners and fill the side-by-side
@@ -218,6 +220,9 @@ def peer_accuracy(name: str, budget: int, ann, cal, train, test, timesteps: list
     try:
         converted = harness.convert("budget", ann, cal, max(timesteps), train_loader=train if budget else None)
         accuracy = {}
+        # a peer's run answers every layer's spikes at every step, [T, batch, ...], and its
+        # simulator records them too: small batches keep T = 64 on a large network in memory
+        test = DataLoader(test.dataset, batch_size=PEER_TEST_BATCH)
         for t in progress(timesteps, desc=f"{name} E={budget}"):
             correct = total = 0
             for x, y in test:

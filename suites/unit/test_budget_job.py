@@ -222,10 +222,9 @@ def test_a_peer_that_leaves_the_network_unconverted_fails(setting):
 
 
 def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
-    """At every budget of the committed sweep on the 19.7k-parameter network (peers on all
-    10,000 test images), ``convert``'s recipe is the winner's: its optimizer, learning rates,
-    split, BPTT horizons, bias correction horizons and spikes per step. At E = 0 nothing trains; the calibration percentile is no part of a
-    recipe (the winner there may calibrate at another percentile, reported on the page)."""
+    """At every budget of the committed sweeps of both Fashion-MNIST networks (all 10,000 test
+    images), ``convert``'s recipe is the winner's: its optimizer, learning rates, split, BPTT
+    horizons, bias correction horizons, spikes per step and calibration percentile."""
     sweeps = Path(__file__).resolve().parents[2] / "reports" / "budget"
     winners = budget_job.joint_winners({name: json.loads((sweeps / f"{name}.json").read_text())["rows"]
                                         for name in budget_job.DEFAULTS_FROM})
@@ -245,6 +244,7 @@ def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
         assert list(chosen.correction_horizons) == options.get("correction_horizons", []), f"budget {budget}"
         # the neuron too (rows from before burst neurons have binary ones)
         assert chosen.max_spikes == options.get("max_spikes", 1), f"budget {budget}"
+        assert chosen.percentile == options["percentile"], f"budget {budget}"
 
 
 def _add_rows(path: str, seed: int, recipes: list[str]) -> None:

@@ -35,9 +35,18 @@ def test_every_if_layer_fires_bursts_of_b_at_a_bth_of_lambda(burst):
     assert snn.conversion.options.max_spikes == burst
 
 
-def test_the_recipe_gives_max_spikes_when_none_is_given():
-    options = ConversionOptions(budget_epochs=0).resolved()
-    assert options.max_spikes == budget.recipe(0).max_spikes
+@pytest.mark.parametrize("budget_epochs", [0, 1, 5])
+def test_the_recipe_gives_max_spikes_and_percentile_when_none_is_given(budget_epochs):
+    options = ConversionOptions(budget_epochs=budget_epochs).resolved()
+    assert options.max_spikes == budget.recipe(budget_epochs).max_spikes
+    assert options.percentile == budget.recipe(budget_epochs).percentile
+    assert ConversionOptions(budget_epochs=budget_epochs, percentile=97.5).resolved().percentile == 97.5
+
+
+@pytest.mark.parametrize("value", [0, -1.0, 100.5, True, "99.9"])
+def test_percentile_must_be_in_0_to_100(value):
+    with pytest.raises(ValueError, match=rf"conversion option percentile must be in \(0, 100\], got {value!r}"):
+        ConversionOptions(percentile=value)
 
 
 @pytest.mark.parametrize("value", [0, -1, 2.0, True, "4"])
