@@ -396,7 +396,7 @@ def _describe(recipe) -> str:
                   if recipe.correction_horizons else "no bias correction")
     neurons = f"bursts of up to {recipe.max_spikes} spikes per step" if recipe.max_spikes > 1 else "binary spikes"
     return (f"{recipe.qcfs_optimizer} lr {recipe.qcfs_lr:g}, λ lr {recipe.threshold_lr:g}, L = {recipe.levels}, "
-            f"{neurons}, {correction}, {bptt}")
+            f"λ from the {recipe.percentile:g}th percentile, {neurons}, {correction}, {bptt}")
 
 
 def _recipe_cell(row: dict) -> str:
