@@ -331,8 +331,8 @@ def failed_targets(row: dict, peers: list[dict]) -> int:
 def scored_rows(rows: list[dict], budget: int) -> tuple[dict[str, dict], list[dict]]:
     """At ``budget``: our rows of the reference seed on the largest data with every T of
     :data:`SCORED_T` scored, by :func:`recipe_of`, and the peers that stand on that data."""
-    rows = [r for r in rows if r["seed"] == REFERENCE_SEED and r["budget_epochs"] == budget]
-    ours = [r for r in rows if _converter(r) == "snnverify"
+    rows = [r for r in rows if r["seed"] == REFERENCE_SEED]  # a label-free peer's E = 0 row stands at every E
+    ours = [r for r in rows if _converter(r) == "snnverify" and r["budget_epochs"] == budget
             and all(str(t) in r.get("snn_accuracy", {}) for t in SCORED_T)]
     if not ours:
         return {}, []
@@ -377,13 +377,15 @@ def standing_peers(rows: list[dict], budget: int, data: tuple[int, int]) -> list
     """The peer rows (failures included) that stand at ``budget`` on ``data`` (training, test
     images): the peers measured at that budget, and a label-free peer's E = 0 result, which
     stands at every budget."""
+    free = label_free(rows)
     peers = [r for r in rows if _converter(r) != "snnverify" and (r["train_images"], r["test_images"]) == data]
-    free = label_free(peers)
     return [r for r in peers if r["budget_epochs"] == budget or (r["budget_epochs"] == 0 and _converter(r) in free)]
 
 
-def label_free(peers: list[dict]) -> set[str]:
-    """The peers among these rows measured at E = 0 only (they take no labels)."""
+def label_free(rows: list[dict]) -> set[str]:
+    """The peers among these rows measured at E = 0 only, on any data (they take no labels; a
+    peer that trains may have been measured at E = 0 alone on some data)."""
+    peers = [r for r in rows if _converter(r) != "snnverify"]
     return {_converter(r) for r in peers if r["budget_epochs"] == 0} - {
         _converter(r) for r in peers if r["budget_epochs"] > 0}
 
@@ -420,7 +422,7 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
     for n_train, n_test in groups:
         same = [r for r in rows if (r["train_images"], r["test_images"]) == (n_train, n_test)]
         ours = [r for r in same if _converter(r) == "snnverify" and "snn_accuracy" in r]
-        free = label_free([r for r in same if _converter(r) != "snnverify"])
+        free = label_free(rows)
         measured = [t for t in ts if any(str(t) in r.get("snn_accuracy", {}) for r in same)]
         lines += [f"### Beside the peers: {n_train} training / {n_test} test images", "",
                   "| E | converter | " + " | ".join(f"T={t}" for t in measured) + " |", "|" + "---|" * (2 + len(measured))]

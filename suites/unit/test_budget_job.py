@@ -150,13 +150,16 @@ def test_the_winner_is_the_best_mean_among_the_recipes_that_lead_every_peer_at_e
             scored_row("snnverify", 5, [0.70, 0.90, 0.91, 0.94], "worse-leader"),
             scored_row("snnverify", 5, [0.99, 0.99, 0.99, 0.99], "smaller-data", data=(10, 50)),
             scored_row("free", 0, [0.20, 0.40, 0.80, 0.93]),
-            scored_row("trainer", 5, [0.79, 0.90, 0.91, 0.93]),
+            scored_row("trainer", 5, [0.79, 0.90, 0.91, 0.92]),
             scored_row("snnverify", 1, [0.85, 0.90, 0.90, 0.90], "a"),
             scored_row("snnverify", 1, [0.80, 0.88, 0.92, 0.91], "b"),
             scored_row("trainer", 1, [0.90, 0.89, 0.89, 0.89]),
             {**scored_row("crasher", 1, []), "failure": "convert raised"}]
     winners = budget_job.winners(rows)
     assert {b: r["recipe"] for b, r in winners.items()} == {5: "leader", 1: "a"}
+    # a peer that trains, measured at E = 0 alone on other data, is not label-free: its E = 0
+    # row does not stand at E = 5 (high-mean then misses no cell and wins)
+    assert budget_job.winners(rows + [scored_row("free", 1, [0.1] * 4, data=(10, 5))])[5]["recipe"] == "high-mean"
 
 
 def test_replicates_never_choose_the_winner_and_pair_with_the_peer_of_their_seed(tmp_path, monkeypatch):
