@@ -243,7 +243,10 @@ def peer_accuracy(name: str, budget: int, ann, cal, train, test, timesteps: list
 
 
 def sweep(args) -> Path:
-    made_by = {"command": args.invocation, "commit": commit(), "machine": provenance()["machine"]}
+    # torch's thread count changes the order of training's reductions, and so its trajectory: the
+    # same command trains to another network (by up to 0.2 pp) on another count
+    made_by = {"command": args.invocation, "commit": commit(), "machine": provenance()["machine"],
+               "torch_threads": torch.get_num_threads()}
     torch.manual_seed(args.seed)
     splits, train, cal, test, n_train, n_test = loaders(args.dataset, args.train_subset, args.test_subset, args.seed)
     ann, ann_checkpoint = trained_ann(args.dataset, args.model, splits, args.ann_epochs, args.seed)
