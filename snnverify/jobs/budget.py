@@ -312,20 +312,20 @@ def sweep(args) -> Path:
 
 
 def recipe_of(row: dict) -> str:
-    """A row's recipe; a ``default`` row is named by the candidate whose options resolve, at its
-    budget, to exactly those it recorded (it keeps ``default`` where none or several do: the
-    default of another time)."""
+    """A row's recipe; a ``default`` row is named by the first candidate whose options resolve,
+    at its budget, to exactly those it recorded (candidates that leave options to the budget's
+    recipe, such as ``p99.99``, may resolve to the same options as a named one: the same recipe
+    under two names); it keeps ``default`` where none does: the default of another time."""
     if row["recipe"] != "default":
         return row["recipe"]
-    matches = []
     for name, options in CANDIDATES.items():
         if name == "default" or options.get("finetune_epochs", 0) > row["budget_epochs"]:
             continue
         resolved = json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=row["budget_epochs"],
                                                                   **options).resolved())))
         if resolved == row["options"]:
-            matches.append(name)
-    return matches[0] if len(matches) == 1 else "default"
+            return name
+    return "default"
 
 
 def failed_targets(row: dict, peers: list[dict]) -> int:

@@ -282,7 +282,9 @@ def test_a_row_replaces_only_the_row_of_its_key_and_side_by_side_sweeps_lose_non
 def test_a_default_row_is_named_by_the_candidate_it_resolved_to():
     """A ``default`` row whose recorded options are exactly a candidate's, resolved at its budget,
     is that candidate (so it is compared with that candidate's rows on other networks); one
-    recorded by another version of the options (a field missing or changed) stays ``default``."""
+    recorded by another version of the options (a field missing or changed) stays ``default``.
+    Where two candidates resolve alike (``p99.99`` leaves the rest to the E = 0 recipe, whose
+    percentile is 99.99), the row takes the first name, not ``default``."""
     from dataclasses import asdict
     from snnverify.convert import ConversionOptions
     options = json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=1, **budget_job.CANDIDATES["adamw-L8-B4"])
@@ -292,3 +294,9 @@ def test_a_default_row_is_named_by_the_candidate_it_resolved_to():
     assert budget_job.recipe_of({**row, "options": {**options, "max_spikes": 3}}) == "default"
     assert budget_job.recipe_of({**row, "options": {k: v for k, v in options.items() if k != "percentile"}}) == "default"
     assert budget_job.recipe_of({**row, "recipe": "adamw-L8"}) == "adamw-L8"
+    at_zero = json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=0, **budget_job.CANDIDATES["p99.99"])
+                                           .resolved())))
+    named = [n for n, o in budget_job.CANDIDATES.items() if n != "default" and not o.get("finetune_epochs")
+             and json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=0, **o).resolved()))) == at_zero]
+    assert len(named) >= 2
+    assert budget_job.recipe_of({"recipe": "default", "budget_epochs": 0, "options": at_zero}) == named[0]
