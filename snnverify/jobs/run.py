@@ -231,6 +231,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"ANN accuracy {100 * report['ann_accuracy']:.2f} %, QCFS ANN {100 * report['qcfs_ann_accuracy']:.2f} %")
     for t in report["timesteps"]:
         print(f"T = {t:3d}: SNN accuracy {100 * report['snn_accuracy'][str(t)]:.2f} % "
-              f"(gap {report['gap_pp'][str(t)]:+.2f} pp), sparsity {100 * report['sparsity'][str(t)]:.1f} %")
+              f"(gap {report['gap_pp'][str(t)]:+.2f} pp), {1 - report['sparsity'][str(t)]:.3f} spikes per neuron-step")
     print(f"report: {os.path.join(config.out_dir, report['name'], 'report.md')}")
     return 0

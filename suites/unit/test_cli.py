@@ -32,7 +32,7 @@ def test_run_writes_json_markdown_plot_and_checkpoint(run_dir):
     assert report["versions"]["torch"].startswith("2.14.1")
     assert report["samples"] == {"train": 1257, "cal": 180, "test": 360}
     markdown = (run_dir / "report.md").read_text()
-    assert "| T" in markdown and "QCFS ANN" in markdown
+    assert "| T" in markdown and "QCFS ANN" in markdown and "spikes per neuron-step" in markdown
     assert (run_dir / "accuracy_vs_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "ann.pt").stat().st_size > 0
 
