@@ -45,9 +45,11 @@ class Recipe:
 #: From E = 1 (QCFS training, AdamW 1e-3, λ at 5e-2, L = 8): bursts of 4, λ trained from the
 #: 99.9th percentile. From E = 5: four epochs of QCFS training, then one of BPTT at 1e-3 over the
 #: readout at T = 4 of bursts of 8 (λ from the 99.99th percentile), which resolves what 32 binary
-#: steps do. Beside neurocuda on the pooled network, on four seeds (each its own ANN): ahead at
-#: every T of 4…32 on every seed, at T = 32 by 0.03…0.26 pp. Bursts of 4 trained at T = 8 stood
-#: 0.02 pp behind it at T = 32 on the reference seed (trained at T = 8 and 32 together, 0.04 pp).
+#: steps do. Beside neurocuda on the pooled network, on four seeds (each its own ANN, one torch
+#: thread): ahead at every T of 4…32 on every seed, at T = 32 by 0.03…0.27 pp; the reference
+#: seed rerun on two threads stood 0.16 pp behind it at T = 32 (training's trajectory follows the
+#: thread count): at T = 32 the two are within what one training run varies by. Bursts of 4
+#: trained at T = 8 stood 0.02 pp behind it at T = 32 on the reference seed.
 RECIPES: dict[int, Recipe] = {
     0: Recipe(finetune_epochs=0, levels=8, qcfs_optimizer="adamw", qcfs_lr=1e-3, threshold_lr=5e-2,
               max_spikes=8, percentile=99.99),
