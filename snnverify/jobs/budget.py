@@ -311,6 +311,12 @@ def sweep(args) -> Path:
     return path
 
 
+def resolved_options(budget: int, options: dict) -> dict:
+    """The options a conversion at ``budget`` given ``options`` runs with, as a row records them
+    (its JSON form: tuples as lists)."""
+    return json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=budget, **options).resolved())))
+
+
 def recipe_of(row: dict) -> str:
     """A row's recipe; a ``default`` row is named by the first candidate whose options resolve,
     at its budget, to exactly those it recorded (candidates that leave options to the budget's
@@ -321,9 +327,7 @@ def recipe_of(row: dict) -> str:
     for name, options in CANDIDATES.items():
         if name == "default" or options.get("finetune_epochs", 0) > row["budget_epochs"]:
             continue
-        resolved = json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=row["budget_epochs"],
-                                                                  **options).resolved())))
-        if resolved == row["options"]:
+        if resolved_options(row["budget_epochs"], options) == row["options"]:
             return name
     return "default"
 
@@ -427,10 +431,10 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
     lines = []
     rows = [r for r in rows if r["seed"] == REFERENCE_SEED]
     groups = sorted({(r["train_images"], r["test_images"]) for r in rows if _converter(r) != "snnverify"})
+    free = label_free(rows)
     for n_train, n_test in groups:
         same = [r for r in rows if (r["train_images"], r["test_images"]) == (n_train, n_test)]
         ours = [r for r in same if _converter(r) == "snnverify" and "snn_accuracy" in r]
-        free = label_free(rows)
         measured = [t for t in ts if any(str(t) in r.get("snn_accuracy", {}) for r in same)]
         lines += [f"### Beside the peers: {n_train} training / {n_test} test images", "",
                   "| E | converter | " + " | ".join(f"T={t}" for t in measured) + " |", "|" + "---|" * (2 + len(measured))]

@@ -285,18 +285,14 @@ def test_a_default_row_is_named_by_the_candidate_it_resolved_to():
     recorded by another version of the options (a field missing or changed) stays ``default``.
     Where two candidates resolve alike (``p99.99`` leaves the rest to the E = 0 recipe, whose
     percentile is 99.99), the row takes the first name, not ``default``."""
-    from dataclasses import asdict
-    from snnverify.convert import ConversionOptions
-    options = json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=1, **budget_job.CANDIDATES["adamw-L8-B4"])
-                                           .resolved())))
+    options = budget_job.resolved_options(1, budget_job.CANDIDATES["adamw-L8-B4"])
     row = {"recipe": "default", "budget_epochs": 1, "options": options}
     assert budget_job.recipe_of(row) == "adamw-L8-B4"
     assert budget_job.recipe_of({**row, "options": {**options, "max_spikes": 3}}) == "default"
     assert budget_job.recipe_of({**row, "options": {k: v for k, v in options.items() if k != "percentile"}}) == "default"
     assert budget_job.recipe_of({**row, "recipe": "adamw-L8"}) == "adamw-L8"
-    at_zero = json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=0, **budget_job.CANDIDATES["p99.99"])
-                                           .resolved())))
+    at_zero = budget_job.resolved_options(0, budget_job.CANDIDATES["p99.99"])
     named = [n for n, o in budget_job.CANDIDATES.items() if n != "default" and not o.get("finetune_epochs")
-             and json.loads(json.dumps(asdict(ConversionOptions(budget_epochs=0, **o).resolved()))) == at_zero]
+             and budget_job.resolved_options(0, o) == at_zero]
     assert len(named) >= 2
     assert budget_job.recipe_of({"recipe": "default", "budget_epochs": 0, "options": at_zero}) == named[0]
