@@ -11,7 +11,8 @@ the same ANN trained E more epochs with the recipe's optimizer and weight learni
     snnverify budget --render          # reports/budget/README.md from the JSON
 
 Rows go to ``reports/budget/<dataset>.json`` as each finishes (a row with the same dataset,
-budget, converter, recipe, data sizes and seed is replaced; sweeps may run side by side), each
+budget, converter, recipe, data sizes, seed and torch thread count is replaced; sweeps may run
+side by side), each
 with its command, date and the commit it started from; the Markdown is generated from the JSON
 files only.
 """
@@ -175,8 +176,11 @@ def trained_ann(dataset: str, model_name: str, splits, epochs: int, seed: int) -
     return model.eval(), path
 
 
-#: the fields that identify a row: a new row replaces the one that agrees with it on all of them
-ROW_KEY = ("dataset", "budget_epochs", "converter", "recipe", "train_images", "test_images", "convert_timesteps", "seed")
+#: the fields that identify a row: a new row replaces the one that agrees with it on all of them.
+#: torch's thread count is one: the same command trains another network on another count, so a
+#: rerun on another count is another measurement, kept beside the first
+ROW_KEY = ("dataset", "budget_epochs", "converter", "recipe", "train_images", "test_images", "convert_timesteps", "seed",
+           "torch_threads")
 
 
 def add_row(path: Path, row: dict) -> None:
