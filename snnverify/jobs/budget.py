@@ -344,43 +344,63 @@ def failed_targets(row: dict, peers: list[dict]) -> int:
     return behind + sum(row.get("gap_pp", {}).get(str(t), -1.0) > limit for t, limit in TARGETS_PP.items())
 
 
-def scored_rows(rows: list[dict], budget: int) -> tuple[dict[str, dict], list[dict]]:
+def same_threads(row: dict, other: dict) -> bool:
+    """Whether two rows may be compared: measured on the same torch thread count, or one of them
+    from before rows recorded it (compared, the stricter choice for a target "≥ every peer")."""
+    threads = row.get("torch_threads"), other.get("torch_threads")
+    return None in threads or threads[0] == threads[1]
+
+
+def scored_rows(rows: list[dict], budget: int) -> dict[str, list[tuple[dict, list[dict]]]]:
     """At ``budget``: our rows of the reference seed on the largest data with every T of
-    :data:`SCORED_T` scored, by :func:`recipe_of`, and the peers that stand on that data."""
+    :data:`SCORED_T` scored, by :func:`recipe_of` (one per torch thread count measured), each
+    with the peers that stand against it: on that data and at its thread count."""
     rows = [r for r in rows if r["seed"] == REFERENCE_SEED]  # a label-free peer's E = 0 row stands at every E
     ours = [r for r in rows if _converter(r) == "snnverify" and r["budget_epochs"] == budget
             and all(str(t) in r.get("snn_accuracy", {}) for t in SCORED_T)]
     if not ours:
-        return {}, []
+        return {}
     largest = max((r["train_images"], r["test_images"]) for r in ours)
-    by_recipe = {recipe_of(r): r for r in ours if (r["train_images"], r["test_images"]) == largest}
-    return by_recipe, [r for r in standing_peers(rows, budget, largest) if "snn_accuracy" in r]
+    peers = [r for r in standing_peers(rows, budget, largest) if "snn_accuracy" in r]
+    by_recipe: dict[str, list[tuple[dict, list[dict]]]] = {}
+    for r in ours:
+        if (r["train_images"], r["test_images"]) == largest:
+            by_recipe.setdefault(recipe_of(r), []).append((r, [p for p in peers if same_threads(r, p)]))
+    return by_recipe
+
+
+def score(entries: list[tuple[dict, list[dict]]]) -> tuple[float, float]:
+    """A recipe's score on one network from its rows and their peers (:func:`scored_rows`): the
+    target cells missed (:func:`failed_targets`) and the mean accuracy over :data:`SCORED_T`, each
+    averaged over its rows (one per thread count), so that a recipe measured on more thread
+    counts is neither favoured nor penalised."""
+    misses = sum(failed_targets(row, peers) for row, peers in entries) / len(entries)
+    mean = sum(row["snn_accuracy"][str(t)] for row, _ in entries for t in SCORED_T) / (len(entries) * len(SCORED_T))
+    return misses, mean
 
 
 def joint_winners(networks: dict[str, list[dict]]) -> dict[int, dict[str, dict]]:
     """Per budget, the recipe ``convert`` should default to, chosen on several networks together
-    (their rows by name), with its row on each: among the recipes measured on every network
-    that has our rows at that budget (:func:`scored_rows`), the one that misses the fewest
-    target cells over all of them (:func:`failed_targets`), then the one with the highest mean
-    accuracy over the networks and the T of :data:`SCORED_T`."""
+    (their rows by name), with its row on each (its first, where it has one per thread count):
+    among the recipes measured on every network that has our rows at that budget
+    (:func:`scored_rows`), the one that misses the fewest target cells summed over the networks
+    (:func:`score`), then the one with the highest mean accuracy."""
     best: dict[int, dict[str, dict]] = {}
     budgets = {r["budget_epochs"] for rows in networks.values() for r in rows}
     for budget in sorted(budgets):
         scored = {name: scored_rows(rows, budget) for name, rows in networks.items()}
-        scored = {name: pair for name, pair in scored.items() if pair[0]}
+        scored = {name: by_recipe for name, by_recipe in scored.items() if by_recipe}
         if not scored:
             continue
-        common = set.intersection(*(set(ours) for ours, _ in scored.values()))
+        common = set.intersection(*(set(by_recipe) for by_recipe in scored.values()))
 
-        def rank(recipe_name: str) -> tuple[int, float]:
-            rows = [(ours[recipe_name], peers) for ours, peers in scored.values()]
-            misses = sum(failed_targets(row, peers) for row, peers in rows)
-            mean = sum(row["snn_accuracy"][str(t)] for row, _ in rows for t in SCORED_T)
-            return misses, -mean
+        def rank(recipe_name: str) -> tuple[float, float]:
+            scores = [score(by_recipe[recipe_name]) for by_recipe in scored.values()]
+            return sum(misses for misses, _ in scores), -sum(mean for _, mean in scores)
 
         if common:
             chosen = min(sorted(common), key=rank)
-            best[budget] = {name: ours[chosen] for name, (ours, _) in scored.items()}
+            best[budget] = {name: by_recipe[chosen][0][0] for name, by_recipe in scored.items()}
     return best
 
 
@@ -429,9 +449,14 @@ def _converter(row: dict) -> str:
     return row.get("converter", "snnverify")
 
 
+def _threads_cell(row: dict) -> str:
+    return str(row["torch_threads"]) if row.get("torch_threads") else "not recorded"
+
+
 def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
     """Per data sizes with peer rows of the reference seed: at each budget, our best recipe at
-    each T against every peer (a label-free peer's E = 0 result stands at every budget)."""
+    each T (per torch thread count) against every peer (a label-free peer's E = 0 result stands
+    at every budget), each with the thread count it trained on."""
     lines = []
     rows = [r for r in rows if r["seed"] == REFERENCE_SEED]
     groups = sorted({(r["train_images"], r["test_images"]) for r in rows if _converter(r) != "snnverify"})
@@ -443,12 +468,16 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
         lines += [f"### Beside the peers: {n_train} training / {n_test} test images", "",
                   "| E | converter | " + " | ".join(f"T={t}" for t in measured) + " |", "|" + "---|" * (2 + len(measured))]
         for budget in sorted({r["budget_epochs"] for r in ours}):
-            best = {t: max((r["snn_accuracy"].get(str(t), float("nan")) for r in ours
-                            if r["budget_epochs"] == budget), default=float("nan")) for t in measured}
-            entries = [("snnverify (best recipe at each T)", best)]
-            for r in sorted(standing_peers(rows, budget, (n_train, n_test)), key=_converter):
+            entries = []
+            for threads in sorted({r.get("torch_threads") or 0 for r in ours if r["budget_epochs"] == budget}):
+                at = [r for r in ours if r["budget_epochs"] == budget and (r.get("torch_threads") or 0) == threads]
+                best = {t: max((r["snn_accuracy"].get(str(t), float("nan")) for r in at), default=float("nan"))
+                        for t in measured}
+                entries.append((f"snnverify (best recipe at each T), torch threads: {_threads_cell(at[0])}", best))
+            for r in sorted(standing_peers(rows, budget, (n_train, n_test)),
+                            key=lambda r: (_converter(r), r.get("torch_threads") or 0)):
                 name = f"{_converter(r)} {r.get('version', '')}".strip() + (
-                    " (no labels)" if _converter(r) in free else "")
+                    " (no labels)" if _converter(r) in free else f", torch threads: {_threads_cell(r)}")
                 if "failure" in r:
                     entries.append((f"{name}: FAIL, {r['failure']}", {}))
                 else:
@@ -464,27 +493,29 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
 
 def paired_differences(rows: list[dict]) -> list[dict]:
     """Our conversions against a peer over the seeds both were measured on, where there are at
-    least two: per data sizes, budget, our resolved options (a ``default`` row pairs with the
-    named recipe of the same options) and peer, at each T the differences ours − peer, one per
-    seed. Each seed is its own ANN, shared by the pair, so each difference is a fair comparison
-    and their spread is what one training run varies by."""
+    least two: per data sizes, budget, torch thread count (rows that did not record it pair
+    among themselves), our resolved options (a ``default`` row pairs with the named recipe of
+    the same options) and peer, at each T the differences ours − peer, one per seed. Each seed
+    is its own ANN, shared by the pair, and the pair trains on one thread count, so each
+    difference is a fair comparison and their spread is what one training run varies by."""
     ours: dict[tuple, dict[int, dict]] = {}  # (data, options) -> {seed: row}
     theirs: dict[tuple, dict[str, dict[int, dict]]] = {}  # data -> {peer: {seed: row}}
     for r in (r for r in rows if "snn_accuracy" in r):
-        data = (r["train_images"], r["test_images"], r["budget_epochs"])
+        data = (r["train_images"], r["test_images"], r["budget_epochs"], r.get("torch_threads") or 0)
         if _converter(r) == "snnverify":
             ours.setdefault((data, json.dumps(r["options"], sort_keys=True)), {})[r["seed"]] = r
         else:
             theirs.setdefault(data, {}).setdefault(_converter(r), {})[r["seed"]] = r
     pairs = []
-    for ((n_train, n_test, budget), _), our_seeds in sorted(ours.items()):
-        for peer, peer_seeds in sorted(theirs.get((n_train, n_test, budget), {}).items()):
+    for ((n_train, n_test, budget, threads), _), our_seeds in sorted(ours.items()):
+        for peer, peer_seeds in sorted(theirs.get((n_train, n_test, budget, threads), {}).items()):
             seeds = sorted(set(our_seeds) & set(peer_seeds))
             if len(seeds) < 2:
                 continue
             ts = [t for t in peer_seeds[seeds[0]]["snn_accuracy"]
                   if all(t in side[s]["snn_accuracy"] for side in (our_seeds, peer_seeds) for s in seeds)]
             pairs.append({"train_images": n_train, "test_images": n_test, "budget_epochs": budget, "peer": peer,
+                          "torch_threads": threads or None,
                           "recipes": sorted({our_seeds[s]["recipe"] for s in seeds}), "seeds": seeds,
                           "ours": {t: [our_seeds[s]["snn_accuracy"][t] for s in seeds] for t in ts},
                           "peer_accuracy": {t: [peer_seeds[s]["snn_accuracy"][t] for s in seeds] for t in ts}})
@@ -501,14 +532,15 @@ def _replicates(rows: list[dict]) -> list[str]:
              "Each seed trains its own ANN and draws its own split and shuffles; ours and the peer share it. "
              "Cells: mean accuracy over the seeds, ours / peer, then the difference ours − peer in pp: mean "
              "(smallest … largest).", "",
-             "| E | recipe | peer | train / test images | seeds | T | ours | peer | ours − peer, pp |",
-             "|" + "---|" * 9]
+             "| E | recipe | peer | train / test images | torch threads | seeds | T | ours | peer | ours − peer, pp |",
+             "|" + "---|" * 10]
     for pair in pairs:
         for t, accuracies in pair["ours"].items():
             differences = [100 * (a - b) for a, b in zip(accuracies, pair["peer_accuracy"][t])]
             lines.append(
                 f"| {pair['budget_epochs']} | {', '.join(pair['recipes'])} | {pair['peer']} | "
-                f"{pair['train_images']} / {pair['test_images']} | {', '.join(map(str, pair['seeds']))} | {t} | "
+                f"{pair['train_images']} / {pair['test_images']} | {_threads_cell(pair)} | "
+                f"{', '.join(map(str, pair['seeds']))} | {t} | "
                 f"{100 * sum(accuracies) / len(accuracies):.2f} | "
                 f"{100 * sum(pair['peer_accuracy'][t]) / len(accuracies):.2f} | "
                 f"{sum(differences) / len(differences):+.2f} ({min(differences):+.2f} … {max(differences):+.2f}) |")
@@ -527,7 +559,7 @@ def _joint_winners_line(files: dict[str, list[dict]]) -> list[str]:
             f"a T of {', '.join(map(str, SCORED_T))}, or a gap target missed), then the highest mean accuracy. "
             "Chosen: " + "; ".join(
                 f"E = {b}: {recipe_of(next(iter(rows.values())))} (target cells missed: "
-                + ", ".join(f"{name} {failed_targets(row, scored_rows(networks[name], b)[1])}"
+                + ", ".join(f"{name} {score(scored_rows(networks[name], b)[recipe_of(row)])[0]:g}"
                             for name, row in rows.items()) + ")" for b, rows in chosen.items()) + "."]
 
 
@@ -548,13 +580,13 @@ def render() -> Path:
     for name, rows in files.items():
         rows = sorted(rows,
                       key=lambda r: (r["train_images"], r["test_images"], r["budget_epochs"], _converter(r) != "snnverify",
-                                     _converter(r), r["recipe"], r["seed"]))
+                                     _converter(r), r["recipe"], r["seed"], r.get("torch_threads") or 0))
         ts = sorted({int(t) for r in rows for t in r.get("snn_accuracy", {})})
         lines += [f"## {name}", "",
-                  "| E | converter | recipe | seed | train / test images | ANN | control | QCFS ANN | "
+                  "| E | converter | recipe | seed | torch threads | train / test images | ANN | control | QCFS ANN | "
                   + " | ".join(f"T={t}" for t in ts) + " | " + " | ".join(f"gap@{t}" for t in ts)
                   + " | targets met | date | commit | command |",
-                  "|" + "---|" * (12 + 2 * len(ts))]
+                  "|" + "---|" * (13 + 2 * len(ts))]
         for r in rows:
             if "failure" in r:
                 results = f"FAIL: {r['failure']}" + " |" * (2 * len(ts)) + " none"
@@ -568,7 +600,7 @@ def render() -> Path:
                            + f" | {'all' if met == checked and checked else ', '.join(f'T={t}' for t in met) or 'none'}")
             qcfs = f"{100 * r['qcfs_ann_accuracy']:.2f}" if "qcfs_ann_accuracy" in r else ""
             lines.append(
-                f"| {r['budget_epochs']} | {_converter(r)} {r.get('version', '')}".rstrip() + f" | {_recipe_cell(r)} | {r['seed']} | "
+                f"| {r['budget_epochs']} | {_converter(r)} {r.get('version', '')}".rstrip() + f" | {_recipe_cell(r)} | {r['seed']} | {_threads_cell(r)} | "
                 f"{r['train_images']} / {r['test_images']} | "
                 f"{100 * r['ann_accuracy']:.2f} | {100 * r['control_accuracy']:.2f} | {qcfs} | {results}"
                 f" | {r['date']} | {r['commit']} | `{r['command']}` |")
@@ -576,7 +608,7 @@ def render() -> Path:
                   "fewest target cells missed, then the highest mean accuracy over T = "
                   f"{', '.join(map(str, SCORED_T))}): " + "; ".join(
                       f"E = {b}: {recipe_of(r)} ({r['train_images']} / {r['test_images']} images, mean "
-                      f"{100 * sum(r['snn_accuracy'][str(t)] for t in SCORED_T) / len(SCORED_T):.2f})"
+                      f"{100 * score(scored_rows(rows, b)[recipe_of(r)])[1]:.2f})"
                       for b, r in winners(rows).items()),
                   "", *_peers_side_by_side(rows, ts), *_replicates(rows)]
     return atomic_write(OUT / "README.md", "\n".join(lines))

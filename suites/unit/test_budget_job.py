@@ -99,20 +99,24 @@ def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_pa
               "date": "2026-01-01T00:00:00+00:00", "commit": "abc1234", "command": "snnverify budget", "seed": 0}
     ours = [{**common, "budget_epochs": e, "converter": "snnverify", "recipe": r, "options": {}, "control_accuracy": 0.9,
              "qcfs_ann_accuracy": 0.88, "snn_accuracy": acc, "gap_pp": {t: 100 * (0.9 - a) for t, a in acc.items()}}
-            for e, r, acc in [(1, "a", {"4": 0.70, "8": 0.86}), (1, "b", {"4": 0.80, "8": 0.85})]]
+             | {"torch_threads": threads}
+            for e, r, acc, threads in [(1, "a", {"4": 0.70, "8": 0.86}, 2), (1, "b", {"4": 0.80, "8": 0.85}, 2),
+                                       (1, "c", {"4": 0.95, "8": 0.95}, 1)]]
     peers = [{**common, "budget_epochs": 0, "converter": "free", "version": "1.0", "recipe": "peer",
               "control_accuracy": 0.9, "snn_accuracy": {"4": 0.75, "8": 0.87}, "gap_pp": {"4": 15.0, "8": 3.0}},
              {**common, "budget_epochs": 1, "converter": "broken", "recipe": "peer", "control_accuracy": 0.9,
-              "failure": "convert hung (no answer within 60 s)"}]
+              "failure": "convert hung (no answer within 60 s)", "torch_threads": 2}]
     (tmp_path / "toy.json").write_text(json.dumps({"rows": ours + peers}))
     monkeypatch.setattr(budget_job, "OUT", tmp_path)
     text = budget_job.render().read_text()
     side = text[text.index("### Beside the peers: 100 training / 50 test images"):]
-    # the best of our recipes at each T (b at T=4, a at T=8); the label-free peer leads at T=8
-    assert "| 1 | snnverify (best recipe at each T) | **80.00** | 86.00 |" in side
-    assert "| 1 | free 1.0 (no labels) | 75.00 | **87.00** |" in side
-    assert "| 1 | broken: FAIL, convert hung (no answer within 60 s) |" in side
-    assert np.isclose(float(text.split("| free 1.0 | peer | 0 |")[1].split("|")[6]), 15.0)  # gap@4
+    # the best of our recipes at each T on two threads (b at T=4, a at T=8), apart from the one
+    # measured on one thread (c); at T=8 the label-free peer leads our two-thread rows
+    assert "| 1 | snnverify (best recipe at each T), torch threads: 2 | 80.00 | 86.00 |" in side
+    assert "| 1 | snnverify (best recipe at each T), torch threads: 1 | **95.00** | **95.00** |" in side
+    assert "| 1 | free 1.0 (no labels) | 75.00 | 87.00 |" in side
+    assert "| 1 | broken, torch threads: 2: FAIL, convert hung (no answer within 60 s) |" in side
+    assert np.isclose(float(text.split("| free 1.0 | peer | 0 | not recorded |")[1].split("|")[6]), 15.0)  # gap@4
 
 
 def test_each_architecture_has_a_results_file_of_its_own(tmp_path, monkeypatch):
@@ -185,7 +189,41 @@ def test_replicates_never_choose_the_winner_and_pair_with_the_peer_of_their_seed
     (tmp_path / "toy.json").write_text(json.dumps({"rows": rows}))
     monkeypatch.setattr(budget_job, "OUT", tmp_path)
     text = budget_job.render().read_text()
-    assert "| 5 | default, named | trainer | 100 / 50 | 0, 1 | 32 | 92.00 | 91.00 | +1.00 (-2.00 … +4.00) |" in text
+    assert "| 5 | default, named | trainer | 100 / 50 | not recorded | 0, 1 | 32 | 92.00 | 91.00 | +1.00 (-2.00 … +4.00) |" \
+        in text
+
+
+def test_rows_pair_and_compete_at_their_own_torch_thread_count():
+    """The same command on another torch thread count trains another network: each of our rows
+    is scored against the peer's row of its own count (a row that did not record its count,
+    against every peer), a recipe measured on two counts scores the mean of its misses, and
+    replicates pair within one count."""
+    def at(row: dict, threads: int | None) -> dict:
+        return {**row, "torch_threads": threads, "options": {"recipe": row["recipe"]}}
+
+    rows = [at(scored_row("snnverify", 5, [0.94] * 4, "steady"), 1),
+            at(scored_row("snnverify", 5, [0.92] * 4, "steady"), 2),  # behind the one-thread peer only
+            at(scored_row("snnverify", 5, [0.99] * 4, "split"), 1),
+            at(scored_row("snnverify", 5, [0.90] * 4, "split"), 2),
+            at(scored_row("snnverify", 5, [0.92] * 4, "legacy"), None),
+            at(scored_row("trainer", 5, [0.93] * 4), 1),
+            at(scored_row("trainer", 5, [0.91] * 4), 2)]
+    for seed in (1, 2):
+        rows += [at(scored_row("snnverify", 5, [0.90 + seed / 100] * 4, "steady", seed=seed), 1),
+                 at(scored_row("snnverify", 5, [0.80] * 4, "steady", seed=seed), 2),
+                 at(scored_row("trainer", 5, [0.90] * 4, seed=seed), 1)]
+    scored = budget_job.scored_rows(rows, 5)
+    assert {recipe: [[p["torch_threads"] for p in peers] for _, peers in entries]
+            for recipe, entries in scored.items()} == {"steady": [[1], [2]], "split": [[1], [2]], "legacy": [[1, 2]]}
+    assert budget_job.score(scored["steady"]) == (0.0, pytest.approx(0.93))
+    assert budget_job.score(scored["split"]) == (2.0, pytest.approx(0.945))  # 4 cells missed on two threads
+    assert budget_job.score(scored["legacy"])[0] == 4.0
+    assert budget_job.winners(rows)[5]["recipe"] == "steady"
+
+    pairs = budget_job.paired_differences(rows)  # two threads: the peer has one seed, no pair
+    assert [(p["torch_threads"], p["recipes"], p["seeds"]) for p in pairs] == [(1, ["steady"], [0, 1, 2])]
+    assert np.allclose([a - b for a, b in zip(pairs[0]["ours"]["32"], pairs[0]["peer_accuracy"]["32"])],
+                       [0.01, 0.01, 0.02])
 
 
 class ModulesOnly(GuessesZero):
@@ -258,15 +296,18 @@ def _add_rows(path: str, seed: int, recipes: list[str]) -> None:
 
 
 def test_a_row_replaces_only_the_row_of_its_key_and_side_by_side_sweeps_lose_none(tmp_path):
-    """Rows differing only in seed are replicates and both stay; the same key replaces. Four
+    """Rows differing only in seed or torch thread count both stay; the same key replaces. Four
     processes adding 25 rows each to one file at once keep all 100 (the read-modify-write is
     under a lock; without it, a write that read the file before another's rename drops a row)."""
     path = tmp_path / "digits.json"
     _add_rows(str(path), 0, ["a"])
     _add_rows(str(path), 1, ["a"])
     budget_job.add_row(path, {**json.loads(path.read_text())["rows"][0], "note": "again"})
+    again = next(r for r in json.loads(path.read_text())["rows"] if r["seed"] == 0)
+    budget_job.add_row(path, {**again, "torch_threads": 1})
     rows = json.loads(path.read_text())["rows"]
-    assert sorted((r["seed"], r.get("note")) for r in rows) == [(0, "again"), (1, None)]
+    assert sorted((r["seed"], r.get("torch_threads") or 0, r.get("note")) for r in rows) == [
+        (0, 0, "again"), (0, 1, "again"), (1, 0, None)]
 
     context = multiprocessing.get_context("fork")  # the writers need nothing but this module
     writers = [context.Process(target=_add_rows, args=(str(path), 2 + w, [f"r{i}" for i in range(25)]))
@@ -276,7 +317,7 @@ def test_a_row_replaces_only_the_row_of_its_key_and_side_by_side_sweeps_lose_non
     for writer in writers:
         writer.join(60)
     assert [writer.exitcode for writer in writers] == [0] * 4
-    assert len(json.loads(path.read_text())["rows"]) == 2 + 100
+    assert len(json.loads(path.read_text())["rows"]) == 3 + 100
 
 
 def test_a_default_row_is_named_by_the_candidate_it_resolved_to():
