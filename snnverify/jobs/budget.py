@@ -492,58 +492,65 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
 
 
 def paired_differences(rows: list[dict]) -> list[dict]:
-    """Our conversions against a peer over the seeds both were measured on, where there are at
-    least two: per data sizes, budget, torch thread count (rows that did not record it pair
-    among themselves), our resolved options (a ``default`` row pairs with the named recipe of
-    the same options) and peer, at each T the differences ours − peer, one per seed. Each seed
-    is its own ANN, shared by the pair, and the pair trains on one thread count, so each
-    difference is a fair comparison and their spread is what one training run varies by."""
-    ours: dict[tuple, dict[int, dict]] = {}  # (data, options) -> {seed: row}
-    theirs: dict[tuple, dict[str, dict[int, dict]]] = {}  # data -> {peer: {seed: row}}
+    """Our conversions against a peer over the runs both made, where there are at least two: per
+    data sizes, budget, our resolved options (a ``default`` row pairs with the named recipe of
+    the same options) and peer, at each T the differences ours − peer, one per run. A run is a
+    seed on a torch thread count (rows that did not record it pair among themselves): each seed
+    trains its own ANN, shared by the pair, and the pair trains on the same thread count, so
+    each difference is a fair comparison, and their spread is what one training run varies by."""
+    ours: dict[tuple, dict[tuple, dict]] = {}  # (data, options) -> {(seed, threads): row}
+    theirs: dict[tuple, dict[str, dict[tuple, dict]]] = {}  # data -> {peer: {(seed, threads): row}}
     for r in (r for r in rows if "snn_accuracy" in r):
-        data = (r["train_images"], r["test_images"], r["budget_epochs"], r.get("torch_threads") or 0)
+        data, run = (r["train_images"], r["test_images"], r["budget_epochs"]), (r["seed"], r.get("torch_threads") or 0)
         if _converter(r) == "snnverify":
-            ours.setdefault((data, json.dumps(r["options"], sort_keys=True)), {})[r["seed"]] = r
+            ours.setdefault((data, json.dumps(r["options"], sort_keys=True)), {})[run] = r
         else:
-            theirs.setdefault(data, {}).setdefault(_converter(r), {})[r["seed"]] = r
+            theirs.setdefault(data, {}).setdefault(_converter(r), {})[run] = r
     pairs = []
-    for ((n_train, n_test, budget, threads), _), our_seeds in sorted(ours.items()):
-        for peer, peer_seeds in sorted(theirs.get((n_train, n_test, budget, threads), {}).items()):
-            seeds = sorted(set(our_seeds) & set(peer_seeds))
-            if len(seeds) < 2:
+    for ((n_train, n_test, budget), _), our_runs in sorted(ours.items()):
+        for peer, peer_runs in sorted(theirs.get((n_train, n_test, budget), {}).items()):
+            runs = sorted(set(our_runs) & set(peer_runs))
+            if len(runs) < 2:
                 continue
-            ts = [t for t in peer_seeds[seeds[0]]["snn_accuracy"]
-                  if all(t in side[s]["snn_accuracy"] for side in (our_seeds, peer_seeds) for s in seeds)]
+            ts = [t for t in peer_runs[runs[0]]["snn_accuracy"]
+                  if all(t in side[run]["snn_accuracy"] for side in (our_runs, peer_runs) for run in runs)]
             pairs.append({"train_images": n_train, "test_images": n_test, "budget_epochs": budget, "peer": peer,
-                          "torch_threads": threads or None,
-                          "recipes": sorted({our_seeds[s]["recipe"] for s in seeds}), "seeds": seeds,
-                          "ours": {t: [our_seeds[s]["snn_accuracy"][t] for s in seeds] for t in ts},
-                          "peer_accuracy": {t: [peer_seeds[s]["snn_accuracy"][t] for s in seeds] for t in ts}})
+                          "recipes": sorted({our_runs[run]["recipe"] for run in runs}),
+                          "runs": [(seed, threads or None) for seed, threads in runs],
+                          "ours": {t: [our_runs[run]["snn_accuracy"][t] for run in runs] for t in ts},
+                          "peer_accuracy": {t: [peer_runs[run]["snn_accuracy"][t] for run in runs] for t in ts}})
     return pairs
 
 
 def _replicates(rows: list[dict]) -> list[str]:
-    """The table of :func:`paired_differences`: per T, the mean accuracies over the seeds and
-    the differences ours − peer (mean, and the smallest and largest), in pp."""
+    """The table of :func:`paired_differences`: per T, the mean accuracies over the runs, the
+    differences ours − peer (mean, and the smallest and largest), in pp, and how many runs
+    have ours ahead, level and behind."""
     pairs = paired_differences(rows)
     if not pairs:
         return []
-    lines = ["### Replicates: the same comparison on other seeds", "",
-             "Each seed trains its own ANN and draws its own split and shuffles; ours and the peer share it. "
-             "Cells: mean accuracy over the seeds, ours / peer, then the difference ours − peer in pp: mean "
-             "(smallest … largest).", "",
-             "| E | recipe | peer | train / test images | torch threads | seeds | T | ours | peer | ours − peer, pp |",
+    lines = ["### Replicates: the same comparison on other seeds and torch thread counts", "",
+             "A run is a seed on a torch thread count: each seed trains its own ANN and draws its own split and "
+             "shuffles, and the thread count changes training's reduction order; ours and the peer share both. "
+             "Runs: seed (threads; – where the row did not record them). Cells: mean accuracy over the runs, "
+             "ours / peer, then the difference ours − peer in pp: mean (smallest … largest), and the runs with "
+             "ours ahead / level / behind.", "",
+             "| E | recipe | peer | train / test images | runs | T | ours | peer | ours − peer, pp | ahead / level / behind |",
              "|" + "---|" * 10]
     for pair in pairs:
+        runs = ", ".join(f"{seed} ({threads or '–'})" for seed, threads in pair["runs"])
         for t, accuracies in pair["ours"].items():
             differences = [100 * (a - b) for a, b in zip(accuracies, pair["peer_accuracy"][t])]
+            tally = [sum(a > b for a, b in zip(accuracies, pair["peer_accuracy"][t])),
+                     sum(a == b for a, b in zip(accuracies, pair["peer_accuracy"][t])),
+                     sum(a < b for a, b in zip(accuracies, pair["peer_accuracy"][t]))]
             lines.append(
                 f"| {pair['budget_epochs']} | {', '.join(pair['recipes'])} | {pair['peer']} | "
-                f"{pair['train_images']} / {pair['test_images']} | {_threads_cell(pair)} | "
-                f"{', '.join(map(str, pair['seeds']))} | {t} | "
+                f"{pair['train_images']} / {pair['test_images']} | {runs} | {t} | "
                 f"{100 * sum(accuracies) / len(accuracies):.2f} | "
                 f"{100 * sum(pair['peer_accuracy'][t]) / len(accuracies):.2f} | "
-                f"{sum(differences) / len(differences):+.2f} ({min(differences):+.2f} … {max(differences):+.2f}) |")
+                f"{sum(differences) / len(differences):+.2f} ({min(differences):+.2f} … {max(differences):+.2f}) | "
+                f"{' / '.join(map(str, tally))} |")
     return lines + [""]
 
 

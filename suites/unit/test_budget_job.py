@@ -180,7 +180,8 @@ def test_replicates_never_choose_the_winner_and_pair_with_the_peer_of_their_seed
             scored_row("trainer", 5, [0.90, 0.90, 0.90, 0.90], seed=1)]
     assert budget_job.winners(rows)[5]["recipe"] == "named"
     pairs = budget_job.paired_differences(rows)
-    assert [(p["recipes"], p["seeds"], p["peer"]) for p in pairs] == [(["default", "named"], [0, 1], "trainer")]
+    assert [(p["recipes"], p["runs"], p["peer"]) for p in pairs] == [(["default", "named"], [(0, None), (1, None)],
+                                                                       "trainer")]
     differences = [a - b for a, b in zip(pairs[0]["ours"]["32"], pairs[0]["peer_accuracy"]["32"])]
     assert np.allclose(differences, [-0.02, 0.04])
     for r in rows:
@@ -189,15 +190,15 @@ def test_replicates_never_choose_the_winner_and_pair_with_the_peer_of_their_seed
     (tmp_path / "toy.json").write_text(json.dumps({"rows": rows}))
     monkeypatch.setattr(budget_job, "OUT", tmp_path)
     text = budget_job.render().read_text()
-    assert "| 5 | default, named | trainer | 100 / 50 | not recorded | 0, 1 | 32 | 92.00 | 91.00 | +1.00 (-2.00 … +4.00) |" \
-        in text
+    assert ("| 5 | default, named | trainer | 100 / 50 | 0 (–), 1 (–) | 32 | 92.00 | 91.00 | +1.00 (-2.00 … +4.00) "
+            "| 1 / 0 / 1 |") in text
 
 
 def test_rows_pair_and_compete_at_their_own_torch_thread_count():
     """The same command on another torch thread count trains another network: each of our rows
     is scored against the peer's row of its own count (a row that did not record its count,
     against every peer), a recipe measured on two counts scores the mean of its misses, and
-    replicates pair within one count."""
+    replicates pair run by run: a seed on one thread count against the peer's same run."""
     def at(row: dict, threads: int | None) -> dict:
         return {**row, "torch_threads": threads, "options": {"recipe": row["recipe"]}}
 
@@ -220,10 +221,13 @@ def test_rows_pair_and_compete_at_their_own_torch_thread_count():
     assert budget_job.score(scored["legacy"])[0] == 4.0
     assert budget_job.winners(rows)[5]["recipe"] == "steady"
 
-    pairs = budget_job.paired_differences(rows)  # two threads: the peer has one seed, no pair
-    assert [(p["torch_threads"], p["recipes"], p["seeds"]) for p in pairs] == [(1, ["steady"], [0, 1, 2])]
-    assert np.allclose([a - b for a, b in zip(pairs[0]["ours"]["32"], pairs[0]["peer_accuracy"]["32"])],
-                       [0.01, 0.01, 0.02])
+    pairs = {p["recipes"][0]: p for p in budget_job.paired_differences(rows)}  # two threads: seed 0 alone
+    assert {recipe: p["runs"] for recipe, p in pairs.items()} == {"split": [(0, 1), (0, 2)],
+                                                                  "steady": [(0, 1), (0, 2), (1, 1), (2, 1)]}
+    assert np.allclose([a - b for a, b in zip(pairs["steady"]["ours"]["32"], pairs["steady"]["peer_accuracy"]["32"])],
+                       [0.01, 0.01, 0.01, 0.02])
+    assert np.allclose([a - b for a, b in zip(pairs["split"]["ours"]["32"], pairs["split"]["peer_accuracy"]["32"])],
+                       [0.06, -0.01])
 
 
 class ModulesOnly(GuessesZero):
