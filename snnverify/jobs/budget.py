@@ -183,16 +183,25 @@ ROW_KEY = ("dataset", "budget_epochs", "converter", "recipe", "train_images", "t
            "torch_threads")
 
 
+def reproduces(row: dict, old: dict) -> bool:
+    """Whether ``row`` is a rerun of ``old``, a row that did not record its torch thread count,
+    with the same key otherwise and exactly the same results: the same measurement, now with
+    its thread count."""
+    return ("torch_threads" not in old and all(old.get(k) == row.get(k) for k in ROW_KEY if k != "torch_threads")
+            and all(old.get(k) == row.get(k) for k in ("snn_accuracy", "control_accuracy", "failure")))
+
+
 def add_row(path: Path, row: dict) -> None:
-    """Add ``row`` to the results file ``path``, replacing the row with its :data:`ROW_KEY`;
-    the other rows are kept. Sweeps run side by side write the same file, so the read and the
-    write happen under an exclusive lock (flock) on its folder: none loses another's row."""
+    """Add ``row`` to the results file ``path``, replacing the row with its :data:`ROW_KEY` and
+    a row it reproduces (:func:`reproduces`); the other rows are kept. Sweeps run side by side
+    write the same file, so the read and the write happen under an exclusive lock (flock) on
+    its folder: none loses another's row."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         rows = json.loads(path.read_text())["rows"] if path.exists() else []
-        rows = [r for r in rows if any(r.get(k) != row.get(k) for k in ROW_KEY)] + [row]
+        rows = [r for r in rows if any(r.get(k) != row.get(k) for k in ROW_KEY) and not reproduces(row, r)] + [row]
         atomic_write(path, json.dumps({"rows": rows}, indent=1) + "\n")
     finally:
         os.close(fd)  # closing releases the lock

@@ -307,11 +307,18 @@ def test_a_row_replaces_only_the_row_of_its_key_and_side_by_side_sweeps_lose_non
     _add_rows(str(path), 0, ["a"])
     _add_rows(str(path), 1, ["a"])
     budget_job.add_row(path, {**json.loads(path.read_text())["rows"][0], "note": "again"})
-    again = next(r for r in json.loads(path.read_text())["rows"] if r["seed"] == 0)
-    budget_job.add_row(path, {**again, "torch_threads": 1})
+    # a rerun that records its thread count and reproduces a row that did not replaces that row
+    # (the same measurement); one with other results stays beside it
+    legacy = {**next(r for r in json.loads(path.read_text())["rows"] if r["seed"] == 0),
+              "snn_accuracy": {"4": 0.5}, "control_accuracy": 0.6, "note": "results"}
+    budget_job.add_row(path, legacy)
+    budget_job.add_row(path, {**legacy, "torch_threads": 1})
+    assert [r.get("torch_threads") for r in json.loads(path.read_text())["rows"] if r["seed"] == 0] == [1]
+    budget_job.add_row(path, legacy)
+    budget_job.add_row(path, {**legacy, "snn_accuracy": {"4": 0.4}, "torch_threads": 2})
     rows = json.loads(path.read_text())["rows"]
     assert sorted((r["seed"], r.get("torch_threads") or 0, r.get("note")) for r in rows) == [
-        (0, 0, "again"), (0, 1, "again"), (1, 0, None)]
+        (0, 0, "results"), (0, 1, "results"), (0, 2, "results"), (1, 0, None)]
 
     context = multiprocessing.get_context("fork")  # the writers need nothing but this module
     writers = [context.Process(target=_add_rows, args=(str(path), 2 + w, [f"r{i}" for i in range(25)]))
@@ -321,7 +328,7 @@ def test_a_row_replaces_only_the_row_of_its_key_and_side_by_side_sweeps_lose_non
     for writer in writers:
         writer.join(60)
     assert [writer.exitcode for writer in writers] == [0] * 4
-    assert len(json.loads(path.read_text())["rows"]) == 3 + 100
+    assert len(json.loads(path.read_text())["rows"]) == 4 + 100
 
 
 def test_a_default_row_is_named_by_the_candidate_it_resolved_to():
