@@ -589,7 +589,11 @@ def render() -> Path:
              "optimizer and weight learning rate (AdamW 1e-3 for the peers, neurocuda's own), evaluated as an ANN "
              "(E = 0: the ANN itself). Gap = control − SNN in pp; targets: ≤ 2 at T = 4, ≤ 0.5 at T = 8, ≤ 0.1 at "
              "T = 32, all from one conversion. Our SNNs on the `cpu` backend; peers on their own simulators "
-             "through their certification adapters.", "",
+             "through their certification adapters (their interpreter inherits the sweep's environment, so its "
+             "thread count too). Torch's thread count changes training's reduction order and so the network "
+             "trained: rows record it (older rows do not: \"not recorded\"), our rows are compared with the "
+             "peers' of the same count (a row without it with every peer), and a rerun on another count is a "
+             "row of its own.", "",
              "Defaults of `convert` (snnverify/convert/budget.py), by budget: "
              + "; ".join(f"E ≥ {b}: {_describe(r)}" for b, r in RECIPES.items())
              + f"; no budget given: E = {DEFAULT_BUDGET}.", "", *_joint_winners_line(files), ""]
