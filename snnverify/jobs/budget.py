@@ -524,7 +524,7 @@ def paired_differences(rows: list[dict]) -> list[dict]:
             ts = [t for t in peer_runs[runs[0]]["snn_accuracy"]
                   if all(t in side[run]["snn_accuracy"] for side in (our_runs, peer_runs) for run in runs)]
             pairs.append({"train_images": n_train, "test_images": n_test, "budget_epochs": budget, "peer": peer,
-                          "recipes": sorted({our_runs[run]["recipe"] for run in runs}),
+                          "recipes": sorted({recipe_of(our_runs[run]) for run in runs}),
                           "runs": [(seed, threads or None) for seed, threads in runs],
                           "ours": {t: [our_runs[run]["snn_accuracy"][t] for run in runs] for t in ts},
                           "peer_accuracy": {t: [peer_runs[run]["snn_accuracy"][t] for run in runs] for t in ts}})
