@@ -356,8 +356,7 @@ def failed_targets(row: dict, peers: list[dict]) -> int:
 def same_threads(row: dict, other: dict) -> bool:
     """Whether two rows may be compared: measured on the same torch thread count, or one of them
     from before rows recorded it (compared, the stricter choice for a target "≥ every peer")."""
-    threads = row.get("torch_threads"), other.get("torch_threads")
-    return None in threads or threads[0] == threads[1]
+    return not _threads(row) or not _threads(other) or _threads(row) == _threads(other)
 
 
 def scored_rows(rows: list[dict], budget: int) -> dict[str, list[tuple[dict, list[dict]]]]:
@@ -458,8 +457,13 @@ def _converter(row: dict) -> str:
     return row.get("converter", "snnverify")
 
 
+def _threads(row: dict) -> int:
+    """The torch thread count a row records; 0 where it did not record one."""
+    return row.get("torch_threads") or 0
+
+
 def _threads_cell(row: dict) -> str:
-    return str(row["torch_threads"]) if row.get("torch_threads") else "not recorded"
+    return str(_threads(row)) if _threads(row) else "not recorded"
 
 
 def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
@@ -478,13 +482,13 @@ def _peers_side_by_side(rows: list[dict], ts: list[int]) -> list[str]:
                   "| E | converter | " + " | ".join(f"T={t}" for t in measured) + " |", "|" + "---|" * (2 + len(measured))]
         for budget in sorted({r["budget_epochs"] for r in ours}):
             entries = []
-            for threads in sorted({r.get("torch_threads") or 0 for r in ours if r["budget_epochs"] == budget}):
-                at = [r for r in ours if r["budget_epochs"] == budget and (r.get("torch_threads") or 0) == threads]
+            for threads in sorted({_threads(r) for r in ours if r["budget_epochs"] == budget}):
+                at = [r for r in ours if r["budget_epochs"] == budget and _threads(r) == threads]
                 best = {t: max((r["snn_accuracy"].get(str(t), float("nan")) for r in at), default=float("nan"))
                         for t in measured}
                 entries.append((f"snnverify (best recipe at each T), torch threads: {_threads_cell(at[0])}", best))
             for r in sorted(standing_peers(rows, budget, (n_train, n_test)),
-                            key=lambda r: (_converter(r), r.get("torch_threads") or 0)):
+                            key=lambda r: (_converter(r), _threads(r))):
                 name = f"{_converter(r)} {r.get('version', '')}".strip() + (
                     " (no labels)" if _converter(r) in free else f", torch threads: {_threads_cell(r)}")
                 if "failure" in r:
@@ -510,7 +514,7 @@ def paired_differences(rows: list[dict]) -> list[dict]:
     ours: dict[tuple, dict[tuple, dict]] = {}  # (data, options) -> {(seed, threads): row}
     theirs: dict[tuple, dict[str, dict[tuple, dict]]] = {}  # data -> {peer: {(seed, threads): row}}
     for r in (r for r in rows if "snn_accuracy" in r):
-        data, run = (r["train_images"], r["test_images"], r["budget_epochs"]), (r["seed"], r.get("torch_threads") or 0)
+        data, run = (r["train_images"], r["test_images"], r["budget_epochs"]), (r["seed"], _threads(r))
         if _converter(r) == "snnverify":
             ours.setdefault((data, json.dumps(r["options"], sort_keys=True)), {})[run] = r
         else:
@@ -600,7 +604,7 @@ def render() -> Path:
     for name, rows in files.items():
         rows = sorted(rows,
                       key=lambda r: (r["train_images"], r["test_images"], r["budget_epochs"], _converter(r) != "snnverify",
-                                     _converter(r), r["recipe"], r["seed"], r.get("torch_threads") or 0))
+                                     _converter(r), r["recipe"], r["seed"], _threads(r)))
         ts = sorted({int(t) for r in rows for t in r.get("snn_accuracy", {})})
         lines += [f"## {name}", "",
                   "| E | converter | recipe | seed | torch threads | train / test images | ANN | control | QCFS ANN | "
