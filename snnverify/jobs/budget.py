@@ -107,6 +107,10 @@ CANDIDATES: dict[str, dict] = {
     # bursts of 8 trained at T = 4 (B·T = 32), with the E = 0 default's wider λ
     "adamw-L8-B8-p99.99-bptt1-h4": adamw(bptt_lr=1e-3, horizons=(4,), burst=8, percentile=99.99),
     "adamw-L8-B8-bptt1-h4": adamw(bptt_lr=1e-3, horizons=(4,), burst=8),
+    # the same at a lower BPTT rate: on a training set of a few thousand images one epoch is a
+    # few Adam steps, each of about the rate per weight whatever the gradient's size
+    **{f"adamw-L8-B8-p99.99-bptt1-h4-lr{lr}": adamw(bptt_lr=float(lr), horizons=(4,), burst=8, percentile=99.99)
+       for lr in ("1e-4", "3e-4")},
     # QCFS at L = 16, the levels of T = 4 bursts of 4: the staircase the SNN reads from T = 4 on
     "adamw-L16-B4-bptt1-h8": adamw(levels=16, bptt_lr=1e-3, horizons=(8,), burst=4),
     # a wider λ, which finer levels can afford: less clipped at high T, coarser steps at low T
