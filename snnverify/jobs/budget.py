@@ -96,6 +96,7 @@ CANDIDATES: dict[str, dict] = {
     **{f"adamw-L8-B{b}{'-bc' + '.'.join(map(str, h)) if h else ''}": adamw(burst=b, correction=h)
        for b in (2, 4, 8) for h in ((), (4,), (4, 8), (4, 8, 16, 32))},
     "adamw1e-4-L8-B4-bc4": adamw(qcfs_lr=1e-4, burst=4, correction=(4,)),
+    "adamw1e-4-L8-B4": adamw(qcfs_lr=1e-4, burst=4),
     "adamw1e-4-L8-B4-bptt1-h48-lr1e-4-bc4": adamw(qcfs_lr=1e-4, bptt_lr=1e-4, horizons=(4, 8), burst=4,
                                                  correction=(4,)),
     # BPTT of a burst network at the rate and T whose resolution binary T = 32 has (B·T = 32)
