@@ -245,7 +245,9 @@ def test_sparsity_job_writes_rows_a_pareto_table_and_a_plot(tmp_path):
     rows = json.loads((out / "digits-small_resnet.json").read_text())["rows"]
     assert [(r["penalty"], r["options"]["levels"]) for r in rows] == [(0.0, 8), (3.0, 8), (0.0, 4)]
     readme = (out / "README.md").read_text()
-    assert all(f"QCFS training at L = {levels} (AdamW at 0.001, λ at 0.05):" in readme for levels in (4, 8))
+    ran = rows[0]["options"]  # the rates the budget's recipe trained with, as the group's heading names them
+    assert all(f"QCFS training at L = {levels} (AdamW at {ran['qcfs_lr']:g}, λ at {ran['threshold_lr']:g}):" in readme
+               for levels in (4, 8))
     # a budget that ends in BPTT is another group too, its stages recorded and named
     assert main([*arguments[:arguments.index("--penalties")], "--penalties", "3", "--budget", "2",
                  "--finetune-epochs", "1", "--finetune-horizons", "4",
