@@ -54,13 +54,13 @@ class Recipe:
 #: steps do. Beside neurocuda on the pooled network, on eight runs (seeds 0…6 on one torch
 #: thread, seed 0 on two; each seed its own ANN): ahead at T = 4, 8 and 16 on every run, at
 #: T = 32 by +0.14 pp on the mean (+0.00…+0.31). BPTT at a lower rate suits digits' ten optimizer
-#: steps an epoch: on 12 seeds (one torch thread) 1e-3 stands −0.07 and −0.12 pp behind neurocuda on the mean at T = 16
-#: and 32, 3e-4 ahead at every T (+0.49, +0.23, +0.19, +0.09 pp at T = 4…32). On the pooled network
-#: 3e-4 ties 1e-3 (seeds 0…3: +0.07, +0.01, +0.03, 0.00 pp on the mean) and leads neurocuda on
-#: every seed, on the 92.84 % network it gives the higher mean (92.80 against 92.72 %); it is not
-#: the default because the rule counts cells, and on the reference seed it stands at 91.97 % at
-#: T = 32 against 92.00 % in an older neurocuda row of that seed. 1e-4 loses on the pooled network
-#: (91.92 % at T = 32 on seeds 0 and 1, against 92.03 and 92.05 % at 1e-3).
+#: steps an epoch: on 12 seeds (one torch thread) 1e-3 stands −0.07 and −0.12 pp behind neurocuda
+#: on the mean at T = 16 and 32, 3e-4 ahead at every T (+0.49, +0.23, +0.19, +0.09 pp at T = 4…32).
+#: On the pooled network 3e-4 ties 1e-3 (seeds 0…3: +0.07, +0.01, +0.03, 0.00 pp on the mean) and
+#: leads neurocuda on every seed, on the 92.84 % network it gives the higher mean (92.80 against
+#: 92.72 %); it is not the default because the rule counts cells, and on the reference seed it
+#: stands at 91.97 % at T = 32 against 92.00 % in an older neurocuda row of that seed. 1e-4 loses
+#: on the pooled network (91.92 % at T = 32 on seeds 0 and 1, against 92.03 and 92.05 % at 1e-3).
 RECIPES: dict[int, Recipe] = {
     0: Recipe(finetune_epochs=0, levels=8, qcfs_optimizer="adamw", qcfs_lr=1e-3, threshold_lr=5e-2,
               max_spikes=8, percentile=99.99),
