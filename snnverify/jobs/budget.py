@@ -140,8 +140,13 @@ SCORED_T = (4, 8, 16, 32)
 REFERENCE_SEED = 0
 #: the sweeps that choose ``convert``'s defaults together (reports/budget/<name>.json): the
 #: 19.7k-parameter pooled network, where the peers' figures were first measured, and the 92.84 %
-#: small ResNet. Digits' 360 test images (one image 0.28 pp) are too few to tell recipes apart.
+#: small ResNet, by their reference seed
 DEFAULTS_FROM = ("fashion-mnist-small_resnet_pooled", "fashion-mnist")
+#: the sweeps that take part in that choice by their means over seeds: digits' 360 test images
+#: (one image 0.28 pp) are too few to tell recipes apart on one seed, and each seed trains its
+#: own ANN, so a recipe competes there with at least :data:`MIN_RUNS` runs (:func:`replicate_score`)
+DEFAULTS_FROM_REPLICATES = ("digits",)
+MIN_RUNS = 8
 
 
 def loaders(dataset: str, train_subset: int | None, test_subset: int | None, seed: int):
@@ -364,11 +369,13 @@ def same_threads(row: dict, other: dict) -> bool:
     return not _threads(row) or not _threads(other) or _threads(row) == _threads(other)
 
 
-def scored_rows(rows: list[dict], budget: int) -> dict[str, list[tuple[dict, list[dict]]]]:
-    """At ``budget``: our rows of the reference seed on the largest data with every T of
-    :data:`SCORED_T` scored, by :func:`recipe_of` (one per torch thread count measured), each
-    with the peers that stand against it: on that data and at its thread count."""
-    rows = [r for r in rows if r["seed"] == REFERENCE_SEED]  # a label-free peer's E = 0 row stands at every E
+def scored_rows(rows: list[dict], budget: int, every_seed: bool = False) -> dict[str, list[tuple[dict, list[dict]]]]:
+    """At ``budget``: our rows of the reference seed (of every seed with ``every_seed``) on the
+    largest data with every T of :data:`SCORED_T` scored, by :func:`recipe_of` (one per seed and
+    torch thread count measured), each with the peers that stand against it: on that data, of
+    its seed and at its thread count."""
+    if not every_seed:
+        rows = [r for r in rows if r["seed"] == REFERENCE_SEED]  # a label-free peer's E = 0 row stands at every E
     ours = [r for r in rows if _converter(r) == "snnverify" and r["budget_epochs"] == budget
             and all(str(t) in r.get("snn_accuracy", {}) for t in SCORED_T)]
     if not ours:
@@ -378,7 +385,8 @@ def scored_rows(rows: list[dict], budget: int) -> dict[str, list[tuple[dict, lis
     by_recipe: dict[str, list[tuple[dict, list[dict]]]] = {}
     for r in ours:
         if (r["train_images"], r["test_images"]) == largest:
-            by_recipe.setdefault(recipe_of(r), []).append((r, [p for p in peers if same_threads(r, p)]))
+            by_recipe.setdefault(recipe_of(r), []).append(
+                (r, [p for p in peers if p["seed"] == r["seed"] and same_threads(r, p)]))
     return by_recipe
 
 
@@ -392,29 +400,60 @@ def score(entries: list[tuple[dict, list[dict]]]) -> tuple[float, float]:
     return misses, mean
 
 
-def joint_winners(networks: dict[str, list[dict]]) -> dict[int, dict[str, dict]]:
+def replicate_score(entries: list[tuple[dict, list[dict]]]) -> tuple[float, float]:
+    """A recipe's score on one network from its rows over several runs (:func:`scored_rows` with
+    ``every_seed``): the target cells its means miss — each (peer, T of :data:`SCORED_T`) where
+    ours − peer, averaged over the runs both made, is below 0, and each gap target of
+    :data:`TARGETS_PP` the mean gap misses — and the mean accuracy over :data:`SCORED_T` and runs."""
+    differences: dict[tuple[str, int], list[float]] = {}
+    for row, peers in entries:
+        for peer in peers:
+            for t in (t for t in SCORED_T if str(t) in peer["snn_accuracy"]):
+                differences.setdefault((_converter(peer), t), []).append(
+                    row["snn_accuracy"][str(t)] - peer["snn_accuracy"][str(t)])
+    # accuracies are multiples of one test image: a mean below −1e-9 is behind, not a rounding error
+    behind = sum(sum(d) / len(d) < -1e-9 for d in differences.values())
+    gaps = sum(sum(row.get("gap_pp", {}).get(str(t), -1.0) for row, _ in entries) / len(entries) > limit + 1e-9
+               for t, limit in TARGETS_PP.items())
+    mean = sum(row["snn_accuracy"][str(t)] for row, _ in entries for t in SCORED_T) / (len(entries) * len(SCORED_T))
+    return behind + gaps, mean
+
+
+def joint_winners(networks: dict[str, list[dict]], replicated: tuple[str, ...] = ()) -> dict[int, dict[str, dict]]:
     """Per budget, the recipe ``convert`` should default to, chosen on several networks together
-    (their rows by name), with its row on each (its first, where it has one per thread count):
-    among the recipes measured on every network that has our rows at that budget
-    (:func:`scored_rows`), the one that misses the fewest target cells summed over the networks
-    (:func:`score`), then the one with the highest mean accuracy."""
+    (their rows by name), with its row on each (its first, where it has several): among the
+    recipes measured on every network that has our rows at that budget — on the reference seed
+    (:func:`scored_rows`), or on at least :data:`MIN_RUNS` runs for the networks named in
+    ``replicated`` — the one that misses the fewest target cells summed over the networks
+    (:func:`score`, :func:`replicate_score`), then the one with the highest mean accuracy."""
     best: dict[int, dict[str, dict]] = {}
     budgets = {r["budget_epochs"] for rows in networks.values() for r in rows}
     for budget in sorted(budgets):
-        scored = {name: scored_rows(rows, budget) for name, rows in networks.items()}
+        scored = {name: ({recipe: entries for recipe, entries in scored_rows(rows, budget, every_seed=True).items()
+                          if len(entries) >= MIN_RUNS} if name in replicated else scored_rows(rows, budget))
+                  for name, rows in networks.items()}
         scored = {name: by_recipe for name, by_recipe in scored.items() if by_recipe}
         if not scored:
             continue
         common = set.intersection(*(set(by_recipe) for by_recipe in scored.values()))
 
         def rank(recipe_name: str) -> tuple[float, float]:
-            scores = [score(by_recipe[recipe_name]) for by_recipe in scored.values()]
+            scores = [(replicate_score if name in replicated else score)(by_recipe[recipe_name])
+                      for name, by_recipe in scored.items()]
             return sum(misses for misses, _ in scores), -sum(mean for _, mean in scores)
 
         if common:
             chosen = min(sorted(common), key=rank)
             best[budget] = {name: by_recipe[chosen][0][0] for name, by_recipe in scored.items()}
     return best
+
+
+def default_winners(files: dict[str, list[dict]]) -> dict[int, dict[str, dict]]:
+    """:func:`joint_winners` of the sweeps that choose ``convert``'s defaults, from the rows of
+    each results file by its name: :data:`DEFAULTS_FROM` by their reference seed,
+    :data:`DEFAULTS_FROM_REPLICATES` by their means over seeds."""
+    names = [name for name in DEFAULTS_FROM + DEFAULTS_FROM_REPLICATES if name in files]
+    return joint_winners({name: files[name] for name in names}, replicated=DEFAULTS_FROM_REPLICATES)
 
 
 def winners(rows: list[dict]) -> dict[int, dict]:
@@ -573,19 +612,28 @@ def _replicates(rows: list[dict]) -> list[str]:
 
 
 def _joint_winners_line(files: dict[str, list[dict]]) -> list[str]:
-    """How the defaults are chosen, and the recipe chosen at each budget (:func:`joint_winners`),
+    """How the defaults are chosen, and the recipe chosen at each budget (:func:`default_winners`),
     from the rows of each results file by its name."""
-    networks = {name: files[name] for name in DEFAULTS_FROM if name in files}
-    if not networks:
+    chosen = default_winners(files)
+    if not chosen:
         return []
-    chosen = joint_winners(networks)
-    return [f"The defaults are chosen on {' and '.join(networks)} together (seed {REFERENCE_SEED}, the largest data "
-            "of each): of the recipes measured on both, the one that misses the fewest target cells (below a peer at "
-            f"a T of {', '.join(map(str, SCORED_T))}, or a gap target missed), then the highest mean accuracy. "
-            "Chosen: " + "; ".join(
+    reference = [name for name in DEFAULTS_FROM if name in files]
+    replicated = [name for name in DEFAULTS_FROM_REPLICATES if name in files]
+
+    def misses(name: str, budget: int, row: dict) -> float:
+        if name in replicated:
+            return replicate_score(scored_rows(files[name], budget, every_seed=True)[recipe_of(row)])[0]
+        return score(scored_rows(files[name], budget)[recipe_of(row)])[0]
+
+    return [f"The defaults are chosen on {' and '.join(reference)} (seed {REFERENCE_SEED}, the largest data of each)"
+            + (f" and on {' and '.join(replicated)} (the means over at least {MIN_RUNS} runs, each against the "
+               "peers of its run)" if replicated else "")
+            + " together: of the recipes measured on all of them, the one that misses the fewest target cells "
+            f"(below a peer at a T of {', '.join(map(str, SCORED_T))}, or a gap target missed), then the highest "
+            "mean accuracy. Chosen: " + "; ".join(
                 f"E = {b}: {recipe_of(next(iter(rows.values())))} (target cells missed: "
-                + ", ".join(f"{name} {score(scored_rows(networks[name], b)[recipe_of(row)])[0]:g}"
-                            for name, row in rows.items()) + ")" for b, rows in chosen.items()) + "."]
+                + ", ".join(f"{name} {misses(name, b, row):g}" for name, row in rows.items()) + ")"
+                for b, rows in chosen.items()) + "."]
 
 
 def render() -> Path:

@@ -135,6 +135,38 @@ def scored_row(converter: str, budget: int, accuracy: list[float], recipe: str =
             "options": {"recipe": recipe}}
 
 
+def test_a_replicated_network_votes_by_its_means_over_enough_runs():
+    """On a network scored by its replicates a recipe competes with at least ``MIN_RUNS`` runs,
+    and misses a cell where its mean over the runs it shares with a peer is behind that peer's, or
+    where its mean gap misses the target; one run behind is not a miss. Here the reference network
+    ties ``steady`` and ``swinging`` on cells, so the replicated one decides: ``swinging`` is
+    behind on its mean at T = 32, ``steady`` behind on one seed only; ``lucky`` leads on two seeds,
+    too few to compete."""
+    runs = budget_job.MIN_RUNS
+    reference = [scored_row("snnverify", 5, [0.95] * 4, "steady"), scored_row("snnverify", 5, [0.96] * 4, "swinging"),
+                 scored_row("snnverify", 5, [0.99] * 4, "lucky"), scored_row("trainer", 5, [0.90] * 4)]
+    replicated = [scored_row("trainer", 5, [0.90] * 4, seed=seed) for seed in range(runs)]
+    replicated += [scored_row("snnverify", 5, [0.91, 0.91, 0.91, 0.89 if seed == 0 else 0.91], "steady", seed=seed)
+                   for seed in range(runs)]
+    replicated += [scored_row("snnverify", 5, [0.93, 0.93, 0.93, 0.89 if seed < runs - 1 else 0.95], "swinging",
+                              seed=seed) for seed in range(runs)]
+    replicated += [scored_row("snnverify", 5, [0.99] * 4, "lucky", seed=seed) for seed in range(2)]
+    by_recipe = budget_job.scored_rows(replicated, 5, every_seed=True)
+    assert budget_job.replicate_score(by_recipe["steady"])[0] == 0
+    assert budget_job.replicate_score(by_recipe["swinging"])[0] == 1
+    winners = budget_job.joint_winners({"reference": reference, "replicated": replicated}, replicated=("replicated",))
+    assert winners[5]["reference"]["recipe"] == "steady"
+    # without the replicated network the reference one alone decides, by the mean: ``lucky``
+    assert budget_job.joint_winners({"reference": reference})[5]["reference"]["recipe"] == "lucky"
+    # a mean gap over its target is a miss, one run over it is not
+    def gapped(over: set[int]) -> list[tuple[dict, list[dict]]]:
+        return [({**row, "gap_pp": {"4": 0.0, "8": 0.0, "32": 0.3 if row["seed"] in over else 0.0}}, peers)
+                for row, peers in by_recipe["steady"]]
+
+    assert budget_job.replicate_score(gapped(set(range(1, runs))))[0] == 1
+    assert budget_job.replicate_score(gapped({0}))[0] == 0
+
+
 def test_a_default_row_competes_as_the_options_it_resolved_to():
     """A row of the recipe ``default`` records what ``convert`` resolved at its budget; it is
     scored beside the named recipes (here it leads the peer where the named one does not)."""
@@ -267,12 +299,12 @@ def test_a_peer_that_leaves_the_network_unconverted_fails(setting):
 
 
 def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
-    """At every budget of the committed sweeps of both Fashion-MNIST networks (all 10,000 test
-    images), ``convert``'s recipe is the winner's: its optimizer, learning rates, split, BPTT
+    """At every budget of the committed sweeps (both Fashion-MNIST networks on all 10,000 test
+    images, digits by its means over seeds), ``convert``'s recipe is the winner's: its optimizer, learning rates, split, BPTT
     horizons, bias correction horizons, spikes per step and calibration percentile."""
     sweeps = Path(__file__).resolve().parents[2] / "reports" / "budget"
-    winners = budget_job.joint_winners({name: json.loads((sweeps / f"{name}.json").read_text())["rows"]
-                                        for name in budget_job.DEFAULTS_FROM})
+    winners = budget_job.default_winners({path.stem: json.loads(path.read_text())["rows"]
+                                          for path in sweeps.glob("*.json")})
     assert {0, 1, 5} <= set(winners)
     for budget, rows in winners.items():
         row = rows[budget_job.DEFAULTS_FROM[0]]
