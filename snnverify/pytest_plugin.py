@@ -9,6 +9,13 @@ Profiles: ``dev`` (default: random, 50 examples), ``ci`` (derandomised, so a CI 
 reproduces), ``certify`` (derandomised, more examples), ``gpu-check`` (derandomised, no shrinking:
 tools/gpu-check on a leased GPU). Choose with ``--hypothesis-profile``
 or the environment variable ``SNNVERIFY_HYPOTHESIS_PROFILE``; CI=true selects ``ci``.
+
+A derandomised draw is a function of the test's source and of the literals in the project's
+modules loaded by then: Hypothesis draws a few of its values from the constants it finds in
+local non-test modules (``hypothesis.internal.constants_ast``). Changing a number anywhere in
+``snnverify`` (a recipe's learning rate, say) therefore changes which cases the ``ci`` profile
+draws, and the comparison counts with them; counts are comparable between two trees only where
+the constants are the same. A failure still reproduces from its printed blob.
 """
 
 from __future__ import annotations
