@@ -419,6 +419,21 @@ def replicate_score(entries: list[tuple[dict, list[dict]]]) -> tuple[float, floa
     return behind + gaps, mean
 
 
+def competing_rows(rows: list[dict], budget: int, replicated: bool) -> dict[str, list[tuple[dict, list[dict]]]]:
+    """A network's rows as its recipes compete for the defaults at ``budget``: the reference
+    seed's (:func:`scored_rows`), or, for a network scored by its replicates, every seed's of the
+    recipes with at least :data:`MIN_RUNS` runs."""
+    if not replicated:
+        return scored_rows(rows, budget)
+    return {recipe: entries for recipe, entries in scored_rows(rows, budget, every_seed=True).items()
+            if len(entries) >= MIN_RUNS}
+
+
+def network_score(entries: list[tuple[dict, list[dict]]], replicated: bool) -> tuple[float, float]:
+    """:func:`replicate_score` of a network scored by its replicates, else :func:`score`."""
+    return (replicate_score if replicated else score)(entries)
+
+
 def joint_winners(networks: dict[str, list[dict]], replicated: tuple[str, ...] = ()) -> dict[int, dict[str, dict]]:
     """Per budget, the recipe ``convert`` should default to, chosen on several networks together
     (their rows by name), with its row on each (its first, where it has several): among the
@@ -429,17 +444,14 @@ def joint_winners(networks: dict[str, list[dict]], replicated: tuple[str, ...] =
     best: dict[int, dict[str, dict]] = {}
     budgets = {r["budget_epochs"] for rows in networks.values() for r in rows}
     for budget in sorted(budgets):
-        scored = {name: ({recipe: entries for recipe, entries in scored_rows(rows, budget, every_seed=True).items()
-                          if len(entries) >= MIN_RUNS} if name in replicated else scored_rows(rows, budget))
-                  for name, rows in networks.items()}
+        scored = {name: competing_rows(rows, budget, name in replicated) for name, rows in networks.items()}
         scored = {name: by_recipe for name, by_recipe in scored.items() if by_recipe}
         if not scored:
             continue
         common = set.intersection(*(set(by_recipe) for by_recipe in scored.values()))
 
         def rank(recipe_name: str) -> tuple[float, float]:
-            scores = [(replicate_score if name in replicated else score)(by_recipe[recipe_name])
-                      for name, by_recipe in scored.items()]
+            scores = [network_score(by_recipe[recipe_name], name in replicated) for name, by_recipe in scored.items()]
             return sum(misses for misses, _ in scores), -sum(mean for _, mean in scores)
 
         if common:
@@ -621,9 +633,8 @@ def _joint_winners_line(files: dict[str, list[dict]]) -> list[str]:
     replicated = [name for name in DEFAULTS_FROM_REPLICATES if name in files]
 
     def misses(name: str, budget: int, row: dict) -> float:
-        if name in replicated:
-            return replicate_score(scored_rows(files[name], budget, every_seed=True)[recipe_of(row)])[0]
-        return score(scored_rows(files[name], budget)[recipe_of(row)])[0]
+        is_replicated = name in replicated
+        return network_score(competing_rows(files[name], budget, is_replicated)[recipe_of(row)], is_replicated)[0]
 
     return [f"The defaults are chosen on {' and '.join(reference)} (seed {REFERENCE_SEED}, the largest data of each)"
             + (f" and on {' and '.join(replicated)} (the means over at least {MIN_RUNS} runs, each against the "

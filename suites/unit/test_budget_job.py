@@ -300,8 +300,9 @@ def test_a_peer_that_leaves_the_network_unconverted_fails(setting):
 
 def test_the_defaults_of_convert_are_the_winners_of_the_committed_sweep():
     """At every budget of the committed sweeps (both Fashion-MNIST networks on all 10,000 test
-    images, digits by its means over seeds), ``convert``'s recipe is the winner's: its optimizer, learning rates, split, BPTT
-    horizons, bias correction horizons, spikes per step and calibration percentile."""
+    images, digits by its means over seeds), ``convert``'s recipe is the winner's: its optimizer,
+    learning rates, split, BPTT horizons, bias correction horizons, spikes per step and
+    calibration percentile."""
     sweeps = Path(__file__).resolve().parents[2] / "reports" / "budget"
     winners = budget_job.default_winners({path.stem: json.loads(path.read_text())["rows"]
                                           for path in sweeps.glob("*.json")})
