@@ -317,11 +317,13 @@ def sweep(args) -> Path:
                     "qcfs_ann_accuracy": api.evaluate(snn.conversion.qcfs_ann, test), "snn_accuracy": accuracy,
                     "wall_s": {"convert": round(convert_s, 1), "evaluate": round(time.perf_counter() - start, 1)}})
         for name in args.peers:
-            reseed(args.seed, train, cal)
-            start = time.perf_counter()
-            # the peers that train use AdamW at 1e-3 (neurocuda's convert), the control's recipe too
+            # the peers that train use AdamW at 1e-3 (neurocuda's convert), the control's recipe too;
+            # it comes first: a control not yet made trains, drawing from the loaders' generators,
+            # and the peer must get the shuffles every conversion gets, whatever ran before it
             row = {"budget_epochs": budget, "converter": name, "recipe": "peer",
                    "control_accuracy": control_for(budget, "adamw", 1e-3)}
+            reseed(args.seed, train, cal)
+            start = time.perf_counter()
             try:
                 measured = peer_accuracy(name, budget, ann, cal, train, test, args.timesteps, args.time_limit)
             except ConverterFailure as failure:
