@@ -346,21 +346,35 @@ def window_sums(values: np.ndarray, kernel, stride, padding, out_hw) -> np.ndarr
     return total
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=160, deadline=None)
 @given(channels=st.integers(1, 4), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), rate=st.sampled_from([0.0, 0.3, 1.0]),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), rate=st.sampled_from([0.0, 0.3, 0.6, 1.0]),
        integer=st.booleans(), average=st.booleans(), data=st.data())
 def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel, stride, rate, integer, average, data):
     """The CPU pools a spike map with its amplitudes directly, skipping silent inputs: every
     window sum is the one of the stored graded map a·s, and both are numpy's sums of that map in
     (ky, kx) order, bit for bit (the sign of a zero included), for amplitudes of either sign and
     zero in float32 (where the order of the adds would show) and int64, padded and overlapping
-    windows, outputs narrower and wider than a row at a time (ROW_POOL_WIDTH), silent and
-    saturated maps; an average pool's output is the sum / kH·kW correctly rounded (an integer
+    windows, windows of the whole map (a global pool, up to 8 × 8) and 2 × 2 of stride 2 (maps of
+    odd and even sizes), outputs narrower and wider than a row at a time (ROW_POOL_WIDTH), silent
+    and saturated maps; an average pool's output is the sum / kH·kW correctly rounded (an integer
     graph's, a float mean). Amplitudes one per channel, as the plan's are, take the lookup of
     spike counts; one per neuron, the sums."""
-    padding = data.draw(st.tuples(st.integers(0, kernel[0] // 2), st.integers(0, kernel[1] // 2)), label="padding")
-    size = data.draw(st.tuples(*(st.integers(max(1, k - 2 * p), 14) for k, p in zip(kernel, padding))), label="size")
+    # the spike pool's loops of their own: a global pool (one count per plane), 2 × 2 of stride 2
+    window = data.draw(st.sampled_from(["drawn", "the whole map", "2 × 2, stride 2"]), label="window")
+    event(f"window: {window}")
+    if window == "the whole map":
+        size = kernel = data.draw(st.tuples(st.integers(1, 8), st.integers(1, 8)), label="size")
+        padding = (0, 0)
+    else:
+        if window == "2 × 2, stride 2":
+            kernel = stride = (2, 2)
+            padding = (0, 0)
+        else:
+            padding = data.draw(st.tuples(st.integers(0, kernel[0] // 2), st.integers(0, kernel[1] // 2)),
+                                label="padding")
+        size = data.draw(st.tuples(*(st.integers(max(1, k - 2 * p), 14) for k, p in zip(kernel, padding))),
+                         label="size")
     node = (g.AvgPool2d if average else g.SumPool2d)("pool", kernel_size=kernel, stride=stride, padding=padding)
     out_hw = node.output_shape([(channels, *size)])[1:]
     event("output columns " + ("below" if out_hw[1] < ROW_POOL_WIDTH else "from") + " ROW_POOL_WIDTH")

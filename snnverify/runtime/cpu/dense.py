@@ -122,25 +122,54 @@ def spike_pool2d_kernel(spikes, table, kernel, stride, padding, out):
     """:func:`pool2d_kernel` of a spike map whose amplitude is one a_c per channel, as a lookup:
     a window with n spikes sums, its taps in (ky, kx) order from +0, to a_c added n times in
     sequence (a silent tap adds +0, which leaves every such partial sum as it is: none is −0), so
-    out[.., c, y, x] = ``table[c, n]``, those sums already divided. The counts n are made a whole
-    output row at a time, as :func:`pool2d_kernel` makes its sums."""
+    out[.., c, y, x] = ``table[c, n]``, those sums already divided. ``spikes`` is C-contiguous.
+
+    The counts are integers, exact in any order, so they are made in the order that vectorises:
+    per output row, the column sums of the window's input rows first (contiguous bytes, a whole
+    row at a time), then per output column the sums of its kW columns. Two shapes have loops of
+    their own: a window that is the whole map (a global pool) counts the plane's spikes as one
+    contiguous run, and a 2 × 2 window of stride 2 without padding (the common pool) takes its
+    taps at constant offsets, which the compiler vectorises."""
     rows, channels, out_h, out_w = out.shape
     height, width = spikes.shape[2], spikes.shape[3]
     firsts, lasts = inside_columns(kernel, stride, padding, width, out_w)
+    unpadded = padding[0] == 0 and padding[1] == 0
+    whole = kernel[0] == height and kernel[1] == width and unpadded
+    halving = kernel[0] == kernel[1] == stride[0] == stride[1] == 2 and unpadded  # 2 × 2, stride 2
+    planes = spikes.reshape(rows, channels, height * width)
     for n in prange(rows):
-        counts = np.empty(out_w, np.int64)
+        columns, counts = np.empty(width, np.int64), np.empty(out_w, np.int64)
         for c in range(channels):
-            plane, dest, sums = spikes[n, c], out[n, c], table[c]
+            sums = table[c]
+            if whole:  # out_h = out_w = 1, whatever the stride
+                plane, total = planes[n, c], 0
+                for i in range(height * width):
+                    total += plane[i]
+                out[n, c, 0, 0] = sums[total]
+                continue
+            plane, dest = spikes[n, c], out[n, c]
+            if halving:
+                for y in range(out_h):
+                    upper, lower = plane[2 * y], plane[2 * y + 1]
+                    for xi in range(2 * out_w):
+                        columns[xi] = upper[xi] + lower[xi]
+                    for xo in range(out_w):
+                        dest[y, xo] = sums[columns[2 * xo] + columns[2 * xo + 1]]
+                continue
             for y in range(out_h):
-                for xo in range(out_w):
-                    counts[xo] = 0
+                for xi in range(width):
+                    columns[xi] = 0
                 for ky in range(kernel[0]):
                     yi = y * stride[0] - padding[0] + ky
-                    if yi < 0 or yi >= height:
-                        continue
-                    for kx in range(kernel[1]):
-                        for xo in range(firsts[kx], lasts[kx]):
-                            counts[xo] += plane[yi, xo * stride[1] + kx - padding[1]]
+                    if 0 <= yi < height:  # a padding row adds nothing
+                        line = plane[yi]
+                        for xi in range(width):
+                            columns[xi] += line[xi]
+                for xo in range(out_w):
+                    counts[xo] = 0
+                for kx in range(kernel[1]):
+                    for xo in range(firsts[kx], lasts[kx]):
+                        counts[xo] += columns[xo * stride[1] + kx - padding[1]]
                 for xo in range(out_w):
                     dest[y, xo] = sums[counts[xo]]
 

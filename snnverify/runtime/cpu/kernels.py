@@ -121,7 +121,7 @@ def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
         sums = np.zeros((len(channel_amplitude), area + 1), dtype)  # a_c added n times, in sequence
         for count in range(1, area + 1):
             sums[:, count] = sums[:, count - 1] + channel_amplitude
-        spike_pool2d_kernel(x, sums / dtype.type(area) if divides else sums, *geometry, out)
+        spike_pool2d_kernel(np.ascontiguousarray(x), sums / dtype.type(area) if divides else sums, *geometry, out)
     else:
         pool2d_kernel(x, None if amplitude is None else amplitude.reshape(x.shape[1:]), *geometry,
                       dtype.type(area if divides else 1), dtype.type(0), out)
