@@ -1,8 +1,10 @@
 """``snnverify budget`` with peers: a peer through its adapter at equal budget, a label-free peer,
 a crashing peer, and the side-by-side table rendered from the rows."""
 
+import argparse
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,54 @@ def test_a_crashing_peer_is_a_failure_with_its_reason(setting):
     model, loader, _ = setting
     with pytest.raises(ConverterFailure, match="raised RuntimeError: unsupported layer AvgPool2d"):
         budget_job.peer_accuracy(f"{__file__}:Crashes", 1, model, loader, loader, loader, [2], 60)
+
+
+class RecordsItsTraining(GuessesZero):
+    """A training peer that writes the training images it is given, in their order, to the file
+    named by ``$RECORDED_TRAINING``."""
+
+    name = "records-its-training"
+
+    def convert(self, model, cal_loader, timesteps, train_loader=None):
+        torch.save(torch.cat([x for x, _ in train_loader]), os.environ["RECORDED_TRAINING"])
+        return super().convert(model, cal_loader, timesteps, train_loader)
+
+
+def test_a_peer_trains_on_the_shuffles_every_conversion_gets_whatever_ran_before_it(tmp_path, monkeypatch):
+    """A peer is handed the training data in the order a conversion gets it, right after the
+    loaders are reseeded, whether the equal-budget control it is set against was made just
+    before it (a sweep of the peer alone) or earlier, for a recipe of ours with the same
+    optimizer and rate (AdamW at 1e-3): making that control draws from the loaders' shuffles."""
+    generator = torch.Generator().manual_seed(1)
+    images = TensorDataset(torch.randn(24, 1, 8, 8, generator=generator), torch.randint(0, 3, (24,), generator=generator))
+
+    def toy_loaders(dataset, train_subset, test_subset, seed):
+        train = DataLoader(images, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        cal = DataLoader(images, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        return None, train, cal, DataLoader(images, batch_size=8), 24, 24
+
+    def draws_like_training(ann, train, test, epochs, optimizer, lr, seed):
+        budget_job.reseed(seed, train)
+        for _ in range(epochs):
+            for _ in train:
+                pass
+        return 0.5
+
+    monkeypatch.setattr(budget_job, "OUT", tmp_path)
+    monkeypatch.setattr(budget_job, "loaders", toy_loaders)
+    monkeypatch.setattr(budget_job, "trained_ann", lambda *args: (small_resnet(3, 1).eval(), "toy.pt"))
+    monkeypatch.setattr(budget_job, "control", draws_like_training)
+    seen = {}
+    for recipes in ([], ["adamw-L8"]):
+        monkeypatch.setenv("RECORDED_TRAINING", str(tmp_path / f"seen-{len(recipes)}.pt"))
+        budget_job.sweep(argparse.Namespace(
+            invocation="snnverify budget", seed=0, dataset="toy", model=budget_job.DEFAULT_MODEL, train_subset=None,
+            test_subset=None, ann_epochs=1, convert_timesteps=2, budgets=[1], recipes=recipes,
+            peers=[f"{__file__}:RecordsItsTraining"], timesteps=[2], time_limit=120))
+        seen[tuple(recipes)] = torch.load(tmp_path / f"seen-{len(recipes)}.pt", weights_only=True)
+    _, train, _, _, _, _ = toy_loaders("toy", None, None, 0)
+    reseeded = torch.cat([x for x, _ in train])
+    assert torch.equal(seen[()], reseeded) and torch.equal(seen[("adamw-L8",)], reseeded)
 
 
 def test_side_by_side_table_marks_the_leader_at_each_T_and_lists_failures(tmp_path, monkeypatch):
