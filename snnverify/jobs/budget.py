@@ -663,7 +663,11 @@ def render() -> Path:
              "thread count too). Torch's thread count changes training's reduction order and so the network "
              "trained: rows record it (older rows do not: \"not recorded\"), our rows are compared with the "
              "peers' of the same count (a row without it with every peer), and a rerun on another count is a "
-             "row of its own.", "",
+             "row of its own. A peer that trains gets the training images in the order every conversion of the "
+             "sweep gets them: the loaders are reseeded right before it, after its control is made (making a "
+             "control draws from their shuffles). Peer rows of commits before 74231dd whose sweep made that control "
+             "just before the peer (no recipe of ours at AdamW 1e-3 before it at that budget) trained on other "
+             "shuffles of the same images.", "",
              "Defaults of `convert` (snnverify/convert/budget.py), by budget: "
              + "; ".join(f"E ≥ {b}: {_describe(r)}" for b, r in RECIPES.items())
              + f"; no budget given: E = {DEFAULT_BUDGET}.", "", *_joint_winners_line(files), ""]
