@@ -54,15 +54,15 @@ class Recipe:
 #: From E = 5: four epochs of QCFS training (AdamW 1e-3), then one of BPTT at Adam 3e-4 over the
 #: readout at T = 4 of bursts of 8 (λ from the 99.99th percentile), which resolves what 32 binary
 #: steps do. Beside neurocuda, ours − neurocuda in pp at T = 4, 8, 16, 32 on the mean: pooled
-#: network, seeds 0…3 (one torch thread, each seed its own ANN): +10.76, +2.49, +0.52, +0.16, ahead
-#: at every T on every seed; digits, 12 seeds: +0.49, +0.23, +0.19, +0.09; the 92.84 % network:
-#: 92.80 / 92.79 / 92.80 / 92.80 %. BPTT at 1e-3 ties it on the pooled network (3e-4 − 1e-3 over
-#: seeds 0…3: +0.07, +0.01, +0.03, 0.00 pp) and loses on digits' ten optimizer steps an epoch (−0.07
-#: and −0.12 pp behind neurocuda at T = 16 and 32) and on the 92.84 % network (92.72 % on the mean);
-#: 1e-4 loses on the pooled network (91.92 % at T = 32 on seeds 0 and 1, against 92.03 and 92.05 %
-#: at 1e-3). One cell stays missed: on the pooled network's reference seed 91.97 % at T = 32,
-#: against 92.00 % in an older neurocuda row of that seed, which the same harness on one or two
-#: torch threads did not reproduce (91.76 and 91.67 %).
+#: network, seeds 0…3 on one torch thread (each seed its own ANN): +10.07, +2.23, +0.49, +0.12,
+#: ahead at every T on every seed; seeds 0…2 on two threads: +10.93, +2.27, +0.36, +0.02, behind
+#: at T = 32 on seeds 0 and 1 (−0.07, −0.03); digits, 12 seeds: +0.49, +0.23, +0.19, +0.09; the
+#: 92.84 % network: 92.80 / 92.79 / 92.80 / 92.80 %. BPTT at 1e-3 ties it on the pooled network
+#: (3e-4 − 1e-3 over seeds 0…3: +0.07, +0.01, +0.03, 0.00 pp) and loses on digits' ten optimizer
+#: steps an epoch (−0.07 and −0.12 pp behind neurocuda at T = 16 and 32) and on the 92.84 %
+#: network (92.72 % on the mean); 1e-4 loses on the pooled network (91.92 % at T = 32 on seeds 0
+#: and 1, against 92.03 and 92.05 % at 1e-3). One cell stays missed: on the pooled network's
+#: reference seed on two threads, 91.93 % at T = 32 against neurocuda's 92.00 %.
 RECIPES: dict[int, Recipe] = {
     0: Recipe(finetune_epochs=0, levels=8, qcfs_optimizer="adamw", qcfs_lr=1e-3, threshold_lr=5e-2,
               max_spikes=8, percentile=99.99),

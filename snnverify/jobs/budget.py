@@ -398,8 +398,12 @@ def score(entries: list[tuple[dict, list[dict]]]) -> tuple[float, float]:
     averaged over its rows (one per thread count), so that a recipe measured on more thread
     counts is neither favoured nor penalised."""
     misses = sum(failed_targets(row, peers) for row, peers in entries) / len(entries)
-    mean = sum(row["snn_accuracy"][str(t)] for row, _ in entries for t in SCORED_T) / (len(entries) * len(SCORED_T))
-    return misses, mean
+    return misses, mean_accuracy(entries)
+
+
+def mean_accuracy(entries: list[tuple[dict, list[dict]]]) -> float:
+    """Our accuracy averaged over the rows of ``entries`` and the T's of :data:`SCORED_T`."""
+    return sum(row["snn_accuracy"][str(t)] for row, _ in entries for t in SCORED_T) / (len(entries) * len(SCORED_T))
 
 
 def replicate_score(entries: list[tuple[dict, list[dict]]]) -> tuple[float, float]:
@@ -417,8 +421,7 @@ def replicate_score(entries: list[tuple[dict, list[dict]]]) -> tuple[float, floa
     behind = sum(sum(d) / len(d) < -1e-9 for d in differences.values())
     gaps = sum(sum(row.get("gap_pp", {}).get(str(t), -1.0) for row, _ in entries) / len(entries) > limit + 1e-9
                for t, limit in TARGETS_PP.items())
-    mean = sum(row["snn_accuracy"][str(t)] for row, _ in entries for t in SCORED_T) / (len(entries) * len(SCORED_T))
-    return behind + gaps, mean
+    return behind + gaps, mean_accuracy(entries)
 
 
 def competing_rows(rows: list[dict], budget: int, replicated: bool) -> dict[str, list[tuple[dict, list[dict]]]]:
