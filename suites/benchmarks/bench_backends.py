@@ -16,7 +16,7 @@ from numba import carray, njit
 
 import snnverify
 from snnverify.api import SNN
-from snnverify.runtime.cpu.gather import add_entries
+from snnverify.runtime.cpu.gather import add_entries, spike_entries
 from snnverify.runtime.cpu.intrinsics import add_vector, stack_buffer
 from snnverify.runtime.cpu.layouts import WIDE, aligned_zeros
 from snnverify.graph import multiply_accumulates, synaptic_events
@@ -167,6 +167,49 @@ class EventGather:
         return len(self.entries) * WIDE / seconds / 1e9
 
     track_adds_per_second.unit = "G adds/s"
+
+
+@njit  # not cached, as _gather_rows
+def _spike_lists(spikes, channels, width, entries, starts):
+    """The spike lists of every map of ``spikes`` [N, H·W·C] (channels-last), one after the
+    other — the fused kernel's :func:`~snnverify.runtime.cpu.gather.spike_entries` alone, one
+    thread. Returns the spikes listed."""
+    total = 0
+    for n in range(spikes.shape[0]):
+        spike_entries(spikes[n].reshape(-1, channels), True, 0, channels, width, entries, starts)
+        total += starts[-1]
+    return total
+
+
+class SpikeLists:
+    """What a fused kernel pays per input map before its first add: the spike list of each
+    channels-last map (16 channels per vector compress), 15 % spikes, one thread, 256 maps of
+    16 channels at 28 × 28 (small_resnet's) or 64 at 32 × 32 (cifar_resnet18's first stage).
+    A narrow layer feels it most: one compress per position of a 16-channel map, against about
+    22 adds of 16 lanes (9 taps · 16 channels · 0.15) per output position of its conv."""
+
+    params = [[16, 64]]
+    param_names = ["channels"]
+    number = 1
+    repeat = 5
+    rounds = 1
+
+    def setup(self, channels):
+        side = 28 if channels == 16 else 32
+        self.width = side
+        self.spikes = np.random.default_rng(0).random((256, side * side * channels)) < 0.15
+        self.entries = np.empty(side * side * channels, np.int32)
+        self.starts = np.empty(side * side + 1, np.int64)
+        _spike_lists(self.spikes, channels, self.width, self.entries, self.starts)  # compile outside the timing
+
+    def time_lists(self, channels):
+        _spike_lists(self.spikes, channels, self.width, self.entries, self.starts)
+
+    def track_flags_per_second(self, channels):
+        seconds = interleaved_best_times({"lists": lambda: self.time_lists(channels)}, 3)["lists"]
+        return self.spikes.size / seconds / 1e9
+
+    track_flags_per_second.unit = "G flags/s"
 
 
 _DOUBLEWIDE = 2 * WIDE  # a global, so that Numba sees a constant

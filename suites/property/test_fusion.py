@@ -23,8 +23,9 @@ from snnverify.api import SNN
 from snnverify.models import small_resnet_pooled
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
-from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
+from snnverify.runtime.cpu.gather import spike_entries
+from snnverify.runtime.cpu.intrinsics import FLAG_LANES
 from snnverify.runtime.cpu.layouts import event_weights
 from snnverify.runtime.plan import build_plan, channels_last_currents, execute
 from snnverify.strategies import spiking_graphs
@@ -309,9 +310,10 @@ def test_three_way_merges_are_not_fused():
 @given(channels=st.integers(1, 80), positions=st.integers(1, 12), width=st.integers(1, 4), data=st.data())
 def test_spike_lists_are_the_same_from_either_layout(channels, positions, width, data):
     """A fused kernel's spike lists (which weight rows each input position selects) from a
-    channels-last map — 16 channels at a time by a masked compress-store, the remainder one by
-    one — equal those of the same map channels-first, read channel by channel, for every group
-    of channels: all, none and every rate of spikes in between."""
+    channels-last map — 16 channels at a time by a vector compress, the remainder one by one —
+    equal those of the same map channels-first, read channel by channel, for every group of
+    channels: all, none and every rate of spikes in between. Neither writes past its buffer of
+    one entry per flag (the compress stores all 16 lanes, k of them spikes)."""
     groups = data.draw(st.sampled_from([d for d in range(1, channels + 1) if channels % d == 0]))
     group = data.draw(st.integers(0, groups - 1))
     rate = data.draw(st.sampled_from([0.0, 0.15, 0.5, 1.0]))
@@ -320,9 +322,11 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
     group_in = channels // groups
     lists = []
     for planes, channels_last in ((spikes, False), (np.ascontiguousarray(spikes.T), True)):
-        entries = np.full(positions * group_in, -1, np.int32)
+        guarded = np.full(positions * group_in + FLAG_LANES, -1, np.int32)  # a guard after the buffer
+        entries = guarded[: positions * group_in]
         starts = np.full(positions + 1, -1, np.int64)
         spike_entries(planes, channels_last, group * group_in, group_in, width, entries, starts)
+        assert (guarded[positions * group_in :] == -1).all()
         lists.append((entries[: starts[-1]], starts))
     (first_entries, first_starts), (last_entries, last_starts) = lists
     np.testing.assert_array_equal(last_starts, first_starts)
