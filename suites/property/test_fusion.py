@@ -8,6 +8,9 @@ unfused dense ones, every spike and the output must be bit-identical — in floa
 arbitrary weights (where a changed summation order would show) and in integer mode.
 """
 
+import os
+import subprocess
+import sys
 from unittest import mock
 
 import numba
@@ -337,6 +340,39 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
     for p in range(positions):
         expected = (p % width) * group_in + np.flatnonzero(selected[:, p])
         np.testing.assert_array_equal(first_entries[first_starts[p] : first_starts[p + 1]], expected)
+
+
+#: run in a process that compiles for a CPU without AVX-512 (Haswell's features): spike lists of
+#: maps at every rate, against numpy's, and how the compress was made
+_SPIKE_LISTS_WITHOUT_AVX512 = """
+import numpy as np
+from snnverify.runtime.cpu.gather import spike_entries
+from snnverify.runtime.cpu.intrinsics import compresses_in_registers
+assert not compresses_in_registers()
+rng = np.random.default_rng(0)
+for channels in (16, 20, 64):
+    for rate in (0.0, 0.15, 0.5, 1.0):
+        spikes = rng.random((9, channels)) < rate  # channels-last [positions, C]
+        guarded = np.full(9 * channels + 16, -1, np.int32)
+        starts = np.empty(10, np.int64)
+        spike_entries(spikes, True, 0, channels, 3, guarded[: 9 * channels], starts)
+        assert (guarded[9 * channels :] == -1).all()
+        for p in range(9):
+            expected = (p % 3) * channels + np.flatnonzero(spikes[p])
+            assert (guarded[starts[p] : starts[p + 1]] == expected).all(), (channels, rate, p)
+print("ok")
+"""
+
+
+def test_spike_lists_without_avx512_compress_to_memory_and_agree():
+    """On a CPU without AVX-512F the 16-channel compress goes straight to memory (LLVM expands
+    it into scalar code), storing only the spiking lanes; its lists are the same. Compiled for
+    Haswell's features in a process of its own (Numba takes the target CPU at start-up)."""
+    environment = {**os.environ, "NUMBA_CPU_NAME": "haswell",
+                   "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+popcnt,+bmi,+bmi2,+sse4.2"}
+    result = subprocess.run([sys.executable, "-c", _SPIKE_LISTS_WITHOUT_AVX512], env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def window_sums(values: np.ndarray, kernel, stride, padding, out_hw) -> np.ndarray:
