@@ -45,13 +45,13 @@ from snnverify.util import atomic_write, commit, progress, provenance
 
 def adamw(levels: int = 8, qcfs_lr: float = 1e-3, threshold_lr: float = 5e-2, bptt_lr: float | None = None,
           horizons: tuple[int, ...] = (), correction: tuple[int, ...] = (), burst: int = 1,
-          percentile: float = 99.9) -> dict:
+          percentile: float = 99.9, bptt_epochs: int = 1) -> dict:
     """convert options of a candidate: λ from the ``percentile`` of each channel's calibration
     activations, QCFS training with AdamW, IF layers of up to ``burst`` spikes per step, bias
-    correction at the horizons ``correction`` (none when empty), then one epoch of BPTT at
+    correction at the horizons ``correction`` (none when empty), then ``bptt_epochs`` of BPTT at
     ``bptt_lr`` over the readouts at ``horizons`` when a rate is given, else none."""
     options = {"qcfs_optimizer": "adamw", "qcfs_lr": qcfs_lr, "threshold_lr": threshold_lr, "levels": levels,
-               "finetune_epochs": 0 if bptt_lr is None else 1, "correction_horizons": correction,
+               "finetune_epochs": 0 if bptt_lr is None else bptt_epochs, "correction_horizons": correction,
                "max_spikes": burst, "percentile": percentile}
     if bptt_lr is not None:
         options.update(finetune_lr=bptt_lr, finetune_horizons=horizons)
@@ -112,6 +112,9 @@ CANDIDATES: dict[str, dict] = {
     # few Adam steps, each of about the rate per weight whatever the gradient's size
     **{f"adamw-L8-B8-p99.99-bptt1-h4-lr{lr}": adamw(bptt_lr=float(lr), horizons=(4,), burst=8, percentile=99.99)
        for lr in ("1e-4", "3e-4")},
+    # two epochs of that BPTT, three of QCFS: more of the budget spent on the spiking network itself
+    "adamw-L8-B8-p99.99-bptt2-h4-lr3e-4": adamw(bptt_lr=3e-4, horizons=(4,), burst=8, percentile=99.99,
+                                                bptt_epochs=2),
     # QCFS at L = 16, the levels of T = 4 bursts of 4: the staircase the SNN reads from T = 4 on
     "adamw-L16-B4-bptt1-h8": adamw(levels=16, bptt_lr=1e-3, horizons=(8,), burst=4),
     # a wider λ, which finer levels can afford: less clipped at high T, coarser steps at low T
