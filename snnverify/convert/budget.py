@@ -55,7 +55,7 @@ class Recipe:
 #: readout at T = 4 of bursts of 8 (λ from the 99.99th percentile), which resolves what 32 binary
 #: steps do. Beside neurocuda, ours − neurocuda in pp at T = 4, 8, 16, 32 on the mean: pooled
 #: network, seeds 0…3 on one torch thread (each seed its own ANN): +10.07, +2.23, +0.49, +0.12,
-#: ahead at every T on every seed; seeds 0…2 on two threads: +10.93, +2.27, +0.36, +0.02, behind
+#: ahead at every T on every seed; seeds 0…3 on two threads: +12.19, +2.42, +0.45, +0.05, behind
 #: at T = 32 on seeds 0 and 1 (−0.07, −0.03); digits, 12 seeds: +0.49, +0.23, +0.19, +0.09; the
 #: 92.84 % network: 92.80 / 92.79 / 92.80 / 92.80 % (neurocuda, one thread: 71.06 / 88.76 / 92.28 /
 #: 92.78 %). BPTT at 1e-3 ties it on the pooled network (3e-4 − 1e-3 over seeds 0…3: +0.07, +0.01,
