@@ -56,9 +56,10 @@ def append_spiking(typingctx, entries, at, flags, offset, first_value):
     entries[at + k : at + 16] are overwritten with unspecified values: the caller must own them
     (at + 16 ≤ len(entries); a spike list never holds more entries than the flags it has read,
     so at ≤ the flags read before these 16 suffices). The compress straight to memory
-    (``llvm.masked.compressstore``, which stores only the k lanes) is slow on AMD Zen 4: the spike
-    lists alone took 10–15× as long with it (asv ``SpikeLists``' loop, reports/speed). Without AVX-512F,
-    LLVM expands that masked compress-store into scalar code, which writes the k lanes only."""
+    (``llvm.masked.compressstore``, which stores only the k lanes) is slow on AMD Zen 4: the
+    spike lists alone took 10–15× as long with it (asv ``SpikeLists``' loop, reports/speed).
+    Without AVX-512F, LLVM expands that masked compress-store into scalar code, which writes
+    the k lanes only."""
     if entries != types.Array(types.int32, 1, "C") or flags.dtype != types.boolean:
         return None
     lanes = FLAG_LANES
