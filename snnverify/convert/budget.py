@@ -59,12 +59,12 @@ class Recipe:
 #: at T = 32 on seeds 0 and 1 (−0.07, −0.03); digits, 12 seeds: +0.49, +0.23, +0.19, +0.09; the
 #: 92.84 % network: 92.80 / 92.79 / 92.80 / 92.80 % (neurocuda, one thread: 71.06 / 88.76 / 92.28 /
 #: 92.78 %). BPTT at 1e-3 ties it on the pooled network (3e-4 − 1e-3 over seeds 0…3: +0.07, +0.01,
-#: +0.03, 0.00 pp) and loses on digits' ten optimizer
-#: steps an epoch (−0.07 and −0.12 pp behind neurocuda at T = 16 and 32) and on the 92.84 %
-#: network (92.72 % on the mean); 1e-4 loses on the pooled network (91.92 % at T = 32 on seeds 0
-#: and 1, against 92.03 and 92.05 % at 1e-3). One cell stays missed: on the pooled network's
-#: reference seed on two threads, 91.93 % at T = 32 against neurocuda's 92.00 %; two epochs of BPTT
-#: (three of QCFS) and QCFS training at 3e-4 do worse there (91.84 and 91.82 %).
+#: +0.03, 0.00 pp) and loses on digits' ten optimizer steps an epoch (−0.07 and −0.12 pp behind
+#: neurocuda at T = 16 and 32) and on the 92.84 % network (92.72 % on the mean); 1e-4 loses on the
+#: pooled network (91.92 % at T = 32 on seeds 0 and 1, against 92.03 and 92.05 % at 1e-3). One cell
+#: stays missed: on the pooled network's reference seed on two threads, 91.93 % at T = 32 against
+#: neurocuda's 92.00 %; two epochs of BPTT (three of QCFS) and QCFS training at 3e-4 do worse there
+#: (91.84 and 91.82 %).
 RECIPES: dict[int, Recipe] = {
     0: Recipe(finetune_epochs=0, levels=8, qcfs_optimizer="adamw", qcfs_lr=1e-3, threshold_lr=5e-2,
               max_spikes=8, percentile=99.99),
