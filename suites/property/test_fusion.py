@@ -29,7 +29,7 @@ from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
 from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.cpu.intrinsics import FLAG_LANES
-from snnverify.runtime.cpu.layouts import event_weights
+from snnverify.runtime.cpu.layouts import event_weights, events_layout
 from snnverify.runtime.plan import build_plan, channels_last_currents, execute
 from snnverify.strategies import spiking_graphs
 
@@ -475,10 +475,76 @@ def test_a_conv_of_pooled_spikes_packs_positions_and_sums_as_the_dense_kernel(
     assert layout.pack == (64 // out_channels if out_channels in (16, 32) else 1)
     shape = (rows, out_channels, *out_hw)
     sparse = cpu_kernels._conv2d(x, layout, bias, node, shape, True)
-    dense = cpu_kernels._conv2d(x, weight.astype(bias.dtype), bias, node, shape, False)
+    dense = cpu_kernels._conv2d(x, events_layout(weight.astype(bias.dtype), node), bias, node, shape, False)
     np.testing.assert_array_equal(np.isnan(sparse), np.isnan(dense))
     finite = ~np.isnan(dense)
     np.testing.assert_array_equal(sparse[finite].view(f"i{sparse.itemsize}"), dense[finite].view(f"i{dense.itemsize}"))
+
+
+def conv_in_plan_order(x, weight, bias, node):
+    """The plan's sums of a conv, written out plainly: per output, from +0, fl(w·x) added tap
+    by tap in (ky, kx, c) order (taps in the padding skipped), then the bias: numpy float32 or
+    integer arithmetic, one tap of every output at a time."""
+    rows, _, height, width = x.shape
+    out_channels, group_in, kernel_h, kernel_w = weight.shape
+    _, out_h, out_w = node.output_shape([x.shape[1:]])
+    group_out = out_channels // node.groups
+    acc = np.zeros((rows, out_channels, out_h, out_w), bias.dtype)
+    oy, ox = np.arange(out_h)[:, None], np.arange(out_w)[None, :]
+    for ky in range(kernel_h):
+        for kx in range(kernel_w):
+            iy = oy * node.stride[0] - node.padding[0] + ky * node.dilation[0]
+            ix = ox * node.stride[1] - node.padding[1] + kx * node.dilation[1]
+            inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+            taps = x[:, :, np.clip(iy, 0, height - 1), np.clip(ix, 0, width - 1)]  # [N, C, out_h, out_w]
+            for c in range(group_in):
+                for o in range(out_channels):
+                    product = weight[o, c, ky, kx] * taps[:, (o // group_out) * group_in + c]
+                    acc[:, o] = np.where(inside, acc[:, o] + product, acc[:, o])
+    return acc + bias[None, :, None, None]
+
+
+@settings(max_examples=60, deadline=None)
+@given(channels=st.sampled_from([(1, 16), (3, 64), (2, 8), (4, 20), (3, 80), (4, 4), (2, 32)]),
+       depthwise=st.booleans(), kernel=st.tuples(st.integers(1, 3), st.integers(1, 4)),
+       stride=st.tuples(st.integers(1, 2), st.integers(1, 3)), padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), size=st.tuples(st.integers(4, 9), st.integers(4, 11)),
+       special=st.sampled_from(["none", "inf", "nan", "-0", "zero weights"]), integer=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_dense_conv_sums_in_the_plans_order(channels, depthwise, kernel, stride, padding, dilation, size, special,
+                                                integer, seed):
+    """The CPU's dense conv (a zero border for the padding, output channels as vector lanes, 4
+    positions at once in a narrow block) gives every output the plan's sum bit for bit:
+    non-dyadic float32 (where a different order would show), integer, strides, dilations,
+    depthwise groups, channel counts that leave padded lanes (20, 80: blocks of 64 and 16),
+    output rows that are no multiple of 4 positions, −0 and ±∞ / NaN inputs, zero weights."""
+    in_channels, out_channels = channels
+    groups = in_channels if depthwise and out_channels % in_channels == 0 else 1
+    rng = np.random.default_rng(seed)
+    shape = (out_channels, in_channels // groups, *kernel)
+    # at least one output: an input no smaller than the dilated kernel
+    size = tuple(max(n, (k - 1) * d + 1) for n, k, d in zip(size, kernel, dilation))
+    rows = 3
+    if integer:
+        weight = rng.integers(-(2**12), 2**12, shape)
+        x = rng.integers(-(2**8), 2**8, (rows, in_channels, *size))
+        bias = rng.integers(-(2**12), 2**12, out_channels)
+    else:
+        weight = rng.standard_normal(shape).astype(np.float32)
+        x = rng.standard_normal((rows, in_channels, *size)).astype(np.float32)
+        bias = rng.standard_normal(out_channels).astype(np.float32)
+        if special in ("inf", "nan", "-0"):
+            x[1].flat[rng.integers(x[1].size)] = {"inf": -np.inf, "nan": np.nan, "-0": -0.0}[special]
+        if special == "zero weights":
+            weight[rng.random(shape) < 0.5] = 0
+    node = g.Conv2d("conv", weight=weight, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    out_hw = node.output_shape([(in_channels, *size)])[1:]
+    out = cpu_kernels._conv2d(x, events_layout(weight, node), bias, node, (rows, out_channels, *out_hw), False)
+    expected = conv_in_plan_order(x, weight, bias, node)
+    assert out.dtype == expected.dtype
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    np.testing.assert_array_equal(out[finite].view(f"i{out.itemsize}"), expected[finite].view(f"i{out.itemsize}"))
 
 
 def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():

@@ -8,38 +8,116 @@ channel, bias last), the CUDA kernels' order, so float32 results agree bit for b
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange
+
+from snnverify.runtime.cpu.intrinsics import add_scaled_vector, stack_buffer
+from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
+
+
+#: output positions a narrow block of :func:`conv2d_dense_kernel` sums at once
+NARROW_POSITIONS = 4
 
 
 @njit(parallel=True, cache=True)
-def conv2d_dense_kernel(x, w, bias, stride, padding, dilation, groups, zero, out):
-    """out[n, o, y, x] = Σ_{ky, kx, c} w[o, c, ky, kx]·x[n, g·C + c, y·s − p + ky·d, ...] + bias[o],
-    the terms in (ky, kx, c) order and taps that fall in the padding skipped. A whole output row
-    is accumulated at once, so that the innermost loop runs along x (it vectorises)."""
+def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
+    """out[n, o, y, x] = Σ_{ky, kx, c} W[o, c, ky, kx]·x[n, g·C + c, y·s − p + ky·d, ...] + bias[o],
+    the terms in (ky, kx, c) order, each product rounded, then added (never a fused multiply-add).
+    ``weights`` is W in :func:`~snnverify.runtime.cpu.layouts.events_layout`: per block of output
+    channels, the row of weights one input (c, ky, kx) sends to them, so a term is one vector
+    multiply-add over the block's channels.
+
+    Taps in the padding read a zero border instead of being skipped, with no test per tap: W is
+    finite (the graph holds no other values), so such a tap adds w·0 = ±0, and a sum from +0
+    plus ±0 is that sum (round to nearest; such a sum is never −0). Per job (one sample of one
+    group) the input goes channels-last into a zero-bordered copy, where a tap's channels are
+    adjacent. A wide block (64 lanes, 4 vector registers) sums one position at a time, a
+    narrow one (16 lanes) :data:`NARROW_POSITIONS` adjacent positions: either way 4 independent
+    chains of adds in flight."""
     rows, out_channels, out_h, out_w = out.shape
-    group_in, kernel_h, kernel_w = w.shape[1], w.shape[2], w.shape[3]
-    group_out = out_channels // groups
-    height, width = x.shape[2], x.shape[3]
-    for job in prange(rows * out_channels):
-        n, o = job // out_channels, job % out_channels
-        base = (o // group_out) * group_in
-        acc = np.empty(out_w, out.dtype)
-        for y in range(out_h):
-            acc[:] = zero
-            for ky in range(kernel_h):
-                yi = y * stride[0] - padding[0] + ky * dilation[0]
-                if yi < 0 or yi >= height:
+    groups, channels, in_h, in_w = weights.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    group_out, group_in = out_channels // groups, channels // groups
+    kernel_h, kernel_w = kernel_hw
+    stride_y, stride_x, pad_y, pad_x, dilation_y, dilation_x = geometry
+    taps = kernel_h * kernel_w * group_in  # rows of a block
+    padded = weights.shape[1] // taps
+    flat = weights.reshape(-1)
+    # the zero-bordered copy, wide enough for a narrow block's positions past the map's last
+    columns = -(-out_w // NARROW_POSITIONS) * NARROW_POSITIONS
+    border_h = max(in_h + 2 * pad_y, (out_h - 1) * stride_y + (kernel_h - 1) * dilation_y + 1)
+    border_w = max(in_w + 2 * pad_x, (columns - 1) * stride_x + (kernel_w - 1) * dilation_x + 1)
+    all_bordered = np.zeros((workers, border_h * border_w * group_in), weights.dtype)
+    step = stride_x * group_in  # from one position's inputs to the next one's
+    # a kernel row's taps (kx, c) in runs of adjacent terms, in the copy and in W alike: with
+    # unit column dilation the whole row is one run (one loop of kW·C terms, not kW of C)
+    runs, run = (1, kernel_w * group_in) if dilation_x == 1 else (kernel_w, group_in)
+    all_row_sums = np.empty((workers, out_w, WIDE), weights.dtype)
+    for worker in prange(workers):
+        bordered, row_sums = all_bordered[worker], all_row_sums[worker]
+        for job in range(worker, rows * groups, workers):
+            n, group = job // groups, job % groups
+            for c in range(group_in):  # only the interior is ever written: the border stays 0
+                plane = x[n, group * group_in + c]
+                for iy in range(in_h):
+                    line = ((iy + pad_y) * border_w + pad_x) * group_in + c
+                    for ix in range(in_w):
+                        bordered[line + ix * group_in] = plane[iy, ix]
+            for index in range(block_count(padded)):
+                start, wide, lanes = block(index, padded, group_out)
+                first = group * group_out + start
+                rows_at = (group * padded + start) * taps
+                if wide:
+                    acc = stack_buffer(weights, WIDE)
+                    sums = carray(acc, WIDE)
+                    for oy in range(out_h):
+                        for ox in range(out_w):
+                            for k in range(WIDE):
+                                sums[k] = 0
+                            for ky in range(kernel_h):
+                                line = (oy * stride_y + ky * dilation_y) * border_w + ox * stride_x
+                                for kx in range(runs):
+                                    at = (line + kx * dilation_x) * group_in
+                                    row = rows_at + (ky * kernel_w + kx) * group_in * WIDE
+                                    for t in range(run):
+                                        add_scaled_vector(acc, flat, row + t * WIDE, bordered[at + t], WIDE)
+                            for k in range(lanes):
+                                row_sums[ox, k] = sums[k]
+                        store_row(out, n, first, lanes, oy, row_sums, bias)
                     continue
-                for kx in range(kernel_w):
-                    shift = kx * dilation[1] - padding[1]  # xi = xo·s + shift
-                    first = max(0, -(shift // stride[1]))  # smallest xo with xi ≥ 0
-                    last = min(out_w, (width - 1 - shift) // stride[1] + 1)  # xi ≤ W − 1 below it
-                    for c in range(group_in):
-                        weight = w[o, c, ky, kx]
-                        for xo in range(first, last):
-                            acc[xo] += weight * x[n, base + c, yi, xo * stride[1] + shift]
-            for xo in range(out_w):
-                out[n, o, y, xo] = acc[xo] + bias[o]
+                acc0, acc1 = stack_buffer(weights, NARROW), stack_buffer(weights, NARROW)
+                acc2, acc3 = stack_buffer(weights, NARROW), stack_buffer(weights, NARROW)
+                quad = (carray(acc0, NARROW), carray(acc1, NARROW), carray(acc2, NARROW), carray(acc3, NARROW))
+                for oy in range(out_h):
+                    for ox0 in range(0, out_w, NARROW_POSITIONS):
+                        for k in range(NARROW):
+                            quad[0][k] = 0
+                            quad[1][k] = 0
+                            quad[2][k] = 0
+                            quad[3][k] = 0
+                        for ky in range(kernel_h):
+                            line = (oy * stride_y + ky * dilation_y) * border_w + ox0 * stride_x
+                            for kx in range(runs):
+                                at = (line + kx * dilation_x) * group_in
+                                row = rows_at + (ky * kernel_w + kx) * group_in * NARROW
+                                for t in range(run):
+                                    offset = row + t * NARROW
+                                    add_scaled_vector(acc0, flat, offset, bordered[at + t], NARROW)
+                                    add_scaled_vector(acc1, flat, offset, bordered[at + step + t], NARROW)
+                                    add_scaled_vector(acc2, flat, offset, bordered[at + 2 * step + t], NARROW)
+                                    add_scaled_vector(acc3, flat, offset, bordered[at + 3 * step + t], NARROW)
+                        for j in range(min(NARROW_POSITIONS, out_w - ox0)):
+                            for k in range(lanes):
+                                row_sums[ox0 + j, k] = quad[j][k]
+                    store_row(out, n, first, lanes, oy, row_sums, bias)
+
+
+@njit(inline="always")
+def store_row(out, n, first, lanes, oy, row_sums, bias):
+    """out[n, first + k, oy, x] = row_sums[x, k] + bias[first + k]: an output row's sums, gathered
+    position by position, written channel by channel (contiguous; one position's channels lie
+    H·W apart, a stride that can map them all to one cache set)."""
+    for k in range(lanes):
+        for ox in range(out.shape[3]):
+            out[n, first + k, oy, ox] = row_sums[ox, k] + bias[first + k]
 
 
 @njit(parallel=True, cache=True)

@@ -43,7 +43,7 @@ class FusedResidual(NamedTuple):
     """What the fused kernel adds to Σ + b, by ``kind`` (a :class:`ResidualKind`)."""
 
     kind: int
-    values: np.ndarray  #: CURRENT, STATIC: the currents [rows, C·H·W]; GRADED: amplitudes [1, H·W·C]
+    values: np.ndarray  #: CURRENT, STATIC: the currents [rows, H·W·C]; GRADED: amplitudes [1, H·W·C]
     spikes: np.ndarray  #: GRADED: the residual spike map [T·B, H·W·C], channels-last
 
 
@@ -132,19 +132,6 @@ def store(out, channels_last, n, o, oy, ox, value):
 
 
 @njit(inline="always")
-def residual_currents(kind, residual, n, sample, p, first, out_channels, count, positions, part):
-    """part[j·w + k] = the residual current of neuron (channel ``first`` + k, position p + j), w =
-    min(count, C_out): ``residual[n, f]`` (CURRENT) or ``residual[sample, f]`` (STATIC), f its
-    channels-first index (a strided read, in place: copying the map channels-last first cost
-    more, and the copy evicted the weights from the caches)."""
-    width = min(count, out_channels)
-    source = residual[n if kind == ResidualKind.CURRENT else sample]
-    for j in range(count // width):
-        for k in range(width):
-            part[j * width + k] = source[(first + k) * positions + p + j]
-
-
-@njit(inline="always")
 def integrate(kind, values, bias, first_terms, second_terms, membrane, theta, spiked):
     """Per lane k: v += (Σ + b) + r; s = v ≥ θ; v −= θ·s — the unfused kernels' operations —
     with r by ``kind``: none, a·s (GRADED: first_terms[k]·second_terms[k], branch-free: a·0 may
@@ -184,7 +171,7 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     SHORTCUT, a projection conv computed inside; both convs then have one group). For every
     neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ = the gather of ``conv``, with r by
     the residual's kind: NONE, CURRENT ``values[t·B + b, f]``, STATIC ``values[b, f]``, GRADED
-    ``values[0, f]``·``spikes[t·B + b, f]`` (f channels-last here), SHORTCUT Σ' + bias'[o]; then
+    ``values[0, f]``·``spikes[t·B + b, f]`` (f channels-last in all), SHORTCUT Σ' + bias'[o]; then
     v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. With
     ``schedule.pack`` = Q > 1 (C_out = 64 / Q), Q adjacent positions are gathered at once
     (:func:`~snnverify.runtime.cpu.gather.gather_packed`).
@@ -257,7 +244,6 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
         acc = stack_buffer(weights, WIDE)
         shortcut_acc = stack_buffer(shortcut_weights, WIDE)
         values, shortcut_values = carray(acc, WIDE), carray(shortcut_acc, WIDE)
-        part = carray(stack_buffer(bias, WIDE), WIDE)  # residual currents of a gather's lanes
         first_sample, group = (job // groups) * tile, job % groups
         samples = min(tile, batch - first_sample)
         for s in range(samples):
@@ -305,11 +291,11 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                     elif kind == ResidualKind.GRADED:
                                         integrate(kind, values, lane_bias, residual_values[0, base : base + count],
                                                   residual_spikes[n, base : base + count], membrane, theta, fired)
-                                    else:
-                                        if currents:
-                                            residual_currents(kind, residual_values, n, first_sample + s,
-                                                              oy * out_w + ox0, 0, lanes, count, positions, part)
-                                        integrate(kind, values, lane_bias, part, part, membrane, theta, fired)
+                                    else:  # currents channels-last, like the spikes
+                                        row = n if kind == ResidualKind.CURRENT else first_sample + s
+                                        currents_of = residual_values[row if currents else 0, base : base + count]
+                                        integrate(kind, values, lane_bias, currents_of, currents_of, membrane, theta,
+                                                  fired)
                 else:
                     for oy in range(out_h):
                         for ox in range(out_w):
@@ -336,7 +322,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                         integrate(kind, values, block_bias, residual_values[0, out : out + lanes],
                                                   residual_spikes[n, out : out + lanes], membrane, theta, fired)
                                     else:
-                                        if currents:
-                                            residual_currents(kind, residual_values, n, first_sample + s, p,
-                                                              first, out_channels, lanes, positions, part)
-                                        integrate(kind, values, block_bias, part, part, membrane, theta, fired)
+                                        row = n if kind == ResidualKind.CURRENT else first_sample + s
+                                        currents_of = residual_values[row if currents else 0, out : out + lanes]
+                                        integrate(kind, values, block_bias, currents_of, currents_of, membrane, theta,
+                                                  fired)

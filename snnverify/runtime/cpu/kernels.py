@@ -17,7 +17,7 @@ from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, i
                                          spike_pool2d_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
                                           conv2d_events_if_kernel, conv2d_sparse_kernel)
-from snnverify.runtime.cpu.layouts import EventWeights, event_weights
+from snnverify.runtime.cpu.layouts import EventWeights, event_weights, events_layout
 from snnverify.runtime.cpu.transpose import neurons_channels_last, to_channels_first, to_channels_last
 from snnverify.runtime.plan import EventConv, Kernels, Op, ResidualKind, Signal
 
@@ -34,8 +34,9 @@ def _geometry(node: g.Conv2d) -> tuple[int, ...]:
 
 
 def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse, channels_last=False):
-    """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``;
-    ``channels_last`` (a sparse conv only): out [N, H·W·C]."""
+    """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``, else
+    W in :func:`~snnverify.runtime.cpu.layouts.events_layout`; ``channels_last`` (a sparse conv
+    only): out [N, H·W·C]."""
     if sparse:  # the sums in the plan's type (W' may be narrower, see accumulator_dtype)
         rows, channels, height, width = out_shape
         out = buffers.empty((rows, height, width, channels) if channels_last else out_shape, bias.dtype)
@@ -45,8 +46,7 @@ def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse, channels_last=Fa
             return out.reshape(rows, -1)
     else:
         out = buffers.empty(out_shape, weight.dtype)
-        conv2d_dense_kernel(x, weight, bias, np.array(node.stride), np.array(node.padding), np.array(node.dilation),
-                            node.groups, weight.dtype.type(0), out)
+        conv2d_dense_kernel(x, weight, node.weight.shape[2:], bias, _geometry(node), _workers(), out)
     return out
 
 
@@ -76,15 +76,18 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
         height, width, channels = residual.spikes.shape[1:]
         spikes = to_channels_first(residual.spikes, (channels, height, width)).reshape(rows, channels, height, width)
         kind = ResidualKind.CURRENT
-        residual = Signal(_conv2d(spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True), True)
+        residual = Signal(_conv2d(spikes, residual.weight, residual.bias, residual.node, (rows, *out_shape), True,
+                                  channels_last=True), True, channels_last=True)
     shortcut = _no_shortcut(conv.weight.blocks.dtype, dtype)
     values, residual_spikes = np.zeros((1, 1), dtype), np.zeros((1, 1), np.bool_)
     if kind == ResidualKind.SHORTCUT:
         shortcut = _fused_conv(residual)
     elif kind == ResidualKind.GRADED:
         values, residual_spikes = neurons_channels_last(residual.amplitude, out_shape).reshape(1, -1), residual.array
-    elif kind != ResidualKind.NONE:
-        values = np.ascontiguousarray(residual.array).reshape(residual.array.shape[0], -1)
+    elif kind != ResidualKind.NONE:  # channels-last, the order of the kernel's neurons (read contiguously)
+        values = residual.array.reshape(residual.array.shape[0], -1)
+        if not residual.channels_last:
+            values = to_channels_last(values, out_shape)
     # samples per job: as many as keep a job's spike entries within TILE_ENTRIES
     map_size = math.prod(conv.spikes.shape[1:]) // conv.node.groups + math.prod(shortcut.spikes.shape[1:])
     tile = max(1, min(batch, TILE_ENTRIES // (STEP_CHUNK * map_size)))
@@ -159,9 +162,10 @@ def _add_into(total, x, temporal, batch):
 
 def _weight_layout(op: Op) -> np.ndarray | EventWeights:
     """Weights as the CPU kernels read them: a sparse conv's
-    :func:`~snnverify.runtime.cpu.layouts.event_weights`, else as stored."""
-    if op.sparse and isinstance(op.node, g.Conv2d):
-        return event_weights(op.weight, op.node, op.input_peak)
+    :func:`~snnverify.runtime.cpu.layouts.event_weights`, a dense conv's
+    :func:`~snnverify.runtime.cpu.layouts.events_layout`, a linear layer's as stored."""
+    if isinstance(op.node, g.Conv2d):
+        return event_weights(op.weight, op.node, op.input_peak) if op.sparse else events_layout(op.weight, op.node)
     return op.weight
 
 
