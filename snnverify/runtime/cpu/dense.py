@@ -30,9 +30,9 @@ def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     finite (the graph holds no other values), so such a tap adds w·0 = ±0, and a sum from +0
     plus ±0 is that sum (round to nearest; such a sum is never −0). Per job (one sample of one
     group) the input goes channels-last into a zero-bordered copy, where a tap's channels are
-    adjacent. A wide block (64 lanes, 4 vector registers) sums one position at a time, a
-    narrow one (16 lanes) :data:`NARROW_POSITIONS` adjacent positions: either way 4 independent
-    chains of adds in flight."""
+    adjacent. A wide block (64 lanes) sums one position at a time, a narrow one (16 lanes)
+    :data:`NARROW_POSITIONS` adjacent positions: either way 4 independent chains of 16-lane adds
+    in flight."""
     rows, out_channels, out_h, out_w = out.shape
     groups, channels, in_h, in_w = weights.shape[0], x.shape[1], x.shape[2], x.shape[3]
     group_out, group_in = out_channels // groups, channels // groups
@@ -50,6 +50,7 @@ def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     # a kernel row's taps (kx, c) in runs of adjacent terms, in the copy and in W alike: with
     # unit column dilation the whole row is one run (one loop of kW·C terms, not kW of C)
     runs, run = (1, kernel_w * group_in) if dilation_x == 1 else (kernel_w, group_in)
+    sizes = (out_h, out_w, border_w, runs, run)
     all_row_sums = np.empty((workers, out_w, WIDE), weights.dtype)
     for worker in prange(workers):
         bordered, row_sums = all_bordered[worker], all_row_sums[worker]
@@ -61,53 +62,58 @@ def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
                     line = ((iy + pad_y) * border_w + pad_x) * group_in + c
                     for ix in range(in_w):
                         bordered[line + ix * group_in] = plane[iy, ix]
+            accs = (stack_buffer(weights, NARROW), stack_buffer(weights, NARROW), stack_buffer(weights, NARROW),
+                    stack_buffer(weights, NARROW))
             for index in range(block_count(padded)):
                 start, wide, lanes = block(index, padded, group_out)
                 first = group * group_out + start
                 rows_at = (group * padded + start) * taps
-                if wide:
-                    acc = stack_buffer(weights, WIDE)
-                    sums = carray(acc, WIDE)
-                    for oy in range(out_h):
-                        for ox in range(out_w):
-                            for k in range(WIDE):
-                                sums[k] = 0
-                            for ky in range(kernel_h):
-                                line = (oy * stride_y + ky * dilation_y) * border_w + ox * stride_x
-                                for kx in range(runs):
-                                    at = (line + kx * dilation_x) * group_in
-                                    row = rows_at + (ky * kernel_w + kx) * group_in * WIDE
-                                    for t in range(run):
-                                        add_scaled_vector(acc, flat, row + t * WIDE, bordered[at + t], WIDE)
-                            for k in range(lanes):
-                                row_sums[ox, k] = sums[k]
-                        store_row(out, n, first, lanes, oy, row_sums, bias)
-                    continue
-                acc0, acc1 = stack_buffer(weights, NARROW), stack_buffer(weights, NARROW)
-                acc2, acc3 = stack_buffer(weights, NARROW), stack_buffer(weights, NARROW)
-                quad = (carray(acc0, NARROW), carray(acc1, NARROW), carray(acc2, NARROW), carray(acc3, NARROW))
-                for oy in range(out_h):
-                    for ox0 in range(0, out_w, NARROW_POSITIONS):
-                        for k in range(NARROW):
-                            quad[0][k] = 0
-                            quad[1][k] = 0
-                            quad[2][k] = 0
-                            quad[3][k] = 0
-                        for ky in range(kernel_h):
-                            line = (oy * stride_y + ky * dilation_y) * border_w + ox0 * stride_x
-                            for kx in range(runs):
-                                at = (line + kx * dilation_x) * group_in
-                                row = rows_at + (ky * kernel_w + kx) * group_in * NARROW
-                                for t in range(run):
-                                    offset = row + t * NARROW
-                                    add_scaled_vector(acc0, flat, offset, bordered[at + t], NARROW)
-                                    add_scaled_vector(acc1, flat, offset, bordered[at + step + t], NARROW)
-                                    add_scaled_vector(acc2, flat, offset, bordered[at + 2 * step + t], NARROW)
-                                    add_scaled_vector(acc3, flat, offset, bordered[at + 3 * step + t], NARROW)
-                        for j in range(min(NARROW_POSITIONS, out_w - ox0)):
-                            for k in range(lanes):
-                                row_sums[ox0 + j, k] = quad[j][k]
-                    store_row(out, n, first, lanes, oy, row_sums, bias)
+                # constants at each call: each inlined copy is compiled for its kind of block
+                if wide:  # one position; per input, the block's 4 quarters of a weight row
+                    block_sums(accs, flat, rows_at, bordered, 1, WIDE, NARROW, 0, sizes, geometry, kernel_hw,
+                               group_in, row_sums, out, n, first, lanes, bias)
+                else:  # 4 positions; per weight row, their 4 inputs
+                    block_sums(accs, flat, rows_at, bordered, NARROW_POSITIONS, NARROW, 0, step, sizes, geometry,
+                               kernel_hw, group_in, row_sums, out, n, first, lanes, bias)
+
+
+@njit(inline="always")
+def block_sums(accs, flat, rows_at, bordered, positions, width, row_step, input_step, sizes, geometry, kernel_hw,
+               group_in, row_sums, out, n, first, lanes, bias):
+    """The outputs of one block of :func:`conv2d_dense_kernel` for sample ``n``: per output row,
+    ``positions`` positions at a time into the 4 accumulators ``accs`` of 16 lanes, accumulator q
+    adding weight row element ``offset + q·row_step`` times input ``value + q·input_step`` (a wide
+    block's quarters at one position, or a narrow block at 4 positions), then the row stored."""
+    out_h, out_w, border_w, runs, run = sizes
+    stride_y, stride_x, _, _, dilation_y, dilation_x = geometry
+    kernel_h, kernel_w = kernel_hw
+    acc0, acc1, acc2, acc3 = accs
+    quad = (carray(acc0, NARROW), carray(acc1, NARROW), carray(acc2, NARROW), carray(acc3, NARROW))
+    for oy in range(out_h):
+        for ox0 in range(0, out_w, positions):
+            for k in range(NARROW):
+                quad[0][k] = 0
+                quad[1][k] = 0
+                quad[2][k] = 0
+                quad[3][k] = 0
+            for ky in range(kernel_h):
+                line = (oy * stride_y + ky * dilation_y) * border_w + ox0 * stride_x
+                for kx in range(runs):
+                    at = (line + kx * dilation_x) * group_in
+                    row = rows_at + (ky * kernel_w + kx) * group_in * width
+                    for t in range(run):
+                        offset, value = row + t * width, at + t
+                        add_scaled_vector(acc0, flat, offset, bordered[value], NARROW)
+                        add_scaled_vector(acc1, flat, offset + row_step, bordered[value + input_step], NARROW)
+                        add_scaled_vector(acc2, flat, offset + 2 * row_step, bordered[value + 2 * input_step], NARROW)
+                        add_scaled_vector(acc3, flat, offset + 3 * row_step, bordered[value + 3 * input_step], NARROW)
+            for q in range(4):
+                for k in range(NARROW):
+                    if positions == 1:
+                        row_sums[ox0, q * NARROW + k] = quad[q][k]
+                    elif ox0 + q < out_w:
+                        row_sums[ox0 + q, k] = quad[q][k]
+        store_row(out, n, first, lanes, oy, row_sums, bias)
 
 
 @njit(inline="always")
