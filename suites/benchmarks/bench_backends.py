@@ -15,10 +15,12 @@ import torch
 from numba import carray, njit
 
 import snnverify
+from snnverify import graph as g
 from snnverify.api import SNN
+from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu.gather import add_entries, spike_entries
 from snnverify.runtime.cpu.intrinsics import add_vector, stack_buffer
-from snnverify.runtime.cpu.layouts import WIDE, aligned_zeros
+from snnverify.runtime.cpu.layouts import WIDE, aligned_zeros, events_layout
 from snnverify.graph import multiply_accumulates, synaptic_events
 from snnverify.jobs.speed import SHAPES, converted, interleaved_best_times
 
@@ -210,6 +212,42 @@ class SpikeLists:
         return self.spikes.size / seconds / 1e9
 
     track_flags_per_second.unit = "G flags/s"
+
+
+class DenseConv:
+    """The CPU's dense conv (:func:`~snnverify.runtime.cpu.dense.conv2d_dense_kernel`: a
+    network's first conv, on the analog input) on the benchmark networks' stems, a batch of 32,
+    all Numba threads: multiply-adds per second. ``small``: 1 → 16 channels, 3 × 3 at 28 × 28
+    (small_resnet's); ``cifar``: 3 → 64, 3 × 3 at 32 × 32 (cifar_resnet18's); ``torchvision``:
+    3 → 64, 7 × 7 of stride 2 at 32 × 32 (torchvision_resnet18's on CIFAR-shaped input)."""
+
+    #: in channels, out channels, input side, kernel side, stride, padding
+    STEMS = {"small": (1, 16, 28, 3, 1, 1), "cifar": (3, 64, 32, 3, 1, 1), "torchvision": (3, 64, 32, 7, 2, 3)}
+    params = [list(STEMS)]
+    param_names = ["stem"]
+    number = 1
+    repeat = 5
+    rounds = 1
+
+    def setup(self, stem):
+        in_channels, out_channels, side, kernel, stride, padding = self.STEMS[stem]
+        rng = np.random.default_rng(0)
+        self.node = g.Conv2d("stem", weight=rng.standard_normal((out_channels, in_channels, kernel, kernel)).astype(
+            np.float32), stride=(stride, stride), padding=(padding, padding))
+        self.weight = events_layout(self.node.weight, self.node)
+        self.bias = rng.standard_normal(out_channels).astype(np.float32)
+        self.x = rng.standard_normal((32, in_channels, side, side)).astype(np.float32)
+        self.out_shape = (32, *self.node.output_shape([self.x.shape[1:]]))
+        self.time_conv(stem)  # compile outside the timing
+
+    def time_conv(self, stem):
+        CPU_KERNELS.conv2d(self.x, self.weight, self.bias, self.node, self.out_shape, False)
+
+    def track_macs_per_second(self, stem):
+        seconds = interleaved_best_times({"conv": lambda: self.time_conv(stem)}, 3)["conv"]
+        return np.prod(self.out_shape) * np.prod(self.node.weight.shape[1:]) / seconds / 1e9
+
+    track_macs_per_second.unit = "G MAC/s"
 
 
 _DOUBLEWIDE = 2 * WIDE  # a global, so that Numba sees a constant
