@@ -63,8 +63,9 @@ class Recipe:
 #: neurocuda at T = 16 and 32) and on the 92.84 % network (92.72 % on the mean); 1e-4 loses on the
 #: pooled network (91.92 % at T = 32 on seeds 0 and 1, against 92.03 and 92.05 % at 1e-3). One cell
 #: stays missed: on the pooled network's reference seed on two threads, 91.93 % at T = 32 against
-#: neurocuda's 92.00 %; two epochs of BPTT (three of QCFS) and QCFS training at 3e-4 do worse there
-#: (91.84 and 91.82 %).
+#: neurocuda's 92.00 %; two epochs of BPTT (three of QCFS), QCFS training at 3e-4 and five epochs
+#: of QCFS training without BPTT do worse there (91.84, 91.82 and 91.70 %), BPTT over the readout
+#: at T = 8 about as well (91.94 %).
 RECIPES: dict[int, Recipe] = {
     0: Recipe(finetune_epochs=0, levels=8, qcfs_optimizer="adamw", qcfs_lr=1e-3, threshold_lr=5e-2,
               max_spikes=8, percentile=99.99),
