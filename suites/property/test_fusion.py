@@ -15,6 +15,7 @@ from unittest import mock
 
 import numba
 import numpy as np
+import pytest
 import torch
 from hypothesis import Phase, event, find, given, settings
 from hypothesis import strategies as st
@@ -143,21 +144,23 @@ def test_fused_kernel_matches_the_unfused_kernels_on_wide_layers_at_exact_ties(c
                       case.x, case.timesteps)
 
 
-def test_a_static_residual_is_fused_and_exact(comparison_log):
+@pytest.mark.parametrize("channels", [3, 16, 32, 64])
+def test_a_static_residual_is_fused_and_exact(comparison_log, channels):
     """Add(conv(spikes), stem conv) — the residual is the static input current, broadcast over T,
-    a case the random ResNets do not draw. Weights and inputs are multiples of 1/8, so sums are
-    exact and membranes hit θ exactly (ties)."""
+    a case the random ResNets do not draw — for each kind of block: 3 channels (one block of 16
+    lanes), 16 and 32 (4 and 2 positions packed), 64 (a wide block). Weights and inputs are
+    multiples of 1/8, so sums are exact and membranes hit θ exactly (ties)."""
     dyadic = dyadic_arrays(seed=0)
 
     nodes = {
         "in": g.Input("in", shape=(2, 5, 5)),
-        "stem": g.Conv2d("stem", weight=dyadic(3, 2, 3, 3), padding=1),
-        "if1": g.IF("if1", threshold=[0.5, 0.7, 0.9]),
-        "conv": g.Conv2d("conv", weight=dyadic(3, 3, 3, 3), padding=1, bias=dyadic(3)),
+        "stem": g.Conv2d("stem", weight=dyadic(channels, 2, 3, 3), padding=1),
+        "if1": g.IF("if1", threshold=np.linspace(0.5, 0.9, channels, dtype=np.float32)),
+        "conv": g.Conv2d("conv", weight=dyadic(channels, channels, 3, 3), padding=1, bias=dyadic(channels)),
         "add": g.Add("add"),
-        "if2": g.IF("if2", threshold=[0.6, 0.8, 1.0]),
+        "if2": g.IF("if2", threshold=np.linspace(0.6, 1.0, channels, dtype=np.float32)),
         "flat": g.Flatten("flat"),
-        "fc": g.Linear("fc", weight=dyadic(4, 75)),
+        "fc": g.Linear("fc", weight=dyadic(4, channels * 25)),
         "out": g.Output("out"),
     }
     graph = g.SpikingGraph(nodes, {"stem": ["in"], "if1": ["stem"], "conv": ["if1"], "add": ["conv", "stem"],
