@@ -218,7 +218,9 @@ class Index:
 
     # -- speed per backend -----------------------------------------------------------------
     def speed(self) -> None:
-        files = sorted(self.reports.glob("speed/*.json")) + sorted(self.reports.glob("gpu-check/*/gpu-speed.json"))
+        # reports/speed/*.json, then the side-by-side runs of one change in folders below it
+        files = (sorted(self.reports.glob("speed/*.json")) + sorted(self.reports.glob("speed/*/*.json"))
+                 + sorted(self.reports.glob("gpu-check/*/gpu-speed.json")))
         if not files:
             return
         page = self.page
@@ -230,7 +232,8 @@ class Index:
         for path in files:
             entries = _read(path)
             info = path.with_name("gpu-info.txt")
-            device = "CPU" if path.parent.name == "speed" else "device not recorded"
+            on_cpu = path.relative_to(self.reports).parts[0] == "speed"
+            device = "CPU" if on_cpu else "device not recorded"
             device = next((line.split(":", 1)[1].strip().split(" compute")[0] for line in
                            (info.read_text().splitlines() if info.is_file() else []) if line.startswith("device:")), device)
             commit_file = path.with_name("commit.txt")
@@ -256,8 +259,11 @@ class Index:
             axis.set_ylabel("images/s (log)")
             axis.set_title(f"{self.rel(path)} ({machine})", fontsize=8)
             figure.tight_layout(rect=(0, 0.04, 1, 1))
-            # reports/speed/<name>.json: speed_<name>.png; a GPU check's run: speed_<run>.png
-            page.figure(f"speed_{path.stem if path.parent.name == 'speed' else path.parent.name}.png", figure)
+            # reports/speed/<name>.json: speed_<name>.png; reports/speed/<folder>/<name>.json:
+            # speed_<folder>-<name>.png; a GPU check's run: speed_<run>.png
+            name = (path.parent.name if not on_cpu else path.stem if path.parent.name == "speed"
+                    else f"{path.parent.name}-{path.stem}")
+            page.figure(f"speed_{name}.png", figure)
             plt.close(figure)
 
     # -- Loihi 2, GPU check, certification, budget, asv -------------------------------------

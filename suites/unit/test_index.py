@@ -66,6 +66,8 @@ def reports(tmp_path):
     write(root / "speed" / "speed.json", [speed_entry(100.0, 400.0)])
     # a second speed file, which names its commit (``snnverify speed --out`` records it)
     write(root / "speed" / "bursts.json", [{**speed_entry(100.0, 300.0), "commit": "fedcba9"}])
+    # the side-by-side runs of one change, in a folder of their own
+    write(root / "speed" / "change" / "run1.json", [{**speed_entry(100.0, 500.0), "commit": "beef123"}])
     write(root / "gpu-check" / "run" / "gpu-speed.json", [gpu_speed_entry(32, 300.0), gpu_speed_entry(256, 600.0)])
     (root / "gpu-check" / "run" / "gpu-info.txt").write_text("device: Test GPU compute capability 9\n")
     (root / "gpu-check" / "run" / "commit.txt").write_text("0123abc some commit\n")
@@ -86,7 +88,7 @@ def test_index_from_fixture_results(reports):
     for text in ("reports/runs/tiny/report.json", "abc1234", "Linux-test, 2 threads",  # a run, its source
                  "reports/bench/tiny-cpu/bench.json", "80.00 ± 7.07", "def5678",     # the protocol, mean ± std
                  "published: qcfs_bu2022 resnet18", "Test GPU, 2 threads, batch 32, 256", "0123abc",
-                 "reports/speed/bursts.json", "fedcba9",
+                 "reports/speed/bursts.json", "fedcba9", "reports/speed/change/run1.json — machine: CPU", "beef123",
                  "reports/gpu-check/run/gpu-comparisons.json; commit 0123abc", "gpu: cpu vs gpu, tiny"):
         assert text in markdown, text
         assert text in page, text
@@ -95,11 +97,13 @@ def test_index_from_fixture_results(reports):
     assert [cell.strip() for cell in row.split("|")[1:-1]] == ["b.S.time_run", "8", "0.0012", "0.0016", "33.3", "yes"]
     # speed-ups only within a file: 400/100 and 300/100 on the CPU files; on the GPU file the gpu rows over
     # torch:cuda at the same batch (300/400, 600/400), not over torch on the CPU (6.00, 12.00)
-    assert "| 4.00 " in markdown and "| 3.00 " in markdown and "| 0.75 " in markdown and "| 1.50 " in markdown
+    assert "| 4.00 " in markdown and "| 3.00 " in markdown and "| 5.00 " in markdown and "| 0.75 " in markdown
+    assert "| 1.50 " in markdown
     assert "| 6.00 " not in markdown and "| 12.00 " not in markdown
     # sparsity per layer from the counts of both seeds: 1 - (10 + 11) / 200 and 1 - 60 / 200
     assert "| 89.5 " in markdown and "| 70.0 " in markdown
-    for name in ("accuracy_vs_T.png", "sparsity_tiny-cpu.png", "speed_speed.png", "speed_bursts.png", "speed_run.png"):
+    for name in ("accuracy_vs_T.png", "sparsity_tiny-cpu.png", "speed_speed.png", "speed_bursts.png",
+                 "speed_change-run1.png", "speed_run.png"):
         assert (reports / "index_files" / name).read_bytes()[:4] == b"\x89PNG", name
         assert f"index_files/{name}" in page
     assert not list(reports.rglob("*.tmp"))
