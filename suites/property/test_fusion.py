@@ -494,17 +494,18 @@ def conv_in_plan_order(x, weight, bias, node):
     group_out = out_channels // node.groups
     acc = np.zeros((rows, out_channels, out_h, out_w), bias.dtype)
     oy, ox = np.arange(out_h)[:, None], np.arange(out_w)[None, :]
-    for ky in range(kernel_h):
-        for kx in range(kernel_w):
-            iy = oy * node.stride[0] - node.padding[0] + ky * node.dilation[0]
-            ix = ox * node.stride[1] - node.padding[1] + kx * node.dilation[1]
-            inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-            taps = x[:, :, np.clip(iy, 0, height - 1), np.clip(ix, 0, width - 1)]  # [N, C, out_h, out_w]
-            for c in range(group_in):
-                for o in range(out_channels):
-                    product = weight[o, c, ky, kx] * taps[:, (o // group_out) * group_in + c]
-                    acc[:, o] = np.where(inside, acc[:, o] + product, acc[:, o])
-    return acc + bias[None, :, None, None]
+    with np.errstate(invalid="ignore", over="ignore"):  # ±∞ and NaN inputs: w·∞, ∞ − ∞ are meant
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                iy = oy * node.stride[0] - node.padding[0] + ky * node.dilation[0]
+                ix = ox * node.stride[1] - node.padding[1] + kx * node.dilation[1]
+                inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+                taps = x[:, :, np.clip(iy, 0, height - 1), np.clip(ix, 0, width - 1)]  # [N, C, out_h, out_w]
+                for c in range(group_in):
+                    for o in range(out_channels):
+                        product = weight[o, c, ky, kx] * taps[:, (o // group_out) * group_in + c]
+                        acc[:, o] = np.where(inside, acc[:, o] + product, acc[:, o])
+        return acc + bias[None, :, None, None]
 
 
 @settings(max_examples=60, deadline=None)
