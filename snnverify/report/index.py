@@ -261,8 +261,8 @@ class Index:
             figure.tight_layout(rect=(0, 0.04, 1, 1))
             # reports/speed/<name>.json: speed_<name>.png; reports/speed/<folder>/<name>.json:
             # speed_<folder>-<name>.png; a GPU check's run: speed_<run>.png
-            name = (path.parent.name if not on_cpu else path.stem if path.parent.name == "speed"
-                    else f"{path.parent.name}-{path.stem}")
+            name = ("-".join(path.relative_to(self.reports / "speed").with_suffix("").parts) if on_cpu
+                    else path.parent.name)
             page.figure(f"speed_{name}.png", figure)
             plt.close(figure)
 
