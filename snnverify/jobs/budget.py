@@ -115,6 +115,9 @@ CANDIDATES: dict[str, dict] = {
     # that BPTT over the readout at T = 8 (bursts of 8 at T = 8 resolve what 64 binary steps do): the
     # readouts from T = 16 on nearer the one it trains
     "adamw-L8-B8-p99.99-bptt1-h8-lr3e-4": adamw(bptt_lr=3e-4, horizons=(8,), burst=8, percentile=99.99),
+    # BPTT over the readouts at T = 4 and T = 32 together: the low-T gain without moving the readout
+    # that T = 32 takes away from the QCFS network's
+    "adamw-L8-B8-p99.99-bptt1-h4.32-lr3e-4": adamw(bptt_lr=3e-4, horizons=(4, 32), burst=8, percentile=99.99),
     # QCFS training at 3e-4: between 1e-3, which moves a converged ANN far, and 1e-4, too little for five epochs
     "adamw3e-4-L8-B8-p99.99-bptt1-h4-lr3e-4": adamw(qcfs_lr=3e-4, bptt_lr=3e-4, horizons=(4,), burst=8,
                                                     percentile=99.99),
