@@ -253,13 +253,15 @@ class Kernels:
     zeros: Callable  # (shape, dtype) -> a zero array
     #: (x, weight, bias, node, out_shape, sparse) -> out; ``sparse``: x is mostly zero (a spike
     #: map or a pooled one, see :class:`Op`), which a kernel may skip. A table with
-    #: ``conv2d_if`` also takes, for a sparse conv, the keyword ``channels_last=True``: out
-    #: [N, H·W·C], the order of the currents of an IF layer that a fused kernel reads
+    #: ``conv2d_if`` also takes, for a sparse conv, the keywords ``channels_last=True``: out
+    #: [N, H·W·C], the order of the currents of an IF layer that a fused kernel reads, and
+    #: ``input_last=True``: x [N, H, W, C] (a pool's map, see :func:`channels_last_pools`)
     conv2d: Callable
     linear: Callable  # (x, weight, bias, events) -> out; ``events``: x is a spike map
     #: (x, node, out_shape, amplitude) -> the pool's output: window sums of x, or with an
     #: amplitude per flattened neuron (x a spike map) of its graded spikes a·s, divided by the
-    #: window area kH·kW (correctly rounded) unless the node is a SumPool2d
+    #: window area kH·kW (correctly rounded) unless the node is a SumPool2d; a table with
+    #: ``conv2d_if`` also takes the keyword ``channels_last=True``: out [N, H·W·C]
     pool2d: Callable
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
     #: (current, temporal, threshold, initial membrane, timesteps, batch, IF node) -> spikes, in
@@ -297,7 +299,8 @@ class Signal:
     array: Any
     temporal: bool
     amplitude: Any = None  # device array a per flattened neuron when this is a spike map
-    #: a spike map [T·B, H·W·C], as fused kernels read and write them (or such a layer's currents)
+    #: [T·B, H·W·C]: a spike map as fused kernels read and write them, such a layer's currents,
+    #: or a pool's map that a fused op and graded convs read (:func:`channels_last_pools`)
     channels_last: bool = False
 
 
@@ -323,6 +326,24 @@ def channels_last_currents(plan: Plan) -> set[str]:
 
     return {op.inputs[0] for op in plan.ops
             if op.name in read_fused and op.name not in plan.fusions and writes_them(op.inputs[0])}
+
+
+def channels_last_pools(plan: Plan) -> set[str]:
+    """With a fused kernel: the pools whose every reader takes their map channels-last — a fused
+    op that adds it as its residual (a ResNet block's pooled input), or a conv of graded inputs
+    (not a channel scaling). They write it so (``Kernels.pool2d``'s ``channels_last``): no
+    transposed copy for the fused op, and the conv reads each position's channels contiguously."""
+    by_name = {op.name: op for op in plan.ops}
+    residuals = {(fusion.add, fusion.residual) for fusion in plan.fusions.values() if not fusion.shortcut_input}
+
+    def takes_it_channels_last(pool: str, reader: str) -> bool:
+        op = by_name[reader]
+        graded_conv = isinstance(op.node, g.Conv2d) and op.sparse and not op.events and op.amplitude is None
+        return graded_conv or (reader, pool) in residuals
+
+    pools = [op.name for op in plan.ops if isinstance(op.node, g.AvgPool2d)]  # SumPool2d too
+    return {pool for pool in pools if (readers := plan.graph.users(pool))
+            and all(takes_it_channels_last(pool, reader) for reader in readers)}
 
 
 def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record: bool,
@@ -409,6 +430,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
     # converts its output once, not each of its fused readers)
     fused_reads = spike_maps_read_fused(plan) if fusions else set()
     currents_last = channels_last_currents(plan) if fusions else set()
+    pools_last = channels_last_pools(plan) if fusions else set()
 
     for op in plan.ops:
         if op.name in absorbed:
@@ -460,12 +482,17 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             out = kernels.scale_channels(analog(op.inputs[0]).reshape(rows, -1), factors)
             values[op.name] = Signal(out.reshape(rows, *plan.shapes[op.name]), temporal)
         elif isinstance(node, (g.Conv2d, g.Linear)):
-            source = channels_first(op.inputs[0]) if op.events else analog(op.inputs[0])
             weight, bias = weights(op)
             last = op.name in currents_last
+            layout = {"channels_last": True} if last else {}
+            if op.inputs[0] in pools_last:  # its map as the pool wrote it: [N, H, W, C]
+                channels, height, width = plan.shapes[op.inputs[0]]
+                source, shape_in, layout["input_last"] = values[op.inputs[0]].array, (rows, height, width, channels), True
+            else:
+                source = channels_first(op.inputs[0]) if op.events else analog(op.inputs[0])
             if isinstance(node, g.Conv2d):
                 out = kernels.conv2d(source.reshape(shape_in), weight, bias, node, (rows, *plan.shapes[op.name]),
-                                     op.sparse, **({"channels_last": True} if last else {}))
+                                     op.sparse, **layout)
             else:
                 out = kernels.linear(source.reshape(rows, -1), weight, bias, op.events)
             values[op.name] = Signal(out, temporal, channels_last=last)
@@ -473,8 +500,10 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             # a spike map is pooled with its amplitudes, its graded map a·s never stored
             amplitude = values[op.inputs[0]].amplitude
             pooled = analog(op.inputs[0]) if amplitude is None else channels_first(op.inputs[0])
-            out = kernels.pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), amplitude)
-            values[op.name] = Signal(out, temporal)
+            last = op.name in pools_last
+            out = kernels.pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), amplitude,
+                                 **({"channels_last": True} if last else {}))
+            values[op.name] = Signal(out, temporal, channels_last=last)
         elif isinstance(node, g.Flatten):
             values[op.name] = Signal(analog(op.inputs[0]).reshape(rows, -1), temporal)
         elif isinstance(node, g.Add):

@@ -31,7 +31,7 @@ from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
 from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.cpu.intrinsics import FLAG_LANES
 from snnverify.runtime.cpu.layouts import event_weights, events_layout
-from snnverify.runtime.plan import build_plan, channels_last_currents, execute
+from snnverify.runtime.plan import build_plan, channels_last_currents, channels_last_pools, execute
 from snnverify.strategies import spiking_graphs
 
 from .test_backends import UNFUSED, compare, quantized
@@ -78,6 +78,8 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
                  else f"{type(op.node).__name__} fed by a burst layer's graded map")
     for _ in channels_last_currents(plan):
         note("conv of a pooled spike map writing channels-last currents")
+    for _ in channels_last_pools(plan):
+        note("pool writing its map channels-last")
     fused = execute(plan, CPU_KERNELS, x, steps, record=True)
     plain = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
     compare(comparison_log, check, fused[::2], plain[::2])
@@ -270,6 +272,7 @@ def test_the_pooled_small_resnet_runs_its_pooled_conv_channels_last_and_exact(co
     graph = snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0, max_spikes=1).graph
     plan = build_plan(graph)
     assert channels_last_currents(plan) == {"layers.0.0.conv1"}
+    assert channels_last_pools(plan) == {"stem_pool"}  # read by layers.0.0.conv1 and, fused, by the block's merge
     assert CPU_KERNELS.weight_layout(next(op for op in plan.ops if op.name == "layers.0.0.conv1")).pack == 4
     x = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
     fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (small_resnet_pooled)", graph, x, 12,
@@ -444,18 +447,20 @@ def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel,
 
 
 @settings(max_examples=60, deadline=None)
-@given(out_channels=st.sampled_from([16, 32, 16, 32, 8]), in_channels=st.integers(1, 3),
+@given(out_channels=st.sampled_from([16, 32, 16, 32, 8]), in_channels=st.sampled_from([1, 3, 16, 20, 32]),
        kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
        padding=st.tuples(st.integers(0, 1), st.integers(0, 1)), size=st.tuples(st.integers(3, 9), st.integers(3, 9)),
        rate=st.sampled_from([0.0, 0.2, 0.6, 1.0]), special=st.sampled_from(["none", "inf", "nan", "-0"]),
-       integer=st.booleans(), data=st.data())
+       integer=st.booleans(), input_last=st.booleans(), data=st.data())
 def test_a_conv_of_pooled_spikes_packs_positions_and_sums_as_the_dense_kernel(
-        out_channels, in_channels, kernel, stride, padding, size, rate, special, integer, data):
+        out_channels, in_channels, kernel, stride, padding, size, rate, special, integer, input_last, data):
     """The sparse conv of a graded map (pooled spikes) gathers Q = 64 / C_out adjacent positions
     at once for 16 and 32 output channels: every output is the dense kernel's, bit for bit —
     float32 weights of either sign and zero (where the order of the adds would show), integer
     ones, silent and saturated maps, −0 inputs, and maps holding ±∞ or NaN (0·∞ = NaN in a lane
-    that is no tap: such a sample-step takes the one-position gathers). 8 channels: no packing."""
+    that is no tap: such a sample-step takes the one-position gathers). 8 channels: no packing.
+    The map read channels-last too (as a pool writes it for a fused reader): its channels
+    compressed 16 at a time (16, 20 and 32 of them: whole runs of 16 and a rest)."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     node = g.Conv2d("conv", weight=np.zeros((out_channels, in_channels, *kernel), np.float32), stride=stride,
                     padding=padding)
@@ -477,7 +482,11 @@ def test_a_conv_of_pooled_spikes_packs_positions_and_sums_as_the_dense_kernel(
     layout = event_weights(weight, node, float(np.abs(x[np.isfinite(x)]).max(initial=1)))
     assert layout.pack == (64 // out_channels if out_channels in (16, 32) else 1)
     shape = (rows, out_channels, *out_hw)
-    sparse = cpu_kernels._conv2d(x, layout, bias, node, shape, True)
+    if input_last:
+        sparse = cpu_kernels._conv2d(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), layout, bias, node, shape, True,
+                                     input_last=True)
+    else:
+        sparse = cpu_kernels._conv2d(x, layout, bias, node, shape, True)
     dense = cpu_kernels._conv2d(x, events_layout(weight.astype(bias.dtype), node), bias, node, shape, False)
     np.testing.assert_array_equal(np.isnan(sparse), np.isnan(dense))
     finite = ~np.isnan(dense)
@@ -578,6 +587,31 @@ def test_generated_graphs_reach_convs_of_pooled_spikes_that_write_channels_last_
     find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
          lambda case: bool(channels_last_currents(build_plan(case.graph))),
          settings=settings(max_examples=1000, database=None, phases=[Phase.generate]))
+
+
+def test_generated_graphs_reach_pools_that_write_their_maps_channels_last():
+    find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
+         lambda case: bool(channels_last_pools(build_plan(case.graph))),
+         settings=settings(max_examples=1000, database=None, phases=[Phase.generate]))
+
+
+def test_a_pool_writes_channels_last_only_when_every_reader_takes_it_so():
+    """A pool read by a graded conv and, as the residual, by a fused merge writes channels-last;
+    one more reader that takes the graph's order (a Flatten) keeps it channels-first."""
+    ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
+    nodes = [g.Input("input", shape=(1, 4, 4)), g.Conv2d("conv0", weight=ones(2, 1, 3, 3), padding=1),
+             g.IF("if0", threshold=ones(2)), g.AvgPool2d("pool", kernel_size=2, stride=2),
+             g.Conv2d("conv1", weight=ones(2, 2, 3, 3), padding=1), g.IF("if1", threshold=ones(2)),
+             g.Conv2d("conv2", weight=ones(2, 2, 3, 3), padding=1), g.Add("add"), g.IF("if2", threshold=ones(2)),
+             g.Flatten("flat"), g.Linear("fc", weight=ones(3, 8)), g.Output("output")]
+    inputs = {"input": [], "conv0": ["input"], "if0": ["conv0"], "pool": ["if0"], "conv1": ["pool"], "if1": ["conv1"],
+              "conv2": ["if1"], "add": ["conv2", "pool"], "if2": ["add"], "flat": ["if2"], "fc": ["flat"],
+              "output": ["fc"]}
+    graph = g.SpikingGraph({node.name: node for node in nodes}, inputs)
+    plan = build_plan(graph)
+    assert plan.fusions["if2"].residual == "pool" and channels_last_pools(plan) == {"pool"}
+    inputs["flat"] = ["pool"]  # the pool read by a Flatten too (if2 then read by no one)
+    assert channels_last_pools(build_plan(g.SpikingGraph({node.name: node for node in nodes}, inputs))) == set()
 
 
 def test_generated_graphs_reach_convs_fed_by_pooled_spikes():

@@ -67,23 +67,30 @@ class Schedule(NamedTuple):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_sparse_kernel(x, weights, packed, pack, kernel_hw, bias, geometry, workers, channels_last, out):
+def conv2d_sparse_kernel(x, input_last, weights, packed, pack, kernel_hw, bias, geometry, workers, channels_last,
+                         out):
     """The same sums as :func:`~snnverify.runtime.cpu.dense.conv2d_dense_kernel`, from the
     nonzero inputs only (:func:`~snnverify.runtime.cpu.gather.gather` with their values); bias
-    last. ``x`` [N, C, H, W] is a spike map (bool) or a graded, mostly zero one (a pooled spike
+    last. ``x`` is a spike map (bool) or a graded, mostly zero one (a pooled spike
     map): a zero input adds w·0 = ±0 to a sum from +0, which leaves it unchanged, so skipping
     it is exact. With ``pack`` = Q > 1 (C_out = 64 / Q, one group), Q adjacent output positions
     are gathered at once through ``packed``
     (:func:`~snnverify.runtime.cpu.gather.gather_packed`): Q independent chains of adds in
     flight instead of one, for every row of ``x`` whose values are all finite (a lane that is
     no tap adds 0·x, NaN for an infinite x; such a row takes the one-position gathers).
-    ``out`` is [N, C_out, H, W], or with ``channels_last`` [N, H, W, C_out] (the order in which
-    an IF layer read by a fused kernel takes its currents: no transposed copy of them)."""
+    ``x`` is [N, C, H, W], or with ``input_last`` [N, H, W, C] (a pooled map as a fused kernel
+    reads it for a residual too); ``out`` is [N, C_out, H, W], or with ``channels_last`` [N, H,
+    W, C_out] (the order in which an IF layer read by a fused kernel takes its currents: no
+    transposed copy of them)."""
     if channels_last:
         rows, out_h, out_w, out_channels = out.shape
     else:
         rows, out_channels, out_h, out_w = out.shape
-    groups, channels, in_h, in_w = weights.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    if input_last:
+        _, in_h, in_w, channels = x.shape
+    else:
+        _, channels, in_h, in_w = x.shape
+    groups = weights.shape[0]
     group_out, group_in = out_channels // groups, channels // groups
     kernel_h, kernel_w = kernel_hw
     taps = kernel_h * kernel_w * group_in  # rows of a block
@@ -100,8 +107,8 @@ def conv2d_sparse_kernel(x, weights, packed, pack, kernel_hw, bias, geometry, wo
             sums = carray(acc, WIDE)
             entries, values, starts = all_entries[worker], all_values[worker], all_starts[worker]
             n, group = job // groups, job % groups
-            finite = nonzero_entries(x[n].reshape(channels, -1), group * group_in, group_in, in_w, entries, values,
-                                     starts)
+            planes = x[n].reshape(-1, channels) if input_last else x[n].reshape(channels, -1)
+            finite = nonzero_entries(planes, input_last, group * group_in, group_in, in_w, entries, values, starts)
             if pack > 1 and finite:  # lane j·C_out + o is channel o of position ox0 + j
                 for oy in range(out_h):
                     for ox0 in range(0, out_w, pack):

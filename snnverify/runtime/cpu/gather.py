@@ -9,9 +9,11 @@ and, per tap, the spiking input channels c ascending — the order of
 
 from __future__ import annotations
 
-from numba import carray, njit
+from numba import carray, njit, types
+from numba.extending import overload
 
-from snnverify.runtime.cpu.intrinsics import FLAG_LANES, add_scaled_vector, add_vector, append_spiking
+from snnverify.runtime.cpu.intrinsics import (FLAG_LANES, add_scaled_vector, add_vector, append_nonzero_float32,
+                                              append_spiking)
 from snnverify.runtime.cpu.layouts import NARROW, WIDE
 
 
@@ -44,23 +46,64 @@ def spike_entries(planes, channels_last, first, group_in, in_w, entries, starts)
     starts[positions] = count
 
 
+def append_nonzero(entries, values, at, planes, offset, first_value):
+    """For the i in 0 … 15 (ascending) where x = planes[offset + i] (linear index into a
+    C-contiguous map) is nonzero: entries[at + …] = first_value + i, values[at + …] = x; returns
+    their number. Lanes past it may be overwritten, as :func:`append_spiking` may (typed per
+    dtype: :func:`_append_nonzero`)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(append_nonzero, inline="always")
+def _append_nonzero(entries, values, at, planes, offset, first_value):
+    """A float32 map and list: one vector compress of each list (``append_nonzero_float32``);
+    any other types (integer graphs, narrower weights): the 16 values one by one."""
+    if planes.dtype == types.float32 and values.dtype == types.float32:
+        return lambda entries, values, at, planes, offset, first_value: append_nonzero_float32(
+            entries, values, at, planes, offset, first_value)
+
+    def one_by_one(entries, values, at, planes, offset, first_value):
+        flat, count = planes.reshape(-1), at
+        for i in range(FLAG_LANES):
+            entries[count] = first_value + i
+            values[count] = flat[offset + i]
+            count += flat[offset + i] != 0
+        return count - at
+
+    return one_by_one
+
+
 @njit(inline="always")
-def nonzero_entries(planes, first, group_in, in_w, entries, values, starts):
-    """:func:`spike_entries` of a graded map [C, H·W] (a pooled spike map, mostly zero, or a
-    spike map): the rows of the nonzero inputs, and values[e] the input of entries[e]. Returns
-    whether every value is finite (x − x = 0 fails only for ±∞ and NaN)."""
+def nonzero_entries(planes, channels_last, first, group_in, in_w, entries, values, starts):
+    """:func:`spike_entries` of a graded map [C, H·W], or [H·W, C] when ``channels_last`` (a
+    pooled spike map, mostly zero, or a spike map): the rows of the nonzero inputs, and
+    values[e] the input of entries[e]. Returns whether every value is finite (x − x = 0 fails
+    only for ±∞ and NaN). A channels-last map's channels are compressed 16 at a time."""
     count = 0
     finite = True
     positions = starts.shape[0] - 1
     for p in range(positions):
         starts[p] = count
         column = (p % in_w) * group_in
-        for c in range(group_in):
-            value = planes[first + c, p]
-            entries[count] = column + c
-            values[count] = value
-            finite &= values[count] - values[count] == 0
-            count += value != 0
+        if channels_last:
+            offset = p * planes.shape[1] + first
+            whole = group_in - group_in % FLAG_LANES
+            for c in range(0, whole, FLAG_LANES):
+                count += append_nonzero(entries, values, count, planes, offset + c, column + c)
+            for c in range(group_in):  # (a loop of its own, which vectorises)
+                finite &= planes[p, first + c] - planes[p, first + c] == 0
+            for c in range(whole, group_in):
+                value = planes[p, first + c]
+                entries[count] = column + c
+                values[count] = value
+                count += value != 0
+        else:
+            for c in range(group_in):
+                value = planes[first + c, p]
+                entries[count] = column + c
+                values[count] = value
+                finite &= values[count] - values[count] == 0
+                count += value != 0
     starts[positions] = count
     return finite
 

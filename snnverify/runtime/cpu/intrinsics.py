@@ -46,6 +46,45 @@ def compresses_in_registers() -> bool:
     return "+avx512f" in features.split(",")
 
 
+def _first_plus_lanes(builder, first_value, lanes):
+    """The i32 vector first_value + (0, 1, …, lanes − 1)."""
+    i32 = ir.IntType(32)
+    vector_type = ir.VectorType(i32, lanes)
+    first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), builder.trunc(first_value, i32),
+                                   ir.Constant(i32, 0))
+    first = builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+    return builder.add(first, ir.Constant(vector_type, list(range(lanes))))
+
+
+def _compress_store(builder, vector, mask, target):
+    """Store the lanes of ``vector`` where ``mask`` is set, in order, from ``target`` on; with
+    AVX-512F compressed within a register and all lanes stored (see :func:`append_spiking`)."""
+    vector_type, element = vector.type, vector.type.element
+    name = f"v{vector_type.count}{'f32' if isinstance(element, ir.FloatType) else f'i{element.width}'}"
+    if compresses_in_registers():
+        compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector_type, [vector_type] * 2 + [mask.type]),
+                                                  f"llvm.x86.avx512.mask.compress.{name}")
+        packed = builder.call(compress, [vector, ir.Constant(vector_type, [0] * vector_type.count), mask])
+        builder.store(packed, builder.bitcast(target, vector_type.as_pointer()), align=4)
+    else:
+        store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [vector_type, element.as_pointer(), mask.type]), f"llvm.masked.compressstore.{name}")
+        builder.call(store, [vector, target, mask])
+
+
+def _set_lanes(builder, mask):
+    """How many lanes of ``mask`` are set, as an int64."""
+    bits = ir.IntType(mask.type.count)
+    popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(bits, [bits]), f"llvm.ctpop.i{bits.width}")
+    return builder.zext(builder.call(popcount, [builder.bitcast(mask, bits)]), ir.IntType(64))
+
+
+def _data(context, builder, array_type, array):
+    """The data pointer of a Numba array argument."""
+    return context.make_array(array_type)(context, builder, array).data
+
+
 @intrinsic
 def append_spiking(typingctx, entries, at, flags, offset, first_value):
     """entries[at : at + k] = first_value + i for the i in 0 … 15 (ascending) where flags[offset +
@@ -66,35 +105,40 @@ def append_spiking(typingctx, entries, at, flags, offset, first_value):
 
     def codegen(context, builder, signature, args):
         entries_array, at, flags_array, offset, first_value = args
-        entries_data = context.make_array(signature.args[0])(context, builder, entries_array).data
-        flags_data = context.make_array(signature.args[2])(context, builder, flags_array).data
-        i32, index = ir.IntType(32), ir.IntType(64)
+        flags_data = _data(context, builder, signature.args[2], flags_array)
         flag_vector = ir.VectorType(ir.IntType(8), lanes)
         loaded = builder.load(builder.bitcast(builder.gep(flags_data, [offset]), flag_vector.as_pointer()), align=1)
         mask = builder.icmp_unsigned("!=", loaded, ir.Constant(flag_vector, [0] * lanes))
-        values_type = ir.VectorType(i32, lanes)
-        first = builder.insert_element(ir.Constant(values_type, ir.Undefined), builder.trunc(first_value, i32),
-                                       ir.Constant(i32, 0))
-        first = builder.shuffle_vector(first, ir.Constant(values_type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-        values = builder.add(first, ir.Constant(values_type, list(range(lanes))))
-        target = builder.gep(entries_data, [at])
-        if compresses_in_registers():
-            compress_type = ir.FunctionType(values_type, [values_type, values_type, mask.type])
-            compress = cgutils.get_or_insert_function(builder.module, compress_type,
-                                                      f"llvm.x86.avx512.mask.compress.v{lanes}i32")
-            packed = builder.call(compress, [values, ir.Constant(values_type, [0] * lanes), mask])
-            builder.store(packed, builder.bitcast(target, values_type.as_pointer()), align=4)
-        else:
-            store_type = ir.FunctionType(ir.VoidType(), [values_type, i32.as_pointer(), mask.type])
-            store = cgutils.get_or_insert_function(builder.module, store_type,
-                                                   f"llvm.masked.compressstore.v{lanes}i32")
-            builder.call(store, [values, target, mask])
-        bits = ir.IntType(lanes)
-        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(bits, [bits]), f"llvm.ctpop.i{lanes}")
-        return builder.zext(builder.call(popcount, [builder.bitcast(mask, bits)]), index)
+        target = builder.gep(_data(context, builder, signature.args[0], entries_array), [at])
+        _compress_store(builder, _first_plus_lanes(builder, first_value, lanes), mask, target)
+        return _set_lanes(builder, mask)
 
     return types.int64(entries, at, flags, offset, first_value), codegen
+
+
+@intrinsic
+def append_nonzero_float32(typingctx, entries, values, at, planes, offset, first_value):
+    """:func:`append_spiking` of a float32 map: for the i in 0 … 15 (ascending) where x =
+    planes[offset + i] is nonzero (NaN included, −0 not), entries[at + …] = first_value + i and
+    values[at + …] = x; returns their number. Both lists are written 16 lanes wide, as
+    :func:`append_spiking` writes its one."""
+    if (entries != types.Array(types.int32, 1, "C") or values != types.Array(types.float32, 1, "C")
+            or planes.dtype != types.float32):
+        return None
+    lanes = FLAG_LANES
+
+    def codegen(context, builder, signature, args):
+        entries_array, values_array, at, planes_array, offset, first_value = args
+        planes_data = _data(context, builder, signature.args[3], planes_array)
+        vector_type = ir.VectorType(ir.FloatType(), lanes)
+        loaded = builder.load(builder.bitcast(builder.gep(planes_data, [offset]), vector_type.as_pointer()), align=4)
+        mask = builder.fcmp_unordered("!=", loaded, ir.Constant(vector_type, [0.0] * lanes))
+        for array, vector, index in ((entries_array, _first_plus_lanes(builder, first_value, lanes), 0),
+                                     (values_array, loaded, 1)):
+            _compress_store(builder, vector, mask, builder.gep(_data(context, builder, signature.args[index], array), [at]))
+        return _set_lanes(builder, mask)
+
+    return types.int64(entries, values, at, planes, offset, first_value), codegen
 
 
 @intrinsic
@@ -110,7 +154,7 @@ def add_vector(typingctx, acc, weights, offset, lanes):
 
     def codegen(context, builder, signature, args):
         acc_pointer, weight_array, first, _ = args
-        data = context.make_array(signature.args[1])(context, builder, weight_array).data
+        data = _data(context, builder, signature.args[1], weight_array)
         vector = ir.VectorType(context.get_value_type(signature.args[1].dtype), count)
         source = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
         target = builder.bitcast(acc_pointer, vector.as_pointer())
@@ -135,7 +179,7 @@ def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
     def codegen(context, builder, signature, args):
         acc_pointer, weight_array, first, scale, _ = args
         element_type = signature.args[1].dtype
-        data = context.make_array(signature.args[1])(context, builder, weight_array).data
+        data = _data(context, builder, signature.args[1], weight_array)
         vector = ir.VectorType(context.get_value_type(element_type), count)
         scale = context.cast(builder, scale, signature.args[3], element_type)
         broadcast = builder.insert_element(ir.Constant(vector, ir.Undefined), scale, ir.Constant(ir.IntType(32), 0))

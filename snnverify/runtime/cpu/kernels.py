@@ -33,15 +33,15 @@ def _geometry(node: g.Conv2d) -> tuple[int, ...]:
     return (*node.stride, *node.padding, *node.dilation)
 
 
-def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse, channels_last=False):
+def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse, channels_last=False, input_last=False):
     """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``, else
-    W in :func:`~snnverify.runtime.cpu.layouts.events_layout`; ``channels_last`` (a sparse conv
-    only): out [N, H·W·C]."""
+    W in :func:`~snnverify.runtime.cpu.layouts.events_layout`; a sparse conv only:
+    ``channels_last``, out [N, H·W·C]; ``input_last``, x [N, H, W, C] (else [N, C, H, W])."""
     if sparse:  # the sums in the plan's type (W' may be narrower, see accumulator_dtype)
         rows, channels, height, width = out_shape
         out = buffers.empty((rows, height, width, channels) if channels_last else out_shape, bias.dtype)
-        conv2d_sparse_kernel(x, weight.blocks, weight.packed, weight.pack, node.weight.shape[2:], bias, _geometry(node),
-                             _workers(), channels_last, out)
+        conv2d_sparse_kernel(x, input_last, weight.blocks, weight.packed, weight.pack, node.weight.shape[2:], bias,
+                             _geometry(node), _workers(), channels_last, out)
         if channels_last:
             return out.reshape(rows, -1)
     else:
@@ -110,9 +110,13 @@ def _linear(x, weight, bias, events):
     return out
 
 
-def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
+def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False):
+    """The pool's output [N, C, H, W], or with ``channels_last`` [N, H·W·C] (the kernels write
+    it through a transposed view: the same sums, stored in the other order)."""
     dtype = x.dtype if amplitude is None else amplitude.dtype
-    out = buffers.empty(out_shape, dtype)
+    rows, channels, height, width = out_shape
+    stored = buffers.empty((rows, height, width, channels) if channels_last else out_shape, dtype)
+    out = stored.transpose(0, 3, 1, 2) if channels_last else stored
     area = node.kernel_size[0] * node.kernel_size[1]
     average = not isinstance(node, g.SumPool2d)
     # a float average divides in the kernel; an integer graph's (quantize makes them sum
@@ -128,7 +132,9 @@ def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None):
     else:
         pool2d_kernel(x, None if amplitude is None else amplitude.reshape(x.shape[1:]), *geometry,
                       dtype.type(area if divides else 1), dtype.type(0), out)
-    return out / np.float32(area) if average and not divides else out
+    if average and not divides:
+        stored = stored / np.float32(area)
+    return stored.reshape(rows, -1) if channels_last else stored
 
 
 def _per_channel(amplitude: np.ndarray, channels: int) -> np.ndarray | None:
