@@ -121,6 +121,8 @@ CANDIDATES: dict[str, dict] = {
     # the default's BPTT with λ from the 99.9th percentile (then trained at 5e-2 as before): a
     # narrower start, finer levels at every T
     "adamw-L8-B8-bptt1-h4-lr3e-4": adamw(bptt_lr=3e-4, horizons=(4,), burst=8),
+    # λ between the two: from the 99.95th percentile
+    "adamw-L8-B8-p99.95-bptt1-h4-lr3e-4": adamw(bptt_lr=3e-4, horizons=(4,), burst=8, percentile=99.95),
     # QCFS training at 3e-4: between 1e-3, which moves a converged ANN far, and 1e-4, too little for five epochs
     "adamw3e-4-L8-B8-p99.99-bptt1-h4-lr3e-4": adamw(qcfs_lr=3e-4, bptt_lr=3e-4, horizons=(4,), burst=8,
                                                     percentile=99.99),
