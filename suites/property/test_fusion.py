@@ -614,6 +614,29 @@ def test_a_pool_writes_channels_last_only_when_every_reader_takes_it_so():
     assert channels_last_pools(build_plan(g.SpikingGraph({node.name: node for node in nodes}, inputs))) == set()
 
 
+def test_a_pool_whose_sums_reach_infinity_runs_as_the_unfused_kernels(comparison_log):
+    """Amplitudes of 3·10^38: a 2 × 2 average pool of two spikes or more sums to ∞ before it
+    divides (float32 overflows, as it does on every backend, without a warning raised as an
+    error), and the sparse conv of that map takes its non-finite maps one position at a time;
+    spike for spike the run of the unfused dense kernels."""
+    rng = np.random.default_rng(0)
+    weights = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    nodes = [g.Input("input", shape=(1, 4, 4)), g.Conv2d("conv0", weight=weights(2, 1, 3, 3), padding=1),
+             g.IF("if0", threshold=np.ones(2, np.float32), amplitude=np.full(2, 3e38, np.float32)),
+             g.AvgPool2d("pool", kernel_size=2, stride=2), g.Conv2d("conv1", weight=weights(16, 2, 3, 3), padding=1),
+             g.IF("if1", threshold=np.ones(16, np.float32)), g.Flatten("flat"), g.Linear("fc", weight=weights(3, 64)),
+             g.Output("output")]
+    order = [node.name for node in nodes]
+    graph = g.SpikingGraph({node.name: node for node in nodes},
+                           {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
+    x = rng.random((2, 1, 4, 4)).astype(np.float32) * 4
+    spikes = execute(build_plan(graph), CPU_KERNELS, x, 6, record=True)[2]["if0"]  # [T, B, C, 4, 4]
+    windows = spikes.reshape(6, 2, 2, 2, 2, 2, 2).sum(axis=(4, 6))
+    assert (windows >= 2).any()  # some pooled value is ∞
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (pooled sums of ∞)", graph, x, 6,
+                      note=lambda _: None)
+
+
 def test_generated_graphs_reach_convs_fed_by_pooled_spikes():
     find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
          lambda case: any(op.sparse and not op.events and isinstance(case.graph.nodes[op.inputs[0]], g.AvgPool2d)

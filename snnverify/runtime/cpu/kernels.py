@@ -126,8 +126,9 @@ def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False
     channel_amplitude = None if amplitude is None else _per_channel(amplitude, x.shape[1])
     if channel_amplitude is not None:  # (the plan's are: an IF layer's a, repeated per neuron)
         sums = np.zeros((len(channel_amplitude), area + 1), dtype)  # a_c added n times, in sequence
-        for count in range(1, area + 1):
-            sums[:, count] = sums[:, count - 1] + channel_amplitude
+        with np.errstate(over="ignore"):  # a float sum past the largest value is ∞, as the other backends make it
+            for count in range(1, area + 1):
+                sums[:, count] = sums[:, count - 1] + channel_amplitude
         spike_pool2d_kernel(np.ascontiguousarray(x), sums / dtype.type(area) if divides else sums, *geometry, out)
     else:
         pool2d_kernel(x, None if amplitude is None else amplitude.reshape(x.shape[1:]), *geometry,
