@@ -55,7 +55,8 @@ class Recipe:
 #: readout at T = 4 of bursts of 8 with λ from the 99.95th percentile, which resolves what 32
 #: binary steps do. It is the one recipe measured that misses no target cell on the three sweeps.
 #: Ours, then neurocuda, at T = 4, 8, 16, 32: pooled network, reference seed, two torch threads,
-#: 91.97 / 92.03 / 91.99 / 92.04 % against 75.06 / 89.17 / 91.76 / 92.00 %; digits, 12 seeds, one
+#: 91.97 / 92.03 / 91.99 / 92.04 % against 75.06 / 89.17 / 91.76 / 92.00 % (one thread: 91.99 / 91.94
+#: / 91.97 / 91.97 % against 82.96 / 89.93 / 91.68 / 91.93 %); digits, 12 seeds, one
 #: thread: 99.24 % at every T against 98.82 / 99.12 / 99.17 / 99.24 % (the same 4,287 test images
 #: of 4,320 right at T = 32: a tie, which the target "≥" allows); the 92.84 % network, one thread:
 #: 92.81 / 92.80 / 92.84 / 92.87 % (neurocuda 71.06 / 88.76 / 92.28 / 92.78 %). The λ percentile
