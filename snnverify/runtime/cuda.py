@@ -411,7 +411,7 @@ def _if_layer(current, temporal, threshold, initial, timesteps, batch, layer: g.
     spikes = cuda.device_array((timesteps * batch, threshold.shape[0]), g.spike_dtype(layer))
     _launch(_if_layer_kernel, batch * threshold.shape[0], current, temporal, threshold, initial, timesteps, batch,
             layer.max_spikes, spikes)
-    return spikes
+    return spikes, _count(spikes)
 
 
 @cuda.jit
@@ -483,7 +483,6 @@ GPU_KERNELS = Kernels(
     add_into=_add_into,
     if_layer=_if_layer,
     scale_channels=_scale_channels,
-    count=_count,
     weight_layout=lambda op: gemm_layout(op.weight, op.node),
     require=_require_gpu,
     running=_launches,

@@ -122,12 +122,13 @@ class Plan:
     shapes: dict[str, tuple[int, ...]]
     users: dict[str, int] = field(default_factory=dict)  # how many nodes read each node
     fusions: dict[str, Fusion] = field(default_factory=dict)  # IF op name -> what it absorbs
-    device_arrays: dict[int, Any] = field(default_factory=dict)  # id(plan array) -> on the backend
+    #: (id(plan array), layout) -> the array on the backend, in that layout
+    device_arrays: dict[tuple[int, str], Any] = field(default_factory=dict)
 
-    def parameter(self, array: np.ndarray, to_device):
+    def parameter(self, array: np.ndarray, to_device, layout: str = ""):
         """A plan array on the backend, copied there once (the plan keeps the host array alive,
-        so its id stays valid)."""
-        key = id(array)
+        so its id stays valid); ``to_device`` may also lay it out, named by ``layout``."""
+        key = (id(array), layout)
         if key not in self.device_arrays:
             self.device_arrays[key] = to_device(array)
         return self.device_arrays[key]
@@ -243,8 +244,8 @@ class Kernels:
 
     Temporal signals are [T·B, ...]; static ones [B, ...]. ``if_layer`` returns the spikes
     [T·B, F] of neurons with θ per flattened neuron, booleans or a burst layer's counts
-    (:func:`~snnverify.graph.spike_dtype`); ``scale_channels`` turns either into their graded
-    map a·s.
+    (:func:`~snnverify.graph.spike_dtype`), and their number (a burst layer's counts summed);
+    ``scale_channels`` turns either into their graded map a·s.
     """
 
     device: Callable[[], torch.device]  # the device the kernels run on
@@ -264,22 +265,23 @@ class Kernels:
     #: ``conv2d_if`` also takes the keyword ``channels_last=True``: out [N, H·W·C]
     pool2d: Callable
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
-    #: (current, temporal, threshold, initial membrane, timesteps, batch, IF node) -> spikes, in
-    #: the node's spike dtype; a burst node's B comparisons and subtractions in turn, per step
+    #: (current, temporal, threshold, initial membrane, timesteps, batch, IF node) -> (spikes,
+    #: their number), the spikes in the node's spike dtype; a burst node's B comparisons and
+    #: subtractions in turn, per step
     if_layer: Callable
     #: (x [R, F], factor per flattened neuron [F]) -> x·factor, each a product; of spikes s
     #: (booleans or a burst layer's counts) and amplitudes a, the graded map a·s
     scale_channels: Callable
-    count: Callable  # (spikes) -> int: the number of spikes (a burst layer's counts summed)
     #: host-side layout of a conv's or linear layer's weights (op) -> array, from ``op.weight``,
     #: applied once per plan
     weight_layout: Callable = lambda op: op.weight
     #: optional fused IF(conv(spikes) [+ residual]) (see :class:`Fusion`): (EventConv, residual
     #: kind, residual (None, a Signal or an EventConv), IF shape, threshold, initial membrane,
-    #: timesteps, batch) -> spikes; tables without it run the ops one by one. The spike maps it
-    #: reads and writes are channels-last [T·B, H·W·C]: the order in which such a kernel
-    #: produces them (per position, a block of channels) and reads them (the channels at an
-    #: input position).
+    #: timesteps, batch) -> (spikes, their number); tables without it run the ops one by one.
+    #: The spike maps it reads and writes are channels-last [T·B, H·W·C]: the order in which
+    #: such a kernel produces them (per position, a block of channels) and reads them (the
+    #: channels at an input position); so are the per-neuron arrays it takes (θ, v[0], a
+    #: GRADED residual's amplitudes).
     conv2d_if: Callable | None = None
     #: (array [N, C·H·W], (C, H, W)) -> [N, H·W·C] and back; needed with ``conv2d_if``
     channels_last: Callable | None = None
@@ -406,6 +408,13 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
         weight = plan.parameter(op.weight, lambda _: kernels.to_device(kernels.weight_layout(op)))
         return weight, plan.parameter(op.bias, kernels.to_device)
 
+    def channels_last_neurons(array: np.ndarray, name: str):
+        """A plan array of one value per neuron of node ``name`` on the backend, in the
+        channels-last order [H·W·C] of a fused kernel's neurons (laid out once per plan)."""
+        shape = plan.shapes[name]
+        return plan.parameter(array, lambda a: kernels.channels_last(kernels.to_device(a).reshape(1, -1),
+                                                                     shape).reshape(-1), "channels-last")
+
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
         op, signal = by_name[conv], values[spike_map]
         channels, height, width = plan.shapes[spike_map]
@@ -416,14 +425,15 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             scaling = by_name[fusion.residual].amplitude
             if scaling is not None:  # a per-channel scaling of spikes: their graded map, not a conv
                 spike_map = values[fusion.shortcut_input]
-                return ResidualKind.GRADED, Signal(spike_map.array, True, plan.parameter(scaling, kernels.to_device),
-                                                   spike_map.channels_last)
+                return ResidualKind.GRADED, Signal(spike_map.array, True,
+                                                   channels_last_neurons(scaling, fusion.residual), True)
             return ResidualKind.SHORTCUT, event_conv(fusion.residual, fusion.shortcut_input, rows)
         if fusion.residual is None:
             return ResidualKind.NONE, None
         signal = values[fusion.residual]
         if signal.amplitude is not None:
-            return ResidualKind.GRADED, signal
+            amplitude = channels_last_neurons(by_name[fusion.residual].amplitude, fusion.residual)
+            return ResidualKind.GRADED, Signal(signal.array, True, amplitude, True)
         return (ResidualKind.CURRENT if signal.temporal else ResidualKind.STATIC), signal
 
     # the spike maps fused kernels read: kept channels-last (an IF layer that is not fused
@@ -444,25 +454,23 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
         if isinstance(node, g.Input):
             values[op.name] = Signal(kernels.to_device(g.input_current(node, x, plan.dtype)), False)
         elif isinstance(node, g.IF):
-            threshold = plan.parameter(op.threshold, kernels.to_device)
-            initial = plan.parameter(op.initial, kernels.to_device)
+            shape = plan.shapes[op.name]
+            if fusion or op.name in fused_reads:  # IF is per neuron: θ and v[0] in the order of its spikes
+                threshold, initial = (channels_last_neurons(a, op.name) for a in (op.threshold, op.initial))
+            else:
+                threshold, initial = (plan.parameter(a, kernels.to_device) for a in (op.threshold, op.initial))
             if fusion:
                 kind, residual = fused_residual(fusion, rows)
-                s = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), kind, residual,
-                                      plan.shapes[op.name], threshold, initial, timesteps, batch)
+                s, counts[op.name] = kernels.conv2d_if(event_conv(fusion.conv, fusion.conv_input, rows), kind,
+                                                       residual, shape, threshold, initial, timesteps, batch)
             else:
-                shape = plan.shapes[op.name]
                 if op.inputs[0] in currents_last:  # its conv wrote them in the order of its spikes
                     current = values[op.inputs[0]].array
                 else:
                     current = analog(op.inputs[0]).reshape(rows, -1)
-                    if op.name in fused_reads:  # IF is per neuron: its inputs in that order, its spikes too
+                    if op.name in fused_reads:  # its inputs in the order of its spikes too
                         current = kernels.channels_last(current, shape)
-                if op.name in fused_reads:
-                    threshold, initial = (kernels.channels_last(a.reshape(1, -1), shape).reshape(-1)
-                                          for a in (threshold, initial))
-                s = kernels.if_layer(current, temporal, threshold, initial, timesteps, batch, node)
-            counts[op.name] = kernels.count(s)
+                s, counts[op.name] = kernels.if_layer(current, temporal, threshold, initial, timesteps, batch, node)
             amplitude = plan.parameter(op.amplitude, kernels.to_device)
             binary = binary_spikes(node)
             if binary:

@@ -65,6 +65,13 @@ def dense_plan(graph):
     return plan
 
 
+def assert_counts_are_the_recorded_spikes(run):
+    """A run's spike counts, which the kernels make per job and worker, are its recorded
+    spikes summed, layer by layer."""
+    _, counts, spikes, _ = run
+    assert counts == {name: int(s.sum(dtype=np.int64)) for name, s in spikes.items()}
+
+
 def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
     """Run the CPU's fused and sparse kernels, and its unfused dense kernels; compare. ``note``
     receives the kind of every fusion, and of every conv fed by a pooled spike map (Hypothesis
@@ -83,6 +90,8 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
     fused = execute(plan, CPU_KERNELS, x, steps, record=True)
     plain = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
     compare(comparison_log, check, fused[::2], plain[::2])
+    for run in (fused, plain):
+        assert_counts_are_the_recorded_spikes(run)
 
 
 @settings(max_examples=60)
@@ -126,6 +135,8 @@ def test_cpu_spikes_do_not_depend_on_threads_or_tiles(comparison_log, case, inte
     finally:
         numba.set_num_threads(before)
     one, all_threads = runs
+    for run in runs:
+        assert_counts_are_the_recorded_spikes(run)
     compare(comparison_log, f"cpu 1 thread vs {most}, one sample per job, {'integer' if integer else 'float32'}",
             one[::2], all_threads[::2])
 

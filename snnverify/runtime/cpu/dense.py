@@ -289,30 +289,34 @@ def window_sum(plane, amplitude, c, y, xo, kernel, stride, padding, zero):
 
 
 @njit(parallel=True, cache=True)
-def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, max_spikes, spikes):
+def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, max_spikes, spikes, counts):
     """v[0] = θ/2; per step v += I[t], then B = ``max_spikes`` times: if v ≥ θ, v −= θ and
     s += 1. current: [T·B, F] or [B, F]; spikes: bool for B = 1, else the counts (uint8).
+    ``counts`` [B, blocks] receives the number of spikes of each job (counted where they are
+    made: a second pass would read the whole map again from memory).
 
-    Parallel over (sample, block of neurons); the inner loop runs over contiguous neurons, of
+    Parallel over jobs (sample, block of neurons: ``counts.shape[1]`` blocks per sample); the inner loop runs over contiguous neurons, of
     slices indexed from 0 (with indices like f − start, which Numba cannot prove non-negative,
     it keeps a wraparound check per access and the loop stays scalar). The binary neuron keeps
     a loop of its own, without the burst's inner loop."""
-    neurons = threshold.shape[0]
-    block = 1024
-    blocks = (neurons + block - 1) // block
+    neurons, blocks = threshold.shape[0], counts.shape[1]
+    size = -(-neurons // blocks)
     for job in prange(batch * blocks):
-        b, start = job // blocks, (job % blocks) * block
-        stop = min(start + block, neurons)
+        b, start = job // blocks, (job % blocks) * size
+        stop = min(start + size, neurons)
         v = v0[start:stop].copy()
         theta = threshold[start:stop]
+        total = 0
         for t in range(timesteps):
             inputs = current[t * batch + b if temporal else b, start:stop]
             fired = spikes[t * batch + b, start:stop]
             if max_spikes == 1:
                 for k in range(stop - start):
                     value = v[k] + inputs[k]
-                    fired[k] = value >= theta[k]
-                    v[k] = value - theta[k] if fired[k] else value
+                    fire = value >= theta[k]
+                    fired[k] = fire
+                    v[k] = value - theta[k] if fire else value
+                    total += fire
             else:
                 for k in range(stop - start):
                     v[k] += inputs[k]
@@ -327,9 +331,11 @@ def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, max_spik
                         fire = v[k] >= theta[k]
                         v[k] = v[k] - theta[k] if fire else v[k]
                         fired[k] += fire
+                        total += fire
                         more |= fire
                     if not more:
                         break
+        counts[b, job % blocks] = total
 
 
 @njit(parallel=True, cache=True)

@@ -170,9 +170,10 @@ def integrate(kind, values, bias, first_terms, second_terms, membrane, theta, sp
 
 
 @njit(parallel=True, cache=True)
-def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spikes):
+def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spikes, counts):
     """IF(conv(spikes) [+ residual]) without storing currents; the spikes go to ``out_spikes``
-    [T·B, H·W·C_out], channels-last.
+    [T·B, H·W·C_out], channels-last, and their number, per parallel worker, to ``counts``
+    [workers] (counted while a chunk's maps are still in the caches).
 
     ``conv``, ``shortcut``: :class:`FusedConv` (``shortcut`` is read when ``residual.kind`` is
     SHORTCUT, a projection conv computed inside; both convs then have one group). For every
@@ -205,13 +206,14 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
                      FusedConv(shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel,
                                shortcut_geometry, shortcut_bias),
                      FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
-                     Schedule(timesteps, batch, tile, workers, pack), np.int64(worker), out_spikes)
+                     Schedule(timesteps, batch, tile, workers, pack), np.int64(worker), out_spikes, counts)
 
 
 @njit
-def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes):
+def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes, counts):
     """The jobs of :func:`conv2d_events_if_kernel` that fall to parallel worker ``worker``:
-    jobs ``worker``, ``worker`` + workers, … (a job: ``schedule.tile`` samples of one group)."""
+    jobs ``worker``, ``worker`` + workers, … (a job: ``schedule.tile`` samples of one group);
+    ``counts[worker]`` = the spikes they wrote."""
     spikes, (channels, in_h, in_w), weights, packed, kernel_hw, geometry, bias = conv
     (shortcut_spikes, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights, shortcut_packed, shortcut_kernel,
      shortcut_geometry, shortcut_bias) = shortcut
@@ -245,6 +247,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
     shortcut_starts = np.empty((rows, shortcut_size + 1), np.int64)
     v = np.empty((tile, positions, padded), v0.dtype)
     tiles = -(-batch // tile)
+    fired_total = 0
     for job in range(worker, tiles * groups, workers):
         # in the worker's stack frame, in the type of W' (narrower than the membranes where
         # it holds every sum, see accumulator_dtype)
@@ -333,3 +336,23 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                         currents_of = residual_values[row if currents else 0, out : out + lanes]
                                         integrate(kind, values, block_bias, currents_of, currents_of, membrane, theta,
                                                   fired)
+            for s in range(samples):
+                for c in range(chunk):
+                    fired_total += group_spikes(out_spikes[(t0 + c) * batch + first_sample + s], out_channels,
+                                                group * group_out, group_out)
+    counts[worker] = fired_total
+
+
+@njit(inline="always")
+def group_spikes(row, channels, first, size):
+    """The spikes of channels [first, first + size) in a channels-last map [H·W·C] of
+    ``channels`` channels."""
+    total = 0
+    if size == channels:  # one group: the whole row, contiguous
+        for i in range(row.shape[0]):
+            total += row[i]
+    else:
+        for base in range(first, row.shape[0], channels):
+            for i in range(base, base + size):
+                total += row[i]
+    return total

@@ -18,8 +18,12 @@ from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, i
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
                                           conv2d_events_if_kernel, conv2d_sparse_kernel)
 from snnverify.runtime.cpu.layouts import EventWeights, event_weights, events_layout
-from snnverify.runtime.cpu.transpose import neurons_channels_last, to_channels_first, to_channels_last
+from snnverify.runtime.cpu.transpose import to_channels_first, to_channels_last
 from snnverify.runtime.plan import EventConv, Kernels, Op, ResidualKind, Signal
+
+
+#: neurons per job of the IF kernel, at most (its jobs: a sample and a block of neurons)
+IF_BLOCK = 1024
 
 
 def _workers() -> int:
@@ -63,7 +67,8 @@ def _no_shortcut(weight_dtype, dtype) -> FusedConv:
 
 
 def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, threshold, initial, timesteps, batch):
-    """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`). A
+    """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`): its
+    spikes and their number. A
     SHORTCUT conv is computed inside when both convs have one group and gather in one type
     (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`), else beforehand by
     :func:`_conv2d` and added as a CURRENT. Spike maps, read and written, are channels-last
@@ -83,7 +88,7 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
     if kind == ResidualKind.SHORTCUT:
         shortcut = _fused_conv(residual)
     elif kind == ResidualKind.GRADED:
-        values, residual_spikes = neurons_channels_last(residual.amplitude, out_shape).reshape(1, -1), residual.array
+        values, residual_spikes = residual.amplitude.reshape(1, -1), residual.array
     elif kind != ResidualKind.NONE:  # channels-last, the order of the kernel's neurons (read contiguously)
         values = residual.array.reshape(residual.array.shape[0], -1)
         if not residual.channels_last:
@@ -93,12 +98,11 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
     tile = max(1, min(batch, TILE_ENTRIES // (STEP_CHUNK * map_size)))
     # adjacent positions packed into one block when both convs allow it
     pack = conv.weight.pack if kind != ResidualKind.SHORTCUT or residual.weight.pack == conv.weight.pack else 1
-    out = buffers.empty((rows, threshold.shape[0]), np.bool_)
-    neurons = FusedNeurons(neurons_channels_last(threshold, out_shape), neurons_channels_last(initial, out_shape),
-                           tuple(out_shape[1:]))
+    out, counts = buffers.empty((rows, threshold.shape[0]), np.bool_), np.empty(_workers(), np.int64)
+    neurons = FusedNeurons(threshold.reshape(-1, out_shape[0]), initial.reshape(-1, out_shape[0]), tuple(out_shape[1:]))
     conv2d_events_if_kernel(_fused_conv(conv), shortcut, FusedResidual(int(kind), values, residual_spikes), neurons,
-                            Schedule(timesteps, batch, tile, _workers(), pack), out)
-    return out
+                            Schedule(timesteps, batch, tile, _workers(), pack), out, counts)
+    return out, int(counts.sum())
 
 
 def _linear(x, weight, bias, events):
@@ -146,15 +150,12 @@ def _per_channel(amplitude: np.ndarray, channels: int) -> np.ndarray | None:
 
 
 def _if_layer(current, temporal, threshold, initial, timesteps, batch, layer: g.IF):
-    spikes = buffers.empty((timesteps * batch, threshold.shape[0]), g.spike_dtype(layer))
+    neurons = threshold.shape[0]
+    spikes = buffers.empty((timesteps * batch, neurons), g.spike_dtype(layer))
+    counts = np.empty((batch, max(1, -(-neurons // IF_BLOCK))), np.int64)
     if_layer_kernel(np.ascontiguousarray(current), temporal, threshold, initial, timesteps, batch, layer.max_spikes,
-                    spikes)
-    return spikes
-
-
-def _count(spikes) -> int:
-    """The number of spikes: of booleans, the true ones; of a burst layer's counts, their sum."""
-    return int(np.count_nonzero(spikes) if spikes.dtype == np.bool_ else spikes.sum(dtype=np.int64))
+                    spikes, counts)
+    return spikes, int(counts.sum())
 
 
 def _scale_channels(x, factors):
@@ -187,7 +188,6 @@ CPU_KERNELS = Kernels(
     add_into=_add_into,
     if_layer=_if_layer,
     scale_channels=_scale_channels,
-    count=_count,
     weight_layout=_weight_layout,
     conv2d_if=_conv2d_if,
     channels_last=to_channels_last,

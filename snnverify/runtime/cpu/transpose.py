@@ -35,7 +35,3 @@ def to_channels_last(array, shape):
     """A map [N, C·H·W] as [N, H·W·C]; shape (C, H, W)."""
     return transposed(array, shape[0], shape[1] * shape[2])
 
-
-def neurons_channels_last(per_neuron: np.ndarray, shape) -> np.ndarray:
-    """One value per neuron [C·H·W] as [H·W, C]."""
-    return to_channels_last(per_neuron.reshape(1, -1), shape).reshape(-1, shape[0])
