@@ -115,6 +115,27 @@ def test_fused_kernel_matches_the_unfused_kernels_integer(comparison_log, case):
     fused_and_unfused(comparison_log, "cpu fused vs unfused, integer", graph, case.x, case.timesteps)
 
 
+@given(st.integers(1, 300), st.integers(1, 8), st.integers(1, 300), st.integers(1, 16))
+def test_fused_jobs_share_the_samples_evenly_among_the_workers(batch, groups, most, workers):
+    """The fused kernel deals its jobs (a tile of samples of one group) to the workers in turn.
+    The tile chosen gives the busiest worker no more than its even share of samples (tile 1
+    always does), is at most ``most``, and is the largest such."""
+    most = min(most, batch)
+    tile = cpu_kernels._evenest_tile(batch, groups, most, workers)
+
+    def busiest(tile):
+        jobs = [min(tile, batch - first) for first in range(0, batch, tile) for _ in range(groups)]
+        return max(sum(jobs[job] for job in range(worker, len(jobs), workers)) for worker in range(workers))
+
+    share = -(-batch * groups // workers)
+    assert 1 <= tile <= most and busiest(tile) == share
+    assert all(busiest(larger) > share for larger in range(tile + 1, most + 1))
+
+
+def test_a_batch_of_32_on_two_workers_takes_jobs_of_8_where_10_fit():
+    assert cpu_kernels._evenest_tile(32, 1, 10, 2) == 8  # not 10, 10, 10 and 2: 20 samples to one worker
+
+
 @settings(max_examples=50)
 @given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12), st.booleans())
 def test_cpu_spikes_do_not_depend_on_threads_or_tiles(comparison_log, case, integer):
