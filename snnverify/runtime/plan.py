@@ -262,7 +262,8 @@ class Kernels:
     #: (x, node, out_shape, amplitude) -> the pool's output: window sums of x, or with an
     #: amplitude per flattened neuron (x a spike map) of its graded spikes a·s, divided by the
     #: window area kH·kW (correctly rounded) unless the node is a SumPool2d; a table with
-    #: ``conv2d_if`` also takes the keyword ``channels_last=True``: out [N, H·W·C]
+    #: ``conv2d_if`` also takes the keywords ``channels_last=True``: out [N, H·W·C], and
+    #: ``input_last=True``: x a spike map [N, H, W, C], as a fused kernel writes it
     pool2d: Callable
     add_into: Callable  # (total [R, F], x [R or B, F], x temporal, batch) -> None: total += x
     #: (current, temporal, threshold, initial membrane, timesteps, batch, IF node) -> (spikes,
@@ -506,11 +507,17 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             values[op.name] = Signal(out, temporal, channels_last=last)
         elif isinstance(node, g.AvgPool2d):  # SumPool2d too
             # a spike map is pooled with its amplitudes, its graded map a·s never stored
-            amplitude = values[op.inputs[0]].amplitude
-            pooled = analog(op.inputs[0]) if amplitude is None else channels_first(op.inputs[0])
-            last = op.name in pools_last
-            out = kernels.pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), amplitude,
-                                 **({"channels_last": True} if last else {}))
+            source, last = values[op.inputs[0]], op.name in pools_last
+            layout = {"channels_last": True} if last else {}
+            if source.amplitude is None:
+                pooled = analog(op.inputs[0])
+            elif source.channels_last:  # read as the fused kernel wrote it: [N, H, W, C]
+                channels, height, width = plan.shapes[op.inputs[0]]
+                pooled, shape_in, layout["input_last"] = source.array, (rows, height, width, channels), True
+            else:
+                pooled = source.array
+            out = kernels.pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), source.amplitude,
+                                 **layout)
             values[op.name] = Signal(out, temporal, channels_last=last)
         elif isinstance(node, g.Flatten):
             values[op.name] = Signal(analog(op.inputs[0]).reshape(rows, -1), temporal)

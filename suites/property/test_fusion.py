@@ -31,7 +31,8 @@ from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
 from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.cpu.intrinsics import FLAG_LANES
 from snnverify.runtime.cpu.layouts import event_weights, events_layout
-from snnverify.runtime.plan import build_plan, channels_last_currents, channels_last_pools, execute
+from snnverify.runtime.plan import (build_plan, channels_last_currents, channels_last_pools, execute,
+                                   spike_maps_read_fused)
 from snnverify.strategies import spiking_graphs
 
 from .test_backends import UNFUSED, compare, quantized
@@ -87,6 +88,8 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
         note("conv of a pooled spike map writing channels-last currents")
     for _ in channels_last_pools(plan):
         note("pool writing its map channels-last")
+    for _ in pools_of_fused_spike_maps(plan):
+        note("pool reading a fused kernel's channels-last spike map")
     fused = execute(plan, CPU_KERNELS, x, steps, record=True)
     plain = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
     compare(comparison_log, check, fused[::2], plain[::2])
@@ -437,7 +440,8 @@ def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel,
     odd and even sizes), outputs narrower and wider than a row at a time (ROW_POOL_WIDTH), silent
     and saturated maps; an average pool's output is the sum / kH·kW correctly rounded (an integer
     graph's, a float mean). Amplitudes one per channel, as the plan's are, take the lookup of
-    spike counts; one per neuron, the sums."""
+    spike counts; one per neuron, the sums. A spike map is read in the graph's order or
+    channels-last, as a fused kernel writes it."""
     # the spike pool's loops of their own: a global pool (one count per plane), 2 × 2 of stride 2
     window = data.draw(st.sampled_from(["drawn", "the whole map", "2 × 2, stride 2"]), label="window")
     event(f"window: {window}")
@@ -467,7 +471,10 @@ def test_a_pool_of_spikes_sums_as_the_pool_of_their_graded_map(channels, kernel,
         amplitude = np.repeat(amplitude, neurons // channels)
     spikes = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")).random((rows, neurons)) < rate
     shape = (rows, channels, *size)
-    direct = cpu_kernels._pool2d(spikes.reshape(shape), node, (rows, channels, *out_hw), amplitude)
+    input_last = data.draw(st.booleans(), label="spikes channels-last")
+    event(f"spikes channels-last: {input_last}, one amplitude per channel: {per_channel}")
+    read = np.ascontiguousarray(spikes.reshape(shape).transpose(0, 2, 3, 1)) if input_last else spikes.reshape(shape)
+    direct = cpu_kernels._pool2d(read, node, (rows, channels, *out_hw), amplitude, input_last=input_last)
     graded = CPU_KERNELS.scale_channels(spikes, amplitude).reshape(shape)
     stored = cpu_kernels._pool2d(graded, node, (rows, channels, *out_hw))
     expected = window_sums(graded, kernel, stride, padding, out_hw)
@@ -618,6 +625,18 @@ def by_name(plan, name):
 def test_generated_graphs_reach_convs_of_pooled_spikes_that_write_channels_last_currents():
     find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
          lambda case: bool(channels_last_currents(build_plan(case.graph))),
+         settings=settings(max_examples=1000, database=None, phases=[Phase.generate]))
+
+
+def pools_of_fused_spike_maps(plan):
+    """The pools that read a spike map kept channels-last: a fused IF op's, or one a fused op reads."""
+    last = set(plan.fusions) | spike_maps_read_fused(plan)
+    return [op.name for op in plan.ops if isinstance(op.node, g.AvgPool2d) and op.inputs[0] in last]
+
+
+def test_generated_graphs_reach_pools_of_channels_last_spike_maps():
+    find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
+         lambda case: bool(pools_of_fused_spike_maps(build_plan(case.graph))),
          settings=settings(max_examples=1000, database=None, phases=[Phase.generate]))
 
 

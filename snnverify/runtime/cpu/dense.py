@@ -258,6 +258,30 @@ def spike_pool2d_kernel(spikes, table, kernel, stride, padding, out):
                     dest[y, xo] = sums[counts[xo]]
 
 
+@njit(parallel=True, cache=True)
+def spike_pool2d_last_kernel(spikes, table, kernel, stride, padding, out):
+    """:func:`spike_pool2d_kernel` of a channels-last spike map [N, H, W, C] (a fused kernel's,
+    read without a transposed copy): per window, the spike counts of all channels at once, its
+    taps' channel vectors added in turn (integers, exact in any order)."""
+    rows, channels, out_h, out_w = out.shape
+    height, width = spikes.shape[1], spikes.shape[2]
+    for n in prange(rows):
+        counts = np.empty(channels, np.int64)
+        for y in range(out_h):
+            for x in range(out_w):
+                counts[:] = 0
+                for ky in range(kernel[0]):
+                    yi = y * stride[0] - padding[0] + ky
+                    for kx in range(kernel[1]):
+                        xi = x * stride[1] - padding[1] + kx
+                        if 0 <= yi < height and 0 <= xi < width:
+                            tap = spikes[n, yi, xi]
+                            for c in range(channels):
+                                counts[c] += tap[c]
+                for c in range(channels):
+                    out[n, c, y, x] = table[c, counts[c]]
+
+
 @njit
 def inside_columns(kernel, stride, padding, width, out_w):
     """Per kernel column kx, the output columns [first, last) whose tap xi = xo·s − p + kx lies

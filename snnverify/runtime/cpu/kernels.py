@@ -15,7 +15,7 @@ from snnverify import graph as g
 from snnverify.runtime import buffers
 from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, if_layer_kernel, linear_dense_kernel,
                                          linear_events_kernel, pool2d_kernel, scale_channels_kernel,
-                                         spike_pool2d_kernel)
+                                         spike_pool2d_kernel, spike_pool2d_last_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
                                           conv2d_events_if_kernel, conv2d_sparse_kernel)
 from snnverify.runtime.cpu.layouts import EventWeights, event_weights, events_layout
@@ -138,9 +138,10 @@ def _linear(x, weight, bias, events):
     return out
 
 
-def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False):
+def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False, input_last=False):
     """The pool's output [N, C, H, W], or with ``channels_last`` [N, H·W·C] (the kernels write
-    it through a transposed view: the same sums, stored in the other order)."""
+    it through a transposed view: the same sums, stored in the other order); with
+    ``input_last``, x is a spike map [N, H, W, C]."""
     dtype = x.dtype if amplitude is None else amplitude.dtype
     rows, channels, height, width = out_shape
     stored = buffers.empty((rows, height, width, channels) if channels_last else out_shape, dtype)
@@ -151,14 +152,18 @@ def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False
     # pools) is a float mean of the integer sums
     divides = average and dtype.kind == "f"
     geometry = (np.array(node.kernel_size), np.array(node.stride), np.array(node.padding))
-    channel_amplitude = None if amplitude is None else _per_channel(amplitude, x.shape[1])
+    channel_amplitude = None if amplitude is None else _per_channel(amplitude, channels)
     if channel_amplitude is not None:  # (the plan's are: an IF layer's a, repeated per neuron)
         sums = np.zeros((len(channel_amplitude), area + 1), dtype)  # a_c added n times, in sequence
         with np.errstate(over="ignore"):  # a float sum past the largest value is ∞, as the other backends make it
             for count in range(1, area + 1):
                 sums[:, count] = sums[:, count - 1] + channel_amplitude
-        spike_pool2d_kernel(np.ascontiguousarray(x), sums / dtype.type(area) if divides else sums, *geometry, out)
+        pool = spike_pool2d_last_kernel if input_last else spike_pool2d_kernel
+        pool(np.ascontiguousarray(x), sums / dtype.type(area) if divides else sums, *geometry, out)
     else:
+        if input_last:  # a neuron's own amplitude: the general kernel, which reads the graph's order
+            x = to_channels_first(x.reshape(x.shape[0], -1), x.shape[3:] + x.shape[1:3]).reshape(
+                x.shape[0], x.shape[3], *x.shape[1:3])
         pool2d_kernel(x, None if amplitude is None else amplitude.reshape(x.shape[1:]), *geometry,
                       dtype.type(area if divides else 1), dtype.type(0), out)
     if average and not divides:
