@@ -318,10 +318,11 @@ def if_layer_kernel(current, temporal, threshold, v0, timesteps, batch, max_spik
     ``counts`` [B, blocks] receives the number of spikes of each job (counted where they are
     made: a second pass would read the whole map again from memory).
 
-    Parallel over jobs (sample, block of neurons: ``counts.shape[1]`` blocks per sample); the inner loop runs over contiguous neurons, of
-    slices indexed from 0 (with indices like f − start, which Numba cannot prove non-negative,
-    it keeps a wraparound check per access and the loop stays scalar). The binary neuron keeps
-    a loop of its own, without the burst's inner loop."""
+    Parallel over jobs, a sample and a block of neurons (``counts.shape[1]`` blocks per
+    sample); the inner loop runs over contiguous neurons, of slices indexed from 0 (with
+    indices like f − start, which Numba cannot prove non-negative, it keeps a wraparound check
+    per access and the loop stays scalar). The binary neuron keeps a loop of its own, without
+    the burst's inner loop."""
     neurons, blocks = threshold.shape[0], counts.shape[1]
     size = -(-neurons // blocks)
     for job in prange(batch * blocks):

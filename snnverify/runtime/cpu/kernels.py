@@ -69,11 +69,10 @@ def _no_shortcut(weight_dtype, dtype) -> FusedConv:
 
 def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, threshold, initial, timesteps, batch):
     """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`): its
-    spikes and their number. A
-    SHORTCUT conv is computed inside when both convs have one group and gather in one type
-    (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`), else beforehand by
-    :func:`_conv2d` and added as a CURRENT. Spike maps, read and written, are channels-last
-    [T·B, H·W·C]."""
+    spikes and their number. A SHORTCUT conv is computed inside when both convs have one group
+    and gather in one type (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`), else
+    beforehand by :func:`_conv2d` and added as a CURRENT. Spike maps, read and written, are
+    channels-last [T·B, H·W·C]; so are θ and v[0]."""
     rows = timesteps * batch
     dtype = conv.bias.dtype  # the plan's: currents and membranes (W' may be narrower)
     # (one accumulator type for both convs: a kernel compiled per mix would cost a minute each)
