@@ -416,10 +416,14 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
         return plan.parameter(array, lambda a: kernels.channels_last(kernels.to_device(a).reshape(1, -1),
                                                                      shape).reshape(-1), "channels-last")
 
+    def as_written(name: str, rows: int):
+        """A channels-last map as its writer stored it, and its shape [N, H, W, C]."""
+        channels, height, width = plan.shapes[name]
+        return values[name].array, (rows, height, width, channels)
+
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
-        op, signal = by_name[conv], values[spike_map]
-        channels, height, width = plan.shapes[spike_map]
-        return EventConv(signal.array.reshape(rows, height, width, channels), *weights(op), op.node)
+        array, shape = as_written(spike_map, rows)
+        return EventConv(array.reshape(shape), *weights(by_name[conv]), by_name[conv].node)
 
     def fused_residual(fusion: Fusion, rows: int) -> tuple[ResidualKind, Any]:
         if fusion.shortcut_input:
@@ -495,8 +499,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             last = op.name in currents_last
             layout = {"channels_last": True} if last else {}
             if op.inputs[0] in pools_last:  # its map as the pool wrote it: [N, H, W, C]
-                channels, height, width = plan.shapes[op.inputs[0]]
-                source, shape_in, layout["input_last"] = values[op.inputs[0]].array, (rows, height, width, channels), True
+                (source, shape_in), layout["input_last"] = as_written(op.inputs[0], rows), True
             else:
                 source = channels_first(op.inputs[0]) if op.events else analog(op.inputs[0])
             if isinstance(node, g.Conv2d):
@@ -512,8 +515,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             if source.amplitude is None:
                 pooled = analog(op.inputs[0])
             elif source.channels_last:  # read as the fused kernel wrote it: [N, H, W, C]
-                channels, height, width = plan.shapes[op.inputs[0]]
-                pooled, shape_in, layout["input_last"] = source.array, (rows, height, width, channels), True
+                (pooled, shape_in), layout["input_last"] = as_written(op.inputs[0], rows), True
             else:
                 pooled = source.array
             out = kernels.pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), source.amplitude,
