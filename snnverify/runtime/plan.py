@@ -83,10 +83,16 @@ class Fusion:
     residual (two-term float sums commute exactly), then v += current. When the residual is
     itself an event-driven conv read only by the Add (a ResNet's projection shortcut), it is
     computed inside too (``shortcut_input``: its spike map) and residual = Σ' + bias'. What is
-    added is named by :class:`ResidualKind`."""
+    added is named by :class:`ResidualKind`.
+
+    The conv may also read a pooled spike map (graded, mostly zero: the conv after a ResNet
+    stem's pool), in a float32 plan whose pools provably sum to finite values
+    (:func:`_graded_spike_peak`); the kernel then gathers its nonzero inputs times their value,
+    as the sparse conv does. Integer plans keep such a conv unfused: its own types would be
+    one more compiled set of the fused kernel (about a minute each)."""
 
     conv: str
-    conv_input: str  # the IF layer whose spikes drive the conv
+    conv_input: str  # the IF layer whose spikes drive the conv, or the pool of them
     add: str | None = None
     residual: str | None = None  # the Add's other input
     shortcut_input: str | None = None  # the residual's spike map, when the residual is absorbed too
@@ -105,8 +111,9 @@ class Fusion:
 
 @dataclass
 class EventConv:
-    """An event-driven conv a fused kernel computes: its input spike map on the backend,
-    channels-last [T·B, H, W, C], W' in the backend's event layout, the bias and the graph node."""
+    """An event-driven conv a fused kernel computes: its input spike map (or pooled spike map,
+    see :class:`Fusion`) on the backend, channels-last [T·B, H, W, C], W' in the backend's event
+    layout, the bias and the graph node."""
 
     spikes: Any
     weight: Any
@@ -163,7 +170,7 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
             op.initial = initial_membrane(op.threshold)
         ops.append(op)
     users = {name: len(graph.users(name)) for name in graph.nodes}
-    return Plan(graph, dtype, ops, shapes, users, fusions=_fusions(ops, users))
+    return Plan(graph, dtype, ops, shapes, users, fusions=_fusions(graph, dtype, ops, users))
 
 
 def _channel_scaling(node: g.Conv2d | g.Linear) -> bool:
@@ -182,15 +189,16 @@ def binary_spikes(node: g.Node) -> bool:
     return isinstance(node, g.IF) and node.max_spikes == 1
 
 
-def _graded_spike_peak(graph: g.SpikingGraph, name: str) -> float | None:
+def _graded_spike_peak(graph: g.SpikingGraph, name: str, partial_sums: bool = False) -> float | None:
     """When ``name`` is a graded spike map — a burst IF layer's a·s, or the spike map of any IF
     layer pooled by one or more average or sum pools: a bound on its values' magnitude,
     B·max|a| of the IF layer (B = ``max_spikes``) times the window area kH·kW of each sum pool
-    (an average is no larger than its inputs). None for any other node, a binary IF layer
-    included (its readers take its spikes as events)."""
+    (an average is no larger than its inputs); with ``partial_sums``, a bound on every sum the
+    pools make on the way too (each average's area counted as well: it divides after summing).
+    None for any other node, a binary IF layer included (its readers take its spikes as events)."""
     peak, pooled = 1.0, False
     while isinstance(node := graph.nodes[name], g.AvgPool2d):  # SumPool2d too
-        if isinstance(node, g.SumPool2d):
+        if partial_sums or isinstance(node, g.SumPool2d):
             peak *= node.kernel_size[0] * node.kernel_size[1]
         name, pooled = graph.inputs[name][0], True
     if not isinstance(node, g.IF) or not (pooled or node.max_spikes > 1):
@@ -198,30 +206,41 @@ def _graded_spike_peak(graph: g.SpikingGraph, name: str) -> float | None:
     return peak * node.max_spikes * float(np.abs(node.output_amplitude).max(initial=0))
 
 
-def _fusions(ops: list[Op], users: dict[str, int]) -> dict[str, Fusion]:
-    """The binary IF layers that can absorb the event-driven conv (and two-input Add) feeding
-    them. A burst layer is never fused (its counts are not the spikes a fused kernel writes);
-    as a residual, its graded map is a current."""
+def _fusions(graph: g.SpikingGraph, dtype: np.dtype, ops: list[Op], users: dict[str, int]) -> dict[str, Fusion]:
+    """The binary IF layers that can absorb the event-driven conv, or the conv of a pooled spike
+    map (see :class:`Fusion`), feeding them (and a two-input Add between). A burst layer is
+    never fused (its counts are not the spikes a fused kernel writes); as a residual, its graded
+    map is a current."""
     by_name = {op.name: op for op in ops}
+    largest = float(np.finfo(np.float32).max)
 
-    def sole_event_conv(name: str) -> bool:
+    def sole_conv(name: str, pooled_too: bool) -> bool:
         op = by_name[name]
-        return isinstance(op.node, g.Conv2d) and op.events and users[name] == 1
+        if not isinstance(op.node, g.Conv2d) or users[name] != 1:
+            return False
+        if op.events:
+            return True
+        # a conv of pooled spikes, in float32, whose pools' sums are all finite (with a factor 2
+        # to spare for their rounding): its packed gathers then add 0·x = ±0 where no tap is
+        pooled = (op.sparse and op.amplitude is None and isinstance(graph.nodes[op.inputs[0]], g.AvgPool2d)
+                  and dtype == np.float32)
+        return pooled_too and pooled and _graded_spike_peak(graph, op.inputs[0], partial_sums=True) <= largest / 2
 
     fusions = {}
     for op in ops:
         if not binary_spikes(op.node):
             continue
         (source,) = op.inputs
-        if sole_event_conv(source):
+        if sole_conv(source, pooled_too=True):
             fusions[op.name] = Fusion(source, by_name[source].inputs[0])
             continue
         merge = by_name[source]
         two_distinct_inputs = len(merge.inputs) == 2 and len(set(merge.inputs)) == 2
         if isinstance(merge.node, g.Add) and users[source] == 1 and two_distinct_inputs:
             for conv, residual in (merge.inputs, merge.inputs[::-1]):
-                if sole_event_conv(conv):
-                    shortcut_input = by_name[residual].inputs[0] if sole_event_conv(residual) else None
+                if sole_conv(conv, pooled_too=True):
+                    # (a shortcut computed inside gathers spikes only)
+                    shortcut_input = by_name[residual].inputs[0] if sole_conv(residual, pooled_too=False) else None
                     fusions[op.name] = Fusion(conv, by_name[conv].inputs[0], source, residual, shortcut_input)
                     break
     return fusions
@@ -422,7 +441,12 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
         return values[name].array, (rows, height, width, channels)
 
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
-        array, shape = as_written(spike_map, rows)
+        if values[spike_map].channels_last:
+            array, shape = as_written(spike_map, rows)
+        else:  # a pool that a reader takes in the graph's order too (see channels_last_pools)
+            channels, height, width = plan.shapes[spike_map]
+            array = kernels.channels_last(values[spike_map].array.reshape(rows, -1), plan.shapes[spike_map])
+            shape = (rows, height, width, channels)
         return EventConv(array.reshape(shape), *weights(by_name[conv]), by_name[conv].node)
 
     def fused_residual(fusion: Fusion, rows: int) -> tuple[ResidualKind, Any]:

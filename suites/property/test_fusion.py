@@ -80,6 +80,8 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
     plan = build_plan(graph)
     for fusion in plan.fusions.values():
         note(residual_kind(plan, fusion))
+        if isinstance(plan.graph.nodes[fusion.conv_input], g.AvgPool2d):
+            note("conv of a pooled spike map fused")
     for op in plan.ops:
         if op.sparse and not op.events:
             note("conv fed by a pooled spike map" if isinstance(plan.graph.nodes[op.inputs[0]], g.AvgPool2d)
@@ -293,23 +295,32 @@ def test_every_block_of_a_resnet_is_fused(digits_case):
     assert [c for c in convs if c not in absorbed] == convs[:1]  # the stem, fed by the static input
 
 
-def test_the_pooled_small_resnet_runs_its_pooled_conv_channels_last_and_exact(comparison_log):
+def test_the_pooled_small_resnet_fuses_its_pooled_conv_and_is_exact(comparison_log):
     """small_resnet_pooled: the conv of the stem's pooled spikes (16 channels: positions packed)
-    writes its currents channels-last for the IF layer whose spikes the next fused conv reads;
-    every layer's spikes and the output are those of the unfused dense kernels, bit for bit
-    (arbitrary float32 weights: torch's own conv sums in another order, see test_backends)."""
+    is absorbed by its IF layer in float32, the fused kernel gathering the pool's graded map;
+    in integer mode it stays unfused and writes its currents channels-last for that IF layer,
+    whose spikes the next fused conv reads. Either way every layer's spikes and the output are
+    those of the unfused dense kernels, bit for bit (arbitrary float32 weights: torch's own conv
+    sums in another order, see test_backends)."""
     torch.manual_seed(0)
     ann = small_resnet_pooled().eval()
     loader = DataLoader(TensorDataset(torch.rand(64, 1, 28, 28), torch.zeros(64).long()), batch_size=32)
     # binary neurons: a burst layer's map is graded, never read by a fused conv
-    graph = snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0, max_spikes=1).graph
-    plan = build_plan(graph)
-    assert channels_last_currents(plan) == {"layers.0.0.conv1"}
-    assert channels_last_pools(plan) == {"stem_pool"}  # read by layers.0.0.conv1 and, fused, by the block's merge
-    assert CPU_KERNELS.weight_layout(next(op for op in plan.ops if op.name == "layers.0.0.conv1")).pack == 4
+    snn = snnverify.convert(ann, loader, timesteps=8, qcfs_epochs=0, finetune_epochs=0, max_spikes=1)
     x = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
-    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (small_resnet_pooled)", graph, x, 12,
-                      note=lambda _: None)
+    # float32: the pool is read by the fused conv and, fused, by the block's merge, both channels-last;
+    # integer: the merge reads it through a rescale node
+    for graph, pooled_conv_fused, pools_last in ((snn.graph, True, {"stem_pool"}),
+                                                 (snnverify.quantize(snn).graph, False, set())):
+        plan = build_plan(graph)
+        fusion = plan.fusions.get("layers.0.0.relu")
+        assert (fusion is not None and fusion.conv_input == "stem_pool") == pooled_conv_fused
+        assert channels_last_currents(plan) == (set() if pooled_conv_fused else {"layers.0.0.conv1"})
+        assert channels_last_pools(plan) == pools_last
+        assert CPU_KERNELS.weight_layout(next(op for op in plan.ops if op.name == "layers.0.0.conv1")).pack == 4
+        arithmetic = "float32" if pooled_conv_fused else "integer"
+        fused_and_unfused(comparison_log, f"cpu fused vs unfused, {arithmetic} (small_resnet_pooled)", graph, x, 12,
+                          note=lambda _: None)
 
 
 def test_a_channel_scaling_of_pooled_spikes_keeps_its_currents_channels_first(comparison_log):
@@ -644,9 +655,10 @@ def test_generated_graphs_reach_pools_that_write_their_maps_channels_last():
          settings=settings(max_examples=1000, database=None, phases=[Phase.generate]))
 
 
-def test_a_pool_writes_channels_last_only_when_every_reader_takes_it_so():
+def test_a_pool_writes_channels_last_only_when_every_reader_takes_it_so(comparison_log):
     """A pool read by a graded conv and, as the residual, by a fused merge writes channels-last;
-    one more reader that takes the graph's order (a Flatten) keeps it channels-first."""
+    one more reader that takes the graph's order (a Flatten) keeps it channels-first, and the
+    fused conv that reads it then reads a channels-last copy: spike for spike the unfused run."""
     ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
     nodes = [g.Input("input", shape=(1, 4, 4)), g.Conv2d("conv0", weight=ones(2, 1, 3, 3), padding=1),
              g.IF("if0", threshold=ones(2)), g.AvgPool2d("pool", kernel_size=2, stride=2),
@@ -660,7 +672,12 @@ def test_a_pool_writes_channels_last_only_when_every_reader_takes_it_so():
     plan = build_plan(graph)
     assert plan.fusions["if2"].residual == "pool" and channels_last_pools(plan) == {"pool"}
     inputs["flat"] = ["pool"]  # the pool read by a Flatten too (if2 then read by no one)
-    assert channels_last_pools(build_plan(g.SpikingGraph({node.name: node for node in nodes}, inputs))) == set()
+    graph = g.SpikingGraph({node.name: node for node in nodes}, inputs)
+    plan = build_plan(graph)
+    assert channels_last_pools(plan) == set() and plan.fusions["if1"].conv_input == "pool"
+    x = np.random.default_rng(0).random((2, 1, 4, 4)).astype(np.float32) * 4
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (fused conv of a channels-first pool)", graph, x,
+                      6, note=lambda _: None)
 
 
 def test_a_pool_whose_sums_reach_infinity_runs_as_the_unfused_kernels(comparison_log):
@@ -679,6 +696,7 @@ def test_a_pool_whose_sums_reach_infinity_runs_as_the_unfused_kernels(comparison
     graph = g.SpikingGraph({node.name: node for node in nodes},
                            {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
     x = rng.random((2, 1, 4, 4)).astype(np.float32) * 4
+    assert "if1" not in build_plan(graph).fusions  # (see the next test)
     spikes = execute(build_plan(graph), CPU_KERNELS, x, 6, record=True)[2]["if0"]  # [T, B, C, 4, 4]
     windows = spikes.reshape(6, 2, 2, 2, 2, 2, 2).sum(axis=(4, 6))
     assert (windows >= 2).any()  # some pooled value is ∞
@@ -691,3 +709,38 @@ def test_generated_graphs_reach_convs_fed_by_pooled_spikes():
          lambda case: any(op.sparse and not op.events and isinstance(case.graph.nodes[op.inputs[0]], g.AvgPool2d)
                           for op in build_plan(case.graph).ops),
          settings=settings(max_examples=500, database=None, phases=[Phase.generate]))  # reached is enough: no shrinking
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_a_conv_of_pooled_spikes_is_fused_only_where_every_pool_sum_is_provably_finite(comparison_log, average):
+    """The fused kernel gathers 4 positions at once, so a lane that is no tap adds 0·x, which is
+    NaN for an infinite x. The plan fuses a conv of pooled spikes only when max|a|·kH·kW, the
+    bound on every sum of a 2 × 2 pool (an average divides after summing), is at most half the
+    largest float32 (room for rounding). Pinned at that edge: the amplitude largest/8 is fused,
+    the next float32 above it is not; either run is the unfused one, spike for spike."""
+    largest = np.finfo(np.float32).max
+    edge = np.float32(largest / 8)
+    rng = np.random.default_rng(1)
+    weights = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    for amplitude, fused in ((edge, True), (np.nextafter(edge, np.float32(np.inf)), False)):
+        pool = g.AvgPool2d("pool", kernel_size=2, stride=2) if average else g.SumPool2d("pool", kernel_size=2, stride=2)
+        nodes = [g.Input("input", shape=(1, 8, 8)), g.Conv2d("conv0", weight=weights(2, 1, 3, 3), padding=1),
+                 g.IF("if0", threshold=np.ones(2, np.float32), amplitude=np.full(2, amplitude, np.float32)), pool,
+                 g.Conv2d("conv1", weight=weights(16, 2, 3, 3) * np.float32(1e-37), padding=1),
+                 g.IF("if1", threshold=np.ones(16, np.float32)), g.Flatten("flat"),
+                 g.Linear("fc", weight=weights(3, 256)), g.Output("output")]
+        order = [node.name for node in nodes]
+        graph = g.SpikingGraph({node.name: node for node in nodes},
+                               {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
+        plan = build_plan(graph)
+        assert ("if1" in plan.fusions) == fused, amplitude
+        x = rng.random((2, 1, 8, 8)).astype(np.float32) * 4
+        fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (pool sums at the edge of finite)", graph, x,
+                          6, note=lambda _: None)
+
+
+def test_generated_graphs_reach_fused_convs_of_pooled_spikes():
+    find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
+         lambda case: any(isinstance(case.graph.nodes[fusion.conv_input], g.AvgPool2d)
+                          for fusion in build_plan(case.graph).fusions.values()),
+         settings=settings(max_examples=500, database=None, phases=[Phase.generate]))

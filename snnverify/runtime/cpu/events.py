@@ -14,7 +14,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import carray, njit, prange
 
-from snnverify.runtime.cpu.gather import gather, gather_packed, nonzero_entries, spike_entries
+from snnverify.runtime.cpu.gather import (gather, gather_packed, map_entries, map_values, nonzero_entries, row_of,
+                                         spike_entries)
 from snnverify.runtime.cpu.intrinsics import stack_buffer
 from snnverify.runtime.cpu.layouts import WIDE, block, block_count
 from snnverify.runtime.plan import ResidualKind
@@ -30,7 +31,9 @@ TILE_ENTRIES = 1 << 18
 class FusedConv(NamedTuple):
     """An event-driven conv as :func:`conv2d_events_if_kernel` reads it."""
 
-    spikes: np.ndarray  #: its input spike map, channels-last [T·B, H·W·C]
+    #: its input spike map, channels-last [T·B, H·W·C]; or a graded map (pooled spikes, finite),
+    #: whose nonzero inputs the conv gathers times their value
+    spikes: np.ndarray
     in_shape: tuple  #: (C, H, W) of that map
     blocks: np.ndarray  #: W' in :func:`~snnverify.runtime.cpu.layouts.events_layout`
     packed: np.ndarray  #: W' in :func:`~snnverify.runtime.cpu.layouts.packed_layout` (or a placeholder)
@@ -176,7 +179,8 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     [workers] (counted while a chunk's maps are still in the caches).
 
     ``conv``, ``shortcut``: :class:`FusedConv` (``shortcut`` is read when ``residual.kind`` is
-    SHORTCUT, a projection conv computed inside; both convs then have one group). For every
+    SHORTCUT, a projection conv computed inside; both convs then have one group; ``conv`` may
+    read a graded map, see :class:`FusedConv`). For every
     neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ = the gather of ``conv``, with r by
     the residual's kind: NONE, CURRENT ``values[t·B + b, f]``, STATIC ``values[b, f]``, GRADED
     ``values[0, f]``·``spikes[t·B + b, f]`` (f channels-last in all), SHORTCUT Σ' + bias'[o]; then
@@ -241,6 +245,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
     rows = tile * STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
     # scratch, allocated once per worker and call: fresh pages per job cost more than the adds
     entries = np.zeros((rows, in_h * in_w * group_in), np.int32)
+    inputs = map_values(spikes, rows, in_h * in_w * group_in, weights)  # None for a spike map
     starts = np.empty((rows, in_h * in_w + 1), np.int64)
     shortcut_size = shortcut_h * shortcut_w if projection else 0
     shortcut_entries = np.zeros((rows, shortcut_size * shortcut_channels), np.int32)
@@ -263,8 +268,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
             for s in range(samples):
                 for c in range(chunk):
                     n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                    spike_entries(spikes[n].reshape(-1, channels), True, group * group_in, group_in, in_w,
-                                  entries[r], starts[r])
+                    map_entries(spikes[n].reshape(-1, channels), group * group_in, group_in, in_w, entries[r],
+                                row_of(inputs, r), starts[r])
                     if projection:
                         spike_entries(shortcut_spikes[n].reshape(-1, shortcut_channels), True, 0,
                                       shortcut_channels, shortcut_w, shortcut_entries[r], shortcut_starts[r])
@@ -286,7 +291,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                     n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                     gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r],
                                                   starts[r], oy, ox0 * geometry[1] - geometry[3], geometry,
-                                                  (in_h, in_w), None)
+                                                  (in_h, in_w), row_of(inputs, r))
                                     if projection:
                                         gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
                                                       shortcut_span, shortcut_channels, shortcut_entries[r],
@@ -318,7 +323,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                 for c in range(chunk):
                                     n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                     gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in,
-                                           entries[r], starts[r], oy, ox, geometry, (in_h, in_w), wide, None)
+                                           entries[r], starts[r], oy, ox, geometry, (in_h, in_w), wide,
+                                           row_of(inputs, r))
                                     if projection:
                                         gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
                                                shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,

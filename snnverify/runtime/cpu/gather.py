@@ -9,6 +9,7 @@ and, per tap, the spiking input channels c ascending — the order of
 
 from __future__ import annotations
 
+import numpy as np
 from numba import carray, njit, types
 from numba.extending import overload
 
@@ -108,24 +109,84 @@ def nonzero_entries(planes, channels_last, first, group_in, in_w, entries, value
     return finite
 
 
-@njit(inline="always")
+def map_entries(planes, first, group_in, in_w, entries, values, starts):
+    """The entries of one sample-step's channels-last map [H·W, C] as a fused kernel reads it:
+    :func:`spike_entries` of a spike map (``values`` None), or :func:`nonzero_entries` of a
+    graded one, its inputs into ``values`` (typed per map: :func:`_map_entries`)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(map_entries, inline="always")
+def _map_entries(planes, first, group_in, in_w, entries, values, starts):
+    if isinstance(values, types.NoneType):
+        return lambda planes, first, group_in, in_w, entries, values, starts: spike_entries(
+            planes, True, first, group_in, in_w, entries, starts)
+
+    def graded(planes, first, group_in, in_w, entries, values, starts):
+        # every value is finite: the plan fuses a conv of graded inputs only when it bounds them
+        # (Fusion), so the packed gathers' lanes that are no tap add 0·x = ±0
+        nonzero_entries(planes, True, first, group_in, in_w, entries, values, starts)
+
+    return graded
+
+
+def map_values(planes, rows, size, weights):
+    """Scratch for the inputs of ``rows`` spike lists of ``size`` entries when ``planes`` is a
+    graded map (in W's type, as a sparse conv keeps them); None for a spike map, whose entries
+    are all 1 (typed per map: :func:`_map_values`)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(map_values, inline="always")
+def _map_values(planes, rows, size, weights):
+    if isinstance(planes.dtype, types.Boolean):
+        return lambda planes, rows, size, weights: None
+    return lambda planes, rows, size, weights: np.empty((rows, size), weights.dtype)
+
+
+def row_of(values, r):
+    """values[r], or None when ``values`` is (a spike map's :func:`map_values`)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(row_of, inline="always")
+def _row_of(values, r):
+    if isinstance(values, types.NoneType):
+        return lambda values, r: None
+    return lambda values, r: values[r]
+
+
 def add_entries(acc, weights, block, row, entries, begin, end, wide, values):
     """acc += the weight rows ``row`` + entries[e] of the block at ``block`` (rows of its lane
     count), for e = begin … end − 1 in that order; each row times values[e] when ``values`` is
-    not None (a graded input: the products rounded, then added, as the dense kernels do)."""
-    if values is None:
+    not None (a graded input: the products rounded, then added, as the dense kernels do). Typed
+    per ``values`` (:func:`_add_entries`), so that a None known only from its type selects the
+    plain adds."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(add_entries, inline="always")
+def _add_entries(acc, weights, block, row, entries, begin, end, wide, values):
+    if isinstance(values, types.NoneType):
+        def plain(acc, weights, block, row, entries, begin, end, wide, values):
+            if wide:
+                for e in range(begin, end):
+                    add_vector(acc, weights, block + (row + entries[e]) * WIDE, WIDE)
+            else:
+                for e in range(begin, end):
+                    add_vector(acc, weights, block + (row + entries[e]) * NARROW, NARROW)
+
+        return plain
+
+    def scaled(acc, weights, block, row, entries, begin, end, wide, values):
         if wide:
             for e in range(begin, end):
-                add_vector(acc, weights, block + (row + entries[e]) * WIDE, WIDE)
+                add_scaled_vector(acc, weights, block + (row + entries[e]) * WIDE, values[e], WIDE)
         else:
             for e in range(begin, end):
-                add_vector(acc, weights, block + (row + entries[e]) * NARROW, NARROW)
-    elif wide:
-        for e in range(begin, end):
-            add_scaled_vector(acc, weights, block + (row + entries[e]) * WIDE, values[e], WIDE)
-    else:
-        for e in range(begin, end):
-            add_scaled_vector(acc, weights, block + (row + entries[e]) * NARROW, values[e], NARROW)
+                add_scaled_vector(acc, weights, block + (row + entries[e]) * NARROW, values[e], NARROW)
+
+    return scaled
 
 
 @njit(inline="always")

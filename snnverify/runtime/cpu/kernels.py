@@ -68,7 +68,8 @@ def _no_shortcut(weight_dtype, dtype) -> FusedConv:
 
 
 def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, threshold, initial, timesteps, batch):
-    """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`): its
+    """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`; the
+    conv may read a pooled spike map instead, float32, and gathers its nonzero values): its
     spikes and their number. A SHORTCUT conv is computed inside when both convs have one group
     and gather in one type (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`), else
     beforehand by :func:`_conv2d` and added as a CURRENT. Spike maps, read and written, are
