@@ -145,7 +145,7 @@ def _map_values(planes, rows, size, weights):
 
 
 def row_of(values, r):
-    """values[r], or None when ``values`` is (a spike map's :func:`map_values`)."""
+    """values[r]; None when ``values`` is None (a spike map's :func:`map_values`)."""
     raise NotImplementedError("compiled code only")
 
 
