@@ -8,6 +8,7 @@ unfused dense ones, every spike and the output must be bit-identical — in floa
 arbitrary weights (where a changed summation order would show) and in integer mode.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -744,3 +745,50 @@ def test_generated_graphs_reach_fused_convs_of_pooled_spikes():
          lambda case: any(isinstance(case.graph.nodes[fusion.conv_input], g.AvgPool2d)
                           for fusion in build_plan(case.graph).fusions.values()),
          settings=settings(max_examples=500, database=None, phases=[Phase.generate]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(out_channels=st.sampled_from([1, 3, 16, 32, 64, 80]), in_channels=st.integers(1, 4), size=st.integers(2, 9),
+       sum_pool=st.booleans(), pool=st.tuples(st.integers(1, 3), st.integers(1, 2)), padding=st.integers(0, 1),
+       stride=st.integers(1, 2), dyadic=st.booleans(), neurons=st.sampled_from(["firing", "saturating", "silent"]),
+       amplitude=st.sampled_from([0.25, 1.0, 1.5, 3.7]), timesteps=st.integers(1, 8), batch=st.integers(1, 3),
+       data=st.data())
+def test_a_fused_conv_of_pooled_spikes_matches_the_unfused_kernels(comparison_log, out_channels, in_channels, size,
+                                                                  sum_pool, pool, padding, stride, dyadic, neurons,
+                                                                  amplitude, timesteps, batch, data):
+    """input → conv → IF → average or sum pool → conv → IF (absorbing the conv, which gathers the
+    pool's graded map) → linear readout, against the unfused dense kernels, bit for bit: output
+    channel counts on both sides of the packed layouts (16 and 32: positions packed; 1, 3, 64,
+    80: blocks of 16 and 64), overlapping and strided pool windows, padding, dyadic values
+    (exact sums: membranes land on θ) and arbitrary floats, saturating and silent IF layers, T = 1."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    pool_kernel, pool_stride = pool
+    pool_kernel = min(pool_kernel, size)
+    pooled = (size - pool_kernel) // pool_stride + 1
+    kernel = data.draw(st.integers(1, min(3, pooled + 2 * padding)), label="kernel")
+
+    def weights(*shape):
+        w = rng.standard_normal(shape)
+        return (np.round(w * 8) / 8 if dyadic else w).astype(np.float32)
+
+    theta = {"firing": 1.0, "saturating": 1e-3, "silent": 1e30}[neurons]
+    conv1 = g.Conv2d("conv1", weight=weights(out_channels, in_channels, kernel, kernel), bias=weights(out_channels),
+                     stride=stride, padding=padding)
+    pool_type = g.SumPool2d if sum_pool else g.AvgPool2d
+    nodes = [g.Input("input", shape=(in_channels, size, size)),
+             g.Conv2d("conv0", weight=weights(in_channels, in_channels, 3, 3), padding=1),
+             g.IF("if0", threshold=np.ones(in_channels, np.float32),
+                  amplitude=np.full(in_channels, amplitude, np.float32)),
+             pool_type("pool", kernel_size=pool_kernel, stride=pool_stride), conv1,
+             g.IF("if1", threshold=np.full(out_channels, theta, np.float32)), g.Flatten("flat")]
+    features = out_channels * math.prod(conv1.output_shape([(in_channels, pooled, pooled)])[1:])
+    nodes += [g.Linear("fc", weight=weights(3, features)), g.Output("output")]
+    order = [node.name for node in nodes]
+    graph = g.SpikingGraph({node.name: node for node in nodes},
+                           {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
+    assert build_plan(graph).fusions["if1"].conv_input == "pool"
+    x = (rng.random((batch, in_channels, size, size)) * 4).astype(np.float32)
+    if dyadic:
+        x = np.round(x * 8) / np.float32(8)
+    fused_and_unfused(comparison_log, "cpu fused vs unfused, float32 (fused convs of pooled spikes)", graph, x,
+                      timesteps)
