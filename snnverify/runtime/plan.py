@@ -218,13 +218,13 @@ def _fusions(graph: g.SpikingGraph, dtype: np.dtype, ops: list[Op], users: dict[
         op = by_name[name]
         if not isinstance(op.node, g.Conv2d) or users[name] != 1:
             return False
-        if op.events:
-            return True
+        if op.events or not pooled_too:
+            return op.events
         # a conv of pooled spikes, in float32, whose pools' sums are all finite (with a factor 2
         # to spare for their rounding): its packed gathers then add 0·x = ±0 where no tap is
-        pooled = (op.sparse and op.amplitude is None and isinstance(graph.nodes[op.inputs[0]], g.AvgPool2d)
-                  and dtype == np.float32)
-        return pooled_too and pooled and _graded_spike_peak(graph, op.inputs[0], partial_sums=True) <= largest / 2
+        return (op.sparse and op.amplitude is None and isinstance(graph.nodes[op.inputs[0]], g.AvgPool2d)
+                and dtype == np.float32
+                and _graded_spike_peak(graph, op.inputs[0], partial_sums=True) <= largest / 2)
 
     fusions = {}
     for op in ops:
@@ -436,17 +436,14 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
                                                                      shape).reshape(-1), "channels-last")
 
     def as_written(name: str, rows: int):
-        """A channels-last map as its writer stored it, and its shape [N, H, W, C]."""
+        """A map's array as its writer stored it, and its shape channels-last [N, H, W, C]."""
         channels, height, width = plan.shapes[name]
         return values[name].array, (rows, height, width, channels)
 
     def event_conv(conv: str, spike_map: str, rows: int) -> EventConv:
-        if values[spike_map].channels_last:
-            array, shape = as_written(spike_map, rows)
-        else:  # a pool that a reader takes in the graph's order too (see channels_last_pools)
-            channels, height, width = plan.shapes[spike_map]
-            array = kernels.channels_last(values[spike_map].array.reshape(rows, -1), plan.shapes[spike_map])
-            shape = (rows, height, width, channels)
+        array, shape = as_written(spike_map, rows)
+        if not values[spike_map].channels_last:  # a pool that a reader takes in the graph's order too
+            array = kernels.channels_last(array.reshape(rows, -1), plan.shapes[spike_map])
         return EventConv(array.reshape(shape), *weights(by_name[conv]), by_name[conv].node)
 
     def fused_residual(fusion: Fusion, rows: int) -> tuple[ResidualKind, Any]:

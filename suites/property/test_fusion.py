@@ -336,9 +336,7 @@ def test_a_channel_scaling_of_pooled_spikes_keeps_its_currents_channels_first(co
              g.Conv2d("scale", weight=weights(2, 1, 1, 1), groups=2), g.IF("if1", threshold=np.ones(2, np.float32)),
              g.Conv2d("conv2", weight=weights(2, 2, 3, 3), padding=1), g.IF("if2", threshold=np.ones(2, np.float32)),
              g.Flatten("flat"), g.Linear("fc", weight=weights(3, 18)), g.Output("output")]
-    order = [node.name for node in nodes]
-    graph = g.SpikingGraph({node.name: node for node in nodes},
-                           {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
+    graph = chain(nodes)
     plan = build_plan(graph)
     assert "if2" in plan.fusions and by_name(plan, "scale").amplitude is not None and by_name(plan, "scale").sparse
     assert channels_last_currents(plan) == set()
@@ -628,6 +626,12 @@ def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():
     np.testing.assert_array_equal(by_name(plan, "conv1").weight, ones(2, 2, 3, 3))  # W, not W·θ
 
 
+def chain(nodes) -> g.SpikingGraph:
+    """The graph of ``nodes`` in a chain, each reading the one before it."""
+    return g.SpikingGraph({node.name: node for node in nodes},
+                          {node.name: [nodes[i - 1].name] if i else [] for i, node in enumerate(nodes)})
+
+
 def by_name(plan, name):
     return next(op for op in plan.ops if op.name == name)
 
@@ -693,9 +697,7 @@ def test_a_pool_whose_sums_reach_infinity_runs_as_the_unfused_kernels(comparison
              g.AvgPool2d("pool", kernel_size=2, stride=2), g.Conv2d("conv1", weight=weights(16, 2, 3, 3), padding=1),
              g.IF("if1", threshold=np.ones(16, np.float32)), g.Flatten("flat"), g.Linear("fc", weight=weights(3, 64)),
              g.Output("output")]
-    order = [node.name for node in nodes]
-    graph = g.SpikingGraph({node.name: node for node in nodes},
-                           {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
+    graph = chain(nodes)
     x = rng.random((2, 1, 4, 4)).astype(np.float32) * 4
     assert "if1" not in build_plan(graph).fusions  # (see the next test)
     spikes = execute(build_plan(graph), CPU_KERNELS, x, 6, record=True)[2]["if0"]  # [T, B, C, 4, 4]
@@ -730,9 +732,7 @@ def test_a_conv_of_pooled_spikes_is_fused_only_where_every_pool_sum_is_provably_
                  g.Conv2d("conv1", weight=weights(16, 2, 3, 3) * np.float32(1e-37), padding=1),
                  g.IF("if1", threshold=np.ones(16, np.float32)), g.Flatten("flat"),
                  g.Linear("fc", weight=weights(3, 256)), g.Output("output")]
-        order = [node.name for node in nodes]
-        graph = g.SpikingGraph({node.name: node for node in nodes},
-                               {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
+        graph = chain(nodes)
         plan = build_plan(graph)
         assert ("if1" in plan.fusions) == fused, amplitude
         x = rng.random((2, 1, 8, 8)).astype(np.float32) * 4
@@ -783,9 +783,7 @@ def test_a_fused_conv_of_pooled_spikes_matches_the_unfused_kernels(comparison_lo
              g.IF("if1", threshold=np.full(out_channels, theta, np.float32)), g.Flatten("flat")]
     features = out_channels * math.prod(conv1.output_shape([(in_channels, pooled, pooled)])[1:])
     nodes += [g.Linear("fc", weight=weights(3, features)), g.Output("output")]
-    order = [node.name for node in nodes]
-    graph = g.SpikingGraph({node.name: node for node in nodes},
-                           {name: ([] if i == 0 else [order[i - 1]]) for i, name in enumerate(order)})
+    graph = chain(nodes)
     assert build_plan(graph).fusions["if1"].conv_input == "pool"
     x = (rng.random((batch, in_channels, size, size)) * 4).astype(np.float32)
     if dyadic:
