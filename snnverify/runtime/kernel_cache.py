@@ -13,6 +13,9 @@ stamp covers only the kernel's file: an edited helper in another file left a sta
 Numba's version, the Python version and the CPU stay part of each entry's key, as always.
 ``$NUMBA_CACHE_DIR``, when set, still wins. Only the :data:`KEEP` most recently used digests
 are kept; deleting the root at any time is safe.
+
+Processes that share the root (xdist workers, two checkouts at once) save one kernel's entries
+one at a time, under a lock beside its index: see :func:`_save_one_at_a_time`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ import os
 import shutil
 from pathlib import Path
 
-from numba.core.caching import CacheImpl, UserProvidedCacheLocator, _CacheLocator, _SourceFileBackedLocatorMixin
+from filelock import FileLock
+from numba.core.caching import (
+    CacheImpl,
+    IndexDataCacheFile,
+    UserProvidedCacheLocator,
+    _CacheLocator,
+    _SourceFileBackedLocatorMixin,
+)
 
 RUNTIME = Path(__file__).resolve().parent  # snnverify/runtime/
 #: Digests (source versions) kept under the root; older ones are removed when a new one starts.
@@ -92,10 +102,32 @@ class RuntimeCacheLocator(_SourceFileBackedLocatorMixin, _CacheLocator):
         return super().from_function(py_func, py_file)
 
 
+_numba_save = IndexDataCacheFile.save
+
+
+def _save_one_at_a_time(cache_file: IndexDataCacheFile, key, data) -> None:
+    """Numba's ``IndexDataCacheFile.save`` under a lock on the kernel's index, for the
+    kernels cached under :func:`cache_root`.
+
+    Numba's save reads the index, names the new entry's data file after the first number the
+    index does not use, rewrites the index, then writes the file, with no lock. Two processes
+    saving two signatures of one kernel at once both read the same index, both pick
+    ``<kernel>.1.nbc``, and whichever writes last wins each file: the index can then name, for
+    one signature, the machine code of the other, which a later process loads and calls with
+    the wrong argument types. With the lock, each save sees the entries of the saves before
+    it, so no two signatures share a file."""
+    if not Path(cache_file._cache_path).is_relative_to(cache_root()):
+        return _numba_save(cache_file, key, data)
+    with FileLock(f"{cache_file._index_path}.lock"):
+        return _numba_save(cache_file, key, data)
+
+
 def install() -> None:
     """Put :class:`RuntimeCacheLocator` first among Numba's locators, after only the one for
-    ``$NUMBA_CACHE_DIR``. Must run before the kernels are decorated (``snnverify.runtime``
-    does it on import); idempotent."""
+    ``$NUMBA_CACHE_DIR``, and make saves under the root take turns
+    (:func:`_save_one_at_a_time`). Must run before the kernels are decorated
+    (``snnverify.runtime`` does it on import); idempotent."""
     locators = CacheImpl._locator_classes
     if RuntimeCacheLocator not in locators:
         locators.insert(locators.index(UserProvidedCacheLocator) + 1, RuntimeCacheLocator)
+    IndexDataCacheFile.save = _save_one_at_a_time

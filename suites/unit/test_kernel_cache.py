@@ -100,3 +100,44 @@ def test_a_second_checkout_of_the_same_code_loads_the_kernels_without_compiling(
     assert not list((tmp_path / "first" / "snnverify").rglob("*.nbi")), "nothing is cached in the checkout"
     np.testing.assert_equal(sorted(p.name for p in (tmp_path / "cache").iterdir()),
                             [sources_digest(PACKAGE / "runtime")])
+
+
+def test_processes_saving_one_kernels_signatures_at_once_keep_each_its_own_code(tmp_path):
+    """Two processes save an entry of the same kernel's cache at the same moment, 40 times
+    (numba's own save, unlocked, loses an entry in most rounds and points the index at the other
+    process's code in about half of them). Every entry must survive, naming its own data."""
+    script = textwrap.dedent("""
+        import multiprocessing, os, sys
+        from numba.core.caching import IndexDataCacheFile
+        import snnverify.runtime  # installs the kernel cache
+
+        def kernel_cache(round):
+            return IndexDataCacheFile(cache_path=os.path.join(sys.argv[1], str(round)), filename_base="kernel",
+                                      source_stamp="stamp")
+
+        def save(signature, barrier):
+            for round in range(40):
+                barrier.wait()
+                kernel_cache(round).save(signature, ("code for", signature, bytes(200_000)))
+
+        if __name__ == "__main__":
+            for round in range(40):
+                os.makedirs(os.path.join(sys.argv[1], str(round)))
+            barrier = multiprocessing.get_context("fork").Barrier(2)
+            savers = [multiprocessing.get_context("fork").Process(target=save, args=(s, barrier)) for s in "AB"]
+            for saver in savers:
+                saver.start()
+            for saver in savers:
+                saver.join()
+                assert saver.exitcode == 0
+            for round in range(40):
+                cache = kernel_cache(round)
+                print(round, *sorted((signature, cache.load(signature)[1]) for signature in cache._load_index()))
+    """)
+    environment = {**os.environ, "SNNVERIFY_KERNEL_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "kernels")], capture_output=True, text=True,
+                         env=environment, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rounds = run.stdout.splitlines()
+    assert rounds == [f"{round} ('A', 'A') ('B', 'B')" for round in range(40)], [
+        line for line in rounds if not line.endswith("('A', 'A') ('B', 'B')")]
