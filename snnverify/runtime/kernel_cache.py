@@ -21,6 +21,7 @@ one at a time, under a lock beside its index: see :func:`_save_one_at_a_time`.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import os
 import shutil
@@ -115,10 +116,20 @@ def _save_one_at_a_time(cache_file: IndexDataCacheFile, key, data) -> None:
     ``<kernel>.1.nbc``, and whichever writes last wins each file: the index can then name, for
     one signature, the machine code of the other, which a later process loads and calls with
     the wrong argument types. With the lock, each save sees the entries of the saves before
-    it, so no two signatures share a file."""
+    it, so no two signatures share a file.
+
+    The index names the new file before the file is written. So that a load in between finds
+    no file (a miss) rather than an old one of that name (left by an index Numba discarded as
+    another version's), the kernel's data files that the index does not name are removed
+    first."""
     if not Path(cache_file._cache_path).is_relative_to(cache_root()):
         return _numba_save(cache_file, key, data)
     with FileLock(f"{cache_file._index_path}.lock"):
+        named = set(cache_file._load_index().values())
+        prefix, _, suffix = cache_file._data_name_pattern.partition("{number:d}")
+        for file in Path(cache_file._cache_path).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+            if file.name[len(prefix):-len(suffix)].isdigit() and file.name not in named:
+                file.unlink(missing_ok=True)
         return _numba_save(cache_file, key, data)
 
 

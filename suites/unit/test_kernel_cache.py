@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from numba.core.caching import CacheImpl, UserProvidedCacheLocator
+from numba.core.caching import CacheImpl, IndexDataCacheFile, UserProvidedCacheLocator
 
 import snnverify
 from snnverify.runtime import kernel_cache
@@ -141,3 +141,25 @@ def test_processes_saving_one_kernels_signatures_at_once_keep_each_its_own_code(
     rounds = run.stdout.splitlines()
     assert rounds == [f"{round} ('A', 'A') ('B', 'B')" for round in range(40)], [
         line for line in rounds if not line.endswith("('A', 'A') ('B', 'B')")]
+
+
+def test_a_load_while_an_entry_is_saved_finds_no_file_rather_than_an_old_one(tmp_path, monkeypatch):
+    """An old data file that the index does not name (Numba discards another version's index
+    and numbers its entries from 1 again) must not be read for the new entry in the moment
+    between the index naming it and the new file being written."""
+    monkeypatch.setenv("SNNVERIFY_KERNEL_CACHE", str(tmp_path))
+    cache = IndexDataCacheFile(cache_path=str(tmp_path), filename_base="kernel", source_stamp="stamp")
+    cache._save_data(cache._data_name(1), ("code for", "another version"))
+    (tmp_path / "kernel.notes.nbc").write_bytes(b"not an entry")
+    seen_meanwhile = []
+    write = cache._save_data
+
+    def load_first_then_write(name, data):
+        seen_meanwhile.append(cache.load("signature"))
+        write(name, data)
+
+    monkeypatch.setattr(cache, "_save_data", load_first_then_write)
+    cache.save("signature", ("code for", "signature"))
+    assert seen_meanwhile == [None]
+    assert cache.load("signature") == ("code for", "signature")
+    assert (tmp_path / "kernel.notes.nbc").exists(), "only numbered data files are the kernel's entries"
