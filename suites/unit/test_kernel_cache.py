@@ -123,8 +123,9 @@ def test_processes_saving_one_kernels_signatures_at_once_keep_each_its_own_code(
         if __name__ == "__main__":
             for round in range(40):
                 os.makedirs(os.path.join(sys.argv[1], str(round)))
-            barrier = multiprocessing.get_context("fork").Barrier(2)
-            savers = [multiprocessing.get_context("fork").Process(target=save, args=(s, barrier)) for s in "AB"]
+            fork = multiprocessing.get_context("fork")
+            barrier = fork.Barrier(2)
+            savers = [fork.Process(target=save, args=(signature, barrier)) for signature in "AB"]
             for saver in savers:
                 saver.start()
             for saver in savers:
