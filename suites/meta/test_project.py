@@ -1,7 +1,9 @@
 """The project checks itself: README commands, CI, and the layering rules of DESIGN.md."""
 
 import ast
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -134,3 +136,25 @@ def test_certify_worker_imports_only_torch_numpy_and_the_converters():
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
     assert top - set(sys.stdlib_module_names) <= {"torch", "numpy", "spikingjelly", "sinabs", "neurocuda"}
+
+
+@pytest.mark.parametrize("script, venv", [("ensure-venv", ".venv"), ("peers-venv", ".venv-peers")])
+def test_a_venv_is_not_started_on_a_disk_without_room_for_it(tmp_path, script, venv):
+    """With 3 GiB free (a stub ``df``), neither venv script starts a venv of ~6 GB that pip would
+    abandon half-way: each stops first, naming the folder and the space free."""
+    (tmp_path / "tools").mkdir()
+    for name in (script, "need-disk"):
+        (tmp_path / "tools" / name).write_bytes((ROOT / "tools" / name).read_bytes())
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                             f"echo 'disk 9999999 0 {3 * 1024 * 1024} 1% /'\n")
+    (stub / "df").chmod(0o755)
+    environment = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", f"tools/{script}"], cwd=tmp_path, env=environment, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 1
+    assert f"needs about 7 GiB free at {tmp_path / venv}" in run.stderr
+    assert "3072 MiB free" in run.stderr
+    assert not (tmp_path / venv).exists()
