@@ -33,6 +33,16 @@ def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     adjacent. A wide block (64 lanes) sums one position at a time, a narrow one (16 lanes)
     :data:`NARROW_POSITIONS` adjacent positions: either way 4 independent chains of 16-lane adds
     in flight."""
+    # the parallel loop only hands each worker its jobs (see
+    # snnverify.runtime.cpu.events.conv2d_events_if_kernel)
+    for worker in prange(workers):
+        dense_worker(x, weights, kernel_hw, bias, geometry, np.int64(worker), workers, out)
+
+
+@njit(error_model="numpy")
+def dense_worker(x, weights, kernel_hw, bias, geometry, worker, workers, out):
+    """The jobs of :func:`conv2d_dense_kernel` that fall to parallel worker ``worker``: jobs
+    ``worker``, ``worker`` + workers, … (a job: one sample of one group)."""
     rows, out_channels, out_h, out_w = out.shape
     groups, channels, in_h, in_w = weights.shape[0], x.shape[1], x.shape[2], x.shape[3]
     group_out, group_in = out_channels // groups, channels // groups
@@ -45,36 +55,34 @@ def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     columns = -(-out_w // NARROW_POSITIONS) * NARROW_POSITIONS
     border_h = max(in_h + 2 * pad_y, (out_h - 1) * stride_y + (kernel_h - 1) * dilation_y + 1)
     border_w = max(in_w + 2 * pad_x, (columns - 1) * stride_x + (kernel_w - 1) * dilation_x + 1)
-    all_bordered = np.zeros((workers, border_h * border_w * group_in), weights.dtype)
+    bordered = np.zeros(border_h * border_w * group_in, weights.dtype)  # scratch, once per worker and call
     step = stride_x * group_in  # from one position's inputs to the next one's
     # a kernel row's taps (kx, c) in runs of adjacent terms, in the copy and in W alike: with
     # unit column dilation the whole row is one run (one loop of kW·C terms, not kW of C)
     runs, run = (1, kernel_w * group_in) if dilation_x == 1 else (kernel_w, group_in)
     sizes = (out_h, out_w, border_w, runs, run)
-    all_row_sums = np.empty((workers, out_w, WIDE), weights.dtype)
-    for worker in prange(workers):
-        bordered, row_sums = all_bordered[worker], all_row_sums[worker]
-        for job in range(worker, rows * groups, workers):
-            n, group = job // groups, job % groups
-            for c in range(group_in):  # only the interior is ever written: the border stays 0
-                plane = x[n, group * group_in + c]
-                for iy in range(in_h):
-                    line = ((iy + pad_y) * border_w + pad_x) * group_in + c
-                    for ix in range(in_w):
-                        bordered[line + ix * group_in] = plane[iy, ix]
-            accs = (stack_buffer(weights, NARROW), stack_buffer(weights, NARROW), stack_buffer(weights, NARROW),
-                    stack_buffer(weights, NARROW))
-            for index in range(block_count(padded)):
-                start, wide, lanes = block(index, padded, group_out)
-                first = group * group_out + start
-                rows_at = (group * padded + start) * taps
-                # constants at each call: each inlined copy is compiled for its kind of block
-                if wide:  # one position; per input, the block's 4 quarters of a weight row
-                    block_sums(accs, flat, rows_at, bordered, 1, WIDE, NARROW, 0, sizes, geometry, kernel_hw,
-                               group_in, row_sums, out, n, first, lanes, bias)
-                else:  # 4 positions; per weight row, their 4 inputs
-                    block_sums(accs, flat, rows_at, bordered, NARROW_POSITIONS, NARROW, 0, step, sizes, geometry,
-                               kernel_hw, group_in, row_sums, out, n, first, lanes, bias)
+    row_sums = np.empty((out_w, WIDE), weights.dtype)
+    for job in range(worker, rows * groups, workers):
+        n, group = job // groups, job % groups
+        for c in range(group_in):  # only the interior is ever written: the border stays 0
+            plane = x[n, group * group_in + c]
+            for iy in range(in_h):
+                line = ((iy + pad_y) * border_w + pad_x) * group_in + c
+                for ix in range(in_w):
+                    bordered[line + ix * group_in] = plane[iy, ix]
+        accs = (stack_buffer(weights, NARROW), stack_buffer(weights, NARROW), stack_buffer(weights, NARROW),
+                stack_buffer(weights, NARROW))
+        for index in range(block_count(padded)):
+            start, wide, lanes = block(index, padded, group_out)
+            first = group * group_out + start
+            rows_at = (group * padded + start) * taps
+            # constants at each call: each inlined copy is compiled for its kind of block
+            if wide:  # one position; per input, the block's 4 quarters of a weight row
+                block_sums(accs, flat, rows_at, bordered, 1, WIDE, NARROW, 0, sizes, geometry, kernel_hw,
+                           group_in, row_sums, out, n, first, lanes, bias)
+            else:  # 4 positions; per weight row, their 4 inputs
+                block_sums(accs, flat, rows_at, bordered, NARROW_POSITIONS, NARROW, 0, step, sizes, geometry,
+                           kernel_hw, group_in, row_sums, out, n, first, lanes, bias)
 
 
 @njit(inline="always")
@@ -171,34 +179,43 @@ def pool2d_kernel(x, amplitude, kernel, stride, padding, divisor, zero, out):
     columns where it lands inside the input (bounds computed once per call, no test per term).
     Narrower outputs (a global pool) sum window by window, where a loop per tap and row would
     cost more than its few terms."""
-    rows, channels, out_h, out_w = out.shape
-    height, width = x.shape[2], x.shape[3]
-    firsts, lasts = inside_columns(kernel, stride, padding, width, out_w)
-    for n in prange(rows):
-        acc, row = np.empty(out_w, out.dtype), np.empty(width, out.dtype)
-        for c in range(channels):
-            plane, dest = x[n, c], out[n, c]
-            for y in range(out_h):
-                if out_w < ROW_POOL_WIDTH:
-                    for xo in range(out_w):
-                        acc[xo] = window_sum(plane, amplitude, c, y, xo, kernel, stride, padding, zero)
-                else:
-                    for xo in range(out_w):
-                        acc[xo] = zero
-                    for ky in range(kernel[0]):
-                        yi = y * stride[0] - padding[0] + ky
-                        if yi < 0 or yi >= height:
-                            continue
-                        for xi in range(width):
-                            if amplitude is None:
-                                row[xi] = plane[yi, xi]
-                            else:
-                                row[xi] = amplitude[c, yi, xi] if plane[yi, xi] else zero
-                        for kx in range(kernel[1]):
-                            for xo in range(firsts[kx], lasts[kx]):
-                                acc[xo] += row[xo * stride[1] + kx - padding[1]]
+    firsts, lasts = inside_columns(kernel, stride, padding, x.shape[3], out.shape[3])
+    # the parallel loop only calls a function per sample (see
+    # snnverify.runtime.cpu.events.conv2d_events_if_kernel), which LLVM inlines (forceinline:
+    # a call per sample cost 5–30 % of a small map's pool)
+    for n in prange(out.shape[0]):
+        pool_sample(x[n], amplitude, kernel, stride, padding, divisor, zero, firsts, lasts, out[n])
+
+
+@njit(error_model="numpy", forceinline=True)
+def pool_sample(x, amplitude, kernel, stride, padding, divisor, zero, firsts, lasts, out):
+    """One sample of :func:`pool2d_kernel`: ``x`` [C, H, W], ``out`` [C, H', W']."""
+    channels, out_h, out_w = out.shape
+    height, width = x.shape[1], x.shape[2]
+    acc, row = np.empty(out_w, out.dtype), np.empty(width, out.dtype)
+    for c in range(channels):
+        plane, dest = x[c], out[c]
+        for y in range(out_h):
+            if out_w < ROW_POOL_WIDTH:
                 for xo in range(out_w):
-                    dest[y, xo] = acc[xo] if divisor == 1 else acc[xo] / divisor
+                    acc[xo] = window_sum(plane, amplitude, c, y, xo, kernel, stride, padding, zero)
+            else:
+                for xo in range(out_w):
+                    acc[xo] = zero
+                for ky in range(kernel[0]):
+                    yi = y * stride[0] - padding[0] + ky
+                    if yi < 0 or yi >= height:
+                        continue
+                    for xi in range(width):
+                        if amplitude is None:
+                            row[xi] = plane[yi, xi]
+                        else:
+                            row[xi] = amplitude[c, yi, xi] if plane[yi, xi] else zero
+                    for kx in range(kernel[1]):
+                        for xo in range(firsts[kx], lasts[kx]):
+                            acc[xo] += row[xo * stride[1] + kx - padding[1]]
+            for xo in range(out_w):
+                dest[y, xo] = acc[xo] if divisor == 1 else acc[xo] / divisor
 
 
 @njit(parallel=True, cache=True)
@@ -214,47 +231,56 @@ def spike_pool2d_kernel(spikes, table, kernel, stride, padding, out):
     their own: a window that is the whole map (a global pool) counts the plane's spikes as one
     contiguous run, and a 2 × 2 window of stride 2 without padding (the common pool) adds its
     four taps' bytes directly (1.4 against 2.0 ms with column sums, 1024 maps of 16 × 28 × 28)."""
-    rows, channels, out_h, out_w = out.shape
     height, width = spikes.shape[2], spikes.shape[3]
-    firsts, lasts = inside_columns(kernel, stride, padding, width, out_w)
+    firsts, lasts = inside_columns(kernel, stride, padding, width, out.shape[3])
     unpadded = padding[0] == 0 and padding[1] == 0
     whole = kernel[0] == height and kernel[1] == width and unpadded
     halving = kernel[0] == kernel[1] == stride[0] == stride[1] == 2 and unpadded  # 2 × 2, stride 2
-    planes = spikes.reshape(rows, channels, height * width)
     flags = spikes.view(np.uint8)  # (narrow adds; a bool's byte is 0 or 1)
-    for n in prange(rows):
-        columns, counts = np.empty(width, np.int64), np.empty(out_w, np.int64)
-        for c in range(channels):
-            sums = table[c]
-            if whole:  # out_h = out_w = 1, whatever the stride
-                plane, total = planes[n, c], 0
-                for i in range(height * width):
-                    total += plane[i]
-                out[n, c, 0, 0] = sums[total]
-                continue
-            plane, dest = spikes[n, c], out[n, c]
-            if halving:  # the four taps' bytes added directly: no column sums stored and reloaded
-                for y in range(out_h):
-                    upper, lower = flags[n, c, 2 * y], flags[n, c, 2 * y + 1]
-                    for xo in range(out_w):
-                        dest[y, xo] = sums[upper[2 * xo] + upper[2 * xo + 1] + lower[2 * xo] + lower[2 * xo + 1]]
-                continue
+    # the parallel loop only calls a function per sample (see pool2d_kernel)
+    for n in prange(out.shape[0]):
+        spike_pool_sample(spikes[n], flags[n], table, kernel, stride, padding, firsts, lasts, whole, halving, out[n])
+
+
+@njit(error_model="numpy", forceinline=True)
+def spike_pool_sample(spikes, flags, table, kernel, stride, padding, firsts, lasts, whole, halving, out):
+    """One sample of :func:`spike_pool2d_kernel`: ``spikes`` [C, H, W] (``flags``, its bytes),
+    ``out`` [C, H', W']; ``whole``, ``halving``: its two shapes with loops of their own."""
+    channels, out_h, out_w = out.shape
+    height, width = spikes.shape[1], spikes.shape[2]
+    planes = spikes.reshape(channels, height * width)
+    columns, counts = np.empty(width, np.int64), np.empty(out_w, np.int64)
+    for c in range(channels):
+        sums = table[c]
+        if whole:  # out_h = out_w = 1, whatever the stride
+            plane, total = planes[c], 0
+            for i in range(height * width):
+                total += plane[i]
+            out[c, 0, 0] = sums[total]
+            continue
+        plane, dest = spikes[c], out[c]
+        if halving:  # the four taps' bytes added directly: no column sums stored and reloaded
             for y in range(out_h):
-                for xi in range(width):
-                    columns[xi] = 0
-                for ky in range(kernel[0]):
-                    yi = y * stride[0] - padding[0] + ky
-                    if 0 <= yi < height:  # a padding row adds nothing
-                        line = plane[yi]
-                        for xi in range(width):
-                            columns[xi] += line[xi]
+                upper, lower = flags[c, 2 * y], flags[c, 2 * y + 1]
                 for xo in range(out_w):
-                    counts[xo] = 0
-                for kx in range(kernel[1]):
-                    for xo in range(firsts[kx], lasts[kx]):
-                        counts[xo] += columns[xo * stride[1] + kx - padding[1]]
-                for xo in range(out_w):
-                    dest[y, xo] = sums[counts[xo]]
+                    dest[y, xo] = sums[upper[2 * xo] + upper[2 * xo + 1] + lower[2 * xo] + lower[2 * xo + 1]]
+            continue
+        for y in range(out_h):
+            for xi in range(width):
+                columns[xi] = 0
+            for ky in range(kernel[0]):
+                yi = y * stride[0] - padding[0] + ky
+                if 0 <= yi < height:  # a padding row adds nothing
+                    line = plane[yi]
+                    for xi in range(width):
+                        columns[xi] += line[xi]
+            for xo in range(out_w):
+                counts[xo] = 0
+            for kx in range(kernel[1]):
+                for xo in range(firsts[kx], lasts[kx]):
+                    counts[xo] += columns[xo * stride[1] + kx - padding[1]]
+            for xo in range(out_w):
+                dest[y, xo] = sums[counts[xo]]
 
 
 @njit(parallel=True, cache=True)

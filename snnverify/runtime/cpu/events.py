@@ -85,6 +85,18 @@ def conv2d_sparse_kernel(x, input_last, weights, packed, pack, kernel_hw, bias, 
     reads it for a residual too); ``out`` is [N, C_out, H, W], or with ``channels_last`` [N, H,
     W, C_out] (the order in which an IF layer read by a fused kernel takes its currents: no
     transposed copy of them)."""
+    # the parallel loop only hands each worker its jobs (see conv2d_events_if_kernel): 6.0–6.4 s
+    # a signature to compile, against 7.8–10.6 s with the body inside the loop
+    for worker in prange(workers):
+        sparse_worker(x, input_last, weights, packed, pack, kernel_hw, bias, geometry, np.int64(worker), workers,
+                      channels_last, out)
+
+
+@njit(error_model="numpy")
+def sparse_worker(x, input_last, weights, packed, pack, kernel_hw, bias, geometry, worker, workers, channels_last,
+                  out):
+    """The jobs of :func:`conv2d_sparse_kernel` that fall to parallel worker ``worker``: jobs
+    ``worker``, ``worker`` + workers, … (a job: one sample of one group)."""
     if channels_last:
         rows, out_h, out_w, out_channels = out.shape
     else:
@@ -100,36 +112,34 @@ def conv2d_sparse_kernel(x, input_last, weights, packed, pack, kernel_hw, bias, 
     padded = weights.shape[1] // taps
     flat, packed_flat = weights.reshape(-1), packed.reshape(-1)
     span = packed.shape[0] // (kernel_h * group_in)  # input columns a packed row set covers
-    # scratch per worker (one per thread), allocated once per call
-    all_entries = np.empty((workers, in_h * in_w * group_in), np.int32)
-    all_values = np.empty((workers, in_h * in_w * group_in), weights.dtype)
-    all_starts = np.empty((workers, in_h * in_w + 1), np.int64)
-    for worker in prange(workers):
-        for job in range(worker, rows * groups, workers):
-            acc = stack_buffer(weights, WIDE)  # in the worker's stack frame, in W's type
-            sums = carray(acc, WIDE)
-            entries, values, starts = all_entries[worker], all_values[worker], all_starts[worker]
-            n, group = job // groups, job % groups
-            planes = x[n].reshape(-1, channels) if input_last else x[n].reshape(channels, -1)
-            finite = nonzero_entries(planes, input_last, group * group_in, group_in, in_w, entries, values, starts)
-            if pack > 1 and finite:  # lane j·C_out + o is channel o of position ox0 + j
-                for oy in range(out_h):
-                    for ox0 in range(0, out_w, pack):
-                        gather_packed(acc, packed_flat, kernel_h, span, group_in, entries, starts, oy,
-                                      ox0 * geometry[1] - geometry[3], geometry, (in_h, in_w), values)
-                        for j in range(min(pack, out_w - ox0)):
-                            for o in range(out_channels):
-                                store(out, channels_last, n, o, oy, ox0 + j, sums[j * out_channels + o] + bias[o])
-                continue
-            for index in range(block_count(padded)):
-                start, wide, lanes = block(index, padded, group_out)
-                first = group * group_out + start
-                for oy in range(out_h):
-                    for ox in range(out_w):
-                        gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
-                               geometry, (in_h, in_w), wide, values)
-                        for k in range(lanes):
-                            store(out, channels_last, n, first + k, oy, ox, sums[k] + bias[first + k])
+    # scratch, allocated once per worker and call
+    entries = np.empty(in_h * in_w * group_in, np.int32)
+    values = np.empty(in_h * in_w * group_in, weights.dtype)
+    starts = np.empty(in_h * in_w + 1, np.int64)
+    for job in range(worker, rows * groups, workers):
+        acc = stack_buffer(weights, WIDE)  # in the worker's stack frame, in W's type
+        sums = carray(acc, WIDE)
+        n, group = job // groups, job % groups
+        planes = x[n].reshape(-1, channels) if input_last else x[n].reshape(channels, -1)
+        finite = nonzero_entries(planes, input_last, group * group_in, group_in, in_w, entries, values, starts)
+        if pack > 1 and finite:  # lane j·C_out + o is channel o of position ox0 + j
+            for oy in range(out_h):
+                for ox0 in range(0, out_w, pack):
+                    gather_packed(acc, packed_flat, kernel_h, span, group_in, entries, starts, oy,
+                                  ox0 * geometry[1] - geometry[3], geometry, (in_h, in_w), values)
+                    for j in range(min(pack, out_w - ox0)):
+                        for o in range(out_channels):
+                            store(out, channels_last, n, o, oy, ox0 + j, sums[j * out_channels + o] + bias[o])
+            continue
+        for index in range(block_count(padded)):
+            start, wide, lanes = block(index, padded, group_out)
+            first = group * group_out + start
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in, entries, starts, oy, ox,
+                           geometry, (in_h, in_w), wide, values)
+                    for k in range(lanes):
+                        store(out, channels_last, n, first + k, oy, ox, sums[k] + bias[first + k])
 
 
 @njit(inline="always")
@@ -193,9 +203,12 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     sample and step of the chunk is gathered before the next position: the weights of a block
     (up to 9·C_in·64 values) are then read from memory once per chunk and tile, and from the
     caches for the rest."""
-    # The parallel loop only hands each worker its jobs (fused_worker): Numba's parfor passes
-    # take a time that grows with the loop's body, and they do not enter a called function
-    # (~40 s a signature to compile, against ~60 s with the body inside the loop).
+    # The parallel loop only hands each worker its jobs (fused_worker), as in every parallel
+    # kernel of this package: Numba's parfor passes take a time that grows with the loop's body,
+    # and they do not enter a called function (~40 s a signature to compile, against ~60 s with
+    # the body inside the loop). A worker is compiled with error_model="numpy", as Numba
+    # compiles a loop's body: no test for a zero divisor at each integer division (every
+    # divisor here is a size, never 0).
     # Numba passes only arrays and scalars into a parallel loop, so the tuples are unpacked
     # before it and built again inside. The loop's index is unsigned; it goes as int64, the type
     # fused_worker is first typed with, or the function would compile a second time.
@@ -213,7 +226,7 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
                      Schedule(timesteps, batch, tile, workers, pack), np.int64(worker), out_spikes, counts)
 
 
-@njit
+@njit(error_model="numpy")
 def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes, counts):
     """The jobs of :func:`conv2d_events_if_kernel` that fall to parallel worker ``worker``:
     jobs ``worker``, ``worker`` + workers, … (a job: ``schedule.tile`` samples of one group);
