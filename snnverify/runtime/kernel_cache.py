@@ -1,7 +1,7 @@
 """Where Numba keeps the compiled CPU and Loihi 2 kernels: one per-user directory, keyed by the
 content of the runtime's sources, so that every checkout of the same code shares them.
 
-Compiling the kernels takes minutes (the fused IF(conv) kernel alone ~1 minute per dtype on
+Compiling the kernels takes minutes (the fused IF(conv) kernel alone ~20 s per signature on
 one core); Numba's default cache lives in the checkout's ``__pycache__``, so each fresh clone
 compiled them all again. Here a kernel's cache sits under
 

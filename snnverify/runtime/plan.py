@@ -89,7 +89,7 @@ class Fusion:
     stem's pool), in a float32 plan whose pools provably sum to finite values
     (:func:`_graded_spike_peak`); the kernel then gathers its nonzero inputs times their value,
     as the sparse conv does. Integer plans keep such a conv unfused: its own types would be
-    one more compiled set of the fused kernel (about a minute each)."""
+    one more compiled set of the fused kernel (~20 s each)."""
 
     conv: str
     conv_input: str  # the IF layer whose spikes drive the conv, or the pool of them

@@ -151,35 +151,46 @@ def store(out, channels_last, n, o, oy, ox, value):
         out[n, o, oy, ox] = value
 
 
+# The IF update of a fused kernel's lanes, one function per residual kind (each call site
+# knows its kind, so each inlines one loop): per lane k, v += (Σ + b) + r; s = v ≥ θ; v −= θ·s —
+# the unfused kernels' operations. Computed lane by lane, not staged in a buffer: a vector load
+# of lanes just stored one by one stalls (no store forwarding), which cost more than the
+# residual itself.
+
+
 @njit(inline="always")
-def integrate(kind, values, bias, first_terms, second_terms, membrane, theta, spiked):
-    """Per lane k: v += (Σ + b) + r; s = v ≥ θ; v −= θ·s — the unfused kernels' operations —
-    with r by ``kind``: none, a·s (GRADED: first_terms[k]·second_terms[k], branch-free: a·0 may
-    be −0, and (Σ + b) + (−0) = Σ + b, as Σ + b, a sum from +0, is never −0), Σ' + b' (SHORTCUT:
-    first_terms[k] + second_terms[k]) or a current first_terms[k] (CURRENT, STATIC). Computed
-    here, lane by lane, not staged in a buffer: a vector load of lanes just stored one by one
-    stalls (no store forwarding), which cost more than the residual itself."""
+def integrate_current(kind, values, bias, currents, membrane, theta, spiked):
+    """r = currents[k] (CURRENT, STATIC), or none (NONE)."""
     lanes = spiked.shape[0]
     if kind == ResidualKind.NONE:
         for k in range(lanes):
             value = membrane[k] + (values[k] + bias[k])
             spiked[k] = value >= theta[k]
             membrane[k] = value - theta[k] if spiked[k] else value
-    elif kind == ResidualKind.GRADED:
-        for k in range(lanes):
-            value = membrane[k] + ((values[k] + bias[k]) + first_terms[k] * second_terms[k])
-            spiked[k] = value >= theta[k]
-            membrane[k] = value - theta[k] if spiked[k] else value
-    elif kind == ResidualKind.SHORTCUT:
-        for k in range(lanes):
-            value = membrane[k] + ((values[k] + bias[k]) + (first_terms[k] + second_terms[k]))
-            spiked[k] = value >= theta[k]
-            membrane[k] = value - theta[k] if spiked[k] else value
     else:
         for k in range(lanes):
-            value = membrane[k] + ((values[k] + bias[k]) + first_terms[k])
+            value = membrane[k] + ((values[k] + bias[k]) + currents[k])
             spiked[k] = value >= theta[k]
             membrane[k] = value - theta[k] if spiked[k] else value
+
+
+@njit(inline="always")
+def integrate_graded(values, bias, amplitudes, spikes, membrane, theta, spiked):
+    """r = a·s = amplitudes[k]·spikes[k] (GRADED), branch-free: a·0 may be −0, and (Σ + b) +
+    (−0) = Σ + b, as Σ + b, a sum from +0, is never −0."""
+    for k in range(spiked.shape[0]):
+        value = membrane[k] + ((values[k] + bias[k]) + amplitudes[k] * spikes[k])
+        spiked[k] = value >= theta[k]
+        membrane[k] = value - theta[k] if spiked[k] else value
+
+
+@njit(inline="always")
+def integrate_shortcut(values, bias, shortcut_values, shortcut_bias, membrane, theta, spiked):
+    """r = Σ' + b' (SHORTCUT): the projection conv's sum and bias."""
+    for k in range(spiked.shape[0]):
+        value = membrane[k] + ((values[k] + bias[k]) + (shortcut_values[k] + shortcut_bias[k]))
+        spiked[k] = value >= theta[k]
+        membrane[k] = value - theta[k] if spiked[k] else value
 
 
 @njit(parallel=True, cache=True)
@@ -274,8 +285,12 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
         values, shortcut_values = carray(acc, WIDE), carray(shortcut_acc, WIDE)
         first_sample, group = (job // groups) * tile, job % groups
         samples = min(tile, batch - first_sample)
+        # element by element: a slice assignment would compile Numba's shape-mismatch error, its
+        # string formatting included (~5 s per process, a quarter of this worker's compile)
         for s in range(samples):
-            v[s, :, :group_out] = v0[:, group * group_out : (group + 1) * group_out]
+            for p in range(positions):
+                for k in range(group_out):
+                    v[s, p, k] = v0[p, group * group_out + k]
         for t0 in range(0, timesteps, STEP_CHUNK):
             chunk = min(STEP_CHUNK, timesteps - t0)
             for s in range(samples):
@@ -314,16 +329,17 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                     # lane j·C_out + o is channel o of position p + j: channels-last
                                     fired = out_spikes[n, base : base + count]
                                     if projection:
-                                        integrate(kind, values, lane_bias, shortcut_values, shortcut_lane_bias,
-                                                  membrane, theta, fired)
+                                        integrate_shortcut(values, lane_bias, shortcut_values, shortcut_lane_bias,
+                                                           membrane, theta, fired)
                                     elif kind == ResidualKind.GRADED:
-                                        integrate(kind, values, lane_bias, residual_values[0, base : base + count],
-                                                  residual_spikes[n, base : base + count], membrane, theta, fired)
+                                        integrate_graded(values, lane_bias, residual_values[0, base : base + count],
+                                                         residual_spikes[n, base : base + count], membrane, theta,
+                                                         fired)
                                     else:  # currents channels-last, like the spikes
                                         row = n if kind == ResidualKind.CURRENT else first_sample + s
                                         currents_of = residual_values[row if currents else 0, base : base + count]
-                                        integrate(kind, values, lane_bias, currents_of, currents_of, membrane, theta,
-                                                  fired)
+                                        integrate_current(kind, values, lane_bias, currents_of, membrane, theta,
+                                                          fired)
                 else:
                     for oy in range(out_h):
                         for ox in range(out_w):
@@ -345,16 +361,18 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                     fired = out_spikes[n, out : out + lanes]
                                     block_bias = bias[first : first + lanes]
                                     if projection:
-                                        integrate(kind, values, block_bias, shortcut_values,
-                                                  shortcut_bias[first : first + lanes], membrane, theta, fired)
+                                        integrate_shortcut(values, block_bias, shortcut_values,
+                                                           shortcut_bias[first : first + lanes], membrane, theta,
+                                                           fired)
                                     elif kind == ResidualKind.GRADED:
-                                        integrate(kind, values, block_bias, residual_values[0, out : out + lanes],
-                                                  residual_spikes[n, out : out + lanes], membrane, theta, fired)
+                                        integrate_graded(values, block_bias, residual_values[0, out : out + lanes],
+                                                         residual_spikes[n, out : out + lanes], membrane, theta,
+                                                         fired)
                                     else:
                                         row = n if kind == ResidualKind.CURRENT else first_sample + s
                                         currents_of = residual_values[row if currents else 0, out : out + lanes]
-                                        integrate(kind, values, block_bias, currents_of, currents_of, membrane, theta,
-                                                  fired)
+                                        integrate_current(kind, values, block_bias, currents_of, membrane, theta,
+                                                          fired)
             for s in range(samples):
                 for c in range(chunk):
                     fired_total += group_spikes(out_spikes[(t0 + c) * batch + first_sample + s], out_channels,

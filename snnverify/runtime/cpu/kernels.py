@@ -76,7 +76,7 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
     channels-last [T·B, H·W·C]; so are θ and v[0]."""
     rows = timesteps * batch
     dtype = conv.bias.dtype  # the plan's: currents and membranes (W' may be narrower)
-    # (one accumulator type for both convs: a kernel compiled per mix would cost a minute each)
+    # (one accumulator type for both convs: a kernel compiled per mix would cost ~20 s each)
     if kind == ResidualKind.SHORTCUT and (residual.node.groups > 1 or conv.node.groups > 1
                                           or residual.weight.blocks.dtype != conv.weight.blocks.dtype):
         height, width, channels = residual.spikes.shape[1:]
