@@ -1,5 +1,7 @@
-"""Reference architectures: CIFAR-style ResNet-18 and ResNet-20, a small ResNet for CPUs, and
-torchvision's ResNet-18 as published (one ReLU module reused twice per block, a max-pool).
+"""Reference architectures: CIFAR-style ResNet-18 and ResNet-20, a small ResNet for CPUs,
+torchvision's ResNet-18 as published (one ReLU module reused twice per block, a max-pool), and
+two shapes without residual merges: a VGG with max-pools and a two-layer classifier, and a
+MobileNet-style stack of depthwise-separable blocks.
 
 All take ``num_classes`` and ``in_channels`` so that they fit any dataset in ``snnverify.data``.
 """
@@ -91,12 +93,43 @@ def torchvision_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Modu
     return model
 
 
+def vgg11(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """VGG-11's convolutions for small images (Simonyan & Zisserman 2015, configuration A, with
+    BatchNorm): 3x3 conv + BN + ReLU stages, the first four closed by a 2x2 max-pool; then a
+    global average pool and a two-layer classifier (512, 512, classes), so that the converted
+    network's first linear layer reads a pooled spike map."""
+    layers, channels = [], in_channels
+    for width in (64, "pool", 128, "pool", 256, 256, "pool", 512, 512, "pool", 512, 512):
+        if width == "pool":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            channels = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 512), nn.ReLU(),
+                         nn.Linear(512, num_classes))
+
+
+def mobilenet_small(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """A MobileNet-style network (Howard et al. 2017): a 32-channel stem, then five
+    depthwise-separable blocks — a 3x3 depthwise conv (one group per channel) + BN + ReLU, a 1x1
+    pointwise conv + BN + ReLU — to 64, 128 (strided), 128, 256 (strided) and 256 channels; a
+    global average pool and a linear layer."""
+    layers, channels = [nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()], 32
+    for width, stride in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1)):
+        layers += [nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False), nn.BatchNorm2d(channels),
+                   nn.ReLU(), nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        channels = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
 MODELS = {
     "small_resnet": small_resnet,
     "small_resnet_pooled": small_resnet_pooled,
     "resnet20": resnet20,
     "cifar_resnet18": cifar_resnet18,
     "torchvision_resnet18": torchvision_resnet18,
+    "vgg11": vgg11,
+    "mobilenet_small": mobilenet_small,
 }
 
 

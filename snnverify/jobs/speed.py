@@ -39,9 +39,10 @@ from snnverify.runtime import known_targets
 from snnverify.util import atomic_write, provenance
 
 #: model name -> input shape it is benchmarked on; in the pooled networks a stem's pool feeds
-#: the first convs with pooled spikes (torchvision_resnet18's max-pool swapped for an average pool)
+#: the first convs with pooled spikes (torchvision_resnet18's max-pool swapped for an average
+#: pool); vgg11's classifier reads a pooled spike map, mobilenet_small has depthwise convs
 SHAPES = {"small_resnet": (1, 28, 28), "small_resnet_pooled": (1, 28, 28), "cifar_resnet18": (3, 32, 32),
-          "torchvision_resnet18": (3, 32, 32)}
+          "torchvision_resnet18": (3, 32, 32), "vgg11": (3, 32, 32), "mobilenet_small": (3, 32, 32)}
 
 
 def converted(model: str, max_spikes: int = 1, seed: int = 0):

@@ -376,7 +376,7 @@ def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse):
     return _synapses(x, weight, bias, (node.stride, node.padding, node.dilation), out_shape)
 
 
-def _linear(x, weight, bias, events):
+def _linear(x, weight, bias, sparse):
     rows, features = x.shape
     out = _synapses(x.reshape(rows, features, 1, 1), weight, bias, ((1, 1), (0, 0), (1, 1)),
                     (rows, weight.shape[4], 1, 1))

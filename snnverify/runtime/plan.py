@@ -152,7 +152,7 @@ def build_plan(graph: g.SpikingGraph) -> Plan:
         sources = graph.inputs[name]
         op = Op(name, node, sources)
         if isinstance(node, (g.Conv2d, g.Linear)):
-            source = graph.nodes[sources[0]]
+            source = graph.nodes[unflattened(graph, sources[0])]
             weight = node.weight.astype(dtype)
             if binary_spikes(source):
                 op.events = op.sparse = True
@@ -181,6 +181,15 @@ def _channel_scaling(node: g.Conv2d | g.Linear) -> bool:
     as +0 does)."""
     return (isinstance(node, g.Conv2d) and node.weight.shape == (node.groups, 1, 1, 1) and node.stride == (1, 1)
             and node.padding == (0, 0) and (node.bias is None or not np.any(node.bias)))
+
+
+def unflattened(graph: g.SpikingGraph, name: str) -> str:
+    """The node whose values ``name`` holds: ``name``, or the node behind its Flatten nodes (a
+    reader of a flattened spike map takes the spikes as events, of a flattened pooled one its
+    nonzero values)."""
+    while isinstance(graph.nodes[name], g.Flatten):
+        (name,) = graph.inputs[name]
+    return name
 
 
 def binary_spikes(node: g.Node) -> bool:
@@ -277,7 +286,7 @@ class Kernels:
     #: [N, H·W·C], the order of the currents of an IF layer that a fused kernel reads, and
     #: ``input_last=True``: x [N, H, W, C] (a pool's map, see :func:`channels_last_pools`)
     conv2d: Callable
-    linear: Callable  # (x, weight, bias, events) -> out; ``events``: x is a spike map
+    linear: Callable  # (x [N, F], weight, bias, sparse) -> out; ``sparse`` as for conv2d
     #: (x, node, out_shape, amplitude) -> the pool's output: window sums of x, or with an
     #: amplitude per flattened neuron (x a spike map) of its graded spikes a·s, divided by the
     #: window area kH·kW (correctly rounded) unless the node is a SumPool2d; a table with
@@ -527,7 +536,7 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
                 out = kernels.conv2d(source.reshape(shape_in), weight, bias, node, (rows, *plan.shapes[op.name]),
                                      op.sparse, **layout)
             else:
-                out = kernels.linear(source.reshape(rows, -1), weight, bias, op.events)
+                out = kernels.linear(source.reshape(rows, -1), weight, bias, op.sparse)
             values[op.name] = Signal(out, temporal, channels_last=last)
         elif isinstance(node, g.AvgPool2d):  # SumPool2d too
             # a spike map is pooled with its amplitudes, its graded map a·s never stored
@@ -542,8 +551,10 @@ def execute(plan: Plan, kernels: Kernels, x: np.ndarray, timesteps: int, record:
             out = kernels.pool2d(pooled.reshape(shape_in), node, (rows, *plan.shapes[op.name]), source.amplitude,
                                  **layout)
             values[op.name] = Signal(out, temporal, channels_last=last)
-        elif isinstance(node, g.Flatten):
-            values[op.name] = Signal(analog(op.inputs[0]).reshape(rows, -1), temporal)
+        elif isinstance(node, g.Flatten):  # a spike map stays one, in the graph's order (C, H, W)
+            source = values[op.inputs[0]]
+            array = channels_first(op.inputs[0]) if source.amplitude is not None else analog(op.inputs[0])
+            values[op.name] = Signal(array.reshape(rows, -1), temporal, source.amplitude)
         elif isinstance(node, g.Add):
             terms = [(analog(name), values[name].temporal) for name in op.inputs]
             values[op.name] = Signal(add(terms, rows, plan.shapes[op.name]), temporal)

@@ -31,7 +31,8 @@ from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
 from snnverify.runtime.cpu.gather import spike_entries
 from snnverify.runtime.cpu.intrinsics import FLAG_LANES
-from snnverify.runtime.cpu.layouts import event_weights, events_layout
+from snnverify.jobs.speed import converted
+from snnverify.runtime.cpu.layouts import event_weights, events_layout, is_depthwise
 from snnverify.runtime.plan import (build_plan, channels_last_currents, channels_last_pools, execute,
                                    spike_maps_read_fused)
 from snnverify.strategies import spiking_graphs
@@ -282,6 +283,63 @@ def test_a_grouped_conv_with_a_projection_shortcut_is_fused_and_exact(comparison
     assert 0 < spikes["if2"].mean() < 1  # neither silent nor saturated
 
 
+@settings(max_examples=40, deadline=None)
+@given(channels=st.sampled_from([1, 3, 15, 16, 17, 32, 40, 64]), residual=st.sampled_from(["none", "spikes", "static",
+                                                                                           "current"]),
+       kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 2), dilation=st.integers(1, 2),
+       size=st.integers(1, 7), neurons=st.sampled_from(["firing", "tie", "silent", "saturating"]),
+       integer=st.booleans(), timesteps=st.integers(1, 8), seed=st.integers(0, 2**32 - 1))
+def test_a_fused_depthwise_conv_sums_over_its_channels_as_the_unfused_kernels(
+        comparison_log, channels, residual, kernel, stride, dilation, size, neurons, integer, timesteps, seed):
+    """IF(depthwise conv(spikes) [+ residual]) runs as the depthwise kernel: one vector op per
+    tap over 16 channels (and lane by lane for a last block of fewer), adding +0 for a silent
+    input, with each residual kind it takes (none, a spike map, a static current, and a
+    projection conv's currents, computed first since the conv has groups; a conv of one channel
+    has one group, and then the fused kernel takes it with its projection). Non-dyadic float32
+    weights, where any other order of the terms would show, and integers: spike for spike the
+    unfused dense kernels."""
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    if residual == "spikes":  # the merge needs the input's shape: stride 1, odd kernels, "same" padding
+        kernel, stride = (kernel[0] | 1, kernel[1] | 1), 1
+    padding = tuple(dilation * (k - 1) // 2 for k in kernel)
+    geometry = {"stride": stride, "padding": padding, "dilation": dilation}
+    size += dilation * (max(kernel) - 1)  # every kernel fits the map
+    theta = {"firing": np.abs(normal(channels)) + 0.1, "tie": rng.choice([0.25, 0.5, 1.0], channels),
+             "silent": np.full(channels, 1e4), "saturating": np.full(channels, 1 / 64)}[neurons].astype(np.float32)
+    nodes = {
+        "in": g.Input("in", shape=(2, size, size)),
+        "stem": g.Conv2d("stem", weight=normal(channels, 2, 3, 3), padding=1),
+        "if1": g.IF("if1", threshold=np.abs(normal(channels)) + 0.1),
+        "depthwise": g.Conv2d("depthwise", weight=normal(channels, 1, *kernel), groups=channels,
+                              bias=normal(channels) if rng.random() < 0.5 else None, **geometry),
+    }
+    inputs = {"stem": ["in"], "if1": ["stem"], "depthwise": ["if1"], "if2": ["depthwise"], "flat": ["if2"],
+              "out": ["flat"]}
+    if residual != "none":
+        inputs["if2"] = ["add"]
+        if residual == "spikes":
+            inputs["add"] = ["depthwise", "if1"]
+        else:  # a conv of the same geometry: of the input (static), of the spikes (currents)
+            nodes["other"] = g.Conv2d("other", weight=normal(channels, 2 if residual == "static" else channels, *kernel),
+                                      **geometry)
+            inputs["other"] = ["in" if residual == "static" else "if1"]
+            inputs["add"] = ["depthwise", "other"]
+        nodes["add"] = g.Add("add")
+    nodes.update({"if2": g.IF("if2", threshold=theta), "flat": g.Flatten("flat"), "out": g.Output("out")})
+    graph = g.SpikingGraph(nodes, inputs)
+    if integer:
+        graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
+    assert build_plan(graph).fusions["if2"].conv == "depthwise"
+    x = normal(2, 2, size, size) * 2
+    with mock.patch.object(cpu_kernels, "depthwise_if_kernel", wraps=cpu_kernels.depthwise_if_kernel) as kernel_runs:
+        fused_and_unfused(comparison_log, f"cpu fused vs unfused, {'integer' if integer else 'float32'} (depthwise)",
+                          graph, x, timesteps, note=lambda _: None)
+    # one channel: the conv has one group, as its projection does, so the fused kernel gathers both
+    assert kernel_runs.call_count == (0 if channels == 1 and residual == "current" else 1)
+    event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
+
+
 def test_every_block_of_a_resnet_is_fused(digits_case):
     """small_resnet: each block's first IF absorbs conv1; each block's second IF absorbs conv2
     and the merge, with the identity skip (a spike map) as residual or the strided projection
@@ -294,6 +352,22 @@ def test_every_block_of_a_resnet_is_fused(digits_case):
     absorbed = {name for fusion in fused.values() for name in fusion.absorbed}
     convs = [name for name, node in plan.graph.nodes.items() if isinstance(node, g.Conv2d)]
     assert [c for c in convs if c not in absorbed] == convs[:1]  # the stem, fed by the static input
+
+
+@pytest.mark.parametrize("model", ["vgg11", "mobilenet_small"])
+def test_every_layer_of_the_shapes_without_merges_that_reads_spikes_skips_their_zeros(model):
+    """vgg11 and mobilenet_small, converted: every conv and linear layer but the stem reads a
+    spike map or a pooled one (flattened or not) and so runs sparse — vgg11's classifier reads
+    its global pool's map through a Flatten — and every conv but the stem is fused with its IF
+    layer; mobilenet_small's depthwise convs are all depthwise (the CPU's vector-per-tap kernel)."""
+    plan = build_plan(converted(model)[1])
+    synapses = [op for op in plan.ops if isinstance(op.node, (g.Conv2d, g.Linear))]
+    stem = synapses[0]
+    assert not stem.sparse and all(op.sparse for op in synapses[1:])
+    convs = [op.name for op in synapses[1:] if isinstance(op.node, g.Conv2d)]
+    assert sorted(fusion.conv for fusion in plan.fusions.values()) == sorted(convs)
+    depthwise = [name for name in convs if is_depthwise(plan.graph.nodes[name])]
+    assert len(depthwise) == (5 if model == "mobilenet_small" else 0)
 
 
 def test_the_pooled_small_resnet_fuses_its_pooled_conv_and_is_exact(comparison_log):
@@ -607,23 +681,29 @@ def test_the_dense_conv_sums_in_the_plans_order(channels, depthwise, kernel, str
     np.testing.assert_array_equal(out[finite].view(f"i{out.itemsize}"), expected[finite].view(f"i{out.itemsize}"))
 
 
-def test_the_plan_marks_exactly_the_convs_fed_by_pooled_spikes():
+def test_the_plan_marks_exactly_the_layers_fed_by_spikes_and_pooled_spikes():
     """conv1 reads pooled spikes (sparse, weights unfolded); conv2 reads the pooled input
-    current (dense); conv0 reads the input (dense); fc reads flattened spikes (a linear layer:
-    events only straight from an IF layer)."""
+    current (dense); conv0 reads the input (dense); fc reads flattened spikes (events, W·θ);
+    fc_pooled reads a flattened pooled spike map (sparse, its values bounded by the pool)."""
     ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
     nodes = [g.Input("input", shape=(1, 4, 4)), g.Conv2d("conv0", weight=ones(2, 1, 3, 3), padding=1),
              g.IF("if0", threshold=ones(2)), g.AvgPool2d("pool", kernel_size=2, stride=2),
              g.Conv2d("conv1", weight=ones(2, 2, 3, 3), padding=1), g.AvgPool2d("pool_in", kernel_size=2, stride=2),
-             g.Conv2d("conv2", weight=ones(2, 1, 3, 3), padding=1), g.Add("add"), g.IF("if1", threshold=ones(2)),
-             g.Flatten("flat"), g.Linear("fc", weight=ones(3, 8)), g.Output("output")]
+             g.Conv2d("conv2", weight=ones(2, 1, 3, 3), padding=1), g.Add("add"),
+             g.IF("if1", threshold=np.array([1.0, 3.0], np.float32)),
+             g.Flatten("flat"), g.Linear("fc", weight=ones(3, 8)), g.AvgPool2d("pool_out", kernel_size=2, stride=2),
+             g.Flatten("flat_pooled"), g.Linear("fc_pooled", weight=ones(3, 2)), g.Add("logits"), g.Output("output")]
     inputs = {"input": [], "conv0": ["input"], "if0": ["conv0"], "pool": ["if0"], "conv1": ["pool"],
               "pool_in": ["input"], "conv2": ["pool_in"], "add": ["conv1", "conv2"], "if1": ["add"],
-              "flat": ["if1"], "fc": ["flat"], "output": ["fc"]}
+              "flat": ["if1"], "fc": ["flat"], "pool_out": ["if1"], "flat_pooled": ["pool_out"],
+              "fc_pooled": ["flat_pooled"], "logits": ["fc", "fc_pooled"], "output": ["logits"]}
     plan = build_plan(g.SpikingGraph({node.name: node for node in nodes}, inputs))
     marks = {op.name: (op.events, op.sparse) for op in plan.ops if isinstance(op.node, (g.Conv2d, g.Linear))}
-    assert marks == {"conv0": (False, False), "conv1": (False, True), "conv2": (False, False), "fc": (False, False)}
+    assert marks == {"conv0": (False, False), "conv1": (False, True), "conv2": (False, False), "fc": (True, True),
+                     "fc_pooled": (False, True)}
     np.testing.assert_array_equal(by_name(plan, "conv1").weight, ones(2, 2, 3, 3))  # W, not W·θ
+    np.testing.assert_array_equal(by_name(plan, "fc").weight, np.repeat([[1.0, 3.0]], 4, axis=1).repeat(3, axis=0))
+    assert by_name(plan, "fc_pooled").input_peak == 3.0  # max θ; an average is no larger than its inputs
 
 
 def chain(nodes) -> g.SpikingGraph:

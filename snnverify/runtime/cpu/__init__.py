@@ -13,8 +13,8 @@ One file per job:
 - ``intrinsics``: the LLVM intrinsics the event kernels are built from
 - ``layouts``: W' in blocks of output channels, as the gathers read it
 - ``gather``: spike lists and the gathers (the event kernels' inner loops)
-- ``events``: the event-driven conv kernel and the fused IF(conv(spikes) [+ residual]) kernel
-- ``dense``: dense convs and linear layers, event-driven linear layers, pooling, IF, adds
+- ``events``: the event-driven conv kernel (linear layers run as 1×1 convs) and the fused IF(conv(spikes) [+ residual]) kernel
+- ``dense``: dense convs, pooling, IF, adds
 - ``transpose``: spike maps between channels-first and channels-last
 - ``kernels``: the host functions and the kernel table :data:`CPU_KERNELS`
 """

@@ -1,5 +1,5 @@
-"""The CPU's per-element kernels: dense convs and linear layers (inputs that are not spikes),
-event-driven linear layers, sum pooling, the IF layer, graded spikes and the residual add.
+"""The CPU's per-element kernels: dense convs (inputs that are not spikes; linear layers run as
+1×1 convs), sum pooling, the IF layer, graded spikes and the residual add.
 
 Every sum runs in the order of :mod:`snnverify.runtime.plan` (kernel row, kernel column, input
 channel, bias last), the CUDA kernels' order, so float32 results agree bit for bit.
@@ -132,33 +132,6 @@ def store_row(out, n, first, lanes, oy, row_sums, bias):
     for k in range(lanes):
         for ox in range(out.shape[3]):
             out[n, first + k, oy, ox] = row_sums[ox, k] + bias[first + k]
-
-
-@njit(parallel=True, cache=True)
-def linear_dense_kernel(x, w, bias, zero, out):
-    """out[n, o] = Σ_j w[o, j]·x[n, j] + bias[o], j ascending."""
-    rows, outputs = out.shape
-    for job in prange(rows * outputs):
-        n, o = job // outputs, job % outputs
-        acc = zero
-        for j in range(x.shape[1]):
-            acc += w[o, j] * x[n, j]
-        out[n, o] = acc + bias[o]
-
-
-@njit(parallel=True, cache=True)
-def linear_events_kernel(spikes, w, bias, out):
-    """out[n, o] = Σ_{j spiking} w'[o, j] + bias[o], j ascending: the dense sums without the
-    silent inputs' zero products."""
-    rows, outputs = out.shape
-    for n in prange(rows):
-        out[n] = 0
-        for j in range(spikes.shape[1]):
-            if spikes[n, j]:
-                for o in range(outputs):
-                    out[n, o] += w[o, j]
-        for o in range(outputs):
-            out[n, o] += bias[o]
 
 
 #: output columns from which a pool sums whole output rows at once (below, window by window)

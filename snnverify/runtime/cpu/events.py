@@ -16,8 +16,8 @@ from numba import carray, njit, prange
 
 from snnverify.runtime.cpu.gather import (gather, gather_packed, map_entries, map_values, nonzero_entries, row_of,
                                          spike_entries)
-from snnverify.runtime.cpu.intrinsics import stack_buffer
-from snnverify.runtime.cpu.layouts import WIDE, block, block_count
+from snnverify.runtime.cpu.intrinsics import add_spiking_vector, stack_buffer
+from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
 from snnverify.runtime.plan import ResidualKind
 
 #: Steps whose spike lists a fused kernel builds at once: each weight row it loads then serves
@@ -393,3 +393,87 @@ def group_spikes(row, channels, first, size):
             for i in range(base, base + size):
                 total += row[i]
     return total
+
+
+@njit(parallel=True, cache=True)
+def depthwise_if_kernel(spikes, in_hw, weights, kernel_hw, geometry, bias, residual, neurons, timesteps, batch, workers,
+                        out_spikes, counts):
+    """IF(depthwise conv(spikes) [+ residual]), the fused kernel of a depthwise conv (each output
+    channel reads its own input channel; see :func:`~snnverify.runtime.cpu.layouts.is_depthwise`):
+    its spikes to ``out_spikes`` [T·B, H·W·C] and their number, per worker, to ``counts``.
+
+    A neuron (c, y, x) has one term per tap, Σ = Σ_{ky, kx} W'[c, ky, kx]·s[c, y·s − p + ky·d,
+    …] over the taps (ascending) inside the input: the gather's terms in its order. Its lanes
+    are the channels of one position, as a channels-last map holds them, so a tap is one
+    vector op per 16 channels over ``weights`` [kH·kW, C] (:func:`~snnverify.runtime.cpu.layouts.depthwise_layout`)
+    whatever the spikes: a silent input adds w·0 = ±0, which leaves a sum from +0 unchanged (it
+    is never −0), as skipping it does. The IF update and the residual are those of
+    :func:`conv2d_events_if_kernel` (``residual.kind`` NONE, CURRENT, STATIC or GRADED). The
+    fused kernel's gathers, per group of one channel, would use one lane in 16 and read the
+    map once per channel. A job is one sample, all its steps in turn."""
+    # (jobs handed out as in conv2d_events_if_kernel; tuples unpacked before the parallel loop)
+    kind, residual_values, residual_spikes = residual
+    threshold, v0, out_hw = neurons
+    for worker in prange(workers):
+        depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias,
+                         FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
+                         timesteps, batch, np.int64(worker), workers, out_spikes, counts)
+
+
+@njit(error_model="numpy")
+def depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias, residual, neurons, timesteps, batch, worker,
+                     workers, out_spikes, counts):
+    """The samples of :func:`depthwise_if_kernel` that fall to parallel worker ``worker``:
+    ``worker``, ``worker`` + workers, …; ``counts[worker]`` = the spikes they wrote."""
+    kind, residual_values, residual_spikes = residual
+    threshold, v0, (out_h, out_w) = neurons
+    in_h, in_w = in_hw
+    kernel_h, kernel_w = kernel_hw
+    stride_y, stride_x, pad_y, pad_x, dilation_y, dilation_x = geometry
+    channels = bias.shape[0]
+    currents = kind == ResidualKind.CURRENT or kind == ResidualKind.STATIC
+    initial, thresholds = v0.reshape(-1), threshold.reshape(-1)
+    v = np.empty(initial.shape[0], v0.dtype)  # scratch, once per worker and call
+    flat = weights.reshape(-1)
+    fired_total = 0
+    for sample in range(worker, batch, workers):
+        for i in range(v.shape[0]):
+            v[i] = initial[i]
+        for t in range(timesteps):
+            n = t * batch + sample
+            inputs = spikes[n]
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    for first in range(0, channels, NARROW):
+                        lanes = min(NARROW, channels - first)
+                        acc = stack_buffer(weights, NARROW)  # in W's type, as the gathers sum
+                        values = carray(acc, NARROW)
+                        for k in range(NARROW):
+                            values[k] = 0
+                        for ky in range(kernel_h):
+                            iy = oy * stride_y - pad_y + ky * dilation_y
+                            if iy < 0 or iy >= in_h:
+                                continue
+                            for kx in range(kernel_w):
+                                ix = ox * stride_x - pad_x + kx * dilation_x
+                                if ix < 0 or ix >= in_w:
+                                    continue
+                                tap, source = ky * kernel_w + kx, (iy * in_w + ix) * channels + first
+                                if lanes == NARROW:
+                                    add_spiking_vector(acc, flat, tap * channels + first, inputs, source, NARROW)
+                                else:  # a last block of fewer channels: lane by lane
+                                    for k in range(lanes):
+                                        values[k] += weights[tap, first + k] * inputs[source + k]
+                        out = (oy * out_w + ox) * channels + first
+                        membrane, theta = v[out : out + lanes], thresholds[out : out + lanes]
+                        fired = out_spikes[n, out : out + lanes]
+                        if kind == ResidualKind.GRADED:
+                            integrate_graded(values, bias[first : first + lanes], residual_values[0, out : out + lanes],
+                                             residual_spikes[n, out : out + lanes], membrane, theta, fired)
+                        else:
+                            row = n if kind == ResidualKind.CURRENT else sample
+                            currents_of = residual_values[row if currents else 0, out : out + lanes]
+                            integrate_current(kind, values, bias[first : first + lanes], currents_of, membrane, theta,
+                                              fired)
+            fired_total += group_spikes(out_spikes[n], channels, 0, channels)
+    counts[worker] = fired_total

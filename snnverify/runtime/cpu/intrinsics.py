@@ -196,3 +196,33 @@ def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
         return context.get_dummy_value()
 
     return types.none(acc, weights, offset, value, lanes), codegen
+
+
+@intrinsic
+def add_spiking_vector(typingctx, acc, weights, offset, flags, flag_offset, lanes):
+    """acc[i] += weights[offset + i] where flags[flag_offset + i] (linear indices into C-contiguous
+    arrays, boolean flags) is true, and += 0 where it is not, for i < ``lanes`` (a constant): one
+    vector select and add (see :func:`add_vector`). Adding +0 leaves a sum from +0 unchanged,
+    as it is never −0, so this is the sum of the spiking inputs' weights alone."""
+    if not isinstance(lanes, types.IntegerLiteral) or flags.dtype != types.boolean:
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        acc_pointer, weight_array, first, flag_array, flag_first, _ = args
+        element_type = signature.args[1].dtype
+        vector = ir.VectorType(context.get_value_type(element_type), count)
+        flag_vector = ir.VectorType(ir.IntType(8), count)
+        weight_data = _data(context, builder, signature.args[1], weight_array)
+        flag_data = _data(context, builder, signature.args[3], flag_array)
+        values = builder.load(builder.bitcast(builder.gep(weight_data, [first]), vector.as_pointer()), align=1)
+        loaded = builder.load(builder.bitcast(builder.gep(flag_data, [flag_first]), flag_vector.as_pointer()), align=1)
+        mask = builder.icmp_unsigned("!=", loaded, ir.Constant(flag_vector, [0] * count))
+        selected = builder.select(mask, values, ir.Constant(vector, [0] * count))
+        target = builder.bitcast(acc_pointer, vector.as_pointer())
+        total = builder.load(target, align=1)
+        builder.store(builder.fadd(total, selected) if element_type in types.real_domain else builder.add(total, selected),
+                      target, align=1)
+        return context.get_dummy_value()
+
+    return types.none(acc, weights, offset, flags, flag_offset, lanes), codegen

@@ -13,12 +13,11 @@ from numba import get_num_threads
 
 from snnverify import graph as g
 from snnverify.runtime import buffers
-from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, if_layer_kernel, linear_dense_kernel,
-                                         linear_events_kernel, pool2d_kernel, scale_channels_kernel,
-                                         spike_pool2d_kernel, spike_pool2d_last_kernel)
+from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, if_layer_kernel, pool2d_kernel,
+                                         scale_channels_kernel, spike_pool2d_kernel, spike_pool2d_last_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
-                                          conv2d_events_if_kernel, conv2d_sparse_kernel)
-from snnverify.runtime.cpu.layouts import EventWeights, event_weights, events_layout
+                                          conv2d_events_if_kernel, conv2d_sparse_kernel, depthwise_if_kernel)
+from snnverify.runtime.cpu.layouts import EventWeights, event_weights, events_layout, is_depthwise
 from snnverify.runtime.cpu.transpose import to_channels_first, to_channels_last
 from snnverify.runtime.plan import EventConv, Kernels, Op, ResidualKind, Signal
 
@@ -42,16 +41,22 @@ def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse, channels_last=Fa
     """``weight`` is :class:`~snnverify.runtime.cpu.layouts.EventWeights` when ``sparse``, else
     W in :func:`~snnverify.runtime.cpu.layouts.events_layout`; a sparse conv only:
     ``channels_last``, out [N, H·W·C]; ``input_last``, x [N, H, W, C] (else [N, C, H, W])."""
+    return _synapses(x, weight, bias, node.weight.shape[2:], _geometry(node), out_shape, sparse, channels_last,
+                     input_last)
+
+
+def _synapses(x, weight, bias, kernel_hw, geometry, out_shape, sparse, channels_last=False, input_last=False):
+    """The conv of :func:`_conv2d`, given its kernel size and geometry."""
     if sparse:  # the sums in the plan's type (W' may be narrower, see accumulator_dtype)
         rows, channels, height, width = out_shape
         out = buffers.empty((rows, height, width, channels) if channels_last else out_shape, bias.dtype)
-        conv2d_sparse_kernel(x, input_last, weight.blocks, weight.packed, weight.pack, node.weight.shape[2:], bias,
-                             _geometry(node), _workers(), channels_last, out)
+        conv2d_sparse_kernel(x, input_last, weight.blocks, weight.packed, weight.pack, kernel_hw, bias, geometry,
+                             _workers(), channels_last, out)
         if channels_last:
             return out.reshape(rows, -1)
     else:
         out = buffers.empty(out_shape, weight.dtype)
-        conv2d_dense_kernel(x, weight, node.weight.shape[2:], bias, _geometry(node), _workers(), out)
+        conv2d_dense_kernel(x, weight, kernel_hw, bias, geometry, _workers(), out)
     return out
 
 
@@ -72,7 +77,8 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
     conv may read a pooled spike map instead, float32, and gathers its nonzero values): its
     spikes and their number. A SHORTCUT conv is computed inside when both convs have one group
     and gather in one type (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`), else
-    beforehand by :func:`_conv2d` and added as a CURRENT. Spike maps, read and written, are
+    beforehand by :func:`_conv2d` and added as a CURRENT. A depthwise conv of spikes runs as
+    :func:`~snnverify.runtime.cpu.events.depthwise_if_kernel`. Spike maps, read and written, are
     channels-last [T·B, H·W·C]; so are θ and v[0]."""
     rows = timesteps * batch
     dtype = conv.bias.dtype  # the plan's: currents and membranes (W' may be narrower)
@@ -94,14 +100,20 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
         values = residual.array.reshape(residual.array.shape[0], -1)
         if not residual.channels_last:
             values = to_channels_last(values, out_shape)
+    out, counts = buffers.empty((rows, threshold.shape[0]), np.bool_), np.empty(_workers(), np.int64)
+    neurons = FusedNeurons(threshold.reshape(-1, out_shape[0]), initial.reshape(-1, out_shape[0]), tuple(out_shape[1:]))
+    if is_depthwise(conv.node) and conv.spikes.dtype == np.bool_ and kind != ResidualKind.SHORTCUT:
+        spikes = conv.spikes
+        depthwise_if_kernel(spikes.reshape(rows, -1), spikes.shape[1:3], conv.weight.depthwise, conv.node.weight.shape[2:],
+                            _geometry(conv.node), conv.bias, FusedResidual(int(kind), values, residual_spikes), neurons,
+                            timesteps, batch, _workers(), out, counts)
+        return out, int(counts.sum())
     map_size = math.prod(conv.spikes.shape[1:]) // conv.node.groups
     if kind == ResidualKind.SHORTCUT:
         map_size += math.prod(shortcut.spikes.shape[1:])
     tile = _samples_per_job(batch, conv.node.groups, map_size)
     # adjacent positions packed into one block when both convs allow it
     pack = conv.weight.pack if kind != ResidualKind.SHORTCUT or residual.weight.pack == conv.weight.pack else 1
-    out, counts = buffers.empty((rows, threshold.shape[0]), np.bool_), np.empty(_workers(), np.int64)
-    neurons = FusedNeurons(threshold.reshape(-1, out_shape[0]), initial.reshape(-1, out_shape[0]), tuple(out_shape[1:]))
     conv2d_events_if_kernel(_fused_conv(conv), shortcut, FusedResidual(int(kind), values, residual_spikes), neurons,
                             Schedule(timesteps, batch, tile, _workers(), pack), out, counts)
     return out, int(counts.sum())
@@ -129,13 +141,24 @@ def _evenest_tile(batch: int, groups: int, most: int, workers: int) -> int:
     return min(range(most, 0, -1), key=busiest)
 
 
-def _linear(x, weight, bias, events):
-    out = buffers.empty((x.shape[0], weight.shape[0]), weight.dtype)
-    if events:
-        linear_events_kernel(x, weight, bias, out)
-    else:
-        linear_dense_kernel(x, weight, bias, weight.dtype.type(0), out)
-    return out
+#: kernel size and geometry of :func:`as_pointwise_conv`'s conv
+_POINTWISE = (1, 1), (1, 1, 0, 0, 1, 1)
+
+
+def as_pointwise_conv(node: g.Linear) -> g.Conv2d:
+    """A linear layer as the 1×1 conv of a 1×1 map of its input features (as the GPU runs it):
+    the same terms, input j ascending, bias last, so the same sums; the conv kernels put their
+    vector lanes over the outputs and, for a mostly zero input, add its nonzero terms only."""
+    outputs, features = node.weight.shape
+    return g.Conv2d(node.name, weight=node.weight.reshape(outputs, features, 1, 1), bias=node.bias)
+
+
+def _linear(x, weight, bias, sparse):
+    rows, features = x.shape
+    shape = (rows, 1, 1, features) if sparse else (rows, features, 1, 1)  # the same memory: input_last or not
+    out = _synapses(x.reshape(shape), weight, bias, *_POINTWISE, (rows, bias.shape[0], 1, 1), sparse,
+                    input_last=sparse)
+    return out.reshape(rows, -1)
 
 
 def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False, input_last=False):
@@ -200,10 +223,12 @@ def _add_into(total, x, temporal, batch):
 def _weight_layout(op: Op) -> np.ndarray | EventWeights:
     """Weights as the CPU kernels read them: a sparse conv's
     :func:`~snnverify.runtime.cpu.layouts.event_weights`, a dense conv's
-    :func:`~snnverify.runtime.cpu.layouts.events_layout`, a linear layer's as stored."""
-    if isinstance(op.node, g.Conv2d):
-        return event_weights(op.weight, op.node, op.input_peak) if op.sparse else events_layout(op.weight, op.node)
-    return op.weight
+    :func:`~snnverify.runtime.cpu.layouts.events_layout`; a linear layer's those of
+    :func:`as_pointwise_conv`."""
+    node, weight = op.node, op.weight
+    if isinstance(node, g.Linear):
+        node, weight = as_pointwise_conv(node), weight.reshape(*weight.shape, 1, 1)
+    return event_weights(weight, node, op.input_peak) if op.sparse else events_layout(weight, node)
 
 
 CPU_KERNELS = Kernels(

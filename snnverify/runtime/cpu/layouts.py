@@ -50,6 +50,8 @@ class EventWeights(NamedTuple):
     blocks: np.ndarray  #: :func:`events_layout`
     packed: np.ndarray  #: :func:`packed_layout` when ``pack`` > 1, else a placeholder
     pack: int  #: output positions gathered at once (:func:`~snnverify.runtime.cpu.gather.gather_packed`), 1 = none
+    #: a depthwise conv's :func:`depthwise_layout`, else a placeholder
+    depthwise: np.ndarray
 
 
 def accumulator_dtype(weight: np.ndarray, input_peak: float = 1.0, limit: int = np.iinfo(np.int32).max) -> np.dtype:
@@ -68,14 +70,32 @@ def accumulator_dtype(weight: np.ndarray, input_peak: float = 1.0, limit: int = 
 
 
 def event_weights(weight: np.ndarray, node: g.Conv2d, input_peak: float) -> EventWeights:
-    """Both layouts of W', in :func:`accumulator_dtype` for inputs no larger than
+    """The layouts of W', in :func:`accumulator_dtype` for inputs no larger than
     ``input_peak``. Positions are packed when C_out is 16 or 32 (so 4 or 2 positions fill a
     block), with one group and unit column dilation."""
     weight = weight.astype(accumulator_dtype(weight, input_peak), copy=False)
     out_channels = weight.shape[0]
     pack = WIDE // out_channels if out_channels in (16, 32) and node.groups == 1 and node.dilation[1] == 1 else 1
-    packed = packed_layout(weight, node.stride[1], pack) if pack > 1 else np.zeros((1, 1), weight.dtype)
-    return EventWeights(events_layout(weight, node), packed, pack)
+    placeholder = np.zeros((1, 1), weight.dtype)
+    packed = packed_layout(weight, node.stride[1], pack) if pack > 1 else placeholder
+    return EventWeights(events_layout(weight, node), packed, pack,
+                        depthwise_layout(weight) if is_depthwise(node) else placeholder)
+
+
+def is_depthwise(node: g.Conv2d) -> bool:
+    """Whether each output channel reads the one input channel of the same index (groups = C_in
+    = C_out)."""
+    return node.weight.shape[1] == 1 and node.groups == node.weight.shape[0]
+
+
+def depthwise_layout(weight: np.ndarray) -> np.ndarray:
+    """A depthwise conv's W' [C, 1, kH, kW] as [kH·kW, C]: per tap, the weights of all channels
+    side by side, as a channels-last spike map holds a position's inputs (see
+    :func:`~snnverify.runtime.cpu.events.depthwise_if_kernel`)."""
+    channels = weight.shape[0]
+    layout = aligned_zeros((weight.shape[2] * weight.shape[3], channels), weight.dtype)
+    layout[:] = weight.reshape(channels, -1).T
+    return layout
 
 
 def packed_layout(weight: np.ndarray, stride: int, pack: int) -> np.ndarray:
