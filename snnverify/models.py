@@ -94,10 +94,9 @@ def torchvision_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Modu
 
 
 def vgg11(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
-    """VGG-11's convolutions for small images (Simonyan & Zisserman 2015, configuration A, with
-    BatchNorm): 3x3 conv + BN + ReLU stages, the first four closed by a 2x2 max-pool; then a
-    global average pool and a two-layer classifier (512, 512, classes), so that the converted
-    network's first linear layer reads a pooled spike map."""
+    """VGG-11 for small images (Simonyan & Zisserman 2015, configuration A, with BatchNorm): 3x3
+    conv + BN + ReLU stages, the first four closed by a 2x2 max-pool; a global average pool, then
+    VGG's classifier (4096, 4096, classes), whose first layer, converted, reads a pooled spike map."""
     layers, channels = [], in_channels
     for width in (64, "pool", 128, "pool", 256, 256, "pool", 512, 512, "pool", 512, 512):
         if width == "pool":
@@ -105,8 +104,8 @@ def vgg11(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
         else:
             layers += [nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
             channels = width
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 512), nn.ReLU(),
-                         nn.Linear(512, num_classes))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 4096), nn.ReLU(),
+                         nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes))
 
 
 def mobilenet_small(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:

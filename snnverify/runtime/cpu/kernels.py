@@ -155,10 +155,22 @@ def as_pointwise_conv(node: g.Linear) -> g.Conv2d:
 
 def _linear(x, weight, bias, sparse):
     rows, features = x.shape
-    shape = (rows, 1, 1, features) if sparse else (rows, features, 1, 1)  # the same memory: input_last or not
-    out = _synapses(x.reshape(shape), weight, bias, *_POINTWISE, (rows, bias.shape[0], 1, 1), sparse,
-                    input_last=sparse)
+    if not sparse:
+        out = _synapses(x.reshape(rows, features, 1, 1), weight, bias, *_POINTWISE, (rows, bias.shape[0], 1, 1), False)
+        return out.reshape(rows, -1)
+    # the rows as the positions of channels-last maps, several to a map: a job (one map) reads
+    # each block of W' once for all its rows, not once per row (VGG's 4096 × 4096 layer is 64 MB)
+    per_job = _rows_per_job(rows)
+    out = _synapses(x.reshape(rows // per_job, per_job, 1, features), weight, bias, *_POINTWISE,
+                    (rows // per_job, bias.shape[0], per_job, 1), True, channels_last=True, input_last=True)
     return out.reshape(rows, -1)
+
+
+def _rows_per_job(rows: int, most: int = 128) -> int:
+    """Rows of a sparse linear layer per job: the largest divisor of ``rows`` up to ``most``
+    that still leaves every worker a job (1 when none does)."""
+    fitting = [d for d in range(1, min(most, rows) + 1) if rows % d == 0 and rows // d >= _workers()]
+    return max(fitting, default=1)
 
 
 def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False, input_last=False):
