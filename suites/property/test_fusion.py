@@ -354,6 +354,43 @@ def test_every_block_of_a_resnet_is_fused(digits_case):
     assert [c for c in convs if c not in absorbed] == convs[:1]  # the stem, fed by the static input
 
 
+@settings(max_examples=30, deadline=None)
+@given(outputs=st.sampled_from([1, 3, 16, 32, 64, 80]), source=st.sampled_from(["spikes", "flattened spikes",
+                                                                                "flattened pool"]),
+       channels=st.integers(1, 6), size=st.integers(2, 5), integer=st.booleans(), timesteps=st.integers(1, 8),
+       batch=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_a_linear_layer_runs_as_a_pointwise_conv_and_sums_as_the_dense_kernel(
+        comparison_log, outputs, source, channels, size, integer, timesteps, batch, seed):
+    """A linear layer reading a spike map (directly, or flattened from a conv's IF layer) or a
+    flattened pooled spike map runs as a 1×1 conv on the sparse kernel, its rows up to 128 to a
+    job; 16 or 32 outputs take the packed layout, 64 and 80 the blocks of 64 and 16 lanes.
+    Non-dyadic float32 and integers: spike for spike, and output for output, the unfused dense
+    kernels."""
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    features = channels * size * size
+    nodes = [g.Input("in", shape=(2, size, size)), g.Conv2d("stem", weight=normal(channels, 2, 3, 3), padding=1),
+             g.IF("if0", threshold=np.abs(normal(channels)) + 0.1)]
+    if source == "spikes":
+        nodes[1:] = [g.Flatten("flat"), g.Linear("hidden", weight=normal(features, 2 * size * size)),
+                     g.IF("if0", threshold=np.abs(normal(features)) + 0.1)]
+    elif source == "flattened pool":
+        nodes += [g.AvgPool2d("pool", kernel_size=2, stride=1)]
+        features = channels * (size - 1) ** 2
+    if source != "spikes":
+        nodes.append(g.Flatten("flat_spikes"))
+    nodes += [g.Linear("fc", weight=normal(outputs, features), bias=normal(outputs)),
+              g.IF("if1", threshold=np.abs(normal(outputs)) + 0.1), g.Output("out")]
+    graph = chain(nodes)
+    if integer:
+        graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
+    fc = by_name(build_plan(graph), "fc")
+    assert fc.sparse and fc.events == (source != "flattened pool")
+    x = normal(batch, 2, size, size) * 2
+    fused_and_unfused(comparison_log, f"cpu sparse vs dense linear layers, {'integer' if integer else 'float32'}",
+                      graph, x, timesteps, note=lambda _: None)
+
+
 @pytest.mark.parametrize("model", ["vgg11", "mobilenet_small"])
 def test_every_layer_of_the_shapes_without_merges_that_reads_spikes_skips_their_zeros(model):
     """vgg11 and mobilenet_small, converted: every conv and linear layer but the stem reads a
