@@ -503,7 +503,7 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
 
 
 #: run in a process that compiles for a CPU without AVX-512 (Haswell's features): spike lists of
-#: maps at every rate, against numpy's, and how the compress was made
+#: maps at every rate, against numpy's, compressed through the table of set lanes
 _SPIKE_LISTS_WITHOUT_AVX512 = """
 import numpy as np
 from snnverify.runtime.cpu.gather import spike_entries
@@ -524,10 +524,11 @@ print("ok")
 """
 
 
-def test_spike_lists_without_avx512_compress_to_memory_and_agree():
-    """On a CPU without AVX-512F the 16-channel compress goes straight to memory (LLVM expands
-    it into scalar code), storing only the spiking lanes; its lists are the same. Compiled for
-    Haswell's features in a process of its own (Numba takes the target CPU at start-up)."""
+def test_spike_lists_without_avx512_compress_through_a_table_and_agree():
+    """On a CPU without AVX-512F the 16-channel compress goes through a table of set lanes, 8
+    lanes at a time, and writes nothing past the 16 entries it owns; its lists are the same.
+    Compiled for Haswell's features in a process of its own (Numba takes the target CPU at
+    start-up)."""
     environment = {**os.environ, "NUMBA_CPU_NAME": "haswell",
                    "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+popcnt,+bmi,+bmi2,+sse4.2"}
     result = subprocess.run([sys.executable, "-c", _SPIKE_LISTS_WITHOUT_AVX512], env=environment,

@@ -403,14 +403,15 @@ def depthwise_if_kernel(spikes, in_hw, weights, kernel_hw, geometry, bias, resid
     its spikes to ``out_spikes`` [T·B, H·W·C] and their number, per worker, to ``counts``.
 
     A neuron (c, y, x) has one term per tap, Σ = Σ_{ky, kx} W'[c, ky, kx]·s[c, y·s − p + ky·d,
-    …] over the taps (ascending) inside the input: the gather's terms in its order. Its lanes
-    are the channels of one position, as a channels-last map holds them, so a tap is one
-    vector op per 16 channels over ``weights`` [kH·kW, C] (:func:`~snnverify.runtime.cpu.layouts.depthwise_layout`)
-    whatever the spikes: a silent input adds w·0 = ±0, which leaves a sum from +0 unchanged (it
-    is never −0), as skipping it does. The IF update and the residual are those of
-    :func:`conv2d_events_if_kernel` (``residual.kind`` NONE, CURRENT, STATIC or GRADED). The
-    fused kernel's gathers, per group of one channel, would use one lane in 16 and read the
-    map once per channel. A job is one sample, all its steps in turn."""
+    …] over the taps (ascending) inside the input: the gather's terms in its order. A row of
+    output positions is summed at once, channels-last as the maps hold it: per tap, each
+    position's channels take one vector select-and-add per 16 over ``weights`` [kH·kW, C]
+    (:func:`~snnverify.runtime.cpu.layouts.depthwise_layout`) whatever the spikes, as a silent
+    input adds w·0 = ±0, which leaves a sum from +0 unchanged (it is never −0), as skipping it
+    does. Then the row's IF update, the residual and IF update of
+    :func:`conv2d_events_if_kernel` (``residual.kind`` NONE, CURRENT, STATIC or GRADED), over
+    all its neurons in one loop. The fused kernel's gathers, per group of one channel, would use
+    one lane in 16 and read the map once per channel. A job is one sample, all its steps in turn."""
     # (jobs handed out as in conv2d_events_if_kernel; tuples unpacked before the parallel loop)
     kind, residual_values, residual_spikes = residual
     threshold, v0, out_hw = neurons
@@ -431,9 +432,14 @@ def depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias, residual
     kernel_h, kernel_w = kernel_hw
     stride_y, stride_x, pad_y, pad_x, dilation_y, dilation_x = geometry
     channels = bias.shape[0]
+    vectors = channels - channels % NARROW  # channels summed 16 at a time; the rest lane by lane
+    span = out_w * channels  # the neurons of one output row
     currents = kind == ResidualKind.CURRENT or kind == ResidualKind.STATIC
     initial, thresholds = v0.reshape(-1), threshold.reshape(-1)
-    v = np.empty(initial.shape[0], v0.dtype)  # scratch, once per worker and call
+    # scratch, once per worker and call: membranes, a row's sums, the bias per neuron of a row
+    v, acc, row_bias = np.empty(initial.shape[0], v0.dtype), np.empty(span, weights.dtype), np.empty(span, bias.dtype)
+    for i in range(span):
+        row_bias[i] = bias[i % channels]
     flat = weights.reshape(-1)
     fired_total = 0
     for sample in range(worker, batch, workers):
@@ -443,37 +449,31 @@ def depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias, residual
             n = t * batch + sample
             inputs = spikes[n]
             for oy in range(out_h):
-                for ox in range(out_w):
-                    for first in range(0, channels, NARROW):
-                        lanes = min(NARROW, channels - first)
-                        acc = stack_buffer(weights, NARROW)  # in W's type, as the gathers sum
-                        values = carray(acc, NARROW)
-                        for k in range(NARROW):
-                            values[k] = 0
-                        for ky in range(kernel_h):
-                            iy = oy * stride_y - pad_y + ky * dilation_y
-                            if iy < 0 or iy >= in_h:
-                                continue
-                            for kx in range(kernel_w):
-                                ix = ox * stride_x - pad_x + kx * dilation_x
-                                if ix < 0 or ix >= in_w:
-                                    continue
-                                tap, source = ky * kernel_w + kx, (iy * in_w + ix) * channels + first
-                                if lanes == NARROW:
-                                    add_spiking_vector(acc, flat, tap * channels + first, inputs, source, NARROW)
-                                else:  # a last block of fewer channels: lane by lane
-                                    for k in range(lanes):
-                                        values[k] += weights[tap, first + k] * inputs[source + k]
-                        out = (oy * out_w + ox) * channels + first
-                        membrane, theta = v[out : out + lanes], thresholds[out : out + lanes]
-                        fired = out_spikes[n, out : out + lanes]
-                        if kind == ResidualKind.GRADED:
-                            integrate_graded(values, bias[first : first + lanes], residual_values[0, out : out + lanes],
-                                             residual_spikes[n, out : out + lanes], membrane, theta, fired)
-                        else:
-                            row = n if kind == ResidualKind.CURRENT else sample
-                            currents_of = residual_values[row if currents else 0, out : out + lanes]
-                            integrate_current(kind, values, bias[first : first + lanes], currents_of, membrane, theta,
-                                              fired)
+                for i in range(span):
+                    acc[i] = 0
+                for ky in range(kernel_h):
+                    iy = oy * stride_y - pad_y + ky * dilation_y
+                    if iy < 0 or iy >= in_h:
+                        continue
+                    for kx in range(kernel_w):
+                        # the columns ox whose input column ix = ox·s − shift lies inside the map
+                        shift = pad_x - kx * dilation_x
+                        first_ox, end_ox = max(0, -(-shift // stride_x)), min(out_w, (in_w - 1 + shift) // stride_x + 1)
+                        tap = ky * kernel_w + kx
+                        for ox in range(first_ox, end_ox):
+                            source, target = (iy * in_w + ox * stride_x - shift) * channels, ox * channels
+                            for c in range(0, vectors, NARROW):
+                                add_spiking_vector(acc, target + c, flat, tap * channels + c, inputs, source + c, NARROW)
+                            for c in range(vectors, channels):
+                                acc[target + c] += weights[tap, c] * inputs[source + c]
+                out = oy * span
+                membrane, theta, fired = v[out : out + span], thresholds[out : out + span], out_spikes[n, out : out + span]
+                if kind == ResidualKind.GRADED:
+                    integrate_graded(acc, row_bias, residual_values[0, out : out + span],
+                                     residual_spikes[n, out : out + span], membrane, theta, fired)
+                else:
+                    row = n if kind == ResidualKind.CURRENT else sample
+                    integrate_current(kind, acc, row_bias, residual_values[row if currents else 0, out : out + span],
+                                      membrane, theta, fired)
             fired_total += group_spikes(out_spikes[n], channels, 0, channels)
     counts[worker] = fired_total

@@ -75,9 +75,14 @@ def _compress_store(builder, vector, mask, target):
 
 def _set_lanes(builder, mask):
     """How many lanes of ``mask`` are set, as an int64."""
-    bits = ir.IntType(mask.type.count)
-    popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(bits, [bits]), f"llvm.ctpop.i{bits.width}")
-    return builder.zext(builder.call(popcount, [builder.bitcast(mask, bits)]), ir.IntType(64))
+    return _set_bits(builder, builder.bitcast(mask, ir.IntType(mask.type.count)))
+
+
+def _set_bits(builder, bits):
+    """How many bits of the integer ``bits`` are set, as an int64."""
+    popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(bits.type, [bits.type]),
+                                              f"llvm.ctpop.i{bits.type.width}")
+    return builder.zext(builder.call(popcount, [bits]), ir.IntType(64))
 
 
 def _data(context, builder, array_type, array):
@@ -97,8 +102,9 @@ def append_spiking(typingctx, entries, at, flags, offset, first_value):
     so at ≤ the flags read before these 16 suffices). The compress straight to memory
     (``llvm.masked.compressstore``, which stores only the k lanes) is slow on AMD Zen 4: the
     spike lists alone took 10–15× as long with it (asv ``SpikeLists``' loop, reports/speed).
-    Without AVX-512F, LLVM expands that masked compress-store into scalar code, which writes
-    the k lanes only."""
+    Without AVX-512F, LLVM expands that masked compress-store into 16 branches, one per lane,
+    which mispredict at spike rates between 0 and 1; so there each half of 8 lanes is
+    compressed through a table instead (:func:`_append_set_lanes`), under the same contract."""
     if entries != types.Array(types.int32, 1, "C") or flags.dtype != types.boolean:
         return None
     lanes = FLAG_LANES
@@ -110,10 +116,61 @@ def append_spiking(typingctx, entries, at, flags, offset, first_value):
         loaded = builder.load(builder.bitcast(builder.gep(flags_data, [offset]), flag_vector.as_pointer()), align=1)
         mask = builder.icmp_unsigned("!=", loaded, ir.Constant(flag_vector, [0] * lanes))
         target = builder.gep(_data(context, builder, signature.args[0], entries_array), [at])
+        if not compresses_in_registers():
+            return _append_set_lanes(builder, mask, first_value, target)
         _compress_store(builder, _first_plus_lanes(builder, first_value, lanes), mask, target)
         return _set_lanes(builder, mask)
 
     return types.int64(entries, at, flags, offset, first_value), codegen
+
+
+#: lanes one row of :func:`_set_lane_table` describes
+_TABLE_LANES = 8
+
+
+def _set_lane_table(module):
+    """The constant table [256 × 8] i8 of this module whose row m lists the set bits of m
+    ascending (then zeros): a compress of 8 lanes as one load."""
+    name = "snnverify_set_lanes"
+    table = module.globals.get(name)
+    if table is None:
+        i8 = ir.IntType(8)
+        row_type = ir.ArrayType(i8, _TABLE_LANES)
+        rows = []
+        for bits in range(1 << _TABLE_LANES):
+            lanes = [lane for lane in range(_TABLE_LANES) if bits >> lane & 1]
+            rows.append(ir.Constant(row_type, lanes + [0] * (_TABLE_LANES - len(lanes))))
+        table = ir.GlobalVariable(module, ir.ArrayType(row_type, 1 << _TABLE_LANES), name)
+        table.initializer = ir.Constant(table.type.pointee, rows)
+        table.global_constant = True
+        table.linkage = "internal"
+    return table
+
+
+def _append_set_lanes(builder, mask, first_value, target):
+    """target[0 : k] = first_value + i for the set lanes i of ``mask`` (16 lanes), ascending;
+    returns k. Per half of 8 lanes: its bits index :func:`_set_lane_table`, whose row, plus
+    first_value + the half's first lane, is stored whole (8 lanes) where the half's entries
+    begin — one load, one add and one store, no branch. Lanes from k to 16 get unspecified
+    values (the contract of :func:`append_spiking`)."""
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    row_vector, entry_vector = ir.VectorType(i8, _TABLE_LANES), ir.VectorType(i32, _TABLE_LANES)
+    table = _set_lane_table(builder.module)
+    bits = builder.bitcast(mask, ir.IntType(mask.type.count))
+    count = ir.Constant(i64, 0)
+    for half in range(mask.type.count // _TABLE_LANES):
+        half_bits = builder.trunc(builder.lshr(bits, ir.Constant(bits.type, half * _TABLE_LANES)), i8)
+        row = builder.gep(table, [ir.Constant(i64, 0), builder.zext(half_bits, i64)])
+        lanes = builder.zext(builder.load(builder.bitcast(row, row_vector.as_pointer()), align=1), entry_vector)
+        base = builder.add(builder.trunc(first_value, i32), ir.Constant(i32, half * _TABLE_LANES))
+        broadcast = builder.shuffle_vector(builder.insert_element(ir.Constant(entry_vector, ir.Undefined), base,
+                                                                  ir.Constant(i32, 0)),
+                                           ir.Constant(entry_vector, ir.Undefined),
+                                           ir.Constant(entry_vector, [0] * _TABLE_LANES))
+        builder.store(builder.add(broadcast, lanes),
+                      builder.bitcast(builder.gep(target, [count]), entry_vector.as_pointer()), align=4)
+        count = builder.add(count, _set_bits(builder, half_bits))
+    return count
 
 
 @intrinsic
@@ -199,30 +256,32 @@ def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
 
 
 @intrinsic
-def add_spiking_vector(typingctx, acc, weights, offset, flags, flag_offset, lanes):
-    """acc[i] += weights[offset + i] where flags[flag_offset + i] (linear indices into C-contiguous
-    arrays, boolean flags) is true, and += 0 where it is not, for i < ``lanes`` (a constant): one
-    vector select and add (see :func:`add_vector`). Adding +0 leaves a sum from +0 unchanged,
-    as it is never −0, so this is the sum of the spiking inputs' weights alone."""
-    if not isinstance(lanes, types.IntegerLiteral) or flags.dtype != types.boolean:
+def add_spiking_vector(typingctx, acc, acc_offset, weights, offset, flags, flag_offset, lanes):
+    """acc[acc_offset + i] += weights[offset + i] where flags[flag_offset + i] is true, and += 0
+    where it is not, for i < ``lanes`` (a constant; linear indices into C-contiguous arrays, ``acc``
+    of the weights' type, boolean flags): one vector select and add (see :func:`add_vector`).
+    Adding +0 leaves a sum from +0 unchanged, as it is never −0, so this is the sum of the
+    spiking inputs' weights alone."""
+    if not isinstance(lanes, types.IntegerLiteral) or flags.dtype != types.boolean or acc.dtype != weights.dtype:
         return None
     count = lanes.literal_value
 
     def codegen(context, builder, signature, args):
-        acc_pointer, weight_array, first, flag_array, flag_first, _ = args
-        element_type = signature.args[1].dtype
+        acc_array, acc_first, weight_array, first, flag_array, flag_first, _ = args
+        element_type = signature.args[2].dtype
         vector = ir.VectorType(context.get_value_type(element_type), count)
         flag_vector = ir.VectorType(ir.IntType(8), count)
-        weight_data = _data(context, builder, signature.args[1], weight_array)
-        flag_data = _data(context, builder, signature.args[3], flag_array)
+        weight_data = _data(context, builder, signature.args[2], weight_array)
+        flag_data = _data(context, builder, signature.args[4], flag_array)
         values = builder.load(builder.bitcast(builder.gep(weight_data, [first]), vector.as_pointer()), align=1)
         loaded = builder.load(builder.bitcast(builder.gep(flag_data, [flag_first]), flag_vector.as_pointer()), align=1)
         mask = builder.icmp_unsigned("!=", loaded, ir.Constant(flag_vector, [0] * count))
         selected = builder.select(mask, values, ir.Constant(vector, [0] * count))
-        target = builder.bitcast(acc_pointer, vector.as_pointer())
+        acc_data = _data(context, builder, signature.args[0], acc_array)
+        target = builder.bitcast(builder.gep(acc_data, [acc_first]), vector.as_pointer())
         total = builder.load(target, align=1)
         builder.store(builder.fadd(total, selected) if element_type in types.real_domain else builder.add(total, selected),
                       target, align=1)
         return context.get_dummy_value()
 
-    return types.none(acc, weights, offset, flags, flag_offset, lanes), codegen
+    return types.none(acc, acc_offset, weights, offset, flags, flag_offset, lanes), codegen
