@@ -503,10 +503,10 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
 
 
 #: run in a process that compiles for a CPU without AVX-512 (Haswell's features): spike lists of
-#: maps at every rate, against numpy's, compressed through the table of set lanes
+#: maps and of graded maps at every rate, against numpy's, compressed through the table of set lanes
 _SPIKE_LISTS_WITHOUT_AVX512 = """
 import numpy as np
-from snnverify.runtime.cpu.gather import spike_entries
+from snnverify.runtime.cpu.gather import nonzero_entries, spike_entries
 from snnverify.runtime.cpu.intrinsics import compresses_in_registers
 assert not compresses_in_registers()
 rng = np.random.default_rng(0)
@@ -520,15 +520,27 @@ for channels in (16, 20, 64):
         for p in range(9):
             expected = (p % 3) * channels + np.flatnonzero(spikes[p])
             assert (guarded[starts[p] : starts[p + 1]] == expected).all(), (channels, rate, p)
+        # a graded map (pooled spikes): nonzero values, −0 among the zeros, NaN and ∞ among the nonzero
+        graded = np.where(spikes, rng.choice(np.float32([0.25, -3.5, np.inf, np.nan]), spikes.shape),
+                          rng.choice(np.float32([0.0, -0.0]), spikes.shape)).astype(np.float32)
+        values = np.full(9 * channels + 16, -1, np.float32)
+        guarded[:] = -1
+        finite = nonzero_entries(graded, True, 0, channels, 3, guarded[: 9 * channels], values[: 9 * channels], starts)
+        assert (guarded[9 * channels :] == -1).all() and (values[9 * channels :] == -1).all()
+        assert finite == bool(np.isfinite(graded).all())
+        for p in range(9):
+            nonzero = np.flatnonzero(graded[p] != 0)
+            assert (guarded[starts[p] : starts[p + 1]] == (p % 3) * channels + nonzero).all(), (channels, rate, p)
+            np.testing.assert_array_equal(values[starts[p] : starts[p + 1]], graded[p, nonzero])
 print("ok")
 """
 
 
 def test_spike_lists_without_avx512_compress_through_a_table_and_agree():
     """On a CPU without AVX-512F the 16-channel compress goes through a table of set lanes, 8
-    lanes at a time, and writes nothing past the 16 entries it owns; its lists are the same.
-    Compiled for Haswell's features in a process of its own (Numba takes the target CPU at
-    start-up)."""
+    lanes at a time, and writes nothing past the 16 entries it owns; its lists are the same, and
+    so are a graded map's entries and values. Compiled for Haswell's features in a process of
+    its own (Numba takes the target CPU at start-up)."""
     environment = {**os.environ, "NUMBA_CPU_NAME": "haswell",
                    "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+popcnt,+bmi,+bmi2,+sse4.2"}
     result = subprocess.run([sys.executable, "-c", _SPIKE_LISTS_WITHOUT_AVX512], env=environment,

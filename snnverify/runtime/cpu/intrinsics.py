@@ -2,8 +2,9 @@
 
 Each one exists because Numba's own code for it is slower in a way LLVM cannot undo: a
 stack buffer LLVM keeps in vector registers (a heap array's allocation is opaque to it), one
-vector compress instead of 16 branches, and one vector add (or multiply, then add) where
-LLVM would unroll a short constant loop into scalar operations.
+vector compress (without AVX-512, a table lookup per 8 lanes) instead of 16 branches, and one
+vector add (or multiply, then add) where LLVM would unroll a short constant loop into scalar
+operations.
 """
 
 from __future__ import annotations
@@ -58,19 +59,14 @@ def _first_plus_lanes(builder, first_value, lanes):
 
 
 def _compress_store(builder, vector, mask, target):
-    """Store the lanes of ``vector`` where ``mask`` is set, in order, from ``target`` on; with
-    AVX-512F compressed within a register and all lanes stored (see :func:`append_spiking`)."""
+    """Store the lanes of ``vector`` where ``mask`` is set, in order, from ``target`` on: compressed
+    within a register (AVX-512F) and all lanes stored (see :func:`append_spiking`)."""
     vector_type, element = vector.type, vector.type.element
     name = f"v{vector_type.count}{'f32' if isinstance(element, ir.FloatType) else f'i{element.width}'}"
-    if compresses_in_registers():
-        compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector_type, [vector_type] * 2 + [mask.type]),
-                                                  f"llvm.x86.avx512.mask.compress.{name}")
-        packed = builder.call(compress, [vector, ir.Constant(vector_type, [0] * vector_type.count), mask])
-        builder.store(packed, builder.bitcast(target, vector_type.as_pointer()), align=4)
-    else:
-        store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            ir.VoidType(), [vector_type, element.as_pointer(), mask.type]), f"llvm.masked.compressstore.{name}")
-        builder.call(store, [vector, target, mask])
+    compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector_type, [vector_type] * 2 + [mask.type]),
+                                              f"llvm.x86.avx512.mask.compress.{name}")
+    packed = builder.call(compress, [vector, ir.Constant(vector_type, [0] * vector_type.count), mask])
+    builder.store(packed, builder.bitcast(target, vector_type.as_pointer()), align=4)
 
 
 def _set_lanes(builder, mask):
@@ -147,12 +143,14 @@ def _set_lane_table(module):
     return table
 
 
-def _append_set_lanes(builder, mask, first_value, target):
+def _append_set_lanes(builder, mask, first_value, target, source=None, value_target=None):
     """target[0 : k] = first_value + i for the set lanes i of ``mask`` (16 lanes), ascending;
-    returns k. Per half of 8 lanes: its bits index :func:`_set_lane_table`, whose row, plus
+    returns k; with ``source`` (a pointer to the 16 lanes' values), value_target[0 : k] = their
+    values too. Per half of 8 lanes: its bits index :func:`_set_lane_table`, whose row, plus
     first_value + the half's first lane, is stored whole (8 lanes) where the half's entries
-    begin — one load, one add and one store, no branch. Lanes from k to 16 get unspecified
-    values (the contract of :func:`append_spiking`)."""
+    begin — one load, one add and one store, no branch; the values are loaded at the row's
+    lanes, one by one. Lanes from k to 16 get unspecified values (the contract of
+    :func:`append_spiking`)."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     row_vector, entry_vector = ir.VectorType(i8, _TABLE_LANES), ir.VectorType(i32, _TABLE_LANES)
     table = _set_lane_table(builder.module)
@@ -169,6 +167,17 @@ def _append_set_lanes(builder, mask, first_value, target):
                                            ir.Constant(entry_vector, [0] * _TABLE_LANES))
         builder.store(builder.add(broadcast, lanes),
                       builder.bitcast(builder.gep(target, [count]), entry_vector.as_pointer()), align=4)
+        if source is not None:
+            element = source.type.pointee
+            value_vector = ir.VectorType(element, _TABLE_LANES)
+            gathered = ir.Constant(value_vector, ir.Undefined)
+            for lane in range(_TABLE_LANES):
+                index = builder.add(builder.extract_element(lanes, ir.Constant(i32, lane)),
+                                    ir.Constant(i32, half * _TABLE_LANES))
+                value = builder.load(builder.gep(source, [builder.zext(index, i64)]), align=4)
+                gathered = builder.insert_element(gathered, value, ir.Constant(i32, lane))
+            builder.store(gathered, builder.bitcast(builder.gep(value_target, [count]), value_vector.as_pointer()),
+                          align=4)
         count = builder.add(count, _set_bits(builder, half_bits))
     return count
 
@@ -190,6 +199,11 @@ def append_nonzero_float32(typingctx, entries, values, at, planes, offset, first
         vector_type = ir.VectorType(ir.FloatType(), lanes)
         loaded = builder.load(builder.bitcast(builder.gep(planes_data, [offset]), vector_type.as_pointer()), align=4)
         mask = builder.fcmp_unordered("!=", loaded, ir.Constant(vector_type, [0.0] * lanes))
+        if not compresses_in_registers():
+            return _append_set_lanes(builder, mask, first_value,
+                                     builder.gep(_data(context, builder, signature.args[0], entries_array), [at]),
+                                     builder.gep(planes_data, [offset]),
+                                     builder.gep(_data(context, builder, signature.args[1], values_array), [at]))
         for array, vector, index in ((entries_array, _first_plus_lanes(builder, first_value, lanes), 0),
                                      (values_array, loaded, 1)):
             _compress_store(builder, vector, mask, builder.gep(_data(context, builder, signature.args[index], array), [at]))
