@@ -408,9 +408,9 @@ def depthwise_if_kernel(spikes, in_hw, weights, kernel_hw, geometry, bias, resid
     position's channels take one vector select-and-add per 16 over ``weights`` [kH·kW, C]
     (:func:`~snnverify.runtime.cpu.layouts.depthwise_layout`) whatever the spikes, as a silent
     input adds w·0 = ±0, which leaves a sum from +0 unchanged (it is never −0), as skipping it
-    does. Then the row's IF update, the residual and IF update of
-    :func:`conv2d_events_if_kernel` (``residual.kind`` NONE, CURRENT, STATIC or GRADED), over
-    all its neurons in one loop. The fused kernel's gathers, per group of one channel, would use
+    does. Then the row's W_out·C neurons take the residual and IF update of
+    :func:`conv2d_events_if_kernel` (``residual.kind`` NONE, CURRENT, STATIC or GRADED) in one
+    loop, which LLVM vectorises. The fused kernel's gathers, per group of one channel, would use
     one lane in 16 and read the map once per channel. A job is one sample, all its steps in turn."""
     # (jobs handed out as in conv2d_events_if_kernel; tuples unpacked before the parallel loop)
     kind, residual_values, residual_spikes = residual
