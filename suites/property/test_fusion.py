@@ -283,6 +283,43 @@ def test_a_grouped_conv_with_a_projection_shortcut_is_fused_and_exact(comparison
     assert 0 < spikes["if2"].mean() < 1  # neither silent nor saturated
 
 
+def conv_into_if(seed, channels, groups, residual, kernel, stride, dilation, size, neurons):
+    """(graph, input) of stem → IF → conv → [Add] → IF: ``channels`` channels in ``groups`` groups
+    (so ``channels`` groups is a depthwise conv), non-dyadic float32 weights, and the residual
+    "none", "spikes" (the conv's own input spike map), "static" (a conv of the input) or
+    "current" (a conv of the spikes); the second IF layer's θ "firing", "tie", "silent" or
+    "saturating"."""
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    if residual == "spikes":  # the merge needs the input's shape: stride 1, odd kernels, "same" padding
+        kernel, stride = (kernel[0] | 1, kernel[1] | 1), 1
+    padding = tuple(dilation * (k - 1) // 2 for k in kernel)
+    geometry = {"stride": stride, "padding": padding, "dilation": dilation}
+    size += dilation * (max(kernel) - 1)  # every kernel fits the map
+    theta = {"firing": np.abs(normal(channels)) + 0.1, "tie": rng.choice([0.25, 0.5, 1.0], channels),
+             "silent": np.full(channels, 1e4), "saturating": np.full(channels, 1 / 64)}[neurons].astype(np.float32)
+    nodes = {
+        "in": g.Input("in", shape=(2, size, size)),
+        "stem": g.Conv2d("stem", weight=normal(channels, 2, 3, 3), padding=1),
+        "if1": g.IF("if1", threshold=np.abs(normal(channels)) + 0.1),
+        "conv": g.Conv2d("conv", weight=normal(channels, channels // groups, *kernel), groups=groups,
+                         bias=normal(channels) if rng.random() < 0.5 else None, **geometry),
+    }
+    inputs = {"stem": ["in"], "if1": ["stem"], "conv": ["if1"], "if2": ["conv"], "flat": ["if2"], "out": ["flat"]}
+    if residual != "none":
+        inputs["if2"] = ["add"]
+        if residual == "spikes":
+            inputs["add"] = ["conv", "if1"]
+        else:  # a conv of the same geometry: of the input (static), of the spikes (currents)
+            nodes["other"] = g.Conv2d("other", weight=normal(channels, 2 if residual == "static" else channels, *kernel),
+                                      **geometry)
+            inputs["other"] = ["in" if residual == "static" else "if1"]
+            inputs["add"] = ["conv", "other"]
+        nodes["add"] = g.Add("add")
+    nodes.update({"if2": g.IF("if2", threshold=theta), "flat": g.Flatten("flat"), "out": g.Output("out")})
+    return g.SpikingGraph(nodes, inputs), normal(2, 2, size, size) * 2
+
+
 @settings(max_examples=40, deadline=None)
 @given(channels=st.sampled_from([1, 3, 15, 16, 17, 32, 40, 64]), residual=st.sampled_from(["none", "spikes", "static",
                                                                                            "current"]),
@@ -298,45 +335,43 @@ def test_a_fused_depthwise_conv_sums_over_its_channels_as_the_unfused_kernels(
     has one group, and then the fused kernel takes it with its projection). Non-dyadic float32
     weights, where any other order of the terms would show, and integers: spike for spike the
     unfused dense kernels."""
-    rng = np.random.default_rng(seed)
-    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
-    if residual == "spikes":  # the merge needs the input's shape: stride 1, odd kernels, "same" padding
-        kernel, stride = (kernel[0] | 1, kernel[1] | 1), 1
-    padding = tuple(dilation * (k - 1) // 2 for k in kernel)
-    geometry = {"stride": stride, "padding": padding, "dilation": dilation}
-    size += dilation * (max(kernel) - 1)  # every kernel fits the map
-    theta = {"firing": np.abs(normal(channels)) + 0.1, "tie": rng.choice([0.25, 0.5, 1.0], channels),
-             "silent": np.full(channels, 1e4), "saturating": np.full(channels, 1 / 64)}[neurons].astype(np.float32)
-    nodes = {
-        "in": g.Input("in", shape=(2, size, size)),
-        "stem": g.Conv2d("stem", weight=normal(channels, 2, 3, 3), padding=1),
-        "if1": g.IF("if1", threshold=np.abs(normal(channels)) + 0.1),
-        "depthwise": g.Conv2d("depthwise", weight=normal(channels, 1, *kernel), groups=channels,
-                              bias=normal(channels) if rng.random() < 0.5 else None, **geometry),
-    }
-    inputs = {"stem": ["in"], "if1": ["stem"], "depthwise": ["if1"], "if2": ["depthwise"], "flat": ["if2"],
-              "out": ["flat"]}
-    if residual != "none":
-        inputs["if2"] = ["add"]
-        if residual == "spikes":
-            inputs["add"] = ["depthwise", "if1"]
-        else:  # a conv of the same geometry: of the input (static), of the spikes (currents)
-            nodes["other"] = g.Conv2d("other", weight=normal(channels, 2 if residual == "static" else channels, *kernel),
-                                      **geometry)
-            inputs["other"] = ["in" if residual == "static" else "if1"]
-            inputs["add"] = ["depthwise", "other"]
-        nodes["add"] = g.Add("add")
-    nodes.update({"if2": g.IF("if2", threshold=theta), "flat": g.Flatten("flat"), "out": g.Output("out")})
-    graph = g.SpikingGraph(nodes, inputs)
+    graph, x = conv_into_if(seed, channels, channels, residual, kernel, stride, dilation, size, neurons)
     if integer:
         graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
-    assert build_plan(graph).fusions["if2"].conv == "depthwise"
-    x = normal(2, 2, size, size) * 2
+    assert build_plan(graph).fusions["if2"].conv == "conv"
     with mock.patch.object(cpu_kernels, "depthwise_if_kernel", wraps=cpu_kernels.depthwise_if_kernel) as kernel_runs:
         fused_and_unfused(comparison_log, f"cpu fused vs unfused, {'integer' if integer else 'float32'} (depthwise)",
                           graph, x, timesteps, note=lambda _: None)
     # one channel: the conv has one group, as its projection does, so the fused kernel gathers both
     assert kernel_runs.call_count == (0 if channels == 1 and residual == "current" else 1)
+    event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
+
+
+@settings(max_examples=30, deadline=None)
+@given(residual=st.sampled_from(["none", "spikes", "static", "current"]),
+       kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 2), dilation=st.integers(1, 2),
+       size=st.integers(1, 6), neurons=st.sampled_from(["firing", "tie", "silent", "saturating"]),
+       integer=st.booleans(), timesteps=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
+def test_a_conv_of_one_64_channel_block_updates_a_row_at_once_as_the_unfused_kernels(
+        comparison_log, residual, kernel, stride, dilation, size, neurons, integer, timesteps, seed):
+    """A fused conv of one block of 64 channels (one group, no projection) gathers a row of
+    positions for every step of a chunk, then updates the row's neurons step by step in one
+    loop: spike for spike the unfused dense kernels, with a spike map, a static current or none
+    added, firing, tie, silent and saturating layers, T from 1 to past a chunk of steps (8),
+    non-dyadic float32 weights (where any other order of the terms would show) and integers. A
+    projection of the spikes ("current") is gathered inside the kernel, which then updates
+    position by position."""
+    graph, x = conv_into_if(seed, 64, 1, residual, kernel, stride, dilation, size, neurons)
+    if integer:
+        graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
+    fusion = build_plan(graph).fusions["if2"]
+    assert fusion.conv == "conv"
+    if not integer:  # (integer merges read IF layers through rescale nodes)
+        assert (fusion.shortcut_input is not None) == (residual == "current")
+    with mock.patch.object(cpu_kernels, "conv2d_events_if_kernel", wraps=cpu_kernels.conv2d_events_if_kernel) as runs:
+        fused_and_unfused(comparison_log, f"cpu fused vs unfused, {'integer' if integer else 'float32'} (64 channels, "
+                          "a row at once)", graph, x, timesteps, note=lambda _: None)
+    assert runs.call_count == 1
     event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
 
 

@@ -16,7 +16,7 @@ from numba import carray, njit, prange
 
 from snnverify.runtime.cpu.gather import (gather, gather_packed, map_entries, map_values, nonzero_entries, row_of,
                                          spike_entries)
-from snnverify.runtime.cpu.intrinsics import add_spiking_vector, stack_buffer
+from snnverify.runtime.cpu.intrinsics import add_spiking_vector, stack_buffer, store_vector
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
 from snnverify.runtime.plan import ResidualKind
 
@@ -207,7 +207,11 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     ``values[0, f]``·``spikes[t·B + b, f]`` (f channels-last in all), SHORTCUT Σ' + bias'[o]; then
     v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. With
     ``schedule.pack`` = Q > 1 (C_out = 64 / Q), Q adjacent positions are gathered at once
-    (:func:`~snnverify.runtime.cpu.gather.gather_packed`).
+    (:func:`~snnverify.runtime.cpu.gather.gather_packed`). A layer of one block of 64 channels
+    (one group, no projection) gathers a row of output positions for every step of a chunk
+    into a staged row of sums, then updates the row's neurons step by step in one loop, which
+    LLVM vectorises (a neuron's update reads only its own sums, so the order of its steps, and
+    every spike, is the same); the other layers update the lanes of each gather in turn.
 
     A job is ``schedule.tile`` samples of one group; their steps go in chunks of
     :data:`STEP_CHUNK`, and per chunk, block of output channels and output position, every
@@ -275,6 +279,14 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
     shortcut_entries = np.zeros((rows, shortcut_size * shortcut_channels), np.int32)
     shortcut_starts = np.empty((rows, shortcut_size + 1), np.int64)
     v = np.empty((tile, positions, padded), v0.dtype)
+    # one block of all a layer's channels (64, one group, no projection): a row of positions is
+    # gathered for every step of the chunk, then updated at once (see the docstring)
+    rows_at_once = groups == 1 and group_out == WIDE and not projection
+    row_span = out_w * WIDE  # the neurons of an output row when rows_at_once
+    staged = np.empty((rows, row_span) if rows_at_once else (1, 1), weights.dtype)
+    row_bias = np.empty(row_span if rows_at_once else 1, bias.dtype)
+    for k in range(row_bias.shape[0]):
+        row_bias[k] = bias[k % out_channels]
     tiles = -(-batch // tile)
     fired_total = 0
     for job in range(worker, tiles * groups, workers):
@@ -340,6 +352,28 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                         currents_of = residual_values[row if currents else 0, base : base + count]
                                         integrate_current(kind, values, lane_bias, currents_of, membrane, theta,
                                                           fired)
+                elif rows_at_once:
+                    for oy in range(out_h):
+                        for ox in range(out_w):
+                            for r in range(samples * chunk):
+                                gather(acc, flat, 0, kernel_hw, group_in, entries[r], starts[r], oy, ox, geometry,
+                                       (in_h, in_w), True, row_of(inputs, r))
+                                store_vector(acc, staged[r], ox * WIDE, WIDE)
+                        out = oy * row_span
+                        theta = thresholds[out : out + row_span]
+                        for s in range(samples):
+                            membrane = v[s].reshape(-1)[out : out + row_span]
+                            for c in range(chunk):
+                                n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                                fired = out_spikes[n, out : out + row_span]
+                                if kind == ResidualKind.GRADED:
+                                    integrate_graded(staged[r], row_bias, residual_values[0, out : out + row_span],
+                                                     residual_spikes[n, out : out + row_span], membrane, theta, fired)
+                                else:
+                                    row = n if kind == ResidualKind.CURRENT else first_sample + s
+                                    integrate_current(kind, staged[r], row_bias,
+                                                      residual_values[row if currents else 0, out : out + row_span],
+                                                      membrane, theta, fired)
                 else:
                     for oy in range(out_h):
                         for ox in range(out_w):

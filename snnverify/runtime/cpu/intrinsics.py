@@ -238,6 +238,27 @@ def add_vector(typingctx, acc, weights, offset, lanes):
 
 
 @intrinsic
+def store_vector(typingctx, acc, target, offset, lanes):
+    """target[offset : offset + lanes] = acc[:lanes] as one vector store (``acc`` a
+    :func:`stack_buffer` of target's type, ``lanes`` a constant): a gather's sums kept for an
+    update that reads them later as a plain array (no lane-by-lane store, which a vector load
+    of the same lanes would stall on)."""
+    if not isinstance(lanes, types.IntegerLiteral) or acc.dtype != target.dtype:
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        acc_pointer, target_array, first, _ = args
+        vector = ir.VectorType(context.get_value_type(signature.args[1].dtype), count)
+        data = _data(context, builder, signature.args[1], target_array)
+        values = builder.load(builder.bitcast(acc_pointer, vector.as_pointer()), align=1)
+        builder.store(values, builder.bitcast(builder.gep(data, [first]), vector.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(acc, target, offset, lanes), codegen
+
+
+@intrinsic
 def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
     """acc[:lanes] += weights[offset : offset + lanes]·value, each product rounded on its own and
     then added (an LLVM ``fmul`` then ``fadd`` without the ``contract`` flag: never fused into
