@@ -151,6 +151,16 @@ def store(out, channels_last, n, o, oy, ox, value):
         out[n, o, oy, ox] = value
 
 
+@njit(inline="always")
+def repeated(per_channel, length):
+    """The per-channel values laid over ``length`` channels-last lanes or neurons: element k is
+    per_channel[k mod C] (a bias per lane of a packed block, or per neuron of an output row)."""
+    out = np.empty(length, per_channel.dtype)
+    for k in range(length):
+        out[k] = per_channel[k % per_channel.shape[0]]
+    return out
+
+
 # The IF update of a fused kernel's lanes, one function per residual kind (each call site
 # knows its kind, so each inlines one loop): per lane k, v += (Σ + b) + r; s = v ≥ θ; v −= θ·s —
 # the unfused kernels' operations. Computed lane by lane, not staged in a buffer: a vector load
@@ -266,10 +276,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
     projection = kind == ResidualKind.SHORTCUT
     currents = kind == ResidualKind.CURRENT or kind == ResidualKind.STATIC
     thresholds = threshold.reshape(-1)
-    lane_bias, shortcut_lane_bias = np.empty(WIDE, bias.dtype), np.empty(WIDE, bias.dtype)
-    for k in range(WIDE):  # packed: lane j·C_out + o is channel o
-        lane_bias[k] = bias[k % out_channels]
-        shortcut_lane_bias[k] = shortcut_bias[k % shortcut_bias.shape[0]]
+    # packed: lane j·C_out + o is channel o
+    lane_bias, shortcut_lane_bias = repeated(bias, WIDE), repeated(shortcut_bias, WIDE)
     rows = tile * STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
     # scratch, allocated once per worker and call: fresh pages per job cost more than the adds
     entries = np.zeros((rows, in_h * in_w * group_in), np.int32)
@@ -284,9 +292,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
     rows_at_once = groups == 1 and group_out == WIDE and not projection
     row_span = out_w * WIDE  # the neurons of an output row when rows_at_once
     staged = np.empty((rows, row_span) if rows_at_once else (1, 1), weights.dtype)
-    row_bias = np.empty(row_span if rows_at_once else 1, bias.dtype)
-    for k in range(row_bias.shape[0]):
-        row_bias[k] = bias[k % out_channels]
+    row_bias = repeated(bias, row_span if rows_at_once else 1)
     tiles = -(-batch // tile)
     fired_total = 0
     for job in range(worker, tiles * groups, workers):
@@ -471,9 +477,7 @@ def depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias, residual
     currents = kind == ResidualKind.CURRENT or kind == ResidualKind.STATIC
     initial, thresholds = v0.reshape(-1), threshold.reshape(-1)
     # scratch, once per worker and call: membranes, a row's sums, the bias per neuron of a row
-    v, acc, row_bias = np.empty(initial.shape[0], v0.dtype), np.empty(span, weights.dtype), np.empty(span, bias.dtype)
-    for i in range(span):
-        row_bias[i] = bias[i % channels]
+    v, acc, row_bias = np.empty(initial.shape[0], v0.dtype), np.empty(span, weights.dtype), repeated(bias, span)
     flat = weights.reshape(-1)
     fired_total = 0
     for sample in range(worker, batch, workers):

@@ -47,14 +47,18 @@ def compresses_in_registers() -> bool:
     return "+avx512f" in features.split(",")
 
 
+def _splat(builder, value, vector_type):
+    """The vector of ``vector_type`` with ``value`` in every lane."""
+    i32 = ir.IntType(32)
+    first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, vector_type.count), [0] * vector_type.count))
+
+
 def _first_plus_lanes(builder, first_value, lanes):
     """The i32 vector first_value + (0, 1, …, lanes − 1)."""
-    i32 = ir.IntType(32)
-    vector_type = ir.VectorType(i32, lanes)
-    first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), builder.trunc(first_value, i32),
-                                   ir.Constant(i32, 0))
-    first = builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined),
-                                   ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+    vector_type = ir.VectorType(ir.IntType(32), lanes)
+    first = _splat(builder, builder.trunc(first_value, ir.IntType(32)), vector_type)
     return builder.add(first, ir.Constant(vector_type, list(range(lanes))))
 
 
@@ -161,11 +165,7 @@ def _append_set_lanes(builder, mask, first_value, target, source=None, value_tar
         row = builder.gep(table, [ir.Constant(i64, 0), builder.zext(half_bits, i64)])
         lanes = builder.zext(builder.load(builder.bitcast(row, row_vector.as_pointer()), align=1), entry_vector)
         base = builder.add(builder.trunc(first_value, i32), ir.Constant(i32, half * _TABLE_LANES))
-        broadcast = builder.shuffle_vector(builder.insert_element(ir.Constant(entry_vector, ir.Undefined), base,
-                                                                  ir.Constant(i32, 0)),
-                                           ir.Constant(entry_vector, ir.Undefined),
-                                           ir.Constant(entry_vector, [0] * _TABLE_LANES))
-        builder.store(builder.add(broadcast, lanes),
+        builder.store(builder.add(_splat(builder, base, entry_vector), lanes),
                       builder.bitcast(builder.gep(target, [count]), entry_vector.as_pointer()), align=4)
         if source is not None:
             element = source.type.pointee
@@ -274,9 +274,7 @@ def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
         data = _data(context, builder, signature.args[1], weight_array)
         vector = ir.VectorType(context.get_value_type(element_type), count)
         scale = context.cast(builder, scale, signature.args[3], element_type)
-        broadcast = builder.insert_element(ir.Constant(vector, ir.Undefined), scale, ir.Constant(ir.IntType(32), 0))
-        broadcast = builder.shuffle_vector(broadcast, ir.Constant(vector, ir.Undefined),
-                                           ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count))
+        broadcast = _splat(builder, scale, vector)
         source = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
         target = builder.bitcast(acc_pointer, vector.as_pointer())
         values, total = builder.load(source, align=1), builder.load(target, align=1)
