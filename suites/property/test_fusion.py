@@ -29,7 +29,7 @@ from snnverify.models import small_resnet_pooled
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
-from snnverify.runtime.cpu.gather import spike_entries
+from snnverify.runtime.cpu.gather import positions_read, spike_entries
 from snnverify.runtime.cpu.intrinsics import FLAG_LANES
 from snnverify.jobs.speed import converted
 from snnverify.runtime.cpu.layouts import event_weights, events_layout, is_depthwise
@@ -348,20 +348,21 @@ def test_a_fused_depthwise_conv_sums_over_its_channels_as_the_unfused_kernels(
 
 
 @settings(max_examples=30, deadline=None)
-@given(residual=st.sampled_from(["none", "spikes", "static", "current"]),
+@given(channels=st.sampled_from([64, 80, 128, 192]), residual=st.sampled_from(["none", "spikes", "static", "current"]),
        kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 2), dilation=st.integers(1, 2),
        size=st.integers(1, 6), neurons=st.sampled_from(["firing", "tie", "silent", "saturating"]),
        integer=st.booleans(), timesteps=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
-def test_a_conv_of_one_64_channel_block_updates_a_row_at_once_as_the_unfused_kernels(
-        comparison_log, residual, kernel, stride, dilation, size, neurons, integer, timesteps, seed):
-    """A fused conv of one block of 64 channels (one group, no projection) gathers a row of
-    positions for every step of a chunk, then updates the row's neurons step by step in one
-    loop: spike for spike the unfused dense kernels, with a spike map, a static current or none
-    added, firing, tie, silent and saturating layers, T from 1 to past a chunk of steps (8),
-    non-dyadic float32 weights (where any other order of the terms would show) and integers. A
-    projection of the spikes ("current") is gathered inside the kernel, which then updates
+def test_a_conv_of_whole_64_channel_blocks_updates_a_row_at_once_as_the_unfused_kernels(
+        comparison_log, channels, residual, kernel, stride, dilation, size, neurons, integer, timesteps, seed):
+    """A fused conv of whole blocks of 64 channels (64, 128, 192; one group, no projection)
+    gathers, block by block, a row of positions for every step of a chunk, then updates the
+    block's row step by step, its membranes laid out block-major: spike for spike the unfused
+    dense kernels, with a spike map, a static current or none added, firing, tie, silent and
+    saturating layers, T from 1 to past a chunk of steps (8), non-dyadic float32 weights (where
+    any other order of the terms would show) and integers. 80 channels (a block of 64 and one
+    of 16) and a projection of the spikes ("current", gathered inside the kernel) update
     position by position."""
-    graph, x = conv_into_if(seed, 64, 1, residual, kernel, stride, dilation, size, neurons)
+    graph, x = conv_into_if(seed, channels, 1, residual, kernel, stride, dilation, size, neurons)
     if integer:
         graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
     fusion = build_plan(graph).fusions["if2"]
@@ -369,8 +370,8 @@ def test_a_conv_of_one_64_channel_block_updates_a_row_at_once_as_the_unfused_ker
     if not integer:  # (integer merges read IF layers through rescale nodes)
         assert (fusion.shortcut_input is not None) == (residual == "current")
     with mock.patch.object(cpu_kernels, "conv2d_events_if_kernel", wraps=cpu_kernels.conv2d_events_if_kernel) as runs:
-        fused_and_unfused(comparison_log, f"cpu fused vs unfused, {'integer' if integer else 'float32'} (64 channels, "
-                          "a row at once)", graph, x, timesteps, note=lambda _: None)
+        fused_and_unfused(comparison_log, f"cpu fused vs unfused, {'integer' if integer else 'float32'} (blocks of 64 "
+                          "channels, a row at once)", graph, x, timesteps, note=lambda _: None)
     assert runs.call_count == 1
     event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
 
@@ -505,14 +506,35 @@ def test_three_way_merges_are_not_fused():
     assert SNN(graph, 4, target="cpu").run(np.ones((1, 1, 2, 2), np.float32), 4).output.shape == (1, 2)
 
 
+@given(kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       extra=st.tuples(st.integers(0, 8), st.integers(0, 8)))
+def test_the_positions_a_conv_reads_are_those_torch_unfolds(kernel, stride, padding, dilation, extra):
+    """positions_read marks the input positions some output position's taps land on: the
+    numbered positions torch's unfold gathers (padding reads 0, no position), for strides past
+    the kernel (a 1 × 1 projection of stride 2 reads a quarter) and padding past it."""
+    reach = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    in_hw = tuple(max(1, r - 2 * p) + e for r, p, e in zip(reach, padding, extra))  # every map yields an output
+    out_hw = tuple((i + 2 * p - r) // s + 1 for i, p, r, s in zip(in_hw, padding, reach, stride))
+    numbered = torch.arange(1, in_hw[0] * in_hw[1] + 1, dtype=torch.float64).reshape(1, 1, *in_hw)
+    taps = torch.nn.functional.unfold(numbered, kernel, dilation=dilation, padding=padding, stride=stride)
+    assert taps.shape[-1] == out_hw[0] * out_hw[1]
+    unfolded = np.zeros(in_hw[0] * in_hw[1], bool)
+    unfolded[taps[taps > 0].long().numpy() - 1] = True
+    np.testing.assert_array_equal(positions_read(in_hw, kernel, (*stride, *padding, *dilation), out_hw), unfolded)
+
+
 @given(channels=st.integers(1, 80), positions=st.integers(1, 12), width=st.integers(1, 4), data=st.data())
 def test_spike_lists_are_the_same_from_either_layout(channels, positions, width, data):
     """A fused kernel's spike lists (which weight rows each input position selects) from a
     channels-last map — 16 channels at a time by a vector compress, the remainder one by one —
     equal those of the same map channels-first, read channel by channel, for every group of
     channels: all, none and every rate of spikes in between. Neither writes past its buffer of
-    one entry per flag (the compress stores all 16 lanes, k of them spikes)."""
+    one entry per flag (the compress stores all 16 lanes, k of them spikes). Given the positions
+    a conv reads (a projection's), both list only those, the others empty."""
     groups = data.draw(st.sampled_from([d for d in range(1, channels + 1) if channels % d == 0]))
+    read = data.draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=positions, max_size=positions)))
+    read = None if read is None else np.array(read)
     group = data.draw(st.integers(0, groups - 1))
     rate = data.draw(st.sampled_from([0.0, 0.15, 0.5, 1.0]))
     seed = data.draw(st.integers(0, 2**32 - 1))
@@ -523,14 +545,14 @@ def test_spike_lists_are_the_same_from_either_layout(channels, positions, width,
         guarded = np.full(positions * group_in + FLAG_LANES, -1, np.int32)  # a guard after the buffer
         entries = guarded[: positions * group_in]
         starts = np.full(positions + 1, -1, np.int64)
-        spike_entries(planes, channels_last, group * group_in, group_in, width, entries, starts)
+        spike_entries(planes, channels_last, group * group_in, group_in, width, entries, starts, read)
         assert (guarded[positions * group_in :] == -1).all()
         lists.append((entries[: starts[-1]], starts))
     (first_entries, first_starts), (last_entries, last_starts) = lists
     np.testing.assert_array_equal(last_starts, first_starts)
     np.testing.assert_array_equal(last_entries, first_entries)
     # and both are the spikes: position p lists ix·C_g + c for its spiking channels c
-    selected = spikes[group * group_in : (group + 1) * group_in]
+    selected = spikes[group * group_in : (group + 1) * group_in] & (True if read is None else read)
     assert first_starts[-1] == selected.sum()
     for p in range(positions):
         expected = (p % width) * group_in + np.flatnonzero(selected[:, p])

@@ -14,8 +14,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import carray, njit, prange
 
-from snnverify.runtime.cpu.gather import (gather, gather_packed, map_entries, map_values, nonzero_entries, row_of,
-                                         spike_entries)
+from snnverify.runtime.cpu.gather import (gather, gather_packed, map_entries, map_values, nonzero_entries,
+                                         positions_read, row_of, spike_entries)
 from snnverify.runtime.cpu.intrinsics import add_spiking_vector, stack_buffer, store_vector
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
 from snnverify.runtime.plan import ResidualKind
@@ -161,46 +161,90 @@ def repeated(per_channel, length):
     return out
 
 
-# The IF update of a fused kernel's lanes, one function per residual kind (each call site
-# knows its kind, so each inlines one loop): per lane k, v += (Σ + b) + r; s = v ≥ θ; v −= θ·s —
-# the unfused kernels' operations. Computed lane by lane, not staged in a buffer: a vector load
-# of lanes just stored one by one stalls (no store forwarding), which cost more than the
-# residual itself.
+# The IF update of a fused kernel's neurons, one function per residual kind (each call site
+# knows its kind, so each inlines one loop). ``placement`` = (at, stride, count, lanes): neuron
+# i = q·lanes + k (q < count, k < lanes) has its sum, bias, membrane and θ at i of contiguous
+# arrays, and its residual and spike at j = at + q·stride + k of a channels-last map's row (q
+# an output position and stride the map's channels: one block of a row of positions). Per
+# neuron: v += (Σ + b) + r; s = v ≥ θ; v −= θ·s — the unfused kernels' operations. The indices
+# are unsigned: a signed one gets Numba's negative-index select, and LLVM then cannot see the
+# lanes as adjacent and does not vectorise (4× slower per neuron, measured). A gather's
+# sums are read from its accumulator or from a row they were stored in as whole vectors
+# (store_vector): a vector load of lanes just stored one by one stalls (no store forwarding).
 
 
 @njit(inline="always")
-def integrate_current(kind, values, bias, currents, membrane, theta, spiked):
-    """r = currents[k] (CURRENT, STATIC), or none (NONE)."""
-    lanes = spiked.shape[0]
+def integrate_current(kind, values, bias, membrane, theta, currents, spiked, placement):
+    """r = currents[j] (CURRENT, STATIC), or none (NONE)."""
+    at, stride, count, lanes = placement
     if kind == ResidualKind.NONE:
-        for k in range(lanes):
-            value = membrane[k] + (values[k] + bias[k])
-            spiked[k] = value >= theta[k]
-            membrane[k] = value - theta[k] if spiked[k] else value
+        for q in range(count):
+            first_i, first_j = np.uint64(q * lanes), np.uint64(at + q * stride)
+            for k in range(np.uint64(lanes)):
+                i, j = first_i + k, first_j + k
+                value = membrane[i] + (values[i] + bias[i])
+                fire = value >= theta[i]
+                spiked[j] = fire
+                membrane[i] = value - theta[i] if fire else value
     else:
-        for k in range(lanes):
-            value = membrane[k] + ((values[k] + bias[k]) + currents[k])
-            spiked[k] = value >= theta[k]
-            membrane[k] = value - theta[k] if spiked[k] else value
+        for q in range(count):
+            first_i, first_j = np.uint64(q * lanes), np.uint64(at + q * stride)
+            for k in range(np.uint64(lanes)):
+                i, j = first_i + k, first_j + k
+                value = membrane[i] + ((values[i] + bias[i]) + currents[j])
+                fire = value >= theta[i]
+                spiked[j] = fire
+                membrane[i] = value - theta[i] if fire else value
 
 
 @njit(inline="always")
-def integrate_graded(values, bias, amplitudes, spikes, membrane, theta, spiked):
-    """r = a·s = amplitudes[k]·spikes[k] (GRADED), branch-free: a·0 may be −0, and (Σ + b) +
+def integrate_graded(values, bias, membrane, theta, amplitudes, spikes, spiked, placement):
+    """r = a·s = amplitudes[j]·spikes[j] (GRADED), branch-free: a·0 may be −0, and (Σ + b) +
     (−0) = Σ + b, as Σ + b, a sum from +0, is never −0."""
-    for k in range(spiked.shape[0]):
-        value = membrane[k] + ((values[k] + bias[k]) + amplitudes[k] * spikes[k])
-        spiked[k] = value >= theta[k]
-        membrane[k] = value - theta[k] if spiked[k] else value
+    at, stride, count, lanes = placement
+    for q in range(count):
+        first_i, first_j = np.uint64(q * lanes), np.uint64(at + q * stride)
+        for k in range(np.uint64(lanes)):
+            i, j = first_i + k, first_j + k
+            value = membrane[i] + ((values[i] + bias[i]) + amplitudes[j] * spikes[j])
+            fire = value >= theta[i]
+            spiked[j] = fire
+            membrane[i] = value - theta[i] if fire else value
 
 
 @njit(inline="always")
-def integrate_shortcut(values, bias, shortcut_values, shortcut_bias, membrane, theta, spiked):
-    """r = Σ' + b' (SHORTCUT): the projection conv's sum and bias."""
-    for k in range(spiked.shape[0]):
-        value = membrane[k] + ((values[k] + bias[k]) + (shortcut_values[k] + shortcut_bias[k]))
-        spiked[k] = value >= theta[k]
-        membrane[k] = value - theta[k] if spiked[k] else value
+def integrate_shortcut(values, bias, membrane, theta, shortcut_values, shortcut_bias, spiked, placement):
+    """r = Σ' + b' (SHORTCUT): the projection conv's sum and bias, contiguous as Σ and b."""
+    at, stride, count, lanes = placement
+    for q in range(count):
+        first_i, first_j = np.uint64(q * lanes), np.uint64(at + q * stride)
+        for k in range(np.uint64(lanes)):
+            i, j = first_i + k, first_j + k
+            value = membrane[i] + ((values[i] + bias[i]) + (shortcut_values[i] + shortcut_bias[i]))
+            fire = value >= theta[i]
+            spiked[j] = fire
+            membrane[i] = value - theta[i] if fire else value
+
+
+@njit(inline="always")
+def block_rows(per_channel, blocks, row_span):
+    """Each of the first ``blocks`` blocks of 64 channels' values laid over a row of positions:
+    out[b, i] = per_channel[b·WIDE + i mod WIDE] (a block's bias per neuron of its row)."""
+    out = np.empty((blocks, row_span), per_channel.dtype)
+    for b in range(blocks):
+        for i in range(row_span):
+            out[b, i] = per_channel[b * WIDE + i % WIDE]
+    return out
+
+
+@njit(inline="always")
+def membrane_index(p, k, positions, padded, rows_at_once):
+    """Where neuron (output position p, channel k of its group) lies in a fused worker's
+    membranes of one sample: position-major [positions, padded], or block-major [blocks,
+    positions, WIDE] in a layer updated a row at a time (one block's row then contiguous)."""
+    if rows_at_once:
+        return ((k // WIDE) * positions + p) * WIDE + k % WIDE
+    return p * padded + k
 
 
 @njit(parallel=True, cache=True)
@@ -217,11 +261,12 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     ``values[0, f]``·``spikes[t·B + b, f]`` (f channels-last in all), SHORTCUT Σ' + bias'[o]; then
     v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. With
     ``schedule.pack`` = Q > 1 (C_out = 64 / Q), Q adjacent positions are gathered at once
-    (:func:`~snnverify.runtime.cpu.gather.gather_packed`). A layer of one block of 64 channels
-    (one group, no projection) gathers a row of output positions for every step of a chunk
-    into a staged row of sums, then updates the row's neurons step by step in one loop, which
-    LLVM vectorises (a neuron's update reads only its own sums, so the order of its steps, and
-    every spike, is the same); the other layers update the lanes of each gather in turn.
+    (:func:`~snnverify.runtime.cpu.gather.gather_packed`). A layer of whole blocks of 64
+    channels in one group gathers, block by block, a row of output positions for every step of
+    a chunk into a staged row of sums (and its projection's, if any), then updates the block's
+    row step by step in one loop, which LLVM vectorises (a neuron's update reads only its own sums, so the order
+    of its steps, and every spike, is the same); its membranes lie block-major for that (see
+    :func:`membrane_index`). The other layers update the lanes of each gather in turn.
 
     A job is ``schedule.tile`` samples of one group; their steps go in chunks of
     :data:`STEP_CHUNK`, and per chunk, block of output channels and output position, every
@@ -286,13 +331,23 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
     shortcut_size = shortcut_h * shortcut_w if projection else 0
     shortcut_entries = np.zeros((rows, shortcut_size * shortcut_channels), np.int32)
     shortcut_starts = np.empty((rows, shortcut_size + 1), np.int64)
-    v = np.empty((tile, positions, padded), v0.dtype)
-    # one block of all a layer's channels (64, one group, no projection): a row of positions is
-    # gathered for every step of the chunk, then updated at once (see the docstring)
-    rows_at_once = groups == 1 and group_out == WIDE and not projection
-    row_span = out_w * WIDE  # the neurons of an output row when rows_at_once
+    # the projection's lists hold only the positions it reads (a quarter of the map at stride 2)
+    shortcut_read = positions_read((shortcut_h, shortcut_w), shortcut_kernel, shortcut_geometry, (out_h, out_w))
+    # membranes of one sample per row, see membrane_index: a layer of whole blocks of 64 channels
+    # in one group gathers a block's row of positions for every step of the chunk, then updates
+    # it at once (see the docstring), so a block's row lies contiguous; so do its θ, its sums
+    # (and the projection's) staged per (sample, step) and its bias (and the projection's)
+    rows_at_once = groups == 1 and group_out % WIDE == 0
+    v = np.empty((tile, positions * padded), v0.dtype)
+    row_span = out_w * WIDE  # the neurons of a block's output row when rows_at_once
     staged = np.empty((rows, row_span) if rows_at_once else (1, 1), weights.dtype)
-    row_bias = repeated(bias, row_span if rows_at_once else 1)
+    shortcut_staged = np.empty((rows, row_span) if rows_at_once and projection else (1, 1), shortcut_weights.dtype)
+    block_thresholds = np.empty(positions * padded if rows_at_once else 1, thresholds.dtype)
+    for p in range(positions if rows_at_once else 0):
+        for k in range(padded):
+            block_thresholds[membrane_index(p, k, positions, padded, True)] = threshold[p, k]
+    row_bias = block_rows(bias, padded // WIDE if rows_at_once else 0, row_span)
+    shortcut_row_bias = block_rows(shortcut_bias, padded // WIDE if rows_at_once and projection else 0, row_span)
     tiles = -(-batch // tile)
     fired_total = 0
     for job in range(worker, tiles * groups, workers):
@@ -308,7 +363,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
         for s in range(samples):
             for p in range(positions):
                 for k in range(group_out):
-                    v[s, p, k] = v0[p, group * group_out + k]
+                    v[s, membrane_index(p, k, positions, padded, rows_at_once)] = v0[p, group * group_out + k]
         for t0 in range(0, timesteps, STEP_CHUNK):
             chunk = min(STEP_CHUNK, timesteps - t0)
             for s in range(samples):
@@ -318,7 +373,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                 row_of(inputs, r), starts[r])
                     if projection:
                         spike_entries(shortcut_spikes[n].reshape(-1, shortcut_channels), True, 0,
-                                      shortcut_channels, shortcut_w, shortcut_entries[r], shortcut_starts[r])
+                                      shortcut_channels, shortcut_w, shortcut_entries[r], shortcut_starts[r],
+                                      shortcut_read)
             for index in range(1 if pack > 1 else block_count(padded)):
                 if pack > 1:  # one block of all channels
                     start, wide, lanes = 0, True, group_out
@@ -331,8 +387,9 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                             base = (oy * out_w + ox0) * lanes
                             count = min(pack, out_w - ox0) * lanes  # the lanes of positions inside the map
                             theta = thresholds[base : base + count]
+                            placement = (base, 0, 1, count)
                             for s in range(samples):
-                                membrane = v[s].reshape(-1)[base : base + count]
+                                membrane = v[s, base : base + count]
                                 for c in range(chunk):
                                     n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                     gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r],
@@ -345,50 +402,58 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                                       ox0 * shortcut_geometry[1] - shortcut_geometry[3],
                                                       shortcut_geometry, (shortcut_h, shortcut_w), None)
                                     # lane j·C_out + o is channel o of position p + j: channels-last
-                                    fired = out_spikes[n, base : base + count]
                                     if projection:
-                                        integrate_shortcut(values, lane_bias, shortcut_values, shortcut_lane_bias,
-                                                           membrane, theta, fired)
+                                        integrate_shortcut(values, lane_bias, membrane, theta, shortcut_values,
+                                                           shortcut_lane_bias, out_spikes[n], placement)
                                     elif kind == ResidualKind.GRADED:
-                                        integrate_graded(values, lane_bias, residual_values[0, base : base + count],
-                                                         residual_spikes[n, base : base + count], membrane, theta,
-                                                         fired)
+                                        integrate_graded(values, lane_bias, membrane, theta, residual_values[0],
+                                                         residual_spikes[n], out_spikes[n], placement)
                                     else:  # currents channels-last, like the spikes
                                         row = n if kind == ResidualKind.CURRENT else first_sample + s
-                                        currents_of = residual_values[row if currents else 0, base : base + count]
-                                        integrate_current(kind, values, lane_bias, currents_of, membrane, theta,
-                                                          fired)
+                                        integrate_current(kind, values, lane_bias, membrane, theta,
+                                                          residual_values[row if currents else 0], out_spikes[n],
+                                                          placement)
                 elif rows_at_once:
                     for oy in range(out_h):
                         for ox in range(out_w):
                             for r in range(samples * chunk):
-                                gather(acc, flat, 0, kernel_hw, group_in, entries[r], starts[r], oy, ox, geometry,
-                                       (in_h, in_w), True, row_of(inputs, r))
+                                gather(acc, flat, start * taps, kernel_hw, group_in, entries[r], starts[r], oy, ox,
+                                       geometry, (in_h, in_w), True, row_of(inputs, r))
                                 store_vector(acc, staged[r], ox * WIDE, WIDE)
-                        out = oy * row_span
-                        theta = thresholds[out : out + row_span]
+                                if projection:
+                                    gather(shortcut_acc, shortcut_flat, start * shortcut_taps, shortcut_kernel,
+                                           shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
+                                           shortcut_geometry, (shortcut_h, shortcut_w), True, None)
+                                    store_vector(shortcut_acc, shortcut_staged[r], ox * WIDE, WIDE)
+                        at = (start * positions) + oy * row_span  # the block's row in v and block_thresholds
+                        theta = block_thresholds[at : at + row_span]
+                        # its neurons in the maps: W_out positions of out_channels, WIDE lanes from start
+                        placement = (oy * out_w * out_channels + start, out_channels, out_w, WIDE)
                         for s in range(samples):
-                            membrane = v[s].reshape(-1)[out : out + row_span]
+                            membrane = v[s, at : at + row_span]
                             for c in range(chunk):
                                 n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
-                                fired = out_spikes[n, out : out + row_span]
-                                if kind == ResidualKind.GRADED:
-                                    integrate_graded(staged[r], row_bias, residual_values[0, out : out + row_span],
-                                                     residual_spikes[n, out : out + row_span], membrane, theta, fired)
+                                if projection:
+                                    integrate_shortcut(staged[r], row_bias[index], membrane, theta, shortcut_staged[r],
+                                                       shortcut_row_bias[index], out_spikes[n], placement)
+                                elif kind == ResidualKind.GRADED:
+                                    integrate_graded(staged[r], row_bias[index], membrane, theta, residual_values[0],
+                                                     residual_spikes[n], out_spikes[n], placement)
                                 else:
                                     row = n if kind == ResidualKind.CURRENT else first_sample + s
-                                    integrate_current(kind, staged[r], row_bias,
-                                                      residual_values[row if currents else 0, out : out + row_span],
-                                                      membrane, theta, fired)
+                                    integrate_current(kind, staged[r], row_bias[index], membrane, theta,
+                                                      residual_values[row if currents else 0], out_spikes[n],
+                                                      placement)
                 else:
+                    block_bias = bias[first : first + lanes]
                     for oy in range(out_h):
                         for ox in range(out_w):
                             p = oy * out_w + ox
-                            base = p * lanes
+                            at = p * padded + start
                             theta = threshold[p, first : first + lanes]
-                            out = p * out_channels + first
+                            placement = (p * out_channels + first, 0, 1, lanes)
                             for s in range(samples):
-                                membrane = v[s, p, start : start + lanes]
+                                membrane = v[s, at : at + lanes]
                                 for c in range(chunk):
                                     n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                     gather(acc, flat, (group * padded + start) * taps, kernel_hw, group_in,
@@ -398,21 +463,18 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                         gather(shortcut_acc, shortcut_flat, first * shortcut_taps, shortcut_kernel,
                                                shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
                                                shortcut_geometry, (shortcut_h, shortcut_w), wide, None)
-                                    fired = out_spikes[n, out : out + lanes]
-                                    block_bias = bias[first : first + lanes]
                                     if projection:
-                                        integrate_shortcut(values, block_bias, shortcut_values,
-                                                           shortcut_bias[first : first + lanes], membrane, theta,
-                                                           fired)
+                                        integrate_shortcut(values, block_bias, membrane, theta, shortcut_values,
+                                                           shortcut_bias[first : first + lanes], out_spikes[n],
+                                                           placement)
                                     elif kind == ResidualKind.GRADED:
-                                        integrate_graded(values, block_bias, residual_values[0, out : out + lanes],
-                                                         residual_spikes[n, out : out + lanes], membrane, theta,
-                                                         fired)
+                                        integrate_graded(values, block_bias, membrane, theta, residual_values[0],
+                                                         residual_spikes[n], out_spikes[n], placement)
                                     else:
                                         row = n if kind == ResidualKind.CURRENT else first_sample + s
-                                        currents_of = residual_values[row if currents else 0, out : out + lanes]
-                                        integrate_current(kind, values, block_bias, currents_of, membrane, theta,
-                                                          fired)
+                                        integrate_current(kind, values, block_bias, membrane, theta,
+                                                          residual_values[row if currents else 0], out_spikes[n],
+                                                          placement)
             for s in range(samples):
                 for c in range(chunk):
                     fired_total += group_spikes(out_spikes[(t0 + c) * batch + first_sample + s], out_channels,
@@ -505,13 +567,13 @@ def depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias, residual
                             for c in range(vectors, channels):
                                 acc[target + c] += weights[tap, c] * inputs[source + c]
                 out = oy * span
-                membrane, theta, fired = v[out : out + span], thresholds[out : out + span], out_spikes[n, out : out + span]
+                membrane, theta, placement = v[out : out + span], thresholds[out : out + span], (out, 0, 1, span)
                 if kind == ResidualKind.GRADED:
-                    integrate_graded(acc, row_bias, residual_values[0, out : out + span],
-                                     residual_spikes[n, out : out + span], membrane, theta, fired)
+                    integrate_graded(acc, row_bias, membrane, theta, residual_values[0], residual_spikes[n],
+                                     out_spikes[n], placement)
                 else:
                     row = n if kind == ResidualKind.CURRENT else sample
-                    integrate_current(kind, acc, row_bias, residual_values[row if currents else 0, out : out + span],
-                                      membrane, theta, fired)
+                    integrate_current(kind, acc, row_bias, membrane, theta, residual_values[row if currents else 0],
+                                      out_spikes[n], placement)
             fired_total += group_spikes(out_spikes[n], channels, 0, channels)
     counts[worker] = fired_total

@@ -19,19 +19,22 @@ from snnverify.runtime.cpu.layouts import NARROW, WIDE
 
 
 @njit(inline="always")
-def spike_entries(planes, channels_last, first, group_in, in_w, entries, starts):
+def spike_entries(planes, channels_last, first, group_in, in_w, entries, starts, read=None):
     """Which weight rows the spikes of one sample-step's map ``planes`` — [C, H·W], or [H·W, C]
     when ``channels_last`` — select: for each position p = (iy, ix) in scan order,
     entries[starts[p] : starts[p + 1]] = ix·C_g + c for the channels c (ascending) among
     ``first`` … ``first`` + C_g − 1 that spike there, C_g = ``group_in`` (see :func:`gather`).
     One position at a time, so that the entries are written contiguously, and without a branch
     per channel (at spike rates of 5–30 % a data-dependent branch mispredicts often). A
-    channels-last map is read contiguously; a channels-first one with a stride of H·W."""
+    channels-last map is read contiguously; a channels-first one with a stride of H·W. With
+    ``read`` (:func:`positions_read`), a position the conv does not read gets an empty list."""
     count = 0
     positions = starts.shape[0] - 1
     for p in range(positions):
         starts[p] = count
         column = (p % in_w) * group_in
+        if read is not None and not read[p]:
+            continue
         if channels_last:  # the channels of a position are adjacent: 16 at a time
             offset = p * planes.shape[1] + first
             whole = group_in - group_in % FLAG_LANES
@@ -45,6 +48,31 @@ def spike_entries(planes, channels_last, first, group_in, in_w, entries, starts)
                 entries[count] = column + c
                 count += planes[first + c, p]
     starts[positions] = count
+
+
+@njit(inline="always", cache=True)  # (also called from Python, for a fused kernel's tile)
+def positions_read(in_hw, kernel_hw, geometry, out_hw):
+    """Whether a conv reads each position of its input map (scan order): (iy, ix) is read when
+    iy = oy·s_y − p_y + ky·d_y and ix = ox·s_x − p_x + kx·d_x for an output position (oy, ox)
+    and a tap (ky, kx) — a 1 × 1 projection of stride 2 reads a quarter of its map."""
+    stride_y, stride_x, pad_y, pad_x, dilation_y, dilation_x = geometry
+    (in_h, in_w), (out_h, out_w) = in_hw, out_hw
+    rows, columns = np.zeros(in_h, np.bool_), np.zeros(in_w, np.bool_)
+    for oy in range(out_h):
+        for ky in range(kernel_hw[0]):
+            iy = oy * stride_y - pad_y + ky * dilation_y
+            if 0 <= iy < in_h:
+                rows[iy] = True
+    for ox in range(out_w):
+        for kx in range(kernel_hw[1]):
+            ix = ox * stride_x - pad_x + kx * dilation_x
+            if 0 <= ix < in_w:
+                columns[ix] = True
+    read = np.empty(in_h * in_w, np.bool_)
+    for iy in range(in_h):
+        for ix in range(in_w):
+            read[iy * in_w + ix] = rows[iy] and columns[ix]
+    return read
 
 
 def append_nonzero(entries, values, at, planes, offset, first_value):

@@ -17,6 +17,7 @@ from snnverify.runtime.cpu.dense import (add_into_kernel, conv2d_dense_kernel, i
                                          scale_channels_kernel, spike_pool2d_kernel, spike_pool2d_last_kernel)
 from snnverify.runtime.cpu.events import (STEP_CHUNK, TILE_ENTRIES, FusedConv, FusedNeurons, FusedResidual, Schedule,
                                           conv2d_events_if_kernel, conv2d_sparse_kernel, depthwise_if_kernel)
+from snnverify.runtime.cpu.gather import positions_read
 from snnverify.runtime.cpu.layouts import EventWeights, event_weights, events_layout, is_depthwise
 from snnverify.runtime.cpu.transpose import to_channels_first, to_channels_last
 from snnverify.runtime.plan import EventConv, Kernels, Op, ResidualKind, Signal
@@ -109,8 +110,10 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
                             timesteps, batch, _workers(), out, counts)
         return out, int(counts.sum())
     map_size = math.prod(conv.spikes.shape[1:]) // conv.node.groups
-    if kind == ResidualKind.SHORTCUT:
-        map_size += math.prod(shortcut.spikes.shape[1:])
+    if kind == ResidualKind.SHORTCUT:  # the projection's lists hold the positions it reads
+        channels, *in_hw = shortcut.in_shape
+        map_size += channels * int(positions_read(tuple(in_hw), shortcut.kernel_hw, shortcut.geometry,
+                                                  tuple(out_shape[1:])).sum())
     tile = _samples_per_job(batch, conv.node.groups, map_size)
     # adjacent positions packed into one block when both convs allow it
     pack = conv.weight.pack if kind != ResidualKind.SHORTCUT or residual.weight.pack == conv.weight.pack else 1
