@@ -354,13 +354,13 @@ def test_a_fused_depthwise_conv_sums_over_its_channels_as_the_unfused_kernels(
        integer=st.booleans(), timesteps=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
 def test_a_conv_of_whole_64_channel_blocks_updates_a_row_at_once_as_the_unfused_kernels(
         comparison_log, channels, residual, kernel, stride, dilation, size, neurons, integer, timesteps, seed):
-    """A fused conv of whole blocks of 64 channels (64, 128, 192; one group, no projection)
-    gathers, block by block, a row of positions for every step of a chunk, then updates the
-    block's row step by step, its membranes laid out block-major: spike for spike the unfused
-    dense kernels, with a spike map, a static current or none added, firing, tie, silent and
-    saturating layers, T from 1 to past a chunk of steps (8), non-dyadic float32 weights (where
-    any other order of the terms would show) and integers. 80 channels (a block of 64 and one
-    of 16) and a projection of the spikes ("current", gathered inside the kernel) update
+    """A fused conv of whole blocks of 64 channels (64, 128, 192; one group) gathers, block by
+    block, a row of positions for every step of a chunk, then updates the block's row step by
+    step, its membranes laid out block-major: spike for spike the unfused dense kernels, with a
+    spike map, a static current, a projection of the spikes ("current", gathered inside the
+    kernel and staged as a row too) or none added, firing, tie, silent and saturating layers, T
+    from 1 to past a chunk of steps (8), non-dyadic float32 weights (where any other order of
+    the terms would show) and integers. 80 channels (a block of 64 and one of 16) update
     position by position."""
     graph, x = conv_into_if(seed, channels, 1, residual, kernel, stride, dilation, size, neurons)
     if integer:

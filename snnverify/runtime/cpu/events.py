@@ -171,6 +171,8 @@ def repeated(per_channel, length):
 # lanes as adjacent and does not vectorise (4× slower per neuron, measured). A gather's
 # sums are read from its accumulator or from a row they were stored in as whole vectors
 # (store_vector): a vector load of lanes just stored one by one stalls (no store forwarding).
+# The step s = v ≥ θ, v −= θ·s is written out in each loop: behind an inlined helper LLVM
+# did not vectorise these loops (3× slower fused layers, measured).
 
 
 @njit(inline="always")
@@ -227,17 +229,6 @@ def integrate_shortcut(values, bias, membrane, theta, shortcut_values, shortcut_
 
 
 @njit(inline="always")
-def block_rows(per_channel, blocks, row_span):
-    """Each of the first ``blocks`` blocks of 64 channels' values laid over a row of positions:
-    out[b, i] = per_channel[b·WIDE + i mod WIDE] (a block's bias per neuron of its row)."""
-    out = np.empty((blocks, row_span), per_channel.dtype)
-    for b in range(blocks):
-        for i in range(row_span):
-            out[b, i] = per_channel[b * WIDE + i % WIDE]
-    return out
-
-
-@njit(inline="always")
 def membrane_index(p, k, positions, padded, rows_at_once):
     """Where neuron (output position p, channel k of its group) lies in a fused worker's
     membranes of one sample: position-major [positions, padded], or block-major [blocks,
@@ -264,9 +255,10 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     (:func:`~snnverify.runtime.cpu.gather.gather_packed`). A layer of whole blocks of 64
     channels in one group gathers, block by block, a row of output positions for every step of
     a chunk into a staged row of sums (and its projection's, if any), then updates the block's
-    row step by step in one loop, which LLVM vectorises (a neuron's update reads only its own sums, so the order
-    of its steps, and every spike, is the same); its membranes lie block-major for that (see
-    :func:`membrane_index`). The other layers update the lanes of each gather in turn.
+    row step by step in one loop, which LLVM vectorises (a neuron's update reads only its own
+    sums, so the order of its steps, and every spike, is the same); its membranes lie
+    block-major for that (see :func:`membrane_index`). The other layers update the lanes of
+    each gather in turn.
 
     A job is ``schedule.tile`` samples of one group; their steps go in chunks of
     :data:`STEP_CHUNK`, and per chunk, block of output channels and output position, every
@@ -335,8 +327,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
     shortcut_read = positions_read((shortcut_h, shortcut_w), shortcut_kernel, shortcut_geometry, (out_h, out_w))
     # membranes of one sample per row, see membrane_index: a layer of whole blocks of 64 channels
     # in one group gathers a block's row of positions for every step of the chunk, then updates
-    # it at once (see the docstring), so a block's row lies contiguous; so do its θ, its sums
-    # (and the projection's) staged per (sample, step) and its bias (and the projection's)
+    # it at once (see the docstring), so a block's row lies contiguous; so do its θ and its sums
+    # (and the projection's) staged per (sample, step)
     rows_at_once = groups == 1 and group_out % WIDE == 0
     v = np.empty((tile, positions * padded), v0.dtype)
     row_span = out_w * WIDE  # the neurons of a block's output row when rows_at_once
@@ -346,8 +338,6 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
     for p in range(positions if rows_at_once else 0):
         for k in range(padded):
             block_thresholds[membrane_index(p, k, positions, padded, True)] = threshold[p, k]
-    row_bias = block_rows(bias, padded // WIDE if rows_at_once else 0, row_span)
-    shortcut_row_bias = block_rows(shortcut_bias, padded // WIDE if rows_at_once and projection else 0, row_span)
     tiles = -(-batch // tile)
     fired_total = 0
     for job in range(worker, tiles * groups, workers):
@@ -414,6 +404,10 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                                                           residual_values[row if currents else 0], out_spikes[n],
                                                           placement)
                 elif rows_at_once:
+                    # the block's bias (and the projection's) per neuron of a row
+                    row_bias = repeated(bias[start : start + WIDE], row_span)
+                    shortcut_row_bias = repeated(shortcut_bias[start : start + WIDE] if projection else shortcut_bias,
+                                                 row_span if projection else 0)
                     for oy in range(out_h):
                         for ox in range(out_w):
                             for r in range(samples * chunk):
@@ -434,14 +428,14 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes
                             for c in range(chunk):
                                 n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                 if projection:
-                                    integrate_shortcut(staged[r], row_bias[index], membrane, theta, shortcut_staged[r],
-                                                       shortcut_row_bias[index], out_spikes[n], placement)
+                                    integrate_shortcut(staged[r], row_bias, membrane, theta, shortcut_staged[r],
+                                                       shortcut_row_bias, out_spikes[n], placement)
                                 elif kind == ResidualKind.GRADED:
-                                    integrate_graded(staged[r], row_bias[index], membrane, theta, residual_values[0],
+                                    integrate_graded(staged[r], row_bias, membrane, theta, residual_values[0],
                                                      residual_spikes[n], out_spikes[n], placement)
                                 else:
                                     row = n if kind == ResidualKind.CURRENT else first_sample + s
-                                    integrate_current(kind, staged[r], row_bias[index], membrane, theta,
+                                    integrate_current(kind, staged[r], row_bias, membrane, theta,
                                                       residual_values[row if currents else 0], out_spikes[n],
                                                       placement)
                 else:
