@@ -117,10 +117,15 @@ def pytest_configure(config):
     # a worker keeps its counts in memory: the controller writes the report of all of them
     worker = hasattr(config, "workerinput")
     _LOG.report_path = None if worker else config.getoption("--comparison-report")
-    if worker or not config.getoption("numprocesses", None):  # a process that runs tests, not -n's controller
-        _import_every_snnverify_module()
     if worker:
         _share_the_cores(int(config.workerinput["workercount"]))
+
+
+def pytest_collection_finish(session):
+    # in a process that runs tests (not -n's controller, which collects none), before the first
+    # one, and only where a Hypothesis test is among them: the imports take ~8 s a process
+    if any(getattr(getattr(item, "obj", None), "is_hypothesis_test", False) for item in session.items):
+        _import_every_snnverify_module()
 
 
 def _share_the_cores(workers: int) -> None:

@@ -16,6 +16,7 @@ One file per job:
 - ``events``: the event-driven conv kernel (linear layers run as 1×1 convs) and the fused IF(conv(spikes) [+ residual]) kernel
 - ``dense``: dense convs, pooling, IF, adds
 - ``transpose``: spike maps between channels-first and channels-last
+- ``parallel``: how a kernel runs its workers in parallel
 - ``kernels``: the host functions and the kernel table :data:`CPU_KERNELS`
 """
 

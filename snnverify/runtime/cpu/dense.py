@@ -12,13 +12,13 @@ from numba import carray, njit, prange
 
 from snnverify.runtime.cpu.intrinsics import add_scaled_vector, stack_buffer
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
+from snnverify.runtime.cpu.parallel import call_worker, run_parallel
 
 
 #: output positions a narrow block of :func:`conv2d_dense_kernel` sums at once
 NARROW_POSITIONS = 4
 
 
-@njit(parallel=True, cache=True)
 def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     """out[n, o, y, x] = Σ_{ky, kx, c} W[o, c, ky, kx]·x[n, g·C + c, y·s − p + ky·d, ...] + bias[o],
     the terms in (ky, kx, c) order, each product rounded, then added (never a fused multiply-add).
@@ -33,14 +33,19 @@ def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     adjacent. A wide block (64 lanes) sums one position at a time, a narrow one (16 lanes)
     :data:`NARROW_POSITIONS` adjacent positions: either way 4 independent chains of 16-lane adds
     in flight."""
-    # the parallel loop only hands each worker its jobs (see
-    # snnverify.runtime.cpu.events.conv2d_events_if_kernel)
+    run_parallel(dense_workers, dense_worker, workers, x, weights, kernel_hw, bias, geometry, workers, out)
+
+
+@njit(parallel=True, cache=True)
+def dense_workers(address, failed, x, weights, kernel_hw, bias, geometry, workers, out):
+    """The worker at ``address`` (:func:`dense_worker`) once per worker, in parallel (see
+    :mod:`~snnverify.runtime.cpu.parallel`)."""
     for worker in prange(workers):
-        dense_worker(x, weights, kernel_hw, bias, geometry, np.int64(worker), workers, out)
+        failed[worker] = call_worker(address, (x, weights, kernel_hw, bias, geometry, workers, out, np.int64(worker)))
 
 
-@njit(error_model="numpy")
-def dense_worker(x, weights, kernel_hw, bias, geometry, worker, workers, out):
+@njit(cache=True, error_model="numpy")  # (the error model: see events.fused_worker)
+def dense_worker(x, weights, kernel_hw, bias, geometry, workers, out, worker):
     """The jobs of :func:`conv2d_dense_kernel` that fall to parallel worker ``worker``: jobs
     ``worker``, ``worker`` + workers, … (a job: one sample of one group)."""
     rows, out_channels, out_h, out_w = out.shape

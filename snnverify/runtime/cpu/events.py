@@ -18,6 +18,7 @@ from snnverify.runtime.cpu.gather import (gather, gather_packed, map_entries, ma
                                          positions_read, row_of, spike_entries)
 from snnverify.runtime.cpu.intrinsics import add_spiking_vector, stack_buffer, store_vector
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
+from snnverify.runtime.cpu.parallel import call_worker, run_parallel
 from snnverify.runtime.plan import ResidualKind
 
 #: Steps whose spike lists a fused kernel builds at once: each weight row it loads then serves
@@ -69,7 +70,6 @@ class Schedule(NamedTuple):
     pack: int
 
 
-@njit(parallel=True, cache=True)
 def conv2d_sparse_kernel(x, input_last, weights, packed, pack, kernel_hw, bias, geometry, workers, channels_last,
                          out):
     """The same sums as :func:`~snnverify.runtime.cpu.dense.conv2d_dense_kernel`, from the
@@ -85,16 +85,23 @@ def conv2d_sparse_kernel(x, input_last, weights, packed, pack, kernel_hw, bias, 
     reads it for a residual too); ``out`` is [N, C_out, H, W], or with ``channels_last`` [N, H,
     W, C_out] (the order in which an IF layer read by a fused kernel takes its currents: no
     transposed copy of them)."""
-    # the parallel loop only hands each worker its jobs (see conv2d_events_if_kernel): 6.0–6.4 s
-    # a signature to compile, against 7.8–10.6 s with the body inside the loop
+    run_parallel(sparse_workers, sparse_worker, workers, x, input_last, weights, packed, pack, kernel_hw, bias,
+                 geometry, workers, channels_last, out)
+
+
+@njit(parallel=True, cache=True)
+def sparse_workers(address, failed, x, input_last, weights, packed, pack, kernel_hw, bias, geometry, workers,
+                   channels_last, out):
+    """The worker at ``address`` (:func:`sparse_worker`) once per worker, in parallel (see
+    :mod:`~snnverify.runtime.cpu.parallel`)."""
     for worker in prange(workers):
-        sparse_worker(x, input_last, weights, packed, pack, kernel_hw, bias, geometry, np.int64(worker), workers,
-                      channels_last, out)
+        failed[worker] = call_worker(address, (x, input_last, weights, packed, pack, kernel_hw, bias, geometry, workers,
+                                               channels_last, out, np.int64(worker)))
 
 
-@njit(error_model="numpy")
-def sparse_worker(x, input_last, weights, packed, pack, kernel_hw, bias, geometry, worker, workers, channels_last,
-                  out):
+@njit(cache=True, error_model="numpy")  # (the error model: see fused_worker)
+def sparse_worker(x, input_last, weights, packed, pack, kernel_hw, bias, geometry, workers, channels_last, out,
+                  worker):
     """The jobs of :func:`conv2d_sparse_kernel` that fall to parallel worker ``worker``: jobs
     ``worker``, ``worker`` + workers, … (a job: one sample of one group)."""
     if channels_last:
@@ -238,7 +245,6 @@ def membrane_index(p, k, positions, padded, rows_at_once):
     return p * padded + k
 
 
-@njit(parallel=True, cache=True)
 def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spikes, counts):
     """IF(conv(spikes) [+ residual]) without storing currents; the spikes go to ``out_spikes``
     [T·B, H·W·C_out], channels-last, and their number, per parallel worker, to ``counts``
@@ -265,15 +271,17 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     sample and step of the chunk is gathered before the next position: the weights of a block
     (up to 9·C_in·64 values) are then read from memory once per chunk and tile, and from the
     caches for the rest."""
-    # The parallel loop only hands each worker its jobs (fused_worker), as in every parallel
-    # kernel of this package: Numba's parfor passes take a time that grows with the loop's body,
-    # and they do not enter a called function (~40 s a signature to compile, against ~60 s with
-    # the body inside the loop, when this was measured; ~18 s now, reports/speed). A worker is
-    # compiled with error_model="numpy", as Numba compiles a loop's body: no test for a zero
-    # divisor at each integer division (every divisor here is a size, never 0).
+    run_parallel(fused_workers, fused_worker, schedule.workers, conv, shortcut, residual, neurons, schedule, out_spikes,
+                 counts)
+
+
+@njit(parallel=True, cache=True)
+def fused_workers(address, failed, conv, shortcut, residual, neurons, schedule, out_spikes, counts):
+    """The worker at ``address`` (:func:`fused_worker`) once per worker, in parallel (see
+    :mod:`~snnverify.runtime.cpu.parallel`)."""
     # Numba passes only arrays and scalars into a parallel loop, so the tuples are unpacked
-    # before it and built again inside. The loop's index is unsigned; it goes as int64, the type
-    # fused_worker is first typed with, or the function would compile a second time.
+    # before it and built again inside, in the same types. The loop's index is unsigned; it goes
+    # as int64, the type of the worker's signature.
     spikes, in_shape, weights, packed, kernel_hw, geometry, bias = conv
     (shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel, shortcut_geometry,
      shortcut_bias) = shortcut
@@ -281,18 +289,21 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     threshold, v0, out_hw = neurons
     timesteps, batch, tile, workers, pack = schedule
     for worker in prange(workers):
-        fused_worker(FusedConv(spikes, in_shape, weights, packed, kernel_hw, geometry, bias),
-                     FusedConv(shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel,
-                               shortcut_geometry, shortcut_bias),
-                     FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
-                     Schedule(timesteps, batch, tile, workers, pack), np.int64(worker), out_spikes, counts)
+        failed[worker] = call_worker(
+            address, (FusedConv(spikes, in_shape, weights, packed, kernel_hw, geometry, bias),
+                      FusedConv(shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel,
+                                shortcut_geometry, shortcut_bias),
+                      FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
+                      Schedule(timesteps, batch, tile, workers, pack), out_spikes, counts, np.int64(worker)))
 
 
-@njit(error_model="numpy")
-def fused_worker(conv, shortcut, residual, neurons, schedule, worker, out_spikes, counts):
+@njit(cache=True, error_model="numpy")
+def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts, worker):
     """The jobs of :func:`conv2d_events_if_kernel` that fall to parallel worker ``worker``:
     jobs ``worker``, ``worker`` + workers, … (a job: ``schedule.tile`` samples of one group);
     ``counts[worker]`` = the spikes they wrote."""
+    # Compiled with error_model="numpy", as Numba compiles a parallel loop's body: no test for a
+    # zero divisor at each integer division (every divisor here is a size, never 0).
     spikes, (channels, in_h, in_w), weights, packed, kernel_hw, geometry, bias = conv
     (shortcut_spikes, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights, shortcut_packed, shortcut_kernel,
      shortcut_geometry, shortcut_bias) = shortcut
@@ -491,7 +502,6 @@ def group_spikes(row, channels, first, size):
     return total
 
 
-@njit(parallel=True, cache=True)
 def depthwise_if_kernel(spikes, in_hw, weights, kernel_hw, geometry, bias, residual, neurons, timesteps, batch, workers,
                         out_spikes, counts):
     """IF(depthwise conv(spikes) [+ residual]), the fused kernel of a depthwise conv (each output
@@ -508,18 +518,27 @@ def depthwise_if_kernel(spikes, in_hw, weights, kernel_hw, geometry, bias, resid
     :func:`conv2d_events_if_kernel` (``residual.kind`` NONE, CURRENT, STATIC or GRADED) in one
     loop, which LLVM vectorises. The fused kernel's gathers, per group of one channel, would use
     one lane in 16 and read the map once per channel. A job is one sample, all its steps in turn."""
-    # (jobs handed out as in conv2d_events_if_kernel; tuples unpacked before the parallel loop)
+    run_parallel(depthwise_workers, depthwise_worker, workers, spikes, in_hw, weights, kernel_hw, geometry, bias,
+                 residual, neurons, timesteps, batch, workers, out_spikes, counts)
+
+
+@njit(parallel=True, cache=True)
+def depthwise_workers(address, failed, spikes, in_hw, weights, kernel_hw, geometry, bias, residual, neurons,
+                      timesteps, batch, workers, out_spikes, counts):
+    """The worker at ``address`` (:func:`depthwise_worker`) once per worker, in parallel (tuples unpacked
+    before the loop, as in :func:`fused_workers`)."""
     kind, residual_values, residual_spikes = residual
     threshold, v0, out_hw = neurons
     for worker in prange(workers):
-        depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias,
-                         FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
-                         timesteps, batch, np.int64(worker), workers, out_spikes, counts)
+        failed[worker] = call_worker(
+            address, (spikes, in_hw, weights, kernel_hw, geometry, bias,
+                      FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
+                      timesteps, batch, workers, out_spikes, counts, np.int64(worker)))
 
 
-@njit(error_model="numpy")
-def depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias, residual, neurons, timesteps, batch, worker,
-                     workers, out_spikes, counts):
+@njit(cache=True, error_model="numpy")  # (the error model: see fused_worker)
+def depthwise_worker(spikes, in_hw, weights, kernel_hw, geometry, bias, residual, neurons, timesteps, batch, workers,
+                     out_spikes, counts, worker):
     """The samples of :func:`depthwise_if_kernel` that fall to parallel worker ``worker``:
     ``worker``, ``worker`` + workers, …; ``counts[worker]`` = the spikes they wrote."""
     kind, residual_values, residual_spikes = residual
