@@ -15,7 +15,8 @@ Numba's version, the Python version and the CPU stay part of each entry's key, a
 are kept; deleting the root at any time is safe.
 
 Processes that share the root (xdist workers, two checkouts at once) save one kernel's entries
-one at a time, under a lock beside its index: see :func:`_save_one_at_a_time`.
+one at a time, under a lock beside its index: see :func:`_save_one_at_a_time`; and one of them
+compiles a signature while the others wait to load it: see :func:`_compile_once`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import shutil
 from pathlib import Path
 
 from filelock import FileLock
+from numba.core import sigutils
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.dispatcher import Dispatcher
 from numba.core.caching import (
     CacheImpl,
     IndexDataCacheFile,
@@ -133,12 +137,49 @@ def _save_one_at_a_time(cache_file: IndexDataCacheFile, key, data) -> None:
         return _numba_save(cache_file, key, data)
 
 
+_numba_compile = Dispatcher.compile
+
+#: the compile locks this process holds (a nested compile of the same key must not wait on itself)
+_compiling: set[str] = set()
+
+
+def _compile_once(dispatcher: Dispatcher, sig):
+    """Numba's ``Dispatcher.compile`` under a lock per kernel and signature, for the kernels
+    cached under :func:`cache_root`.
+
+    Numba looks in the cache, and on a miss compiles and saves. Two processes that need a new
+    signature at once (the suite's xdist workers start on the same kernels) both miss and both
+    compile it: the fused kernel's worker twice, ~35 s each. Under the lock the second waits
+    for the first, then finds its entry in the cache and loads it. The lock is taken inside
+    Numba's own (process-wide) compiler lock, so threads of one process never wait on each
+    other's file locks; across processes, a compile waits only on the compile of a function it
+    calls, never the other way, so no two wait on each other."""
+    cache_file = getattr(dispatcher._cache, "_cache_file", None)
+    index = getattr(cache_file, "_index_path", None)
+    if index is None or not Path(index).is_relative_to(cache_root()):
+        return _numba_compile(dispatcher, sig)
+    args, _ = sigutils.normalize_signature(sig)
+    if tuple(args) in dispatcher.overloads:
+        return dispatcher.overloads[tuple(args)].entry_point
+    key = f"{index}.{hashlib.sha256(str(args).encode()).hexdigest()[:16]}.compiling"
+    with global_compiler_lock:
+        if key in _compiling:
+            return _numba_compile(dispatcher, sig)
+        _compiling.add(key)
+        try:
+            with FileLock(key):
+                return _numba_compile(dispatcher, sig)
+        finally:
+            _compiling.discard(key)
+
+
 def install() -> None:
     """Put :class:`RuntimeCacheLocator` first among Numba's locators, after only the one for
-    ``$NUMBA_CACHE_DIR``, and make saves under the root take turns
-    (:func:`_save_one_at_a_time`). Must run before the kernels are decorated
-    (``snnverify.runtime`` does it on import); idempotent."""
+    ``$NUMBA_CACHE_DIR``, make saves under the root take turns (:func:`_save_one_at_a_time`),
+    and compiles of one signature wait for each other (:func:`_compile_once`). Must run before
+    the kernels are decorated (``snnverify.runtime`` does it on import); idempotent."""
     locators = CacheImpl._locator_classes
     if RuntimeCacheLocator not in locators:
         locators.insert(locators.index(UserProvidedCacheLocator) + 1, RuntimeCacheLocator)
     IndexDataCacheFile.save = _save_one_at_a_time
+    Dispatcher.compile = _compile_once

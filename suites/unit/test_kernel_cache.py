@@ -144,6 +144,41 @@ def test_processes_saving_one_kernels_signatures_at_once_keep_each_its_own_code(
         line for line in rounds if not line.endswith("('A', 'A') ('B', 'B')")]
 
 
+def test_processes_needing_one_new_signature_at_once_compile_it_once(tmp_path):
+    """Two processes call a kernel for a signature not yet cached, at the same moment: one
+    compiles it, the other waits and loads it (without the lock, both compile)."""
+    script = textwrap.dedent("""
+        import multiprocessing
+        import numpy as np
+        from snnverify.runtime.cpu.dense import scale_channels_kernel
+
+        def run(barrier, results):
+            barrier.wait()
+            out = np.empty((3, 5), np.float32)
+            scale_channels_kernel(np.ones((3, 5), bool), np.arange(5, dtype=np.float32), out)
+            assert (out == np.arange(5)).all()
+            stats = scale_channels_kernel.stats
+            results.put((sum(stats.cache_hits.values()), sum(stats.cache_misses.values())))
+
+        if __name__ == "__main__":
+            fork = multiprocessing.get_context("fork")
+            barrier, results = fork.Barrier(2), fork.Queue()
+            processes = [fork.Process(target=run, args=(barrier, results)) for _ in range(2)]
+            for process in processes:
+                process.start()
+            counts = sorted(results.get(timeout=240) for _ in processes)
+            for process in processes:
+                process.join()
+                assert process.exitcode == 0
+            print(*counts)
+    """)
+    environment = {**os.environ, "SNNVERIFY_KERNEL_CACHE": str(tmp_path / "cache")}
+    environment.pop("NUMBA_CACHE_DIR", None)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "(0, 1) (1, 0)", f"(cache hits, misses) per process: {run.stdout}"
+
+
 def test_a_load_while_an_entry_is_saved_finds_no_file_rather_than_an_old_one(tmp_path, monkeypatch):
     """An old data file that the index does not name (Numba discards another version's index
     and numbers its entries from 1 again) must not be read for the new entry in the moment
