@@ -10,6 +10,11 @@ skipped in ``setup`` when no CUDA GPU is visible (asv style: params do not depen
 installed). Run: ``asv run --python=same -E existing --bench bench_backends``.
 """
 
+import os
+import subprocess
+import sys
+import tempfile
+
 import numpy as np
 import torch
 from numba import carray, njit
@@ -297,3 +302,44 @@ class AddChains:
         return self.adds * lanes / seconds / 1e9
 
     track_adds_per_second.unit = "G adds/s"
+
+
+_FIRST_RUN = """
+import sys, time
+import torch
+import snnverify
+from snnverify.api import SNN
+from snnverify.jobs.speed import SHAPES, converted
+
+ann, graph = converted(sys.argv[1])
+snn = SNN(graph, 2, target="cpu")
+x = torch.randn(2, *SHAPES[sys.argv[1]], generator=torch.Generator().manual_seed(1))
+start = time.perf_counter()
+snnverify.simulate(snn, x, 2)
+print(time.perf_counter() - start)
+"""
+
+
+class FirstRun:
+    """What a user waits for on a new machine or after an upgrade: a network's first
+    ``simulate`` on the cpu target, in a fresh process with an empty kernel cache, so that every
+    kernel it runs is compiled (small_resnet: the fused IF(conv) of spikes and the sparse and
+    dense convs in float32; small_resnet_pooled adds the pools and the fused conv of a pooled
+    map). Seconds, one sample: a compile takes tens of seconds, far above the host's noise."""
+
+    params = [["small_resnet", "small_resnet_pooled"]]
+    param_names = ["model"]
+    timeout = 900
+    number = 1
+    repeat = 1
+    rounds = 1
+
+    def track_first_simulate_seconds(self, model):
+        with tempfile.TemporaryDirectory() as cache:
+            environment = {**os.environ, "SNNVERIFY_KERNEL_CACHE": cache}
+            environment.pop("NUMBA_CACHE_DIR", None)
+            run = subprocess.run([sys.executable, "-c", _FIRST_RUN, model], env=environment, capture_output=True,
+                                 text=True, check=True, timeout=self.timeout)
+        return float(run.stdout.split()[-1])
+
+    track_first_simulate_seconds.unit = "seconds"
