@@ -1,5 +1,6 @@
 """asv benchmarks: SNN simulation per backend on converted networks (T = 32 by default, T = 8 and
-32 and the ResNet-18s in the full grid), and the ANN forward pass beside it (:class:`AnnForward`).
+32 and the ResNet-18s in the full grid), and the ANN forward pass beside it (:class:`AnnForward`);
+a network's first simulation from an empty kernel cache, compiles included (:class:`FirstRun`).
 
 ``time_simulate`` beside ``track_`` of what it produced (sparsity, and the agreement of the
 backend's predictions with the torch reference), on the same batch, and beside two ratios
