@@ -159,7 +159,7 @@ def _compile_once(dispatcher: Dispatcher, sig):
     if index is None or not Path(index).is_relative_to(cache_root()):
         return _numba_compile(dispatcher, sig)
     args, _ = sigutils.normalize_signature(sig)
-    if tuple(args) in dispatcher.overloads:
+    if tuple(args) in dispatcher.overloads:  # (typing a call compiles again what exists: no lock for that)
         return dispatcher.overloads[tuple(args)].entry_point
     key = f"{index}.{hashlib.sha256(str(args).encode()).hexdigest()[:16]}.compiling"
     with global_compiler_lock:

@@ -18,9 +18,11 @@ def _doubling_worker(values, out, workers, worker):
 
 
 @njit(parallel=True)
-def _doubling_workers(address, failed, values, out, workers):
+def _doubling_workers(address, values, out, workers):
+    failed = np.empty(workers, np.bool_)
     for worker in prange(workers):
         failed[worker] = call_worker(address, (values, out, workers, np.int64(worker)))
+    return failed
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -30,7 +32,7 @@ def test_each_argument_type_runs_the_worker_compiled_for_it(workers):
     for dtype in (np.int64, np.float64, np.int32, np.int64, np.float64):
         values = np.arange(1, 8, dtype=dtype) * dtype(3)
         out = np.zeros_like(values)
-        run_parallel(_doubling_workers, _doubling_worker, workers, values, out, workers)
+        run_parallel(_doubling_workers, _doubling_worker, values, out, workers)
         np.testing.assert_array_equal(out, 2 * values)
         assert out.dtype == dtype
 
@@ -38,7 +40,7 @@ def test_each_argument_type_runs_the_worker_compiled_for_it(workers):
 def test_an_error_in_a_worker_is_raised_by_the_kernel():
     values = np.array([1.0, -1.0, 2.0])
     with pytest.raises(ValueError, match="negative value"):
-        run_parallel(_doubling_workers, _doubling_worker, 2, values, np.zeros_like(values), 2)
+        run_parallel(_doubling_workers, _doubling_worker, values, np.zeros_like(values), 2)
 
 
 @njit
@@ -50,11 +52,13 @@ def _once_failing_worker(trigger, workers, worker):
 
 
 @njit(parallel=True)
-def _once_failing_workers(address, failed, trigger, workers):
+def _once_failing_workers(address, trigger, workers):
+    failed = np.empty(workers, np.bool_)
     for worker in prange(workers):
         failed[worker] = call_worker(address, (trigger, workers, np.int64(worker)))
+    return failed
 
 
 def test_a_worker_that_fails_only_in_parallel_is_still_an_error():
     with pytest.raises(RuntimeError, match="_once_failing_worker: parallel worker 0 failed, but not when run again"):
-        run_parallel(_once_failing_workers, _once_failing_worker, 1, np.array([True]), 1)
+        run_parallel(_once_failing_workers, _once_failing_worker, np.array([True]), 1)

@@ -33,15 +33,17 @@ def conv2d_dense_kernel(x, weights, kernel_hw, bias, geometry, workers, out):
     adjacent. A wide block (64 lanes) sums one position at a time, a narrow one (16 lanes)
     :data:`NARROW_POSITIONS` adjacent positions: either way 4 independent chains of 16-lane adds
     in flight."""
-    run_parallel(dense_workers, dense_worker, workers, x, weights, kernel_hw, bias, geometry, workers, out)
+    run_parallel(dense_workers, dense_worker, x, weights, kernel_hw, bias, geometry, workers, out)
 
 
 @njit(parallel=True, cache=True)
-def dense_workers(address, failed, x, weights, kernel_hw, bias, geometry, workers, out):
-    """The worker at ``address`` (:func:`dense_worker`) once per worker, in parallel (see
-    :mod:`~snnverify.runtime.cpu.parallel`)."""
+def dense_workers(address, x, weights, kernel_hw, bias, geometry, workers, out):
+    """The worker at ``address`` (:func:`dense_worker`) once per worker, in parallel; which of
+    them raised (see :mod:`~snnverify.runtime.cpu.parallel`)."""
+    failed = np.empty(workers, np.bool_)
     for worker in prange(workers):
         failed[worker] = call_worker(address, (x, weights, kernel_hw, bias, geometry, workers, out, np.int64(worker)))
+    return failed
 
 
 @njit(cache=True, error_model="numpy")  # (the error model: see events.fused_worker)

@@ -85,18 +85,20 @@ def conv2d_sparse_kernel(x, input_last, weights, packed, pack, kernel_hw, bias, 
     reads it for a residual too); ``out`` is [N, C_out, H, W], or with ``channels_last`` [N, H,
     W, C_out] (the order in which an IF layer read by a fused kernel takes its currents: no
     transposed copy of them)."""
-    run_parallel(sparse_workers, sparse_worker, workers, x, input_last, weights, packed, pack, kernel_hw, bias,
-                 geometry, workers, channels_last, out)
+    run_parallel(sparse_workers, sparse_worker, x, input_last, weights, packed, pack, kernel_hw, bias, geometry,
+                 workers, channels_last, out)
 
 
 @njit(parallel=True, cache=True)
-def sparse_workers(address, failed, x, input_last, weights, packed, pack, kernel_hw, bias, geometry, workers,
-                   channels_last, out):
-    """The worker at ``address`` (:func:`sparse_worker`) once per worker, in parallel (see
-    :mod:`~snnverify.runtime.cpu.parallel`)."""
+def sparse_workers(address, x, input_last, weights, packed, pack, kernel_hw, bias, geometry, workers, channels_last,
+                   out):
+    """The worker at ``address`` (:func:`sparse_worker`) once per worker, in parallel; which of
+    them raised (see :mod:`~snnverify.runtime.cpu.parallel`)."""
+    failed = np.empty(workers, np.bool_)
     for worker in prange(workers):
         failed[worker] = call_worker(address, (x, input_last, weights, packed, pack, kernel_hw, bias, geometry, workers,
                                                channels_last, out, np.int64(worker)))
+    return failed
 
 
 @njit(cache=True, error_model="numpy")  # (the error model: see fused_worker)
@@ -271,14 +273,13 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     sample and step of the chunk is gathered before the next position: the weights of a block
     (up to 9·C_in·64 values) are then read from memory once per chunk and tile, and from the
     caches for the rest."""
-    run_parallel(fused_workers, fused_worker, schedule.workers, conv, shortcut, residual, neurons, schedule, out_spikes,
-                 counts)
+    run_parallel(fused_workers, fused_worker, conv, shortcut, residual, neurons, schedule, out_spikes, counts)
 
 
 @njit(parallel=True, cache=True)
-def fused_workers(address, failed, conv, shortcut, residual, neurons, schedule, out_spikes, counts):
-    """The worker at ``address`` (:func:`fused_worker`) once per worker, in parallel (see
-    :mod:`~snnverify.runtime.cpu.parallel`)."""
+def fused_workers(address, conv, shortcut, residual, neurons, schedule, out_spikes, counts):
+    """The worker at ``address`` (:func:`fused_worker`) once per worker, in parallel; which of
+    them raised (see :mod:`~snnverify.runtime.cpu.parallel`)."""
     # Numba passes only arrays and scalars into a parallel loop, so the tuples are unpacked
     # before it and built again inside, in the same types. The loop's index is unsigned; it goes
     # as int64, the type of the worker's signature.
@@ -288,6 +289,7 @@ def fused_workers(address, failed, conv, shortcut, residual, neurons, schedule, 
     kind, residual_values, residual_spikes = residual
     threshold, v0, out_hw = neurons
     timesteps, batch, tile, workers, pack = schedule
+    failed = np.empty(workers, np.bool_)
     for worker in prange(workers):
         failed[worker] = call_worker(
             address, (FusedConv(spikes, in_shape, weights, packed, kernel_hw, geometry, bias),
@@ -295,6 +297,7 @@ def fused_workers(address, failed, conv, shortcut, residual, neurons, schedule, 
                                 shortcut_geometry, shortcut_bias),
                       FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
                       Schedule(timesteps, batch, tile, workers, pack), out_spikes, counts, np.int64(worker)))
+    return failed
 
 
 @njit(cache=True, error_model="numpy")
@@ -518,22 +521,24 @@ def depthwise_if_kernel(spikes, in_hw, weights, kernel_hw, geometry, bias, resid
     :func:`conv2d_events_if_kernel` (``residual.kind`` NONE, CURRENT, STATIC or GRADED) in one
     loop, which LLVM vectorises. The fused kernel's gathers, per group of one channel, would use
     one lane in 16 and read the map once per channel. A job is one sample, all its steps in turn."""
-    run_parallel(depthwise_workers, depthwise_worker, workers, spikes, in_hw, weights, kernel_hw, geometry, bias,
-                 residual, neurons, timesteps, batch, workers, out_spikes, counts)
+    run_parallel(depthwise_workers, depthwise_worker, spikes, in_hw, weights, kernel_hw, geometry, bias, residual,
+                 neurons, timesteps, batch, workers, out_spikes, counts)
 
 
 @njit(parallel=True, cache=True)
-def depthwise_workers(address, failed, spikes, in_hw, weights, kernel_hw, geometry, bias, residual, neurons,
-                      timesteps, batch, workers, out_spikes, counts):
-    """The worker at ``address`` (:func:`depthwise_worker`) once per worker, in parallel (tuples unpacked
-    before the loop, as in :func:`fused_workers`)."""
+def depthwise_workers(address, spikes, in_hw, weights, kernel_hw, geometry, bias, residual, neurons, timesteps, batch,
+                      workers, out_spikes, counts):
+    """The worker at ``address`` (:func:`depthwise_worker`) once per worker, in parallel; which of
+    them raised (tuples unpacked before the loop, as in :func:`fused_workers`)."""
     kind, residual_values, residual_spikes = residual
     threshold, v0, out_hw = neurons
+    failed = np.empty(workers, np.bool_)
     for worker in prange(workers):
         failed[worker] = call_worker(
             address, (spikes, in_hw, weights, kernel_hw, geometry, bias,
                       FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
                       timesteps, batch, workers, out_spikes, counts, np.int64(worker)))
+    return failed
 
 
 @njit(cache=True, error_model="numpy")  # (the error model: see fused_worker)

@@ -48,14 +48,14 @@ def call_worker(typingctx, address, arguments):
     return types.boolean(address, arguments), codegen
 
 
-def run_parallel(kernel, worker, workers: int, *arguments) -> None:
-    """``kernel(address, failed, *arguments)``, whose ``prange`` loop sets ``failed[w] =
-    call_worker(address, (*arguments, w))`` (its arguments rebuilt in the loop, in the same
-    types) for each of ``workers`` workers w; ``address`` is that of ``worker`` compiled (or
-    loaded from the kernel cache) for those types and an int64 index, once per types, found
-    again by Numba's own type fingerprints of the arguments (a few µs; ``numba.typeof`` of a
-    kernel's arguments takes ~0.4 ms). A worker that raised is run again, alone, to raise its
-    exception here."""
+def run_parallel(kernel, worker, *arguments) -> None:
+    """``failed = kernel(address, *arguments)``, whose ``prange`` loop over the workers w sets
+    ``failed[w] = call_worker(address, (*arguments, w))`` (its arguments rebuilt in the loop, in
+    the same types; ``failed`` allocated by the kernel, one entry per worker, each one written);
+    ``address`` is that of ``worker`` compiled (or loaded from the kernel cache) for those types
+    and an int64 index, once per types, found again by Numba's own type fingerprints of the
+    arguments (a few µs; ``numba.typeof`` of a kernel's arguments takes ~0.4 ms). A worker that
+    raised is run again, alone, to raise its exception here."""
     key = (kernel, tuple(compute_fingerprint(argument) for argument in arguments))
     address = _addresses.get(key)
     if address is None:
@@ -63,8 +63,7 @@ def run_parallel(kernel, worker, workers: int, *arguments) -> None:
         worker.compile(signature)
         compiled = worker.overloads[signature.args]
         address = _addresses[key] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
-    failed = np.zeros(workers, np.bool_)
-    kernel(address, failed, *arguments)
+    failed = kernel(address, *arguments)
     for index in np.flatnonzero(failed):
         worker(*arguments, np.int64(index))
         raise RuntimeError(f"{worker.__name__}: parallel worker {index} failed, but not when run again alone")
