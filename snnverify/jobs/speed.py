@@ -127,9 +127,11 @@ def parse_target(spelling: str) -> tuple[str, str | None]:
 
 
 def measure(model: str, targets: list[str], timesteps: list[int], batch: int, repeats: int = 3,
-            integer: bool = False, bursts: tuple[int, ...] = (1,)) -> dict:
+            integer: bool = False, bursts: tuple[int, ...] = (1,), amplitude_bits: tuple[int, ...] = (16,)) -> dict:
     """Images/s per target and T beside the ANN forward; with ``integer``, every target also
-    runs the network's integer mode (``snnverify.quantize``), as target ``<target> integer``.
+    runs the network's integer mode (``snnverify.quantize``), as target ``<target> integer``,
+    once per entry of ``amplitude_bits`` (quantize's; other than its default 16 named in the
+    target, ``<target> integer a8``: W' = W·a then narrower, see reports/speed).
     Each B of ``bursts`` converts the network with IF layers of up to B spikes per step (the
     same weights and λ; B > 1 is named in the target, ``<target> B4``: its readers take graded
     maps, not binary events). ``targets`` are spelled as :func:`parse_target` reads them."""
@@ -149,9 +151,10 @@ def measure(model: str, targets: list[str], timesteps: list[int], batch: int, re
             name = spelling if max_spikes == 1 else f"{spelling} B{max_spikes}"
             devices[name] = device
             snns[name] = SNN(graph, 1, target=target)
-            if integer:
-                devices[f"{name} integer"] = device
-                snns[f"{name} integer"] = snnverify.quantize(SNN(graph, 1, target=target))
+            for bits in amplitude_bits if integer else ():
+                integer_name = f"{name} integer" + ("" if bits == 16 else f" a{bits}")
+                devices[integer_name] = device
+                snns[integer_name] = snnverify.quantize(SNN(graph, 1, target=target), amplitude_bits=bits)
     gpu = any(runs_on_gpu(spelling) for spelling in targets)
     if gpu:  # dense torch at its best: cuDNN times its algorithms once per shape and keeps the fastest
         torch.backends.cudnn.benchmark = True
@@ -204,6 +207,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[32], help="batch sizes, each measured on its own")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--integer", action="store_true", help="also time each target on the integer-mode network")
+    parser.add_argument("--amplitude-bits", nargs="+", type=int, default=[16],
+                        help="with --integer: the integer networks' amplitude bits (quantize's amplitude_bits), "
+                             "each timed beside the others")
     parser.add_argument("--max-spikes", nargs="+", type=int, default=[1],
                         help="B: IF layers of up to B spikes per step, each B's conversion timed beside the others")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -219,7 +225,11 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be >= 1, got {value}")
     for max_spikes in args.max_spikes:
         check_max_spikes(max_spikes)
-    results = [measure(m, args.targets, args.timesteps, batch, args.repeats, args.integer, tuple(args.max_spikes))
+    for bits in args.amplitude_bits:
+        if not 1 <= bits <= 32:
+            raise ValueError(f"--amplitude-bits must be in 1..32, got {bits}")
+    results = [measure(m, args.targets, args.timesteps, batch, args.repeats, args.integer, tuple(args.max_spikes),
+                       tuple(args.amplitude_bits))
                for m in args.models for batch in args.batch]
     for result in results:
         on_gpu = f", on the GPU {result['ann_cuda_images_per_s']:.0f}" if "ann_cuda_images_per_s" in result else ""

@@ -45,7 +45,7 @@ def spikes_on(graph, target, x, steps):
 WIDER_BUDGET = {"weight_bits": 16, "amplitude_bits": 24}
 
 
-def quantized(case, with_budget: bool = False):
+def quantized(case, with_budget: bool = False, amplitude_bits: int = 16):
     """The integer-mode graph of a generated case (and, ``with_budget``, the bit budget it took).
     quantize takes every generated graph; one whose threshold is finer than the resolution of
     its input current at 8 weight bits is refused, by name, with the advice to raise the bit
@@ -53,7 +53,7 @@ def quantized(case, with_budget: bool = False):
     that wider budget, never dropped."""
     snn, budget = SNN(case.graph, case.timesteps), {}
     try:
-        integer = snnverify.quantize(snn).graph
+        integer = snnverify.quantize(snn, amplitude_bits=amplitude_bits).graph
     except ValueError as error:
         if "rounds to below 2; raise input_scale or weight_bits" not in str(error):
             raise
@@ -146,10 +146,10 @@ def test_torch_and_cpu_identical_when_every_sum_is_exact_wide_layers(comparison_
             spikes_on(case.graph, "torch", case.x, case.timesteps), spikes_on(case.graph, "cpu", case.x, case.timesteps))
 
 
-def narrowed_layers(plan) -> dict[str, bool]:
-    """Per conv of an integer plan fed by spikes or pooled spikes: whether the cpu backend
-    gathers it in int32."""
-    return {op.name: CPU_KERNELS.weight_layout(op).blocks.dtype == np.int32 for op in plan.ops
+def row_types(plan) -> dict[str, str]:
+    """Per conv of an integer plan fed by spikes or pooled spikes: the type of the weight rows
+    the cpu backend gathers (int16 and int32 rows sum in int32, int64 rows in int64)."""
+    return {op.name: CPU_KERNELS.weight_layout(op).blocks.dtype.name for op in plan.ops
             if op.sparse and isinstance(op.node, g.Conv2d)}
 
 
@@ -157,29 +157,58 @@ def narrowed_layers(plan) -> dict[str, bool]:
 @given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12), st.data())
 def test_cpu_integer_spikes_alike_with_narrow_and_wide_accumulators(comparison_log, case, data):
     """The cpu backend gathers an integer conv of spikes or pooled spikes in int32 where every
-    output's Σ|W'| times the input's peak fits (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`):
-    spikes and output are those of the same plan gathered in int64 throughout, every layer and
-    step, fused and not. The int32 limit is drawn among the layers' bounds, so any mix of
-    narrow and wide layers runs (a fused conv and its shortcut in different types included),
-    not only the mix the default limit makes."""
-    graph, x = quantized(case), np.asarray(case.x)
+    output's Σ|W'| times the input's peak fits, from int16 rows where every |W'| fits them too
+    (:func:`~snnverify.runtime.cpu.layouts.row_dtype`): spikes and output are those of the same
+    plan gathered in int64 throughout, every layer and step, fused and not. The int32 limit is
+    drawn among the layers' bounds, int16 rows allowed or not, and the amplitudes quantised to
+    16 bits or fewer (so that W' = W·a fits int16 rows in some layers and not in others): any
+    mix of int16, int32 and int64 layers runs (a fused conv and its shortcut in different types
+    included), not only the mix the defaults make."""
+    graph = quantized(case, amplitude_bits=data.draw(st.sampled_from([16, 8, 4]), label="amplitude bits"))
+    x = np.asarray(case.x)
     ExactRange(graph).check(x, case.timesteps)  # (the run is one the backends take)
     bounds = sorted({gain(op.weight) * op.input_peak for op in build_plan(graph).ops
                      if op.sparse and isinstance(op.node, g.Conv2d)})
     limit = data.draw(st.sampled_from([np.iinfo(np.int32).max, *(b for b in bounds if b < 2**31)]), label="limit")
-    accumulator_dtype = layouts.accumulator_dtype
-    with mock.patch.object(layouts, "accumulator_dtype",
-                           lambda weight, peak: accumulator_dtype(weight, peak, limit)):
+    narrowest = data.draw(st.sampled_from([np.int16, np.int32]), label="narrowest rows")
+    row_dtype = layouts.row_dtype
+    with mock.patch.object(layouts, "row_dtype", lambda weight, peak: row_dtype(weight, peak, limit, narrowest)):
         plan = build_plan(graph)
-        narrowed = narrowed_layers(plan)
-        event(f"event-driven convs gathered in int32: {sum(narrowed.values())} of {len(narrowed)}"
-              if narrowed else "no event-driven conv")
+        types = set(row_types(plan).values())
+        event(f"event-driven convs with rows of {', '.join(sorted(types))}" if types else "no event-driven conv")
         narrow = execute(plan, CPU_KERNELS, x, case.timesteps, True)
-    with mock.patch.object(layouts, "accumulator_dtype", lambda weight, peak: weight.dtype):
+    with mock.patch.object(layouts, "row_dtype", lambda weight, peak: weight.dtype):
         plan = build_plan(graph)
-        assert not any(narrowed_layers(plan).values())
+        assert set(row_types(plan).values()) <= {"int64"}
         wide = execute(plan, CPU_KERNELS, x, case.timesteps, True)
-    compare(comparison_log, "cpu integer, int32 vs int64 accumulators", narrow[::2], wide[::2])
+    compare(comparison_log, "cpu integer, int16 and int32 vs int64 accumulators", narrow[::2], wide[::2])
+
+
+@pytest.mark.parametrize("weight, rows", [(2**15 - 1, "int16"), (2**15, "int32")])
+@pytest.mark.parametrize("fused", [True, False])
+def test_rows_at_the_edge_of_int16_fire_as_torch_does(weight, rows, fused):
+    """A layer of weights ±(2^15 − 1) has int16 rows, one of 2^15 int32 rows (which int16 would
+    wrap to −2^15); all of its inputs spike at once, so its gather adds every row, and the
+    neurons of positive weights fire at the first step, those of negative ones stay silent, in
+    the fused kernel and in the sparse conv that feeds a separate IF layer, as in torch's
+    reference."""
+    ints = lambda *values: np.array(values, np.int64)  # noqa: E731
+    nodes = [g.Input("input", shape=(1, 1, 1)), g.Conv2d("conv0", weight=ints(2, 2, 2).reshape(3, 1, 1, 1)),
+             g.IF("if0", threshold=ints(2, 2, 2), amplitude=ints(1, 1, 1)),
+             g.Conv2d("conv1", weight=ints(weight, weight, weight, -weight, -weight, -weight).reshape(2, 3, 1, 1)),
+             g.IF("if1", threshold=ints(2 * weight, 2)), g.Flatten("flat"), g.Output("output")]
+    inputs = {"input": [], "conv0": ["input"], "if0": ["conv0"], "conv1": ["if0"], "if1": ["conv1"],
+              "flat": ["if1"], "output": ["flat"]}
+    graph = g.SpikingGraph({node.name: node for node in nodes}, inputs)
+    plan = build_plan(graph)
+    assert row_types(plan) == {"conv1": rows}
+    x = np.ones((1, 1, 1, 1), np.float32)
+    assert "if1" in plan.fusions
+    _, _, spikes, _ = execute(plan, CPU_KERNELS if fused else UNFUSED, x, 2, True)
+    expected = spikes_on(graph, "torch", x, 2)[1]
+    assert expected["if1"][0].reshape(-1).tolist() == [True, False]
+    for name in spikes:
+        np.testing.assert_array_equal(spikes[name], expected[name])
 
 
 @pytest.mark.parametrize("bound, narrow", [(2**31 - 1, True), (2**31, False)])
@@ -198,7 +227,7 @@ def test_a_gather_at_the_edge_of_int32_fires_as_torch_does(bound, narrow, fused)
               "flat": ["if1"], "output": ["flat"]}
     graph = g.SpikingGraph({node.name: node for node in nodes}, inputs)
     plan = build_plan(graph)
-    assert narrowed_layers(plan) == {"conv1": narrow}
+    assert row_types(plan) == {"conv1": "int32" if narrow else "int64"}
     x = np.ones((1, 1, 1, 1), np.float32)
     assert "if1" in plan.fusions  # run by the fused kernel, unless the table has none
     _, _, spikes, _ = execute(plan, CPU_KERNELS if fused else UNFUSED, x, 2, True)
@@ -223,7 +252,7 @@ def test_a_gather_of_pooled_spikes_at_the_edge_of_int32_fires_as_torch_does(boun
               "if1": ["conv1"], "flat": ["if1"], "output": ["flat"]}
     graph = g.SpikingGraph({node.name: node for node in nodes}, inputs)
     plan = build_plan(graph)
-    assert narrowed_layers(plan) == {"conv1": narrow}
+    assert row_types(plan) == {"conv1": "int32" if narrow else "int64"}
     x = np.ones((1, 1, 2, 2), np.float32)
     _, _, spikes, _ = execute(plan, CPU_KERNELS, x, 2, True)
     expected = spikes_on(graph, "torch", x, 2)[1]

@@ -109,8 +109,8 @@ def test_a_merge_reading_a_pooled_if_layer_rescales_the_pooled_map_without_a_con
     """a → pool → conv1 → b → conv2 → add(conv2, pool): the merge reads a through its pool, so its
     rescale node scales the pooled map by 2^m. The kernel backends run it as one product per
     value (``scale_channels``), no conv (with that path removed the cpu backend runs a conv and
-    this fails); conv1 reads the pool itself, a's 16-bit amplitudes gathered in int32; torch, cpu
-    and gpu fire alike."""
+    this fails); conv1 reads the pool itself, a's 16-bit amplitudes summed in int32 (from rows of
+    int16, which hold this conv's weights); torch, cpu and gpu fire alike."""
     rng = np.random.default_rng(2)
     weight = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731
     threshold = lambda: (rng.random(3) + 0.5).astype(np.float32)  # noqa: E731
@@ -129,7 +129,7 @@ def test_a_merge_reading_a_pooled_if_layer_rescales_the_pooled_map_without_a_con
     assert np.all(factor == factor[0]) and factor[0] >= 1 and np.log2(factor[0]).is_integer()
     assert integer.nodes["a"].output_amplitude.max() < 2**16
     conv1 = next(op for op in build_plan(integer).ops if op.name == "conv1")
-    assert CPU_KERNELS.weight_layout(conv1).blocks.dtype == np.int32
+    assert CPU_KERNELS.weight_layout(conv1).blocks.dtype == np.int16
     convs_run = []
 
     def recording_conv2d(x, weight, bias, node, out_shape, sparse, **layout):

@@ -84,6 +84,7 @@ def test_bad_inputs_exit_with_a_message_not_a_traceback(tmp_path, capsys):
     ("run", ["--convert-timesteps", "0"], "timesteps must be an integer >= 1"),
     ("speed", ["--targets", "cpu", "tpu"], "unknown target 'tpu'"),
     ("speed", ["--batch", "0"], "--batch must be >= 1"),
+    ("speed", ["--integer", "--amplitude-bits", "0"], "--amplitude-bits must be in 1..32, got 0"),
     ("loihi2", ["--model", "vgg99"], "unknown model 'vgg99'"),
     ("sparsity", ["--penalties", "0", "-1"], "rate_penalty must be a finite number >= 0, got -1.0"),
     ("sparsity", ["--budget", "0", "--penalties", "1"], "rate_penalty=1.0 acts in training, and this conversion trains nothing"),

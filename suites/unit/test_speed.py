@@ -153,3 +153,18 @@ def test_speed_times_each_burst_size_on_its_own_conversion():
     assert set(rows) == {"torch", "torch B3"}
     # up to 3 spikes a step: more spikes per neuron-step than the binary layers, never above 3
     assert rows["torch"]["spike_rate"] < rows["torch B3"]["spike_rate"] <= 3
+
+
+def test_speed_times_each_amplitude_width_on_its_own_integer_network(monkeypatch):
+    """``--integer --amplitude-bits 16 8``: the network quantised once per width, each timed as
+    its own target (the default width unnamed)."""
+    import snnverify
+    from snnverify.jobs.speed import measure
+
+    widths, quantize = [], snnverify.quantize
+    monkeypatch.setattr(snnverify, "quantize", lambda snn, **bits: (widths.append(bits["amplitude_bits"]),
+                                                                     quantize(snn, **bits))[1])
+    rows = {row["target"]: row for row in measure("small_resnet", ["torch"], [2], 2, 1, integer=True,
+                                                  amplitude_bits=(16, 8))["snn"]}
+    assert set(rows) == {"torch", "torch integer", "torch integer a8"}
+    assert widths == [16, 8]

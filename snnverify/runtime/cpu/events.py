@@ -14,8 +14,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import carray, njit, prange
 
-from snnverify.runtime.cpu.gather import (gather, gather_packed, map_entries, map_values, nonzero_entries,
-                                         positions_read, row_of, spike_entries)
+from snnverify.runtime.cpu.gather import (empty_sums, gather, gather_packed, map_entries, map_values,
+                                         nonzero_entries, positions_read, row_of, spike_entries)
 from snnverify.runtime.cpu.intrinsics import add_spiking_vector, stack_buffer, store_vector
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
 from snnverify.runtime.cpu.parallel import call_worker, run_parallel
@@ -123,10 +123,10 @@ def sparse_worker(x, input_last, weights, packed, pack, kernel_hw, bias, geometr
     span = packed.shape[0] // (kernel_h * group_in)  # input columns a packed row set covers
     # scratch, allocated once per worker and call
     entries = np.empty(in_h * in_w * group_in, np.int32)
-    values = np.empty(in_h * in_w * group_in, weights.dtype)
+    values = empty_sums(in_h * in_w * group_in, weights)
     starts = np.empty(in_h * in_w + 1, np.int64)
     for job in range(worker, rows * groups, workers):
-        acc = stack_buffer(weights, WIDE)  # in the worker's stack frame, in W's type
+        acc = stack_buffer(weights, WIDE)  # in the worker's stack frame, in the type of W's sums
         sums = carray(acc, WIDE)
         n, group = job // groups, job % groups
         planes = x[n].reshape(-1, channels) if input_last else x[n].reshape(channels, -1)
@@ -346,8 +346,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     rows_at_once = groups == 1 and group_out % WIDE == 0
     v = np.empty((tile, positions * padded), v0.dtype)
     row_span = out_w * WIDE  # the neurons of a block's output row when rows_at_once
-    staged = np.empty((rows, row_span) if rows_at_once else (1, 1), weights.dtype)
-    shortcut_staged = np.empty((rows, row_span) if rows_at_once and projection else (1, 1), shortcut_weights.dtype)
+    staged = empty_sums((rows, row_span) if rows_at_once else (1, 1), weights)
+    shortcut_staged = empty_sums((rows, row_span) if rows_at_once and projection else (1, 1), shortcut_weights)
     block_thresholds = np.empty(positions * padded if rows_at_once else 1, thresholds.dtype)
     for p in range(positions if rows_at_once else 0):
         for k in range(padded):
@@ -355,8 +355,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     tiles = -(-batch // tile)
     fired_total = 0
     for job in range(worker, tiles * groups, workers):
-        # in the worker's stack frame, in the type of W' (narrower than the membranes where
-        # it holds every sum, see accumulator_dtype)
+        # in the worker's stack frame, in the type of W's sums (narrower than the membranes
+        # where it holds every sum, see row_dtype)
         acc = stack_buffer(weights, WIDE)
         shortcut_acc = stack_buffer(shortcut_weights, WIDE)
         values, shortcut_values = carray(acc, WIDE), carray(shortcut_acc, WIDE)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit, types
 from numba.extending import overload
+from numba.np.numpy_support import as_dtype
 
 from snnverify.runtime.cpu.intrinsics import (FLAG_LANES, add_scaled_vector, add_vector, append_nonzero_float32,
-                                              append_spiking)
+                                              append_spiking, summed_in)
 from snnverify.runtime.cpu.layouts import NARROW, WIDE
 
 
@@ -158,10 +159,22 @@ def _map_entries(planes, first, group_in, in_w, entries, values, starts):
     return graded
 
 
+def empty_sums(shape, weights):
+    """``np.empty(shape)`` in the type the sums of a gather through ``weights``' rows are kept in
+    (:func:`~snnverify.runtime.cpu.intrinsics.summed_in`: int32 for int16 rows)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(empty_sums, inline="always")
+def _empty_sums(shape, weights):
+    dtype = as_dtype(summed_in(weights.dtype))
+    return lambda shape, weights: np.empty(shape, dtype)
+
+
 def map_values(planes, rows, size, weights):
     """Scratch for the inputs of ``rows`` spike lists of ``size`` entries when ``planes`` is a
-    graded map (in W's type, as a sparse conv keeps them); None for a spike map, whose entries
-    are all 1 (typed per map: :func:`_map_values`)."""
+    graded map (in the type of the sums through W, as a sparse conv keeps them); None for a
+    spike map, whose entries are all 1 (typed per map: :func:`_map_values`)."""
     raise NotImplementedError("compiled code only")
 
 
@@ -169,7 +182,7 @@ def map_values(planes, rows, size, weights):
 def _map_values(planes, rows, size, weights):
     if isinstance(planes.dtype, types.Boolean):
         return lambda planes, rows, size, weights: None
-    return lambda planes, rows, size, weights: np.empty((rows, size), weights.dtype)
+    return lambda planes, rows, size, weights: empty_sums((rows, size), weights)
 
 
 def row_of(values, r):

@@ -19,14 +19,22 @@ from numba.extending import intrinsic
 FLAG_LANES = 16
 
 
+def summed_in(dtype: types.Type) -> types.Type:
+    """The type the sums of a gather through weight rows of ``dtype`` are kept in: int32 for int16
+    rows (each row sign-extended as it is added, see :func:`add_vector`), else the rows' own."""
+    return types.int32 if dtype == types.int16 else dtype
+
+
 @intrinsic
 def stack_buffer(typingctx, like, length):
-    """Pointer to ``length`` (a compile-time constant) elements of ``like``'s dtype in the calling
-    function's stack frame. LLVM keeps such a buffer in vector registers across a loop that
-    indexes it with constants; a heap array (``np.empty``) it cannot, its allocation is opaque."""
+    """Pointer to ``length`` (a compile-time constant) elements of the type sums through
+    ``like``'s elements are kept in (:func:`summed_in`: ``like``'s dtype but for int16) in the
+    calling function's stack frame. LLVM keeps such a buffer in vector registers across a loop
+    that indexes it with constants; a heap array (``np.empty``) it cannot, its allocation is
+    opaque."""
     if not isinstance(length, types.IntegerLiteral):
         return None
-    count, dtype = length.literal_value, like.dtype
+    count, dtype = length.literal_value, summed_in(like.dtype)
 
     def codegen(context, builder, signature, args):
         element = context.get_value_type(dtype)
@@ -212,24 +220,38 @@ def append_nonzero_float32(typingctx, entries, values, at, planes, offset, first
     return types.int64(entries, values, at, planes, offset, first_value), codegen
 
 
+def _weight_row(context, builder, weight_type, weight_array, first, count, acc_type):
+    """The ``count`` weights from ``first`` on as one vector of the accumulator's element type:
+    loaded, and sign-extended when the rows are narrower (int16 rows into int32 sums)."""
+    data = _data(context, builder, weight_type, weight_array)
+    vector = ir.VectorType(context.get_value_type(weight_type.dtype), count)
+    values = builder.load(builder.bitcast(builder.gep(data, [first]), vector.as_pointer()), align=1)
+    wide = ir.VectorType(context.get_value_type(acc_type.dtype), count)
+    return values if wide == vector else builder.sext(values, wide)
+
+
+def _summable(acc, weights) -> bool:
+    """Whether ``acc`` (a :func:`stack_buffer`) holds the sums of ``weights``' rows."""
+    return acc.dtype == summed_in(weights.dtype)
+
+
 @intrinsic
 def add_vector(typingctx, acc, weights, offset, lanes):
     """acc[:lanes] += weights[offset : offset + lanes] as one LLVM vector add of ``lanes`` (a
     constant) elements — exact IEEE adds, lane by lane, as a scalar loop would do them; ``acc`` is
-    a :func:`stack_buffer`. Written as a vector because LLVM unrolls a short constant loop into
-    scalar adds that it does not vectorise again; a vector kept in registers across the event
-    loop is the point."""
-    if not isinstance(lanes, types.IntegerLiteral):
+    a :func:`stack_buffer` (of int32 for int16 rows, each sign-extended: integer sums are exact
+    in any type that holds them). Written as a vector because LLVM unrolls a short constant loop
+    into scalar adds that it does not vectorise again; a vector kept in registers across the
+    event loop is the point."""
+    if not isinstance(lanes, types.IntegerLiteral) or not _summable(acc, weights):
         return None
     count = lanes.literal_value
 
     def codegen(context, builder, signature, args):
         acc_pointer, weight_array, first, _ = args
-        data = _data(context, builder, signature.args[1], weight_array)
-        vector = ir.VectorType(context.get_value_type(signature.args[1].dtype), count)
-        source = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
-        target = builder.bitcast(acc_pointer, vector.as_pointer())
-        values, total = builder.load(source, align=1), builder.load(target, align=1)
+        values = _weight_row(context, builder, signature.args[1], weight_array, first, count, signature.args[0])
+        target = builder.bitcast(acc_pointer, values.type.as_pointer())
+        total = builder.load(target, align=1)
         builder.store(builder.fadd(total, values) if signature.args[1].dtype in types.real_domain
                       else builder.add(total, values), target, align=1)
         return context.get_dummy_value()
@@ -263,21 +285,19 @@ def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
     """acc[:lanes] += weights[offset : offset + lanes]·value, each product rounded on its own and
     then added (an LLVM ``fmul`` then ``fadd`` without the ``contract`` flag: never fused into
     a multiply-add), lane by lane as the dense kernels' ``acc += w·x`` does it; see
-    :func:`add_vector`."""
-    if not isinstance(lanes, types.IntegerLiteral):
+    :func:`add_vector` (int16 rows sign-extended, then multiplied in int32)."""
+    if not isinstance(lanes, types.IntegerLiteral) or not _summable(acc, weights):
         return None
     count = lanes.literal_value
 
     def codegen(context, builder, signature, args):
         acc_pointer, weight_array, first, scale, _ = args
-        element_type = signature.args[1].dtype
-        data = _data(context, builder, signature.args[1], weight_array)
-        vector = ir.VectorType(context.get_value_type(element_type), count)
+        element_type = signature.args[0].dtype
+        values = _weight_row(context, builder, signature.args[1], weight_array, first, count, signature.args[0])
         scale = context.cast(builder, scale, signature.args[3], element_type)
-        broadcast = _splat(builder, scale, vector)
-        source = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
-        target = builder.bitcast(acc_pointer, vector.as_pointer())
-        values, total = builder.load(source, align=1), builder.load(target, align=1)
+        broadcast = _splat(builder, scale, values.type)
+        target = builder.bitcast(acc_pointer, values.type.as_pointer())
+        total = builder.load(target, align=1)
         if element_type in types.real_domain:
             result = builder.fadd(total, builder.fmul(values, broadcast))
         else:

@@ -48,7 +48,7 @@ def _conv2d(x, weight, bias, node: g.Conv2d, out_shape, sparse, channels_last=Fa
 
 def _synapses(x, weight, bias, kernel_hw, geometry, out_shape, sparse, channels_last=False, input_last=False):
     """The conv of :func:`_conv2d`, given its kernel size and geometry."""
-    if sparse:  # the sums in the plan's type (W' may be narrower, see accumulator_dtype)
+    if sparse:  # the sums in the plan's type (W' may be narrower, see row_dtype)
         rows, channels, height, width = out_shape
         out = buffers.empty((rows, height, width, channels) if channels_last else out_shape, bias.dtype)
         conv2d_sparse_kernel(x, input_last, weight.blocks, weight.packed, weight.pack, kernel_hw, bias, geometry,
@@ -77,7 +77,7 @@ def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, thresho
     """Fused IF(conv(spikes) [+ residual]) (see :class:`~snnverify.runtime.plan.Fusion`; the
     conv may read a pooled spike map instead, float32, and gathers its nonzero values): its
     spikes and their number. A SHORTCUT conv is computed inside when both convs have one group
-    and gather in one type (:func:`~snnverify.runtime.cpu.layouts.accumulator_dtype`), else
+    and have rows of one type (:func:`~snnverify.runtime.cpu.layouts.row_dtype`), else
     beforehand by :func:`_conv2d` and added as a CURRENT. A depthwise conv of spikes runs as
     :func:`~snnverify.runtime.cpu.events.depthwise_if_kernel`. Spike maps, read and written, are
     channels-last [T·B, H·W·C]; so are θ and v[0]."""

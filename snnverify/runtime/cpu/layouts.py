@@ -11,8 +11,10 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.np.numpy_support import as_dtype, from_dtype
 
 from snnverify import graph as g
+from snnverify.runtime.cpu.intrinsics import summed_in
 from snnverify.runtime.quantize import gain
 
 #: Output channels one gather accumulates at once (constants, so that the accumulators stay in
@@ -54,32 +56,45 @@ class EventWeights(NamedTuple):
     depthwise: np.ndarray
 
 
-def accumulator_dtype(weight: np.ndarray, input_peak: float = 1.0, limit: int = np.iinfo(np.int32).max) -> np.dtype:
-    """The type a gather through ``weight`` of inputs no larger than ``input_peak`` in magnitude
-    (1: unit spikes) accumulates in: int32 for an integer W' whose
-    :func:`~snnverify.runtime.quantize.gain` times ``input_peak`` is ≤ ``limit`` (at most
-    2^31 − 1), else W's own type. A gather adds some of one output's terms w·x, once each, so no
+def row_dtype(weight: np.ndarray, input_peak: float = 1.0, limit: int = np.iinfo(np.int32).max,
+              narrowest: type = np.int16) -> np.dtype:
+    """The type W' is laid out in for a gather of inputs no larger than ``input_peak`` in
+    magnitude (1: unit spikes). An integer W' whose :func:`~snnverify.runtime.quantize.gain`
+    times ``input_peak`` is ≤ ``limit`` (at most 2^31 − 1) sums in int32, its rows int16 where
+    every |w| ≤ 2^15 − 1 (sign-extended as they are added:
+    :func:`~snnverify.runtime.cpu.intrinsics.summed_in`), else int32; any other W' keeps its own
+    type (int64 rows and sums). A gather adds some of one output's terms w·x, once each, so no
     partial sum (nor product) leaves ±gain·peak; integer sums are exact in any type that holds
     them, so the spikes are those of int64. int32 fits twice the lanes in a vector register,
     reads half the weight bytes per spike, and multiplies a pooled input in one instruction
-    (AVX2 has no 64-bit vector multiply)."""
+    (AVX2 has no 64-bit vector multiply); int16 rows halve the bytes again, which a core whose
+    gathers beyond L1 wait on L2 turns into up to twice the adds per second (reports/speed,
+    "Narrow weight rows on the Zen 4 host"). ``narrowest`` (int16 or int32) bounds the choice."""
     if weight.dtype.kind != "i":
         return weight.dtype
-    fits = gain(weight) * input_peak <= min(limit, np.iinfo(np.int32).max)
-    return np.dtype(np.int32) if fits else weight.dtype
+    if gain(weight) * input_peak > min(limit, np.iinfo(np.int32).max):
+        return weight.dtype
+    narrow = np.dtype(narrowest) == np.int16 and np.abs(weight).max(initial=0) <= np.iinfo(np.int16).max
+    return np.dtype(np.int16 if narrow else np.int32)
+
+
+def sums_dtype(rows: np.dtype) -> np.dtype:
+    """The type a gather through rows of ``rows``' type sums in (int32 for int16 rows)."""
+    return as_dtype(summed_in(from_dtype(rows)))
 
 
 def event_weights(weight: np.ndarray, node: g.Conv2d, input_peak: float) -> EventWeights:
-    """The layouts of W', in :func:`accumulator_dtype` for inputs no larger than
-    ``input_peak``. Positions are packed when C_out is 16 or 32 (so 4 or 2 positions fill a
-    block), with one group and unit column dilation."""
-    weight = weight.astype(accumulator_dtype(weight, input_peak), copy=False)
+    """The layouts of W', in :func:`row_dtype` for inputs no larger than ``input_peak``
+    (a depthwise conv's own layout in the type of the sums: its kernel adds rows of a few
+    channels into a row of sums). Positions are packed when C_out is 16 or 32 (so 4 or 2
+    positions fill a block), with one group and unit column dilation."""
+    weight = weight.astype(row_dtype(weight, input_peak), copy=False)
     out_channels = weight.shape[0]
     pack = WIDE // out_channels if out_channels in (16, 32) and node.groups == 1 and node.dilation[1] == 1 else 1
     placeholder = np.zeros((1, 1), weight.dtype)
     packed = packed_layout(weight, node.stride[1], pack) if pack > 1 else placeholder
     return EventWeights(events_layout(weight, node), packed, pack,
-                        depthwise_layout(weight) if is_depthwise(node) else placeholder)
+                        depthwise_layout(weight.astype(sums_dtype(weight.dtype))) if is_depthwise(node) else placeholder)
 
 
 def is_depthwise(node: g.Conv2d) -> bool:
