@@ -153,26 +153,29 @@ def row_types(plan) -> dict[str, str]:
             if op.sparse and isinstance(op.node, g.Conv2d)}
 
 
-@settings(max_examples=60)
+@settings(max_examples=80)
 @given(spiking_graphs(dyadic=False, wide=True, max_size=8, max_timesteps=12), st.data())
 def test_cpu_integer_spikes_alike_with_narrow_and_wide_accumulators(comparison_log, case, data):
     """The cpu backend gathers an integer conv of spikes or pooled spikes in int32 where every
     output's Σ|W'| times the input's peak fits, from int16 rows where every |W'| fits them too
     (:func:`~snnverify.runtime.cpu.layouts.row_dtype`): spikes and output are those of the same
     plan gathered in int64 throughout, every layer and step, fused and not. The int32 limit is
-    drawn among the layers' bounds, int16 rows allowed or not, and the amplitudes quantised to
-    16 bits or fewer (so that W' = W·a fits int16 rows in some layers and not in others): any
-    mix of int16, int32 and int64 layers runs (a fused conv and its shortcut in different types
-    included), not only the mix the defaults make."""
-    graph = quantized(case, amplitude_bits=data.draw(st.sampled_from([16, 8, 4]), label="amplitude bits"))
+    drawn among the layers' bounds, the largest |w| of int16 rows among the layers' largest
+    weights (or none), and the amplitudes quantised to 16 bits or fewer (so that W' = W·a fits
+    int16 rows in more layers): any mix of int16, int32 and int64 layers runs (a fused conv and
+    its shortcut in different types included), not only the mix the defaults make."""
+    graph = quantized(case, amplitude_bits=data.draw(st.sampled_from([16, 12, 8, 4]), label="amplitude bits"))
     x = np.asarray(case.x)
     ExactRange(graph).check(x, case.timesteps)  # (the run is one the backends take)
     bounds = sorted({gain(op.weight) * op.input_peak for op in build_plan(graph).ops
                      if op.sparse and isinstance(op.node, g.Conv2d)})
     limit = data.draw(st.sampled_from([np.iinfo(np.int32).max, *(b for b in bounds if b < 2**31)]), label="limit")
-    narrowest = data.draw(st.sampled_from([np.int16, np.int32]), label="narrowest rows")
+    largest = sorted({int(np.abs(op.weight).max(initial=0)) for op in build_plan(graph).ops
+                      if op.sparse and isinstance(op.node, g.Conv2d)})
+    narrow_limit = data.draw(st.sampled_from([np.iinfo(np.int16).max, -1, *(w for w in largest if w < 2**15)]),
+                             label="int16 limit")
     row_dtype = layouts.row_dtype
-    with mock.patch.object(layouts, "row_dtype", lambda weight, peak: row_dtype(weight, peak, limit, narrowest)):
+    with mock.patch.object(layouts, "row_dtype", lambda weight, peak: row_dtype(weight, peak, limit, narrow_limit)):
         plan = build_plan(graph)
         types = set(row_types(plan).values())
         event(f"event-driven convs with rows of {', '.join(sorted(types))}" if types else "no event-driven conv")

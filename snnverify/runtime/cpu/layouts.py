@@ -57,7 +57,7 @@ class EventWeights(NamedTuple):
 
 
 def row_dtype(weight: np.ndarray, input_peak: float = 1.0, limit: int = np.iinfo(np.int32).max,
-              narrowest: type = np.int16) -> np.dtype:
+              narrow_limit: int = np.iinfo(np.int16).max) -> np.dtype:
     """The type W' is laid out in for a gather of inputs no larger than ``input_peak`` in
     magnitude (1: unit spikes). An integer W' whose :func:`~snnverify.runtime.quantize.gain`
     times ``input_peak`` is ≤ ``limit`` (at most 2^31 − 1) sums in int32, its rows int16 where
@@ -69,12 +69,13 @@ def row_dtype(weight: np.ndarray, input_peak: float = 1.0, limit: int = np.iinfo
     reads half the weight bytes per spike, and multiplies a pooled input in one instruction
     (AVX2 has no 64-bit vector multiply); int16 rows halve the bytes again, which a core whose
     gathers beyond L1 wait on L2 turns into up to twice the adds per second (reports/speed,
-    "Narrow weight rows on the Zen 4 host"). ``narrowest`` (int16 or int32) bounds the choice."""
+    "Narrow weight rows on the Zen 4 host"). ``narrow_limit`` (at most 2^15 − 1; below 0, none)
+    bounds the |w| of int16 rows."""
     if weight.dtype.kind != "i":
         return weight.dtype
     if gain(weight) * input_peak > min(limit, np.iinfo(np.int32).max):
         return weight.dtype
-    narrow = np.dtype(narrowest) == np.int16 and np.abs(weight).max(initial=0) <= np.iinfo(np.int16).max
+    narrow = np.abs(weight).max(initial=0) <= min(narrow_limit, np.iinfo(np.int16).max)
     return np.dtype(np.int16 if narrow else np.int32)
 
 
