@@ -60,6 +60,7 @@ class RunConfig:
     device: str = "cpu"  # torch device for training and conversion
     target: str = "cpu"  # backend that evaluates the SNN (torch, cpu, gpu)
     quantize: bool = True  # also evaluate the integer-mode SNN (8-bit weights)
+    amplitude_bits: int = 16  # its amplitudes' bits (quantize's amplitude_bits)
     download: bool = True
 
     def __post_init__(self):
@@ -85,6 +86,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be {'>= 0' if name == 'epochs' else '>= 1'}, got {value}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 1 <= self.amplitude_bits <= 32:
+            raise ValueError(f"amplitude_bits must be in 1..32, got {self.amplitude_bits}")
         # the conversion's own checks, now rather than after training
         shared = {f.name for f in dataclasses.fields(ConversionOptions)} & {f.name for f in dataclasses.fields(self)}
         ConversionOptions(**{name: getattr(self, name) for name in shared})
@@ -150,7 +153,7 @@ def run(config: RunConfig) -> dict:
         wall["snn_evaluation"][str(t)] = time.perf_counter() - start
     quantized_accuracy = {}
     if config.quantize:
-        integer_snn = api.quantize(snn)
+        integer_snn = api.quantize(snn, amplitude_bits=config.amplitude_bits)
         for t in config.timesteps:
             quantized_accuracy[str(t)] = api.evaluate(integer_snn, test_loader, device=evaluation_device, timesteps=t)
 
@@ -204,6 +207,8 @@ _HELP = {
     "convert_timesteps": "T used by BPTT fine-tuning during conversion",
     "levels": "QCFS quantisation levels L",
     "download": "allow downloading a missing dataset",
+    "amplitude_bits": "bits of the integer-mode SNN's amplitudes (quantize's; with 8, its weights W·a fit the cpu "
+                      "backend's int16 rows)",
     "target": f"backend that evaluates the SNN ({', '.join(known_targets())})",
 }
 

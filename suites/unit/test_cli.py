@@ -46,6 +46,18 @@ def test_run_from_checkpoint_reproduces_the_ann_accuracy(run_dir, tmp_path):
     assert not (tmp_path / "again" / "ann.pt").exists()  # loaded, not trained
 
 
+def test_run_quantises_at_the_amplitude_width_asked_for(run_dir, tmp_path, monkeypatch):
+    from snnverify import api
+
+    widths, quantize = [], api.quantize
+    monkeypatch.setattr(api, "quantize", lambda snn, **bits: (widths.append(bits), quantize(snn, **bits))[1])
+    assert main(["run", "--out-dir", str(tmp_path), "--name", "narrow", "--checkpoint", str(run_dir / "ann.pt"),
+                 *FAST[:-3], "--timesteps", "1", "--amplitude-bits", "8"]) == 0
+    report = json.loads((tmp_path / "narrow" / "report.json").read_text())
+    assert widths == [{"amplitude_bits": 8}] and report["config"]["amplitude_bits"] == 8
+    assert set(report["quantized_snn_accuracy"]) == {"1"}
+
+
 def test_default_run_name_follows_dataset_and_model():
     from snnverify.cli import _parser
     from snnverify.jobs.run import RunConfig
@@ -82,6 +94,7 @@ def test_bad_inputs_exit_with_a_message_not_a_traceback(tmp_path, capsys):
     ("run", ["--qcfs-optimizer", "rmsprop"], "qcfs_optimizer"),
     ("run", ["--checkpoint", "no/such/file.pt"], "does not exist"),
     ("run", ["--convert-timesteps", "0"], "timesteps must be an integer >= 1"),
+    ("run", ["--amplitude-bits", "0"], "amplitude_bits must be in 1..32, got 0"),
     ("speed", ["--targets", "cpu", "tpu"], "unknown target 'tpu'"),
     ("speed", ["--batch", "0"], "--batch must be >= 1"),
     ("speed", ["--integer", "--amplitude-bits", "0"], "--amplitude-bits must be in 1..32, got 0"),
