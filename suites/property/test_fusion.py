@@ -29,10 +29,10 @@ from snnverify.models import small_resnet_pooled
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
-from snnverify.runtime.cpu.gather import positions_read, spike_entries
-from snnverify.runtime.cpu.intrinsics import FLAG_LANES
+from snnverify.runtime.cpu.gather import gather, gather_pair, nonzero_entries, positions_read, spike_entries
+from snnverify.runtime.cpu.intrinsics import FLAG_LANES, stack_buffer
 from snnverify.jobs.speed import converted
-from snnverify.runtime.cpu.layouts import event_weights, events_layout, is_depthwise
+from snnverify.runtime.cpu.layouts import WIDE, event_weights, events_layout, is_depthwise
 from snnverify.runtime.plan import (build_plan, channels_last_currents, channels_last_pools, execute,
                                    spike_maps_read_fused)
 from snnverify.strategies import spiking_graphs
@@ -355,13 +355,13 @@ def test_a_fused_depthwise_conv_sums_over_its_channels_as_the_unfused_kernels(
 def test_a_conv_of_whole_64_channel_blocks_updates_a_row_at_once_as_the_unfused_kernels(
         comparison_log, channels, residual, kernel, stride, dilation, size, neurons, integer, timesteps, seed):
     """A fused conv of whole blocks of 64 channels (64, 128, 192; one group) gathers, block by
-    block, a row of positions for every step of a chunk, then updates the block's row step by
-    step, its membranes laid out block-major: spike for spike the unfused dense kernels, with a
-    spike map, a static current, a projection of the spikes ("current", gathered inside the
-    kernel and staged as a row too) or none added, firing, tie, silent and saturating layers, T
-    from 1 to past a chunk of steps (8), non-dyadic float32 weights (where any other order of
-    the terms would show) and integers. 80 channels (a block of 64 and one of 16) update
-    position by position."""
+    block, a row of positions (two at a time, the last alone where W_out is odd) for every step
+    of a chunk, then updates the block's row step by step, its membranes laid out block-major:
+    spike for spike the unfused dense kernels, with a spike map, a static current, a projection
+    of the spikes ("current", gathered inside the kernel and staged as a row too) or none added,
+    firing, tie, silent and saturating layers, T from 1 to past a chunk of steps (8), non-dyadic
+    float32 weights (where any other order of the terms would show) and integers. 80 channels (a block of 64 and one of 16) and dilated
+    columns update position by position."""
     graph, x = conv_into_if(seed, channels, 1, residual, kernel, stride, dilation, size, neurons)
     if integer:
         graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
@@ -374,6 +374,7 @@ def test_a_conv_of_whole_64_channel_blocks_updates_a_row_at_once_as_the_unfused_
                           "channels, a row at once)", graph, x, timesteps, note=lambda _: None)
     assert runs.call_count == 1
     event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
+    event(f"output columns: {'one' if graph.shapes['conv'][2] == 1 else 'odd' if graph.shapes['conv'][2] % 2 else 'even'}")
 
 
 def test_every_block_of_a_resnet_is_fused(digits_case):
@@ -522,6 +523,72 @@ def test_the_positions_a_conv_reads_are_those_torch_unfolds(kernel, stride, padd
     unfolded = np.zeros(in_hw[0] * in_hw[1], bool)
     unfolded[taps[taps > 0].long().numpy() - 1] = True
     np.testing.assert_array_equal(positions_read(in_hw, kernel, (*stride, *padding, *dilation), out_hw), unfolded)
+
+
+@numba.njit  # not cached: two signatures per row type, compiled by this test alone
+def _gathered_in_pairs_and_alone(weights, kernel_hw, group_in, entries, starts, oy, ox, pair, geometry, in_hw, values,
+                                 out):
+    """out[0], out[1]: gather_pair's sums of (oy, ox) and, with ``pair``, (oy, ox + 1); out[2],
+    out[3]: gather's of each position alone."""
+    acc, other = stack_buffer(weights, WIDE), stack_buffer(weights, WIDE)
+    first, second = numba.carray(acc, WIDE), numba.carray(other, WIDE)
+    gather_pair(acc, other, weights, 0, kernel_hw, group_in, entries, starts, oy, ox, pair, geometry, in_hw, values)
+    for k in range(WIDE):
+        out[0, k], out[1, k] = first[k], second[k]
+    for j in range(2 if pair else 1):
+        gather(acc, weights, 0, kernel_hw, group_in, entries, starts, oy, ox + j, geometry, in_hw, True, values)
+        for k in range(WIDE):
+            out[2 + j, k] = first[k]
+
+
+@settings(max_examples=60, deadline=None)
+@given(kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       stride=st.tuples(st.integers(1, 2), st.sampled_from([1, 1, 1, 2, 3])),  # (mostly overlapping columns)
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), group_in=st.integers(1, 5),
+       rows=st.sampled_from(["float32", "float32", "int32", "int16"]), graded=st.booleans(),
+       rate=st.sampled_from([0.0, 0.15, 0.5, 1.0]), data=st.data())
+def test_two_positions_gathered_at_once_sum_as_each_alone(kernel, stride, padding, group_in, rows, graded, rate, data):
+    """gather_pair walks the union of two adjacent output positions' input columns once: each
+    position's sums equal gather's of it alone, bit for bit, at every pair of adjacent positions
+    of the map and at every position alone (``pair`` false, as for the last of an odd row) —
+    non-dyadic float32 rows (where any other order of the terms shows in the last bits) and
+    integer rows, spike maps and graded ones, strides that overlap the two positions' columns or
+    leave a gap between them, padding past the map's edge, every rate of spikes."""
+    in_h = data.draw(st.integers(max(1, kernel[0] - 2 * padding[0]), 5), label="in_h")
+    in_w = data.draw(st.integers(max(1, kernel[1] - 2 * padding[1]), 8), label="in_w")
+    out_h = (in_h + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    out_w = (in_w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    taps = kernel[0] * kernel[1] * group_in
+    if rows == "float32":
+        weights = rng.standard_normal(taps * WIDE).astype(np.float32)
+    else:
+        weights = rng.integers(-(2**15) + 1, 2**15, taps * WIDE).astype(rows)
+    sums_type = np.float32 if rows == "float32" else np.int32
+    spikes = rng.random((in_h * in_w, group_in)) < rate
+    entries, starts = np.empty(in_h * in_w * group_in + FLAG_LANES, np.int32), np.empty(in_h * in_w + 1, np.int64)
+    values = None
+    if graded:  # a pooled map: nonzero inputs times their value
+        planes = (spikes * rng.integers(1, 5, spikes.shape)).astype(sums_type)
+        if rows == "float32":
+            planes *= np.float32(0.3)
+        values = np.empty(entries.shape, sums_type)
+        nonzero_entries(planes, True, 0, group_in, in_w, entries, values, starts)
+    else:
+        spike_entries(spikes, True, 0, group_in, in_w, entries, starts)
+    geometry = (stride[0], stride[1], padding[0], padding[1], 1, 1)
+    out = np.zeros((4, WIDE), sums_type)
+    bits = out.view(np.int32)
+    for oy in range(out_h):
+        for ox in range(out_w):
+            for pair in (False, True) if ox + 1 < out_w else (False,):
+                _gathered_in_pairs_and_alone(weights, kernel, group_in, entries, starts, oy, ox, pair, geometry,
+                                             (in_h, in_w), values, out)
+                np.testing.assert_array_equal(bits[0], bits[2], err_msg=f"position ({oy}, {ox}), pair {pair}")
+                if pair:
+                    np.testing.assert_array_equal(bits[1], bits[3], err_msg=f"position ({oy}, {ox + 1}) of a pair")
+    shared = kernel[1] - stride[1]  # columns both positions of a pair read (negative: a gap between them)
+    event(f"columns of a pair: {'none' if out_w < 2 else 'overlap' if shared > 0 else 'adjacent' if shared == 0 else 'gap'}")
 
 
 @given(channels=st.integers(1, 80), positions=st.integers(1, 12), width=st.integers(1, 4), data=st.data())

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import carray, njit, prange
 
-from snnverify.runtime.cpu.gather import (empty_sums, gather, gather_packed, map_entries, map_values,
+from snnverify.runtime.cpu.gather import (empty_sums, gather, gather_pair, gather_packed, map_entries, map_values,
                                          nonzero_entries, positions_read, row_of, spike_entries)
 from snnverify.runtime.cpu.intrinsics import add_spiking_vector, stack_buffer, store_vector
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
@@ -261,8 +261,9 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. With
     ``schedule.pack`` = Q > 1 (C_out = 64 / Q), Q adjacent positions are gathered at once
     (:func:`~snnverify.runtime.cpu.gather.gather_packed`). A layer of whole blocks of 64
-    channels in one group gathers, block by block, a row of output positions for every step of
-    a chunk into a staged row of sums (and its projection's, if any), then updates the block's
+    channels in one group, of unit column dilation, gathers, block by block, a row of output
+    positions, two at a time (:func:`~snnverify.runtime.cpu.gather.gather_pair`), for every step
+    of a chunk into a staged row of sums (and its projection's, if any), then updates the block's
     row step by step in one loop, which LLVM vectorises (a neuron's update reads only its own
     sums, so the order of its steps, and every spike, is the same); its membranes lie
     block-major for that (see :func:`membrane_index`). The other layers update the lanes of
@@ -343,7 +344,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     # in one group gathers a block's row of positions for every step of the chunk, then updates
     # it at once (see the docstring), so a block's row lies contiguous; so do its θ and its sums
     # (and the projection's) staged per (sample, step)
-    rows_at_once = groups == 1 and group_out % WIDE == 0
+    rows_at_once = groups == 1 and group_out % WIDE == 0 and geometry[5] == 1  # (gather_pair: unit column dilation)
     v = np.empty((tile, positions * padded), v0.dtype)
     row_span = out_w * WIDE  # the neurons of a block's output row when rows_at_once
     staged = empty_sums((rows, row_span) if rows_at_once else (1, 1), weights)
@@ -357,7 +358,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     for job in range(worker, tiles * groups, workers):
         # in the worker's stack frame, in the type of W's sums (narrower than the membranes
         # where it holds every sum, see row_dtype)
-        acc = stack_buffer(weights, WIDE)
+        acc, next_acc = stack_buffer(weights, WIDE), stack_buffer(weights, WIDE)
         shortcut_acc = stack_buffer(shortcut_weights, WIDE)
         values, shortcut_values = carray(acc, WIDE), carray(shortcut_acc, WIDE)
         first_sample, group = (job // groups) * tile, job % groups
@@ -423,16 +424,21 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                     shortcut_row_bias = repeated(shortcut_bias[start : start + WIDE] if projection else shortcut_bias,
                                                  row_span if projection else 0)
                     for oy in range(out_h):
-                        for ox in range(out_w):
+                        for ox0 in range(0, out_w, 2):  # two positions at once (the last alone if W_out is odd)
+                            last = min(ox0 + 2, out_w)
                             for r in range(samples * chunk):
-                                gather(acc, flat, start * taps, kernel_hw, group_in, entries[r], starts[r], oy, ox,
-                                       geometry, (in_h, in_w), True, row_of(inputs, r))
-                                store_vector(acc, staged[r], ox * WIDE, WIDE)
+                                gather_pair(acc, next_acc, flat, start * taps, kernel_hw, group_in, entries[r],
+                                            starts[r], oy, ox0, last - ox0 == 2, geometry, (in_h, in_w),
+                                            row_of(inputs, r))
+                                store_vector(acc, staged[r], ox0 * WIDE, WIDE)
+                                if last - ox0 == 2:
+                                    store_vector(next_acc, staged[r], (ox0 + 1) * WIDE, WIDE)
                                 if projection:
-                                    gather(shortcut_acc, shortcut_flat, start * shortcut_taps, shortcut_kernel,
-                                           shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
-                                           shortcut_geometry, (shortcut_h, shortcut_w), True, None)
-                                    store_vector(shortcut_acc, shortcut_staged[r], ox * WIDE, WIDE)
+                                    for ox in range(ox0, last):
+                                        gather(shortcut_acc, shortcut_flat, start * shortcut_taps, shortcut_kernel,
+                                               shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
+                                               shortcut_geometry, (shortcut_h, shortcut_w), True, None)
+                                        store_vector(shortcut_acc, shortcut_staged[r], ox * WIDE, WIDE)
                         at = (start * positions) + oy * row_span  # the block's row in v and block_thresholds
                         theta = block_thresholds[at : at + row_span]
                         # its neurons in the maps: W_out positions of out_channels, WIDE lanes from start
