@@ -12,7 +12,9 @@ that what a narrower row of the default widths would buy is a figure, not a gues
   which sign-extends);
 - ``int16+int8``: two planes, the low 16 bits (unsigned) and the high 8 (signed), each added
   into int32 sums of its own, joined once per stream as high·2^16 + low (wrapping int32
-  arithmetic, exact where the true sum fits int32, which the runtime's gain bound ensures).
+  arithmetic, exact where the true sum fits int32, which the runtime's gain bound ensures);
+- ``int8·a``: W alone, 1 byte a lane, each row sign-extended and multiplied by its input
+  channel's amplitude a_c (one int32 vector multiply per 16 lanes) as it is added.
 
 Run: ``asv run --python=same -E existing --bench IntegerRowWidths``.
 """
@@ -82,6 +84,32 @@ def _add_split_row(typingctx, low_acc, high_acc, low, high, row, lanes):
     return types.none(low_acc, high_acc, low, high, row, lanes), codegen
 
 
+@intrinsic
+def _add_int8_row_times(typingctx, acc, weights, row, factor, lanes):
+    """acc[:lanes] += row ``row`` of ``weights`` (int8, sign-extended to int32)·``factor``."""
+    if not isinstance(lanes, types.IntegerLiteral):
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        acc_pointer, weight_array, row_index, scale, _ = args
+        lanes_type = ir.VectorType(ir.IntType(32), count)
+        first = builder.mul(row_index, ir.Constant(row_index.type, count))
+        data = _data(context, builder, signature.args[1], weight_array)
+        narrow = ir.VectorType(ir.IntType(8), count)
+        values = builder.sext(builder.load(builder.bitcast(builder.gep(data, [first]), narrow.as_pointer()), align=1),
+                              lanes_type)
+        broadcast = builder.insert_element(ir.Constant(lanes_type, ir.Undefined),
+                                           builder.trunc(scale, ir.IntType(32)), ir.Constant(ir.IntType(32), 0))
+        broadcast = builder.shuffle_vector(broadcast, ir.Constant(lanes_type, ir.Undefined),
+                                           ir.Constant(lanes_type, [0] * count))
+        target = builder.bitcast(acc_pointer, lanes_type.as_pointer())
+        builder.store(builder.add(builder.load(target, align=1), builder.mul(values, broadcast)), target, align=1)
+        return context.get_dummy_value()
+
+    return types.none(acc, weights, row, factor, lanes), codegen
+
+
 @njit  # not cached: asv imports this file under another module name than a test run would
 def _gather_rows(weights, entries, starts, out):
     """out[s] = Σ_e row entries[e] of ``weights`` (int32 or int16, 64 lanes), e over stream s's
@@ -125,15 +153,30 @@ def _gather_split_rows(low, high, entries, starts, out):
             out[s, k] = high_sums[k] * 65536 + low_sums[k]
 
 
+@njit  # not cached, as _gather_rows
+def _gather_int8_rows_times(weights, amplitudes, entries, starts, out):
+    """:func:`_gather_rows` of int8 rows, each times its amplitude."""
+    acc = stack_buffer(out, WIDE)
+    sums = carray(acc, WIDE)
+    for s in range(starts.shape[0] - 1):
+        for k in range(WIDE):
+            sums[k] = 0
+        for e in range(starts[s], starts[s + 1]):
+            _add_int8_row_times(acc, weights, entries[e], amplitudes[entries[e]], WIDE)
+        for k in range(WIDE):
+            out[s, k] = sums[k]
+
+
 class IntegerRowWidths:
     """Adds per second of the event gather from rows of each width, one thread, the streams of
     ``EventGather`` (bench_backends: 64 ascending random rows per stream, 4096 streams) from a
     block of ``rows`` rows of 64 lanes: 128 (32 KB as int32, in L1), 576 (144 KB: a 3 × 3 conv
-    of 64 input channels) and 4608 (1.15 MB: 512 input channels, beyond a 1 MB L2). ``int16``
-    gathers W' >> 8 (the same work; W' itself does not fit); the others gather W', and setup
-    checks that their sums are int32's."""
+    of 64 input channels), 2304 (576 KB: 256 channels) and 4608 (1.15 MB: 512 input channels,
+    beyond a 1 MB L2). ``int16`` gathers W' >> 8 (the same work; W' itself does not fit); the
+    others gather W' (``int8·a``: W' = W·a_c with W of 8 bits and a_c of 16, one per row), and
+    setup checks that their sums are int64's."""
 
-    params = [grid([576, 4608], [128, 576, 4608]), ["int32", "int16", "int24", "int16+int8"]]
+    params = [grid([576, 4608], [128, 576, 2304, 4608]), ["int32", "int16", "int24", "int16+int8", "int8·a"]]
     param_names = ["rows", "width"]
     number = 1
     repeat = 5
@@ -141,7 +184,9 @@ class IntegerRowWidths:
 
     def setup(self, rows, width):
         rng = np.random.default_rng(0)
-        weights = rng.integers(-(2**23), 2**23, (rows, WIDE), dtype=np.int32)
+        narrow = rng.integers(-128, 128, (rows, WIDE), dtype=np.int32)  # W, and a_c per row: W' = W·a_c
+        amplitudes = rng.integers(1, 2**16, rows, dtype=np.int32)
+        weights = narrow * amplitudes[:, None]
         streams, per_stream = 4096, 64
         entries = np.concatenate([np.sort(rng.choice(rows, per_stream, replace=False))
                                   for _ in range(streams)]).astype(np.int32)
@@ -156,6 +201,10 @@ class IntegerRowWidths:
             packed = aligned_zeros((rows * WIDE * 3,), np.uint8)
             packed[:] = weights.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].reshape(-1)
             self.gather = lambda: _gather_int24_rows(packed, entries, starts, self.out)
+        elif width == "int8·a":
+            rows_of = aligned_zeros((rows * WIDE,), np.int8)
+            rows_of[:] = narrow.reshape(-1)
+            self.gather = lambda: _gather_int8_rows_times(rows_of, amplitudes, entries, starts, self.out)
         else:
             low, high = aligned_zeros((rows * WIDE,), np.uint16), aligned_zeros((rows * WIDE,), np.int8)
             low[:], high[:] = (weights & 0xFFFF).reshape(-1), (weights >> 16).reshape(-1)
