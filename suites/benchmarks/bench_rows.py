@@ -25,11 +25,11 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from snnverify.jobs.speed import interleaved_best_times
-from snnverify.runtime.cpu.gather import add_entries
 from snnverify.runtime.cpu.intrinsics import _data, stack_buffer
 from snnverify.runtime.cpu.layouts import WIDE, aligned_zeros
 
 from . import grid
+from .bench_backends import _gather_rows
 
 
 @intrinsic
@@ -110,20 +110,6 @@ def _add_int8_row_times(typingctx, acc, weights, row, factor, lanes):
     return types.none(acc, weights, row, factor, lanes), codegen
 
 
-@njit  # not cached: asv imports this file under another module name than a test run would
-def _gather_rows(weights, entries, starts, out):
-    """out[s] = Σ_e row entries[e] of ``weights`` (int32 or int16, 64 lanes), e over stream s's
-    entries: the runtime's own gather (:func:`~snnverify.runtime.cpu.gather.add_entries`)."""
-    acc = stack_buffer(out, WIDE)
-    sums = carray(acc, WIDE)
-    for s in range(starts.shape[0] - 1):
-        for k in range(WIDE):
-            sums[k] = 0
-        add_entries(acc, weights, 0, 0, entries, starts[s], starts[s + 1], True, None)
-        for k in range(WIDE):
-            out[s, k] = sums[k]
-
-
 @njit  # not cached, as _gather_rows
 def _gather_int24_rows(packed, entries, starts, out):
     """:func:`_gather_rows` of rows of 3-byte lanes."""
@@ -193,7 +179,7 @@ class IntegerRowWidths:
         starts = np.arange(streams + 1, dtype=np.int64) * per_stream
         self.adds = len(entries) * WIDE
         self.out = np.empty((streams, WIDE), np.int32)
-        if width in ("int32", "int16"):
+        if width in ("int32", "int16"):  # the runtime's own gather (add_entries)
             rows_of = aligned_zeros((rows * WIDE,), np.dtype(width))
             rows_of[:] = (weights if width == "int32" else weights >> 8).reshape(-1)
             self.gather = lambda: _gather_rows(rows_of, entries, starts, self.out)
