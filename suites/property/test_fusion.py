@@ -347,7 +347,7 @@ def test_a_fused_depthwise_conv_sums_over_its_channels_as_the_unfused_kernels(
     event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(channels=st.sampled_from([64, 80, 128, 192]), residual=st.sampled_from(["none", "spikes", "static", "current"]),
        kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 2), dilation=st.integers(1, 2),
        size=st.integers(1, 6), neurons=st.sampled_from(["firing", "tie", "silent", "saturating"]),
