@@ -360,8 +360,10 @@ def test_a_conv_of_whole_64_channel_blocks_updates_a_row_at_once_as_the_unfused_
     spike for spike the unfused dense kernels, with a spike map, a static current, a projection
     of the spikes ("current", gathered inside the kernel and staged as a row too) or none added,
     firing, tie, silent and saturating layers, T from 1 to past a chunk of steps (8), non-dyadic
-    float32 weights (where any other order of the terms would show) and integers. 80 channels (a block of 64 and one of 16) and dilated
-    columns update position by position."""
+    float32 weights and integers. (Spikes show a sum's order of terms only near a tie; the
+    paired gather's order is checked bit for bit by
+    test_two_positions_gathered_at_once_sum_as_each_alone.) 80 channels (a block of 64 and one
+    of 16) and dilated columns update position by position."""
     graph, x = conv_into_if(seed, channels, 1, residual, kernel, stride, dilation, size, neurons)
     if integer:
         graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
@@ -374,7 +376,8 @@ def test_a_conv_of_whole_64_channel_blocks_updates_a_row_at_once_as_the_unfused_
                           "channels, a row at once)", graph, x, timesteps, note=lambda _: None)
     assert runs.call_count == 1
     event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
-    event(f"output columns: {'one' if graph.shapes['conv'][2] == 1 else 'odd' if graph.shapes['conv'][2] % 2 else 'even'}")
+    out_w = graph.shapes["conv"][2]
+    event(f"output columns: {'one' if out_w == 1 else 'odd' if out_w % 2 else 'even'}")
 
 
 def test_every_block_of_a_resnet_is_fused(digits_case):
@@ -582,7 +585,8 @@ def test_two_positions_gathered_at_once_sum_as_each_alone(kernel, stride, paddin
                 if pair:
                     np.testing.assert_array_equal(bits[1], bits[3], err_msg=f"position ({oy}, {ox + 1}) of a pair")
     shared = kernel[1] - stride[1]  # columns both positions of a pair read (negative: a gap between them)
-    event(f"columns of a pair: {'none' if out_w < 2 else 'overlap' if shared > 0 else 'adjacent' if shared == 0 else 'gap'}")
+    pair = "none" if out_w < 2 else "overlap" if shared > 0 else "adjacent" if shared == 0 else "gap"
+    event(f"columns of a pair: {pair}")
 
 
 @given(channels=st.integers(1, 80), positions=st.integers(1, 12), width=st.integers(1, 4), data=st.data())

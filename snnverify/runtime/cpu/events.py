@@ -341,10 +341,10 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     # the projection's lists hold only the positions it reads (a quarter of the map at stride 2)
     shortcut_read = positions_read((shortcut_h, shortcut_w), shortcut_kernel, shortcut_geometry, (out_h, out_w))
     # membranes of one sample per row, see membrane_index: a layer of whole blocks of 64 channels
-    # in one group gathers a block's row of positions for every step of the chunk, then updates
-    # it at once (see the docstring), so a block's row lies contiguous; so do its θ and its sums
-    # (and the projection's) staged per (sample, step)
-    rows_at_once = groups == 1 and group_out % WIDE == 0 and geometry[5] == 1  # (gather_pair: unit column dilation)
+    # in one group, of unit column dilation (gather_pair's), gathers a block's row of positions
+    # for every step of the chunk, then updates it at once (see the docstring), so a block's row
+    # lies contiguous; so do its θ and its sums (and the projection's) staged per (sample, step)
+    rows_at_once = groups == 1 and group_out % WIDE == 0 and geometry[5] == 1
     v = np.empty((tile, positions * padded), v0.dtype)
     row_span = out_w * WIDE  # the neurons of a block's output row when rows_at_once
     staged = empty_sums((rows, row_span) if rows_at_once else (1, 1), weights)
