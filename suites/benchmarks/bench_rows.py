@@ -111,15 +111,19 @@ def _add_int8_row_times(typingctx, acc, weights, row, factor, lanes):
 
 
 @njit  # not cached, as _gather_rows
-def _gather_int24_rows(packed, entries, starts, out):
-    """:func:`_gather_rows` of rows of 3-byte lanes."""
+def _gather_narrow_rows(rows, amplitudes, entries, starts, out):
+    """:func:`_gather_rows` of rows of 3-byte lanes (``amplitudes`` None), or of int8 rows, each
+    times its amplitude (Numba drops the branch an argument's type rules out)."""
     acc = stack_buffer(out, WIDE)
     sums = carray(acc, WIDE)
     for s in range(starts.shape[0] - 1):
         for k in range(WIDE):
             sums[k] = 0
         for e in range(starts[s], starts[s + 1]):
-            _add_int24_row(acc, packed, entries[e], WIDE)
+            if amplitudes is None:
+                _add_int24_row(acc, rows, entries[e], WIDE)
+            else:
+                _add_int8_row_times(acc, rows, entries[e], amplitudes[entries[e]], WIDE)
         for k in range(WIDE):
             out[s, k] = sums[k]
 
@@ -137,20 +141,6 @@ def _gather_split_rows(low, high, entries, starts, out):
             _add_split_row(low_acc, high_acc, low, high, entries[e], WIDE)
         for k in range(WIDE):
             out[s, k] = high_sums[k] * 65536 + low_sums[k]
-
-
-@njit  # not cached, as _gather_rows
-def _gather_int8_rows_times(weights, amplitudes, entries, starts, out):
-    """:func:`_gather_rows` of int8 rows, each times its amplitude."""
-    acc = stack_buffer(out, WIDE)
-    sums = carray(acc, WIDE)
-    for s in range(starts.shape[0] - 1):
-        for k in range(WIDE):
-            sums[k] = 0
-        for e in range(starts[s], starts[s + 1]):
-            _add_int8_row_times(acc, weights, entries[e], amplitudes[entries[e]], WIDE)
-        for k in range(WIDE):
-            out[s, k] = sums[k]
 
 
 class IntegerRowWidths:
@@ -186,11 +176,11 @@ class IntegerRowWidths:
         elif width == "int24":
             packed = aligned_zeros((rows * WIDE * 3,), np.uint8)
             packed[:] = weights.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].reshape(-1)
-            self.gather = lambda: _gather_int24_rows(packed, entries, starts, self.out)
+            self.gather = lambda: _gather_narrow_rows(packed, None, entries, starts, self.out)
         elif width == "int8·a":
             rows_of = aligned_zeros((rows * WIDE,), np.int8)
             rows_of[:] = narrow.reshape(-1)
-            self.gather = lambda: _gather_int8_rows_times(rows_of, amplitudes, entries, starts, self.out)
+            self.gather = lambda: _gather_narrow_rows(rows_of, amplitudes, entries, starts, self.out)
         else:
             low, high = aligned_zeros((rows * WIDE,), np.uint16), aligned_zeros((rows * WIDE,), np.int8)
             low[:], high[:] = (weights & 0xFFFF).reshape(-1), (weights >> 16).reshape(-1)
