@@ -29,6 +29,7 @@ from snnverify import api, data, models
 from snnverify.convert import ConversionOptions
 from snnverify.report import write_run_report
 from snnverify.runtime import known_targets
+from snnverify.runtime.quantize import check_amplitude_bits
 from snnverify.train import fit
 from snnverify.util import atomic_write, provenance, repository_relative
 
@@ -86,8 +87,7 @@ class RunConfig:
                 raise ValueError(f"{name} must be {'>= 0' if name == 'epochs' else '>= 1'}, got {value}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 1 <= self.amplitude_bits <= 32:
-            raise ValueError(f"amplitude_bits must be in 1..32, got {self.amplitude_bits}")
+        check_amplitude_bits(self.amplitude_bits)
         # the conversion's own checks, now rather than after training
         shared = {f.name for f in dataclasses.fields(ConversionOptions)} & {f.name for f in dataclasses.fields(self)}
         ConversionOptions(**{name: getattr(self, name) for name in shared})

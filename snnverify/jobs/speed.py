@@ -36,6 +36,7 @@ from snnverify.graph import check_max_spikes, check_timesteps, multiply_accumula
 from snnverify.models import build_model
 from snnverify.report import runs_on_gpu
 from snnverify.runtime import known_targets
+from snnverify.runtime.quantize import check_amplitude_bits
 from snnverify.util import atomic_write, provenance
 
 #: model name -> input shape it is benchmarked on; in the pooled networks a stem's pool feeds
@@ -226,8 +227,7 @@ def main(args: argparse.Namespace) -> int:
     for max_spikes in args.max_spikes:
         check_max_spikes(max_spikes)
     for bits in args.amplitude_bits:
-        if not 1 <= bits <= 32:
-            raise ValueError(f"--amplitude-bits must be in 1..32, got {bits}")
+        check_amplitude_bits(bits, "--amplitude-bits")
     results = [measure(m, args.targets, args.timesteps, batch, args.repeats, args.integer, tuple(args.max_spikes),
                        tuple(args.amplitude_bits))
                for m in args.models for batch in args.batch]

@@ -257,14 +257,21 @@ def _settled_scales(graph: g.SpikingGraph, weight_limit: int, input_scale: float
     return None, ever_moved
 
 
+def check_amplitude_bits(bits: int, name: str = "amplitude_bits") -> None:
+    """Raise a ValueError naming ``name`` unless ``bits`` is a width of amplitudes (1..32)."""
+    if not 1 <= bits <= 32:
+        raise ValueError(f"{name} must be in 1..32, got {bits}")
+
+
 def laid_out(graph: g.SpikingGraph, weight_bits: int = 8, amplitude_bits: int = 16, input_scale: float = 2.0**6):
     """(the float graph as quantize lays it out — rescale nodes, split layers — and its scales:
     σ per node, weight scales). Computes the same function as ``graph``."""
     if graph.integer:
         raise ValueError("the graph is already quantised")
     g.require_normative(graph, "quantize")
-    if not 2 <= weight_bits <= 32 or not 1 <= amplitude_bits <= 32:
-        raise ValueError(f"weight_bits must be in 2..32 and amplitude_bits in 1..32, got {weight_bits}, {amplitude_bits}")
+    if not 2 <= weight_bits <= 32:
+        raise ValueError(f"weight_bits must be in 2..32, got {weight_bits}")
+    check_amplitude_bits(amplitude_bits)
     if not (input_scale > 0 and math.log2(input_scale).is_integer()):
         raise ValueError(f"input_scale must be a power of two, got {input_scale}")
     weight_limit = 2 ** (weight_bits - 1) - 1
