@@ -28,6 +28,7 @@ from snnverify.api import SNN
 from snnverify.models import small_resnet_pooled
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
+from snnverify.runtime.cpu import layouts
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
 from snnverify.runtime.cpu.gather import gather, gather_pair, nonzero_entries, positions_read, spike_entries
 from snnverify.runtime.cpu.intrinsics import FLAG_LANES, stack_buffer
@@ -37,7 +38,7 @@ from snnverify.runtime.plan import (build_plan, channels_last_currents, channels
                                    spike_maps_read_fused)
 from snnverify.strategies import spiking_graphs
 
-from .test_backends import UNFUSED, compare, quantized
+from .test_backends import UNFUSED, compare, quantized, row_types
 
 
 def residual_kind(plan, fusion) -> str:
@@ -285,7 +286,8 @@ def test_a_grouped_conv_with_a_projection_shortcut_is_fused_and_exact(comparison
 
 def conv_into_if(seed, channels, groups, residual, kernel, stride, dilation, size, neurons):
     """(graph, input) of stem → IF → conv → [Add] → IF: ``channels`` channels in ``groups`` groups
-    (so ``channels`` groups is a depthwise conv), non-dyadic float32 weights, and the residual
+    (so ``channels`` groups is a depthwise conv), ``dilation`` one or (rows, columns), non-dyadic
+    float32 weights, and the residual
     "none", "spikes" (the conv's own input spike map), "static" (a conv of the input) or
     "current" (a conv of the spikes); the second IF layer's θ "firing", "tie", "silent" or
     "saturating"."""
@@ -293,9 +295,10 @@ def conv_into_if(seed, channels, groups, residual, kernel, stride, dilation, siz
     normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     if residual == "spikes":  # the merge needs the input's shape: stride 1, odd kernels, "same" padding
         kernel, stride = (kernel[0] | 1, kernel[1] | 1), 1
-    padding = tuple(dilation * (k - 1) // 2 for k in kernel)
+    dilation = (dilation, dilation) if isinstance(dilation, int) else dilation
+    padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
     geometry = {"stride": stride, "padding": padding, "dilation": dilation}
-    size += dilation * (max(kernel) - 1)  # every kernel fits the map
+    size += max(d * (k - 1) for d, k in zip(dilation, kernel))  # every kernel fits the map
     theta = {"firing": np.abs(normal(channels)) + 0.1, "tie": rng.choice([0.25, 0.5, 1.0], channels),
              "silent": np.full(channels, 1e4), "saturating": np.full(channels, 1 / 64)}[neurons].astype(np.float32)
     nodes = {
@@ -378,6 +381,46 @@ def test_a_conv_of_whole_64_channel_blocks_updates_a_row_at_once_as_the_unfused_
     event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
     out_w = graph.shapes["conv"][2]
     event(f"output columns: {'one' if out_w == 1 else 'odd' if out_w % 2 else 'even'}")
+
+
+#: a row type of integer W' -> row_dtype as the test forces it (int16 where every |W'| fits)
+FORCED_ROWS = {"int16": lambda weight, peak, chosen=layouts.row_dtype: chosen(weight, peak),
+               "int32": lambda weight, peak, chosen=layouts.row_dtype: chosen(weight, peak, narrow_limit=-1),
+               "int64": lambda weight, peak: weight.dtype}
+
+
+#: a path of the fused kernel -> the (output channels, column dilation) that take it
+FUSED_PATHS = {"positions packed": [(16, 1), (32, 1)], "a row at once": [(64, 1), (128, 1)],
+               "position by position": [(48, 1), (80, 2), (64, 2)]}
+
+
+@pytest.mark.parametrize("rows", sorted(FORCED_ROWS))
+@pytest.mark.parametrize("path", sorted(FUSED_PATHS))
+@settings(max_examples=6, deadline=None)
+@given(residual=st.sampled_from(["none", "spikes", "static", "current"]),
+       kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 2), dilation_y=st.integers(1, 2),
+       size=st.integers(1, 6), neurons=st.sampled_from(["firing", "tie", "silent", "saturating"]),
+       timesteps=st.integers(1, 9), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_integer_rows_of_each_width_sum_alike_in_every_fused_path(
+        comparison_log, path, rows, residual, kernel, stride, dilation_y, size, neurons, timesteps, seed, data):
+    """A fused integer conv gathers from int16, int32 or int64 rows (int16 where 8-bit weights
+    times 8-bit amplitudes fit them, int32 and int64 forced) through each of the fused kernel's
+    paths: adjacent positions packed into one block (16 and 32 channels), a row of positions
+    updated at once (whole blocks of 64: 64, 128), and position by position (48, 80, dilated
+    columns); spike for spike the unfused dense kernels, with every residual kind (a projection
+    gathered inside the kernel from rows of the same type). Integer sums are exact in any order,
+    so a row sign-extended wrongly, or a sum kept in a type too narrow, shows as a spike."""
+    channels, dilation_x = data.draw(st.sampled_from(FUSED_PATHS[path]), label="channels, column dilation")
+    graph, x = conv_into_if(seed, channels, 1, residual, kernel, stride, (dilation_y, dilation_x), size, neurons)
+    graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=8, amplitude_bits=8).graph
+    with mock.patch.object(layouts, "row_dtype", FORCED_ROWS[rows]):
+        plan = build_plan(graph)
+        assert row_types(plan)["conv"] == rows
+        conv = next(op for op in plan.ops if op.name == "conv")
+        assert (CPU_KERNELS.weight_layout(conv).pack > 1) == (path == "positions packed")
+        fused_and_unfused(comparison_log, f"cpu fused vs unfused, integer ({rows} rows, each fused path)", graph, x,
+                          timesteps, note=lambda _: None)
+    event(residual_kind(plan, plan.fusions["if2"]))
 
 
 def test_every_block_of_a_resnet_is_fused(digits_case):
