@@ -258,16 +258,17 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     neuron f = (o, y, x) and step: I = (Σ + bias[o]) + r, Σ = the gather of ``conv``, with r by
     the residual's kind: NONE, CURRENT ``values[t·B + b, f]``, STATIC ``values[b, f]``, GRADED
     ``values[0, f]``·``spikes[t·B + b, f]`` (f channels-last in all), SHORTCUT Σ' + bias'[o]; then
-    v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. With
-    ``schedule.pack`` = Q > 1 (C_out = 64 / Q), Q adjacent positions are gathered at once
-    (:func:`~snnverify.runtime.cpu.gather.gather_packed`). A layer of whole blocks of 64
-    channels in one group, of unit column dilation, gathers, block by block, a row of output
-    positions, two at a time (:func:`~snnverify.runtime.cpu.gather.gather_pair`), for every step
-    of a chunk into a staged row of sums (and its projection's, if any), then updates the block's
-    row step by step in one loop, which LLVM vectorises (a neuron's update reads only its own
-    sums, so the order of its steps, and every spike, is the same); its membranes lie
-    block-major for that (see :func:`membrane_index`). The other layers update the lanes of
-    each gather in turn.
+    v += I, s = v ≥ θ, v −= θ·s — the unfused kernels' operations, in their order. A layer of
+    whole blocks of 64 channels in one group, of unit column dilation, gathers, block by block,
+    a row of output positions, two at a time (:func:`~snnverify.runtime.cpu.gather.gather_pair`),
+    for every step of a chunk into a staged row of sums (and its projection's, if any), then
+    updates the block's row step by step in one loop, which LLVM vectorises (a neuron's update
+    reads only its own sums, so the order of its steps, and every spike, is the same); its
+    membranes lie block-major for that (see :func:`membrane_index`). With ``schedule.pack`` = Q
+    > 1 (C_out = 64 / Q), a row's positions are gathered Q at a time
+    (:func:`~snnverify.runtime.cpu.gather.gather_packed`) into a staged row, which is updated
+    the same way (its membranes, position-major, hold a row contiguous). The other layers update
+    the lanes of each gather in turn.
 
     A job is ``schedule.tile`` samples of one group; their steps go in chunks of
     :data:`STEP_CHUNK`, and per chunk, block of output channels and output position, every
@@ -328,8 +329,6 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     projection = kind == ResidualKind.SHORTCUT
     currents = kind == ResidualKind.CURRENT or kind == ResidualKind.STATIC
     thresholds = threshold.reshape(-1)
-    # packed: lane j·C_out + o is channel o
-    lane_bias, shortcut_lane_bias = repeated(bias, WIDE), repeated(shortcut_bias, WIDE)
     rows = tile * STEP_CHUNK  # (sample, step) pairs of a job's chunk: r = s·chunk + c
     # scratch, allocated once per worker and call: fresh pages per job cost more than the adds
     entries = np.zeros((rows, in_h * in_w * group_in), np.int32)
@@ -343,12 +342,18 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     # membranes of one sample per row, see membrane_index: a layer of whole blocks of 64 channels
     # in one group, of unit column dilation (gather_pair's), gathers a block's row of positions
     # for every step of the chunk, then updates it at once (see the docstring), so a block's row
-    # lies contiguous; so do its θ and its sums (and the projection's) staged per (sample, step)
+    # lies contiguous; so do its θ and its sums (and the projection's) staged per (sample, step).
+    # A packed layer (one block of C_out = 64 / Q channels) does the same: its membranes,
+    # position-major, hold a row's neurons contiguous already.
     rows_at_once = groups == 1 and group_out % WIDE == 0 and geometry[5] == 1
     v = np.empty((tile, positions * padded), v0.dtype)
-    row_span = out_w * WIDE  # the neurons of a block's output row when rows_at_once
-    staged = empty_sums((rows, row_span) if rows_at_once else (1, 1), weights)
-    shortcut_staged = empty_sums((rows, row_span) if rows_at_once and projection else (1, 1), shortcut_weights)
+    # the neurons of a block's output row when rows_at_once, or of an output row when packed
+    row_span = out_w * (WIDE if rows_at_once else group_out)
+    # a packed gather stores Q positions' lanes: whole blocks of WIDE, past the row's last position
+    staged_span = out_w * WIDE if rows_at_once else -(-out_w // pack) * WIDE
+    staged_rows = rows_at_once or pack > 1
+    staged = empty_sums((rows, staged_span) if staged_rows else (1, 1), weights)
+    shortcut_staged = empty_sums((rows, staged_span) if staged_rows and projection else (1, 1), shortcut_weights)
     block_thresholds = np.empty(positions * padded if rows_at_once else 1, thresholds.dtype)
     for p in range(positions if rows_at_once else 0):
         for k in range(padded):
@@ -386,63 +391,51 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                 else:
                     start, wide, lanes = block(index, padded, group_out)
                 first = group * group_out + start
-                if pack > 1:
+                if staged_rows:
+                    # the block's bias (and the projection's) per neuron of a row
+                    row_bias = repeated(bias[start : start + lanes], row_span)
+                    shortcut_row_bias = repeated(shortcut_bias[start : start + lanes] if projection else shortcut_bias,
+                                                 row_span if projection else 0)
                     for oy in range(out_h):
-                        for ox0 in range(0, out_w, pack):
-                            base = (oy * out_w + ox0) * lanes
-                            count = min(pack, out_w - ox0) * lanes  # the lanes of positions inside the map
-                            theta = thresholds[base : base + count]
-                            placement = (base, 0, 1, count)
-                            for s in range(samples):
-                                membrane = v[s, base : base + count]
-                                for c in range(chunk):
-                                    n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
+                        if pack > 1:  # Q positions a gather, lane j·C_out + o channel o of position ox0 + j
+                            for ox0 in range(0, out_w, pack):
+                                for r in range(samples * chunk):
                                     gather_packed(acc, packed_flat, kernel_hw[0], span, group_in, entries[r],
                                                   starts[r], oy, ox0 * geometry[1] - geometry[3], geometry,
                                                   (in_h, in_w), row_of(inputs, r))
+                                    store_vector(acc, staged[r], ox0 * lanes, WIDE)
                                     if projection:
                                         gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
                                                       shortcut_span, shortcut_channels, shortcut_entries[r],
                                                       shortcut_starts[r], oy,
                                                       ox0 * shortcut_geometry[1] - shortcut_geometry[3],
                                                       shortcut_geometry, (shortcut_h, shortcut_w), None)
-                                    # lane j·C_out + o is channel o of position p + j: channels-last
+                                        store_vector(shortcut_acc, shortcut_staged[r], ox0 * lanes, WIDE)
+                        else:
+                            for ox0 in range(0, out_w, 2):  # two positions at once (the last alone if W_out is odd)
+                                last = min(ox0 + 2, out_w)
+                                for r in range(samples * chunk):
+                                    gather_pair(acc, next_acc, flat, start * taps, kernel_hw, group_in, entries[r],
+                                                starts[r], oy, ox0, last - ox0 == 2, geometry, (in_h, in_w),
+                                                row_of(inputs, r))
+                                    store_vector(acc, staged[r], ox0 * WIDE, WIDE)
+                                    if last - ox0 == 2:
+                                        store_vector(next_acc, staged[r], (ox0 + 1) * WIDE, WIDE)
                                     if projection:
-                                        integrate_shortcut(values, lane_bias, membrane, theta, shortcut_values,
-                                                           shortcut_lane_bias, out_spikes[n], placement)
-                                    elif kind == ResidualKind.GRADED:
-                                        integrate_graded(values, lane_bias, membrane, theta, residual_values[0],
-                                                         residual_spikes[n], out_spikes[n], placement)
-                                    else:  # currents channels-last, like the spikes
-                                        row = n if kind == ResidualKind.CURRENT else first_sample + s
-                                        integrate_current(kind, values, lane_bias, membrane, theta,
-                                                          residual_values[row if currents else 0], out_spikes[n],
-                                                          placement)
-                elif rows_at_once:
-                    # the block's bias (and the projection's) per neuron of a row
-                    row_bias = repeated(bias[start : start + WIDE], row_span)
-                    shortcut_row_bias = repeated(shortcut_bias[start : start + WIDE] if projection else shortcut_bias,
-                                                 row_span if projection else 0)
-                    for oy in range(out_h):
-                        for ox0 in range(0, out_w, 2):  # two positions at once (the last alone if W_out is odd)
-                            last = min(ox0 + 2, out_w)
-                            for r in range(samples * chunk):
-                                gather_pair(acc, next_acc, flat, start * taps, kernel_hw, group_in, entries[r],
-                                            starts[r], oy, ox0, last - ox0 == 2, geometry, (in_h, in_w),
-                                            row_of(inputs, r))
-                                store_vector(acc, staged[r], ox0 * WIDE, WIDE)
-                                if last - ox0 == 2:
-                                    store_vector(next_acc, staged[r], (ox0 + 1) * WIDE, WIDE)
-                                if projection:
-                                    for ox in range(ox0, last):
-                                        gather(shortcut_acc, shortcut_flat, start * shortcut_taps, shortcut_kernel,
-                                               shortcut_channels, shortcut_entries[r], shortcut_starts[r], oy, ox,
-                                               shortcut_geometry, (shortcut_h, shortcut_w), True, None)
-                                        store_vector(shortcut_acc, shortcut_staged[r], ox * WIDE, WIDE)
-                        at = (start * positions) + oy * row_span  # the block's row in v and block_thresholds
-                        theta = block_thresholds[at : at + row_span]
-                        # its neurons in the maps: W_out positions of out_channels, WIDE lanes from start
-                        placement = (oy * out_w * out_channels + start, out_channels, out_w, WIDE)
+                                        for ox in range(ox0, last):
+                                            gather(shortcut_acc, shortcut_flat, start * shortcut_taps,
+                                                   shortcut_kernel, shortcut_channels, shortcut_entries[r],
+                                                   shortcut_starts[r], oy, ox, shortcut_geometry,
+                                                   (shortcut_h, shortcut_w), True, None)
+                                            store_vector(shortcut_acc, shortcut_staged[r], ox * WIDE, WIDE)
+                        # the block's row in v and its θ (block-major, or position-major when packed)
+                        at = start * positions + oy * row_span
+                        theta = (block_thresholds if rows_at_once else thresholds)[at : at + row_span]
+                        # its neurons in the maps: W_out positions of out_channels, its lanes from start;
+                        # a packed row's are all of the row's, contiguous: one run of them (a loop of
+                        # 16 or 32 lanes per position would fall short of LLVM's vectorised body)
+                        placement = ((oy * row_span, 0, 1, row_span) if pack > 1
+                                     else (oy * out_w * out_channels + start, out_channels, out_w, lanes))
                         for s in range(samples):
                             membrane = v[s, at : at + row_span]
                             for c in range(chunk):
