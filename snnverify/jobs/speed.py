@@ -82,21 +82,31 @@ def steady_heap() -> bool:
 
 
 def interleaved_best_times(functions: dict, repeats: int, calls: int = 2,
-                           clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+                           clock: Callable[[], float] = time.perf_counter, fill: float = 0.05,
+                           most_calls: int = 100) -> dict[str, float]:
     """Fastest call of each function over ``repeats`` rounds, every round calling each function
-    ``calls`` times back to back, one function after the other (after a warm-up round). The
-    rounds spread a slow phase of a shared machine over all of them; the back-to-back calls let
-    a short function (an ANN forward pass of a few ms) be timed warm, not right after another
-    function has evicted its caches (a cold first call is several times slower). ``clock``:
-    wall time by default; ``time.process_time`` gives the CPU time of all the process's threads,
-    which other processes on the cores inflate far less. Timed on a :func:`steady_heap`."""
+    back to back, one function after the other (after a warm-up round): ``calls`` times, or as
+    many as its warm call takes to fill ``fill`` seconds (at most ``most_calls``). The rounds
+    spread a slow phase of a shared machine over all of them; the back-to-back calls let a short
+    function (an ANN forward pass of a few ms) be timed warm, not right after another function
+    has evicted its caches (a cold first call is several times slower), and over enough calls
+    for its fastest to show (six calls missed small_resnet_pooled's fastest forward pass by up
+    to a fifth: reports/speed, "Short calls timed over enough of them"). The warm-up round
+    calls each function twice and counts from the second, warm call. ``clock``: wall time by
+    default; ``time.process_time`` gives the CPU time of all the process's threads, which other
+    processes on the cores inflate far less. Timed on a :func:`steady_heap`."""
     steady_heap()
-    for function in functions.values():
+    counts = {}
+    for name, function in functions.items():
         function()
+        start = clock()
+        function()
+        warm = clock() - start
+        counts[name] = max(calls, min(most_calls, math.ceil(fill / warm) if warm > 0 else most_calls))
     best = dict.fromkeys(functions, math.inf)
     for _ in range(repeats):
         for name, function in functions.items():
-            for _ in range(calls):
+            for _ in range(counts[name]):
                 start = clock()
                 function()
                 best[name] = min(best[name], clock() - start)

@@ -85,9 +85,18 @@ def test_multiply_accumulates_of_a_dense_pass():
 
 def test_interleaved_timing_runs_every_function_each_round():
     calls = []
-    times = interleaved_best_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2)
-    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2  # a warm-up round, then two rounds of two calls
+    times = interleaved_best_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, fill=0)
+    # a warm-up round of two calls each, then two rounds of two calls
+    assert calls == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] * 2
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_a_short_function_is_called_until_it_fills_a_round_and_a_long_one_twice():
+    calls = []
+    interleaved_best_times({"short": lambda: calls.append("short"),
+                            "long": lambda: (calls.append("long"), time.sleep(0.03))}, 2, fill=0.05, most_calls=40)
+    # a call of nothing fills 0.05 s only past the cap; two 30 ms naps fill it
+    assert calls == ["short"] * 2 + ["long"] * 2 + (["short"] * 40 + ["long"] * 2) * 2
 
 
 def test_interleaved_times_on_the_cpu_clock_leave_out_waiting():
