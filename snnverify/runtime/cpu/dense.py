@@ -146,7 +146,7 @@ ROW_POOL_WIDTH = 4
 
 
 @njit(parallel=True, cache=True)
-def pool2d_kernel(x, amplitude, kernel, stride, padding, divisor, zero, out):
+def pool2d_kernel(x, amplitude, kernel, stride, padding, divisor, zero, out, channels_last):
     """Window sums in (ky, kx) order over a zero-padded input, then / ``divisor`` (correctly
     rounded; 1 for a sum pool, whose sums are left as they are): of ``x``, or, with
     ``amplitude`` [C, H, W] (``x`` then a spike map), of its graded spikes a·s (+0 where silent)
@@ -158,13 +158,14 @@ def pool2d_kernel(x, amplitude, kernel, stride, padding, divisor, zero, out):
     ones by a select, no branch), then each tap adds that row to the output row's sums over the
     columns where it lands inside the input (bounds computed once per call, no test per term).
     Narrower outputs (a global pool) sum window by window, where a loop per tap and row would
-    cost more than its few terms."""
-    firsts, lasts = inside_columns(kernel, stride, padding, x.shape[3], out.shape[3])
+    cost more than its few terms. ``out``, ``channels_last``: see :func:`sample_out`."""
+    firsts, lasts = inside_columns(kernel, stride, padding, x.shape[3], out_width(out, channels_last))
     # the parallel loop only calls a function per sample (see
     # snnverify.runtime.cpu.events.conv2d_events_if_kernel), which LLVM inlines (forceinline:
     # a call per sample cost 5–30 % of a small map's pool)
     for n in prange(out.shape[0]):
-        pool_sample(x[n], amplitude, kernel, stride, padding, divisor, zero, firsts, lasts, out[n])
+        pool_sample(x[n], amplitude, kernel, stride, padding, divisor, zero, firsts, lasts,
+                    sample_out(out, n, channels_last))
 
 
 @njit(error_model="numpy", forceinline=True)
@@ -199,7 +200,7 @@ def pool_sample(x, amplitude, kernel, stride, padding, divisor, zero, firsts, la
 
 
 @njit(parallel=True, cache=True)
-def spike_pool2d_kernel(spikes, table, kernel, stride, padding, out):
+def spike_pool2d_kernel(spikes, table, kernel, stride, padding, out, channels_last):
     """:func:`pool2d_kernel` of a spike map whose amplitude is one a_c per channel, as a lookup:
     a window with n spikes sums, its taps in (ky, kx) order from +0, to a_c added n times in
     sequence (a silent tap adds +0, which leaves every such partial sum as it is: none is −0), so
@@ -210,16 +211,18 @@ def spike_pool2d_kernel(spikes, table, kernel, stride, padding, out):
     row at a time), then per output column the sums of its kW columns. Two shapes have loops of
     their own: a window that is the whole map (a global pool) counts the plane's spikes as one
     contiguous run, and a 2 × 2 window of stride 2 without padding (the common pool) adds its
-    four taps' bytes directly (1.4 against 2.0 ms with column sums, 1024 maps of 16 × 28 × 28)."""
+    four taps' bytes directly (1.4 against 2.0 ms with column sums, 1024 maps of 16 × 28 × 28).
+    ``out``, ``channels_last``: see :func:`sample_out`."""
     height, width = spikes.shape[2], spikes.shape[3]
-    firsts, lasts = inside_columns(kernel, stride, padding, width, out.shape[3])
+    firsts, lasts = inside_columns(kernel, stride, padding, width, out_width(out, channels_last))
     unpadded = padding[0] == 0 and padding[1] == 0
     whole = kernel[0] == height and kernel[1] == width and unpadded
     halving = kernel[0] == kernel[1] == stride[0] == stride[1] == 2 and unpadded  # 2 × 2, stride 2
     flags = spikes.view(np.uint8)  # (narrow adds; a bool's byte is 0 or 1)
     # the parallel loop only calls a function per sample (see pool2d_kernel)
     for n in prange(out.shape[0]):
-        spike_pool_sample(spikes[n], flags[n], table, kernel, stride, padding, firsts, lasts, whole, halving, out[n])
+        spike_pool_sample(spikes[n], flags[n], table, kernel, stride, padding, firsts, lasts, whole, halving,
+                          sample_out(out, n, channels_last))
 
 
 @njit(error_model="numpy", forceinline=True)
@@ -264,13 +267,15 @@ def spike_pool_sample(spikes, flags, table, kernel, stride, padding, firsts, las
 
 
 @njit(parallel=True, cache=True)
-def spike_pool2d_last_kernel(spikes, table, kernel, stride, padding, out):
+def spike_pool2d_last_kernel(spikes, table, kernel, stride, padding, out, channels_last):
     """:func:`spike_pool2d_kernel` of a channels-last spike map [N, H, W, C] (a fused kernel's,
     read without a transposed copy): per window, the spike counts of all channels at once, its
-    taps' channel vectors added in turn (integers, exact in any order)."""
-    rows, channels, out_h, out_w = out.shape
-    height, width = spikes.shape[1], spikes.shape[2]
-    for n in prange(rows):
+    taps' channel vectors added in turn (integers, exact in any order). ``out``,
+    ``channels_last``: see :func:`sample_out`."""
+    height, width, channels = spikes.shape[1], spikes.shape[2], spikes.shape[3]
+    for n in prange(out.shape[0]):
+        dest = sample_out(out, n, channels_last)
+        out_h, out_w = dest.shape[1], dest.shape[2]
         counts = np.empty(channels, np.int64)
         for y in range(out_h):
             for x in range(out_w):
@@ -284,7 +289,21 @@ def spike_pool2d_last_kernel(spikes, table, kernel, stride, padding, out):
                             for c in range(channels):
                                 counts[c] += tap[c]
                 for c in range(channels):
-                    out[n, c, y, x] = table[c, counts[c]]
+                    dest[c, y, x] = table[c, counts[c]]
+
+
+@njit(inline="always")
+def sample_out(out, n, channels_last):
+    """Sample n of a pool's output as [C, H', W']: ``out`` is C-contiguous, [N, C, H', W'], or
+    with ``channels_last`` [N, H', W', C] (the same sums, stored in the other order). Either is
+    written through one array type, so that a pool compiles once per dtype, not once per order."""
+    return out[n].transpose(2, 0, 1) if channels_last else out[n]
+
+
+@njit(inline="always")
+def out_width(out, channels_last):
+    """W' of a pool's output ``out`` (see :func:`sample_out`)."""
+    return out.shape[2] if channels_last else out.shape[3]
 
 
 @njit

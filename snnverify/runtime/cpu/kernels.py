@@ -183,7 +183,6 @@ def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False
     dtype = x.dtype if amplitude is None else amplitude.dtype
     rows, channels, height, width = out_shape
     stored = buffers.empty((rows, height, width, channels) if channels_last else out_shape, dtype)
-    out = stored.transpose(0, 3, 1, 2) if channels_last else stored
     area = node.kernel_size[0] * node.kernel_size[1]
     average = not isinstance(node, g.SumPool2d)
     # a float average divides in the kernel; an integer graph's (quantize makes them sum
@@ -197,13 +196,13 @@ def _pool2d(x, node: g.AvgPool2d, out_shape, amplitude=None, channels_last=False
             for count in range(1, area + 1):
                 sums[:, count] = sums[:, count - 1] + channel_amplitude
         pool = spike_pool2d_last_kernel if input_last else spike_pool2d_kernel
-        pool(np.ascontiguousarray(x), sums / dtype.type(area) if divides else sums, *geometry, out)
+        pool(np.ascontiguousarray(x), sums / dtype.type(area) if divides else sums, *geometry, stored, channels_last)
     else:
         if input_last:  # a neuron's own amplitude: the general kernel, which reads the graph's order
             x = to_channels_first(x.reshape(x.shape[0], -1), x.shape[3:] + x.shape[1:3]).reshape(
                 x.shape[0], x.shape[3], *x.shape[1:3])
         pool2d_kernel(x, None if amplitude is None else amplitude.reshape(x.shape[1:]), *geometry,
-                      dtype.type(area if divides else 1), dtype.type(0), out)
+                      dtype.type(area if divides else 1), dtype.type(0), stored, channels_last)
     if average and not divides:
         stored = stored / np.float32(area)
     return stored.reshape(rows, -1) if channels_last else stored
