@@ -281,6 +281,26 @@ def store_vector(typingctx, acc, target, offset, lanes):
 
 
 @intrinsic
+def load_vector(typingctx, acc, source, offset, lanes):
+    """acc[:lanes] = source[offset : offset + lanes] as one vector load (``acc`` a
+    :func:`stack_buffer` of source's type, ``lanes`` a constant): sums that :func:`store_vector`
+    staged, taken up again to add more terms to."""
+    if not isinstance(lanes, types.IntegerLiteral) or acc.dtype != source.dtype:
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        acc_pointer, source_array, first, _ = args
+        vector = ir.VectorType(context.get_value_type(signature.args[1].dtype), count)
+        data = _data(context, builder, signature.args[1], source_array)
+        values = builder.load(builder.bitcast(builder.gep(data, [first]), vector.as_pointer()), align=1)
+        builder.store(values, builder.bitcast(acc_pointer, vector.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(acc, source, offset, lanes), codegen
+
+
+@intrinsic
 def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
     """acc[:lanes] += weights[offset : offset + lanes]·value, each product rounded on its own and
     then added (an LLVM ``fmul`` then ``fadd`` without the ``contract`` flag: never fused into
