@@ -259,6 +259,23 @@ def add_vector(typingctx, acc, weights, offset, lanes):
     return types.none(acc, weights, offset, lanes), codegen
 
 
+def _vector_copy(to_array: bool):
+    """The codegen of :func:`store_vector` (``to_array``) and :func:`load_vector`: ``lanes``
+    elements between a :func:`stack_buffer` and an array from an offset, as one vector."""
+
+    def codegen(context, builder, signature, args):
+        buffer_pointer, array, first, _ = args
+        array_type, lanes = signature.args[1], signature.args[3]
+        vector = ir.VectorType(context.get_value_type(array_type.dtype), lanes.literal_value)
+        buffer = builder.bitcast(buffer_pointer, vector.as_pointer())
+        at = builder.bitcast(builder.gep(_data(context, builder, array_type, array), [first]), vector.as_pointer())
+        source, target = (buffer, at) if to_array else (at, buffer)
+        builder.store(builder.load(source, align=1), target, align=1)
+        return context.get_dummy_value()
+
+    return codegen
+
+
 @intrinsic
 def store_vector(typingctx, acc, target, offset, lanes):
     """target[offset : offset + lanes] = acc[:lanes] as one vector store (``acc`` a
@@ -267,17 +284,7 @@ def store_vector(typingctx, acc, target, offset, lanes):
     of the same lanes would stall on)."""
     if not isinstance(lanes, types.IntegerLiteral) or acc.dtype != target.dtype:
         return None
-    count = lanes.literal_value
-
-    def codegen(context, builder, signature, args):
-        acc_pointer, target_array, first, _ = args
-        vector = ir.VectorType(context.get_value_type(signature.args[1].dtype), count)
-        data = _data(context, builder, signature.args[1], target_array)
-        values = builder.load(builder.bitcast(acc_pointer, vector.as_pointer()), align=1)
-        builder.store(values, builder.bitcast(builder.gep(data, [first]), vector.as_pointer()), align=1)
-        return context.get_dummy_value()
-
-    return types.none(acc, target, offset, lanes), codegen
+    return types.none(acc, target, offset, lanes), _vector_copy(to_array=True)
 
 
 @intrinsic
@@ -287,17 +294,7 @@ def load_vector(typingctx, acc, source, offset, lanes):
     staged, taken up again to add more terms to."""
     if not isinstance(lanes, types.IntegerLiteral) or acc.dtype != source.dtype:
         return None
-    count = lanes.literal_value
-
-    def codegen(context, builder, signature, args):
-        acc_pointer, source_array, first, _ = args
-        vector = ir.VectorType(context.get_value_type(signature.args[1].dtype), count)
-        data = _data(context, builder, signature.args[1], source_array)
-        values = builder.load(builder.bitcast(builder.gep(data, [first]), vector.as_pointer()), align=1)
-        builder.store(values, builder.bitcast(acc_pointer, vector.as_pointer()), align=1)
-        return context.get_dummy_value()
-
-    return types.none(acc, source, offset, lanes), codegen
+    return types.none(acc, source, offset, lanes), _vector_copy(to_array=False)
 
 
 @intrinsic
