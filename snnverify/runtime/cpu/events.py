@@ -402,7 +402,10 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                                                  row_span if projection else 0)
                     for oy in range(out_h):
                         if pack > 1:  # Q positions a gather, lane j·C_out + o channel o of position ox0 + j
-                            # kernel row by kernel row, the sums staged between them (see the docstring)
+                            # kernel row by kernel row, the sums staged between them (see the docstring);
+                            # a kernel row's adds written out here, not through a helper shared with
+                            # gather_packed: that measured slower (reports/speed, "Packed layers
+                            # gathered kernel row by kernel row")
                             for ky in range(kernel_hw[0]):
                                 iy = oy * geometry[0] - geometry[2] + ky * geometry[4]
                                 for ox0 in range(0, out_w, pack):
