@@ -35,7 +35,7 @@ from snnverify.runtime.cpu.intrinsics import FLAG_LANES, stack_buffer
 from snnverify.jobs.speed import converted
 from snnverify.runtime.cpu.layouts import WIDE, event_weights, events_layout, is_depthwise
 from snnverify.runtime.plan import (build_plan, channels_last_currents, channels_last_pools, execute,
-                                   spike_maps_read_fused)
+                                   spike_maps_of_overlapping_pools, spike_maps_read_fused)
 from snnverify.strategies import spiking_graphs
 
 from .test_backends import UNFUSED, compare, quantized, row_types
@@ -95,6 +95,8 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
         note("pool writing its map channels-last")
     for _ in pools_of_fused_spike_maps(plan):
         note("pool reading a fused kernel's channels-last spike map")
+    for _ in spike_maps_of_overlapping_pools(plan):
+        note("spike map of overlapping pools written channels-last")
     fused = execute(plan, CPU_KERNELS, x, steps, record=True)
     plain = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
     compare(comparison_log, check, fused[::2], plain[::2])
@@ -544,6 +546,58 @@ def test_a_channel_scaling_of_pooled_spikes_keeps_its_currents_channels_first(co
                       note=lambda _: None)
 
 
+@pytest.mark.parametrize("model, written", [("torchvision_resnet18", {"relu"}), ("small_resnet_pooled", set()),
+                                           ("vgg11", set())])
+def test_the_spikes_of_a_stem_are_written_channels_last_where_its_pool_overlaps(model, written):
+    """torchvision ResNet-18's stem pool (3 × 3, stride 2: its max-pool, swapped at conversion)
+    reads its IF layer's spikes channels-last; the 2 × 2 pools of stride 2 of the pooled small
+    ResNet's stem and of VGG's first stage read theirs in the graph's order (their kernel adds a
+    window's four taps directly), and VGG's later pools read fused layers' spikes."""
+    _, graph = converted(model)
+    assert spike_maps_of_overlapping_pools(build_plan(graph)) == written
+
+
+@settings(max_examples=40, deadline=None)
+@given(channels=st.sampled_from([1, 3, 16, 17, 64]), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), reader=st.sampled_from(["fused conv", "linear"]),
+       neurons=st.sampled_from(["firing", "ties", "silent", "saturated"]), timesteps=st.integers(1, 8),
+       integer=st.booleans(), data=st.data())
+def test_spikes_of_overlapping_pools_pool_as_in_the_graphs_order(comparison_log, channels, kernel, stride, reader,
+                                                                 neurons, timesteps, integer, data):
+    """A stem IF layer read by a pool alone writes its spikes channels-last exactly when the
+    pool's windows overlap (a stride below the window in a dimension); either way the pool's
+    map, every spike and the output are those of the unfused kernels, bit for bit, whether a
+    fused conv reads the pool (channels-last) or a linear layer (the graph's order) — at exact
+    ties (dyadic currents landing on θ), silent and saturated layers, T = 1, in float32 and
+    quantised."""
+    padding = data.draw(st.tuples(st.integers(0, kernel[0] // 2), st.integers(0, kernel[1] // 2)), label="padding")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    dyadic = lambda *shape: (np.round(rng.standard_normal(shape) * 4) / 4).astype(np.float32)  # noqa: E731
+    threshold = {"firing": np.abs(dyadic(channels)) + 0.25, "ties": np.full(channels, 0.5, np.float32),
+                 "silent": np.full(channels, 1e4, np.float32), "saturated": np.full(channels, 1e-3, np.float32)}[neurons]
+    pool = g.AvgPool2d("pool", kernel_size=kernel, stride=stride, padding=padding)
+    nodes = [g.Input("in", shape=(2, 7, 7)), g.Conv2d("stem", weight=dyadic(channels, 2, 3, 3), padding=1),
+             g.IF("if1", threshold=threshold), pool]
+    out_hw = pool.output_shape([(channels, 7, 7)])[1:]
+    if reader == "fused conv":
+        nodes += [g.Conv2d("conv", weight=dyadic(4, channels, 3, 3), padding=1),
+                  g.IF("if2", threshold=np.full(4, 0.5, np.float32)), g.Flatten("flat")]
+        features = 4 * out_hw[0] * out_hw[1]
+    else:
+        nodes += [g.Flatten("flat")]
+        features = channels * out_hw[0] * out_hw[1]
+    graph = chain(nodes + [g.Linear("fc", weight=dyadic(3, features)), g.Output("out")])
+    if integer:
+        graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
+    plan = build_plan(graph)
+    overlapping = any(s < k for s, k in zip(stride, kernel))
+    assert spike_maps_of_overlapping_pools(plan) == ({"if1"} if overlapping else set())
+    event(f"windows overlap: {overlapping}; pool written channels-last: {bool(channels_last_pools(plan))}")
+    x = (np.round(rng.random((2, 2, 7, 7)) * 8) / 8).astype(np.float32)
+    fused_and_unfused(comparison_log, "cpu fused vs unfused (spikes of overlapping pools)", graph, x, timesteps,
+                      note=lambda _: None)
+
+
 def test_three_way_merges_are_not_fused():
     """(a + b) + c is not a + (b + c) in float32, so only two-input merges are absorbed."""
     ones = np.ones((1, 1, 1, 1), np.float32)
@@ -946,6 +1000,12 @@ def pools_of_fused_spike_maps(plan):
     """The pools that read a spike map kept channels-last: a fused IF op's, or one a fused op reads."""
     last = set(plan.fusions) | spike_maps_read_fused(plan)
     return [op.name for op in plan.ops if isinstance(op.node, g.AvgPool2d) and op.inputs[0] in last]
+
+
+def test_generated_graphs_reach_spike_maps_of_overlapping_pools():
+    find(spiking_graphs(dyadic=False, max_size=12, max_timesteps=16),
+         lambda case: bool(spike_maps_of_overlapping_pools(build_plan(case.graph))),
+         settings=settings(max_examples=1000, database=None, phases=[Phase.generate]))
 
 
 def test_generated_graphs_reach_pools_of_channels_last_spike_maps():
