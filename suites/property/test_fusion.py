@@ -30,7 +30,8 @@ from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
 from snnverify.runtime.cpu import layouts
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
-from snnverify.runtime.cpu.gather import gather, gather_pair, nonzero_entries, positions_read, spike_entries
+from snnverify.runtime.cpu.gather import (gather, gather_pair, nonzero_entries, positions_read, slide_window,
+                                         spike_entries)
 from snnverify.runtime.cpu.intrinsics import FLAG_LANES, stack_buffer
 from snnverify.jobs.speed import converted
 from snnverify.runtime.cpu.layouts import WIDE, event_weights, events_layout, is_depthwise
@@ -97,6 +98,9 @@ def fused_and_unfused(comparison_log, check, graph, x, steps, note=event):
         note("pool reading a fused kernel's channels-last spike map")
     for _ in spike_maps_of_overlapping_pools(plan):
         note("spike map of overlapping pools written channels-last")
+    for fusion in plan.fusions.values():
+        if CPU_KERNELS.weight_layout(by_name(plan, fusion.conv)).window.shape[1] > 1:
+            note("conv gathered through a sliding window")
     fused = execute(plan, CPU_KERNELS, x, steps, record=True)
     plain = execute(dense_plan(graph), UNFUSED, x, steps, record=True)
     compare(comparison_log, check, fused[::2], plain[::2])
@@ -428,6 +432,110 @@ def test_integer_rows_of_each_width_sum_alike_in_every_fused_path(
         fused_and_unfused(comparison_log, f"cpu fused vs unfused, integer ({rows} rows, each fused path)", graph, x,
                           timesteps, note=lambda _: None)
     event(residual_kind(plan, plan.fusions["if2"]))
+
+
+def sliding_conv(seed, arithmetic, in_channels, source, residual, padding, in_hw, neurons):
+    """(graph, input) of stem → IF → [2 × 2 pool of stride 1] → conv of 16 channels, 3 × 3, stride
+    1, ``padding`` (rows, columns) → [Add] → IF, its input map ``in_hw``, ``in_channels`` deep,
+    spikes or their ``"pooled"`` map; the residual "none", "spikes" (the conv's own input spike
+    map), "static" (a conv of the network's input) or "current" (a conv of the conv's own input:
+    a projection shortcut for spikes); weights multiples of 1/8 where ``arithmetic`` is
+    "dyadic" (exact sums: ties at θ), else normal."""
+    rng = np.random.default_rng(seed)
+    normal = ((lambda *shape: (np.round(rng.standard_normal(shape) * 8) / 8).astype(np.float32))
+              if arithmetic == "dyadic" else (lambda *shape: rng.standard_normal(shape).astype(np.float32)))
+    stem_hw = tuple(n + (source == "pooled") for n in in_hw)
+    theta = {"firing": np.abs(normal(16)) + 0.25, "tie": rng.choice([0.25, 0.5, 1.0], 16),
+             "silent": np.full(16, 1e4), "saturating": np.full(16, 1 / 64)}[neurons].astype(np.float32)
+    layers = [g.Input("in", shape=(2, *stem_hw)), g.Conv2d("stem", weight=normal(in_channels, 2, 3, 3), padding=1),
+              g.IF("if1", threshold=np.abs(normal(in_channels)) + 0.25)]
+    if source == "pooled":
+        layers.append(g.AvgPool2d("pool", kernel_size=2, stride=1))
+    layers.append(g.Conv2d("conv", weight=normal(16, in_channels, 3, 3), padding=padding,
+                           bias=normal(16) if rng.random() < 0.5 else None))
+    nodes = {node.name: node for node in layers}
+    inputs = {node.name: [layers[i - 1].name] if i else [] for i, node in enumerate(layers)}
+    reader = layers[-2].name  # the conv's input map
+    if residual in ("static", "current"):  # a conv of the same output shape
+        # (the network's input is one larger than a pooled map: a 4 × 4 kernel keeps the shapes)
+        kernel = 4 if residual == "static" and source == "pooled" else 3
+        nodes["other"] = g.Conv2d("other", weight=normal(16, 2 if residual == "static" else in_channels, kernel,
+                                                         kernel), padding=padding)
+        inputs["other"] = ["in" if residual == "static" else reader]
+    if residual != "none":
+        nodes["add"] = g.Add("add")
+        inputs["add"] = ["conv", reader if residual == "spikes" else "other"]
+    nodes.update({"if2": g.IF("if2", threshold=theta), "flat": g.Flatten("flat"), "out": g.Output("out")})
+    inputs.update({"if2": ["conv" if residual == "none" else "add"], "flat": ["if2"], "out": ["flat"]})
+    graph = g.SpikingGraph(nodes, inputs)
+    return graph, normal(2, 2, *stem_hw) * 2
+
+
+@st.composite
+def sliding_convs(draw):
+    """The arguments of :func:`sliding_conv`: every padding of a 3 × 3 kernel that slides (0 to
+    2, rows and columns apart), maps from one row or column on (as small as the padding lets the
+    kernel fit), input channels below, at and above a spike list's 16, and each residual kind
+    (the conv's own spike map only where the shapes allow it: 16 channels, padding 1)."""
+    residual = draw(st.sampled_from(["none", "spikes", "static", "current"]), label="residual")
+    source = "spikes" if residual == "spikes" else draw(st.sampled_from(["spikes", "pooled"]), label="source")
+    if residual == "spikes":
+        in_channels, padding = 16, (1, 1)
+    else:
+        in_channels = draw(st.sampled_from([1, 3, 16, 17, 24, 40]), label="input channels")
+        padding = (draw(st.integers(0, 2), label="padding rows"), draw(st.integers(0, 2), label="padding columns"))
+    in_hw = tuple(draw(st.integers(max(1, 3 - 2 * p), 9), label="input size") for p in padding)
+    return in_channels, source, residual, padding, in_hw
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv=sliding_convs(), arithmetic=st.sampled_from(["normal", "dyadic", "int16", "int32", "int64"]),
+       neurons=st.sampled_from(["firing", "tie", "silent", "saturating"]), timesteps=st.integers(1, 9),
+       seed=st.integers(0, 2**32 - 1))
+@example(conv=(16, "spikes", "current", (1, 1), (5, 4)), arithmetic="normal", neurons="firing", timesteps=3,
+         seed=1)  # the projection shortcut gathered inside, packed, beside the sliding conv
+@example(conv=(24, "spikes", "current", (2, 0), (1, 6)), arithmetic="int16", neurons="tie", timesteps=2, seed=2)
+def test_a_sliding_conv_sums_as_the_unfused_kernels(comparison_log, conv, arithmetic, neurons, timesteps, seed):
+    """A fused conv of 16 channels, 3 × 3 of stride 1, gathers through its window layout, by
+    input rows, each input adding its 9 taps to the output positions it reaches, in a ring of
+    staged output rows; every other conv of the network keeps its own path. With every padding
+    that slides, maps down to one row or column, spike and pooled inputs, each residual kind,
+    non-dyadic float32 (any other order of the terms shows), dyadic float32 (ties at θ), and
+    integer rows of each width: spike for spike the unfused dense kernels."""
+    in_channels, source, residual, padding, in_hw = conv
+    graph, x = sliding_conv(seed, arithmetic, in_channels, source, residual, padding, in_hw, neurons)
+    integer = arithmetic.startswith("int")
+    if integer:
+        graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=8, amplitude_bits=8).graph
+    with mock.patch.object(layouts, "row_dtype", FORCED_ROWS[arithmetic] if integer else layouts.row_dtype):
+        plan = build_plan(graph)
+        slid = {fusion.conv for fusion in plan.fusions.values()
+                if CPU_KERNELS.weight_layout(by_name(plan, fusion.conv)).window.shape[1] > 1}
+        # the float32 conv of a pooled map is fused; the integer one is not (see the pooled small ResNet)
+        assert slid == ({"conv"} if source == "spikes" or not integer else set())
+        fused_and_unfused(comparison_log, f"cpu fused vs unfused, {arithmetic} (sliding convs)", graph, x,
+                          timesteps)
+
+
+@pytest.mark.parametrize("change, slides", [({}, True), ({"padding": (0, 2)}, True), ({"padding": (2, 0)}, True),
+                                             ({"out_channels": 32}, False), ({"in_channels": 5}, True),
+                                             ({"stride": (1, 2)}, False), ({"stride": (2, 1)}, False),
+                                             ({"dilation": (2, 1)}, False), ({"dilation": (1, 2)}, False),
+                                             ({"kernel": (3, 1)}, False), ({"kernel": (1, 1)}, False),
+                                             ({"kernel": (5, 5)}, False), ({"padding": (3, 1)}, False),
+                                             ({"groups": 16}, False)])
+def test_only_3x3_convs_of_16_channels_at_stride_1_slide(change, slides):
+    """The one shape the fused kernel slides for: 16 output channels in one group, a 3 × 3 kernel
+    of stride and dilation 1, padding up to 2; any other conv keeps the packed or blocked
+    layouts, and gets no window layout."""
+    shape = {"out_channels": 16, "in_channels": 16, "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1),
+             "dilation": (1, 1), "groups": 1} | change
+    groups = shape["groups"]
+    weight = np.ones((shape["out_channels"], shape["in_channels"] // groups, *shape["kernel"]), np.float32)
+    node = g.Conv2d("conv", weight=weight, stride=shape["stride"], padding=shape["padding"],
+                    dilation=shape["dilation"], groups=groups)
+    assert layouts.slides(node) == slides
+    assert (event_weights(weight, node, 1.0).window.shape[1] > 1) == slides
 
 
 def test_every_block_of_a_resnet_is_fused(digits_case):
@@ -953,6 +1061,61 @@ def test_the_dense_conv_sums_in_the_plans_order(channels, depthwise, kernel, str
     np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
     finite = ~np.isnan(expected)
     np.testing.assert_array_equal(out[finite].view(f"i{out.itemsize}"), expected[finite].view(f"i{out.itemsize}"))
+
+
+@numba.njit  # not cached: two signatures (spike maps and graded ones), compiled by this test alone
+def _slid_and_gathered(window, blocks, group_in, entries, starts, padding, in_hw, out_hw, values, slid, gathered):
+    """slid[oy, (2 − p_x + ox)·16 + o]: slide_window's sums, every input row added in order, each
+    output row in a staged row of its own (a spare one, out_h, for kernel rows that reach none);
+    gathered[oy, ox·16 + o]: gather's of each position alone (a block of 16 lanes)."""
+    (in_h, in_w), (out_h, out_w) = in_hw, out_hw
+    geometry = (1, 1, padding[0], padding[1], 1, 1)
+    for iy in range(in_h):
+        rows = [iy + padding[0] - ky for ky in range(3)]
+        targets = [(row if 0 <= row < out_h else out_h) * slid.shape[1] for row in rows]
+        slide_window(slid.reshape(1, -1), window, starts.reshape(1, -1), entries.reshape(1, -1), 1, iy * in_w, in_w,
+                     group_in, (targets[0], targets[1], targets[2]), values)
+    acc = stack_buffer(blocks, 16)
+    sums = numba.carray(acc, 16)
+    for oy in range(out_h):
+        for ox in range(out_w):
+            gather(acc, blocks, 0, (3, 3), group_in, entries, starts, oy, ox, geometry, in_hw, False,
+                   None if values is None else values[0])
+            for k in range(16):
+                gathered[oy, ox * 16 + k] = sums[k]
+
+
+@settings(max_examples=60, deadline=None)
+@given(padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), group_in=st.sampled_from([1, 2, 5, 16, 17, 40]),
+       graded=st.booleans(), rate=st.sampled_from([0.0, 0.15, 0.5, 1.0]), data=st.data())
+def test_a_sliding_window_sums_as_each_position_gathered_alone(padding, group_in, graded, rate, data):
+    """slide_window adds each input row's taps to the output positions they reach, three kernel
+    rows and three slots of each kept in registers along the row: each position's sums equal
+    gather's of it alone, bit for bit, for every position of the map — non-dyadic float32 rows,
+    where any other order of the terms shows in the last bits (a column's entries added in
+    reverse fails this), spike maps and graded ones, every padding that slides, maps down to one
+    row or column, every rate of spikes (none: sums of +0)."""
+    in_h = data.draw(st.integers(max(1, 3 - 2 * padding[0]), 6), label="in_h")
+    in_w = data.draw(st.integers(max(1, 3 - 2 * padding[1]), 9), label="in_w")
+    out_h, out_w = in_h + 2 * padding[0] - 2, in_w + 2 * padding[1] - 2
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    weight = rng.standard_normal((16, group_in, 3, 3)).astype(np.float32)
+    node = g.Conv2d("conv", weight=weight, padding=padding)
+    spikes = rng.random((in_h * in_w, group_in)) < rate
+    entries, starts = np.empty(in_h * in_w * group_in + FLAG_LANES, np.int32), np.empty(in_h * in_w + 1, np.int64)
+    values = None
+    if graded:  # a pooled map: nonzero inputs times their value
+        planes = (spikes * rng.integers(1, 5, spikes.shape) * 0.3).astype(np.float32)
+        values = np.empty((1, entries.shape[0]), np.float32)
+        nonzero_entries(planes, True, 0, group_in, in_w, entries, values[0], starts)
+    else:
+        spike_entries(spikes, True, 0, group_in, in_w, entries, starts)
+    slid = np.zeros((out_h + 1, (in_w + 2) * 16), np.float32)
+    gathered = np.zeros((out_h, out_w * 16), np.float32)
+    _slid_and_gathered(layouts.window_layout(weight).reshape(-1), events_layout(weight, node).reshape(-1), group_in,
+                       entries, starts, padding, (in_h, in_w), (out_h, out_w), values, slid, gathered)
+    first = (2 - padding[1]) * 16  # output position 0's slot
+    np.testing.assert_array_equal(slid[:out_h, first : first + out_w * 16].view(np.int32), gathered.view(np.int32))
 
 
 def test_the_plan_marks_exactly_the_layers_fed_by_spikes_and_pooled_spikes():

@@ -15,7 +15,8 @@ import numpy as np
 from numba import carray, njit, prange
 
 from snnverify.runtime.cpu.gather import (add_entries, empty_sums, gather, gather_pair, gather_packed, map_entries,
-                                         map_values, nonzero_entries, positions_read, row_of, spike_entries)
+                                         map_values, nonzero_entries, positions_read, row_of, slide_window,
+                                         spike_entries)
 from snnverify.runtime.cpu.intrinsics import add_spiking_vector, load_vector, stack_buffer, store_vector
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
 from snnverify.runtime.cpu.parallel import call_worker, run_parallel
@@ -38,6 +39,8 @@ class FusedConv(NamedTuple):
     in_shape: tuple  #: (C, H, W) of that map
     blocks: np.ndarray  #: W' in :func:`~snnverify.runtime.cpu.layouts.events_layout`
     packed: np.ndarray  #: W' in :func:`~snnverify.runtime.cpu.layouts.packed_layout` (or a placeholder)
+    #: W' in :func:`~snnverify.runtime.cpu.layouts.window_layout` (or a placeholder, of one lane)
+    window: np.ndarray
     kernel_hw: tuple  #: (kH, kW)
     geometry: tuple  #: (stride y, stride x, padding y, padding x, dilation y, dilation x)
     bias: np.ndarray  #: [C_out]
@@ -238,6 +241,13 @@ def integrate_shortcut(values, bias, membrane, theta, shortcut_values, shortcut_
 
 
 @njit(inline="always")
+def ring_row(out_row, out_h):
+    """Which of a sliding conv's staged rows holds the sums of output row ``out_row``: one of a
+    ring of 3, or the spare row 3 where no output row is (see :func:`fused_worker`)."""
+    return out_row % 3 if 0 <= out_row < out_h else 3
+
+
+@njit(inline="always")
 def membrane_index(p, k, positions, padded, rows_at_once):
     """Where neuron (output position p, channel k of its group) lies in a fused worker's
     membranes of one sample: position-major [positions, padded], or block-major [blocks,
@@ -271,8 +281,16 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     row by kernel row over all the row's positions and steps, each position's sums stored in the
     staged row and loaded again for the next kernel row (exact: the same values, their terms in
     the same order): a kernel row's third of the packed rows stays in L1, where all of them do
-    not (24.6 of 73.7 KB for a 3 × 3 conv of 16 channels to 16). The other layers update the
-    lanes of each gather in turn.
+    not (24.6 of 73.7 KB for a 3 × 3 conv of 16 channels to 16). A packed conv that slides
+    (:func:`~snnverify.runtime.cpu.layouts.slides`: 3 × 3, stride 1, 16 channels) gathers
+    through its window layout instead, by input rows: each input row, in order, adds each
+    input's 9 taps to the 9 output positions it reaches
+    (:func:`~snnverify.runtime.cpu.gather.slide_window`), which lie in the staged rows of the 3
+    output rows in progress (a ring); an output row is updated once its last input row is added.
+    Every tap adds a real weight (a packed gather of 16 channels adds 4 lanes of a 64-lane row
+    for 1 of its kernel columns' 4 positions, +0 for the others), and an input is read once,
+    not once per kernel row and group of Q positions: 1.1–1.4× the packed path's speed on
+    such convs (reports/speed). The other layers update the lanes of each gather in turn.
 
     A job is ``schedule.tile`` samples of one group; their steps go in chunks of
     :data:`STEP_CHUNK`, and per chunk, block of output channels and output position, every
@@ -289,18 +307,18 @@ def fused_workers(address, conv, shortcut, residual, neurons, schedule, out_spik
     # Numba passes only arrays and scalars into a parallel loop, so the tuples are unpacked
     # before it and built again inside, in the same types. The loop's index is unsigned; it goes
     # as int64, the type of the worker's signature.
-    spikes, in_shape, weights, packed, kernel_hw, geometry, bias = conv
-    (shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel, shortcut_geometry,
-     shortcut_bias) = shortcut
+    spikes, in_shape, weights, packed, window, kernel_hw, geometry, bias = conv
+    (shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_window, shortcut_kernel,
+     shortcut_geometry, shortcut_bias) = shortcut
     kind, residual_values, residual_spikes = residual
     threshold, v0, out_hw = neurons
     timesteps, batch, tile, workers, pack = schedule
     failed = np.empty(workers, np.bool_)
     for worker in prange(workers):
         failed[worker] = call_worker(
-            address, (FusedConv(spikes, in_shape, weights, packed, kernel_hw, geometry, bias),
-                      FusedConv(shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_kernel,
-                                shortcut_geometry, shortcut_bias),
+            address, (FusedConv(spikes, in_shape, weights, packed, window, kernel_hw, geometry, bias),
+                      FusedConv(shortcut_spikes, shortcut_shape, shortcut_weights, shortcut_packed, shortcut_window,
+                                shortcut_kernel, shortcut_geometry, shortcut_bias),
                       FusedResidual(kind, residual_values, residual_spikes), FusedNeurons(threshold, v0, out_hw),
                       Schedule(timesteps, batch, tile, workers, pack), out_spikes, counts, np.int64(worker)))
     return failed
@@ -313,9 +331,9 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     ``counts[worker]`` = the spikes they wrote."""
     # Compiled with error_model="numpy", as Numba compiles a parallel loop's body: no test for a
     # zero divisor at each integer division (every divisor here is a size, never 0).
-    spikes, (channels, in_h, in_w), weights, packed, kernel_hw, geometry, bias = conv
-    (shortcut_spikes, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights, shortcut_packed, shortcut_kernel,
-     shortcut_geometry, shortcut_bias) = shortcut
+    spikes, (channels, in_h, in_w), weights, packed, window, kernel_hw, geometry, bias = conv
+    (shortcut_spikes, (shortcut_channels, shortcut_h, shortcut_w), shortcut_weights, shortcut_packed, _,
+     shortcut_kernel, shortcut_geometry, shortcut_bias) = shortcut
     kind, residual_values, residual_spikes = residual
     threshold, v0, (out_h, out_w) = neurons
     timesteps, batch, tile, workers, pack = schedule
@@ -325,8 +343,16 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     group_out, group_in = out_channels // groups, channels // groups
     taps = kernel_hw[0] * kernel_hw[1] * group_in  # rows of a block
     padded = weights.shape[1] // taps
-    flat, packed_flat = weights.reshape(-1), packed.reshape(-1)
+    flat, packed_flat, window_flat = weights.reshape(-1), packed.reshape(-1), window.reshape(-1)
     span = packed.shape[0] // (kernel_hw[0] * group_in)  # input columns a packed row set covers
+    # a conv with a window layout (a placeholder has one lane) slides (see the docstring) unless
+    # its projection shortcut keeps it from being packed
+    sliding = pack > 1 and window.shape[1] > 1
+    # its rows of sums keep output position ox at slot ox + 2 − p_x (window_layout): a ring of
+    # 3 for the output rows in progress, and a spare row for the adds of kernel rows that reach
+    # no output row
+    slot_span = (in_w + 2) * group_out
+    window_first = (2 - geometry[3]) * group_out
     shortcut_flat, shortcut_packed_flat = shortcut_weights.reshape(-1), shortcut_packed.reshape(-1)
     shortcut_taps = shortcut_kernel[0] * shortcut_kernel[1] * shortcut_channels
     shortcut_span = shortcut_packed.shape[0] // (shortcut_kernel[0] * shortcut_channels)
@@ -355,6 +381,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     row_span = out_w * (WIDE if rows_at_once else group_out)
     # a packed gather stores Q positions' lanes: whole blocks of WIDE, past the row's last position
     staged_span = out_w * WIDE if rows_at_once else -(-out_w // pack) * WIDE
+    if sliding:
+        staged_span = max(staged_span, 4 * slot_span)
     staged_rows = rows_at_once or pack > 1
     staged = empty_sums((rows, staged_span) if staged_rows else (1, 1), weights)
     shortcut_staged = empty_sums((rows, staged_span) if staged_rows and projection else (1, 1), shortcut_weights)
@@ -400,8 +428,20 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                     row_bias = repeated(bias[start : start + lanes], row_span)
                     shortcut_row_bias = repeated(shortcut_bias[start : start + lanes] if projection else shortcut_bias,
                                                  row_span if projection else 0)
+                    next_row = 0  # the next input row a sliding layer adds
                     for oy in range(out_h):
-                        if pack > 1:  # Q positions a gather, lane j·C_out + o channel o of position ox0 + j
+                        if sliding:  # the input rows output row oy reads, as far as not added yet
+                            if oy == 0:
+                                staged[: samples * chunk] = 0
+                            for iy in range(next_row, min(in_h, oy - geometry[2] + 3)):
+                                # kernel row ky adds to output row iy + p_y − ky
+                                targets = (ring_row(iy + geometry[2], out_h) * slot_span,
+                                           ring_row(iy + geometry[2] - 1, out_h) * slot_span,
+                                           ring_row(iy + geometry[2] - 2, out_h) * slot_span)
+                                slide_window(staged, window_flat, starts, entries, samples * chunk, iy * in_w, in_w,
+                                             group_in, targets, inputs)
+                                next_row = iy + 1
+                        elif pack > 1:  # Q positions a gather, lane j·C_out + o channel o of position ox0 + j
                             # kernel row by kernel row, the sums staged between them (see the docstring);
                             # a kernel row's adds written out here, not through a helper shared with
                             # gather_packed: that measured slower (reports/speed, "Packed layers
@@ -422,15 +462,6 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                                                         starts[r][iy * in_w + lo], starts[r][iy * in_w + hi], True,
                                                         row_of(inputs, r))
                                         store_vector(acc, staged[r], ox0 * lanes, WIDE)
-                            if projection:
-                                for ox0 in range(0, out_w, pack):
-                                    for r in range(samples * chunk):
-                                        gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
-                                                      shortcut_span, shortcut_channels, shortcut_entries[r],
-                                                      shortcut_starts[r], oy,
-                                                      ox0 * shortcut_geometry[1] - shortcut_geometry[3],
-                                                      shortcut_geometry, (shortcut_h, shortcut_w), None)
-                                        store_vector(shortcut_acc, shortcut_staged[r], ox0 * lanes, WIDE)
                         else:
                             for ox0 in range(0, out_w, 2):  # two positions at once (the last alone if W_out is odd)
                                 last = min(ox0 + 2, out_w)
@@ -448,6 +479,17 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                                                    shortcut_starts[r], oy, ox, shortcut_geometry,
                                                    (shortcut_h, shortcut_w), True, None)
                                             store_vector(shortcut_acc, shortcut_staged[r], ox * WIDE, WIDE)
+                        if pack > 1 and projection:
+                            for ox0 in range(0, out_w, pack):
+                                for r in range(samples * chunk):
+                                    gather_packed(shortcut_acc, shortcut_packed_flat, shortcut_kernel[0],
+                                                  shortcut_span, shortcut_channels, shortcut_entries[r],
+                                                  shortcut_starts[r], oy,
+                                                  ox0 * shortcut_geometry[1] - shortcut_geometry[3],
+                                                  shortcut_geometry, (shortcut_h, shortcut_w), None)
+                                    store_vector(shortcut_acc, shortcut_staged[r], ox0 * lanes, WIDE)
+                        # where the sums of output row oy start in the staged row
+                        ring_first = (oy % 3) * slot_span + window_first if sliding else 0
                         # the block's row in v and its θ (block-major, or position-major when packed)
                         at = start * positions + oy * row_span
                         theta = (block_thresholds if rows_at_once else thresholds)[at : at + row_span]
@@ -461,16 +503,19 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                             for c in range(chunk):
                                 n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                 if projection:
-                                    integrate_shortcut(staged[r], row_bias, membrane, theta, shortcut_staged[r],
-                                                       shortcut_row_bias, out_spikes[n], placement)
+                                    integrate_shortcut(staged[r, ring_first:], row_bias, membrane, theta,
+                                                       shortcut_staged[r], shortcut_row_bias, out_spikes[n], placement)
                                 elif kind == ResidualKind.GRADED:
-                                    integrate_graded(staged[r], row_bias, membrane, theta, residual_values[0],
-                                                     residual_spikes[n], out_spikes[n], placement)
+                                    integrate_graded(staged[r, ring_first:], row_bias, membrane, theta,
+                                                     residual_values[0], residual_spikes[n], out_spikes[n], placement)
                                 else:
                                     row = n if kind == ResidualKind.CURRENT else first_sample + s
-                                    integrate_current(kind, staged[r], row_bias, membrane, theta,
+                                    integrate_current(kind, staged[r, ring_first:], row_bias, membrane, theta,
                                                       residual_values[row if currents else 0], out_spikes[n],
                                                       placement)
+                        if sliding:  # its ring row, free for output row oy + 3
+                            for r in range(samples * chunk):
+                                staged[r, ring_first - window_first : ring_first - window_first + slot_span] = 0
                 else:
                     block_bias = bias[first : first + lanes]
                     for oy in range(out_h):

@@ -14,8 +14,9 @@ from numba import carray, njit, types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from snnverify.runtime.cpu.intrinsics import (FLAG_LANES, add_scaled_vector, add_vector, append_nonzero_float32,
-                                              append_spiking, summed_in)
+from snnverify.runtime.cpu.intrinsics import (FLAG_LANES, add_scaled_vector, add_term, add_vector,
+                                              append_nonzero_float32, append_spiking, load_vector, move_vector,
+                                              stack_buffer, store_vector, summed_in)
 from snnverify.runtime.cpu.layouts import NARROW, WIDE
 
 
@@ -361,3 +362,71 @@ def gather_pair(acc, other, weights, block, kernel_hw, group_in, entries, starts
                               values)
         if shared < hi1:
             add_entries(other, weights, block, row1, entries, starts[row + shared], starts[row + hi1], True, values)
+
+
+@njit(inline="always")
+def slide_window(sums, window, starts, entries, rows, first, in_w, group_in, targets, values):
+    """The adds of one input row into the rows of sums r < ``rows`` of a conv that slides
+    (:func:`~snnverify.runtime.cpu.layouts.slides`: 3 × 3, 16 output channels): for each input
+    column ix, whose entries are entries[r, starts[r, first + ix] : starts[r, first + ix + 1]]
+    (ix·C_in + c, see :func:`spike_entries`), in order, and each kernel row ky, slots ix, ix + 1
+    and ix + 2 of the row of sums at sums[r, targets[ky]:] += lanes (3·ky + j)·16 … of window
+    row c (``window`` flat; each row times values[r, e] when ``values`` is not None).
+    ``targets[ky]`` is where the sums of the output row kernel row ky reaches start, a slot of 16
+    lanes per position (:func:`~snnverify.runtime.cpu.layouts.window_layout`), so each lane is a
+    tap. Called for the input rows in order, this gives each position its terms in
+    :func:`gather`'s order: kernel rows ascending, then columns, so taps, ascending, then
+    channels ascending.
+
+    Per row r, the three slots of each kernel row that a column reaches stay in stack buffers
+    (registers) along the input row: per column, three slots come in and three that are done go
+    out. Loading and storing all nine at every column cost more than the adds at a spike rate
+    of 0.13 (two entries a column of 16 channels)."""
+    size = sums.shape[1]
+    flat = sums.reshape(-1)
+    span = 9 * NARROW  # a window row
+    # slot j of kernel row 0, 1, 2 (a, b, c): position ix + j of the column ix at hand
+    a0, a1, a2 = stack_buffer(window, NARROW), stack_buffer(window, NARROW), stack_buffer(window, NARROW)
+    b0, b1, b2 = stack_buffer(window, NARROW), stack_buffer(window, NARROW), stack_buffer(window, NARROW)
+    c0, c1, c2 = stack_buffer(window, NARROW), stack_buffer(window, NARROW), stack_buffer(window, NARROW)
+    for r in range(rows):
+        top, middle, bottom = r * size + targets[0], r * size + targets[1], r * size + targets[2]
+        load_vector(a0, flat, top, NARROW)
+        load_vector(a1, flat, top + NARROW, NARROW)
+        load_vector(b0, flat, middle, NARROW)
+        load_vector(b1, flat, middle + NARROW, NARROW)
+        load_vector(c0, flat, bottom, NARROW)
+        load_vector(c1, flat, bottom + NARROW, NARROW)
+        for ix in range(in_w):
+            at = ix * NARROW
+            load_vector(a2, flat, top + at + 2 * NARROW, NARROW)
+            load_vector(b2, flat, middle + at + 2 * NARROW, NARROW)
+            load_vector(c2, flat, bottom + at + 2 * NARROW, NARROW)
+            for e in range(starts[r, first + ix], starts[r, first + ix + 1]):
+                w = (entries[r, e] - ix * group_in) * span
+                add_term(a0, window, w, values, r, e, NARROW)
+                add_term(a1, window, w + NARROW, values, r, e, NARROW)
+                add_term(a2, window, w + 2 * NARROW, values, r, e, NARROW)
+                add_term(b0, window, w + 3 * NARROW, values, r, e, NARROW)
+                add_term(b1, window, w + 4 * NARROW, values, r, e, NARROW)
+                add_term(b2, window, w + 5 * NARROW, values, r, e, NARROW)
+                add_term(c0, window, w + 6 * NARROW, values, r, e, NARROW)
+                add_term(c1, window, w + 7 * NARROW, values, r, e, NARROW)
+                add_term(c2, window, w + 8 * NARROW, values, r, e, NARROW)
+            # slot 0 is done with this input row; the others move down a slot
+            store_vector(a0, flat, top + at, NARROW)
+            store_vector(b0, flat, middle + at, NARROW)
+            store_vector(c0, flat, bottom + at, NARROW)
+            move_vector(a0, a1, NARROW)
+            move_vector(a1, a2, NARROW)
+            move_vector(b0, b1, NARROW)
+            move_vector(b1, b2, NARROW)
+            move_vector(c0, c1, NARROW)
+            move_vector(c1, c2, NARROW)
+        at = in_w * NARROW
+        store_vector(a0, flat, top + at, NARROW)
+        store_vector(a1, flat, top + at + NARROW, NARROW)
+        store_vector(b0, flat, middle + at, NARROW)
+        store_vector(b1, flat, middle + at + NARROW, NARROW)
+        store_vector(c0, flat, bottom + at, NARROW)
+        store_vector(c1, flat, bottom + at + NARROW, NARROW)

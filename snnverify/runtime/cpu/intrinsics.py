@@ -235,6 +235,20 @@ def _summable(acc, weights) -> bool:
     return acc.dtype == summed_in(weights.dtype)
 
 
+def _add_row(context, builder, acc_type, weight_type, acc_pointer, weight_array, first, count, scale=None):
+    """acc[:count] += the ``count`` weights from ``first`` on, each times ``scale`` (a value of the
+    accumulator's element type) unless it is None: the codegen of :func:`add_vector`,
+    :func:`add_scaled_vector` and :func:`add_term`."""
+    values = _weight_row(context, builder, weight_type, weight_array, first, count, acc_type)
+    real = acc_type.dtype in types.real_domain
+    if scale is not None:
+        broadcast = _splat(builder, scale, values.type)
+        values = builder.fmul(values, broadcast) if real else builder.mul(values, broadcast)
+    target = builder.bitcast(acc_pointer, values.type.as_pointer())
+    total = builder.load(target, align=1)
+    builder.store(builder.fadd(total, values) if real else builder.add(total, values), target, align=1)
+
+
 @intrinsic
 def add_vector(typingctx, acc, weights, offset, lanes):
     """acc[:lanes] += weights[offset : offset + lanes] as one LLVM vector add of ``lanes`` (a
@@ -245,15 +259,11 @@ def add_vector(typingctx, acc, weights, offset, lanes):
     event loop is the point."""
     if not isinstance(lanes, types.IntegerLiteral) or not _summable(acc, weights):
         return None
-    count = lanes.literal_value
 
     def codegen(context, builder, signature, args):
         acc_pointer, weight_array, first, _ = args
-        values = _weight_row(context, builder, signature.args[1], weight_array, first, count, signature.args[0])
-        target = builder.bitcast(acc_pointer, values.type.as_pointer())
-        total = builder.load(target, align=1)
-        builder.store(builder.fadd(total, values) if signature.args[1].dtype in types.real_domain
-                      else builder.add(total, values), target, align=1)
+        _add_row(context, builder, signature.args[0], signature.args[1], acc_pointer, weight_array, first,
+                 lanes.literal_value)
         return context.get_dummy_value()
 
     return types.none(acc, weights, offset, lanes), codegen
@@ -298,6 +308,23 @@ def load_vector(typingctx, acc, source, offset, lanes):
 
 
 @intrinsic
+def move_vector(typingctx, target, source, lanes):
+    """target[:lanes] = source[:lanes] between two :func:`stack_buffer` of one type, as one
+    vector (``lanes`` a constant): a register renamed, once LLVM keeps both in registers."""
+    if not isinstance(lanes, types.IntegerLiteral) or target != source:
+        return None
+
+    def codegen(context, builder, signature, args):
+        target_pointer, source_pointer, _ = args
+        vector = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes.literal_value)
+        value = builder.load(builder.bitcast(source_pointer, vector.as_pointer()), align=1)
+        builder.store(value, builder.bitcast(target_pointer, vector.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(target, source, lanes), codegen
+
+
+@intrinsic
 def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
     """acc[:lanes] += weights[offset : offset + lanes]·value, each product rounded on its own and
     then added (an LLVM ``fmul`` then ``fadd`` without the ``contract`` flag: never fused into
@@ -305,24 +332,40 @@ def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
     :func:`add_vector` (int16 rows sign-extended, then multiplied in int32)."""
     if not isinstance(lanes, types.IntegerLiteral) or not _summable(acc, weights):
         return None
-    count = lanes.literal_value
 
     def codegen(context, builder, signature, args):
         acc_pointer, weight_array, first, scale, _ = args
-        element_type = signature.args[0].dtype
-        values = _weight_row(context, builder, signature.args[1], weight_array, first, count, signature.args[0])
-        scale = context.cast(builder, scale, signature.args[3], element_type)
-        broadcast = _splat(builder, scale, values.type)
-        target = builder.bitcast(acc_pointer, values.type.as_pointer())
-        total = builder.load(target, align=1)
-        if element_type in types.real_domain:
-            result = builder.fadd(total, builder.fmul(values, broadcast))
-        else:
-            result = builder.add(total, builder.mul(values, broadcast))
-        builder.store(result, target, align=1)
+        scale = context.cast(builder, scale, signature.args[3], signature.args[0].dtype)
+        _add_row(context, builder, signature.args[0], signature.args[1], acc_pointer, weight_array, first,
+                 lanes.literal_value, scale)
         return context.get_dummy_value()
 
     return types.none(acc, weights, offset, value, lanes), codegen
+
+
+@intrinsic
+def add_term(typingctx, acc, weights, offset, values, r, e, lanes):
+    """:func:`add_vector` where ``values`` is None (a spike), else :func:`add_scaled_vector` by
+    values[r, e] (a graded input; ``values`` a C-contiguous 2-d array): one intrinsic for both,
+    so that a kernel that adds many rows per input is typed once per input kind, not once per
+    call (Numba types an inlined helper again at every call site)."""
+    if not isinstance(lanes, types.IntegerLiteral) or not _summable(acc, weights):
+        return None
+    graded = not isinstance(values, types.NoneType)
+
+    def codegen(context, builder, signature, args):
+        acc_pointer, weight_array, first, value_array, row, entry, _ = args
+        scale = None
+        if graded:
+            array_type = signature.args[3]
+            array = context.make_array(array_type)(context, builder, value_array)
+            at = cgutils.get_item_pointer(context, builder, array_type, array, [row, entry])
+            scale = context.cast(builder, builder.load(at), array_type.dtype, signature.args[0].dtype)
+        _add_row(context, builder, signature.args[0], signature.args[1], acc_pointer, weight_array, first,
+                 lanes.literal_value, scale)
+        return context.get_dummy_value()
+
+    return types.none(acc, weights, offset, values, r, e, lanes), codegen
 
 
 @intrinsic

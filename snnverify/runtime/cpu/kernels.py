@@ -64,13 +64,14 @@ def _synapses(x, weight, bias, kernel_hw, geometry, out_shape, sparse, channels_
 def _fused_conv(conv: EventConv) -> FusedConv:
     spikes = conv.spikes
     return FusedConv(spikes.reshape(spikes.shape[0], -1), (spikes.shape[3], spikes.shape[1], spikes.shape[2]),
-                     conv.weight.blocks, conv.weight.packed, conv.node.weight.shape[2:], _geometry(conv.node), conv.bias)
+                     conv.weight.blocks, conv.weight.packed, conv.weight.window, conv.node.weight.shape[2:],
+                     _geometry(conv.node), conv.bias)
 
 
 def _no_shortcut(weight_dtype, dtype) -> FusedConv:
     """A placeholder of the same types as a real shortcut (the kernel reads none of it)."""
     none = np.zeros((1, 1), weight_dtype)
-    return FusedConv(np.zeros((1, 1), np.bool_), (1, 1, 1), none, none, (1, 1), (1,) * 6, np.zeros(1, dtype))
+    return FusedConv(np.zeros((1, 1), np.bool_), (1, 1, 1), none, none, none, (1, 1), (1,) * 6, np.zeros(1, dtype))
 
 
 def _conv2d_if(conv: EventConv, kind: ResidualKind, residual, out_shape, threshold, initial, timesteps, batch):

@@ -52,6 +52,8 @@ class EventWeights(NamedTuple):
     blocks: np.ndarray  #: :func:`events_layout`
     packed: np.ndarray  #: :func:`packed_layout` when ``pack`` > 1, else a placeholder
     pack: int  #: output positions gathered at once (:func:`~snnverify.runtime.cpu.gather.gather_packed`), 1 = none
+    #: :func:`window_layout` where the conv :func:`slides`, else a placeholder
+    window: np.ndarray
     #: a depthwise conv's :func:`depthwise_layout`, else a placeholder
     depthwise: np.ndarray
 
@@ -88,14 +90,40 @@ def event_weights(weight: np.ndarray, node: g.Conv2d, input_peak: float) -> Even
     """The layouts of W', in :func:`row_dtype` for inputs no larger than ``input_peak``
     (a depthwise conv's own layout in the type of the sums: its kernel adds rows of a few
     channels into a row of sums). Positions are packed when C_out is 16 or 32 (so 4 or 2
-    positions fill a block), with one group and unit column dilation."""
+    positions fill a block), with one group and unit column dilation; a conv that
+    :func:`slides` also gets its :func:`window_layout`."""
     weight = weight.astype(row_dtype(weight, input_peak), copy=False)
     out_channels = weight.shape[0]
     pack = WIDE // out_channels if out_channels in (16, 32) and node.groups == 1 and node.dilation[1] == 1 else 1
     placeholder = np.zeros((1, 1), weight.dtype)
     packed = packed_layout(weight, node.stride[1], pack) if pack > 1 else placeholder
     return EventWeights(events_layout(weight, node), packed, pack,
+                        window_layout(weight) if slides(node) else placeholder,
                         depthwise_layout(weight.astype(sums_dtype(weight.dtype))) if is_depthwise(node) else placeholder)
+
+
+def slides(node: g.Conv2d) -> bool:
+    """Whether the fused kernel gathers a conv through its :func:`window_layout`: 16 output
+    channels in one group (so also packed), a 3 × 3 kernel of stride and dilation 1, and a
+    padding of at most 2, so that every output position is reached from an input position.
+    One shape only: each shape the kernel slides for costs it seconds to compile per signature,
+    and the 3 × 3 convs of 16 channels are where the packed gathers waste most (reports/speed,
+    "Narrow layers gathered through a sliding window")."""
+    return (node.weight.shape[:1] + node.weight.shape[2:] == (NARROW, 3, 3) and node.groups == 1
+            and tuple(node.stride) == (1, 1) and tuple(node.dilation) == (1, 1) and max(node.padding) <= 2)
+
+
+def window_layout(weight: np.ndarray) -> np.ndarray:
+    """W' [C_out, C_in, kH, kW] as rows c of kH·kW·C_out lanes: lane (ky·kW + j)·C_out + o holds
+    W'[o, c, ky, kW − 1 − j]. At stride 1 an input at (iy, ix) reaches output position
+    (iy + p_y − ky, ix + p_x − kx) through tap (ky, kx); in a row of sums that keeps position
+    ox at slot ox + kW − 1 − p_x, the kW positions a kernel row reaches are the adjacent slots
+    ix … ix + kW − 1, and lanes ky·kW·C_out … of the row hold what the input adds to them, one
+    tap a lane (see :func:`~snnverify.runtime.cpu.gather.slide_window`)."""
+    out_channels, in_channels, kernel_h, kernel_w = weight.shape
+    layout = aligned_zeros((in_channels, kernel_h * kernel_w * out_channels), weight.dtype)
+    layout[:] = weight[:, :, :, ::-1].transpose(1, 2, 3, 0).reshape(layout.shape)
+    return layout
 
 
 def is_depthwise(node: g.Conv2d) -> bool:
