@@ -287,9 +287,9 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     input's 9 taps to the 9 output positions it reaches
     (:func:`~snnverify.runtime.cpu.gather.slide_window`), which lie in the staged rows of the 3
     output rows in progress (a ring); an output row is updated once its last input row is added.
-    Every tap adds a real weight (a packed gather of 16 channels adds 4 lanes of a 64-lane row
-    for 1 of its kernel columns' 4 positions, +0 for the others), and an input is read once,
-    not once per kernel row and group of Q positions: 1.1–1.4× the packed path's speed on
+    Every add is a tap (a packed gather of 16 channels adds a 64-lane row per input column of
+    its 4 positions, of which 16 to 48 lanes are taps, +0 in the others), and an input is read
+    once, not once per kernel row and group of Q positions: 1.1–1.4× the packed path's speed on
     such convs (reports/speed). The other layers update the lanes of each gather in turn.
 
     A job is ``schedule.tile`` samples of one group; their steps go in chunks of

@@ -347,8 +347,7 @@ def add_scaled_vector(typingctx, acc, weights, offset, value, lanes):
 def add_term(typingctx, acc, weights, offset, values, r, e, lanes):
     """:func:`add_vector` where ``values`` is None (a spike), else :func:`add_scaled_vector` by
     values[r, e] (a graded input; ``values`` a C-contiguous 2-d array): one intrinsic for both,
-    so that a kernel that adds many rows per input is typed once per input kind, not once per
-    call (Numba types an inlined helper again at every call site)."""
+    so that a gather is written once for spike maps and graded ones."""
     if not isinstance(lanes, types.IntegerLiteral) or not _summable(acc, weights):
         return None
     graded = not isinstance(values, types.NoneType)
