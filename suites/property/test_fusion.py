@@ -290,6 +290,13 @@ def test_a_grouped_conv_with_a_projection_shortcut_is_fused_and_exact(comparison
     assert 0 < spikes["if2"].mean() < 1  # neither silent nor saturated
 
 
+def neuron_thresholds(rng, normal, channels, neurons):
+    """θ of an IF layer whose neurons are "firing" (|normal| + 0.1), "tie" (multiples of 1/4, which
+    dyadic sums hit exactly), "silent" (never reached) or "saturating" (reached every step)."""
+    return {"firing": np.abs(normal(channels)) + 0.1, "tie": rng.choice([0.25, 0.5, 1.0], channels),
+            "silent": np.full(channels, 1e4), "saturating": np.full(channels, 1 / 64)}[neurons].astype(np.float32)
+
+
 def conv_into_if(seed, channels, groups, residual, kernel, stride, dilation, size, neurons):
     """(graph, input) of stem → IF → conv → [Add] → IF: ``channels`` channels in ``groups`` groups
     (so ``channels`` groups is a depthwise conv), ``dilation`` one or (rows, columns), non-dyadic
@@ -305,8 +312,7 @@ def conv_into_if(seed, channels, groups, residual, kernel, stride, dilation, siz
     padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
     geometry = {"stride": stride, "padding": padding, "dilation": dilation}
     size += max(d * (k - 1) for d, k in zip(dilation, kernel))  # every kernel fits the map
-    theta = {"firing": np.abs(normal(channels)) + 0.1, "tie": rng.choice([0.25, 0.5, 1.0], channels),
-             "silent": np.full(channels, 1e4), "saturating": np.full(channels, 1 / 64)}[neurons].astype(np.float32)
+    theta = neuron_thresholds(rng, normal, channels, neurons)
     nodes = {
         "in": g.Input("in", shape=(2, size, size)),
         "stem": g.Conv2d("stem", weight=normal(channels, 2, 3, 3), padding=1),
@@ -442,11 +448,10 @@ def sliding_conv(seed, arithmetic, in_channels, source, residual, padding, in_hw
     a projection shortcut for spikes); weights multiples of 1/8 where ``arithmetic`` is
     "dyadic" (exact sums: ties at θ), else normal."""
     rng = np.random.default_rng(seed)
-    normal = ((lambda *shape: (np.round(rng.standard_normal(shape) * 8) / 8).astype(np.float32))
-              if arithmetic == "dyadic" else (lambda *shape: rng.standard_normal(shape).astype(np.float32)))
+    normal = (dyadic_arrays(seed) if arithmetic == "dyadic"
+              else (lambda *shape: rng.standard_normal(shape).astype(np.float32)))
     stem_hw = tuple(n + (source == "pooled") for n in in_hw)
-    theta = {"firing": np.abs(normal(16)) + 0.25, "tie": rng.choice([0.25, 0.5, 1.0], 16),
-             "silent": np.full(16, 1e4), "saturating": np.full(16, 1 / 64)}[neurons].astype(np.float32)
+    theta = neuron_thresholds(rng, normal, 16, neurons)
     layers = [g.Input("in", shape=(2, *stem_hw)), g.Conv2d("stem", weight=normal(in_channels, 2, 3, 3), padding=1),
               g.IF("if1", threshold=np.abs(normal(in_channels)) + 0.25)]
     if source == "pooled":
