@@ -315,7 +315,7 @@ def quantize_graph(
                 bad = node.threshold[threshold < 2][0]
                 raise ValueError(
                     f"cannot quantise IF layer {name!r}: threshold {bad:g} at scale {scale[sources[0]]:g} rounds to "
-                    f"below 2; raise input_scale or weight_bits"
+                    f"below 2; raise input_scale or weight_bits (or amplitude_bits, where spikes feed it)"
                 )
             amplitude = _rounded(node.output_amplitude.astype(np.float64) * scale[name], "amplitudes", name,
                                  scale[name])

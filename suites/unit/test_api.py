@@ -171,7 +171,8 @@ def test_quantize_refuses_a_threshold_range_beyond_the_bit_budget():
              "if2": g.IF("if2", threshold=[1e4]), "fc3": g.Linear("fc3", weight=np.ones((1, 1), np.float32)),
              "if4": g.IF("if4", threshold=[2.0**-12]), "out": g.Output("out")}
     graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "fc3": ["if2"], "if4": ["fc3"], "out": ["if4"]})
-    with pytest.raises(ValueError, match=r"cannot quantise IF layer 'if4': threshold 0.000244141 .*rounds to below 2"):
+    advice = r"rounds to below 2; raise input_scale or weight_bits \(or amplitude_bits, where spikes feed it\)"
+    with pytest.raises(ValueError, match=r"cannot quantise IF layer 'if4': threshold 0.000244141 .*" + advice):
         snnverify.quantize(snnverify.SNN(graph, 4))
 
 
