@@ -387,5 +387,6 @@ class ExactRange:
                 raise ValueError(
                     f"integer graph: {what} of {name!r} ({type(node).__name__}) may reach {peak:.3g} for this input "
                     f"(largest |x| {float(np.abs(x).max(initial=0)):g}) and T = {timesteps}, beyond 2^53, where the "
-                    f"backends' integer arithmetic stops being exact; lower quantize's input_scale or scale the input"
+                    f"backends' integer arithmetic stops being exact; lower quantize's input_scale, weight_bits or "
+                    f"amplitude_bits, or scale the input"
                 )

@@ -11,6 +11,7 @@ import snnverify
 import snnverify as neurocuda  # the tutorial's spelling must work
 from snnverify import graph as g
 from snnverify.models import load_checkpoint, small_resnet
+from snnverify.runtime.quantize import ExactRange
 
 
 def tiny_loader(n=10, batch_size=4, shape=(1, 8, 8)):
@@ -174,6 +175,30 @@ def test_quantize_refuses_a_threshold_range_beyond_the_bit_budget():
     advice = r"rounds to below 2; raise input_scale or weight_bits \(or amplitude_bits, where spikes feed it\)"
     with pytest.raises(ValueError, match=r"cannot quantise IF layer 'if4': threshold 0.000244141 .*" + advice):
         snnverify.quantize(snnverify.SNN(graph, 4))
+
+
+def test_a_wider_bit_budget_can_leave_the_exact_range():
+    """The bit budget cuts both ways. fc3 reads 4096 burst neurons (up to 4 spikes a step) of
+    threshold 10^4 into if4, whose threshold is 0.25: at 4 amplitude bits if2's scale is 2^-10, so
+    if4's integer threshold would round below 2, and quantize refuses it; at 8 weight and 16
+    amplitude bits the graph quantises and its run stays exact; at 16 and 24 if4's membrane bound
+    (T·Σ|W'|·4·max a) reaches 1.1·10^16 at T = 4, beyond 2^53, and ExactRange refuses the run
+    by name, advising narrower widths among its remedies."""
+    features = 4096
+    nodes = {"in": g.Input("in", shape=(1,)), "fc1": g.Linear("fc1", weight=np.ones((features, 1), np.float32)),
+             "if2": g.IF("if2", threshold=np.full(features, 1e4, np.float32), max_spikes=4),
+             "fc3": g.Linear("fc3", weight=np.full((5, features), 0.5, np.float32)),
+             "if4": g.IF("if4", threshold=np.full(5, 0.25, np.float32)), "out": g.Output("out")}
+    graph = g.SpikingGraph(nodes, {"fc1": ["in"], "if2": ["fc1"], "fc3": ["if2"], "if4": ["fc3"], "out": ["if4"]})
+    x, snn = np.zeros((1, 1), np.float32), snnverify.SNN(graph, 4)
+    with pytest.raises(ValueError, match=r"cannot quantise IF layer 'if4': threshold 0.25 at scale 0.125 rounds"):
+        snnverify.quantize(snn, amplitude_bits=4)
+    ExactRange(snnverify.quantize(snn, weight_bits=8, amplitude_bits=16).graph).check(x, 4)
+    wide = snnverify.quantize(snn, weight_bits=16, amplitude_bits=24).graph
+    refusal = (r"membrane potential of 'if4' \(IF\) may reach 1.1e\+16 .*T = 4, beyond 2\^53.*"
+               r"lower quantize's input_scale, weight_bits or amplitude_bits")
+    with pytest.raises(ValueError, match=refusal):
+        ExactRange(wide).check(x, 4)
 
 
 def test_quantize_refuses_thresholds_beyond_the_integer_range():
