@@ -483,23 +483,60 @@ def _reach(size: int, out_size: int, kernel: int, stride: int, padding: int, dil
     return ((shifted >= 0) & (shifted % stride == 0) & (shifted // stride < out_size)).sum(axis=1)
 
 
+def _window_sums(values: np.ndarray, pool: AvgPool2d) -> np.ndarray:
+    """Σ over each window of ``pool`` (zero padding) of values [N, C, H, W]."""
+    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = pool.kernel_size, pool.stride, pool.padding
+    padded = np.pad(values, ((0, 0), (0, 0), (pad_h, pad_h), (pad_w, pad_w)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel_h, kernel_w), axis=(2, 3))
+    return windows[:, :, ::stride_h, ::stride_w].sum(axis=(4, 5))
+
+
+def _input_events(graph: SpikingGraph, name: str, spikes: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Per input of node ``name``, the (step, sample) pairs at which it carries an event, in the
+    shape of its input; None unless it reads an IF layer, directly or through average or sum
+    pools and flattening. Read directly, an event is a firing neuron. Through pools, it is a
+    nonzero pooled value: a window with a spike in it, of a channel whose amplitude is not 0 (a
+    pool sums one channel's a·s, all of one sign, so no window of spikes sums to 0)."""
+    source, pools = graph.inputs[name][0], []
+    while isinstance(graph.nodes[source], (AvgPool2d, Flatten)):
+        if isinstance(graph.nodes[source], AvgPool2d):
+            pools.insert(0, graph.nodes[source])
+        source = graph.inputs[source][0]
+    layer = graph.nodes[source]
+    if not isinstance(layer, IF):
+        return None
+    if not pools:
+        counts = np.count_nonzero(spikes[source], axis=(0, 1))
+    else:
+        counts = 0
+        for step in spikes[source]:  # [B, C, H, W], a step at a time: the pooled maps stay small
+            windows = step.astype(np.int64)
+            for pool in pools:
+                windows = _window_sums(windows, pool)
+            counts = counts + np.count_nonzero(windows, axis=0)
+        counts = counts * (layer.output_amplitude != 0)[:, None, None]
+    return np.reshape(counts, graph.shapes[graph.inputs[name][0]])
+
+
 def synaptic_events(graph: SpikingGraph, spikes: dict[str, np.ndarray]) -> int:
-    """Synaptic operations that event-driven layers (conv and linear layers fed by an IF layer)
-    must do for the recorded ``spikes`` ([T, B, ...] per IF layer): each event — a neuron that
-    fires at a step, one spike or a burst of several, carried as one graded value a·s — adds
-    one weighted value to every output it reaches — for a conv, its taps that land inside the
-    output, times C_out / groups. A burst costs one operation per output, not one per spike."""
+    """Synaptic operations that event-driven layers (conv and linear layers fed by an IF layer,
+    directly or through average or sum pools and flattening) must do for the recorded ``spikes``
+    ([T, B, ...] per IF layer): each event adds one weighted value to every output it reaches —
+    for a conv, its taps that land inside the output, times C_out / groups. An event is a neuron
+    that fires at a step, one spike or a burst of several, carried as one graded value a·s (so a
+    burst costs one operation per output, not one per spike); behind a pool, a nonzero pooled
+    value, which is what the layer is defined on (:func:`_input_events`)."""
     shapes, total = graph.shapes, 0
     for name, node in graph.nodes.items():
-        sources = graph.inputs[name]
-        if not sources or not isinstance(graph.nodes[sources[0]], IF):
+        if not isinstance(node, (Linear, Conv2d)) or not graph.inputs[name]:
             continue
-        source = sources[0]
-        counts = np.count_nonzero(spikes[source], axis=(0, 1))
+        counts = _input_events(graph, name, spikes)
+        if counts is None:
+            continue
         if isinstance(node, Linear):
             total += int(counts.sum()) * node.weight.shape[0]
-        elif isinstance(node, Conv2d):
-            (_, in_h, in_w), (out_channels, out_h, out_w) = shapes[source], shapes[name]
+        else:
+            (_, in_h, in_w), (out_channels, out_h, out_w) = counts.shape, shapes[name]
             rows = _reach(in_h, out_h, node.weight.shape[2], node.stride[0], node.padding[0], node.dilation[0])
             cols = _reach(in_w, out_w, node.weight.shape[3], node.stride[1], node.padding[1], node.dilation[1])
             total += int((counts * np.outer(rows, cols)).sum()) * (out_channels // node.groups)

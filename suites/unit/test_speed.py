@@ -53,6 +53,57 @@ def test_synaptic_events_count_every_spike_tap_that_lands_on_an_output(data):
     assert synaptic_events(graph, {"if": spikes}) == int(pairs) * (out_channels // groups)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_synaptic_events_behind_pools_count_the_nonzero_pooled_values(data):
+    """A conv or linear layer that reads an IF layer through one or two average pools (and
+    flattening) is defined on the pooled map: each nonzero pooled value is one event. Brute
+    force in torch: the map a·s pooled (zero padding counted), its nonzero values per position
+    counted over steps and samples, then every (value, tap) pair that lands on an output as in
+    the test above. Silent, saturated (every neuron firing) and burst layers, and a channel of
+    amplitude 0 (whose pooled values are all 0), are drawn."""
+    channels, height, width = data.draw(st.integers(1, 3)), data.draw(st.integers(2, 8)), data.draw(st.integers(2, 8))
+    pools, shape = [], (height, width)
+    for k in range(data.draw(st.integers(1, 2))):
+        kernel = (data.draw(st.integers(1, min(3, shape[0]))), data.draw(st.integers(1, min(3, shape[1]))))
+        stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+        padding = (data.draw(st.integers(0, kernel[0] // 2)), data.draw(st.integers(0, kernel[1] // 2)))
+        pools.append(g.AvgPool2d(f"pool{k}", kernel_size=kernel, stride=stride, padding=padding))
+        shape = pools[-1].output_shape([(channels, *shape)])[1:]
+    amplitude = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, -2.0, 3.0]), min_size=channels,
+                                            max_size=channels)))
+    burst = data.draw(st.sampled_from([1, 3]))
+    rate = data.draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+    reader = data.draw(st.sampled_from(["conv", "linear"]))
+    out_channels = data.draw(st.integers(1, 3))
+    nodes = [g.Input("in", shape=(channels, height, width)),
+             g.Conv2d("stem", weight=np.ones((channels, channels, 1, 1))),
+             g.IF("if", threshold=np.ones(channels), amplitude=amplitude, max_spikes=burst), *pools]
+    if reader == "conv":
+        nodes.append(g.Conv2d("reader", weight=np.ones((out_channels, channels, 3, 3)), padding=1))
+        nodes.append(g.Flatten("flat"))
+    else:
+        nodes.append(g.Flatten("flat"))
+        nodes.append(g.Linear("reader", weight=np.ones((out_channels, channels * shape[0] * shape[1]))))
+    nodes.append(g.Output("out"))
+    names = [node.name for node in nodes]
+    graph = g.SpikingGraph({node.name: node for node in nodes},
+                           {name: [names[k - 1]] for k, name in enumerate(names) if k > 0})
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    spikes = (rng.random((3, 2, channels, height, width)) < rate) * rng.integers(1, burst + 1, (3, 2, channels, height,
+                                                                                                width))
+    spikes = spikes.astype(np.uint8 if burst > 1 else np.bool_)
+    values = torch.from_numpy(spikes.reshape(6, channels, height, width) * amplitude[:, None, None])
+    for pool in pools:
+        values = F.avg_pool2d(values, pool.kernel_size, pool.stride, pool.padding, count_include_pad=True)
+    nonzero = (values != 0).sum(dim=0).double()  # [C, H', W']
+    if reader == "conv":
+        pairs = F.conv2d(nonzero.sum(dim=0)[None, None], torch.ones(1, 1, 3, 3, dtype=torch.float64), padding=1).sum()
+    else:
+        pairs = nonzero.sum()
+    assert synaptic_events(graph, {"if": spikes}) == int(pairs) * out_channels
+
+
 def test_synaptic_events_of_a_linear_layer_and_of_silence():
     nodes = {"in": g.Input("in", shape=(4,)), "fc1": g.Linear("fc1", weight=np.ones((4, 4))),
              "if": g.IF("if", threshold=np.ones(4)), "fc2": g.Linear("fc2", weight=np.ones((3, 4))),
