@@ -492,8 +492,8 @@ def _window_sums(values: np.ndarray, pool: AvgPool2d) -> np.ndarray:
 
 
 def _input_events(graph: SpikingGraph, name: str, spikes: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Per input of node ``name``, the (step, sample) pairs at which it carries an event, in the
-    shape of its input; None unless it reads an IF layer, directly or through average or sum
+    """Per input of node ``name``, the number of (step, sample) pairs at which it carries an
+    event, in the shape of its input; None unless it reads an IF layer, directly or through average or sum
     pools and flattening. Read directly, an event is a firing neuron. Through pools, it is a
     nonzero pooled value: a window with a spike in it, of a channel whose amplitude is not 0 (a
     pool sums one channel's a·s, all of one sign, so no window of spikes sums to 0)."""
