@@ -17,7 +17,7 @@ from numba import carray, njit, prange
 from snnverify.runtime.cpu.gather import (add_entries, empty_sums, gather, gather_pair, gather_packed, map_entries,
                                          map_values, nonzero_entries, positions_read, row_of, slide_window,
                                          spike_entries)
-from snnverify.runtime.cpu.intrinsics import add_spiking_vector, load_vector, stack_buffer, store_vector
+from snnverify.runtime.cpu.intrinsics import add_spiking_vector, count_flags, load_vector, stack_buffer, store_vector
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
 from snnverify.runtime.cpu.parallel import call_worker, run_parallel
 from snnverify.runtime.plan import ResidualKind
@@ -554,13 +554,20 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
     counts[worker] = fired_total
 
 
+#: spikes a fused kernel counts at once (:func:`group_spikes`): a 64-byte vector's mask
+COUNTED_FLAGS = 64
+
+
 @njit(inline="always")
 def group_spikes(row, channels, first, size):
     """The spikes of channels [first, first + size) in a channels-last map [H·W·C] of
     ``channels`` channels."""
     total = 0
-    if size == channels:  # one group: the whole row, contiguous
-        for i in range(row.shape[0]):
+    if size == channels:  # one group: the whole row, contiguous, COUNTED_FLAGS at a time
+        whole = row.shape[0] - row.shape[0] % COUNTED_FLAGS
+        for i in range(0, whole, COUNTED_FLAGS):
+            total += count_flags(row, i, COUNTED_FLAGS)
+        for i in range(whole, row.shape[0]):
             total += row[i]
     else:
         for base in range(first, row.shape[0], channels):

@@ -368,6 +368,25 @@ def add_term(typingctx, acc, weights, offset, values, r, e, lanes):
 
 
 @intrinsic
+def count_flags(typingctx, flags, offset, lanes):
+    """How many of flags[offset : offset + lanes] (a boolean array, linear index into it;
+    ``lanes`` a constant) are true, as an int64: one vector compare and a popcount of its mask.
+    A loop adding the flags one by one widens each to int64 first, 4× the time per byte."""
+    if not isinstance(lanes, types.IntegerLiteral) or flags.dtype != types.boolean:
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        array, first, _ = args
+        vector = ir.VectorType(ir.IntType(8), count)
+        data = _data(context, builder, signature.args[0], array)
+        loaded = builder.load(builder.bitcast(builder.gep(data, [first]), vector.as_pointer()), align=1)
+        return _set_lanes(builder, builder.icmp_unsigned("!=", loaded, ir.Constant(vector, [0] * count)))
+
+    return types.int64(flags, offset, lanes), codegen
+
+
+@intrinsic
 def add_spiking_vector(typingctx, acc, acc_offset, weights, offset, flags, flag_offset, lanes):
     """acc[acc_offset + i] += weights[offset + i] where flags[flag_offset + i] is true, and += 0
     where it is not, for i < ``lanes`` (a constant; linear indices into C-contiguous arrays, ``acc``
