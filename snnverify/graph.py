@@ -491,17 +491,24 @@ def _window_sums(values: np.ndarray, pool: AvgPool2d) -> np.ndarray:
     return windows[:, :, ::stride_h, ::stride_w].sum(axis=(4, 5))
 
 
+def through_pools(graph: SpikingGraph, name: str) -> tuple[str, list[AvgPool2d]]:
+    """The node whose output reaches node ``name`` through average (or sum) pools and flattening
+    only (``name`` itself when it is neither), and the pools on the way, the first applied first."""
+    pools = []
+    while isinstance(node := graph.nodes[name], (AvgPool2d, Flatten)):
+        if isinstance(node, AvgPool2d):
+            pools.insert(0, node)
+        name = graph.inputs[name][0]
+    return name, pools
+
+
 def _input_events(graph: SpikingGraph, name: str, spikes: dict[str, np.ndarray]) -> np.ndarray | None:
     """Per input of node ``name``, the number of (step, sample) pairs at which it carries an
     event, in the shape of its input; None unless it reads an IF layer, directly or through average or sum
     pools and flattening. Read directly, an event is a firing neuron. Through pools, it is a
     nonzero pooled value: a window with a spike in it, of a channel whose amplitude is not 0 (a
     pool sums one channel's a·s, all of one sign, so no window of spikes sums to 0)."""
-    source, pools = graph.inputs[name][0], []
-    while isinstance(graph.nodes[source], (AvgPool2d, Flatten)):
-        if isinstance(graph.nodes[source], AvgPool2d):
-            pools.insert(0, graph.nodes[source])
-        source = graph.inputs[source][0]
+    source, pools = through_pools(graph, graph.inputs[name][0])
     layer = graph.nodes[source]
     if not isinstance(layer, IF):
         return None

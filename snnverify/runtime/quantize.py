@@ -139,9 +139,8 @@ def _rounded(values: np.ndarray, what: str, node: str, scale: float) -> np.ndarr
 
 def _if_origin(graph: g.SpikingGraph, name: str) -> str | None:
     """The IF layer whose output reaches ``name`` through pooling and flattening only, if any."""
-    while isinstance(graph.nodes[name], (g.AvgPool2d, g.Flatten)):
-        name = graph.inputs[name][0]
-    return name if isinstance(graph.nodes[name], g.IF) else None
+    origin, _ = g.through_pools(graph, name)
+    return origin if isinstance(graph.nodes[origin], g.IF) else None
 
 
 def _channel_scaler(name: str, factors: np.ndarray, shape: tuple[int, ...]) -> g.Conv2d | g.Linear:

@@ -98,6 +98,15 @@ def _data(context, builder, array_type, array):
     return context.make_array(array_type)(context, builder, array).data
 
 
+def _flag_mask(context, builder, flags_type, flags, first, lanes):
+    """Which of flags[first : first + lanes] (a boolean array) are true: one vector load of
+    their bytes, compared with 0, as an LLVM vector of ``lanes`` i1."""
+    vector = ir.VectorType(ir.IntType(8), lanes)
+    at = builder.gep(_data(context, builder, flags_type, flags), [first])
+    return builder.icmp_unsigned("!=", builder.load(builder.bitcast(at, vector.as_pointer()), align=1),
+                                 ir.Constant(vector, [0] * lanes))
+
+
 @intrinsic
 def append_spiking(typingctx, entries, at, flags, offset, first_value):
     """entries[at : at + k] = first_value + i for the i in 0 … 15 (ascending) where flags[offset +
@@ -119,10 +128,7 @@ def append_spiking(typingctx, entries, at, flags, offset, first_value):
 
     def codegen(context, builder, signature, args):
         entries_array, at, flags_array, offset, first_value = args
-        flags_data = _data(context, builder, signature.args[2], flags_array)
-        flag_vector = ir.VectorType(ir.IntType(8), lanes)
-        loaded = builder.load(builder.bitcast(builder.gep(flags_data, [offset]), flag_vector.as_pointer()), align=1)
-        mask = builder.icmp_unsigned("!=", loaded, ir.Constant(flag_vector, [0] * lanes))
+        mask = _flag_mask(context, builder, signature.args[2], flags_array, offset, lanes)
         target = builder.gep(_data(context, builder, signature.args[0], entries_array), [at])
         if not compresses_in_registers():
             return _append_set_lanes(builder, mask, first_value, target)
@@ -378,10 +384,7 @@ def count_flags(typingctx, flags, offset, lanes):
 
     def codegen(context, builder, signature, args):
         array, first, _ = args
-        vector = ir.VectorType(ir.IntType(8), count)
-        data = _data(context, builder, signature.args[0], array)
-        loaded = builder.load(builder.bitcast(builder.gep(data, [first]), vector.as_pointer()), align=1)
-        return _set_lanes(builder, builder.icmp_unsigned("!=", loaded, ir.Constant(vector, [0] * count)))
+        return _set_lanes(builder, _flag_mask(context, builder, signature.args[0], array, first, count))
 
     return types.int64(flags, offset, lanes), codegen
 
@@ -401,12 +404,9 @@ def add_spiking_vector(typingctx, acc, acc_offset, weights, offset, flags, flag_
         acc_array, acc_first, weight_array, first, flag_array, flag_first, _ = args
         element_type = signature.args[2].dtype
         vector = ir.VectorType(context.get_value_type(element_type), count)
-        flag_vector = ir.VectorType(ir.IntType(8), count)
         weight_data = _data(context, builder, signature.args[2], weight_array)
-        flag_data = _data(context, builder, signature.args[4], flag_array)
         values = builder.load(builder.bitcast(builder.gep(weight_data, [first]), vector.as_pointer()), align=1)
-        loaded = builder.load(builder.bitcast(builder.gep(flag_data, [flag_first]), flag_vector.as_pointer()), align=1)
-        mask = builder.icmp_unsigned("!=", loaded, ir.Constant(flag_vector, [0] * count))
+        mask = _flag_mask(context, builder, signature.args[4], flag_array, flag_first, count)
         selected = builder.select(mask, values, ir.Constant(vector, [0] * count))
         acc_data = _data(context, builder, signature.args[0], acc_array)
         target = builder.bitcast(builder.gep(acc_data, [acc_first]), vector.as_pointer())
