@@ -28,14 +28,14 @@ from snnverify.api import SNN
 from snnverify.models import small_resnet_pooled
 from snnverify.runtime.cpu import CPU_KERNELS
 from snnverify.runtime.cpu import kernels as cpu_kernels
-from snnverify.runtime.cpu import layouts
+from snnverify.runtime.cpu import events, layouts
 from snnverify.runtime.cpu.dense import ROW_POOL_WIDTH
 from snnverify.runtime.cpu.gather import (gather, gather_pair, nonzero_entries, positions_read, slide_window,
                                          spike_entries)
 from snnverify.runtime.cpu.intrinsics import FLAG_LANES, stack_buffer
 from snnverify.jobs.speed import converted
 from snnverify.runtime.cpu.layouts import WIDE, event_weights, events_layout, is_depthwise
-from snnverify.runtime.plan import (build_plan, channels_last_currents, channels_last_pools, execute,
+from snnverify.runtime.plan import (ResidualKind, build_plan, channels_last_currents, channels_last_pools, execute,
                                    spike_maps_of_overlapping_pools, spike_maps_read_fused)
 from snnverify.strategies import spiking_graphs
 
@@ -398,6 +398,77 @@ def test_a_conv_of_whole_64_channel_blocks_updates_a_row_at_once_as_the_unfused_
     event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
     out_w = graph.shapes["conv"][2]
     event(f"output columns: {'one' if out_w == 1 else 'odd' if out_w % 2 else 'even'}")
+
+
+@pytest.mark.parametrize("channels, kernel, path", [(16, (3, 3), "sliding"), (32, (3, 3), "packed"),
+                                                    (64, (3, 3), "a row at once"), (128, (1, 1), "a row at once")])
+@pytest.mark.parametrize("timesteps", [8, 17])
+@settings(max_examples=3, deadline=None)
+@given(neurons=st.sampled_from(["firing", "tie", "silent", "saturating"]), integer=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_a_chunk_of_steps_updated_at_once_spikes_as_the_unfused_kernels(comparison_log, channels, kernel, path,
+                                                                        timesteps, neurons, integer, seed):
+    """A fused conv without a residual whose sums are staged (16 channels sliding, 32 packed,
+    64 and a 1 × 1 conv of 128 a row at once) updates each neuron over a whole chunk of
+    STEP_CHUNK steps before the next, its membrane kept across them: with T = 8 (one chunk) and
+    17 (two, then a step alone), spike for spike the unfused dense kernels, in non-dyadic
+    float32 (any other order of a step's terms shows near a tie) and in integers."""
+    assert events.STEP_CHUNK == 8  # (the chunks the two horizons make)
+    graph, x = conv_into_if(seed, channels, 1, "none", kernel, 1, 1, 5, neurons)
+    if integer:
+        graph = snnverify.quantize(SNN(graph, timesteps), weight_bits=16).graph
+    weight = CPU_KERNELS.weight_layout(by_name(build_plan(graph), "conv"))
+    assert {"sliding": weight.window.shape[1] > 1, "packed": weight.pack > 1 and weight.window.shape[1] == 1,
+            "a row at once": weight.pack == 1}[path]
+    fused_and_unfused(comparison_log, f"cpu fused vs unfused, {'integer' if integer else 'float32'} (a chunk of "
+                      "steps at once)", graph, x, timesteps, note=lambda _: None)
+    event(f"if2 fires: {0 < execute(build_plan(graph), CPU_KERNELS, x, timesteps, record=True)[2]['if2'].mean()}")
+
+
+@numba.njit
+def _updated_by_chunk_and_by_step(sums, offset, bias, membrane, theta, placement, batch, first_n, spikes):
+    """(membranes, spikes) after integrate_chunk, and after integrate_current step by step, of
+    the same neurons (spikes: [2, rows, width], rows 0 and 1 for the two updates)."""
+    chunked, stepped = membrane.copy(), membrane.copy()
+    events.integrate_chunk(sums, 0, offset, bias, chunked, theta, spikes[0], first_n, batch, placement)
+    for c in range(events.STEP_CHUNK):
+        events.integrate_current(ResidualKind.NONE, sums[c, offset:], bias, stepped, theta, bias,
+                                 spikes[1][first_n + c * batch], placement)  # (no residual: none read)
+    return chunked, stepped
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(1, 3), lanes=st.integers(1, 40), gap=st.integers(0, 3), at=st.integers(0, 3),
+       offset=st.integers(0, 5), batch=st.integers(1, 3), first_n=st.integers(0, 2), integer=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_a_chunk_updated_at_once_leaves_the_membranes_of_its_steps_one_by_one(count, lanes, gap, at, offset, batch,
+                                                                             first_n, integer, seed):
+    """integrate_chunk (every neuron over the STEP_CHUNK steps of a chunk, its membrane kept
+    across them) leaves every membrane bit for bit, and writes every spike, as integrate_current
+    of kind NONE step by step: non-dyadic float32 sums, biases and membranes (where v + (Σ + b)
+    and (v + Σ) + b differ in the last bits), thresholds that some steps reach exactly, and
+    integer sums in a narrower type than the membranes; positions spaced by a stride past their
+    lanes, steps' spike rows ``batch`` apart from row ``first_n``."""
+    rng = np.random.default_rng(seed)
+    neurons, stride = count * lanes, lanes + gap
+    width = at + (count - 1) * stride + lanes
+    if integer:
+        sums = rng.integers(-2**20, 2**20, (events.STEP_CHUNK, offset + neurons)).astype(np.int32)
+        bias, membrane = rng.integers(-2**10, 2**10, neurons), rng.integers(-2**22, 2**22, neurons)
+        theta = rng.integers(1, 2**22, neurons)
+    else:
+        sums = (rng.standard_normal((events.STEP_CHUNK, offset + neurons)) * 0.7).astype(np.float32)
+        bias, membrane = (rng.standard_normal((2, neurons)) * 0.3).astype(np.float32)
+        theta = np.abs(rng.standard_normal(neurons)).astype(np.float32) + np.float32(0.1)
+        tie = rng.random(neurons) < 0.3  # θ at the first step's value: it fires on ≥
+        theta[tie] = (membrane + (sums[0, offset:] + bias))[tie]
+    spikes = np.zeros((2, first_n + events.STEP_CHUNK * batch, width), np.bool_)
+    chunked, stepped = _updated_by_chunk_and_by_step(sums, offset, bias, membrane, theta, (at, stride, count, lanes),
+                                                     batch, first_n, spikes)
+    np.testing.assert_array_equal(chunked.view(np.int32 if not integer else np.int64),
+                                  stepped.view(np.int32 if not integer else np.int64))
+    np.testing.assert_array_equal(spikes[0], spikes[1])
+    event(f"spikes: {'some' if spikes[0].any() else 'none'}")
 
 
 #: a row type of integer W' -> row_dtype as the test forces it (int16 where every |W'| fits)

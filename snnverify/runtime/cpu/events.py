@@ -23,7 +23,8 @@ from snnverify.runtime.cpu.parallel import call_worker, run_parallel
 from snnverify.runtime.plan import ResidualKind
 
 #: Steps whose spike lists a fused kernel builds at once: each weight row it loads then serves
-#: up to this many steps at each output position (reuse in the L1/L2 cache).
+#: up to this many steps at each output position (reuse in the L1/L2 cache); a staged row of
+#: neurons without a residual is then updated over all of them at once (integrate_chunk).
 STEP_CHUNK = 8
 #: Spike-list entries one job of a fused kernel may hold (1 MB): late ResNet layers, with small
 #: maps, then take several samples per job and read their weights once for all of them.
@@ -212,6 +213,34 @@ def integrate_current(kind, values, bias, membrane, theta, currents, spiked, pla
 
 
 @njit(inline="always")
+def integrate_chunk(sums, first_row, offset, bias, membrane, theta, spiked, first_n, batch, placement):
+    """:func:`integrate_current` of kind NONE over the :data:`STEP_CHUNK` steps of a chunk at once:
+    step c's sums at row first_row + c of ``sums`` (2-d, C-contiguous) from column ``offset``,
+    its spikes to row first_n + c·batch of ``spiked``. Each neuron takes its steps in order
+    before the next neuron (its update reads only its own sums: the same spikes), so its
+    membrane, θ and bias are read, and its membrane written, once per chunk rather than once
+    per step. The steps' loop has a constant trip count, which LLVM unrolls, and vectorises
+    the neurons' loop around it. (With a residual's row for each step as well, LLVM checked
+    more overlaps between the arrays than it allows and did not vectorise: those kinds go step
+    by step.)"""
+    at, stride, count, lanes = placement
+    flat_sums, flags = sums.reshape(-1), spiked.reshape(-1)
+    sums_first, sums_step = np.uint64(first_row * sums.shape[1] + offset), np.uint64(sums.shape[1])
+    flags_first, flags_step = np.uint64(first_n * spiked.shape[1]), np.uint64(batch * spiked.shape[1])
+    for q in range(count):
+        first_i, first_j = np.uint64(q * lanes), np.uint64(at + q * stride)
+        for k in range(np.uint64(lanes)):
+            i, j = first_i + k, first_j + k
+            value, b, th = membrane[i], bias[i], theta[i]
+            for c in range(np.uint64(STEP_CHUNK)):
+                value = value + (flat_sums[sums_first + c * sums_step + i] + b)
+                fire = value >= th
+                flags[flags_first + c * flags_step + j] = fire
+                value = value - th if fire else value
+            membrane[i] = value
+
+
+@njit(inline="always")
 def integrate_graded(values, bias, membrane, theta, amplitudes, spikes, spiked, placement):
     """r = a·s = amplitudes[j]·spikes[j] (GRADED), branch-free: a·0 may be −0, and (Σ + b) +
     (−0) = Σ + b, as Σ + b, a sum from +0, is never −0."""
@@ -272,8 +301,9 @@ def conv2d_events_if_kernel(conv, shortcut, residual, neurons, schedule, out_spi
     whole blocks of 64 channels in one group, of unit column dilation, gathers, block by block,
     a row of output positions, two at a time (:func:`~snnverify.runtime.cpu.gather.gather_pair`),
     for every step of a chunk into a staged row of sums (and its projection's, if any), then
-    updates the block's row step by step in one loop, which LLVM vectorises (a neuron's update
-    reads only its own sums, so the order of its steps, and every spike, is the same); its
+    updates the block's row in one loop, which LLVM vectorises (a neuron's update reads only its
+    own sums, so the order of its steps, and every spike, is the same): step by step, or without
+    a residual each neuron over all the chunk's steps at once (:func:`integrate_chunk`); its
     membranes lie block-major for that (see :func:`membrane_index`). With ``schedule.pack`` = Q
     > 1 (C_out = 64 / Q), a row's positions are gathered Q at a time, as
     :func:`~snnverify.runtime.cpu.gather.gather_packed` does, into a staged row, which is updated
@@ -500,6 +530,10 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                                      else (oy * out_w * out_channels + start, out_channels, out_w, lanes))
                         for s in range(samples):
                             membrane = v[s, at : at + row_span]
+                            if kind == ResidualKind.NONE and chunk == STEP_CHUNK:
+                                integrate_chunk(staged, s * chunk, ring_first, row_bias, membrane, theta, out_spikes,
+                                                t0 * batch + first_sample + s, batch, placement)
+                                continue
                             for c in range(chunk):
                                 n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
                                 if projection:
