@@ -17,7 +17,8 @@ from numba import carray, njit, prange
 from snnverify.runtime.cpu.gather import (add_entries, empty_sums, gather, gather_pair, gather_packed, map_entries,
                                          map_values, nonzero_entries, positions_read, row_of, slide_window,
                                          spike_entries)
-from snnverify.runtime.cpu.intrinsics import add_spiking_vector, count_flags, load_vector, stack_buffer, store_vector
+from snnverify.runtime.cpu.intrinsics import (add_spiking_vector, count_flags, is_float_array, load_vector,
+                                             stack_buffer, store_vector)
 from snnverify.runtime.cpu.layouts import NARROW, WIDE, block, block_count
 from snnverify.runtime.cpu.parallel import call_worker, run_parallel
 from snnverify.runtime.plan import ResidualKind
@@ -530,7 +531,8 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                                      else (oy * out_w * out_channels + start, out_channels, out_w, lanes))
                         for s in range(samples):
                             membrane = v[s, at : at + row_span]
-                            if kind == ResidualKind.NONE and chunk == STEP_CHUNK:
+                            # (integer membranes step by step: LLVM left the chunk's int64 loop scalar, 2× slower)
+                            if kind == ResidualKind.NONE and chunk == STEP_CHUNK and is_float_array(membrane):
                                 integrate_chunk(staged, s * chunk, ring_first, row_bias, membrane, theta, out_spikes,
                                                 t0 * batch + first_sample + s, batch, placement)
                                 continue

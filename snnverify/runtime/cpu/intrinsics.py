@@ -47,6 +47,18 @@ def stack_buffer(typingctx, like, length):
     return types.CPointer(dtype)(like, length), codegen
 
 
+@intrinsic
+def is_float_array(typingctx, array):
+    """Whether ``array`` holds floating-point values: a constant of the compiled code, so that a
+    branch on it leaves only one side in each signature."""
+    answer = isinstance(array.dtype, types.Float)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.boolean, answer)
+
+    return types.boolean(array), codegen
+
+
 def compresses_in_registers() -> bool:
     """Whether the CPU Numba compiles for has AVX-512F (the features it targets: NUMBA_CPU_FEATURES,
     else the host's), and so a compress of 16 lanes within a register (``vpcompressd`` to a
