@@ -412,8 +412,8 @@ def test_a_chunk_of_steps_updated_at_once_spikes_as_the_unfused_kernels(comparis
     64 and a 1 × 1 conv of 128 a row at once) updates each neuron over a whole chunk of
     STEP_CHUNK steps before the next, its membrane kept across them: with T = 8 (one chunk) and
     17 (two, then a step alone), spike for spike the unfused dense kernels, in non-dyadic
-    float32 (any other order of a step's terms shows near a tie); integer membranes, which go
-    step by step, too."""
+    float32 (any other order of a step's terms shows near a tie), and in integers (their
+    membranes INTEGER_STEPS steps at once)."""
     assert events.STEP_CHUNK == 8  # (the chunks the two horizons make)
     graph, x = conv_into_if(seed, channels, 1, "none", kernel, 1, 1, 5, neurons)
     if integer:
@@ -428,11 +428,13 @@ def test_a_chunk_of_steps_updated_at_once_spikes_as_the_unfused_kernels(comparis
 
 @numba.njit
 def _updated_by_chunk_and_by_step(sums, offset, bias, membrane, theta, placement, batch, first_n, spikes):
-    """(membranes, spikes) after integrate_chunk, and after integrate_current step by step, of
-    the same neurons (spikes: [2, rows, width], rows 0 and 1 for the two updates)."""
+    """(membranes, spikes) after integrate_chunk over the rows of ``sums`` (one per step), and
+    after integrate_current step by step, of the same neurons (spikes: [2, rows, width], rows 0
+    and 1 for the two updates)."""
     chunked, stepped = membrane.copy(), membrane.copy()
-    events.integrate_chunk(sums, 0, offset, bias, chunked, theta, spikes[0], first_n, batch, placement)
-    for c in range(events.STEP_CHUNK):
+    steps = events.STEP_CHUNK if is_float_array(membrane) else events.INTEGER_STEPS  # (as the fused kernel)
+    events.integrate_chunk(sums, 0, offset, bias, chunked, theta, spikes[0], first_n, batch, placement, steps)
+    for c in range(steps):
         events.integrate_current(ResidualKind.NONE, sums[c, offset:], bias, stepped, theta, bias,
                                  spikes[1][first_n + c * batch], placement)  # (no residual: none read)
     return chunked, stepped
@@ -440,36 +442,45 @@ def _updated_by_chunk_and_by_step(sums, offset, bias, membrane, theta, placement
 
 @settings(max_examples=60, deadline=None)
 @given(count=st.integers(1, 3), lanes=st.integers(1, 40), gap=st.integers(0, 3), at=st.integers(0, 3),
-       offset=st.integers(0, 5), batch=st.integers(1, 3), first_n=st.integers(0, 2), seed=st.integers(0, 2**32 - 1))
+       offset=st.integers(0, 5), batch=st.integers(1, 3), first_n=st.integers(0, 2), integer=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
 def test_a_chunk_updated_at_once_leaves_the_membranes_of_its_steps_one_by_one(count, lanes, gap, at, offset, batch,
-                                                                             first_n, seed):
-    """integrate_chunk (every neuron over the STEP_CHUNK steps of a chunk, its membrane kept
-    across them; the fused kernel's float32 rows without a residual) leaves every membrane bit
-    for bit, and writes every spike, as integrate_current of kind NONE step by step: non-dyadic
-    sums, biases and membranes (where v + (Σ + b) and (v + Σ) + b differ in the last bits),
-    thresholds that the first step reaches exactly, positions spaced by a stride past their
+                                                                             first_n, integer, seed):
+    """integrate_chunk (every neuron over several steps at once, its membrane kept across them:
+    STEP_CHUNK for float32 membranes, INTEGER_STEPS for int64 ones, as the fused kernel calls
+    it) leaves every membrane bit for bit, and writes every spike, as integrate_current of kind
+    NONE step by step: non-dyadic float32 sums, biases and membranes (where v + (Σ + b) and
+    (v + Σ) + b differ in the last bits), thresholds that the first step reaches exactly,
+    integer sums in a narrower type than the membranes, positions spaced by a stride past their
     lanes, steps' spike rows ``batch`` apart from row ``first_n``."""
     rng = np.random.default_rng(seed)
     neurons, stride = count * lanes, lanes + gap
     width = at + (count - 1) * stride + lanes
-    sums = (rng.standard_normal((events.STEP_CHUNK, offset + neurons)) * 0.7).astype(np.float32)
-    bias, membrane = (rng.standard_normal((2, neurons)) * 0.3).astype(np.float32)
-    theta = np.abs(rng.standard_normal(neurons)).astype(np.float32) + np.float32(0.1)
+    steps = events.INTEGER_STEPS if integer else events.STEP_CHUNK
+    if integer:
+        sums = rng.integers(-2**20, 2**20, (steps, offset + neurons)).astype(np.int32)
+        bias, membrane = rng.integers(-2**10, 2**10, neurons), rng.integers(-2**22, 2**22, neurons)
+        theta = rng.integers(1, 2**22, neurons)
+    else:
+        sums = (rng.standard_normal((steps, offset + neurons)) * 0.7).astype(np.float32)
+        bias, membrane = (rng.standard_normal((2, neurons)) * 0.3).astype(np.float32)
+        theta = np.abs(rng.standard_normal(neurons)).astype(np.float32) + np.float32(0.1)
     tie = rng.random(neurons) < 0.3  # θ at the first step's value: it fires on ≥
     theta[tie] = (membrane + (sums[0, offset:] + bias))[tie]
-    spikes = np.zeros((2, first_n + events.STEP_CHUNK * batch, width), np.bool_)
+    spikes = np.zeros((2, first_n + steps * batch, width), np.bool_)
     chunked, stepped = _updated_by_chunk_and_by_step(sums, offset, bias, membrane, theta, (at, stride, count, lanes),
                                                      batch, first_n, spikes)
-    np.testing.assert_array_equal(chunked.view(np.int32), stepped.view(np.int32))
+    np.testing.assert_array_equal(chunked.view(np.int64 if integer else np.int32),
+                                  stepped.view(np.int64 if integer else np.int32))
     np.testing.assert_array_equal(spikes[0], spikes[1])
     event(f"spikes: {'some' if spikes[0].any() else 'none'}")
 
 
 @pytest.mark.parametrize("dtype, floating", [(np.float32, True), (np.float64, True), (np.int64, False),
                                              (np.int32, False), (np.bool_, False)])
-def test_only_float_membranes_take_the_chunk_at_once(dtype, floating):
-    """The fused kernel's test for the chunk at once (integer membranes go step by step) is a
-    constant of each signature, true for floating-point arrays alone."""
+def test_the_chunk_at_once_knows_float_membranes_from_integer_ones(dtype, floating):
+    """The fused kernel's test for the steps it updates at once (8 of float32 membranes, 4 of
+    int64 ones) is a constant of each signature, true for floating-point arrays alone."""
     assert numba.njit(lambda array: is_float_array(array))(np.zeros(2, dtype)) is floating
 
 

@@ -27,6 +27,8 @@ from snnverify.runtime.plan import ResidualKind
 #: up to this many steps at each output position (reuse in the L1/L2 cache); a staged row of
 #: neurons without a residual is then updated over all of them at once (integrate_chunk).
 STEP_CHUNK = 8
+#: Steps integrate_chunk updates int64 membranes over at once (LLVM vectorises 4, not 8).
+INTEGER_STEPS = 4
 #: Spike-list entries one job of a fused kernel may hold (1 MB): late ResNet layers, with small
 #: maps, then take several samples per job and read their weights once for all of them.
 TILE_ENTRIES = 1 << 18
@@ -214,16 +216,15 @@ def integrate_current(kind, values, bias, membrane, theta, currents, spiked, pla
 
 
 @njit(inline="always")
-def integrate_chunk(sums, first_row, offset, bias, membrane, theta, spiked, first_n, batch, placement):
-    """:func:`integrate_current` of kind NONE over the :data:`STEP_CHUNK` steps of a chunk at once:
-    step c's sums at row first_row + c of ``sums`` (2-d, C-contiguous) from column ``offset``,
-    its spikes to row first_n + c·batch of ``spiked``. Each neuron takes its steps in order
-    before the next neuron (its update reads only its own sums: the same spikes), so its
-    membrane, θ and bias are read, and its membrane written, once per chunk rather than once
-    per step. The steps' loop has a constant trip count, which LLVM unrolls, and vectorises
-    the neurons' loop around it. (With a residual's row for each step as well, LLVM checked
-    more overlaps between the arrays than it allows and did not vectorise: those kinds go step
-    by step.)"""
+def integrate_chunk(sums, first_row, offset, bias, membrane, theta, spiked, first_n, batch, placement, steps):
+    """:func:`integrate_current` of kind NONE over ``steps`` steps at once (a constant): step c's
+    sums at row first_row + c of ``sums`` (2-d, C-contiguous) from column ``offset``, its spikes
+    to row first_n + c·batch of ``spiked``. Each neuron takes its steps in order before the next
+    neuron (its update reads only its own sums: the same spikes), so its membrane, θ and bias
+    are read, and its membrane written, once per ``steps`` steps rather than once per step. The
+    steps' loop has a constant trip count, which LLVM unrolls, and vectorises the neurons' loop
+    around it. (With a residual's row for each step as well, LLVM checked more overlaps between
+    the arrays than it allows and did not vectorise: those kinds go step by step.)"""
     at, stride, count, lanes = placement
     flat_sums, flags = sums.reshape(-1), spiked.reshape(-1)
     sums_first, sums_step = np.uint64(first_row * sums.shape[1] + offset), np.uint64(sums.shape[1])
@@ -233,7 +234,7 @@ def integrate_chunk(sums, first_row, offset, bias, membrane, theta, spiked, firs
         for k in range(np.uint64(lanes)):
             i, j = first_i + k, first_j + k
             value, b, th = membrane[i], bias[i], theta[i]
-            for c in range(np.uint64(STEP_CHUNK)):
+            for c in range(np.uint64(steps)):
                 value = value + (flat_sums[sums_first + c * sums_step + i] + b)
                 fire = value >= th
                 flags[flags_first + c * flags_step + j] = fire
@@ -531,10 +532,14 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                                      else (oy * out_w * out_channels + start, out_channels, out_w, lanes))
                         for s in range(samples):
                             membrane = v[s, at : at + row_span]
-                            # (integer membranes step by step: LLVM left the chunk's int64 loop scalar, 2× slower)
-                            if kind == ResidualKind.NONE and chunk == STEP_CHUNK and is_float_array(membrane):
-                                integrate_chunk(staged, s * chunk, ring_first, row_bias, membrane, theta, out_spikes,
-                                                t0 * batch + first_sample + s, batch, placement)
+                            if kind == ResidualKind.NONE and chunk == STEP_CHUNK:
+                                # the steps LLVM vectorises at once: all 8 for float32 membranes; for int64
+                                # ones 4 (8 it left a scalar loop, 2× slower than step by step)
+                                steps = STEP_CHUNK if is_float_array(membrane) else INTEGER_STEPS
+                                for c in range(0, STEP_CHUNK, steps):
+                                    integrate_chunk(staged, s * chunk + c, ring_first, row_bias, membrane, theta,
+                                                    out_spikes, (t0 + c) * batch + first_sample + s, batch, placement,
+                                                    steps)
                                 continue
                             for c in range(chunk):
                                 n, r = (t0 + c) * batch + first_sample + s, s * chunk + c
