@@ -432,7 +432,7 @@ def _updated_by_chunk_and_by_step(sums, offset, bias, membrane, theta, placement
     after integrate_current step by step, of the same neurons (spikes: [2, rows, width], rows 0
     and 1 for the two updates)."""
     chunked, stepped = membrane.copy(), membrane.copy()
-    steps = events.STEP_CHUNK if is_float_array(membrane) else events.INTEGER_STEPS  # (as the fused kernel)
+    steps = events.steps_at_once(membrane)  # (as the fused kernel)
     events.integrate_chunk(sums, 0, offset, bias, chunked, theta, spikes[0], first_n, batch, placement, steps)
     for c in range(steps):
         events.integrate_current(ResidualKind.NONE, sums[c, offset:], bias, stepped, theta, bias,

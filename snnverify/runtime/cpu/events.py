@@ -216,6 +216,15 @@ def integrate_current(kind, values, bias, membrane, theta, currents, spiked, pla
 
 
 @njit(inline="always")
+def steps_at_once(membrane):
+    """How many steps :func:`integrate_chunk` takes ``membrane``'s neurons over at once, the most
+    LLVM vectorises: all :data:`STEP_CHUNK` of float32 membranes; :data:`INTEGER_STEPS` of int64
+    ones (over 8 it left a scalar loop, 2× slower than step by step). A constant of each
+    compiled signature."""
+    return STEP_CHUNK if is_float_array(membrane) else INTEGER_STEPS
+
+
+@njit(inline="always")
 def integrate_chunk(sums, first_row, offset, bias, membrane, theta, spiked, first_n, batch, placement, steps):
     """:func:`integrate_current` of kind NONE over ``steps`` steps at once (a constant): step c's
     sums at row first_row + c of ``sums`` (2-d, C-contiguous) from column ``offset``, its spikes
@@ -533,9 +542,7 @@ def fused_worker(conv, shortcut, residual, neurons, schedule, out_spikes, counts
                         for s in range(samples):
                             membrane = v[s, at : at + row_span]
                             if kind == ResidualKind.NONE and chunk == STEP_CHUNK:
-                                # the steps LLVM vectorises at once: all 8 for float32 membranes; for int64
-                                # ones 4 (8 it left a scalar loop, 2× slower than step by step)
-                                steps = STEP_CHUNK if is_float_array(membrane) else INTEGER_STEPS
+                                steps = steps_at_once(membrane)
                                 for c in range(0, STEP_CHUNK, steps):
                                     integrate_chunk(staged, s * chunk + c, ring_first, row_bias, membrane, theta,
                                                     out_spikes, (t0 + c) * batch + first_sample + s, batch, placement,
