@@ -541,10 +541,12 @@ def quantize_rounds_nothing(graph: g.SpikingGraph) -> bool:
 def test_subtractive_chip_matches_integer_backends_spike_for_spike(comparison_log, case):
     """Where the fixed-point mapping is exact (every weight, bias and input current represented
     without rounding, no wrap or saturation reachable), loihi2_sim with subtractive reset fires
-    exactly as the integer-mode torch and cpu backends on snnverify.quantize(...) of the same
-    graph — every layer, every step, burst layers' counts included. Where quantize rounds no
-    parameter (:func:`quantize_rounds_nothing`; these graphs are dyadic with power-of-two
-    thresholds) its spikes must also equal the float reference's, which is exact on them.
+    exactly as the float reference, which is exact on these dyadic graphs with power-of-two
+    thresholds — every layer, every step, burst layers' counts included. Where quantize rounds no
+    parameter either (:func:`quantize_rounds_nothing`), the integer-mode torch and cpu backends on
+    snnverify.quantize(...) of the same graph fire exactly as both. Where quantize rounds one, the
+    integer network is another network (a rounded weight moves a current off a tie): its spikes
+    against the chip's are measured, not asserted.
 
     Draws whose chip mapping rounds (an input current with more significant bits than the bias
     register holds, about 4 in 10 draws) are left out: there the chip is not expected to match,
@@ -556,19 +558,25 @@ def test_subtractive_chip_matches_integer_backends_spike_for_spike(comparison_lo
     _, chip_spikes = snnverify.simulate(chip, case.x, record=True)
     if any(s.max(initial=0) > 1 for s in chip_spikes.values()):
         event("a burst layer fired several spikes in one step")
+    against_reference = {k: int((chip_spikes[k] != reference[k]).sum()) for k in reference}
+    comparison_log.record("loihi2_sim (subtract) vs the float reference, exact mappings",
+                          sum(s.size for s in reference.values()), sum(against_reference.values()),
+                          {k: v for k, v in against_reference.items() if v})
+    assert not any(against_reference.values()), against_reference
     exact = quantize_rounds_nothing(case.graph)
     if not exact:
-        event("quantize rounds a parameter (the float comparison does not apply)")
+        event("quantize rounds a parameter (the integer comparisons are measured)")
     for target in ("torch", "cpu"):
         _, integer_spikes = snnverify.simulate(SNN(integer, case.timesteps, target=target), case.x, record=True)
         differ = {k: int((reference[k] != integer_spikes[k]).sum()) for k in reference}
         assert not exact or not any(differ.values()), f"quantize is exact here yet differs ({target}): {differ}"
         assert all(chip_spikes[k].dtype == integer_spikes[k].dtype for k in integer_spikes)
         where = {k: int((chip_spikes[k] != integer_spikes[k]).sum()) for k in integer_spikes}
-        comparison_log.record(f"loihi2_sim (subtract) vs {target} integer, exact mappings",
+        comparison_log.record(f"loihi2_sim (subtract) vs {target} integer, exact mappings"
+                              + ("" if exact else ", quantize rounding (measured)"),
                               sum(s.size for s in integer_spikes.values()), sum(where.values()),
                               {k: v for k, v in where.items() if v})
-        assert sum(where.values()) == 0, where
+        assert not exact or sum(where.values()) == 0, where
 
 
 def test_exact_graph_strategy_is_not_vacuous():
